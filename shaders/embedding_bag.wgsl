@@ -1,0 +1,89 @@
+// Weighted embedding bag: out[r, :] = sum_j weights[r, j] * V[indices[r, j], :], j < bag,
+// where bag = heads * knn (the heads of a token are summed into one bag, as in the reference).
+//
+// The value table V is read as raw u32 words so one kernel serves both storage formats:
+//   f32: one word per element, bitcast;
+//   f16: two elements per word, unpack2x16float (no shader-f16 feature needed);
+//        a row is padded to a whole number of words.
+// Tables larger than one storage binding are split by rows over up to four buffers
+// (`rows_per_chunk` rows each); a slot picks its buffer with a switch that is uniform across
+// the workgroup. Accumulation is in f32, in bag order: deterministic.
+//
+// One workgroup per token row; invocations stride over the row's words so that neighbouring
+// invocations read neighbouring words of the same value row (coalesced on GPUs).
+
+struct Params {
+    rows: u32,
+    bag: u32,
+    v_dim: u32,
+    row_words: u32,     // u32 words per value row
+    rows_per_chunk: u32,
+    f16_values: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WG: u32 = 256u;
+const MAX_BAG: u32 = 1024u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> indices: array<u32>;
+@group(0) @binding(2) var<storage, read> weights: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> v0: array<u32>;
+@group(0) @binding(5) var<storage, read> v1: array<u32>;
+@group(0) @binding(6) var<storage, read> v2: array<u32>;
+@group(0) @binding(7) var<storage, read> v3: array<u32>;
+
+var<workgroup> bag_slot: array<u32, MAX_BAG>;
+var<workgroup> bag_weight: array<f32, MAX_BAG>;
+
+fn value_word(slot: u32, word: u32) -> u32 {
+    let chunk = slot / p.rows_per_chunk;
+    let at = (slot % p.rows_per_chunk) * p.row_words + word;
+    switch chunk {
+        case 0u: { return v0[at]; }
+        case 1u: { return v1[at]; }
+        case 2u: { return v2[at]; }
+        default: { return v3[at]; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = wg.y * nwg.x + wg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    for (var j = lid; j < p.bag; j += WG) {
+        bag_slot[j] = indices[row * p.bag + j];
+        bag_weight[j] = weights[row * p.bag + j];
+    }
+    workgroupBarrier();
+    let out0 = row * p.v_dim;
+    if (p.f16_values != 0u) {
+        for (var word = lid; word < p.row_words; word += WG) {
+            var acc = vec2<f32>(0.0, 0.0);
+            for (var j = 0u; j < p.bag; j++) {
+                acc = fma(vec2<f32>(bag_weight[j]), unpack2x16float(value_word(bag_slot[j], word)), acc);
+            }
+            let c = word * 2u;
+            out[out0 + c] = acc.x;
+            if (c + 1u < p.v_dim) {
+                out[out0 + c + 1u] = acc.y;
+            }
+        }
+    } else {
+        for (var c = lid; c < p.v_dim; c += WG) {
+            var acc = 0.0;
+            for (var j = 0u; j < p.bag; j++) {
+                acc = fma(bag_weight[j], bitcast<f32>(value_word(bag_slot[j], c)), acc);
+            }
+            out[out0 + c] = acc;
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The device: adapter choice, limits and features, pipeline cache, buffers, readback and
+//! timestamp profiling. Knows nothing of memories or models.
+
+mod profiler;
+mod readback;
+
+pub use profiler::{KernelTiming, Profiler};
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use wgpu::util::DeviceExt;
+
+/// What every kernel here needs; these are WebGPU's default compute limits, so any browser
+/// or native adapter that implements WebGPU offers them.
+pub const REQUIRED_STORAGE_BUFFERS: u32 = 8;
+pub const REQUIRED_INVOCATIONS: u32 = 256;
+pub const REQUIRED_WORKGROUP_STORAGE: u32 = 16384;
+
+/// Largest workgroup count in one grid dimension that every adapter accepts.
+pub const MAX_GRID_DIM: u32 = 65535;
+
+/// Message shown whenever no adapter is found: how to get one on a machine without a GPU.
+pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. On Debian/Ubuntu without a GPU install \
+Mesa's software Vulkan driver (lavapipe): `sudo apt-get install -y mesa-vulkan-drivers libvulkan1` \
+and run with WGPU_BACKEND=vulkan";
+
+/// A wgpu device and queue plus what the kernels share: cached pipelines and the profiler.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    info: Option<wgpu::AdapterInfo>,
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    profiler: Mutex<Option<Profiler>>,
+}
+
+/// A short description of an adapter, as `memlayers info` prints it.
+pub fn describe_adapter(adapter: &wgpu::Adapter) -> String {
+    let info = adapter.get_info();
+    let l = adapter.limits();
+    format!(
+        "{} ({:?}, {:?}, driver {} {})\n  limits: max_storage_buffer_binding_size {} MiB, max_buffer_size {} MiB, \
+storage buffers/stage {}, invocations/workgroup {}, workgroup storage {} B, workgroups/dim {}\n  features: {:?}",
+        info.name,
+        info.backend,
+        info.device_type,
+        info.driver,
+        info.driver_info,
+        l.max_storage_buffer_binding_size >> 20,
+        l.max_buffer_size >> 20,
+        l.max_storage_buffers_per_shader_stage,
+        l.max_compute_invocations_per_workgroup,
+        l.max_compute_workgroup_storage_size,
+        l.max_compute_workgroups_per_dimension,
+        adapter.features()
+    )
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter this machine offers (honouring `WGPU_BACKEND`).
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn all_adapters() -> Vec<wgpu::Adapter> {
+    instance()
+        .enumerate_adapters(wgpu::Backends::all().with_env())
+        .await
+}
+
+fn check_adapter(adapter: &wgpu::Adapter) -> Result<()> {
+    let l = adapter.limits();
+    let mut missing = Vec::new();
+    if l.max_storage_buffers_per_shader_stage < REQUIRED_STORAGE_BUFFERS {
+        missing.push(format!(
+            "{REQUIRED_STORAGE_BUFFERS} storage buffers per stage (has {})",
+            l.max_storage_buffers_per_shader_stage
+        ));
+    }
+    if l.max_compute_invocations_per_workgroup < REQUIRED_INVOCATIONS {
+        missing.push(format!(
+            "{REQUIRED_INVOCATIONS} invocations per workgroup (has {})",
+            l.max_compute_invocations_per_workgroup
+        ));
+    }
+    if l.max_compute_workgroup_storage_size < REQUIRED_WORKGROUP_STORAGE {
+        missing.push(format!(
+            "{REQUIRED_WORKGROUP_STORAGE} B of workgroup storage (has {})",
+            l.max_compute_workgroup_storage_size
+        ));
+    }
+    if l.max_compute_workgroups_per_dimension < MAX_GRID_DIM {
+        missing.push(format!(
+            "{MAX_GRID_DIM} workgroups per dimension (has {})",
+            l.max_compute_workgroups_per_dimension
+        ));
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Adapter(format!(
+            "`{}` cannot run memlayers kernels: needs {}",
+            adapter.get_info().name,
+            missing.join(", ")
+        )))
+    }
+}
+
+impl Gpu {
+    /// Picks the best adapter (honouring `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`) and creates a
+    /// device with the limits the kernels need, raising the binding and buffer sizes to what
+    /// the adapter offers so large value tables split into as few buffers as possible.
+    pub async fn new() -> Result<Self> {
+        let instance = instance();
+        let adapter = Self::choose_adapter(&instance).await?;
+        check_adapter(&adapter)?;
+        let a = adapter.limits();
+        let required_limits = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: REQUIRED_STORAGE_BUFFERS,
+            max_compute_invocations_per_workgroup: REQUIRED_INVOCATIONS,
+            max_compute_workgroup_size_x: REQUIRED_INVOCATIONS,
+            max_compute_workgroup_storage_size: REQUIRED_WORKGROUP_STORAGE,
+            max_compute_workgroups_per_dimension: MAX_GRID_DIM,
+            max_storage_buffer_binding_size: a.max_storage_buffer_binding_size,
+            max_buffer_size: a.max_buffer_size,
+            ..wgpu::Limits::downlevel_defaults()
+        }
+        .using_alignment(a.clone());
+        // Timestamp queries are optional: only the benchmark uses them.
+        let required_features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("memlayers"),
+                required_features,
+                required_limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Device(format!("request_device failed: {e}")))?;
+        let mut gpu = Self::from_device(device, queue);
+        gpu.info = Some(adapter.get_info());
+        Ok(gpu)
+    }
+
+    /// Blocking `new` for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Self> {
+        pollster::block_on(Self::new())
+    }
+
+    async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+            let wanted = wanted.to_lowercase();
+            let adapters = instance
+                .enumerate_adapters(wgpu::Backends::all().with_env())
+                .await;
+            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            return adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                .ok_or_else(|| {
+                    Error::Adapter(format!(
+                        "WGPU_ADAPTER_NAME={wanted} matches none of the adapters {names:?}"
+                    ))
+                });
+        }
+        instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Adapter(format!("{NO_ADAPTER_HELP} ({e})")))
+    }
+
+    /// Wraps a device and queue that a host application created. The device must have been
+    /// created with at least WebGPU's default compute limits (`wgpu::Limits::default()`).
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Gpu {
+            device,
+            queue,
+            info: None,
+            pipelines: Mutex::new(HashMap::new()),
+            profiler: Mutex::new(None),
+        }
+    }
+
+    /// The adapter's description, when this `Gpu` chose the adapter itself.
+    pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.info.as_ref()
+    }
+
+    pub fn adapter_name(&self) -> String {
+        self.info
+            .as_ref()
+            .map(|i| format!("{} ({:?})", i.name, i.backend))
+            .unwrap_or_else(|| "host-provided device".into())
+    }
+
+    pub fn limits(&self) -> wgpu::Limits {
+        self.device.limits()
+    }
+
+    /// Largest storage binding, capped at what a buffer can hold.
+    pub fn max_binding_bytes(&self) -> u64 {
+        let l = self.device.limits();
+        l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+    }
+
+    /// A compute pipeline for `source` (entry point `main`), built once per (name, constants).
+    pub fn pipeline(
+        &self,
+        name: &str,
+        source: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let key = format!("{name}{constants:?}");
+        let mut cache = self.pipelines.lock().unwrap();
+        if let Some(p) = cache.get(&key) {
+            return p.clone();
+        }
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
+                cache: None,
+            });
+        cache.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// A bind group for group 0 of `pipeline` with `buffers` at bindings 0, 1, 2, ...
+    pub fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        })
+    }
+
+    /// A storage buffer holding `data` (usable as kernel input and output, and copyable).
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        // A zero-length binding is invalid: keep at least one word.
+        let contents: Vec<u8>;
+        let contents = if bytes.len() < 4 {
+            contents = vec![0u8; 4];
+            &contents[..]
+        } else {
+            bytes
+        };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A zeroed storage buffer of `bytes` bytes (at least 4).
+    pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A uniform buffer holding one parameter block.
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Begins a compute pass; when profiling is on, the pass is timed under `label`.
+    pub fn begin_pass<'e>(
+        &self,
+        encoder: &'e mut wgpu::CommandEncoder,
+        label: &'static str,
+    ) -> wgpu::ComputePass<'e> {
+        let mut guard = self.profiler.lock().unwrap();
+        let writes = guard.as_mut().and_then(|p| p.next_writes(label));
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: writes,
+        })
+    }
+
+    /// Turns on per-pass GPU timing for up to `passes` passes. Errors when the adapter has no
+    /// timestamp queries.
+    pub fn start_profiling(&self, passes: u32) -> Result<()> {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Err(Error::Adapter(
+                "this adapter has no timestamp queries".into(),
+            ));
+        }
+        *self.profiler.lock().unwrap() = Some(Profiler::new(&self.device, passes));
+        Ok(())
+    }
+
+    /// Stops profiling and returns the time of every recorded pass, in recording order.
+    pub async fn finish_profiling(&self) -> Result<Vec<KernelTiming>> {
+        let profiler = self.profiler.lock().unwrap().take();
+        match profiler {
+            Some(p) => p.read(self).await,
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A 2-D grid of `n` workgroups (x * y >= n), for counts beyond one dimension's limit.
+/// Kernels recover the linear index as `wg.y * num_workgroups.x + wg.x` and skip the excess.
+pub fn grid(n: u32) -> (u32, u32) {
+    if n == 0 {
+        return (0, 0);
+    }
+    let x = n.min(MAX_GRID_DIM);
+    (x, n.div_ceil(x))
+}

@@ -1,0 +1,103 @@
+//! Reading GPU buffers back to the host. Always async underneath (the only way on the web);
+//! native programs get blocking wrappers.
+
+use super::Gpu;
+use crate::error::{Error, Result};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
+
+#[derive(Default)]
+struct MapState {
+    result: Option<MapResult>,
+    waker: Option<Waker>,
+}
+
+/// Resolves when `map_async`'s callback has fired.
+struct MapFuture(Arc<Mutex<MapState>>);
+
+impl Future for MapFuture {
+    type Output = MapResult;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<MapResult> {
+        let mut state = self.0.lock().unwrap();
+        match state.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Gpu {
+    /// Copies `size` bytes at `offset` of `buffer` to the host. Submits the copy itself.
+    pub async fn read_bytes(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let padded = size.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
+        self.queue.submit([encoder.finish()]);
+        let state = Arc::new(Mutex::new(MapState::default()));
+        let callback_state = state.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let mut s = callback_state.lock().unwrap();
+            s.result = Some(r);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("poll failed: {e}")))?;
+        MapFuture(state)
+            .await
+            .map_err(|e| Error::Device(format!("buffer map failed: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Device(format!("mapped range: {e}")))?;
+        let out = view[..size as usize].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(buffer, 0, (len * 4) as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    pub async fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<u32>> {
+        let bytes = self.read_bytes(buffer, 0, (len * 4) as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Blocking `read_f32` for native programs and tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_f32_blocking(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_f32(buffer, len))
+    }
+
+    /// Blocking `read_u32` for native programs and tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_u32_blocking(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<u32>> {
+        pollster::block_on(self.read_u32(buffer, len))
+    }
+}

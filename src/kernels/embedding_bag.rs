@@ -1,0 +1,125 @@
+//! `embedding_bag.wgsl`: out[r] = sum_j weights[r, j] * V[indices[r, j]] over a value table
+//! stored as f32 or packed f16 and split across up to four buffers.
+
+use super::check_buffer;
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Gpu};
+
+pub const SOURCE: &str = include_str!("../../shaders/embedding_bag.wgsl");
+
+/// Buffers a table may be split across (the kernel binds exactly this many).
+pub const MAX_CHUNKS: usize = 4;
+/// Largest bag (heads * knn) the kernel's workgroup arrays hold.
+pub const MAX_BAG: u32 = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    bag: u32,
+    v_dim: u32,
+    row_words: u32,
+    rows_per_chunk: u32,
+    f16_values: u32,
+    _pad: [u32; 2],
+}
+
+/// How a value table is laid out on the GPU: rows of `row_words` u32 words, `rows_per_chunk`
+/// rows per buffer.
+pub struct ValueChunks<'a> {
+    pub buffers: &'a [wgpu::Buffer],
+    pub n_rows: u32,
+    pub v_dim: u32,
+    pub f16: bool,
+    pub rows_per_chunk: u32,
+}
+
+impl ValueChunks<'_> {
+    /// u32 words per row: one per f32, one per pair of f16 (rows padded to whole words).
+    pub fn row_words(v_dim: u32, f16: bool) -> u32 {
+        if f16 {
+            v_dim.div_ceil(2)
+        } else {
+            v_dim
+        }
+    }
+}
+
+/// `indices`, `weights`: `[rows, bag]`; `out`: `[rows, v_dim]` f32.
+pub struct EmbeddingBag<'a> {
+    pub rows: u32,
+    pub bag: u32,
+    pub indices: &'a wgpu::Buffer,
+    pub weights: &'a wgpu::Buffer,
+    pub values: &'a ValueChunks<'a>,
+    pub out: &'a wgpu::Buffer,
+}
+
+impl EmbeddingBag<'_> {
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let v = self.values;
+        if self.rows == 0 || self.bag == 0 || v.v_dim == 0 {
+            return Err(Error::Config("embedding bag: empty shape".into()));
+        }
+        if self.bag > MAX_BAG {
+            return Err(Error::Config(format!(
+                "heads * knn must be at most {MAX_BAG}, found {}",
+                self.bag
+            )));
+        }
+        if v.buffers.is_empty() || v.buffers.len() > MAX_CHUNKS {
+            return Err(Error::Config(format!(
+                "value table must be in 1..={MAX_CHUNKS} buffers, found {}",
+                v.buffers.len()
+            )));
+        }
+        let row_words = ValueChunks::row_words(v.v_dim, v.f16);
+        let (rows, bag) = (self.rows as u64, self.bag as u64);
+        check_buffer(gpu, "bag.indices", self.indices, rows * bag)?;
+        check_buffer(gpu, "bag.weights", self.weights, rows * bag)?;
+        check_buffer(gpu, "bag.out", self.out, rows * v.v_dim as u64)?;
+        for (i, b) in v.buffers.iter().enumerate() {
+            let chunk_rows =
+                (v.n_rows - (i as u32 * v.rows_per_chunk).min(v.n_rows)).min(v.rows_per_chunk);
+            check_buffer(
+                gpu,
+                "values.weight",
+                b,
+                chunk_rows as u64 * row_words as u64,
+            )?;
+        }
+        let pipeline = gpu.pipeline("embedding_bag", SOURCE, &[]);
+        let params = gpu.uniform(
+            "bag params",
+            &Params {
+                rows: self.rows,
+                bag: self.bag,
+                v_dim: v.v_dim,
+                row_words,
+                rows_per_chunk: v.rows_per_chunk,
+                f16_values: v.f16 as u32,
+                _pad: [0; 2],
+            },
+        );
+        let chunk = |i: usize| &v.buffers[i.min(v.buffers.len() - 1)];
+        let bind = gpu.bind(
+            &pipeline,
+            &[
+                &params,
+                self.indices,
+                self.weights,
+                self.out,
+                chunk(0),
+                chunk(1),
+                chunk(2),
+                chunk(3),
+            ],
+        );
+        let (x, y) = grid(self.rows);
+        let mut pass = gpu.begin_pass(encoder, "embedding_bag");
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+}

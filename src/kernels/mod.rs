@@ -1,0 +1,77 @@
+//! One Rust module per WGSL file: each validates shapes, sizes the dispatch and records into a
+//! caller's `CommandEncoder`. The only place that knows binding layouts. Nothing here submits.
+
+pub mod copy;
+pub mod embedding_bag;
+pub mod linear;
+pub mod pkm_lookup;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// Every WGSL file of the crate, by name (for validation tests and tooling).
+pub const ALL_SHADERS: &[(&str, &str)] = &[
+    ("copy.wgsl", copy::SOURCE),
+    ("embedding_bag.wgsl", embedding_bag::SOURCE),
+    ("linear.wgsl", linear::SOURCE),
+    ("pkm_lookup.wgsl", pkm_lookup::SOURCE),
+];
+
+/// Checks that `buffer` holds at least `elems` 4-byte elements and fits one storage binding.
+pub(crate) fn check_buffer(gpu: &Gpu, name: &str, buffer: &wgpu::Buffer, elems: u64) -> Result<()> {
+    let need = elems * 4;
+    if buffer.size() < need {
+        return Err(Error::tensor(
+            name,
+            format!("a buffer of at least {need} bytes"),
+            format!("{} bytes", buffer.size()),
+        ));
+    }
+    if buffer.size() > gpu.max_binding_bytes() {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "at most {} bytes (the adapter's largest storage binding)",
+                gpu.max_binding_bytes()
+            ),
+            format!("{} bytes", buffer.size()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every WGSL file parses and validates with naga (the same front end wgpu uses natively),
+    /// and stays within WebGPU's default workgroup limits.
+    #[test]
+    fn every_shader_parses_and_validates() {
+        for (name, source) in super::ALL_SHADERS {
+            let module = naga::front::wgsl::parse_str(source)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+            // unpack2x16float is core WGSL; naga files it under this capability, which wgpu
+            // grants on every WebGPU-conformant backend.
+            let caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            for ep in &module.entry_points {
+                let invocations: u32 = ep.workgroup_size.iter().product();
+                assert!(
+                    invocations <= 256,
+                    "{name}: {invocations} invocations per workgroup"
+                );
+            }
+            let workgroup_bytes: u32 = module
+                .global_variables
+                .iter()
+                .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+                .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
+                .sum();
+            assert!(
+                workgroup_bytes <= 16384,
+                "{name}: {workgroup_bytes} B of workgroup memory"
+            );
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! memlayers: trainable product-key memory layers ("Memory Layers at Scale", Berges et al.
+//! 2024) on any GPU through WebGPU.
+//!
+//! Layers, bottom up (nothing calls upward):
+//! - [`gpu`]: the device, buffers, pipelines, readback, timing;
+//! - [`kernels`]: one module per WGSL file, recording into a caller's encoder;
+//! - [`memory`]: the memory layer and its shared value pool;
+//! - [`io`]: safetensors checkpoints under the reference names;
+//! - [`reference`]: the plain-Rust CPU oracle of every kernel.
+
+pub mod error;
+pub mod gpu;
+pub mod io;
+pub mod kernels;
+pub mod memory;
+pub mod reference;
+pub mod rng;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+pub use memory::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};

@@ -1,0 +1,353 @@
+//! One memory layer: host-side weights (reference names and init), their GPU copy, and the
+//! forward pass recorded into a caller's encoder.
+
+use super::config::MemoryConfig;
+use super::pool::ValuePool;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::embedding_bag::EmbeddingBag;
+use crate::kernels::linear::Linear;
+use crate::kernels::pkm_lookup::{Lookup, LookupShape};
+use crate::reference::{LookupDims, MemoryParamsRef};
+use crate::rng::Rng;
+
+/// Host-side parameters of one layer, row-major f32, reference layouts.
+#[derive(Clone, Debug)]
+pub struct MemoryWeights {
+    pub config: MemoryConfig,
+    /// `query_proj.query_mlps.0.weight [heads * k_dim, d]`
+    pub query_w: Vec<f32>,
+    /// `query_proj.query_mlps.0.bias [heads * k_dim]`
+    pub query_b: Vec<f32>,
+    /// `keys [2 * heads * n_keys, k_dim / 2]`
+    pub keys: Vec<f32>,
+    /// `swilu_projection.weight [v_dim, d]`, `.bias [v_dim]`
+    pub swilu: Option<(Vec<f32>, Vec<f32>)>,
+    /// `value_proj.weight [d, v_dim]`, `.bias [d]`
+    pub value_proj: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Reference parameter names of one layer (values live in the pool, see `VALUES_NAME`).
+pub const QUERY_W: &str = "query_proj.query_mlps.0.weight";
+pub const QUERY_B: &str = "query_proj.query_mlps.0.bias";
+pub const KEYS: &str = "keys";
+pub const VALUES_NAME: &str = "values.weight";
+pub const SWILU_W: &str = "swilu_projection.weight";
+pub const SWILU_B: &str = "swilu_projection.bias";
+pub const VALUE_PROJ_W: &str = "value_proj.weight";
+pub const VALUE_PROJ_B: &str = "value_proj.bias";
+
+impl MemoryWeights {
+    /// The reference initialisation (REFERENCE.md section 1 table).
+    pub fn init(config: &MemoryConfig, rng: &mut Rng) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        let q_out = c.heads * c.k_dim;
+        let xavier = (6.0 / (c.d + q_out) as f32).sqrt();
+        let linear_default = 1.0 / (c.d as f32).sqrt();
+        let proj_std = 1.0 / (c.d as f32).sqrt();
+        Ok(MemoryWeights {
+            config: c.clone(),
+            query_w: rng.vec_symmetric(q_out * c.d, xavier),
+            query_b: rng.vec_symmetric(q_out, linear_default),
+            keys: rng.vec_symmetric(
+                2 * c.heads * c.n_keys * (c.k_dim / 2),
+                1.0 / (c.k_dim as f32).sqrt(),
+            ),
+            swilu: c.swilu.then(|| {
+                (
+                    rng.vec_normal(c.v_dim * c.d, proj_std),
+                    rng.vec_normal(c.v_dim, proj_std),
+                )
+            }),
+            value_proj: c.value_proj.then(|| {
+                (
+                    rng.vec_normal(c.d * c.v_dim, proj_std),
+                    rng.vec_normal(c.d, proj_std),
+                )
+            }),
+        })
+    }
+
+    /// Values drawn as the reference draws them: normal, std v_dim^-1/2.
+    pub fn init_values(config: &MemoryConfig, rng: &mut Rng) -> Vec<f32> {
+        rng.vec_normal(
+            config.n_values() * config.v_dim,
+            1.0 / (config.v_dim as f32).sqrt(),
+        )
+    }
+
+    /// Every parameter with its reference name and shape (values excluded: see the pool).
+    pub fn named_tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
+        let c = &self.config;
+        let mut t: Vec<(&'static str, Vec<usize>, &[f32])> = vec![
+            (QUERY_W, vec![c.heads * c.k_dim, c.d], &self.query_w),
+            (QUERY_B, vec![c.heads * c.k_dim], &self.query_b),
+            (KEYS, vec![2 * c.heads * c.n_keys, c.k_dim / 2], &self.keys),
+        ];
+        if let Some((w, b)) = &self.swilu {
+            t.push((SWILU_W, vec![c.v_dim, c.d], w));
+            t.push((SWILU_B, vec![c.v_dim], b));
+        }
+        if let Some((w, b)) = &self.value_proj {
+            t.push((VALUE_PROJ_W, vec![c.d, c.v_dim], w));
+            t.push((VALUE_PROJ_B, vec![c.d], b));
+        }
+        t
+    }
+
+    /// The CPU oracle's view of these weights with the pool's `values`.
+    pub fn reference<'a>(&'a self, values: &'a [f32]) -> MemoryParamsRef<'a> {
+        MemoryParamsRef {
+            d: self.config.d,
+            v_dim: self.config.v_dim,
+            query_w: &self.query_w,
+            query_b: &self.query_b,
+            keys: &self.keys,
+            values,
+            swilu: self.swilu.as_ref().map(|(w, b)| (&w[..], &b[..])),
+            value_proj: self.value_proj.as_ref().map(|(w, b)| (&w[..], &b[..])),
+        }
+    }
+
+    pub fn lookup_dims(&self, rows: usize) -> LookupDims {
+        let c = &self.config;
+        LookupDims {
+            rows,
+            heads: c.heads,
+            n_keys: c.n_keys,
+            k_dim: c.k_dim,
+            knn: c.knn,
+            qk_norm: c.qk_norm,
+        }
+    }
+}
+
+/// A layer's parameters on the GPU.
+pub struct MemoryLayer {
+    pub config: MemoryConfig,
+    query_w: wgpu::Buffer,
+    query_b: wgpu::Buffer,
+    keys: wgpu::Buffer,
+    swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+/// Buffers one forward pass writes (kept for inspection and for the backward pass).
+pub struct MemoryActivations {
+    pub rows: u32,
+    /// `[rows, heads * k_dim]`
+    pub query: wgpu::Buffer,
+    /// `[rows, heads, knn]` u32 slots, pre-softmax scores, softmax weights.
+    pub indices: wgpu::Buffer,
+    pub scores: wgpu::Buffer,
+    pub weights: wgpu::Buffer,
+    /// `[rows, v_dim]` the summed bag of values.
+    pub bag: wgpu::Buffer,
+    /// `[rows, v_dim]` `bag * silu(swilu_projection(x))` (Memory+ only).
+    pub gated: Option<wgpu::Buffer>,
+    /// `[rows, out_dim]` the layer's output.
+    pub out: wgpu::Buffer,
+}
+
+/// A forward pass read back to the host.
+#[derive(Clone, Debug)]
+pub struct ForwardResult {
+    pub out: Vec<f32>,
+    pub indices: Vec<u32>,
+    pub scores: Vec<f32>,
+    pub weights: Vec<f32>,
+}
+
+fn upload_checked(gpu: &Gpu, name: &str, data: &[f32], shape: &[usize]) -> Result<wgpu::Buffer> {
+    let n: usize = shape.iter().product();
+    if data.len() != n {
+        return Err(Error::tensor(
+            name,
+            format!("{shape:?} ({n} elements)"),
+            format!("{} elements", data.len()),
+        ));
+    }
+    Ok(gpu.upload(name, data))
+}
+
+impl MemoryLayer {
+    pub fn new(gpu: &Gpu, w: &MemoryWeights) -> Result<Self> {
+        w.config.validate()?;
+        let named = w.named_tensors();
+        let mut bufs = Vec::with_capacity(named.len());
+        for (name, shape, data) in &named {
+            bufs.push(upload_checked(gpu, name, data, shape)?);
+        }
+        let mut it = bufs.into_iter();
+        let (query_w, query_b, keys) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let swilu = w
+            .swilu
+            .as_ref()
+            .map(|_| (it.next().unwrap(), it.next().unwrap()));
+        let value_proj = w
+            .value_proj
+            .as_ref()
+            .map(|_| (it.next().unwrap(), it.next().unwrap()));
+        Ok(MemoryLayer {
+            config: w.config.clone(),
+            query_w,
+            query_b,
+            keys,
+            swilu,
+            value_proj,
+        })
+    }
+
+    /// Records the forward pass of `rows` tokens `x [rows, d]` reading values from `pool`.
+    /// Nothing is submitted.
+    pub fn record_forward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        pool: &ValuePool,
+        x: &wgpu::Buffer,
+        rows: u32,
+    ) -> Result<MemoryActivations> {
+        let c = &self.config;
+        if pool.v_dim() != c.v_dim || pool.n_rows() != c.n_values() {
+            return Err(Error::tensor(
+                "values.weight",
+                format!("[{}, {}]", c.n_values(), c.v_dim),
+                format!("[{}, {}]", pool.n_rows(), pool.v_dim()),
+            ));
+        }
+        let (d, qw, v) = (c.d as u32, (c.heads * c.k_dim) as u32, c.v_dim as u32);
+        let lookup_len = rows as u64 * (c.heads * c.knn) as u64 * 4;
+        let query = gpu.storage("query", rows as u64 * qw as u64 * 4);
+        let indices = gpu.storage("indices", lookup_len);
+        let scores = gpu.storage("scores", lookup_len);
+        let weights = gpu.storage("weights", lookup_len);
+        let bag = gpu.storage("bag", rows as u64 * v as u64 * 4);
+        Linear {
+            x,
+            w: &self.query_w,
+            bias: Some(&self.query_b),
+            gate: None,
+            y: &query,
+            m: rows,
+            n: qw,
+            k: d,
+        }
+        .record(gpu, encoder)?;
+        Lookup {
+            shape: LookupShape {
+                rows,
+                heads: c.heads as u32,
+                n_keys: c.n_keys as u32,
+                k_dim: c.k_dim as u32,
+                knn: c.knn as u32,
+                qk_norm: c.qk_norm,
+            },
+            query: &query,
+            keys: &self.keys,
+            indices: &indices,
+            scores: &scores,
+            weights: &weights,
+        }
+        .record(gpu, encoder)?;
+        let chunks = pool.chunks();
+        EmbeddingBag {
+            rows,
+            bag: (c.heads * c.knn) as u32,
+            indices: &indices,
+            weights: &weights,
+            values: &chunks,
+            out: &bag,
+        }
+        .record(gpu, encoder)?;
+        let gated = match &self.swilu {
+            Some((w1, b1)) => {
+                let gated = gpu.storage("gated", rows as u64 * v as u64 * 4);
+                Linear {
+                    x,
+                    w: w1,
+                    bias: Some(b1),
+                    gate: Some(&bag),
+                    y: &gated,
+                    m: rows,
+                    n: v,
+                    k: d,
+                }
+                .record(gpu, encoder)?;
+                Some(gated)
+            }
+            None => None,
+        };
+        let hidden = gated.as_ref().unwrap_or(&bag);
+        let out = match &self.value_proj {
+            Some((wo, bo)) => {
+                let out = gpu.storage("memory out", rows as u64 * d as u64 * 4);
+                Linear {
+                    x: hidden,
+                    w: wo,
+                    bias: Some(bo),
+                    gate: None,
+                    y: &out,
+                    m: rows,
+                    n: d,
+                    k: v,
+                }
+                .record(gpu, encoder)?;
+                out
+            }
+            None => hidden.clone(),
+        };
+        Ok(MemoryActivations {
+            rows,
+            query,
+            indices,
+            scores,
+            weights,
+            bag,
+            gated,
+            out,
+        })
+    }
+
+    /// Uploads `x [rows, d]`, runs the forward pass and reads the results back.
+    pub async fn forward(
+        &self,
+        gpu: &Gpu,
+        pool: &ValuePool,
+        x: &[f32],
+        rows: usize,
+    ) -> Result<ForwardResult> {
+        let c = &self.config;
+        if x.len() != rows * c.d {
+            return Err(Error::tensor(
+                "input",
+                format!("[{rows}, {}]", c.d),
+                format!("{} elements", x.len()),
+            ));
+        }
+        let xb = gpu.upload("input", x);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let act = self.record_forward(gpu, &mut encoder, pool, &xb, rows as u32)?;
+        gpu.queue.submit([encoder.finish()]);
+        let n = rows * c.heads * c.knn;
+        Ok(ForwardResult {
+            out: gpu.read_f32(&act.out, rows * c.out_dim()).await?,
+            indices: gpu.read_u32(&act.indices, n).await?,
+            scores: gpu.read_f32(&act.scores, n).await?,
+            weights: gpu.read_f32(&act.weights, n).await?,
+        })
+    }
+
+    /// Blocking `forward` for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn forward_blocking(
+        &self,
+        gpu: &Gpu,
+        pool: &ValuePool,
+        x: &[f32],
+        rows: usize,
+    ) -> Result<ForwardResult> {
+        pollster::block_on(self.forward(gpu, pool, x, rows))
+    }
+}

@@ -1,0 +1,244 @@
+//! Each kernel against the CPU oracle over many random shapes, odd sizes included.
+
+mod common;
+use common::{assert_close, gpu};
+use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
+use memlayers::kernels::linear::Linear;
+use memlayers::kernels::pkm_lookup::{Lookup, LookupShape};
+use memlayers::memory::{as_stored, ValueDtype, ValuePool};
+use memlayers::reference::{self, LookupDims};
+use memlayers::rng::Rng;
+
+fn run_linear(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    gate: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let g = gpu();
+    let (xb, wb, yb) = (
+        g.upload("x", x),
+        g.upload("w", w),
+        g.storage("y", (m * n * 4) as u64),
+    );
+    let bb = b.map(|b| g.upload("b", b));
+    let gb = gate.map(|v| g.upload("gate", v));
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    Linear {
+        x: &xb,
+        w: &wb,
+        bias: bb.as_ref(),
+        gate: gb.as_ref(),
+        y: &yb,
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+    }
+    .record(g, &mut enc)
+    .unwrap();
+    g.queue.submit([enc.finish()]);
+    g.read_f32_blocking(&yb, m * n).unwrap()
+}
+
+#[test]
+fn linear_matches_oracle_over_shapes() {
+    let mut rng = Rng::new(1);
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (1, 7, 3),
+        (5, 64, 64),
+        (63, 65, 17),
+        (130, 33, 129),
+        (200, 256, 96),
+        (3, 1000, 50),
+    ] {
+        let x = rng.vec_symmetric(m * k, 1.0);
+        let w = rng.vec_symmetric(n * k, 1.0);
+        let b = rng.vec_symmetric(n, 1.0);
+        let want = reference::linear(&x, &w, Some(&b), m, n, k);
+        assert_close(
+            &format!("linear {m}x{n}x{k}"),
+            &run_linear(&x, &w, Some(&b), None, m, n, k),
+            &want,
+        );
+        let want_nb = reference::linear(&x, &w, None, m, n, k);
+        assert_close(
+            &format!("linear (no bias) {m}x{n}x{k}"),
+            &run_linear(&x, &w, None, None, m, n, k),
+            &want_nb,
+        );
+        let gate = rng.vec_symmetric(m * n, 2.0);
+        let want_g = reference::silu_gate(&gate, &want);
+        assert_close(
+            &format!("linear+gate {m}x{n}x{k}"),
+            &run_linear(&x, &w, Some(&b), Some(&gate), m, n, k),
+            &want_g,
+        );
+    }
+}
+
+fn run_lookup(query: &[f32], keys: &[f32], d: LookupDims) -> reference::LookupOut {
+    let g = gpu();
+    let n = d.rows * d.heads * d.knn;
+    let (qb, kb) = (g.upload("query", query), g.upload("keys", keys));
+    let (ib, sb, wb) = (
+        g.storage("i", n as u64 * 4),
+        g.storage("s", n as u64 * 4),
+        g.storage("w", n as u64 * 4),
+    );
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    Lookup {
+        shape: LookupShape {
+            rows: d.rows as u32,
+            heads: d.heads as u32,
+            n_keys: d.n_keys as u32,
+            k_dim: d.k_dim as u32,
+            knn: d.knn as u32,
+            qk_norm: d.qk_norm,
+        },
+        query: &qb,
+        keys: &kb,
+        indices: &ib,
+        scores: &sb,
+        weights: &wb,
+    }
+    .record(g, &mut enc)
+    .unwrap();
+    g.queue.submit([enc.finish()]);
+    reference::LookupOut {
+        indices: g.read_u32_blocking(&ib, n).unwrap(),
+        scores: g.read_f32_blocking(&sb, n).unwrap(),
+        weights: g.read_f32_blocking(&wb, n).unwrap(),
+    }
+}
+
+fn check_lookup(d: LookupDims, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let query = rng.vec_symmetric(d.rows * d.heads * d.k_dim, 1.0);
+    let keys = rng.vec_symmetric(2 * d.heads * d.n_keys * (d.k_dim / 2), 1.0);
+    let want = reference::lookup(&query, &keys, d);
+    let got = run_lookup(&query, &keys, d);
+    assert_eq!(got.indices, want.indices, "selected slots differ for {d:?}");
+    assert_close(&format!("scores {d:?}"), &got.scores, &want.scores);
+    assert_close(&format!("weights {d:?}"), &got.weights, &want.weights);
+}
+
+#[test]
+fn lookup_matches_oracle_over_shapes() {
+    let shapes = [
+        // (rows, heads, n_keys, k_dim, knn)
+        (1, 1, 1, 2, 1),
+        (3, 1, 50, 6, 1),
+        (7, 2, 50, 10, 8),
+        (5, 4, 64, 16, 32),
+        (4, 8, 100, 14, 64),
+        (2, 3, 333, 22, 17),
+        (3, 4, 1024, 64, 32),
+        (2, 2, 1500, 18, 64),
+        (2, 1, 200, 8, 128),
+        (1, 2, 1024, 1024, 16),
+    ];
+    for (i, &(rows, heads, n_keys, k_dim, knn)) in shapes.iter().enumerate() {
+        for qk_norm in [false, true] {
+            check_lookup(
+                LookupDims {
+                    rows,
+                    heads,
+                    n_keys,
+                    k_dim,
+                    knn,
+                    qk_norm,
+                },
+                100 + i as u64,
+            );
+        }
+    }
+}
+
+#[test]
+fn lookup_breaks_ties_to_the_lower_slot() {
+    // All-equal keys: every score ties, so the top-k must be slots 0, 1, 2, ... in order.
+    let d = LookupDims {
+        rows: 2,
+        heads: 2,
+        n_keys: 37,
+        k_dim: 4,
+        knn: 9,
+        qk_norm: false,
+    };
+    let query = vec![0.5f32; d.rows * d.heads * d.k_dim];
+    let keys = vec![0.25f32; 2 * d.heads * d.n_keys * 2];
+    let got = run_lookup(&query, &keys, d);
+    let want = reference::lookup(&query, &keys, d);
+    assert_eq!(got.indices, want.indices);
+    assert_eq!(&got.indices[..9], &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
+}
+
+fn run_bag(
+    indices: &[u32],
+    weights: &[f32],
+    pool: &ValuePool,
+    rows: usize,
+    bag: usize,
+) -> Vec<f32> {
+    let g = gpu();
+    let (ib, wb) = (g.upload("idx", indices), g.upload("w", weights));
+    let out = g.storage("out", (rows * pool.v_dim() * 4) as u64);
+    let chunks: ValueChunks = pool.chunks();
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    EmbeddingBag {
+        rows: rows as u32,
+        bag: bag as u32,
+        indices: &ib,
+        weights: &wb,
+        values: &chunks,
+        out: &out,
+    }
+    .record(g, &mut enc)
+    .unwrap();
+    g.queue.submit([enc.finish()]);
+    g.read_f32_blocking(&out, rows * pool.v_dim()).unwrap()
+}
+
+#[test]
+fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
+    let mut rng = Rng::new(7);
+    // (rows, bag, table rows, v_dim, rows per chunk)
+    for &(rows, bag, n, v_dim, per_chunk) in &[
+        (1, 1, 1, 1, 1),
+        (3, 5, 10, 7, 10),
+        (17, 32, 100, 33, 30),
+        (9, 128, 400, 256, 100),
+        (4, 1024, 50, 300, 13),
+        (33, 12, 1000, 1025, 1000),
+    ] {
+        let values = rng.vec_normal(n * v_dim, 1.0);
+        let indices: Vec<u32> = (0..rows * bag)
+            .map(|_| rng.below(n as u64) as u32)
+            .collect();
+        let weights = rng.vec_symmetric(rows * bag, 1.0);
+        for dtype in [ValueDtype::F32, ValueDtype::F16] {
+            let pool =
+                ValuePool::with_rows_per_chunk(gpu(), &values, n, v_dim, dtype, per_chunk).unwrap();
+            let want = reference::embedding_bag(
+                &indices,
+                &weights,
+                &as_stored(&values, dtype),
+                rows,
+                bag,
+                v_dim,
+            );
+            assert_close(
+                &format!(
+                    "bag rows={rows} bag={bag} n={n} v_dim={v_dim} chunks={} {dtype:?}",
+                    pool.buffer_count()
+                ),
+                &run_bag(&indices, &weights, &pool, rows, bag),
+                &want,
+            );
+        }
+    }
+}
