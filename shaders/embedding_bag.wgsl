@@ -5,9 +5,12 @@
 //   f32: one word per element, bitcast;
 //   f16: two elements per word, unpack2x16float (no shader-f16 feature needed);
 //        a row is padded to a whole number of words.
-// Tables larger than one storage binding are split by rows over up to four buffers
-// (`rows_per_chunk` rows each); a slot picks its buffer with a switch that is uniform across
-// the workgroup. Accumulation is in f32, in bag order: deterministic.
+// Tables larger than one storage binding are split by rows into buffers of `rows_per_chunk`
+// rows. One dispatch binds four of them, the rows [first_row, first_row + 4 * rows_per_chunk),
+// and sums only the bag entries whose slot lies there; a larger table takes several
+// dispatches, each adding to what the previous one wrote (`accumulate`). A slot picks its
+// buffer with a switch that is uniform across the workgroup. Accumulation is in f32, in bag
+// order within a dispatch and dispatch after dispatch: deterministic.
 //
 // One workgroup per token row; invocations stride over the row's words so that neighbouring
 // invocations read neighbouring words of the same value row (coalesced on GPUs).
@@ -19,8 +22,8 @@ struct Params {
     row_words: u32,     // u32 words per value row
     rows_per_chunk: u32,
     f16_values: u32,
-    _pad0: u32,
-    _pad1: u32,
+    first_row: u32,     // first value row bound to v0 in this dispatch
+    accumulate: u32,    // add to `out` instead of overwriting it
 }
 
 const WG: u32 = 256u;
@@ -38,9 +41,15 @@ const MAX_BAG: u32 = 1024u;
 var<workgroup> bag_slot: array<u32, MAX_BAG>;
 var<workgroup> bag_weight: array<f32, MAX_BAG>;
 
+// Whether `slot` lies in the four buffers bound to this dispatch.
+fn bound_here(slot: u32) -> bool {
+    return slot >= p.first_row && (slot - p.first_row) / p.rows_per_chunk < 4u;
+}
+
 fn value_word(slot: u32, word: u32) -> u32 {
-    let chunk = slot / p.rows_per_chunk;
-    let at = (slot % p.rows_per_chunk) * p.row_words + word;
+    let local = slot - p.first_row;
+    let chunk = local / p.rows_per_chunk;
+    let at = (local % p.rows_per_chunk) * p.row_words + word;
     switch chunk {
         case 0u: { return v0[at]; }
         case 1u: { return v1[at]; }
@@ -67,21 +76,35 @@ fn main(
     let out0 = row * p.v_dim;
     if (p.f16_values != 0u) {
         for (var word = lid; word < p.row_words; word += WG) {
-            var acc = vec2<f32>(0.0, 0.0);
-            for (var j = 0u; j < p.bag; j++) {
-                acc = fma(vec2<f32>(bag_weight[j]), unpack2x16float(value_word(bag_slot[j], word)), acc);
-            }
             let c = word * 2u;
+            let has_second = c + 1u < p.v_dim;
+            var acc = vec2<f32>(0.0, 0.0);
+            if (p.accumulate != 0u) {
+                acc.x = out[out0 + c];
+                if (has_second) {
+                    acc.y = out[out0 + c + 1u];
+                }
+            }
+            for (var j = 0u; j < p.bag; j++) {
+                if (bound_here(bag_slot[j])) {
+                    acc = fma(vec2<f32>(bag_weight[j]), unpack2x16float(value_word(bag_slot[j], word)), acc);
+                }
+            }
             out[out0 + c] = acc.x;
-            if (c + 1u < p.v_dim) {
+            if (has_second) {
                 out[out0 + c + 1u] = acc.y;
             }
         }
     } else {
         for (var c = lid; c < p.v_dim; c += WG) {
             var acc = 0.0;
+            if (p.accumulate != 0u) {
+                acc = out[out0 + c];
+            }
             for (var j = 0u; j < p.bag; j++) {
-                acc = fma(bag_weight[j], bitcast<f32>(value_word(bag_slot[j], c)), acc);
+                if (bound_here(bag_slot[j])) {
+                    acc = fma(bag_weight[j], bitcast<f32>(value_word(bag_slot[j], c)), acc);
+                }
             }
             out[out0 + c] = acc;
         }

@@ -23,7 +23,7 @@
 // appended through a workgroup atomic counter; their order does not matter because the
 // sort that follows uses a total order (slots are unique).
 //
-// qk-norm (option): score = <q, k> / (max(|q|, 1e-12) * max(|k|, 1e-12)) per half, i.e.
+// qk-norm (option): score = <q, k> * (1 / max(|q|, 1e-12)) * (1 / max(|k|, 1e-12)) per half, i.e.
 // torch.nn.functional.normalize on both sides before the dot product.
 
 struct Params {
@@ -128,7 +128,7 @@ fn top_half(row: u32, head: u32, half_index: u32, lid: u32) {
                     kk = fma(kv, kv, kk);
                 }
                 if (p.qk_norm != 0u) {
-                    dot = dot * q_scale / max(sqrt(kk), NORM_EPS);
+                    dot = dot * q_scale * (1.0 / max(sqrt(kk), NORM_EPS));
                 }
                 score = dot;
                 index = key;

@@ -27,11 +27,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub fn tensor(
-        name: impl Into<String>,
-        expected: impl Into<String>,
-        found: impl Into<String>,
-    ) -> Self {
+    pub fn tensor(name: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) -> Self {
         Error::Tensor {
             name: name.into(),
             expected: expected.into(),

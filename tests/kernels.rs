@@ -177,13 +177,7 @@ fn lookup_breaks_ties_to_the_lower_slot() {
     assert_eq!(&got.indices[..9], &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
-fn run_bag(
-    indices: &[u32],
-    weights: &[f32],
-    pool: &ValuePool,
-    rows: usize,
-    bag: usize,
-) -> Vec<f32> {
+fn run_bag(indices: &[u32], weights: &[f32], pool: &ValuePool, rows: usize, bag: usize) -> Vec<f32> {
     let g = gpu();
     let (ib, wb) = (g.upload("idx", indices), g.upload("w", weights));
     let out = g.storage("out", (rows * pool.v_dim() * 4) as u64);
@@ -214,23 +208,15 @@ fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
         (9, 128, 400, 256, 100),
         (4, 1024, 50, 300, 13),
         (33, 12, 1000, 1025, 1000),
+        (5, 40, 97, 9, 7), // 14 buffers: four dispatches accumulating
     ] {
         let values = rng.vec_normal(n * v_dim, 1.0);
-        let indices: Vec<u32> = (0..rows * bag)
-            .map(|_| rng.below(n as u64) as u32)
-            .collect();
+        let indices: Vec<u32> = (0..rows * bag).map(|_| rng.below(n as u64) as u32).collect();
         let weights = rng.vec_symmetric(rows * bag, 1.0);
         for dtype in [ValueDtype::F32, ValueDtype::F16] {
-            let pool =
-                ValuePool::with_rows_per_chunk(gpu(), &values, n, v_dim, dtype, per_chunk).unwrap();
-            let want = reference::embedding_bag(
-                &indices,
-                &weights,
-                &as_stored(&values, dtype),
-                rows,
-                bag,
-                v_dim,
-            );
+            let pool = ValuePool::with_rows_per_chunk(gpu(), &values, n, v_dim, dtype, per_chunk).unwrap();
+            let want =
+                reference::embedding_bag(&indices, &weights, &as_stored(&values, dtype), rows, bag, v_dim);
             assert_close(
                 &format!(
                     "bag rows={rows} bag={bag} n={n} v_dim={v_dim} chunks={} {dtype:?}",

@@ -209,23 +209,16 @@ impl Gpu {
     }
 
     /// A compute pipeline for `source` (entry point `main`), built once per (name, constants).
-    pub fn pipeline(
-        &self,
-        name: &str,
-        source: &str,
-        constants: &[(&str, f64)],
-    ) -> wgpu::ComputePipeline {
+    pub fn pipeline(&self, name: &str, source: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
         let key = format!("{name}{constants:?}");
         let mut cache = self.pipelines.lock().unwrap();
         if let Some(p) = cache.get(&key) {
             return p.clone();
         }
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -244,11 +237,7 @@ impl Gpu {
     }
 
     /// A bind group for group 0 of `pipeline` with `buffers` at bindings 0, 1, 2, ...
-    pub fn bind(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        buffers: &[&wgpu::Buffer],
-    ) -> wgpu::BindGroup {
+    pub fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -276,14 +265,11 @@ impl Gpu {
         } else {
             bytes
         };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// A zeroed storage buffer of `bytes` bytes (at least 4).
@@ -291,21 +277,18 @@ impl Gpu {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
 
     /// A uniform buffer holding one parameter block.
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::bytes_of(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 
     /// Begins a compute pass; when profiling is on, the pass is timed under `label`.
@@ -325,14 +308,8 @@ impl Gpu {
     /// Turns on per-pass GPU timing for up to `passes` passes. Errors when the adapter has no
     /// timestamp queries.
     pub fn start_profiling(&self, passes: u32) -> Result<()> {
-        if !self
-            .device
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
-        {
-            return Err(Error::Adapter(
-                "this adapter has no timestamp queries".into(),
-            ));
+        if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Adapter("this adapter has no timestamp queries".into()));
         }
         *self.profiler.lock().unwrap() = Some(Profiler::new(&self.device, passes));
         Ok(())

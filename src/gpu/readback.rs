@@ -35,12 +35,7 @@ impl Future for MapFuture {
 
 impl Gpu {
     /// Copies `size` bytes at `offset` of `buffer` to the host. Submits the copy itself.
-    pub async fn read_bytes(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    ) -> Result<Vec<u8>> {
+    pub async fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         if size == 0 {
             return Ok(Vec::new());
         }

@@ -17,20 +17,13 @@ fn find_prefix(file: &TensorFile) -> Result<String> {
         return Ok(String::new());
     }
     let suffix = format!(".{}", memory::KEYS);
-    let found: Vec<&String> = file
-        .tensors
-        .keys()
-        .filter(|n| n.ends_with(&suffix))
-        .collect();
+    let found: Vec<&String> = file.tensors.keys().filter(|n| n.ends_with(&suffix)).collect();
     match found.as_slice() {
         [] => Err(Error::MissingTensor(memory::KEYS.into())),
         [one] => Ok(one[..one.len() - memory::KEYS.len()].to_string()),
         many => Err(Error::Format(format!(
             "the file holds several memory layers ({}); give one layer's tensors",
-            many.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         ))),
     }
 }

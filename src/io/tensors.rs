@@ -109,8 +109,8 @@ impl TensorFile {
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
@@ -125,11 +125,7 @@ impl TensorFile {
     }
 
     /// A float tensor, with its shape checked against `expected` (`None` = any size there).
-    pub fn f32_with_shape(
-        &self,
-        name: &str,
-        expected: &[Option<usize>],
-    ) -> Result<(&[usize], &[f32])> {
+    pub fn f32_with_shape(&self, name: &str, expected: &[Option<usize>]) -> Result<(&[usize], &[f32])> {
         let t = self.get(name)?;
         let shape_ok = t.shape.len() == expected.len()
             && t.shape
@@ -168,13 +164,10 @@ impl TensorFile {
             .map(|(n, d, s, b)| {
                 safetensors::tensor::TensorView::new(*d, s.clone(), b)
                     .map(|v| (n.clone(), v))
-                    .map_err(|e| {
-                        Error::tensor(n, format!("{d:?} data matching shape {s:?}"), e.to_string())
-                    })
+                    .map_err(|e| Error::tensor(n, format!("{d:?} data matching shape {s:?}"), e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
-        safetensors::tensor::serialize(views, None)
-            .map_err(|e| Error::Format(format!("serialize: {e}")))
+        safetensors::tensor::serialize(views, None).map_err(|e| Error::Format(format!("serialize: {e}")))
     }
 
     /// Writes atomically: a crash never leaves half a file at `path`.
@@ -195,11 +188,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Format(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

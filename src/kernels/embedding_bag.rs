@@ -1,5 +1,5 @@
 //! `embedding_bag.wgsl`: out[r] = sum_j weights[r, j] * V[indices[r, j]] over a value table
-//! stored as f32 or packed f16 and split across up to four buffers.
+//! stored as f32 or packed f16 and split across any number of buffers (four per dispatch).
 
 use super::check_buffer;
 use crate::error::{Error, Result};
@@ -7,8 +7,10 @@ use crate::gpu::{grid, Gpu};
 
 pub const SOURCE: &str = include_str!("../../shaders/embedding_bag.wgsl");
 
-/// Buffers a table may be split across (the kernel binds exactly this many).
-pub const MAX_CHUNKS: usize = 4;
+/// Table buffers one dispatch binds; larger tables take one dispatch per four buffers.
+pub const CHUNKS_PER_DISPATCH: usize = 4;
+/// Buffers a table may be split across.
+pub const MAX_CHUNKS: usize = 64;
 /// Largest bag (heads * knn) the kernel's workgroup arrays hold.
 pub const MAX_BAG: u32 = 1024;
 
@@ -21,7 +23,8 @@ struct Params {
     row_words: u32,
     rows_per_chunk: u32,
     f16_values: u32,
-    _pad: [u32; 2],
+    first_row: u32,
+    accumulate: u32,
 }
 
 /// How a value table is laid out on the GPU: rows of `row_words` u32 words, `rows_per_chunk`
@@ -79,47 +82,42 @@ impl EmbeddingBag<'_> {
         check_buffer(gpu, "bag.weights", self.weights, rows * bag)?;
         check_buffer(gpu, "bag.out", self.out, rows * v.v_dim as u64)?;
         for (i, b) in v.buffers.iter().enumerate() {
-            let chunk_rows =
-                (v.n_rows - (i as u32 * v.rows_per_chunk).min(v.n_rows)).min(v.rows_per_chunk);
-            check_buffer(
-                gpu,
-                "values.weight",
-                b,
-                chunk_rows as u64 * row_words as u64,
-            )?;
+            let chunk_rows = (v.n_rows - (i as u32 * v.rows_per_chunk).min(v.n_rows)).min(v.rows_per_chunk);
+            check_buffer(gpu, "values.weight", b, chunk_rows as u64 * row_words as u64)?;
         }
         let pipeline = gpu.pipeline("embedding_bag", SOURCE, &[]);
-        let params = gpu.uniform(
-            "bag params",
-            &Params {
-                rows: self.rows,
-                bag: self.bag,
-                v_dim: v.v_dim,
-                row_words,
-                rows_per_chunk: v.rows_per_chunk,
-                f16_values: v.f16 as u32,
-                _pad: [0; 2],
-            },
-        );
-        let chunk = |i: usize| &v.buffers[i.min(v.buffers.len() - 1)];
-        let bind = gpu.bind(
-            &pipeline,
-            &[
-                &params,
-                self.indices,
-                self.weights,
-                self.out,
-                chunk(0),
-                chunk(1),
-                chunk(2),
-                chunk(3),
-            ],
-        );
+        let binds: Vec<wgpu::BindGroup> = (0..v.buffers.len().div_ceil(CHUNKS_PER_DISPATCH))
+            .map(|d| {
+                let first = d * CHUNKS_PER_DISPATCH;
+                let params = gpu.uniform(
+                    "bag params",
+                    &Params {
+                        rows: self.rows,
+                        bag: self.bag,
+                        v_dim: v.v_dim,
+                        row_words,
+                        rows_per_chunk: v.rows_per_chunk,
+                        f16_values: v.f16 as u32,
+                        first_row: first as u32 * v.rows_per_chunk,
+                        accumulate: (d > 0) as u32,
+                    },
+                );
+                // Past the table's end, bind its last buffer again; no slot selects it.
+                let chunk = |i: usize| &v.buffers[(first + i).min(v.buffers.len() - 1)];
+                let (i, w, o) = (self.indices, self.weights, self.out);
+                gpu.bind(
+                    &pipeline,
+                    &[&params, i, w, o, chunk(0), chunk(1), chunk(2), chunk(3)],
+                )
+            })
+            .collect();
         let (x, y) = grid(self.rows);
         let mut pass = gpu.begin_pass(encoder, "embedding_bag");
         pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        for bind in &binds {
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
         Ok(())
     }
 }

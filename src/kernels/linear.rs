@@ -37,9 +37,7 @@ impl Linear<'_> {
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let (m, n, k) = (self.m as u64, self.n as u64, self.k as u64);
         if m == 0 || n == 0 || k == 0 {
-            return Err(Error::Config(format!(
-                "linear: empty shape m={m} n={n} k={k}"
-            )));
+            return Err(Error::Config(format!("linear: empty shape m={m} n={n} k={k}")));
         }
         if self.m.div_ceil(TILE) > MAX_GRID_DIM || self.n.div_ceil(TILE) > MAX_GRID_DIM {
             return Err(Error::Config(format!(

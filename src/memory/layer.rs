@@ -181,10 +181,7 @@ impl MemoryLayer {
         }
         let mut it = bufs.into_iter();
         let (query_w, query_b, keys) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
-        let swilu = w
-            .swilu
-            .as_ref()
-            .map(|_| (it.next().unwrap(), it.next().unwrap()));
+        let swilu = w.swilu.as_ref().map(|_| (it.next().unwrap(), it.next().unwrap()));
         let value_proj = w
             .value_proj
             .as_ref()

@@ -22,16 +22,9 @@ pub struct ValuePool {
 
 impl ValuePool {
     /// Uploads `values [n_rows, v_dim]`, split into as few buffers as the adapter allows.
-    pub fn new(
-        gpu: &Gpu,
-        values: &[f32],
-        n_rows: usize,
-        v_dim: usize,
-        dtype: ValueDtype,
-    ) -> Result<Self> {
+    pub fn new(gpu: &Gpu, values: &[f32], n_rows: usize, v_dim: usize, dtype: ValueDtype) -> Result<Self> {
         let row_bytes = ValueChunks::row_words(v_dim as u32, dtype == ValueDtype::F16) as u64 * 4;
-        let rows_per_chunk =
-            (gpu.max_binding_bytes() / row_bytes.max(1)).min(u32::MAX as u64) as usize;
+        let rows_per_chunk = (gpu.max_binding_bytes() / row_bytes.max(1)).min(u32::MAX as u64) as usize;
         Self::with_rows_per_chunk(gpu, values, n_rows, v_dim, dtype, rows_per_chunk)
     }
 
@@ -66,8 +59,8 @@ impl ValuePool {
         let row_words = ValueChunks::row_words(v_dim as u32, dtype == ValueDtype::F16) as usize;
         let buffers = (0..chunks)
             .map(|c| {
-                let rows = &values
-                    [c * rows_per_chunk * v_dim..((c + 1) * rows_per_chunk).min(n_rows) * v_dim];
+                let rows =
+                    &values[c * rows_per_chunk * v_dim..((c + 1) * rows_per_chunk).min(n_rows) * v_dim];
                 let words = encode_rows(rows, v_dim, row_words, dtype);
                 gpu.upload("values.weight", &words)
             })
@@ -136,9 +129,6 @@ fn encode_rows(rows: &[f32], v_dim: usize, row_words: usize, dtype: ValueDtype) 
 pub fn as_stored(values: &[f32], dtype: ValueDtype) -> Vec<f32> {
     match dtype {
         ValueDtype::F32 => values.to_vec(),
-        ValueDtype::F16 => values
-            .iter()
-            .map(|&v| half::f16::from_f32(v).to_f32())
-            .collect(),
+        ValueDtype::F16 => values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
     }
 }

@@ -3,14 +3,7 @@
 //! oracle rounds like the GPU up to summation order). Depends on nothing but std.
 
 /// `y[m, n] = x[m, k] w[n, k]^T + bias[n]` (nn.Linear).
-pub fn linear(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Vec<f32> {
+pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     for r in 0..m {
         let xr = &x[r * k..(r + 1) * k];
@@ -53,11 +46,7 @@ pub fn rank_cmp(a: (f32, u32), b: (f32, u32)) -> std::cmp::Ordering {
 
 /// The `k` best (score, index) pairs of `scores`, in rank order.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<(f32, u32)> {
-    let mut all: Vec<(f32, u32)> = scores
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| (s, i as u32))
-        .collect();
+    let mut all: Vec<(f32, u32)> = scores.iter().enumerate().map(|(i, &s)| (s, i as u32)).collect();
     all.sort_by(|&a, &b| rank_cmp(a, b));
     all.truncate(k);
     all
@@ -128,16 +117,9 @@ pub fn lookup(query: &[f32], keys: &[f32], d: LookupDims) -> LookupOut {
     for r in 0..d.rows {
         for h in 0..d.heads {
             let q = &query[(r * d.heads + h) * d.k_dim..(r * d.heads + h + 1) * d.k_dim];
-            let table =
-                |p: usize| &keys[(h * 2 + p) * d.n_keys * half..(h * 2 + p + 1) * d.n_keys * half];
-            let t1 = top_k(
-                &subkey_scores(&q[..half], table(0), d.n_keys, d.qk_norm),
-                d.knn,
-            );
-            let t2 = top_k(
-                &subkey_scores(&q[half..], table(1), d.n_keys, d.qk_norm),
-                d.knn,
-            );
+            let table = |p: usize| &keys[(h * 2 + p) * d.n_keys * half..(h * 2 + p + 1) * d.n_keys * half];
+            let t1 = top_k(&subkey_scores(&q[..half], table(0), d.n_keys, d.qk_norm), d.knn);
+            let t2 = top_k(&subkey_scores(&q[half..], table(1), d.n_keys, d.qk_norm), d.knn);
             let mut cand = Vec::with_capacity(d.knn * d.knn);
             for &(s1, i) in &t1 {
                 for &(s2, j) in &t2 {
@@ -199,14 +181,7 @@ pub struct MemoryParamsRef<'a> {
 /// The whole layer on `x [rows, d]`: returns `(out [rows, d'], lookup)`.
 pub fn memory_forward(x: &[f32], p: &MemoryParamsRef, dims: LookupDims) -> (Vec<f32>, LookupOut) {
     let (rows, d, v_dim) = (dims.rows, p.d, p.v_dim);
-    let q = linear(
-        x,
-        p.query_w,
-        Some(p.query_b),
-        rows,
-        dims.heads * dims.k_dim,
-        d,
-    );
+    let q = linear(x, p.query_w, Some(p.query_b), rows, dims.heads * dims.k_dim, d);
     let lk = lookup(&q, p.keys, dims);
     let bag = embedding_bag(
         &lk.indices,

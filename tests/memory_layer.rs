@@ -1,0 +1,193 @@
+//! The whole memory layer on the GPU against the CPU oracle: Memory+, plain PKM, qk-norm,
+//! f32 and f16 values, tables over one binding, batches over one grid dimension.
+
+mod common;
+use common::{assert_close, gpu};
+use memlayers::memory::{as_stored, MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
+use memlayers::reference;
+use memlayers::rng::Rng;
+
+struct Case {
+    config: MemoryConfig,
+    rows: usize,
+    dtype: ValueDtype,
+}
+
+fn check(case: &Case, seed: u64) {
+    let g = gpu();
+    let c = &case.config;
+    let mut rng = Rng::new(seed);
+    let weights = MemoryWeights::init(c, &mut rng).unwrap();
+    let values = MemoryWeights::init_values(c, &mut rng);
+    let x = rng.vec_normal(case.rows * c.d, 1.0);
+    let layer = MemoryLayer::new(g, &weights).unwrap();
+    let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, case.dtype).unwrap();
+    let got = layer.forward_blocking(g, &pool, &x, case.rows).unwrap();
+    let stored = as_stored(&values, case.dtype);
+    let (want, lk) =
+        reference::memory_forward(&x, &weights.reference(&stored), weights.lookup_dims(case.rows));
+    let what = format!("{c:?} rows={} {:?}", case.rows, case.dtype);
+    assert_eq!(got.indices, lk.indices, "selected slots differ: {what}");
+    assert_close(&format!("scores {what}"), &got.scores, &lk.scores);
+    assert_close(&format!("weights {what}"), &got.weights, &lk.weights);
+    assert_close(&format!("output {what}"), &got.out, &want);
+}
+
+fn config(
+    d: usize,
+    heads: usize,
+    n_keys: usize,
+    knn: usize,
+    k_dim: usize,
+    v_dim: usize,
+    swilu: bool,
+) -> MemoryConfig {
+    MemoryConfig {
+        d,
+        heads,
+        n_keys,
+        knn,
+        k_dim,
+        v_dim,
+        swilu,
+        value_proj: swilu || v_dim != d,
+        qk_norm: false,
+    }
+}
+
+#[test]
+fn memory_layer_matches_oracle_over_configs() {
+    let configs = [
+        config(8, 1, 4, 1, 2, 8, true),
+        config(24, 2, 50, 8, 6, 24, true), // n_keys not a power of two, k_dim/2 odd
+        config(33, 4, 64, 32, 18, 33, false), // plain PKM, odd d
+        config(32, 3, 40, 16, 10, 20, false), // plain PKM with value_proj (v_dim != d)
+        config(64, 8, 128, 64, 64, 64, true),
+        config(48, 1, 300, 5, 14, 48, true),
+    ];
+    let mut seed = 0;
+    for c in configs {
+        // With half-width 1 (k_dim 2), qk-norm makes every score +-1: the ranking would be
+        // decided by ulp differences of sqrt between drivers, not by the semantics.
+        let norms: &[bool] = if c.k_dim == 2 { &[false] } else { &[false, true] };
+        for &qk_norm in norms {
+            for dtype in [ValueDtype::F32, ValueDtype::F16] {
+                seed += 1;
+                let config = MemoryConfig { qk_norm, ..c.clone() };
+                check(
+                    &Case {
+                        config,
+                        rows: 1 + (seed as usize * 7) % 37,
+                        dtype,
+                    },
+                    seed,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn memory_layer_reference_shape_one_batch() {
+    // The reference's defaults at a small width: heads 4, knn 32, n_keys 1024, k_dim 512.
+    let config = MemoryConfig {
+        v_dim: 16,
+        ..MemoryConfig::memory_plus(16)
+    };
+    check(
+        &Case {
+            config,
+            rows: 6,
+            dtype: ValueDtype::F16,
+        },
+        99,
+    );
+}
+
+#[test]
+fn batch_larger_than_one_grid_dimension() {
+    // 70,000 rows x 1 head: more (token, head) workgroups and more bag rows than 65,535.
+    let config = config(4, 1, 6, 2, 4, 4, false);
+    check(
+        &Case {
+            config,
+            rows: 70_000,
+            dtype: ValueDtype::F32,
+        },
+        5,
+    );
+}
+
+#[test]
+fn value_table_larger_than_128_mib() {
+    // 256^2 rows x 544 f32 = 142.6 MB > 128 MiB, the storage binding limit of lavapipe and of
+    // WebGPU's defaults: on such adapters the pool splits it.
+    let config = config(16, 2, 256, 8, 8, 544, true);
+    let mut rng = Rng::new(3);
+    let values = MemoryWeights::init_values(&config, &mut rng);
+    let pool = ValuePool::new(gpu(), &values, config.n_values(), config.v_dim, ValueDtype::F32).unwrap();
+    assert!(pool.bytes() > 128 << 20, "table is {} bytes", pool.bytes());
+    if gpu().max_binding_bytes() <= 128 << 20 {
+        assert!(
+            pool.buffer_count() >= 2,
+            "a table over the binding limit must be split"
+        );
+    }
+    check(
+        &Case {
+            config,
+            rows: 40,
+            dtype: ValueDtype::F32,
+        },
+        3,
+    );
+}
+
+#[test]
+fn forward_is_bit_identical_across_runs() {
+    let g = gpu();
+    let c = config(40, 4, 90, 16, 24, 40, true);
+    let mut rng = Rng::new(11);
+    let weights = MemoryWeights::init(&c, &mut rng).unwrap();
+    let values = MemoryWeights::init_values(&c, &mut rng);
+    let x = rng.vec_normal(50 * c.d, 1.0);
+    let layer = MemoryLayer::new(g, &weights).unwrap();
+    let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, ValueDtype::F32).unwrap();
+    let a = layer.forward_blocking(g, &pool, &x, 50).unwrap();
+    let b = layer.forward_blocking(g, &pool, &x, 50).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.out), bits(&b.out));
+    assert_eq!(a.indices, b.indices);
+}
+
+#[test]
+fn one_pool_serves_several_layers() {
+    let g = gpu();
+    let c = config(20, 2, 30, 4, 8, 20, true);
+    let mut rng = Rng::new(21);
+    let values = MemoryWeights::init_values(&c, &mut rng);
+    let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, ValueDtype::F32).unwrap();
+    let x = rng.vec_normal(9 * c.d, 1.0);
+    for _ in 0..3 {
+        let weights = MemoryWeights::init(&c, &mut rng).unwrap();
+        let layer = MemoryLayer::new(g, &weights).unwrap();
+        let got = layer.forward_blocking(g, &pool, &x, 9).unwrap();
+        let (want, _) = reference::memory_forward(&x, &weights.reference(&values), weights.lookup_dims(9));
+        assert_close("shared pool layer output", &got.out, &want);
+    }
+}
+
+#[test]
+fn bad_configs_are_errors_not_panics() {
+    let g = gpu();
+    let mut bad = config(8, 2, 10, 11, 4, 8, true); // knn > n_keys
+    assert!(MemoryWeights::init(&bad, &mut Rng::new(0)).is_err());
+    bad.knn = 2;
+    bad.k_dim = 5; // odd
+    assert!(bad.validate().is_err());
+    let ok = config(8, 2, 10, 2, 4, 8, true);
+    let weights = MemoryWeights::init(&ok, &mut Rng::new(0)).unwrap();
+    let layer = MemoryLayer::new(g, &weights).unwrap();
+    let wrong_pool = ValuePool::new(g, &vec![0.0; 99 * 8], 99, 8, ValueDtype::F32).unwrap();
+    assert!(layer.forward_blocking(g, &wrong_pool, &[0.0; 8], 1).is_err());
+}
