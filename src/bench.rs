@@ -1,1 +1,188 @@
-//! placeholder
+//! `memlayers bench`: speed of the memory layer's forward pass on this adapter.
+//!
+//! Every figure comes from this run, on this adapter: GPU time per kernel from timestamp
+//! queries (averaged over the timed repetitions), tokens/s from wall time including submission
+//! and synchronisation, the matmul's GFLOP/s, and the embedding bag's effective bandwidth set
+//! next to a plain copy kernel's bandwidth measured in the same process (a ratio, because
+//! absolute numbers on shared machines are noisy).
+
+use crate::error::Result;
+use crate::gpu::{Gpu, KernelTiming};
+use crate::kernels;
+use crate::memory::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
+use crate::rng::Rng;
+use std::time::Instant;
+
+pub struct Options {
+    pub quick: bool,
+    pub tokens: usize,
+    pub iters: usize,
+}
+
+/// The reference PyTorch layer's forward on a 2-core machine of this project's class (torch
+/// 2.15, f32, the paper configuration, 512 tokens), as measured and stated in the project's
+/// issue tracker. Not measured by this run: torch is not a dependency.
+pub const TORCH_CPU_TOKENS_PER_S: f64 = 8700.0;
+
+fn wait(gpu: &Gpu) -> Result<()> {
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| crate::Error::Device(format!("poll: {e}")))?;
+    Ok(())
+}
+
+/// GB/s of a plain copy (bytes read + written) over a buffer of up to 64 MiB.
+fn copy_bandwidth(gpu: &Gpu, iters: usize) -> Result<f64> {
+    let bytes = (64u64 << 20).min(gpu.max_binding_bytes() / 16 * 16);
+    let words = (bytes / 16) as u32;
+    let (src, dst) = (gpu.storage("copy src", bytes), gpu.storage("copy dst", bytes));
+    let record = |passes: usize| -> Result<()> {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for _ in 0..passes {
+            kernels::copy::record(gpu, &mut enc, &src, &dst, words)?;
+        }
+        gpu.queue.submit([enc.finish()]);
+        wait(gpu)
+    };
+    record(1)?;
+    let seconds = timed(gpu, iters, || record(1))?
+        .iter()
+        .map(|t| t.seconds)
+        .sum::<f64>();
+    Ok(2.0 * bytes as f64 * iters as f64 / seconds / 1e9)
+}
+
+/// Runs `f` `iters` times with profiling on; falls back to wall time per call when the
+/// adapter has no timestamp queries.
+fn timed(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<KernelTiming>> {
+    if gpu.start_profiling(64 * iters as u32).is_ok() {
+        for _ in 0..iters {
+            f()?;
+        }
+        pollster::block_on(gpu.finish_profiling())
+    } else {
+        let mut out = Vec::new();
+        for _ in 0..iters {
+            let t = Instant::now();
+            f()?;
+            out.push(KernelTiming {
+                label: "wall (no timestamp queries)",
+                seconds: t.elapsed().as_secs_f64(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+struct Row {
+    name: String,
+    tokens_per_s: f64,
+    kernels: Vec<(&'static str, f64)>,
+    matmul_gflops: f64,
+    lookup_gflops: f64,
+    bag_gbs: f64,
+}
+
+fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &Options) -> Result<Row> {
+    let mut rng = Rng::new(1);
+    let weights = MemoryWeights::init(c, &mut rng)?;
+    // Contents do not change the speed: uniform values with the reference's std.
+    let a = (3.0 / c.v_dim as f32).sqrt();
+    let pool = ValuePool::filled(gpu, c.n_values(), c.v_dim, dtype, None, |_, rows| {
+        rows.iter_mut().for_each(|v| *v = rng.symmetric(a))
+    })?;
+    let layer = MemoryLayer::new(gpu, &weights)?;
+    let x = gpu.upload("x", &Rng::new(2).vec_normal(o.tokens * c.d, 1.0));
+    let rows = o.tokens as u32;
+    let forward = || -> Result<()> {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        layer.record_forward(gpu, &mut enc, &pool, &x, rows)?;
+        gpu.queue.submit([enc.finish()]);
+        wait(gpu)
+    };
+    forward()?; // warm-up: pipelines, first-dispatch costs
+    let t = Instant::now();
+    for _ in 0..o.iters {
+        forward()?;
+    }
+    let tokens_per_s = (o.tokens * o.iters) as f64 / t.elapsed().as_secs_f64();
+    let timings = timed(gpu, o.iters, forward)?;
+    let mut kernels: Vec<(&'static str, f64)> = Vec::new();
+    for t in &timings {
+        match kernels.iter_mut().find(|k| k.0 == t.label) {
+            Some(k) => k.1 += t.seconds / o.iters as f64,
+            None => kernels.push((t.label, t.seconds / o.iters as f64)),
+        }
+    }
+    let time_of = |label: &str| kernels.iter().find(|k| k.0 == label).map_or(f64::NAN, |k| k.1);
+    let tokens = o.tokens as f64;
+    let matmul_flops = 2.0 * tokens * (c.heads * c.k_dim) as f64 * c.d as f64;
+    let lookup_flops = 2.0 * tokens * (c.heads * c.n_keys * c.k_dim) as f64;
+    let row_bytes = match dtype {
+        ValueDtype::F32 => 4 * c.v_dim,
+        ValueDtype::F16 => 4 * c.v_dim.div_ceil(2),
+    };
+    let bag_bytes = tokens * (c.heads * c.knn) as f64 * row_bytes as f64;
+    Ok(Row {
+        name: format!("{name} {dtype:?}"),
+        tokens_per_s,
+        matmul_gflops: matmul_flops / time_of("query_proj") / 1e9,
+        lookup_gflops: lookup_flops / time_of("pkm_lookup") / 1e9,
+        bag_gbs: bag_bytes / time_of("embedding_bag") / 1e9,
+        kernels,
+    })
+}
+
+pub fn run(o: &Options) -> Result<()> {
+    let gpu = Gpu::new_blocking()?;
+    println!("adapter: {}", gpu.adapter_name());
+    println!("tokens per forward: {}, timed repetitions: {}", o.tokens, o.iters);
+    let copy_gbs = copy_bandwidth(&gpu, o.iters.max(3))?;
+    println!("plain copy kernel: {copy_gbs:.2} GB/s (read + write)\n");
+    let paper = MemoryConfig::memory_plus(1024);
+    let small = MemoryConfig {
+        n_keys: 128,
+        knn: 16,
+        k_dim: 128,
+        ..MemoryConfig::memory_plus(256)
+    };
+    let mut configs = vec![("small d=256 n_keys=128 knn=16 k_dim=128", small)];
+    if !o.quick {
+        configs.push(("paper d=1024 n_keys=1024 knn=32 k_dim=512", paper.clone()));
+    }
+    for (name, c) in &configs {
+        for dtype in [ValueDtype::F32, ValueDtype::F16] {
+            let r = bench_config(&gpu, name, c, dtype, o)?;
+            println!(
+                "{} (heads {}, {} values, {} MFLOP/token)",
+                r.name,
+                c.heads,
+                c.n_values(),
+                c.flops_per_token() / 1e6
+            );
+            println!("  forward: {:.0} tokens/s (wall)", r.tokens_per_s);
+            for (label, s) in &r.kernels {
+                println!("  {label:<24} {:>9.3} ms", s * 1e3);
+            }
+            println!("  query_proj matmul: {:.1} GFLOP/s", r.matmul_gflops);
+            println!(
+                "  sub-key scoring inside the lookup: {:.1} GFLOP/s",
+                r.lookup_gflops
+            );
+            println!(
+                "  embedding bag: {:.2} GB/s of value rows = {:.0}% of the copy kernel (target >= 70%)",
+                r.bag_gbs,
+                100.0 * r.bag_gbs / copy_gbs
+            );
+            if c == &paper && dtype == ValueDtype::F32 {
+                println!(
+                    "  vs the reference PyTorch layer on a 2-core CPU ({TORCH_CPU_TOKENS_PER_S} tokens/s, stated, not \
+measured here): {:.2}x (target >= 0.5x through lavapipe)",
+                    r.tokens_per_s / TORCH_CPU_TOKENS_PER_S
+                );
+            }
+            println!();
+        }
+    }
+    Ok(())
+}

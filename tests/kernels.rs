@@ -1,11 +1,10 @@
 //! Each kernel against the CPU oracle over many random shapes, odd sizes included.
 
 mod common;
-use common::{assert_close, gpu};
+use common::{assert_close, assert_same_selection, gpu};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use memlayers::kernels::linear::Linear;
-use memlayers::kernels::pkm_lookup::{Lookup, LookupShape};
-use memlayers::memory::{as_stored, ValueDtype, ValuePool};
+use memlayers::memory::{as_stored, record_lookup, LookupShape, ValueDtype, ValuePool};
 use memlayers::reference::{self, LookupDims};
 use memlayers::rng::Rng;
 
@@ -28,6 +27,7 @@ fn run_linear(
     let gb = gate.map(|v| g.upload("gate", v));
     let mut enc = g.device.create_command_encoder(&Default::default());
     Linear {
+        label: "linear",
         x: &xb,
         w: &wb,
         bias: bb.as_ref(),
@@ -36,6 +36,7 @@ fn run_linear(
         m: m as u32,
         n: n as u32,
         k: k as u32,
+        batched: None,
     }
     .record(g, &mut enc)
     .unwrap();
@@ -84,34 +85,21 @@ fn run_lookup(query: &[f32], keys: &[f32], d: LookupDims) -> reference::LookupOu
     let g = gpu();
     let n = d.rows * d.heads * d.knn;
     let (qb, kb) = (g.upload("query", query), g.upload("keys", keys));
-    let (ib, sb, wb) = (
-        g.storage("i", n as u64 * 4),
-        g.storage("s", n as u64 * 4),
-        g.storage("w", n as u64 * 4),
-    );
+    let shape = LookupShape {
+        rows: d.rows as u32,
+        heads: d.heads as u32,
+        n_keys: d.n_keys as u32,
+        k_dim: d.k_dim as u32,
+        knn: d.knn as u32,
+        qk_norm: d.qk_norm,
+    };
     let mut enc = g.device.create_command_encoder(&Default::default());
-    Lookup {
-        shape: LookupShape {
-            rows: d.rows as u32,
-            heads: d.heads as u32,
-            n_keys: d.n_keys as u32,
-            k_dim: d.k_dim as u32,
-            knn: d.knn as u32,
-            qk_norm: d.qk_norm,
-        },
-        query: &qb,
-        keys: &kb,
-        indices: &ib,
-        scores: &sb,
-        weights: &wb,
-    }
-    .record(g, &mut enc)
-    .unwrap();
+    let out = record_lookup(g, &mut enc, shape, &qb, &kb).unwrap();
     g.queue.submit([enc.finish()]);
     reference::LookupOut {
-        indices: g.read_u32_blocking(&ib, n).unwrap(),
-        scores: g.read_f32_blocking(&sb, n).unwrap(),
-        weights: g.read_f32_blocking(&wb, n).unwrap(),
+        indices: g.read_u32_blocking(&out.indices, n).unwrap(),
+        scores: g.read_f32_blocking(&out.scores, n).unwrap(),
+        weights: g.read_f32_blocking(&out.weights, n).unwrap(),
     }
 }
 
@@ -121,7 +109,7 @@ fn check_lookup(d: LookupDims, seed: u64) {
     let keys = rng.vec_symmetric(2 * d.heads * d.n_keys * (d.k_dim / 2), 1.0);
     let want = reference::lookup(&query, &keys, d);
     let got = run_lookup(&query, &keys, d);
-    assert_eq!(got.indices, want.indices, "selected slots differ for {d:?}");
+    assert_same_selection(&got, &want, &query, &keys, d);
     assert_close(&format!("scores {d:?}"), &got.scores, &want.scores);
     assert_close(&format!("weights {d:?}"), &got.weights, &want.weights);
 }
@@ -140,6 +128,8 @@ fn lookup_matches_oracle_over_shapes() {
         (2, 2, 1500, 18, 64),
         (2, 1, 200, 8, 128),
         (1, 2, 1024, 1024, 16),
+        (70, 2, 3000, 12, 20),
+        (1100, 4, 1024, 8, 8), // 35 MiB of sub-key scores: two row blocks
     ];
     for (i, &(rows, heads, n_keys, k_dim, knn)) in shapes.iter().enumerate() {
         for qk_norm in [false, true] {

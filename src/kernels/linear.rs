@@ -1,4 +1,5 @@
-//! `linear.wgsl`: y = x w^T (+ bias) (then optionally y = gate * silu(y)).
+//! `linear.wgsl`: y = x w^T (+ bias) (then optionally y = gate * silu(y)), batched and
+//! strided so that it also computes the sub-key scores of every (head, half).
 
 use super::check_buffer;
 use crate::error::{Error, Result};
@@ -12,13 +13,36 @@ const TILE: u32 = 64;
 struct Params {
     m: u32,
     n: u32,
-    k: u32,
+    k_len: u32,
     flags: u32,
+    x_offset: u32,
+    x_batch: u32,
+    x_row: u32,
+    w_batch: u32,
+    y_batch: u32,
+    y_row: u32,
+    _pad: [u32; 2],
+}
+
+/// Strided, batched operands (in elements): `x[b][m, k] = x[x_offset + b x_batch + m x_row + k]`,
+/// `w[b][n, k] = w[b w_batch + n k_len + k]`, `y[b][m, n] = y[b y_batch + m y_row + n]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Batched {
+    pub batch: u32,
+    pub x_offset: u32,
+    pub x_batch: u32,
+    pub x_row: u32,
+    pub w_batch: u32,
+    pub y_batch: u32,
+    pub y_row: u32,
 }
 
 /// A linear layer over `m` rows: `x [m, k]`, `w [n, k]` (nn.Linear layout), `bias [n]`,
 /// output `y [m, n]`. With `gate [m, n]`, stores `gate * silu(x w^T + bias)` instead.
+/// With `batched`, a batch of such products over strided views (no bias or gate).
 pub struct Linear<'a> {
+    /// Names the pass in profiles (e.g. "query_proj").
+    pub label: &'static str,
     pub x: &'a wgpu::Buffer,
     pub w: &'a wgpu::Buffer,
     pub bias: Option<&'a wgpu::Buffer>,
@@ -27,27 +51,62 @@ pub struct Linear<'a> {
     pub m: u32,
     pub n: u32,
     pub k: u32,
+    pub batched: Option<Batched>,
 }
 
 impl Linear<'_> {
     pub fn flops(&self) -> f64 {
-        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+        let batch = self.batched.map_or(1, |b| b.batch) as f64;
+        2.0 * batch * self.m as f64 * self.n as f64 * self.k as f64
+    }
+
+    fn layout(&self) -> Batched {
+        self.batched.unwrap_or(Batched {
+            batch: 1,
+            x_offset: 0,
+            x_batch: 0,
+            x_row: self.k,
+            w_batch: 0,
+            y_batch: 0,
+            y_row: self.n,
+        })
     }
 
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let (m, n, k) = (self.m as u64, self.n as u64, self.k as u64);
-        if m == 0 || n == 0 || k == 0 {
-            return Err(Error::Config(format!("linear: empty shape m={m} n={n} k={k}")));
-        }
-        if self.m.div_ceil(TILE) > MAX_GRID_DIM || self.n.div_ceil(TILE) > MAX_GRID_DIM {
+        let l = self.layout();
+        if m == 0 || n == 0 || k == 0 || l.batch == 0 {
             return Err(Error::Config(format!(
-                "linear: {m} x {n} outputs exceed one dispatch ({} rows or columns at most)",
+                "linear: empty shape m={m} n={n} k={k} batch={}",
+                l.batch
+            )));
+        }
+        if self.m.div_ceil(TILE) > MAX_GRID_DIM
+            || self.n.div_ceil(TILE) > MAX_GRID_DIM
+            || l.batch > MAX_GRID_DIM
+        {
+            return Err(Error::Config(format!(
+                "linear: {m} x {n} outputs x {} batches exceed one dispatch ({} rows or columns at most)",
+                l.batch,
                 MAX_GRID_DIM as u64 * TILE as u64
             )));
         }
-        check_buffer(gpu, "linear.x", self.x, m * k)?;
-        check_buffer(gpu, "linear.weight", self.w, n * k)?;
-        check_buffer(gpu, "linear.y", self.y, m * n)?;
+        if self.batched.is_some() && (self.bias.is_some() || self.gate.is_some()) {
+            return Err(Error::Config(
+                "linear: batched products take no bias or gate".into(),
+            ));
+        }
+        let last = |off: u32, batch: u32, row: u32, rows: u64, cols: u64| {
+            off as u64 + (l.batch as u64 - 1) * batch as u64 + (rows - 1) * row as u64 + cols
+        };
+        check_buffer(
+            gpu,
+            "linear.x",
+            self.x,
+            last(l.x_offset, l.x_batch, l.x_row, m, k),
+        )?;
+        check_buffer(gpu, "linear.weight", self.w, last(0, l.w_batch, self.k, n, k))?;
+        check_buffer(gpu, "linear.y", self.y, last(0, l.y_batch, l.y_row, m, n))?;
         if let Some(b) = self.bias {
             check_buffer(gpu, "linear.bias", b, n)?;
         }
@@ -61,33 +120,24 @@ impl Linear<'_> {
             &Params {
                 m: self.m,
                 n: self.n,
-                k: self.k,
+                k_len: self.k,
                 flags,
+                x_offset: l.x_offset,
+                x_batch: l.x_batch,
+                x_row: l.x_row,
+                w_batch: l.w_batch,
+                y_batch: l.y_batch,
+                y_row: l.y_row,
+                _pad: [0; 2],
             },
         );
         // Absent optional inputs are bound to `x`, which the shader then never reads.
-        let bind = gpu.bind(
-            &pipeline,
-            &[
-                &params,
-                self.x,
-                self.w,
-                self.bias.unwrap_or(self.x),
-                self.gate.unwrap_or(self.x),
-                self.y,
-            ],
-        );
-        let mut pass = gpu.begin_pass(
-            encoder,
-            if self.gate.is_some() {
-                "linear+gate"
-            } else {
-                "linear"
-            },
-        );
+        let (bias, gate) = (self.bias.unwrap_or(self.x), self.gate.unwrap_or(self.x));
+        let bind = gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y]);
+        let mut pass = gpu.begin_pass(encoder, self.label);
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(self.n.div_ceil(TILE), self.m.div_ceil(TILE), 1);
+        pass.dispatch_workgroups(self.n.div_ceil(TILE), self.m.div_ceil(TILE), l.batch);
         Ok(())
     }
 }

@@ -4,7 +4,8 @@
 pub mod copy;
 pub mod embedding_bag;
 pub mod linear;
-pub mod pkm_lookup;
+pub mod normalize;
+pub mod product_topk;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -14,8 +15,12 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("copy.wgsl", copy::SOURCE),
     ("embedding_bag.wgsl", embedding_bag::SOURCE),
     ("linear.wgsl", linear::SOURCE),
-    ("pkm_lookup.wgsl", pkm_lookup::SOURCE),
+    ("normalize.wgsl", normalize::SOURCE),
+    ("product_topk.wgsl", product_topk::SOURCE),
 ];
+
+/// Most rows one linear dispatch covers (64-row tiles, one grid dimension).
+pub const MAX_GRID_ROWS: u32 = crate::gpu::MAX_GRID_DIM * 64;
 
 /// Checks that `buffer` holds at least `elems` 4-byte elements and fits one storage binding.
 pub(crate) fn check_buffer(gpu: &Gpu, name: &str, buffer: &wgpu::Buffer, elems: u64) -> Result<()> {

@@ -1,7 +1,8 @@
 //! Hyper-parameters of one product-key memory layer (REFERENCE.md section 1).
 
+use super::LookupShape;
 use crate::error::{Error, Result};
-use crate::kernels::{embedding_bag, pkm_lookup};
+use crate::kernels::embedding_bag;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryConfig {
@@ -75,7 +76,7 @@ impl MemoryConfig {
                 c.knn
             ));
         }
-        pkm_lookup::LookupShape {
+        LookupShape {
             rows: 1,
             heads: c.heads as u32,
             n_keys: c.n_keys as u32,

@@ -2,12 +2,12 @@
 //! forward pass recorded into a caller's encoder.
 
 use super::config::MemoryConfig;
+use super::lookup::{record_lookup, LookupShape};
 use super::pool::ValuePool;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::EmbeddingBag;
 use crate::kernels::linear::Linear;
-use crate::kernels::pkm_lookup::{Lookup, LookupShape};
 use crate::reference::{LookupDims, MemoryParamsRef};
 use crate::rng::Rng;
 
@@ -215,13 +215,10 @@ impl MemoryLayer {
             ));
         }
         let (d, qw, v) = (c.d as u32, (c.heads * c.k_dim) as u32, c.v_dim as u32);
-        let lookup_len = rows as u64 * (c.heads * c.knn) as u64 * 4;
         let query = gpu.storage("query", rows as u64 * qw as u64 * 4);
-        let indices = gpu.storage("indices", lookup_len);
-        let scores = gpu.storage("scores", lookup_len);
-        let weights = gpu.storage("weights", lookup_len);
         let bag = gpu.storage("bag", rows as u64 * v as u64 * 4);
         Linear {
+            label: "query_proj",
             x,
             w: &self.query_w,
             bias: Some(&self.query_b),
@@ -230,24 +227,19 @@ impl MemoryLayer {
             m: rows,
             n: qw,
             k: d,
+            batched: None,
         }
         .record(gpu, encoder)?;
-        Lookup {
-            shape: LookupShape {
-                rows,
-                heads: c.heads as u32,
-                n_keys: c.n_keys as u32,
-                k_dim: c.k_dim as u32,
-                knn: c.knn as u32,
-                qk_norm: c.qk_norm,
-            },
-            query: &query,
-            keys: &self.keys,
-            indices: &indices,
-            scores: &scores,
-            weights: &weights,
-        }
-        .record(gpu, encoder)?;
+        let shape = LookupShape {
+            rows,
+            heads: c.heads as u32,
+            n_keys: c.n_keys as u32,
+            k_dim: c.k_dim as u32,
+            knn: c.knn as u32,
+            qk_norm: c.qk_norm,
+        };
+        let found = record_lookup(gpu, encoder, shape, &query, &self.keys)?;
+        let (indices, scores, weights) = (found.indices, found.scores, found.weights);
         let chunks = pool.chunks();
         EmbeddingBag {
             rows,
@@ -262,6 +254,7 @@ impl MemoryLayer {
             Some((w1, b1)) => {
                 let gated = gpu.storage("gated", rows as u64 * v as u64 * 4);
                 Linear {
+                    label: "swilu_projection+gate",
                     x,
                     w: w1,
                     bias: Some(b1),
@@ -270,6 +263,7 @@ impl MemoryLayer {
                     m: rows,
                     n: v,
                     k: d,
+                    batched: None,
                 }
                 .record(gpu, encoder)?;
                 Some(gated)
@@ -281,6 +275,7 @@ impl MemoryLayer {
             Some((wo, bo)) => {
                 let out = gpu.storage("memory out", rows as u64 * d as u64 * 4);
                 Linear {
+                    label: "value_proj",
                     x: hidden,
                     w: wo,
                     bias: Some(bo),
@@ -289,6 +284,7 @@ impl MemoryLayer {
                     m: rows,
                     n: d,
                     k: v,
+                    batched: None,
                 }
                 .record(gpu, encoder)?;
                 out

@@ -2,8 +2,10 @@
 
 mod config;
 mod layer;
+mod lookup;
 mod pool;
 
 pub use config::MemoryConfig;
 pub use layer::*;
+pub use lookup::{record_lookup, LookupBuffers, LookupShape, MAX_HALF_DIM};
 pub use pool::{as_stored, ValueDtype, ValuePool};

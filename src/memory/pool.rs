@@ -23,9 +23,7 @@ pub struct ValuePool {
 impl ValuePool {
     /// Uploads `values [n_rows, v_dim]`, split into as few buffers as the adapter allows.
     pub fn new(gpu: &Gpu, values: &[f32], n_rows: usize, v_dim: usize, dtype: ValueDtype) -> Result<Self> {
-        let row_bytes = ValueChunks::row_words(v_dim as u32, dtype == ValueDtype::F16) as u64 * 4;
-        let rows_per_chunk = (gpu.max_binding_bytes() / row_bytes.max(1)).min(u32::MAX as u64) as usize;
-        Self::with_rows_per_chunk(gpu, values, n_rows, v_dim, dtype, rows_per_chunk)
+        Self::from_slice(gpu, values, n_rows, v_dim, dtype, None)
     }
 
     /// As `new`, with at most `rows_per_chunk` rows per buffer (to exercise splitting).
@@ -37,6 +35,17 @@ impl ValuePool {
         dtype: ValueDtype,
         rows_per_chunk: usize,
     ) -> Result<Self> {
+        Self::from_slice(gpu, values, n_rows, v_dim, dtype, Some(rows_per_chunk))
+    }
+
+    fn from_slice(
+        gpu: &Gpu,
+        values: &[f32],
+        n_rows: usize,
+        v_dim: usize,
+        dtype: ValueDtype,
+        rows_per_chunk: Option<usize>,
+    ) -> Result<Self> {
         if values.len() != n_rows * v_dim {
             return Err(Error::tensor(
                 "values.weight",
@@ -44,6 +53,26 @@ impl ValuePool {
                 format!("{}", values.len()),
             ));
         }
+        Self::filled(gpu, n_rows, v_dim, dtype, rows_per_chunk, |first_row, rows| {
+            rows.copy_from_slice(&values[first_row * v_dim..first_row * v_dim + rows.len()])
+        })
+    }
+
+    /// A table whose rows `fill(first_row, rows)` writes one buffer's worth at a time, so a
+    /// table never needs a second full copy on the host. `rows_per_chunk: None` packs as many
+    /// rows per buffer as the adapter binds.
+    pub fn filled(
+        gpu: &Gpu,
+        n_rows: usize,
+        v_dim: usize,
+        dtype: ValueDtype,
+        rows_per_chunk: Option<usize>,
+        mut fill: impl FnMut(usize, &mut [f32]),
+    ) -> Result<Self> {
+        let row_words = ValueChunks::row_words(v_dim as u32, dtype == ValueDtype::F16) as usize;
+        let rows_per_chunk = rows_per_chunk.unwrap_or(
+            (gpu.max_binding_bytes() / (row_words as u64 * 4).max(1)).min(u32::MAX as u64) as usize,
+        );
         if rows_per_chunk == 0 {
             return Err(Error::Config(format!(
                 "one value row ({v_dim} wide) exceeds the adapter's largest binding"
@@ -52,17 +81,18 @@ impl ValuePool {
         let chunks = n_rows.div_ceil(rows_per_chunk).max(1);
         if chunks > MAX_CHUNKS {
             return Err(Error::Config(format!(
-                "value table [{n_rows}, {v_dim}] needs {chunks} buffers of {rows_per_chunk} rows; at most {MAX_CHUNKS} \
-(use f16 values or a smaller table)"
+                "value table [{n_rows}, {v_dim}] needs {chunks} buffers of {rows_per_chunk} rows; at most \
+{MAX_CHUNKS} (use f16 values or a smaller table)"
             )));
         }
-        let row_words = ValueChunks::row_words(v_dim as u32, dtype == ValueDtype::F16) as usize;
+        let mut rows = Vec::new();
         let buffers = (0..chunks)
             .map(|c| {
-                let rows =
-                    &values[c * rows_per_chunk * v_dim..((c + 1) * rows_per_chunk).min(n_rows) * v_dim];
-                let words = encode_rows(rows, v_dim, row_words, dtype);
-                gpu.upload("values.weight", &words)
+                let first = c * rows_per_chunk;
+                let count = rows_per_chunk.min(n_rows - first);
+                rows.resize(count * v_dim, 0.0);
+                fill(first, &mut rows);
+                gpu.upload("values.weight", &encode_rows(&rows, v_dim, row_words, dtype))
             })
             .collect();
         Ok(ValuePool {

@@ -73,30 +73,30 @@ pub struct LookupOut {
 
 const NORM_EPS: f32 = 1e-12;
 
-fn norm_scale(v: &[f32]) -> f32 {
+/// `v * (1 / max(|v|, 1e-12))` (torch.nn.functional.normalize), sum of squares in index order.
+pub fn l2_normalize(v: &[f32]) -> Vec<f32> {
     let mut ss = 0f32;
     for &x in v {
         ss = x.mul_add(x, ss);
     }
-    1.0 / ss.sqrt().max(NORM_EPS)
+    let scale = 1.0 / ss.sqrt().max(NORM_EPS);
+    v.iter().map(|x| x * scale).collect()
 }
 
-/// Sub-key scores of one query half against one table `[n_keys, half]`.
+/// Sub-key scores of one query half against one table `[n_keys, half]`; with qk-norm both
+/// sides are normalised before the dot product.
 pub fn subkey_scores(q: &[f32], table: &[f32], n_keys: usize, qk_norm: bool) -> Vec<f32> {
     let half = q.len();
-    let q_scale = norm_scale(q);
+    let q = if qk_norm { l2_normalize(q) } else { q.to_vec() };
     (0..n_keys)
         .map(|i| {
-            let key = &table[i * half..(i + 1) * half];
+            let raw = &table[i * half..(i + 1) * half];
+            let key = if qk_norm { l2_normalize(raw) } else { raw.to_vec() };
             let mut dot = 0f32;
             for d in 0..half {
                 dot = q[d].mul_add(key[d], dot);
             }
-            if qk_norm {
-                dot * q_scale * norm_scale(key)
-            } else {
-                dot
-            }
+            dot
         })
         .collect()
 }

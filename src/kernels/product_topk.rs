@@ -1,0 +1,83 @@
+//! `product_topk.wgsl`: from the sub-key scores of both halves, the top-k of each half, the
+//! top-k of the k x k products in rank order, and their softmax; one workgroup per
+//! (token, head).
+
+use super::check_buffer;
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Gpu};
+
+pub const SOURCE: &str = include_str!("../../shaders/product_topk.wgsl");
+
+/// Largest knn the kernel's workgroup arrays hold.
+pub const MAX_KNN: u32 = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    heads: u32,
+    n_keys: u32,
+    knn: u32,
+    row0: u32,
+    _pad: [u32; 3],
+}
+
+/// `scores [rows, heads, 2, n_keys]` for rows `row0 .. row0 + rows` of the outputs
+/// `indices` (u32), `out_scores`, `weights`, each `[total rows, heads, knn]`.
+pub struct ProductTopK<'a> {
+    pub rows: u32,
+    pub row0: u32,
+    pub heads: u32,
+    pub n_keys: u32,
+    pub knn: u32,
+    pub scores: &'a wgpu::Buffer,
+    pub indices: &'a wgpu::Buffer,
+    pub out_scores: &'a wgpu::Buffer,
+    pub weights: &'a wgpu::Buffer,
+}
+
+impl ProductTopK<'_> {
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        if self.rows == 0 || self.heads == 0 || self.knn == 0 || self.knn > MAX_KNN || self.knn > self.n_keys
+        {
+            return Err(Error::Config(format!(
+                "product top-k: need rows, heads > 0 and 1 <= knn <= min({MAX_KNN}, n_keys); found rows {} heads {} \
+knn {} n_keys {}",
+                self.rows, self.heads, self.knn, self.n_keys
+            )));
+        }
+        let items = self.rows as u64 * self.heads as u64;
+        if items > u32::MAX as u64 {
+            return Err(Error::Config(format!(
+                "product top-k: {items} (row, head) pairs is too many"
+            )));
+        }
+        check_buffer(gpu, "sub-key scores", self.scores, items * 2 * self.n_keys as u64)?;
+        let outputs = (self.row0 as u64 + self.rows as u64) * self.heads as u64 * self.knn as u64;
+        check_buffer(gpu, "lookup.indices", self.indices, outputs)?;
+        check_buffer(gpu, "lookup.scores", self.out_scores, outputs)?;
+        check_buffer(gpu, "lookup.weights", self.weights, outputs)?;
+        let pipeline = gpu.pipeline("product_topk", SOURCE, &[]);
+        let params = gpu.uniform(
+            "product top-k params",
+            &Params {
+                rows: self.rows,
+                heads: self.heads,
+                n_keys: self.n_keys,
+                knn: self.knn,
+                row0: self.row0,
+                _pad: [0; 3],
+            },
+        );
+        let bind = gpu.bind(
+            &pipeline,
+            &[&params, self.scores, self.indices, self.out_scores, self.weights],
+        );
+        let (x, y) = grid(items as u32);
+        let mut pass = gpu.begin_pass(encoder, "product_topk");
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+}
