@@ -56,6 +56,7 @@ const FROM_PAIRS: u32 = 1u;
 var<workgroup> pair_key: array<f32, MAX_PAIRS>;
 var<workgroup> pair_idx: array<u32, MAX_PAIRS>;
 var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> group_sum: array<u32, 16>;
 var<workgroup> winners: atomic<u32>;
 var<workgroup> win_key: array<f32, MAX_K>;
 var<workgroup> win_idx: array<u32, MAX_K>;
@@ -133,12 +134,28 @@ fn select_top(source: u32, base: u32, n: u32, lid: u32) {
             }
         }
         workgroupBarrier();
+        // Find the threshold digit: the highest digit d whose count, added to the counts of
+        // all higher digits, reaches `need`. Sixteen invocations sum sixteen bins each, then
+        // one walks the group sums and the sixteen bins of the group it lands in.
+        if (lid < 16u) {
+            var sum = 0u;
+            for (var i = 0u; i < 16u; i++) {
+                sum += atomicLoad(&hist[lid * 16u + i]);
+            }
+            group_sum[lid] = sum;
+        }
+        workgroupBarrier();
         if (lid == 0u) {
             var need = sel_need;
-            var d = 255u;
+            var g = 15u;
+            while (group_sum[g] < need && g > 0u) {
+                need -= group_sum[g];
+                g--;
+            }
+            var d = g * 16u + 15u;
             loop {
                 let c = atomicLoad(&hist[d]);
-                if (c >= need || d == 0u) {
+                if (c >= need || d == g * 16u) {
                     break;
                 }
                 need -= c;

@@ -198,7 +198,8 @@ fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
         (9, 128, 400, 256, 100),
         (4, 1024, 50, 300, 13),
         (33, 12, 1000, 1025, 1000),
-        (5, 40, 97, 9, 7), // 14 buffers: four dispatches accumulating
+        (5, 40, 97, 9, 7),   // 14 buffers: four dispatches accumulating
+        (6, 24, 90, 16, 10), // 9 buffers, 16-byte loads
     ] {
         let values = rng.vec_normal(n * v_dim, 1.0);
         let indices: Vec<u32> = (0..rows * bag).map(|_| rng.below(n as u64) as u32).collect();

@@ -210,7 +210,19 @@ impl Gpu {
 
     /// A compute pipeline for `source` (entry point `main`), built once per (name, constants).
     pub fn pipeline(&self, name: &str, source: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
-        let key = format!("{name}{constants:?}");
+        self.pipeline_entry(name, source, "main", constants)
+    }
+
+    /// A compute pipeline for entry point `entry` of `source`, built once per
+    /// (name, entry, constants). Bind group 0's layout is derived from what the entry uses.
+    pub fn pipeline_entry(
+        &self,
+        name: &str,
+        source: &str,
+        entry: &str,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let key = format!("{name}:{entry}{constants:?}");
         let mut cache = self.pipelines.lock().unwrap();
         if let Some(p) = cache.get(&key) {
             return p.clone();
@@ -225,7 +237,7 @@ impl Gpu {
                 label: Some(name),
                 layout: None,
                 module: &module,
-                entry_point: Some("main"),
+                entry_point: Some(entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants,
                     ..Default::default()

@@ -85,7 +85,10 @@ impl EmbeddingBag<'_> {
             let chunk_rows = (v.n_rows - (i as u32 * v.rows_per_chunk).min(v.n_rows)).min(v.rows_per_chunk);
             check_buffer(gpu, "values.weight", b, chunk_rows as u64 * row_words as u64)?;
         }
-        let pipeline = gpu.pipeline("embedding_bag", SOURCE, &[]);
+        // 16-byte loads when every row is a whole number of them (see the WGSL header).
+        let vec4 = if v.f16 { v.v_dim % 8 == 0 } else { v.v_dim % 4 == 0 };
+        let entry = if vec4 { "main_vec4" } else { "main" };
+        let pipeline = gpu.pipeline_entry("embedding_bag", SOURCE, entry, &[]);
         let binds: Vec<wgpu::BindGroup> = (0..v.buffers.len().div_ceil(CHUNKS_PER_DISPATCH))
             .map(|d| {
                 let first = d * CHUNKS_PER_DISPATCH;

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test suite: every GPU test on a real wgpu adapter (lavapipe when there is no GPU), the
+# WGSL validation, and the wasm32 build of the library.
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+cargo test "$@"
+if ! rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown; then
+    rustup target add wasm32-unknown-unknown
+fi
+cargo build --lib --target wasm32-unknown-unknown
+echo "wasm32-unknown-unknown build of the library: ok"
