@@ -41,7 +41,10 @@ struct Params {
     _pad2: u32,
 }
 
-const WG: u32 = 256u;
+// Invocations per workgroup, chosen per adapter by the host (results do not depend on it):
+// 64 on GPUs; 16 on CPU implementations, where each barrier switches between every SIMD
+// batch of the workgroup and fewer, fuller batches win.
+override WG: u32 = 64u;
 const MAX_K: u32 = 128u;
 const MAX_PAIRS: u32 = 704u; // >= sum over a < 128 of 128 / (a + 1) = 695
 const FROM_SCORES: u32 = 0u;
@@ -115,7 +118,9 @@ fn select_top(source: u32, base: u32, n: u32, lid: u32) {
                 break;
             }
         }
-        atomicStore(&hist[lid], 0u);
+        for (var b = lid; b < 256u; b += WG) {
+            atomicStore(&hist[b], 0u);
+        }
         workgroupBarrier();
         let hi = sel_hi;
         let lo = sel_lo;
@@ -137,12 +142,12 @@ fn select_top(source: u32, base: u32, n: u32, lid: u32) {
         // Find the threshold digit: the highest digit d whose count, added to the counts of
         // all higher digits, reaches `need`. Sixteen invocations sum sixteen bins each, then
         // one walks the group sums and the sixteen bins of the group it lands in.
-        if (lid < 16u) {
+        for (var g = lid; g < 16u; g += WG) {
             var sum = 0u;
             for (var i = 0u; i < 16u; i++) {
-                sum += atomicLoad(&hist[lid * 16u + i]);
+                sum += atomicLoad(&hist[g * 16u + i]);
             }
-            group_sum[lid] = sum;
+            group_sum[g] = sum;
         }
         workgroupBarrier();
         if (lid == 0u) {
@@ -187,9 +192,9 @@ fn select_top(source: u32, base: u32, n: u32, lid: u32) {
         }
     }
     workgroupBarrier();
-    if (lid < p.knn) {
-        let key = win_key[lid];
-        let idx = win_idx[lid];
+    for (var w = lid; w < p.knn; w += WG) {
+        let key = win_key[w];
+        let idx = win_idx[w];
         var rank = 0u;
         for (var j = 0u; j < p.knn; j++) {
             if (ranks_before(win_key[j], win_idx[j], key, idx)) {
@@ -202,7 +207,7 @@ fn select_top(source: u32, base: u32, n: u32, lid: u32) {
     workgroupBarrier();
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -215,15 +220,15 @@ fn main(
     let k = p.knn;
 
     select_top(FROM_SCORES, (item * 2u) * p.n_keys, p.n_keys, lid);
-    if (lid < k) {
-        top1_key[lid] = best_key[lid];
-        top1_idx[lid] = best_idx[lid];
+    for (var j = lid; j < k; j += WG) {
+        top1_key[j] = best_key[j];
+        top1_idx[j] = best_idx[j];
     }
     workgroupBarrier();
     select_top(FROM_SCORES, (item * 2u + 1u) * p.n_keys, p.n_keys, lid);
-    if (lid < k) {
-        top2_key[lid] = best_key[lid];
-        top2_idx[lid] = best_idx[lid];
+    for (var j = lid; j < k; j += WG) {
+        top2_key[j] = best_key[j];
+        top2_idx[j] = best_idx[j];
     }
     workgroupBarrier();
 
@@ -255,9 +260,9 @@ fn main(
     }
     workgroupBarrier();
     let o0 = (p.row0 * p.heads + item) * k;
-    if (lid < k) {
-        out_indices[o0 + lid] = best_idx[lid];
-        out_scores[o0 + lid] = best_key[lid];
-        out_weights[o0 + lid] = exp(best_key[lid] - best_key[0]) / softmax_sum;
+    for (var j = lid; j < k; j += WG) {
+        out_indices[o0 + j] = best_idx[j];
+        out_scores[o0 + j] = best_key[j];
+        out_weights[o0 + j] = exp(best_key[j] - best_key[0]) / softmax_sum;
     }
 }

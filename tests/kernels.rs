@@ -4,6 +4,7 @@ mod common;
 use common::{assert_close, assert_same_selection, gpu};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use memlayers::kernels::linear::Linear;
+use memlayers::kernels::product_topk::ProductTopK;
 use memlayers::memory::{as_stored, record_lookup, LookupShape, ValueDtype, ValuePool};
 use memlayers::reference::{self, LookupDims};
 use memlayers::rng::Rng;
@@ -216,6 +217,102 @@ fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
                 &run_bag(&indices, &weights, &pool, rows, bag),
                 &want,
             );
+        }
+    }
+}
+
+fn run_product_topk(
+    scores: &[f32],
+    rows: usize,
+    heads: usize,
+    n_keys: usize,
+    knn: usize,
+    wg: u32,
+) -> reference::LookupOut {
+    let g = gpu();
+    let n = rows * heads * knn;
+    let sb = g.upload("scores", scores);
+    let (ib, ob, wb) = (
+        g.storage("i", n as u64 * 4),
+        g.storage("s", n as u64 * 4),
+        g.storage("w", n as u64 * 4),
+    );
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    ProductTopK {
+        rows: rows as u32,
+        row0: 0,
+        heads: heads as u32,
+        n_keys: n_keys as u32,
+        knn: knn as u32,
+        scores: &sb,
+        indices: &ib,
+        out_scores: &ob,
+        weights: &wb,
+        workgroup_size: Some(wg),
+    }
+    .record(g, &mut enc)
+    .unwrap();
+    g.queue.submit([enc.finish()]);
+    reference::LookupOut {
+        indices: g.read_u32_blocking(&ib, n).unwrap(),
+        scores: g.read_f32_blocking(&ob, n).unwrap(),
+        weights: g.read_f32_blocking(&wb, n).unwrap(),
+    }
+}
+
+#[test]
+fn product_topk_is_exact_for_every_workgroup_size() {
+    let mut rng = Rng::new(17);
+    // (rows, heads, n_keys, knn, distinct score levels: 0 = continuous)
+    for &(rows, heads, n_keys, knn, levels) in &[
+        (3, 2, 50, 7, 0),
+        (2, 3, 1024, 32, 0),
+        (2, 2, 300, 64, 0),
+        (2, 2, 300, 100, 0),
+        (2, 2, 300, 128, 0),
+        (4, 1, 64, 16, 3),   // massive ties: index tie-break passes
+        (2, 2, 2000, 64, 7), // ties and a long half
+        (1, 1, 1, 1, 0),
+    ] {
+        let scores: Vec<f32> = (0..rows * heads * 2 * n_keys)
+            .map(|_| {
+                let v = match levels {
+                    0 => rng.symmetric(3.0),
+                    l => (rng.below(l) as f32 - 1.0) * 0.5, // includes -0.5 and 0.0
+                };
+                // -0.0 and +0.0 compare equal: the kernel must treat them as a tie too.
+                if v == 0.0 && rng.below(2) == 0 {
+                    -0.0
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let mut want = reference::LookupOut::default();
+        for item in 0..rows * heads {
+            let half = |p: usize| &scores[(item * 2 + p) * n_keys..(item * 2 + p + 1) * n_keys];
+            let best = reference::product_top_k(half(0), half(1), n_keys, knn);
+            let s: Vec<f32> = best.iter().map(|b| b.0).collect();
+            want.weights.extend(reference::softmax(&s));
+            want.scores.extend(&s);
+            want.indices.extend(best.iter().map(|b| b.1));
+        }
+        let mut first: Option<reference::LookupOut> = None;
+        for wg in [2, 8, 16, 64, 256] {
+            let got = run_product_topk(&scores, rows, heads, n_keys, knn, wg);
+            let what = format!("rows={rows} heads={heads} n_keys={n_keys} knn={knn} levels={levels} wg={wg}");
+            assert_eq!(got.indices, want.indices, "slots: {what}");
+            assert_close(&format!("scores {what}"), &got.scores, &want.scores);
+            assert_close(&format!("weights {what}"), &got.weights, &want.weights);
+            if let Some(f) = &first {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&f.weights),
+                    bits(&got.weights),
+                    "bit-identical across workgroup sizes: {what}"
+                );
+            }
+            first = Some(got);
         }
     }
 }

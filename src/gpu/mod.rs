@@ -25,11 +25,35 @@ pub const NO_ADAPTER_HELP: &str = "no GPU adapter found. On Debian/Ubuntu withou
 Mesa's software Vulkan driver (lavapipe): `sudo apt-get install -y mesa-vulkan-drivers libvulkan1` \
 and run with WGPU_BACKEND=vulkan";
 
+/// Kernel variants chosen per adapter. Results never depend on them (tests check this); only
+/// speed does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Invocations per workgroup of the product top-k (64 on GPUs; 16 on CPU adapters such as
+    /// lavapipe and SwiftShader, where every barrier cycles through the workgroup's SIMD
+    /// batches: measured 2x faster there).
+    pub topk_workgroup: u32,
+}
+
+impl Tuning {
+    pub const GPU: Tuning = Tuning { topk_workgroup: 64 };
+    pub const CPU: Tuning = Tuning { topk_workgroup: 16 };
+
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            Tuning::CPU
+        } else {
+            Tuning::GPU
+        }
+    }
+}
+
 /// A wgpu device and queue plus what the kernels share: cached pipelines and the profiler.
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     info: Option<wgpu::AdapterInfo>,
+    tuning: Tuning,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     profiler: Mutex<Option<Profiler>>,
 }
@@ -138,6 +162,7 @@ impl Gpu {
             .await
             .map_err(|e| Error::Device(format!("request_device failed: {e}")))?;
         let mut gpu = Self::from_device(device, queue);
+        gpu.tuning = Tuning::for_adapter(&adapter.get_info());
         gpu.info = Some(adapter.get_info());
         Ok(gpu)
     }
@@ -176,14 +201,26 @@ impl Gpu {
 
     /// Wraps a device and queue that a host application created. The device must have been
     /// created with at least WebGPU's default compute limits (`wgpu::Limits::default()`).
+    /// Kernel variants default to the GPU ones; see `set_tuning`.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         Gpu {
             device,
             queue,
             info: None,
+            tuning: Tuning::GPU,
             pipelines: Mutex::new(HashMap::new()),
             profiler: Mutex::new(None),
         }
+    }
+
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// Overrides the per-adapter kernel variants (e.g. a host app that knows its device is a
+    /// CPU implementation).
+    pub fn set_tuning(&mut self, tuning: Tuning) {
+        self.tuning = tuning;
     }
 
     /// The adapter's description, when this `Gpu` chose the adapter itself.

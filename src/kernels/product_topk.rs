@@ -34,6 +34,8 @@ pub struct ProductTopK<'a> {
     pub indices: &'a wgpu::Buffer,
     pub out_scores: &'a wgpu::Buffer,
     pub weights: &'a wgpu::Buffer,
+    /// Invocations per workgroup; `None` takes the adapter's tuning. Results do not depend on it.
+    pub workgroup_size: Option<u32>,
 }
 
 impl ProductTopK<'_> {
@@ -57,7 +59,15 @@ knn {} n_keys {}",
         check_buffer(gpu, "lookup.indices", self.indices, outputs)?;
         check_buffer(gpu, "lookup.scores", self.out_scores, outputs)?;
         check_buffer(gpu, "lookup.weights", self.weights, outputs)?;
-        let pipeline = gpu.pipeline("product_topk", SOURCE, &[]);
+        let wg = self.workgroup_size.unwrap_or(gpu.tuning().topk_workgroup);
+        // 1 is excluded: a single-invocation workgroup returned wrong slots at knn = 128 on
+        // lavapipe (Mesa 22.3.6) while every size from 2 to 256 matched the oracle.
+        if !(2..=256).contains(&wg) {
+            return Err(Error::Config(format!(
+                "product top-k: workgroup size {wg} not in 2..=256"
+            )));
+        }
+        let pipeline = gpu.pipeline("product_topk", SOURCE, &[("WG", wg as f64)]);
         let params = gpu.uniform(
             "product top-k params",
             &Params {

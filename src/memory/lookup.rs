@@ -137,6 +137,7 @@ pub fn record_lookup(
             indices: &out.indices,
             out_scores: &out.scores,
             weights: &out.weights,
+            workgroup_size: None,
         }
         .record(gpu, encoder)?;
     }

@@ -118,16 +118,9 @@ pub fn lookup(query: &[f32], keys: &[f32], d: LookupDims) -> LookupOut {
         for h in 0..d.heads {
             let q = &query[(r * d.heads + h) * d.k_dim..(r * d.heads + h + 1) * d.k_dim];
             let table = |p: usize| &keys[(h * 2 + p) * d.n_keys * half..(h * 2 + p + 1) * d.n_keys * half];
-            let t1 = top_k(&subkey_scores(&q[..half], table(0), d.n_keys, d.qk_norm), d.knn);
-            let t2 = top_k(&subkey_scores(&q[half..], table(1), d.n_keys, d.qk_norm), d.knn);
-            let mut cand = Vec::with_capacity(d.knn * d.knn);
-            for &(s1, i) in &t1 {
-                for &(s2, j) in &t2 {
-                    cand.push((s1 + s2, i * d.n_keys as u32 + j));
-                }
-            }
-            cand.sort_by(|&a, &b| rank_cmp(a, b));
-            let best = &cand[..d.knn];
+            let s1 = subkey_scores(&q[..half], table(0), d.n_keys, d.qk_norm);
+            let s2 = subkey_scores(&q[half..], table(1), d.n_keys, d.qk_norm);
+            let best = product_top_k(&s1, &s2, d.n_keys, d.knn);
             let s: Vec<f32> = best.iter().map(|b| b.0).collect();
             out.weights.extend(softmax(&s));
             out.scores.extend(&s);
@@ -135,6 +128,21 @@ pub fn lookup(query: &[f32], keys: &[f32], d: LookupDims) -> LookupOut {
         }
     }
     out
+}
+
+/// Steps 3-5: top-k of each half's sub-key scores, then the top-k of all k x k sums
+/// `s1[i] + s2[j]` with slot `i * n_keys + j`, in rank order.
+pub fn product_top_k(s1: &[f32], s2: &[f32], n_keys: usize, knn: usize) -> Vec<(f32, u32)> {
+    let (t1, t2) = (top_k(s1, knn), top_k(s2, knn));
+    let mut cand = Vec::with_capacity(knn * knn);
+    for &(a, i) in &t1 {
+        for &(b, j) in &t2 {
+            cand.push((a + b, i * n_keys as u32 + j));
+        }
+    }
+    cand.sort_by(|&a, &b| rank_cmp(a, b));
+    cand.truncate(knn);
+    cand
 }
 
 /// `out[r, :] = sum_j weights[r, j] * values[indices[r, j], :]`, in bag order.
