@@ -12,10 +12,16 @@
 // buffer with a switch that is uniform across the workgroup. Accumulation is in f32, in bag
 // order within a dispatch and dispatch after dispatch: deterministic.
 //
-// One workgroup per token row; invocations stride over the row so that neighbouring
+// Workgroups cover (token row, block of columns): the grid's x and y number the rows, z the
+// column blocks, so that one invocation computes at most a few columns and its loops stay
+// short (CPU Vulkan drivers cut invocations off after 65,535 loop iterations). Neighbouring
 // invocations read neighbouring words of the same value row (coalesced on GPUs). Two entry
 // points: `main_vec4` reads 16-byte words (4 f32 or 8 f16 values per load) when rows allow
 // (f32: v_dim % 4 == 0; f16: v_dim % 8 == 0), `main` reads single words otherwise.
+// `main` computes one word per invocation (blocks of WG words); `main_vec4` keeps four
+// 16-byte columns per invocation in registers (blocks of 4 WG: columns lid + i WG, i < 4), so that each bag entry's (slot, weight), packed in one workgroup word, is read once
+// per four loads. The workgroup size WG is chosen per adapter (64 on GPUs, 16 on CPU
+// implementations); the results do not depend on it.
 
 struct Params {
     rows: u32,
@@ -28,7 +34,7 @@ struct Params {
     accumulate: u32,    // add to `out` instead of overwriting it
 }
 
-const WG: u32 = 64u;
+override WG: u32 = 64u;
 const MAX_BAG: u32 = 1024u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,8 +52,8 @@ const MAX_BAG: u32 = 1024u;
 @group(0) @binding(6) var<storage, read> w2: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read> w3: array<vec4<u32>>;
 
-var<workgroup> bag_slot: array<u32, MAX_BAG>;
-var<workgroup> bag_weight: array<f32, MAX_BAG>;
+// (slot, bitcast weight) of each bag entry.
+var<workgroup> bag: array<vec2<u32>, MAX_BAG>;
 
 // Whether `slot` lies in the four buffers bound to this dispatch.
 fn bound_here(slot: u32) -> bool {
@@ -81,13 +87,12 @@ fn value_quad(slot: u32, quad: u32) -> vec4<u32> {
 
 fn load_bag(row: u32, lid: u32) {
     for (var j = lid; j < p.bag; j += WG) {
-        bag_slot[j] = indices[row * p.bag + j];
-        bag_weight[j] = weights[row * p.bag + j];
+        bag[j] = vec2<u32>(indices[row * p.bag + j], bitcast<u32>(weights[row * p.bag + j]));
     }
     workgroupBarrier();
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -98,45 +103,62 @@ fn main(
         return;
     }
     load_bag(row, lid);
+    let word = wg.z * WG + lid;
+    if (word >= p.row_words) {
+        return;
+    }
     let out0 = row * p.v_dim;
     if (p.f16_values != 0u) {
-        for (var word = lid; word < p.row_words; word += WG) {
-            let c = word * 2u;
-            let has_second = c + 1u < p.v_dim;
-            var acc = vec2<f32>(0.0, 0.0);
-            if (p.accumulate != 0u) {
-                acc.x = out[out0 + c];
-                if (has_second) {
-                    acc.y = out[out0 + c + 1u];
-                }
-            }
-            for (var j = 0u; j < p.bag; j++) {
-                if (bound_here(bag_slot[j])) {
-                    acc = fma(vec2<f32>(bag_weight[j]), unpack2x16float(value_word(bag_slot[j], word)), acc);
-                }
-            }
-            out[out0 + c] = acc.x;
+        let c = word * 2u;
+        let has_second = c + 1u < p.v_dim;
+        var acc = vec2<f32>(0.0, 0.0);
+        if (p.accumulate != 0u) {
+            acc.x = out[out0 + c];
             if (has_second) {
-                out[out0 + c + 1u] = acc.y;
+                acc.y = out[out0 + c + 1u];
             }
+        }
+        for (var j = 0u; j < p.bag; j++) {
+            let e = bag[j];
+            if (bound_here(e.x)) {
+                acc = fma(vec2<f32>(bitcast<f32>(e.y)), unpack2x16float(value_word(e.x, word)), acc);
+            }
+        }
+        out[out0 + c] = acc.x;
+        if (has_second) {
+            out[out0 + c + 1u] = acc.y;
         }
     } else {
-        for (var c = lid; c < p.v_dim; c += WG) {
-            var acc = 0.0;
-            if (p.accumulate != 0u) {
-                acc = out[out0 + c];
-            }
-            for (var j = 0u; j < p.bag; j++) {
-                if (bound_here(bag_slot[j])) {
-                    acc = fma(bag_weight[j], bitcast<f32>(value_word(bag_slot[j], c)), acc);
-                }
-            }
-            out[out0 + c] = acc;
+        var acc = 0.0;
+        if (p.accumulate != 0u) {
+            acc = out[out0 + word];
         }
+        for (var j = 0u; j < p.bag; j++) {
+            let e = bag[j];
+            if (bound_here(e.x)) {
+                acc = fma(bitcast<f32>(e.y), bitcast<f32>(value_word(e.x, word)), acc);
+            }
+        }
+        out[out0 + word] = acc;
     }
 }
 
-@compute @workgroup_size(64)
+// Adds entry (slot, w)'s 16-byte column q to acc (f32 values).
+fn add_f32(acc: vec4<f32>, slot: u32, w: f32, q: u32) -> vec4<f32> {
+    return fma(vec4<f32>(w), bitcast<vec4<f32>>(value_quad(slot, q)), acc);
+}
+
+// Adds entry (slot, w)'s 16-byte column q, 8 f16 values, to (lo, hi).
+fn add_f16(acc: array<vec4<f32>, 2>, slot: u32, w: f32, q: u32) -> array<vec4<f32>, 2> {
+    let v = value_quad(slot, q);
+    let wv = vec4<f32>(w);
+    return array<vec4<f32>, 2>(
+        fma(wv, vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)), acc[0]),
+        fma(wv, vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)), acc[1]),
+    );
+}
+
+@compute @workgroup_size(WG)
 fn main_vec4(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -149,39 +171,91 @@ fn main_vec4(
     load_bag(row, lid);
     let quads = p.row_words / 4u;
     let out0 = row * (p.v_dim / 4u);
-    if (p.f16_values != 0u) {
-        for (var q = lid; q < quads; q += WG) {
-            var lo = vec4<f32>(0.0);
-            var hi = vec4<f32>(0.0);
+    // Columns q0, q1, q2, q3 of this block; a column past the row is computed on column 0
+    // (a valid address) and not stored.
+    {
+        let q0 = wg.z * 4u * WG + lid;
+        let q1 = q0 + WG;
+        let q2 = q1 + WG;
+        let q3 = q2 + WG;
+        let l0 = select(0u, q0, q0 < quads);
+        let l1 = select(0u, q1, q1 < quads);
+        let l2 = select(0u, q2, q2 < quads);
+        let l3 = select(0u, q3, q3 < quads);
+        if (p.f16_values != 0u) {
+            var a0 = array<vec4<f32>, 2>(vec4<f32>(0.0), vec4<f32>(0.0));
+            var a1 = a0;
+            var a2 = a0;
+            var a3 = a0;
             if (p.accumulate != 0u) {
-                lo = out4[out0 + 2u * q];
-                hi = out4[out0 + 2u * q + 1u];
+                a0 = array<vec4<f32>, 2>(out4[out0 + 2u * l0], out4[out0 + 2u * l0 + 1u]);
+                a1 = array<vec4<f32>, 2>(out4[out0 + 2u * l1], out4[out0 + 2u * l1 + 1u]);
+                a2 = array<vec4<f32>, 2>(out4[out0 + 2u * l2], out4[out0 + 2u * l2 + 1u]);
+                a3 = array<vec4<f32>, 2>(out4[out0 + 2u * l3], out4[out0 + 2u * l3 + 1u]);
             }
             for (var j = 0u; j < p.bag; j++) {
-                let slot = bag_slot[j];
-                if (bound_here(slot)) {
-                    let v = value_quad(slot, q);
-                    let w = vec4<f32>(bag_weight[j]);
-                    lo = fma(w, vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)), lo);
-                    hi = fma(w, vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)), hi);
+                let e = bag[j];
+                if (bound_here(e.x)) {
+                    let w = bitcast<f32>(e.y);
+                    a0 = add_f16(a0, e.x, w, l0);
+                    if (q1 < quads) {
+                        a1 = add_f16(a1, e.x, w, l1);
+                        a2 = add_f16(a2, e.x, w, l2);
+                        a3 = add_f16(a3, e.x, w, l3);
+                    }
                 }
             }
-            out4[out0 + 2u * q] = lo;
-            out4[out0 + 2u * q + 1u] = hi;
-        }
-    } else {
-        for (var q = lid; q < quads; q += WG) {
-            var acc = vec4<f32>(0.0);
+            if (q0 < quads) {
+                out4[out0 + 2u * q0] = a0[0];
+                out4[out0 + 2u * q0 + 1u] = a0[1];
+            }
+            if (q1 < quads) {
+                out4[out0 + 2u * q1] = a1[0];
+                out4[out0 + 2u * q1 + 1u] = a1[1];
+            }
+            if (q2 < quads) {
+                out4[out0 + 2u * q2] = a2[0];
+                out4[out0 + 2u * q2 + 1u] = a2[1];
+            }
+            if (q3 < quads) {
+                out4[out0 + 2u * q3] = a3[0];
+                out4[out0 + 2u * q3 + 1u] = a3[1];
+            }
+        } else {
+            var a0 = vec4<f32>(0.0);
+            var a1 = a0;
+            var a2 = a0;
+            var a3 = a0;
             if (p.accumulate != 0u) {
-                acc = out4[out0 + q];
+                a0 = out4[out0 + l0];
+                a1 = out4[out0 + l1];
+                a2 = out4[out0 + l2];
+                a3 = out4[out0 + l3];
             }
             for (var j = 0u; j < p.bag; j++) {
-                let slot = bag_slot[j];
-                if (bound_here(slot)) {
-                    acc = fma(vec4<f32>(bag_weight[j]), bitcast<vec4<f32>>(value_quad(slot, q)), acc);
+                let e = bag[j];
+                if (bound_here(e.x)) {
+                    let w = bitcast<f32>(e.y);
+                    a0 = add_f32(a0, e.x, w, l0);
+                    if (q1 < quads) {
+                        a1 = add_f32(a1, e.x, w, l1);
+                        a2 = add_f32(a2, e.x, w, l2);
+                        a3 = add_f32(a3, e.x, w, l3);
+                    }
                 }
             }
-            out4[out0 + q] = acc;
+            if (q0 < quads) {
+                out4[out0 + q0] = a0;
+            }
+            if (q1 < quads) {
+                out4[out0 + q1] = a1;
+            }
+            if (q2 < quads) {
+                out4[out0 + q2] = a2;
+            }
+            if (q3 < quads) {
+                out4[out0 + q3] = a3;
+            }
         }
     }
 }

@@ -127,7 +127,7 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
         name: format!("{name} {dtype:?}"),
         tokens_per_s,
         matmul_gflops: matmul_flops / time_of("query_proj") / 1e9,
-        lookup_gflops: lookup_flops / time_of("pkm_lookup") / 1e9,
+        lookup_gflops: lookup_flops / time_of("subkey_scores") / 1e9,
         bag_gbs: bag_bytes / time_of("embedding_bag") / 1e9,
         kernels,
     })

@@ -4,7 +4,8 @@ mod common;
 use common::{assert_close, assert_same_selection, gpu};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use memlayers::kernels::linear::Linear;
-use memlayers::kernels::product_topk::ProductTopK;
+use memlayers::kernels::product_topk::{loop_iterations, workgroup_for, ProductTopK};
+use memlayers::kernels::LOOP_BUDGET;
 use memlayers::memory::{as_stored, record_lookup, LookupShape, ValueDtype, ValuePool};
 use memlayers::reference::{self, LookupDims};
 use memlayers::rng::Rng;
@@ -131,6 +132,7 @@ fn lookup_matches_oracle_over_shapes() {
         (1, 2, 1024, 1024, 16),
         (70, 2, 3000, 12, 20),
         (1100, 4, 1024, 8, 8), // 35 MiB of sub-key scores: two row blocks
+        (2, 1, 20000, 8, 32),  // long halves: the top-k widens its workgroup for the loop budget
     ];
     for (i, &(rows, heads, n_keys, k_dim, knn)) in shapes.iter().enumerate() {
         for qk_norm in [false, true] {
@@ -168,7 +170,7 @@ fn lookup_breaks_ties_to_the_lower_slot() {
     assert_eq!(&got.indices[..9], &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
-fn run_bag(indices: &[u32], weights: &[f32], pool: &ValuePool, rows: usize, bag: usize) -> Vec<f32> {
+fn run_bag(indices: &[u32], weights: &[f32], pool: &ValuePool, rows: usize, bag: usize, wg: u32) -> Vec<f32> {
     let g = gpu();
     let (ib, wb) = (g.upload("idx", indices), g.upload("w", weights));
     let out = g.storage("out", (rows * pool.v_dim() * 4) as u64);
@@ -181,6 +183,7 @@ fn run_bag(indices: &[u32], weights: &[f32], pool: &ValuePool, rows: usize, bag:
         weights: &wb,
         values: &chunks,
         out: &out,
+        workgroup_size: Some(wg),
     }
     .record(g, &mut enc)
     .unwrap();
@@ -199,8 +202,11 @@ fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
         (9, 128, 400, 256, 100),
         (4, 1024, 50, 300, 13),
         (33, 12, 1000, 1025, 1000),
-        (5, 40, 97, 9, 7),   // 14 buffers: four dispatches accumulating
-        (6, 24, 90, 16, 10), // 9 buffers, 16-byte loads
+        (3, 7, 20, 2056, 20), // 514 (f32) / 257 (f16) 16-byte columns: several column blocks
+        (2, 1024, 30, 4095, 30), // one-word path, 4095 columns of a 1024-entry bag
+        (3, 7, 20, 2056, 20), // 514 / 257 16-byte columns: several passes of four per invocation
+        (5, 40, 97, 9, 7),    // 14 buffers: four dispatches accumulating
+        (6, 24, 90, 16, 10),  // 9 buffers, 16-byte loads
     ] {
         let values = rng.vec_normal(n * v_dim, 1.0);
         let indices: Vec<u32> = (0..rows * bag).map(|_| rng.below(n as u64) as u32).collect();
@@ -209,14 +215,23 @@ fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
             let pool = ValuePool::with_rows_per_chunk(gpu(), &values, n, v_dim, dtype, per_chunk).unwrap();
             let want =
                 reference::embedding_bag(&indices, &weights, &as_stored(&values, dtype), rows, bag, v_dim);
-            assert_close(
-                &format!(
-                    "bag rows={rows} bag={bag} n={n} v_dim={v_dim} chunks={} {dtype:?}",
+            let mut first: Option<Vec<f32>> = None;
+            for wg in [1, 16, 64, 256] {
+                let got = run_bag(&indices, &weights, &pool, rows, bag, wg);
+                let what = format!(
+                    "bag rows={rows} bag={bag} n={n} v_dim={v_dim} chunks={} {dtype:?} wg={wg}",
                     pool.buffer_count()
-                ),
-                &run_bag(&indices, &weights, &pool, rows, bag),
-                &want,
-            );
+                );
+                assert_close(&what, &got, &want);
+                // Each output element is one fixed-order chain whatever the workgroup size.
+                if let Some(f) = &first {
+                    assert!(
+                        f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{what}: not bit-identical"
+                    );
+                }
+                first = Some(got);
+            }
         }
     }
 }
@@ -267,11 +282,10 @@ fn product_topk_is_exact_for_every_workgroup_size() {
     for &(rows, heads, n_keys, knn, levels) in &[
         (3, 2, 50, 7, 0),
         (2, 3, 1024, 32, 0),
-        (2, 2, 300, 64, 0),
-        (2, 2, 300, 100, 0),
         (2, 2, 300, 128, 0),
-        (4, 1, 64, 16, 3),   // massive ties: index tie-break passes
-        (2, 2, 2000, 64, 7), // ties and a long half
+        (1, 2, 20000, 32, 0), // long halves: wider workgroups keep the loops in budget
+        (4, 1, 64, 16, 3),    // massive ties: index tie-break passes
+        (2, 2, 2000, 64, 7),  // ties and a long half
         (1, 1, 1, 1, 0),
     ] {
         let scores: Vec<f32> = (0..rows * heads * 2 * n_keys)
@@ -298,7 +312,10 @@ fn product_topk_is_exact_for_every_workgroup_size() {
             want.indices.extend(best.iter().map(|b| b.1));
         }
         let mut first: Option<reference::LookupOut> = None;
-        for wg in [2, 8, 16, 64, 256] {
+        for wg in [1, 2, 8, 16, 64, 256] {
+            if loop_iterations(n_keys as u32, knn as u32, wg) > LOOP_BUDGET {
+                continue; // refused by the kernel (tested below)
+            }
             let got = run_product_topk(&scores, rows, heads, n_keys, knn, wg);
             let what = format!("rows={rows} heads={heads} n_keys={n_keys} knn={knn} levels={levels} wg={wg}");
             assert_eq!(got.indices, want.indices, "slots: {what}");
@@ -315,4 +332,32 @@ fn product_topk_is_exact_for_every_workgroup_size() {
             first = Some(got);
         }
     }
+}
+
+#[test]
+fn loop_budget_holds_for_every_supported_shape() {
+    // CPU drivers stop loops after 65,535 iterations per invocation: the largest lookup must
+    // still find a workgroup size within the budget, and an explicit size beyond it is refused.
+    for preferred in [16, 64] {
+        let wg = workgroup_for(65535, 128, preferred).unwrap();
+        assert!(loop_iterations(65535, 128, wg) <= LOOP_BUDGET);
+    }
+    assert!(loop_iterations(300, 128, 1) > LOOP_BUDGET);
+    let g = gpu();
+    let b = g.storage("b", 1 << 20);
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    let refused = ProductTopK {
+        rows: 1,
+        row0: 0,
+        heads: 1,
+        n_keys: 300,
+        knn: 128,
+        scores: &b,
+        indices: &b,
+        out_scores: &b,
+        weights: &b,
+        workgroup_size: Some(1),
+    }
+    .record(g, &mut enc);
+    assert!(matches!(refused, Err(memlayers::Error::Config(m)) if m.contains("loop iterations")));
 }

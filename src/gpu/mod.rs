@@ -33,11 +33,20 @@ pub struct Tuning {
     /// lavapipe and SwiftShader, where every barrier cycles through the workgroup's SIMD
     /// batches: measured 2x faster there).
     pub topk_workgroup: u32,
+    /// Invocations per workgroup of the embedding bag (64 on GPUs; 16 on CPU adapters, where
+    /// each invocation then keeps more columns and rereads each entry's slot less often).
+    pub bag_workgroup: u32,
 }
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { topk_workgroup: 64 };
-    pub const CPU: Tuning = Tuning { topk_workgroup: 16 };
+    pub const GPU: Tuning = Tuning {
+        topk_workgroup: 64,
+        bag_workgroup: 64,
+    };
+    pub const CPU: Tuning = Tuning {
+        topk_workgroup: 16,
+        bag_workgroup: 16,
+    };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {
         if info.device_type == wgpu::DeviceType::Cpu {

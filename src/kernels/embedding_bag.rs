@@ -1,7 +1,7 @@
 //! `embedding_bag.wgsl`: out[r] = sum_j weights[r, j] * V[indices[r, j]] over a value table
 //! stored as f32 or packed f16 and split across any number of buffers (four per dispatch).
 
-use super::check_buffer;
+use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Gpu};
 
@@ -56,6 +56,8 @@ pub struct EmbeddingBag<'a> {
     pub weights: &'a wgpu::Buffer,
     pub values: &'a ValueChunks<'a>,
     pub out: &'a wgpu::Buffer,
+    /// Invocations per workgroup; `None` takes the adapter's tuning. Results do not depend on it.
+    pub workgroup_size: Option<u32>,
 }
 
 impl EmbeddingBag<'_> {
@@ -88,7 +90,13 @@ impl EmbeddingBag<'_> {
         // 16-byte loads when every row is a whole number of them (see the WGSL header).
         let vec4 = if v.f16 { v.v_dim % 8 == 0 } else { v.v_dim % 4 == 0 };
         let entry = if vec4 { "main_vec4" } else { "main" };
-        let pipeline = gpu.pipeline_entry("embedding_bag", SOURCE, entry, &[]);
+        let wg = self.workgroup_size.unwrap_or(gpu.tuning().bag_workgroup);
+        if !(1..=256).contains(&wg) {
+            return Err(Error::Config(format!(
+                "embedding bag: workgroup size {wg} not in 1..=256"
+            )));
+        }
+        let pipeline = gpu.pipeline_entry("embedding_bag", SOURCE, entry, &[("WG", wg as f64)]);
         let binds: Vec<wgpu::BindGroup> = (0..v.buffers.len().div_ceil(CHUNKS_PER_DISPATCH))
             .map(|d| {
                 let first = d * CHUNKS_PER_DISPATCH;
@@ -114,12 +122,27 @@ impl EmbeddingBag<'_> {
                 )
             })
             .collect();
+        let columns_per_block = if vec4 { 4 * wg } else { wg };
+        let columns = if vec4 { row_words / 4 } else { row_words };
+        let blocks = columns.div_ceil(columns_per_block);
+        if blocks > crate::gpu::MAX_GRID_DIM {
+            return Err(Error::Config(format!(
+                "embedding bag: v_dim {} needs too many column blocks",
+                v.v_dim
+            )));
+        }
+        // load_bag's share of the bag, then one pass over the whole bag.
+        check_loop_budget(
+            "embedding bag",
+            self.bag.div_ceil(wg) as u64 + self.bag as u64,
+            "the bag",
+        )?;
         let (x, y) = grid(self.rows);
         let mut pass = gpu.begin_pass(encoder, "embedding_bag");
         pass.set_pipeline(&pipeline);
         for bind in &binds {
             pass.set_bind_group(0, bind, &[]);
-            pass.dispatch_workgroups(x, y, 1);
+            pass.dispatch_workgroups(x, y, blocks);
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! `linear.wgsl`: y = x w^T (+ bias) (then optionally y = gate * silu(y)), batched and
 //! strided so that it also computes the sub-key scores of every (head, half).
 
-use super::check_buffer;
+use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, MAX_GRID_DIM};
 
@@ -96,6 +96,8 @@ impl Linear<'_> {
                 "linear: batched products take no bias or gate".into(),
             ));
         }
+        // Per k step of 8: one loader pass of 8 and a compute loop of 8; then 16 stores of 4.
+        check_loop_budget("linear", self.k.div_ceil(8) as u64 * 17 + 64, &format!("k = {k}"))?;
         let last = |off: u32, batch: u32, row: u32, rows: u64, cols: u64| {
             off as u64 + (l.batch as u64 - 1) * batch as u64 + (rows - 1) * row as u64 + cols
         };

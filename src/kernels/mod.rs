@@ -19,8 +19,28 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("product_topk.wgsl", product_topk::SOURCE),
 ];
 
+/// Loop iterations one invocation may run, summed over all its loops.
+///
+/// lavapipe (Mesa's llvmpipe Vulkan) stops every invocation's loops after 65,535 iterations in
+/// total, silently: measured here, a 70,000-iteration loop ends at 65,535, and two loops of
+/// 40,000 end at 65,534 together. Results past that point are wrong, not missing. Every kernel
+/// therefore sizes its dispatch so that an invocation's iterations, estimated from above on
+/// the host, stay within this budget (with room to spare), and refuses shapes that cannot.
+pub const LOOP_BUDGET: u64 = 49_152;
+
 /// Most rows one linear dispatch covers (64-row tiles, one grid dimension).
 pub const MAX_GRID_ROWS: u32 = crate::gpu::MAX_GRID_DIM * 64;
+
+/// Errors when `iterations` (an upper bound per invocation) exceed the loop budget.
+pub(crate) fn check_loop_budget(kernel: &str, iterations: u64, what: &str) -> Result<()> {
+    if iterations > LOOP_BUDGET {
+        return Err(Error::Config(format!(
+            "{kernel}: {what} needs about {iterations} loop iterations per invocation; the portable budget \
+is {LOOP_BUDGET} (CPU Vulkan drivers stop loops after 65,535)"
+        )));
+    }
+    Ok(())
+}
 
 /// Checks that `buffer` holds at least `elems` 4-byte elements and fits one storage binding.
 pub(crate) fn check_buffer(gpu: &Gpu, name: &str, buffer: &wgpu::Buffer, elems: u64) -> Result<()> {

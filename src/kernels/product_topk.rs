@@ -2,7 +2,7 @@
 //! top-k of the k x k products in rank order, and their softmax; one workgroup per
 //! (token, head).
 
-use super::check_buffer;
+use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Gpu};
 
@@ -22,6 +22,35 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// Candidate pairs the product step ranks: sum over a < knn of knn / (a + 1).
+pub fn candidate_pairs(knn: u32) -> u32 {
+    (1..=knn).map(|a| knn / a).sum()
+}
+
+/// Upper bound on one invocation's loop iterations (see `LOOP_BUDGET`), following the WGSL.
+pub fn loop_iterations(n_keys: u32, knn: u32, wg: u32) -> u64 {
+    let (k, wg) = (knn as u64, wg as u64);
+    let per = |n: u64| n.div_ceil(wg);
+    let select = |n: u64| 8 * (per(256) + per(n) + 16 * per(16) + 32) + per(n) + per(k) * k;
+    let pairs = candidate_pairs(knn) as u64;
+    2 * select(n_keys as u64) + select(pairs) + 2 * per(k) + k + per(pairs) * (1 + k) + k + per(k)
+}
+
+/// The workgroup size to use: `preferred`, doubled until the loop budget holds (large n_keys
+/// on CPU adapters), or an error when even 256 does not.
+pub fn workgroup_for(n_keys: u32, knn: u32, preferred: u32) -> Result<u32> {
+    let mut wg = preferred.clamp(1, 256);
+    while loop_iterations(n_keys, knn, wg) > LOOP_BUDGET && wg < 256 {
+        wg = (wg * 2).min(256);
+    }
+    check_loop_budget(
+        "product top-k",
+        loop_iterations(n_keys, knn, wg),
+        &format!("n_keys = {n_keys}, knn = {knn}"),
+    )?;
+    Ok(wg)
+}
+
 /// `scores [rows, heads, 2, n_keys]` for rows `row0 .. row0 + rows` of the outputs
 /// `indices` (u32), `out_scores`, `weights`, each `[total rows, heads, knn]`.
 pub struct ProductTopK<'a> {
@@ -34,7 +63,8 @@ pub struct ProductTopK<'a> {
     pub indices: &'a wgpu::Buffer,
     pub out_scores: &'a wgpu::Buffer,
     pub weights: &'a wgpu::Buffer,
-    /// Invocations per workgroup; `None` takes the adapter's tuning. Results do not depend on it.
+    /// Invocations per workgroup (1..=256); `None` takes the adapter's tuning, widened when
+    /// the loop budget needs it. Results do not depend on it.
     pub workgroup_size: Option<u32>,
 }
 
@@ -59,14 +89,19 @@ knn {} n_keys {}",
         check_buffer(gpu, "lookup.indices", self.indices, outputs)?;
         check_buffer(gpu, "lookup.scores", self.out_scores, outputs)?;
         check_buffer(gpu, "lookup.weights", self.weights, outputs)?;
-        let wg = self.workgroup_size.unwrap_or(gpu.tuning().topk_workgroup);
-        // 1 is excluded: a single-invocation workgroup returned wrong slots at knn = 128 on
-        // lavapipe (Mesa 22.3.6) while every size from 2 to 256 matched the oracle.
-        if !(2..=256).contains(&wg) {
-            return Err(Error::Config(format!(
-                "product top-k: workgroup size {wg} not in 2..=256"
-            )));
-        }
+        let wg = match self.workgroup_size {
+            Some(wg) if (1..=256).contains(&wg) => {
+                let what = format!("n_keys = {}, knn = {}, workgroup {wg}", self.n_keys, self.knn);
+                check_loop_budget("product top-k", loop_iterations(self.n_keys, self.knn, wg), &what)?;
+                wg
+            }
+            Some(wg) => {
+                return Err(Error::Config(format!(
+                    "product top-k: workgroup size {wg} not in 1..=256"
+                )))
+            }
+            None => workgroup_for(self.n_keys, self.knn, gpu.tuning().topk_workgroup)?,
+        };
         let pipeline = gpu.pipeline("product_topk", SOURCE, &[("WG", wg as f64)]);
         let params = gpu.uniform(
             "product top-k params",

@@ -248,6 +248,7 @@ impl MemoryLayer {
             weights: &weights,
             values: &chunks,
             out: &bag,
+            workgroup_size: None,
         }
         .record(gpu, encoder)?;
         let gated = match &self.swilu {
