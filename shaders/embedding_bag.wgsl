@@ -52,42 +52,45 @@ const MAX_BAG: u32 = 1024u;
 @group(0) @binding(6) var<storage, read> w2: array<vec4<u32>>;
 @group(0) @binding(7) var<storage, read> w3: array<vec4<u32>>;
 
-// (slot, bitcast weight) of each bag entry.
+// Each bag entry decoded once: x = (buffer + 1) << 29 | first word of its row in that buffer
+// (0 when the row is not bound to this dispatch), y = the weight's bits. The inner loops then
+// need no division.
 var<workgroup> bag: array<vec2<u32>, MAX_BAG>;
+const OFFSET_MASK: u32 = 0x1fffffffu;
 
-// Whether `slot` lies in the four buffers bound to this dispatch.
-fn bound_here(slot: u32) -> bool {
-    return slot >= p.first_row && (slot - p.first_row) / p.rows_per_chunk < 4u;
-}
-
-fn value_word(slot: u32, word: u32) -> u32 {
+fn decode(slot: u32) -> u32 {
+    if (slot < p.first_row || (slot - p.first_row) / p.rows_per_chunk >= 4u) {
+        return 0u;
+    }
     let local = slot - p.first_row;
     let chunk = local / p.rows_per_chunk;
-    let at = (local % p.rows_per_chunk) * p.row_words + word;
-    switch chunk {
-        case 0u: { return v0[at]; }
-        case 1u: { return v1[at]; }
-        case 2u: { return v2[at]; }
+    return ((chunk + 1u) << 29u) | ((local % p.rows_per_chunk) * p.row_words);
+}
+
+fn value_word(entry: u32, word: u32) -> u32 {
+    let at = (entry & OFFSET_MASK) + word;
+    switch entry >> 29u {
+        case 1u: { return v0[at]; }
+        case 2u: { return v1[at]; }
+        case 3u: { return v2[at]; }
         default: { return v3[at]; }
     }
 }
 
 // `quad` counts 16-byte words: quad q of a row holds its words 4q .. 4q + 3.
-fn value_quad(slot: u32, quad: u32) -> vec4<u32> {
-    let local = slot - p.first_row;
-    let chunk = local / p.rows_per_chunk;
-    let at = (local % p.rows_per_chunk) * (p.row_words / 4u) + quad;
-    switch chunk {
-        case 0u: { return w0[at]; }
-        case 1u: { return w1[at]; }
-        case 2u: { return w2[at]; }
+fn value_quad(entry: u32, quad: u32) -> vec4<u32> {
+    let at = (entry & OFFSET_MASK) / 4u + quad;
+    switch entry >> 29u {
+        case 1u: { return w0[at]; }
+        case 2u: { return w1[at]; }
+        case 3u: { return w2[at]; }
         default: { return w3[at]; }
     }
 }
 
 fn load_bag(row: u32, lid: u32) {
     for (var j = lid; j < p.bag; j += WG) {
-        bag[j] = vec2<u32>(indices[row * p.bag + j], bitcast<u32>(weights[row * p.bag + j]));
+        bag[j] = vec2<u32>(decode(indices[row * p.bag + j]), bitcast<u32>(weights[row * p.bag + j]));
     }
     workgroupBarrier();
 }
@@ -120,7 +123,7 @@ fn main(
         }
         for (var j = 0u; j < p.bag; j++) {
             let e = bag[j];
-            if (bound_here(e.x)) {
+            if (e.x != 0u) {
                 acc = fma(vec2<f32>(bitcast<f32>(e.y)), unpack2x16float(value_word(e.x, word)), acc);
             }
         }
@@ -135,7 +138,7 @@ fn main(
         }
         for (var j = 0u; j < p.bag; j++) {
             let e = bag[j];
-            if (bound_here(e.x)) {
+            if (e.x != 0u) {
                 acc = fma(bitcast<f32>(e.y), bitcast<f32>(value_word(e.x, word)), acc);
             }
         }
@@ -195,7 +198,7 @@ fn main_vec4(
             }
             for (var j = 0u; j < p.bag; j++) {
                 let e = bag[j];
-                if (bound_here(e.x)) {
+                if (e.x != 0u) {
                     let w = bitcast<f32>(e.y);
                     a0 = add_f16(a0, e.x, w, l0);
                     if (q1 < quads) {
@@ -234,7 +237,7 @@ fn main_vec4(
             }
             for (var j = 0u; j < p.bag; j++) {
                 let e = bag[j];
-                if (bound_here(e.x)) {
+                if (e.x != 0u) {
                     let w = bitcast<f32>(e.y);
                     a0 = add_f32(a0, e.x, w, l0);
                     if (q1 < quads) {

@@ -165,10 +165,7 @@ pub fn run(o: &Options) -> Result<()> {
                 println!("  {label:<24} {:>9.3} ms", s * 1e3);
             }
             println!("  query_proj matmul: {:.1} GFLOP/s", r.matmul_gflops);
-            println!(
-                "  sub-key scoring inside the lookup: {:.1} GFLOP/s",
-                r.lookup_gflops
-            );
+            println!("  sub-key scoring GEMM: {:.1} GFLOP/s", r.lookup_gflops);
             println!(
                 "  embedding bag: {:.2} GB/s of value rows = {:.0}% of the copy kernel (target >= 70%)",
                 r.bag_gbs,

@@ -79,6 +79,12 @@ impl EmbeddingBag<'_> {
             )));
         }
         let row_words = ValueChunks::row_words(v.v_dim, v.f16);
+        if v.rows_per_chunk as u64 * row_words as u64 > 1 << 29 {
+            return Err(Error::Config(format!(
+                "value buffers hold at most 2^29 words (2 GiB); {} rows of {row_words} words is more",
+                v.rows_per_chunk
+            )));
+        }
         let (rows, bag) = (self.rows as u64, self.bag as u64);
         check_buffer(gpu, "bag.indices", self.indices, rows * bag)?;
         check_buffer(gpu, "bag.weights", self.weights, rows * bag)?;
