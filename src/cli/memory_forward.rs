@@ -4,12 +4,25 @@ use memlayers::io::{load_memory, HostTensor, TensorData, TensorFile};
 use memlayers::{Error, Gpu, MemoryLayer, Result, ValueDtype, ValuePool};
 use std::path::PathBuf;
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// The layer's tensors (safetensors, f32/f16/bf16).
+    #[arg(long)]
     pub weights: PathBuf,
+    /// `input` [rows, d] or [batch, seq, d].
+    #[arg(long)]
     pub input: PathBuf,
+    /// Where to write `output`, `indices` and `scores` (written atomically).
+    #[arg(long)]
     pub output: PathBuf,
+    /// Values read per head (not stored in checkpoints).
+    #[arg(long, default_value_t = 32)]
     pub knn: usize,
+    /// Normalise query and key halves before scoring (paper 3.1.4; off in the reference code).
+    #[arg(long)]
     pub qk_norm: bool,
+    /// Keep the value table in f16 on the GPU (half the memory; accumulation stays f32).
+    #[arg(long)]
     pub f16_values: bool,
 }
 

@@ -5,7 +5,6 @@ mod memory_forward;
 
 use clap::{Parser, Subcommand};
 use memlayers::Result;
-use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -29,23 +28,7 @@ enum Command {
     /// value_proj.*), optionally under one module prefix such as `layers.1.feed_forward.`.
     /// INPUT holds `input` [rows, d] or [batch, seq, d]. OUTPUT gets `output`, `indices`
     /// [rows, heads, knn] (i64) and `scores` [rows, heads, knn] (pre-softmax).
-    MemoryForward {
-        #[arg(long)]
-        weights: PathBuf,
-        #[arg(long)]
-        input: PathBuf,
-        #[arg(long)]
-        output: PathBuf,
-        /// Values read per head (not stored in checkpoints).
-        #[arg(long, default_value_t = 32)]
-        knn: usize,
-        /// Normalise query and key halves before scoring (paper 3.1.4; off in the reference code).
-        #[arg(long)]
-        qk_norm: bool,
-        /// Keep the value table in f16 on the GPU (half the memory; accumulation stays f32).
-        #[arg(long)]
-        f16_values: bool,
-    },
+    MemoryForward(memory_forward::Args),
     /// Benchmark the forward pass: tokens/s, GPU time per kernel, matmul GFLOP/s, and the
     /// embedding bag's bandwidth next to a plain copy's on the same adapter.
     Bench {
@@ -64,21 +47,7 @@ enum Command {
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Info => info::run(),
-        Command::MemoryForward {
-            weights,
-            input,
-            output,
-            knn,
-            qk_norm,
-            f16_values,
-        } => memory_forward::run(&memory_forward::Args {
-            weights,
-            input,
-            output,
-            knn,
-            qk_norm,
-            f16_values,
-        }),
+        Command::MemoryForward(args) => memory_forward::run(&args),
         Command::Bench { quick, tokens, iters } => {
             memlayers::bench::run(&memlayers::bench::Options { quick, tokens, iters })
         }

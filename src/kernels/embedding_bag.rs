@@ -94,7 +94,11 @@ impl EmbeddingBag<'_> {
             check_buffer(gpu, "values.weight", b, chunk_rows as u64 * row_words as u64)?;
         }
         // 16-byte loads when every row is a whole number of them (see the WGSL header).
-        let vec4 = if v.f16 { v.v_dim % 8 == 0 } else { v.v_dim % 4 == 0 };
+        let vec4 = if v.f16 {
+            v.v_dim.is_multiple_of(8)
+        } else {
+            v.v_dim.is_multiple_of(4)
+        };
         let entry = if vec4 { "main_vec4" } else { "main" };
         let wg = self.workgroup_size.unwrap_or(gpu.tuning().bag_workgroup);
         if !(1..=256).contains(&wg) {

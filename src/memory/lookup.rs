@@ -36,7 +36,7 @@ impl LookupShape {
         if s.rows == 0 || s.heads == 0 || s.n_keys == 0 || s.knn == 0 {
             return Err(Error::Config(format!("lookup: empty shape {s:?}")));
         }
-        if s.k_dim < 2 || s.k_dim % 2 != 0 || s.k_dim as usize / 2 > MAX_HALF_DIM {
+        if s.k_dim < 2 || !s.k_dim.is_multiple_of(2) || s.k_dim as usize / 2 > MAX_HALF_DIM {
             return Err(Error::Config(format!(
                 "k_dim must be even and in [2, {}], found {}",
                 2 * MAX_HALF_DIM,
