@@ -203,6 +203,8 @@ fn main_vec4(
                     a0 = add_f16(a0, e.x, w, l0);
                     if (q1 < quads) {
                         a1 = add_f16(a1, e.x, w, l1);
+                    }
+                    if (q2 < quads) {
                         a2 = add_f16(a2, e.x, w, l2);
                         a3 = add_f16(a3, e.x, w, l3);
                     }
@@ -242,6 +244,8 @@ fn main_vec4(
                     a0 = add_f32(a0, e.x, w, l0);
                     if (q1 < quads) {
                         a1 = add_f32(a1, e.x, w, l1);
+                    }
+                    if (q2 < quads) {
                         a2 = add_f32(a2, e.x, w, l2);
                         a3 = add_f32(a3, e.x, w, l3);
                     }
