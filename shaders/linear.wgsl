@@ -2,10 +2,11 @@
 // (nn.Linear: w is [out, in]). Optional epilogue GATE: y = aux[m, n] * silu(y), which fuses
 // Memory+'s `bag * silu(swilu_projection(x))` so the pre-activation never reaches memory.
 //
-// Strides make the same kernel serve the sub-key scoring, a GEMM per (head, half) over
+// Strides on both operands make the same kernel serve every transpose case a backward pass
+// needs (dX = dY W, dW = dY^T X) and the sub-key scoring, a GEMM per (head, half) over
 // strided query slices:
-//   x[b][m, k] = x[x_offset + b * x_batch + m * x_row + k]
-//   w[b][n, k] = w[b * w_batch + n * k_len + k]                (rows contiguous)
+//   x[b][m, k] = x[x_offset + b * x_batch + m * x_row + k * x_k]
+//   w[b][n, k] = w[b * w_batch + n * w_row + k * w_k]
 //   y[b][m, n] = y[b * y_batch + m * y_row + n]
 // The batch index is the workgroup's z coordinate.
 //
@@ -28,8 +29,12 @@ struct Params {
     w_batch: u32,
     y_batch: u32,
     y_row: u32,
+    x_k: u32,
+    w_row: u32,
+    w_k: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -101,10 +106,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var wv = 0.0;
             if (gk < p.k_len) {
                 if (lr < p.m) {
-                    xv = x[x_base + lr * p.x_row + gk];
+                    xv = x[x_base + lr * p.x_row + gk * p.x_k];
                 }
                 if (lc < p.n) {
-                    wv = w[w_base + lc * p.k_len + gk];
+                    wv = w[w_base + lc * p.w_row + gk * p.w_k];
                 }
             }
             xs[kk * 16u + lid / 4u][lid % 4u] = xv;

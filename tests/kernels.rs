@@ -3,7 +3,7 @@
 mod common;
 use common::{assert_close, assert_same_selection, gpu};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
-use memlayers::kernels::linear::Linear;
+use memlayers::kernels::linear::{Batched, Linear};
 use memlayers::kernels::product_topk::{loop_iterations, workgroup_for, ProductTopK};
 use memlayers::kernels::LOOP_BUDGET;
 use memlayers::memory::{as_stored, record_lookup, LookupShape, ValueDtype, ValuePool};
@@ -80,6 +80,56 @@ fn linear_matches_oracle_over_shapes() {
             &run_linear(&x, &w, Some(&b), Some(&gate), m, n, k),
             &want_g,
         );
+    }
+}
+
+/// `[rows, cols]` row-major into `[cols, rows]`.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols * rows)
+        .map(|i| a[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+#[test]
+fn linear_every_transpose_case_matches_oracle() {
+    // The backward's products: dX = dY W (w stored [k, n]) and dW = dY^T X (both transposed).
+    let g = gpu();
+    let mut rng = Rng::new(23);
+    for &(m, n, k) in &[(1, 1, 1), (7, 5, 3), (65, 70, 33), (130, 17, 200)] {
+        for (xt, wt) in [(false, false), (false, true), (true, false), (true, true)] {
+            let x = rng.vec_symmetric(m * k, 1.0); // op(x) = [m, k]
+            let w = rng.vec_symmetric(n * k, 1.0); // op(w) = [n, k]
+            let want = reference::linear(&x, &w, None, m, n, k);
+            let xs = if xt { transpose(&x, m, k) } else { x.clone() };
+            let ws = if wt { transpose(&w, n, k) } else { w.clone() };
+            let (xb, wb, yb) = (
+                g.upload("x", &xs),
+                g.upload("w", &ws),
+                g.storage("y", (m * n * 4) as u64),
+            );
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            Linear {
+                label: "linear",
+                x: &xb,
+                w: &wb,
+                bias: None,
+                gate: None,
+                y: &yb,
+                m: m as u32,
+                n: n as u32,
+                k: k as u32,
+                batched: Some(Batched::dense(m as u32, n as u32, k as u32, xt, wt)),
+            }
+            .record(g, &mut enc)
+            .unwrap();
+            g.queue.submit([enc.finish()]);
+            let got = g.read_f32_blocking(&yb, m * n).unwrap();
+            assert_close(
+                &format!("linear {m}x{n}x{k} x_transposed={xt} w_transposed={wt}"),
+                &got,
+                &want,
+            );
+        }
     }
 }
 

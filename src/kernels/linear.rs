@@ -21,20 +21,50 @@ struct Params {
     w_batch: u32,
     y_batch: u32,
     y_row: u32,
-    _pad: [u32; 2],
+    x_k: u32,
+    w_row: u32,
+    w_k: u32,
+    _pad: [u32; 3],
 }
 
-/// Strided, batched operands (in elements): `x[b][m, k] = x[x_offset + b x_batch + m x_row + k]`,
-/// `w[b][n, k] = w[b w_batch + n k_len + k]`, `y[b][m, n] = y[b y_batch + m y_row + n]`.
+/// Strided, batched operands (in elements):
+/// `x[b][m, k] = x[x_offset + b x_batch + m x_row + k x_k]`,
+/// `w[b][n, k] = w[b w_batch + n w_row + k w_k]`, `y[b][m, n] = y[b y_batch + m y_row + n]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Batched {
     pub batch: u32,
     pub x_offset: u32,
     pub x_batch: u32,
     pub x_row: u32,
+    pub x_k: u32,
     pub w_batch: u32,
+    pub w_row: u32,
+    pub w_k: u32,
     pub y_batch: u32,
     pub y_row: u32,
+}
+
+impl Batched {
+    /// One product `y [m, n] = op(x) op(w)^T` over densely stored operands: `x` is `[m, k]`,
+    /// or `[k, m]` when `x_transposed`; `w` is `[n, k]` (nn.Linear), or `[k, n]` when
+    /// `w_transposed`. So `dX = dY W` is `(dY, W, w_transposed)` and `dW = dY^T X` is
+    /// `(dY, X, x_transposed, w_transposed)`.
+    pub fn dense(m: u32, n: u32, k: u32, x_transposed: bool, w_transposed: bool) -> Self {
+        let (x_row, x_k) = if x_transposed { (1, m) } else { (k, 1) };
+        let (w_row, w_k) = if w_transposed { (1, n) } else { (k, 1) };
+        Batched {
+            batch: 1,
+            x_offset: 0,
+            x_batch: 0,
+            x_row,
+            x_k,
+            w_batch: 0,
+            w_row,
+            w_k,
+            y_batch: 0,
+            y_row: n,
+        }
+    }
 }
 
 /// A linear layer over `m` rows: `x [m, k]`, `w [n, k]` (nn.Linear layout), `bias [n]`,
@@ -61,15 +91,8 @@ impl Linear<'_> {
     }
 
     fn layout(&self) -> Batched {
-        self.batched.unwrap_or(Batched {
-            batch: 1,
-            x_offset: 0,
-            x_batch: 0,
-            x_row: self.k,
-            w_batch: 0,
-            y_batch: 0,
-            y_row: self.n,
-        })
+        self.batched
+            .unwrap_or(Batched::dense(self.m, self.n, self.k, false, false))
     }
 
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
@@ -91,9 +114,9 @@ impl Linear<'_> {
                 MAX_GRID_DIM as u64 * TILE as u64
             )));
         }
-        if self.batched.is_some() && (self.bias.is_some() || self.gate.is_some()) {
+        if (self.bias.is_some() || self.gate.is_some()) && (l.batch != 1 || l.y_row != self.n) {
             return Err(Error::Config(
-                "linear: batched products take no bias or gate".into(),
+                "linear: bias and gate need one dense [m, n] output".into(),
             ));
         }
         // Per k step of 8: one loader pass of 8 and a compute loop of 8; then 16 stores of 4.
@@ -130,7 +153,10 @@ impl Linear<'_> {
                 w_batch: l.w_batch,
                 y_batch: l.y_batch,
                 y_row: l.y_row,
-                _pad: [0; 2],
+                x_k: l.x_k,
+                w_row: l.w_row,
+                w_k: l.w_k,
+                _pad: [0; 3],
             },
         );
         // Absent optional inputs are bound to `x`, which the shader then never reads.
