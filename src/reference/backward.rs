@@ -1,0 +1,134 @@
+//! The memory layer's backward pass in plain Rust: the oracle for the GPU backward.
+//!
+//! Top-k indices are not differentiable; the selected scores are. So the query and only the
+//! selected sub-key rows get gradients, through the softmax weights (REFERENCE.md section 1).
+//! The value gradient is dense here, as in the reference code (zero rows where no token read).
+
+use super::*;
+
+/// Gradients of one memory layer, named as the parameters (row-major, f32).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryGradsRef {
+    pub x: Vec<f32>,
+    pub query_w: Vec<f32>,
+    pub query_b: Vec<f32>,
+    pub keys: Vec<f32>,
+    /// `[n_values, v_dim]`, dense.
+    pub values: Vec<f32>,
+    pub swilu: Option<(Vec<f32>, Vec<f32>)>,
+    pub value_proj: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// d silu(g) / dg.
+pub fn silu_grad(g: f32) -> f32 {
+    let s = 1.0 / (1.0 + (-g).exp());
+    s * (1.0 + g * (1.0 - s))
+}
+
+/// Backward of `memory_forward` for `d_out [rows, out_dim]`. qk-norm is not covered.
+pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f32]) -> MemoryGradsRef {
+    assert!(!d.qk_norm, "the reference backward does not cover qk-norm");
+    let (rows, dm, v) = (d.rows, p.d, p.v_dim);
+    let (half, qw, bag) = (d.k_dim / 2, d.heads * d.k_dim, d.heads * d.knn);
+    // Forward, keeping what the backward needs.
+    let q = linear(x, p.query_w, Some(p.query_b), rows, qw, dm);
+    let lk = lookup(&q, p.keys, d);
+    let y = embedding_bag(&lk.indices, &lk.weights, p.values, rows, bag, v);
+    let g = p.swilu.map(|(w1, b1)| linear(x, w1, Some(b1), rows, v, dm));
+    let h = match &g {
+        Some(g) => silu_gate(&y, g),
+        None => y.clone(),
+    };
+    let mut out = MemoryGradsRef {
+        x: vec![0.0; rows * dm],
+        query_w: vec![0.0; qw * dm],
+        query_b: vec![0.0; qw],
+        keys: vec![0.0; p.keys.len()],
+        values: vec![0.0; p.values.len()],
+        ..Default::default()
+    };
+    // value_proj: out = h Wo^T + bo.
+    let dh = match p.value_proj {
+        Some((wo, bo)) => {
+            let od = bo.len();
+            let (mut dwo, mut dbo, mut dh) = (vec![0f32; od * v], vec![0f32; od], vec![0f32; rows * v]);
+            for r in 0..rows {
+                for o in 0..od {
+                    let go = d_out[r * od + o];
+                    dbo[o] += go;
+                    for c in 0..v {
+                        dwo[o * v + c] += go * h[r * v + c];
+                        dh[r * v + c] += go * wo[o * v + c];
+                    }
+                }
+            }
+            out.value_proj = Some((dwo, dbo));
+            dh
+        }
+        None => d_out.to_vec(),
+    };
+    // swilu: h = y * silu(g), g = x W1^T + b1.
+    let dy = match (p.swilu, &g) {
+        (Some((w1, _)), Some(g)) => {
+            let (mut dw1, mut db1, mut dy) = (vec![0f32; v * dm], vec![0f32; v], vec![0f32; rows * v]);
+            for r in 0..rows {
+                for c in 0..v {
+                    let i = r * v + c;
+                    dy[i] = dh[i] * silu(g[i]);
+                    let dg = dh[i] * y[i] * silu_grad(g[i]);
+                    db1[c] += dg;
+                    for k in 0..dm {
+                        dw1[c * dm + k] += dg * x[r * dm + k];
+                        out.x[r * dm + k] += dg * w1[c * dm + k];
+                    }
+                }
+            }
+            out.swilu = Some((dw1, db1));
+            dy
+        }
+        _ => dh,
+    };
+    // Bag, softmax, scores, query.
+    let mut dq = vec![0f32; rows * qw];
+    for r in 0..rows {
+        for hd in 0..d.heads {
+            let e0 = (r * d.heads + hd) * d.knn;
+            let dw: Vec<f32> = (0..d.knn)
+                .map(|j| {
+                    let slot = lk.indices[e0 + j] as usize;
+                    let vr = &p.values[slot * v..(slot + 1) * v];
+                    let mut dot = 0f32;
+                    for c in 0..v {
+                        dot += dy[r * v + c] * vr[c];
+                        out.values[slot * v + c] += lk.weights[e0 + j] * dy[r * v + c];
+                    }
+                    dot
+                })
+                .collect();
+            let wsum: f32 = (0..d.knn).map(|j| lk.weights[e0 + j] * dw[j]).sum();
+            let qo = r * qw + hd * d.k_dim;
+            for j in 0..d.knn {
+                let ds = lk.weights[e0 + j] * (dw[j] - wsum);
+                let slot = lk.indices[e0 + j] as usize;
+                for (p_half, key) in [(0, slot / d.n_keys), (1, slot % d.n_keys)] {
+                    let krow = ((hd * 2 + p_half) * d.n_keys + key) * half;
+                    for c in 0..half {
+                        dq[qo + p_half * half + c] += ds * p.keys[krow + c];
+                        out.keys[krow + c] += ds * q[qo + p_half * half + c];
+                    }
+                }
+            }
+        }
+    }
+    for r in 0..rows {
+        for o in 0..qw {
+            let go = dq[r * qw + o];
+            out.query_b[o] += go;
+            for k in 0..dm {
+                out.query_w[o * dm + k] += go * x[r * dm + k];
+                out.x[r * dm + k] += go * p.query_w[o * dm + k];
+            }
+        }
+    }
+    out
+}
