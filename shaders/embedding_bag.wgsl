@@ -56,6 +56,10 @@ const MAX_BAG: u32 = 1024u;
 // (0 when the row is not bound to this dispatch), y = the weight's bits. The inner loops then
 // need no division.
 var<workgroup> bag: array<vec2<u32>, MAX_BAG>;
+
+// `weight_grads` (the backward's dL/dw): dy at binding 3 (the bag's output gradient, read
+// through `out`), one gradient per bag entry at binding 8.
+@group(0) @binding(8) var<storage, read_write> grad_weights: array<f32>;
 const OFFSET_MASK: u32 = 0x1fffffffu;
 
 fn decode(slot: u32) -> u32 {
@@ -265,4 +269,41 @@ fn main_vec4(
             }
         }
     }
+}
+
+// Backward, dL/dw[r, j] = <dy[r, :], V[indices[r, j], :]>: one invocation per bag entry, a
+// fixed-order dot product over the row (f32, or the f16 pairs unpacked). Entries whose row
+// lies outside this dispatch's buffers are left to the dispatch that binds it; every entry
+// is written by exactly one dispatch.
+@compute @workgroup_size(64)
+fn weight_grads(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (e >= p.rows * p.bag) {
+        return;
+    }
+    let entry = decode(indices[e]);
+    if (entry == 0u) {
+        return;
+    }
+    let d0 = (e / p.bag) * p.v_dim;
+    var dot = 0.0;
+    if (p.f16_values != 0u) {
+        for (var word = 0u; word < p.row_words; word++) {
+            let v = unpack2x16float(value_word(entry, word));
+            let c = 2u * word;
+            dot = fma(out[d0 + c], v.x, dot);
+            if (c + 1u < p.v_dim) {
+                dot = fma(out[d0 + c + 1u], v.y, dot);
+            }
+        }
+    } else {
+        for (var c = 0u; c < p.v_dim; c++) {
+            dot = fma(out[d0 + c], bitcast<f32>(value_word(entry, c)), dot);
+        }
+    }
+    grad_weights[e] = dot;
 }

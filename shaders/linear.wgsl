@@ -6,8 +6,9 @@
 // needs (dX = dY W, dW = dY^T X) and the sub-key scoring, a GEMM per (head, half) over
 // strided query slices:
 //   x[b][m, k] = x[x_offset + b * x_batch + m * x_row + k * x_k]
-//   w[b][n, k] = w[b * w_batch + n * w_row + k * w_k]
-//   y[b][m, n] = y[b * y_batch + m * y_row + n]
+//   w[b][n, k] = w[w_offset + b * w_batch + n * w_row + k * w_k]
+//   y[b][m, n] = y[y_offset + b * y_batch + m * y_row + n]
+// Flag ACCUMULATE adds the product to what y holds (gradients summed over blocks of rows).
 // The batch index is the workgroup's z coordinate.
 //
 // Tiling: a 64 x 64 output tile per workgroup of 64 invocations; each invocation owns an
@@ -22,7 +23,7 @@ struct Params {
     m: u32,
     n: u32,
     k_len: u32,
-    flags: u32, // bit 0: add bias; bit 1: gate epilogue with aux
+    flags: u32, // bit 0: add bias; bit 1: gate epilogue with aux; bit 2: accumulate into y
     x_offset: u32,
     x_batch: u32,
     x_row: u32,
@@ -32,13 +33,14 @@ struct Params {
     x_k: u32,
     w_row: u32,
     w_k: u32,
+    y_offset: u32,
+    w_offset: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;
 const FLAG_GATE: u32 = 2u;
+const FLAG_ACCUMULATE: u32 = 4u;
 const TILE: u32 = 64u;
 const TK: u32 = 8u;
 
@@ -66,7 +68,11 @@ fn store(b: u32, r: u32, c0: u32, v: vec4<f32>) {
             if ((p.flags & FLAG_GATE) != 0u) {
                 o = aux[r * p.n + c] * (o / (1.0 + exp(-o)));
             }
-            y[b * p.y_batch + r * p.y_row + c] = o;
+            let at = p.y_offset + b * p.y_batch + r * p.y_row + c;
+            if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+                o += y[at];
+            }
+            y[at] = o;
         }
     }
 }
@@ -79,7 +85,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let tr = lid / 8u; // rows row0 + 8 tr .. + 7
     let tc = lid % 8u; // cols col0 + 8 tc .. + 7
     let x_base = p.x_offset + b * p.x_batch;
-    let w_base = b * p.w_batch;
+    let w_base = p.w_offset + b * p.w_batch;
     var a00 = vec4<f32>(0.0);
     var a01 = vec4<f32>(0.0);
     var a10 = vec4<f32>(0.0);

@@ -56,6 +56,11 @@ const FROM_PAIRS: u32 = 1u;
 @group(0) @binding(3) var<storage, read_write> out_scores: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out_weights: array<f32>;
 
+// `backward` only: dL/dw per selected entry, and the dense sub-key score gradient
+// [rows, heads, 2, n_keys] (zeroed by the caller; only selected sub-keys are written).
+@group(0) @binding(5) var<storage, read> grad_weights: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad_scores: array<f32>;
+
 var<workgroup> pair_key: array<f32, MAX_PAIRS>;
 var<workgroup> pair_idx: array<u32, MAX_PAIRS>;
 var<workgroup> hist: array<atomic<u32>, 256>;
@@ -264,5 +269,71 @@ fn main(
         out_indices[o0 + j] = best_idx[j];
         out_scores[o0 + j] = best_key[j];
         out_weights[o0 + j] = exp(best_key[j] - best_key[0]) / softmax_sum;
+    }
+}
+
+// Backward of the softmax and of the product sums, one workgroup per (token, head):
+//   ds_j = w_j (dw_j - sum_i w_i dw_i)                 (softmax, f32, fixed order)
+//   dS1[i] = sum of ds_j over entries with slot / n_keys == i,  dS2 likewise with slot % n_keys
+// Each distinct sub-key is summed by the invocation holding its first entry, over the later
+// entries in order: deterministic, no atomics.
+@compute @workgroup_size(WG)
+fn backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = wg.y * nwg.x + wg.x;
+    if (item >= p.rows * p.heads) {
+        return;
+    }
+    let k = p.knn;
+    let e0 = (p.row0 * p.heads + item) * k;
+    for (var j = lid; j < k; j += WG) {
+        best_idx[j] = out_indices[e0 + j];
+        best_key[j] = out_weights[e0 + j] * grad_weights[e0 + j];
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        var total = 0.0;
+        for (var j = 0u; j < k; j++) {
+            total += best_key[j];
+        }
+        softmax_sum = total;
+    }
+    workgroupBarrier();
+    for (var j = lid; j < k; j += WG) {
+        // ds_j = w_j dw_j - w_j sum_i w_i dw_i
+        win_key[j] = best_key[j] - out_weights[e0 + j] * softmax_sum;
+    }
+    workgroupBarrier();
+    let g0 = item * 2u * p.n_keys;
+    for (var j = lid; j < k; j += WG) {
+        let a = best_idx[j] / p.n_keys;
+        let b = best_idx[j] % p.n_keys;
+        var first_a = true;
+        var first_b = true;
+        for (var i = 0u; i < j; i++) {
+            first_a = first_a && best_idx[i] / p.n_keys != a;
+            first_b = first_b && best_idx[i] % p.n_keys != b;
+        }
+        if (first_a) {
+            var sum = 0.0;
+            for (var i = j; i < k; i++) {
+                if (best_idx[i] / p.n_keys == a) {
+                    sum += win_key[i];
+                }
+            }
+            grad_scores[g0 + a] = sum;
+        }
+        if (first_b) {
+            var sum = 0.0;
+            for (var i = j; i < k; i++) {
+                if (best_idx[i] % p.n_keys == b) {
+                    sum += win_key[i];
+                }
+            }
+            grad_scores[g0 + p.n_keys + b] = sum;
+        }
     }
 }

@@ -1,6 +1,9 @@
-//! The memory layer's backward: the CPU oracle against finite differences.
+//! The memory layer's backward: the CPU oracle against finite differences, and the GPU
+//! backward against the oracle.
 
-use memlayers::memory::{MemoryConfig, MemoryWeights};
+mod common;
+use common::{assert_close, gpu};
+use memlayers::memory::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
 use memlayers::reference::{self, memory_backward, memory_forward};
 use memlayers::rng::Rng;
 
@@ -132,4 +135,114 @@ fn reference_backward_matches_finite_differences() {
         assert!(checked > 60, "too few coordinates checked: {checked}");
     }
     let _ = reference::silu_grad(0.0);
+}
+
+#[test]
+fn gpu_backward_matches_oracle() {
+    let g = gpu();
+    let configs = [
+        (config(true, 6), 5),
+        (config(false, 6), 7),
+        (config(false, 5), 3),
+        (
+            MemoryConfig {
+                d: 24,
+                heads: 4,
+                n_keys: 50,
+                knn: 16,
+                k_dim: 18,
+                v_dim: 24,
+                swilu: true,
+                value_proj: true,
+                qk_norm: false,
+            },
+            37,
+        ),
+        (
+            MemoryConfig {
+                d: 33,
+                heads: 3,
+                n_keys: 20,
+                knn: 7,
+                k_dim: 10,
+                v_dim: 33,
+                swilu: false,
+                value_proj: false,
+                qk_norm: false,
+            },
+            70,
+        ),
+        (
+            MemoryConfig {
+                d: 16,
+                heads: 1,
+                n_keys: 300,
+                knn: 64,
+                k_dim: 8,
+                v_dim: 16,
+                swilu: true,
+                value_proj: true,
+                qk_norm: false,
+            },
+            9,
+        ),
+    ];
+    for (i, (c, rows)) in configs.into_iter().enumerate() {
+        let mut rng = Rng::new(50 + i as u64);
+        let weights = MemoryWeights::init(&c, &mut rng).unwrap();
+        let values = MemoryWeights::init_values(&c, &mut rng);
+        let x = rng.vec_normal(rows * c.d, 1.0);
+        let d_out = rng.vec_normal(rows * c.out_dim(), 1.0);
+        let want = memory_backward(&x, &weights.reference(&values), weights.lookup_dims(rows), &d_out);
+
+        let layer = MemoryLayer::new(g, &weights).unwrap();
+        let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, ValueDtype::F32).unwrap();
+        let (xb, db) = (g.upload("x", &x), g.upload("d_out", &d_out));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        let acts = layer
+            .record_forward(g, &mut enc, &pool, &xb, rows as u32)
+            .unwrap();
+        let grads = layer
+            .record_backward(g, &mut enc, &pool, &xb, &acts, &db)
+            .unwrap();
+        g.queue.submit([enc.finish()]);
+        let read = |b: &wgpu::Buffer, n: usize| g.read_f32_blocking(b, n).unwrap();
+        let what = |name: &str| format!("grad {name}, config {i} {c:?}");
+        assert_close(&what("input"), &read(&grads.x, want.x.len()), &want.x);
+        assert_close(
+            &what("query_w"),
+            &read(&grads.query_w, want.query_w.len()),
+            &want.query_w,
+        );
+        assert_close(
+            &what("query_b"),
+            &read(&grads.query_b, want.query_b.len()),
+            &want.query_b,
+        );
+        assert_close(&what("keys"), &read(&grads.keys, want.keys.len()), &want.keys);
+        if let (Some((w, b)), Some((ww, wb))) = (&grads.swilu, &want.swilu) {
+            assert_close(&what("swilu w"), &read(w, ww.len()), ww);
+            assert_close(&what("swilu b"), &read(b, wb.len()), wb);
+        }
+        if let (Some((w, b)), Some((ww, wb))) = (&grads.value_proj, &want.value_proj) {
+            assert_close(&what("value_proj w"), &read(w, ww.len()), ww);
+            assert_close(&what("value_proj b"), &read(b, wb.len()), wb);
+        }
+        assert_eq!(grads.swilu.is_some(), want.swilu.is_some());
+        assert_eq!(grads.value_proj.is_some(), want.value_proj.is_some());
+        // The value gradient assembled from what the GPU computed (dy per token, the selected
+        // slots and weights) must be the oracle's.
+        let bag = c.heads * c.knn;
+        let dy = read(&grads.bag_out, rows * c.v_dim);
+        let slots = g.read_u32_blocking(&acts.indices, rows * bag).unwrap();
+        let w = read(&acts.weights, rows * bag);
+        let mut dv = vec![0f32; values.len()];
+        for e in 0..rows * bag {
+            let (r, s) = (e / bag, slots[e] as usize);
+            for col in 0..c.v_dim {
+                dv[s * c.v_dim + col] += w[e] * dy[r * c.v_dim + col];
+            }
+        }
+        assert_close(&what("values (from dy)"), &dv, &want.values);
+    }
 }

@@ -39,6 +39,7 @@ fn run_linear(
         n: n as u32,
         k: k as u32,
         batched: None,
+        accumulate: false,
     }
     .record(g, &mut enc)
     .unwrap();
@@ -119,6 +120,7 @@ fn linear_every_transpose_case_matches_oracle() {
                 n: n as u32,
                 k: k as u32,
                 batched: Some(Batched::dense(m as u32, n as u32, k as u32, xt, wt)),
+                accumulate: false,
             }
             .record(g, &mut enc)
             .unwrap();

@@ -296,12 +296,23 @@ impl Gpu {
 
     /// A bind group for group 0 of `pipeline` with `buffers` at bindings 0, 1, 2, ...
     pub fn bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let numbered: Vec<(u32, &wgpu::Buffer)> =
+            buffers.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+        self.bind_at(pipeline, &numbered)
+    }
+
+    /// A bind group for group 0 of `pipeline` with each buffer at its binding number (for
+    /// entry points that use only some of a module's bindings).
+    pub fn bind_at(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
+            .map(|(binding, b)| wgpu::BindGroupEntry {
+                binding: *binding,
                 resource: b.as_entire_binding(),
             })
             .collect();

@@ -157,3 +157,70 @@ impl EmbeddingBag<'_> {
         Ok(())
     }
 }
+
+/// Backward of the bag's weights: `grad_weights[r, j] = <dy[r, :], V[indices[r, j], :]>`,
+/// `indices` and `grad_weights` `[rows, bag]`, `dy` `[rows, v_dim]`.
+pub struct WeightGrads<'a> {
+    pub rows: u32,
+    pub bag: u32,
+    pub indices: &'a wgpu::Buffer,
+    pub values: &'a ValueChunks<'a>,
+    pub dy: &'a wgpu::Buffer,
+    pub grad_weights: &'a wgpu::Buffer,
+}
+
+impl WeightGrads<'_> {
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let v = self.values;
+        let entries = self.rows as u64 * self.bag as u64;
+        if entries == 0 || entries > u32::MAX as u64 {
+            return Err(Error::Config(format!("bag weight gradients: {entries} entries")));
+        }
+        let row_words = ValueChunks::row_words(v.v_dim, v.f16);
+        check_buffer(gpu, "bag.indices", self.indices, entries)?;
+        check_buffer(gpu, "bag.grad_weights", self.grad_weights, entries)?;
+        check_buffer(gpu, "bag.dy", self.dy, self.rows as u64 * v.v_dim as u64)?;
+        check_loop_budget("bag weight gradients", v.v_dim as u64, "v_dim")?;
+        let pipeline = gpu.pipeline_entry("embedding_bag", SOURCE, "weight_grads", &[]);
+        let (x, y) = grid((entries as u32).div_ceil(64));
+        let binds: Vec<wgpu::BindGroup> = (0..v.buffers.len().div_ceil(CHUNKS_PER_DISPATCH))
+            .map(|d| {
+                let first = d * CHUNKS_PER_DISPATCH;
+                let params = gpu.uniform(
+                    "bag weight-grad params",
+                    &Params {
+                        rows: self.rows,
+                        bag: self.bag,
+                        v_dim: v.v_dim,
+                        row_words,
+                        rows_per_chunk: v.rows_per_chunk,
+                        f16_values: v.f16 as u32,
+                        first_row: first as u32 * v.rows_per_chunk,
+                        accumulate: 0,
+                    },
+                );
+                let chunk = |i: usize| &v.buffers[(first + i).min(v.buffers.len() - 1)];
+                gpu.bind_at(
+                    &pipeline,
+                    &[
+                        (0, &params),
+                        (1, self.indices),
+                        (3, self.dy),
+                        (4, chunk(0)),
+                        (5, chunk(1)),
+                        (6, chunk(2)),
+                        (7, chunk(3)),
+                        (8, self.grad_weights),
+                    ],
+                )
+            })
+            .collect();
+        let mut pass = gpu.begin_pass(encoder, "bag_weight_grads");
+        pass.set_pipeline(&pipeline);
+        for bind in &binds {
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        Ok(())
+    }
+}

@@ -24,12 +24,15 @@ struct Params {
     x_k: u32,
     w_row: u32,
     w_k: u32,
-    _pad: [u32; 3],
+    y_offset: u32,
+    w_offset: u32,
+    _pad: u32,
 }
 
 /// Strided, batched operands (in elements):
 /// `x[b][m, k] = x[x_offset + b x_batch + m x_row + k x_k]`,
-/// `w[b][n, k] = w[b w_batch + n w_row + k w_k]`, `y[b][m, n] = y[b y_batch + m y_row + n]`.
+/// `w[b][n, k] = w[w_offset + b w_batch + n w_row + k w_k]`,
+/// `y[b][m, n] = y[y_offset + b y_batch + m y_row + n]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Batched {
     pub batch: u32,
@@ -37,9 +40,11 @@ pub struct Batched {
     pub x_batch: u32,
     pub x_row: u32,
     pub x_k: u32,
+    pub w_offset: u32,
     pub w_batch: u32,
     pub w_row: u32,
     pub w_k: u32,
+    pub y_offset: u32,
     pub y_batch: u32,
     pub y_row: u32,
 }
@@ -58,9 +63,11 @@ impl Batched {
             x_batch: 0,
             x_row,
             x_k,
+            w_offset: 0,
             w_batch: 0,
             w_row,
             w_k,
+            y_offset: 0,
             y_batch: 0,
             y_row: n,
         }
@@ -82,6 +89,8 @@ pub struct Linear<'a> {
     pub n: u32,
     pub k: u32,
     pub batched: Option<Batched>,
+    /// Add the product to what `y` holds instead of overwriting it.
+    pub accumulate: bool,
 }
 
 impl Linear<'_> {
@@ -138,7 +147,8 @@ impl Linear<'_> {
         if let Some(g) = self.gate {
             check_buffer(gpu, "linear.gate", g, m * n)?;
         }
-        let flags = self.bias.map_or(0, |_| 1) | self.gate.map_or(0, |_| 2);
+        let flags =
+            self.bias.map_or(0, |_| 1) | self.gate.map_or(0, |_| 2) | if self.accumulate { 4 } else { 0 };
         let pipeline = gpu.pipeline("linear", SOURCE, &[]);
         let params = gpu.uniform(
             "linear params",
@@ -156,7 +166,9 @@ impl Linear<'_> {
                 x_k: l.x_k,
                 w_row: l.w_row,
                 w_k: l.w_k,
-                _pad: [0; 3],
+                y_offset: l.y_offset,
+                w_offset: l.w_offset,
+                _pad: 0,
             },
         );
         // Absent optional inputs are bound to `x`, which the shader then never reads.

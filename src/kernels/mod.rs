@@ -6,6 +6,7 @@ pub mod embedding_bag;
 pub mod linear;
 pub mod normalize;
 pub mod product_topk;
+pub mod swilu_backward;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -17,6 +18,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("linear.wgsl", linear::SOURCE),
     ("normalize.wgsl", normalize::SOURCE),
     ("product_topk.wgsl", product_topk::SOURCE),
+    ("swilu_backward.wgsl", swilu_backward::SOURCE),
 ];
 
 /// Loop iterations one invocation may run, summed over all its loops.

@@ -126,3 +126,72 @@ knn {} n_keys {}",
         Ok(())
     }
 }
+
+/// Backward of the softmax and the product sums for rows `row0 .. row0 + rows`: from the
+/// forward's `indices` and `weights` and `grad_weights` (dL/dw, all `[total rows, heads,
+/// knn]`), writes the sub-key score gradient `grad_scores [rows, heads, 2, n_keys]` at the
+/// selected sub-keys. The caller zeroes `grad_scores` first.
+pub struct ProductTopKBackward<'a> {
+    pub rows: u32,
+    pub row0: u32,
+    pub heads: u32,
+    pub n_keys: u32,
+    pub knn: u32,
+    pub indices: &'a wgpu::Buffer,
+    pub weights: &'a wgpu::Buffer,
+    pub grad_weights: &'a wgpu::Buffer,
+    pub grad_scores: &'a wgpu::Buffer,
+}
+
+impl ProductTopKBackward<'_> {
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let items = self.rows as u64 * self.heads as u64;
+        if items == 0 || items > u32::MAX as u64 || self.knn == 0 || self.knn > MAX_KNN {
+            return Err(Error::Config(format!(
+                "product top-k backward: rows {} heads {} knn {}",
+                self.rows, self.heads, self.knn
+            )));
+        }
+        let wg = gpu.tuning().topk_workgroup;
+        let k = self.knn as u64;
+        check_loop_budget("product top-k backward", 3 * k.div_ceil(wg as u64) * k + k, "knn")?;
+        let outputs = (self.row0 as u64 + self.rows as u64) * self.heads as u64 * k;
+        check_buffer(gpu, "lookup.indices", self.indices, outputs)?;
+        check_buffer(gpu, "lookup.weights", self.weights, outputs)?;
+        check_buffer(gpu, "grad weights", self.grad_weights, outputs)?;
+        check_buffer(
+            gpu,
+            "grad sub-key scores",
+            self.grad_scores,
+            items * 2 * self.n_keys as u64,
+        )?;
+        let pipeline = gpu.pipeline_entry("product_topk", SOURCE, "backward", &[("WG", wg as f64)]);
+        let params = gpu.uniform(
+            "product top-k backward params",
+            &Params {
+                rows: self.rows,
+                heads: self.heads,
+                n_keys: self.n_keys,
+                knn: self.knn,
+                row0: self.row0,
+                _pad: [0; 3],
+            },
+        );
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[
+                (0, &params),
+                (2, self.indices),
+                (4, self.weights),
+                (5, self.grad_weights),
+                (6, self.grad_scores),
+            ],
+        );
+        let (x, y) = grid(items as u32);
+        let mut pass = gpu.begin_pass(encoder, "product_topk_backward");
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+}

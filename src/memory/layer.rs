@@ -126,11 +126,11 @@ impl MemoryWeights {
 /// A layer's parameters on the GPU.
 pub struct MemoryLayer {
     pub config: MemoryConfig,
-    query_w: wgpu::Buffer,
-    query_b: wgpu::Buffer,
-    keys: wgpu::Buffer,
-    swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
-    value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    pub(super) query_w: wgpu::Buffer,
+    pub(super) query_b: wgpu::Buffer,
+    pub(super) keys: wgpu::Buffer,
+    pub(super) swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    pub(super) value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 /// Buffers one forward pass writes (kept for inspection and for the backward pass).
@@ -228,6 +228,7 @@ impl MemoryLayer {
             n: qw,
             k: d,
             batched: None,
+            accumulate: false,
         }
         .record(gpu, encoder)?;
         let shape = LookupShape {
@@ -265,6 +266,7 @@ impl MemoryLayer {
                     n: v,
                     k: d,
                     batched: None,
+                    accumulate: false,
                 }
                 .record(gpu, encoder)?;
                 Some(gated)
@@ -286,6 +288,7 @@ impl MemoryLayer {
                     n: d,
                     k: v,
                     batched: None,
+                    accumulate: false,
                 }
                 .record(gpu, encoder)?;
                 out

@@ -16,7 +16,7 @@ use crate::kernels::{normalize, MAX_GRID_ROWS};
 /// Largest query/key half the GEMM and the u32 index arithmetic comfortably handle.
 pub const MAX_HALF_DIM: usize = 4096;
 /// Bytes of sub-key scores per block of rows.
-const SCORE_BLOCK_BYTES: u64 = 32 << 20;
+pub(super) const SCORE_BLOCK_BYTES: u64 = 32 << 20;
 
 /// Shape of a lookup.
 #[derive(Clone, Copy, Debug)]
@@ -122,12 +122,15 @@ pub fn record_lookup(
                 x_batch: half,
                 x_row: s.heads * s.k_dim,
                 x_k: 1,
+                w_offset: 0,
                 w_batch: s.n_keys * half,
                 w_row: half,
                 w_k: 1,
+                y_offset: 0,
                 y_batch: s.n_keys,
                 y_row: halves * s.n_keys,
             }),
+            accumulate: false,
         }
         .record(gpu, encoder)?;
         ProductTopK {

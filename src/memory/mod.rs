@@ -1,10 +1,12 @@
 //! The product-key memory layer: configuration, the shared value pool, weights and forward.
 
+mod backward;
 mod config;
 mod layer;
 mod lookup;
 mod pool;
 
+pub use backward::MemoryGrads;
 pub use config::MemoryConfig;
 pub use layer::*;
 pub use lookup::{record_lookup, LookupBuffers, LookupShape, MAX_HALF_DIM};

@@ -1,0 +1,57 @@
+//! `swilu_backward.wgsl`: dy = dh silu(g), dg = dh y silu'(g), elementwise.
+
+use super::check_buffer;
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Gpu};
+
+pub const SOURCE: &str = include_str!("../../shaders/swilu_backward.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    len: u32,
+    _pad: [u32; 3],
+}
+
+/// Backward of `h = y * silu(g)` over `len` elements.
+pub struct SwiluBackward<'a> {
+    pub len: u32,
+    pub dh: &'a wgpu::Buffer,
+    pub y: &'a wgpu::Buffer,
+    pub g: &'a wgpu::Buffer,
+    pub dy: &'a wgpu::Buffer,
+    pub dg: &'a wgpu::Buffer,
+}
+
+impl SwiluBackward<'_> {
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        if self.len == 0 {
+            return Err(Error::Config("swilu backward: empty".into()));
+        }
+        let n = self.len as u64;
+        for (name, b) in [
+            ("dh", self.dh),
+            ("y", self.y),
+            ("g", self.g),
+            ("dy", self.dy),
+            ("dg", self.dg),
+        ] {
+            check_buffer(gpu, name, b, n)?;
+        }
+        let pipeline = gpu.pipeline("swilu_backward", SOURCE, &[]);
+        let params = gpu.uniform(
+            "swilu backward params",
+            &Params {
+                len: self.len,
+                _pad: [0; 3],
+            },
+        );
+        let bind = gpu.bind(&pipeline, &[&params, self.dh, self.y, self.g, self.dy, self.dg]);
+        let (x, y) = grid(self.len.div_ceil(64));
+        let mut pass = gpu.begin_pass(encoder, "swilu_backward");
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! The memory layer's backward pass on the GPU (REFERENCE.md section 1, "Gradients").
+//!
+//! Built from the batched, strided GEMM (every transpose case, accumulating over row blocks)
+//! and three small kernels: the swilu gate's backward, the bag's weight gradients, and the
+//! product top-k's backward (softmax, then the dense sub-key score gradient, non-zero only
+//! at selected sub-keys). Query and sub-key gradients are then two GEMMs against that dense
+//! gradient, so only the selected sub-key rows receive non-zero gradients. Every reduction
+//! runs in a fixed order: the backward is deterministic.
+//!
+//! Not yet here: the value table's gradient (a per-slot reduction over the tokens that read
+//! it, which needs a deterministic reverse map) and qk-norm.
+
+use super::layer::{MemoryActivations, MemoryLayer};
+use super::lookup::SCORE_BLOCK_BYTES;
+use super::pool::ValuePool;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::embedding_bag::WeightGrads;
+use crate::kernels::linear::{Batched, Linear};
+use crate::kernels::product_topk::ProductTopKBackward;
+use crate::kernels::swilu_backward::SwiluBackward;
+use crate::kernels::MAX_GRID_ROWS;
+
+/// Gradient buffers of one backward pass, laid out as the parameters.
+pub struct MemoryGrads {
+    pub x: wgpu::Buffer,
+    pub query_w: wgpu::Buffer,
+    pub query_b: wgpu::Buffer,
+    pub keys: wgpu::Buffer,
+    pub swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    pub value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// dL/d(bag output) `[rows, v_dim]` and dL/dw per bag entry `[rows, heads * knn]`: what
+    /// the value gradient is made of (`dV[slot] += w * dy[row]`).
+    pub bag_out: wgpu::Buffer,
+    pub bag_weights: wgpu::Buffer,
+}
+
+/// `y [m, n] = op(x) op(w)^T` over dense operands (see `Batched::dense`).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &'static str,
+    (x, x_transposed): (&wgpu::Buffer, bool),
+    (w, w_transposed): (&wgpu::Buffer, bool),
+    y: &wgpu::Buffer,
+    (m, n, k): (u32, u32, u32),
+    accumulate: bool,
+) -> Result<()> {
+    Linear {
+        label,
+        x,
+        w,
+        bias: None,
+        gate: None,
+        y,
+        m,
+        n,
+        k,
+        batched: Some(Batched::dense(m, n, k, x_transposed, w_transposed)),
+        accumulate,
+    }
+    .record(gpu, encoder)
+}
+
+impl MemoryLayer {
+    /// Records the backward of `record_forward` for `d_out [rows, out_dim]`, given the same
+    /// input `x`, pool and the forward's activations. Nothing is submitted.
+    pub fn record_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        pool: &ValuePool,
+        x: &wgpu::Buffer,
+        acts: &MemoryActivations,
+        d_out: &wgpu::Buffer,
+    ) -> Result<MemoryGrads> {
+        let c = &self.config;
+        if c.qk_norm {
+            return Err(Error::Config("the backward does not support qk-norm yet".into()));
+        }
+        let rows = acts.rows;
+        let (d, v, qw) = (c.d as u32, c.v_dim as u32, (c.heads * c.k_dim) as u32);
+        let (heads, n_keys, knn, half) = (
+            c.heads as u32,
+            c.n_keys as u32,
+            c.knn as u32,
+            (c.k_dim / 2) as u32,
+        );
+        let f32s = |label: &str, n: u64| gpu.storage(label, n * 4);
+        let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
+
+        // value_proj: out = h Wo^T + bo.
+        let h = acts.gated.as_ref().unwrap_or(&acts.bag);
+        let (dh, value_proj) = match &self.value_proj {
+            Some((wo, _)) => {
+                let (dwo, dbo, dh) = (
+                    f32s("grad value_proj.weight", (d * v) as u64),
+                    f32s("grad value_proj.bias", d as u64),
+                    f32s("grad h", rows as u64 * v as u64),
+                );
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad value_proj.weight",
+                    (d_out, true),
+                    (h, true),
+                    &dwo,
+                    (d, v, rows),
+                    false,
+                )?;
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad value_proj.bias",
+                    (&ones, false),
+                    (d_out, true),
+                    &dbo,
+                    (1, d, rows),
+                    false,
+                )?;
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad h",
+                    (d_out, false),
+                    (wo, true),
+                    &dh,
+                    (rows, v, d),
+                    false,
+                )?;
+                (dh, Some((dwo, dbo)))
+            }
+            None => (d_out.clone(), None),
+        };
+        // swilu: h = y * silu(g), g = x W1^T + b1 (recomputed here).
+        let dx = f32s("grad input", rows as u64 * d as u64);
+        let (dy, swilu) = match &self.swilu {
+            Some((w1, b1)) => {
+                let n = rows as u64 * v as u64;
+                let (g, dy, dg) = (
+                    f32s("swilu pre-activation", n),
+                    f32s("grad bag", n),
+                    f32s("grad g", n),
+                );
+                Linear {
+                    label: "swilu_projection (recomputed)",
+                    x,
+                    w: w1,
+                    bias: Some(b1),
+                    gate: None,
+                    y: &g,
+                    m: rows,
+                    n: v,
+                    k: d,
+                    batched: None,
+                    accumulate: false,
+                }
+                .record(gpu, encoder)?;
+                SwiluBackward {
+                    len: n as u32,
+                    dh: &dh,
+                    y: &acts.bag,
+                    g: &g,
+                    dy: &dy,
+                    dg: &dg,
+                }
+                .record(gpu, encoder)?;
+                let (dw1, db1) = (
+                    f32s("grad swilu_projection.weight", (v * d) as u64),
+                    f32s("grad swilu_projection.bias", v as u64),
+                );
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad swilu_projection.weight",
+                    (&dg, true),
+                    (x, true),
+                    &dw1,
+                    (v, d, rows),
+                    false,
+                )?;
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad swilu_projection.bias",
+                    (&ones, false),
+                    (&dg, true),
+                    &db1,
+                    (1, v, rows),
+                    false,
+                )?;
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad input (swilu)",
+                    (&dg, false),
+                    (w1, true),
+                    &dx,
+                    (rows, d, v),
+                    false,
+                )?;
+                (dy, Some((dw1, db1)))
+            }
+            None => (dh, None),
+        };
+        // The bag: dL/dw per entry.
+        let bag = heads * knn;
+        let d_weights = f32s("grad bag weights", rows as u64 * bag as u64);
+        let chunks = pool.chunks();
+        WeightGrads {
+            rows,
+            bag,
+            indices: &acts.indices,
+            values: &chunks,
+            dy: &dy,
+            grad_weights: &d_weights,
+        }
+        .record(gpu, encoder)?;
+        // Softmax and product sums into dense sub-key score gradients, then query and keys.
+        let halves = 2 * heads;
+        let row_bytes = halves as u64 * n_keys as u64 * 4;
+        let block = (SCORE_BLOCK_BYTES.min(gpu.max_binding_bytes()) / row_bytes)
+            .clamp(1, MAX_GRID_ROWS as u64)
+            .min(rows as u64) as u32;
+        let d_scores = gpu.storage("grad sub-key scores", block as u64 * row_bytes);
+        let dq = f32s("grad query", rows as u64 * qw as u64);
+        let dkeys = f32s("grad keys", (halves * n_keys * half) as u64);
+        for row0 in (0..rows).step_by(block as usize) {
+            let nb = block.min(rows - row0);
+            encoder.clear_buffer(&d_scores, 0, None);
+            ProductTopKBackward {
+                rows: nb,
+                row0,
+                heads,
+                n_keys,
+                knn,
+                indices: &acts.indices,
+                weights: &acts.weights,
+                grad_weights: &d_weights,
+                grad_scores: &d_scores,
+            }
+            .record(gpu, encoder)?;
+            // dq[row, b, :] = sum_key dS[row, b, key] K[b, key, :]
+            Linear {
+                label: "grad query",
+                x: &d_scores,
+                w: &self.keys,
+                bias: None,
+                gate: None,
+                y: &dq,
+                m: nb,
+                n: half,
+                k: n_keys,
+                batched: Some(Batched {
+                    batch: halves,
+                    x_offset: 0,
+                    x_batch: n_keys,
+                    x_row: halves * n_keys,
+                    x_k: 1,
+                    w_offset: 0,
+                    w_batch: n_keys * half,
+                    w_row: 1,
+                    w_k: half,
+                    y_offset: row0 * qw,
+                    y_batch: half,
+                    y_row: qw,
+                }),
+                accumulate: false,
+            }
+            .record(gpu, encoder)?;
+            // dK[b, key, :] += sum_row dS[row, b, key] q[row, b, :]
+            Linear {
+                label: "grad keys",
+                x: &d_scores,
+                w: &acts.query,
+                bias: None,
+                gate: None,
+                y: &dkeys,
+                m: n_keys,
+                n: half,
+                k: nb,
+                batched: Some(Batched {
+                    batch: halves,
+                    x_offset: 0,
+                    x_batch: n_keys,
+                    x_row: 1,
+                    x_k: halves * n_keys,
+                    w_offset: row0 * qw,
+                    w_batch: half,
+                    w_row: 1,
+                    w_k: qw,
+                    y_offset: 0,
+                    y_batch: n_keys * half,
+                    y_row: half,
+                }),
+                accumulate: row0 > 0,
+            }
+            .record(gpu, encoder)?;
+        }
+        // Query projection: q = x Wq^T + bq.
+        let (dwq, dbq) = (
+            f32s("grad query_proj.weight", (qw * d) as u64),
+            f32s("grad query_proj.bias", qw as u64),
+        );
+        gemm(
+            gpu,
+            encoder,
+            "grad query_proj.weight",
+            (&dq, true),
+            (x, true),
+            &dwq,
+            (qw, d, rows),
+            false,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            "grad query_proj.bias",
+            (&ones, false),
+            (&dq, true),
+            &dbq,
+            (1, qw, rows),
+            false,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            "grad input (query)",
+            (&dq, false),
+            (&self.query_w, true),
+            &dx,
+            (rows, d, qw),
+            swilu.is_some(),
+        )?;
+        Ok(MemoryGrads {
+            x: dx,
+            query_w: dwq,
+            query_b: dbq,
+            keys: dkeys,
+            swilu,
+            value_proj,
+            bag_out: dy,
+            bag_weights: d_weights,
+        })
+    }
+}
