@@ -244,5 +244,46 @@ fn gpu_backward_matches_oracle() {
             }
         }
         assert_close(&what("values (from dy)"), &dv, &want.values);
+        let sparse = pollster::block_on(grads.values.to_dense(g, c.n_values())).unwrap();
+        assert_close(&what("values"), &sparse, &want.values);
     }
+}
+
+#[test]
+fn gpu_backward_is_bit_identical_across_runs() {
+    let g = gpu();
+    let c = MemoryConfig {
+        d: 20,
+        heads: 4,
+        n_keys: 12,
+        knn: 8,
+        k_dim: 8,
+        v_dim: 20,
+        swilu: true,
+        value_proj: true,
+        qk_norm: false,
+    };
+    let rows = 40; // 144 slots, 1280 bag entries: many slots are read by several tokens
+    let mut rng = Rng::new(77);
+    let weights = MemoryWeights::init(&c, &mut rng).unwrap();
+    let values = MemoryWeights::init_values(&c, &mut rng);
+    let x = rng.vec_normal(rows * c.d, 1.0);
+    let d_out = rng.vec_normal(rows * c.d, 1.0);
+    let layer = MemoryLayer::new(g, &weights).unwrap();
+    let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, ValueDtype::F16).unwrap();
+    let run = || {
+        let (xb, db) = (g.upload("x", &x), g.upload("d_out", &d_out));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        let acts = layer.record_forward(g, &mut enc, &pool, &xb, rows as u32).unwrap();
+        let grads = layer.record_backward(g, &mut enc, &pool, &xb, &acts, &db).unwrap();
+        g.queue.submit([enc.finish()]);
+        let mut all: Vec<u32> = Vec::new();
+        for (b, n) in [(&grads.x, rows * c.d), (&grads.query_w, weights.query_w.len()), (&grads.keys, weights.keys.len())] {
+            all.extend(g.read_f32_blocking(b, n).unwrap().iter().map(|v| v.to_bits()));
+        }
+        let dense = pollster::block_on(grads.values.to_dense(g, c.n_values())).unwrap();
+        all.extend(dense.iter().map(|v| v.to_bits()));
+        all
+    };
+    assert_eq!(run(), run());
 }

@@ -413,3 +413,32 @@ fn loop_budget_holds_for_every_supported_shape() {
     .record(g, &mut enc);
     assert!(matches!(refused, Err(memlayers::Error::Config(m)) if m.contains("loop iterations")));
 }
+
+#[test]
+fn radix_sort_is_stable_and_matches_std() {
+    let g = gpu();
+    let mut rng = Rng::new(61);
+    for &(n, key_bits, distinct) in &[
+        (1u32, 1u32, 1u64),
+        (255, 8, 7),
+        (257, 12, 4096),
+        (1000, 20, 50),
+        (70_000, 24, 3000),
+        (3000, 32, u32::MAX as u64),
+    ] {
+        let keys: Vec<u32> = (0..n)
+            .map(|_| (rng.below(distinct) as u32) & (((1u64 << key_bits) - 1) as u32))
+            .collect();
+        let values: Vec<u32> = (0..n).collect();
+        let (kb, vb) = (g.upload("keys", &keys), g.upload("values", &values));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        let sorted = memlayers::kernels::radix_sort::record_sort(g, &mut enc, &kb, &vb, n, key_bits).unwrap();
+        g.queue.submit([enc.finish()]);
+        let mut want: Vec<(u32, u32)> = keys.iter().cloned().zip(values.iter().cloned()).collect();
+        want.sort_by_key(|&(k, _)| k); // std's sort_by_key is stable
+        let got_k = g.read_u32_blocking(&sorted.keys, n as usize).unwrap();
+        let got_v = g.read_u32_blocking(&sorted.values, n as usize).unwrap();
+        let got: Vec<(u32, u32)> = got_k.into_iter().zip(got_v).collect();
+        assert_eq!(got, want, "n = {n}, key_bits = {key_bits}");
+    }
+}

@@ -6,7 +6,9 @@ pub mod embedding_bag;
 pub mod linear;
 pub mod normalize;
 pub mod product_topk;
+pub mod radix_sort;
 pub mod swilu_backward;
+pub mod value_grads;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -18,7 +20,9 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("linear.wgsl", linear::SOURCE),
     ("normalize.wgsl", normalize::SOURCE),
     ("product_topk.wgsl", product_topk::SOURCE),
+    ("radix_sort.wgsl", radix_sort::SOURCE),
     ("swilu_backward.wgsl", swilu_backward::SOURCE),
+    ("value_grads.wgsl", value_grads::SOURCE),
 ];
 
 /// Loop iterations one invocation may run, summed over all its loops.

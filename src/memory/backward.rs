@@ -1,14 +1,16 @@
 //! The memory layer's backward pass on the GPU (REFERENCE.md section 1, "Gradients").
 //!
 //! Built from the batched, strided GEMM (every transpose case, accumulating over row blocks)
-//! and three small kernels: the swilu gate's backward, the bag's weight gradients, and the
-//! product top-k's backward (softmax, then the dense sub-key score gradient, non-zero only
-//! at selected sub-keys). Query and sub-key gradients are then two GEMMs against that dense
-//! gradient, so only the selected sub-key rows receive non-zero gradients. Every reduction
-//! runs in a fixed order: the backward is deterministic.
+//! and small kernels: the swilu gate's backward, the bag's weight gradients, the product
+//! top-k's backward (softmax, then the dense sub-key score gradient, non-zero only at
+//! selected sub-keys), and the value gradient. Query and sub-key gradients are two GEMMs
+//! against the dense score gradient, so only the selected sub-key rows receive non-zero
+//! gradients. The value gradient is sparse (one row per slot read this step): the bag
+//! entries are sorted by slot with a stable radix sort (the reverse map of the reference) and
+//! each slot's run is summed in entry order. Every reduction runs in a fixed order and no
+//! float atomics are used: the backward is deterministic.
 //!
-//! Not yet here: the value table's gradient (a per-slot reduction over the tokens that read
-//! it, which needs a deterministic reverse map) and qk-norm.
+//! Not yet here: qk-norm.
 
 use super::layer::{MemoryActivations, MemoryLayer};
 use super::lookup::SCORE_BLOCK_BYTES;
@@ -19,6 +21,7 @@ use crate::kernels::embedding_bag::WeightGrads;
 use crate::kernels::linear::{Batched, Linear};
 use crate::kernels::product_topk::ProductTopKBackward;
 use crate::kernels::swilu_backward::SwiluBackward;
+use crate::kernels::value_grads::{SparseRows, ValueGrads};
 use crate::kernels::MAX_GRID_ROWS;
 
 /// Gradient buffers of one backward pass, laid out as the parameters.
@@ -29,6 +32,8 @@ pub struct MemoryGrads {
     pub keys: wgpu::Buffer,
     pub swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// The shared value table's gradient from this layer: one row per slot read.
+    pub values: SparseRows,
     /// dL/d(bag output) `[rows, v_dim]` and dL/dw per bag entry `[rows, heads * knn]`: what
     /// the value gradient is made of (`dV[slot] += w * dy[row]`).
     pub bag_out: wgpu::Buffer,
@@ -217,6 +222,17 @@ impl MemoryLayer {
             grad_weights: &d_weights,
         }
         .record(gpu, encoder)?;
+        let values = ValueGrads {
+            rows,
+            bag,
+            v_dim: v,
+            n_values: c.n_values() as u32,
+            max_per_slot: rows * heads,
+            indices: &acts.indices,
+            weights: &acts.weights,
+            dy: &dy,
+        }
+        .record(gpu, encoder)?;
         // Softmax and product sums into dense sub-key score gradients, then query and keys.
         let halves = 2 * heads;
         let row_bytes = halves as u64 * n_keys as u64 * 4;
@@ -340,6 +356,7 @@ impl MemoryLayer {
             keys: dkeys,
             swilu,
             value_proj,
+            values,
             bag_out: dy,
             bag_weights: d_weights,
         })

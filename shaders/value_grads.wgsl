@@ -1,0 +1,65 @@
+// The value table's gradient, dV[slot] = sum over the bag entries e that read slot of
+// w[e] * dy[row(e)], reduced per slot without atomics: the entries arrive sorted by slot
+// (stable, so within a slot in entry order), `run_starts` marks where each slot's run begins
+// (the scan that follows numbers the runs), and `reduce` lets the workgroup at each run
+// start sum its run in order, one column per invocation, columns in blocks along z.
+// Output is sparse: the distinct slots, ascending, and one gradient row per slot.
+
+struct Params {
+    n: u32,      // bag entries (rows * bag)
+    bag: u32,
+    v_dim: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> sorted_slots: array<u32>;
+@group(0) @binding(2) var<storage, read> sorted_entries: array<u32>;
+@group(0) @binding(3) var<storage, read_write> run_ids: array<u32>;
+@group(0) @binding(4) var<storage, read> weights: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out_slots: array<u32>;
+@group(0) @binding(7) var<storage, read_write> out_rows: array<f32>;
+
+fn starts_run(i: u32) -> bool {
+    return i == 0u || sorted_slots[i] != sorted_slots[i - 1u];
+}
+
+@compute @workgroup_size(64)
+fn run_starts(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (i < p.n) {
+        run_ids[i] = select(0u, 1u, starts_run(i));
+    }
+}
+
+@compute @workgroup_size(64)
+fn reduce(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = wg.y * nwg.x + wg.x;
+    if (i >= p.n || !starts_run(i)) {
+        return;
+    }
+    let slot = sorted_slots[i];
+    let run = run_ids[i];
+    if (wg.z == 0u && lid == 0u) {
+        out_slots[run] = slot;
+    }
+    let col = wg.z * 64u + lid;
+    if (col >= p.v_dim) {
+        return;
+    }
+    var acc = 0.0;
+    for (var at = i; at < p.n && sorted_slots[at] == slot; at++) {
+        let e = sorted_entries[at];
+        acc = fma(weights[e], dy[(e / p.bag) * p.v_dim + col], acc);
+    }
+    out_rows[run * p.v_dim + col] = acc;
+}

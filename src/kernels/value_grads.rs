@@ -1,0 +1,143 @@
+//! `value_grads.wgsl`: the value table's gradient as sparse rows, reduced per slot in entry
+//! order through a stable sort (no float atomics).
+
+use super::radix_sort::{record_scan, record_sort};
+use super::{check_buffer, check_loop_budget};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Gpu, MAX_GRID_DIM};
+
+pub const SOURCE: &str = include_str!("../../shaders/value_grads.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    bag: u32,
+    v_dim: u32,
+    _pad: u32,
+}
+
+/// Gradient rows of the distinct slots read in one step: `slots[0, count)` ascending and
+/// `rows[count, v_dim]`; `count` (one u32 on the GPU) is at most `capacity`.
+pub struct SparseRows {
+    pub slots: wgpu::Buffer,
+    pub rows: wgpu::Buffer,
+    pub count: wgpu::Buffer,
+    pub capacity: u32,
+    pub v_dim: u32,
+}
+
+impl SparseRows {
+    /// The gradient as a dense `[n_rows, v_dim]` table (zero rows where nothing was read).
+    pub async fn to_dense(&self, gpu: &Gpu, n_rows: usize) -> Result<Vec<f32>> {
+        let count = gpu.read_u32(&self.count, 1).await?[0] as usize;
+        let slots = gpu.read_u32(&self.slots, count).await?;
+        let rows = gpu.read_f32(&self.rows, count * self.v_dim as usize).await?;
+        let v = self.v_dim as usize;
+        let mut dense = vec![0f32; n_rows * v];
+        for (i, &s) in slots.iter().enumerate() {
+            let s = s as usize;
+            if s >= n_rows {
+                return Err(Error::Device(format!(
+                    "value gradient names slot {s} of {n_rows}"
+                )));
+            }
+            dense[s * v..(s + 1) * v].copy_from_slice(&rows[i * v..(i + 1) * v]);
+        }
+        Ok(dense)
+    }
+}
+
+/// `dV[slot] = sum over entries e with indices[e] == slot of weights[e] * dy[e / bag]`, for
+/// `rows * bag` entries; `max_per_slot` bounds how many entries can share a slot (one per
+/// (row, head): a head's top-k slots are distinct).
+pub struct ValueGrads<'a> {
+    pub rows: u32,
+    pub bag: u32,
+    pub v_dim: u32,
+    pub n_values: u32,
+    pub max_per_slot: u32,
+    pub indices: &'a wgpu::Buffer,
+    pub weights: &'a wgpu::Buffer,
+    pub dy: &'a wgpu::Buffer,
+}
+
+impl ValueGrads<'_> {
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<SparseRows> {
+        let n64 = self.rows as u64 * self.bag as u64;
+        if n64 == 0 || n64 > u32::MAX as u64 || self.v_dim == 0 || self.n_values == 0 {
+            return Err(Error::Config(format!(
+                "value gradient: {n64} entries, v_dim {}",
+                self.v_dim
+            )));
+        }
+        let n = n64 as u32;
+        check_buffer(gpu, "bag.indices", self.indices, n64)?;
+        check_buffer(gpu, "bag.weights", self.weights, n64)?;
+        check_buffer(gpu, "bag.dy", self.dy, self.rows as u64 * self.v_dim as u64)?;
+        check_loop_budget(
+            "value gradient",
+            self.max_per_slot as u64,
+            "entries sharing a slot (rows x heads)",
+        )?;
+        let column_blocks = self.v_dim.div_ceil(64);
+        if column_blocks > MAX_GRID_DIM {
+            return Err(Error::Config(format!(
+                "value gradient: v_dim {} is too wide",
+                self.v_dim
+            )));
+        }
+        let entries: Vec<u32> = (0..n).collect();
+        let entries = gpu.upload("bag entries", &entries);
+        let key_bits = 32 - (self.n_values - 1).leading_zeros();
+        let sorted = record_sort(gpu, encoder, self.indices, &entries, n, key_bits)?;
+        let out = SparseRows {
+            slots: gpu.storage("grad values slots", n64 * 4),
+            rows: gpu.storage("grad values rows", n64 * self.v_dim as u64 * 4),
+            count: gpu.storage("grad values count", 4),
+            capacity: n,
+            v_dim: self.v_dim,
+        };
+        check_buffer(gpu, "grad values rows", &out.rows, n64 * self.v_dim as u64)?;
+        let run_ids = gpu.storage("run ids", n64 * 4);
+        let params = gpu.uniform(
+            "value grad params",
+            &Params {
+                n,
+                bag: self.bag,
+                v_dim: self.v_dim,
+                _pad: 0,
+            },
+        );
+        let starts = gpu.pipeline_entry("value_grads", SOURCE, "run_starts", &[]);
+        let bind = gpu.bind_at(&starts, &[(0, &params), (1, &sorted.keys), (3, &run_ids)]);
+        {
+            let (x, y) = grid(n.div_ceil(64));
+            let mut pass = gpu.begin_pass(encoder, "value_grad_runs");
+            pass.set_pipeline(&starts);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        record_scan(gpu, encoder, &run_ids, n, &out.count)?;
+        let reduce = gpu.pipeline_entry("value_grads", SOURCE, "reduce", &[]);
+        let bind = gpu.bind_at(
+            &reduce,
+            &[
+                (0, &params),
+                (1, &sorted.keys),
+                (2, &sorted.values),
+                (3, &run_ids),
+                (4, self.weights),
+                (5, self.dy),
+                (6, &out.slots),
+                (7, &out.rows),
+            ],
+        );
+        let (x, y) = grid(n);
+        let mut pass = gpu.begin_pass(encoder, "value_grad_reduce");
+        pass.set_pipeline(&reduce);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, column_blocks);
+        Ok(out)
+    }
+}
