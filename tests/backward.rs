@@ -274,11 +274,19 @@ fn gpu_backward_is_bit_identical_across_runs() {
     let run = || {
         let (xb, db) = (g.upload("x", &x), g.upload("d_out", &d_out));
         let mut enc = g.device.create_command_encoder(&Default::default());
-        let acts = layer.record_forward(g, &mut enc, &pool, &xb, rows as u32).unwrap();
-        let grads = layer.record_backward(g, &mut enc, &pool, &xb, &acts, &db).unwrap();
+        let acts = layer
+            .record_forward(g, &mut enc, &pool, &xb, rows as u32)
+            .unwrap();
+        let grads = layer
+            .record_backward(g, &mut enc, &pool, &xb, &acts, &db)
+            .unwrap();
         g.queue.submit([enc.finish()]);
         let mut all: Vec<u32> = Vec::new();
-        for (b, n) in [(&grads.x, rows * c.d), (&grads.query_w, weights.query_w.len()), (&grads.keys, weights.keys.len())] {
+        for (b, n) in [
+            (&grads.x, rows * c.d),
+            (&grads.query_w, weights.query_w.len()),
+            (&grads.keys, weights.keys.len()),
+        ] {
             all.extend(g.read_f32_blocking(b, n).unwrap().iter().map(|v| v.to_bits()));
         }
         let dense = pollster::block_on(grads.values.to_dense(g, c.n_values())).unwrap();

@@ -88,6 +88,66 @@ fn memory_forward_matches_oracle_with_prefixed_names_and_3d_input() {
 }
 
 #[test]
+fn memory_forward_writes_gradients_under_the_weights_names() {
+    let dir = scratch_dir("grad");
+    let c = config();
+    let mut rng = Rng::new(12);
+    let weights = MemoryWeights::init(&c, &mut rng).unwrap();
+    let values = MemoryWeights::init_values(&c, &mut rng);
+    let prefix = "layers.3.feed_forward.";
+    let mut file = TensorFile::default();
+    for (name, t) in memory_tensors(&weights, &values).tensors {
+        file.insert(format!("{prefix}{name}"), t);
+    }
+    file.write(&dir.join("w.safetensors")).unwrap();
+    let (batch, seq) = (3, 5);
+    let x = rng.vec_normal(batch * seq * c.d, 1.0);
+    let g = rng.vec_normal(batch * seq * c.d, 1.0);
+    let mut input = TensorFile::default();
+    input.insert("input", HostTensor::f32(vec![batch, seq, c.d], x.clone()));
+    input.insert("grad_output", HostTensor::f32(vec![batch, seq, c.d], g.clone()));
+    input.write(&dir.join("x.safetensors")).unwrap();
+
+    let run = memory_forward(&dir, &["--knn", "5"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out = TensorFile::read(&dir.join("out.safetensors")).unwrap();
+    let want = reference::memory_backward(
+        &x,
+        &weights.reference(&values),
+        weights.lookup_dims(batch * seq),
+        &g,
+    );
+    let input_grad = out.get("grad.input").unwrap();
+    assert_eq!(input_grad.shape, vec![batch, seq, c.d]);
+    assert_close("grad.input", f32s(input_grad), &want.x);
+    let (sw, sb) = want.swilu.as_ref().unwrap();
+    let (pw, pb) = want.value_proj.as_ref().unwrap();
+    for (name, w) in [
+        ("query_proj.query_mlps.0.weight", &want.query_w),
+        ("query_proj.query_mlps.0.bias", &want.query_b),
+        ("keys", &want.keys),
+        ("values.weight", &want.values),
+        ("swilu_projection.weight", sw),
+        ("swilu_projection.bias", sb),
+        ("value_proj.weight", pw),
+        ("value_proj.bias", pb),
+    ] {
+        let t = out.get(&format!("grad.{prefix}{name}")).unwrap();
+        assert_eq!(
+            t.shape,
+            file.get(&format!("{prefix}{name}")).unwrap().shape,
+            "{name}"
+        );
+        assert_close(&format!("grad {name}"), f32s(t), w);
+    }
+    assert_eq!(
+        out.tensors.len(),
+        3 + 1 + 8,
+        "output, indices, scores, grad.input and 8 parameter grads"
+    );
+}
+
+#[test]
 fn memory_forward_reads_bf16_and_f16_checkpoints() {
     let dir = scratch_dir("bf16");
     let c = MemoryConfig {
@@ -270,4 +330,15 @@ fn memory_forward_rejects_bad_input_clearly() {
         "dtype",
     );
     expect_error("knn-too-large", |_| {}, &["--knn", "21"], "knn");
+    expect_error(
+        "grad-shape",
+        |d| {
+            let mut input = TensorFile::default();
+            input.insert("input", HostTensor::f32(vec![4, 24], vec![0.5; 4 * 24]));
+            input.insert("grad_output", HostTensor::f32(vec![4, 23], vec![0.5; 4 * 23]));
+            input.write(&d.join("x.safetensors")).unwrap();
+        },
+        &["--knn", "5"],
+        "`grad_output`",
+    );
 }
