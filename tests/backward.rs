@@ -8,6 +8,10 @@ use memlayers::reference::{self, memory_backward, memory_forward};
 use memlayers::rng::Rng;
 
 fn config(swilu: bool, v_dim: usize) -> MemoryConfig {
+    config_norm(swilu, v_dim, false)
+}
+
+fn config_norm(swilu: bool, v_dim: usize, qk_norm: bool) -> MemoryConfig {
     MemoryConfig {
         d: 6,
         heads: 2,
@@ -17,7 +21,7 @@ fn config(swilu: bool, v_dim: usize) -> MemoryConfig {
         v_dim,
         swilu,
         value_proj: swilu || v_dim != 6,
-        qk_norm: false,
+        qk_norm,
     }
 }
 
@@ -37,8 +41,14 @@ enum Param {
 
 #[test]
 fn reference_backward_matches_finite_differences() {
-    for (swilu, v_dim) in [(true, 6), (false, 6), (false, 5)] {
-        let c = config(swilu, v_dim);
+    for (swilu, v_dim, qk_norm) in [
+        (true, 6, false),
+        (false, 6, false),
+        (false, 5, false),
+        (true, 6, true),
+        (false, 6, true),
+    ] {
+        let c = config_norm(swilu, v_dim, qk_norm);
         let mut rng = Rng::new(31 + v_dim as u64);
         let mut w = MemoryWeights::init(&c, &mut rng).unwrap();
         let mut values = MemoryWeights::init_values(&c, &mut rng);
@@ -127,7 +137,7 @@ fn reference_backward_matches_finite_differences() {
                 // f32 forward, eps 1e-2: rounding error ~1e-5 / 1e-2 and curvature ~eps^2.
                 assert!(
                     (fd - a).abs() <= 2e-3 + 2e-2 * a.abs(),
-                    "{param:?}[{i}] swilu={swilu} v_dim={v_dim}: analytic {a} vs finite difference {fd}"
+                    "{param:?}[{i}] swilu={swilu} v_dim={v_dim} qk_norm={qk_norm}: analytic {a} vs finite difference {fd}"
                 );
                 checked += 1;
             }

@@ -1,6 +1,6 @@
-//! `normalize.wgsl`: row-wise L2 normalisation (qk-norm).
+//! `normalize.wgsl`: row-wise L2 normalisation (qk-norm) and its backward.
 
-use super::check_buffer;
+use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Gpu};
 
@@ -28,6 +28,7 @@ pub fn record(
     }
     check_buffer(gpu, "normalize.src", src, rows as u64 * len as u64)?;
     check_buffer(gpu, "normalize.dst", dst, rows as u64 * len as u64)?;
+    check_loop_budget("normalize", 2 * len as u64, "the row length")?;
     let pipeline = gpu.pipeline("normalize", SOURCE, &[]);
     let params = gpu.uniform(
         "normalize params",
@@ -40,6 +41,42 @@ pub fn record(
     let bind = gpu.bind(&pipeline, &[&params, src, dst]);
     let (x, y) = grid(rows.div_ceil(64));
     let mut pass = gpu.begin_pass(encoder, "normalize");
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &bind, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(())
+}
+
+/// Records the backward: `grad_out` = d/d src of `<normalize(src), grad_in>`, row by row.
+pub fn record_backward(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    src: &wgpu::Buffer,
+    grad_in: &wgpu::Buffer,
+    grad_out: &wgpu::Buffer,
+    rows: u32,
+    len: u32,
+) -> Result<()> {
+    if rows == 0 || len == 0 {
+        return Err(Error::Config("normalize backward: empty shape".into()));
+    }
+    let n = rows as u64 * len as u64;
+    check_buffer(gpu, "normalize.src", src, n)?;
+    check_buffer(gpu, "normalize.grad_in", grad_in, n)?;
+    check_buffer(gpu, "normalize.grad_out", grad_out, n)?;
+    check_loop_budget("normalize backward", 3 * len as u64, "the row length")?;
+    let pipeline = gpu.pipeline_entry("normalize", SOURCE, "backward", &[]);
+    let params = gpu.uniform(
+        "normalize params",
+        &Params {
+            rows,
+            len,
+            _pad: [0; 2],
+        },
+    );
+    let bind = gpu.bind_at(&pipeline, &[(0, &params), (1, src), (3, grad_in), (4, grad_out)]);
+    let (x, y) = grid(rows.div_ceil(64));
+    let mut pass = gpu.begin_pass(encoder, "normalize_backward");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
     pass.dispatch_workgroups(x, y, 1);

@@ -9,16 +9,17 @@
 //! entries are sorted by slot with a stable radix sort (the reverse map of the reference) and
 //! each slot's run is summed in entry order. Every reduction runs in a fixed order and no
 //! float atomics are used: the backward is deterministic.
-//!
-//! Not yet here: qk-norm.
+//! With qk-norm the scores saw normalised query halves and key rows: the two GEMMs use those
+//! (recomputed), and their gradients go back through the normalisation's backward.
 
 use super::layer::{MemoryActivations, MemoryLayer};
 use super::lookup::SCORE_BLOCK_BYTES;
 use super::pool::ValuePool;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::WeightGrads;
 use crate::kernels::linear::{Batched, Linear};
+use crate::kernels::normalize;
 use crate::kernels::product_topk::ProductTopKBackward;
 use crate::kernels::swilu_backward::SwiluBackward;
 use crate::kernels::value_grads::{SparseRows, ValueGrads};
@@ -81,9 +82,6 @@ impl MemoryLayer {
         d_out: &wgpu::Buffer,
     ) -> Result<MemoryGrads> {
         let c = &self.config;
-        if c.qk_norm {
-            return Err(Error::Config("the backward does not support qk-norm yet".into()));
-        }
         let rows = acts.rows;
         let (d, v, qw) = (c.d as u32, c.v_dim as u32, (c.heads * c.k_dim) as u32);
         let (heads, n_keys, knn, half) = (
@@ -240,6 +238,19 @@ impl MemoryLayer {
             .clamp(1, MAX_GRID_ROWS as u64)
             .min(rows as u64) as u32;
         let d_scores = gpu.storage("grad sub-key scores", block as u64 * row_bytes);
+        let (q_rows, k_rows) = (rows * halves, halves * n_keys);
+        // The query and keys the scores were computed from (normalised with qk-norm).
+        let normalized;
+        let (scored_query, scored_keys) = if c.qk_norm {
+            let q = f32s("query (normalised)", (q_rows * half) as u64);
+            let k = f32s("keys (normalised)", (k_rows * half) as u64);
+            normalize::record(gpu, encoder, &acts.query, &q, q_rows, half)?;
+            normalize::record(gpu, encoder, &self.keys, &k, k_rows, half)?;
+            normalized = (q, k);
+            (&normalized.0, &normalized.1)
+        } else {
+            (&acts.query, &self.keys)
+        };
         let dq = f32s("grad query", rows as u64 * qw as u64);
         let dkeys = f32s("grad keys", (halves * n_keys * half) as u64);
         for row0 in (0..rows).step_by(block as usize) {
@@ -261,7 +272,7 @@ impl MemoryLayer {
             Linear {
                 label: "grad query",
                 x: &d_scores,
-                w: &self.keys,
+                w: scored_keys,
                 bias: None,
                 gate: None,
                 y: &dq,
@@ -289,7 +300,7 @@ impl MemoryLayer {
             Linear {
                 label: "grad keys",
                 x: &d_scores,
-                w: &acts.query,
+                w: scored_query,
                 bias: None,
                 gate: None,
                 y: &dkeys,
@@ -314,6 +325,17 @@ impl MemoryLayer {
             }
             .record(gpu, encoder)?;
         }
+        let (dq, dkeys) = if c.qk_norm {
+            let (dq_raw, dk_raw) = (
+                f32s("grad query", (q_rows * half) as u64),
+                f32s("grad keys", (k_rows * half) as u64),
+            );
+            normalize::record_backward(gpu, encoder, &acts.query, &dq, &dq_raw, q_rows, half)?;
+            normalize::record_backward(gpu, encoder, &self.keys, &dkeys, &dk_raw, k_rows, half)?;
+            (dq_raw, dk_raw)
+        } else {
+            (dq, dkeys)
+        };
         // Query projection: q = x Wq^T + bq.
         let (dwq, dbq) = (
             f32s("grad query_proj.weight", (qw * d) as u64),

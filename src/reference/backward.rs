@@ -25,9 +25,30 @@ pub fn silu_grad(g: f32) -> f32 {
     s * (1.0 + g * (1.0 - s))
 }
 
-/// Backward of `memory_forward` for `d_out [rows, out_dim]`. qk-norm is not covered.
+/// Backward of `l2_normalize`: with s = 1 / max(|v|, 1e-12) and u = v s,
+/// dv = s (du - u <u, du>) when |v| > 1e-12, else s du.
+pub fn l2_normalize_backward(v: &[f32], du: &[f32]) -> Vec<f32> {
+    let mut ss = 0f32;
+    for &x in v {
+        ss = x.mul_add(x, ss);
+    }
+    let norm = ss.sqrt();
+    let scale = 1.0 / norm.max(NORM_EPS);
+    if norm <= NORM_EPS {
+        return du.iter().map(|g| g * scale).collect();
+    }
+    let mut dot = 0f32;
+    for (x, g) in v.iter().zip(du) {
+        dot = (x * scale).mul_add(*g, dot);
+    }
+    v.iter()
+        .zip(du)
+        .map(|(x, g)| scale * (g - x * scale * dot))
+        .collect()
+}
+
+/// Backward of `memory_forward` for `d_out [rows, out_dim]`.
 pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f32]) -> MemoryGradsRef {
-    assert!(!d.qk_norm, "the reference backward does not cover qk-norm");
     let (rows, dm, v) = (d.rows, p.d, p.v_dim);
     let (half, qw, bag) = (d.k_dim / 2, d.heads * d.k_dim, d.heads * d.knn);
     // Forward, keeping what the backward needs.
@@ -88,7 +109,14 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
         }
         _ => dh,
     };
-    // Bag, softmax, scores, query.
+    // Bag, softmax, scores, query. With qk-norm the scores see normalised query halves and
+    // key rows; their gradients pass back through the normalisation at the end.
+    let normalize_rows = |a: &[f32]| -> Vec<f32> { a.chunks(half).flat_map(l2_normalize).collect() };
+    let (qs, ks) = if d.qk_norm {
+        (normalize_rows(&q), normalize_rows(p.keys))
+    } else {
+        (q.clone(), p.keys.to_vec())
+    };
     let mut dq = vec![0f32; rows * qw];
     for r in 0..rows {
         for hd in 0..d.heads {
@@ -113,12 +141,22 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
                 for (p_half, key) in [(0, slot / d.n_keys), (1, slot % d.n_keys)] {
                     let krow = ((hd * 2 + p_half) * d.n_keys + key) * half;
                     for c in 0..half {
-                        dq[qo + p_half * half + c] += ds * p.keys[krow + c];
-                        out.keys[krow + c] += ds * q[qo + p_half * half + c];
+                        dq[qo + p_half * half + c] += ds * ks[krow + c];
+                        out.keys[krow + c] += ds * qs[qo + p_half * half + c];
                     }
                 }
             }
         }
+    }
+    if d.qk_norm {
+        let back = |raw: &[f32], grad: &[f32]| -> Vec<f32> {
+            raw.chunks(half)
+                .zip(grad.chunks(half))
+                .flat_map(|(v, g)| l2_normalize_backward(v, g))
+                .collect()
+        };
+        dq = back(&q, &dq);
+        out.keys = back(p.keys, &out.keys);
     }
     for r in 0..rows {
         for o in 0..qw {

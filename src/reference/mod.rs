@@ -3,7 +3,7 @@
 //! oracle rounds like the GPU up to summation order). Depends on nothing but std.
 
 mod backward;
-pub use backward::{memory_backward, silu_grad, MemoryGradsRef};
+pub use backward::{l2_normalize_backward, memory_backward, silu_grad, MemoryGradsRef};
 
 /// `y[m, n] = x[m, k] w[n, k]^T + bias[n]` (nn.Linear).
 pub fn linear(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
