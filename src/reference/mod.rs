@@ -3,6 +3,7 @@
 //! oracle rounds like the GPU up to summation order). Depends on nothing but std.
 
 mod backward;
+pub mod ops;
 pub use backward::{l2_normalize_backward, memory_backward, silu_grad, MemoryGradsRef};
 
 /// `y[m, n] = x[m, k] w[n, k]^T + bias[n]` (nn.Linear).
