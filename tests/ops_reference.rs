@@ -59,16 +59,16 @@ fn rope_backward_is_the_inverse_rotation() {
     let (seq, heads, hd) = (5, 2, 8);
     let mut x = rng.vec_normal(seq * heads * hd, 1.0);
     let r = rng.vec_normal(x.len(), 1.0);
-    let dx = rope(&r, seq, heads, hd, 10000.0, true);
+    let dx = rope(&r, seq, heads, hd, 10000.0, 0, true);
     check(
         "rope",
         &mut x,
         &dx,
-        |x| dot(&rope(x, seq, heads, hd, 10000.0, false), &r),
+        |x| dot(&rope(x, seq, heads, hd, 10000.0, 0, false), &r),
         &mut rng,
     );
     // Position 0 is the identity; interleaved pairs, not halves.
-    let y = rope(&x, seq, heads, hd, 10000.0, false);
+    let y = rope(&x, seq, heads, hd, 10000.0, 0, false);
     assert_eq!(&y[..heads * hd], &x[..heads * hd]);
 }
 

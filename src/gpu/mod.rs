@@ -308,7 +308,17 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         buffers: &[(u32, &wgpu::Buffer)],
     ) -> wgpu::BindGroup {
-        let layout = pipeline.get_bind_group_layout(0);
+        self.bind_group(pipeline, 0, buffers)
+    }
+
+    /// A bind group for group `group` of `pipeline`, each buffer at its binding number.
+    pub fn bind_group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        group: u32,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let layout = pipeline.get_bind_group_layout(group);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .map(|(binding, b)| wgpu::BindGroupEntry {

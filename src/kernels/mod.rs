@@ -5,6 +5,7 @@ pub mod copy;
 pub mod embedding_bag;
 pub mod linear;
 pub mod normalize;
+pub mod ops;
 pub mod product_topk;
 pub mod radix_sort;
 pub mod swilu_backward;
@@ -15,6 +16,10 @@ use crate::gpu::Gpu;
 
 /// Every WGSL file of the crate, by name (for validation tests and tooling).
 pub const ALL_SHADERS: &[(&str, &str)] = &[
+    ("attention.wgsl", ops::ATTENTION),
+    ("cross_entropy.wgsl", ops::CROSS_ENTROPY),
+    ("rmsnorm.wgsl", ops::RMSNORM),
+    ("rope.wgsl", ops::ROPE),
     ("copy.wgsl", copy::SOURCE),
     ("embedding_bag.wgsl", embedding_bag::SOURCE),
     ("linear.wgsl", linear::SOURCE),

@@ -31,22 +31,44 @@ pub fn rmsnorm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32]) -> (Vec<f32>
     (dx, dw)
 }
 
-/// The rotation angle of pair `m` (dims 2m, 2m+1) at position `pos`.
-pub fn rope_angle(pos: usize, m: usize, head_dim: usize, theta: f32) -> f32 {
-    pos as f32 * theta.powf(-2.0 * m as f32 / head_dim as f32)
+/// cos and sin of every (position, pair) for positions `0..max_pos`, `[max_pos, head_dim / 2]`,
+/// computed as lingua/torch do in f32 (inverse frequency `1 / theta^(2m / head_dim)` and angle
+/// `t * inv_freq` in f32), then cos/sin of that f32 angle rounded from f64.
+pub fn rope_tables(max_pos: usize, head_dim: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(max_pos * half);
+    let mut sin = Vec::with_capacity(max_pos * half);
+    for t in 0..max_pos {
+        for m in 0..half {
+            let inv_freq = 1.0f32 / theta.powf((2 * m) as f32 / head_dim as f32);
+            let angle = (t as f32 * inv_freq) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
 }
 
-/// Interleaved RoPE on `x [seq, heads, head_dim]` (positions 0..seq); `inverse` rotates back
-/// (the backward).
-pub fn rope(x: &[f32], seq: usize, heads: usize, head_dim: usize, theta: f32, inverse: bool) -> Vec<f32> {
+/// Interleaved RoPE on `x [seq, heads, head_dim]` at positions `pos0..pos0 + seq`: dims
+/// (2m, 2m + 1) rotate by the angle of (position, m); `inverse` rotates back (the backward).
+pub fn rope(
+    x: &[f32],
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f32,
+    pos0: usize,
+    inverse: bool,
+) -> Vec<f32> {
+    let half = head_dim / 2;
+    let (cos, sin) = rope_tables(pos0 + seq, head_dim, theta);
     let mut y = x.to_vec();
     for t in 0..seq {
         for h in 0..heads {
-            for m in 0..head_dim / 2 {
+            for m in 0..half {
                 let i = (t * heads + h) * head_dim + 2 * m;
-                let angle = rope_angle(t, m, head_dim, theta);
-                let (s, c) = angle.sin_cos();
-                let s = if inverse { -s } else { s };
+                let at = (pos0 + t) * half + m;
+                let (c, s) = (cos[at], if inverse { -sin[at] } else { sin[at] });
                 let (a, b) = (x[i], x[i + 1]);
                 y[i] = a * c - b * s;
                 y[i + 1] = a * s + b * c;

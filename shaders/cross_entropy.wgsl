@@ -1,0 +1,75 @@
+// Cross-entropy of logits [rows, vocab] against integer targets, in f32, with its gradient:
+//   loss[r] = logsumexp(logits[r]) - logits[r, target[r]]
+//   grad[r, c] = (softmax(logits[r])[c] - [c == target[r]]) * scale   (scale = 1 / rows)
+// One workgroup per row; maxima and sums are per-invocation partials combined in invocation
+// order: deterministic. The mean over rows is left to the caller.
+
+struct Params {
+    rows: u32,
+    vocab: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> targets: array<u32>;
+@group(0) @binding(3) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(4) var<storage, read_write> grad: array<f32>;
+
+var<workgroup> partial: array<f32, WG>;
+var<workgroup> combined: f32;
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = wg.y * nwg.x + wg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.vocab;
+    var m = -3.4028235e38;
+    for (var c = lid; c < p.vocab; c += WG) {
+        m = max(m, logits[base + c]);
+    }
+    partial[lid] = m;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var all = partial[0];
+        for (var i = 1u; i < WG; i++) {
+            all = max(all, partial[i]);
+        }
+        combined = all;
+    }
+    workgroupBarrier();
+    let row_max = combined;
+    var s = 0.0;
+    for (var c = lid; c < p.vocab; c += WG) {
+        s += exp(logits[base + c] - row_max);
+    }
+    workgroupBarrier();
+    partial[lid] = s;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var total = 0.0;
+        for (var i = 0u; i < WG; i++) {
+            total += partial[i];
+        }
+        combined = row_max + log(total);
+    }
+    workgroupBarrier();
+    let lse = combined;
+    let t = targets[row];
+    for (var c = lid; c < p.vocab; c += WG) {
+        let onehot = select(0.0, 1.0, c == t);
+        grad[base + c] = (exp(logits[base + c] - lse) - onehot) * p.scale;
+    }
+    if (lid == 0u) {
+        loss[row] = lse - logits[base + t];
+    }
+}

@@ -1,0 +1,43 @@
+// Rotary position embedding, interleaved pairs (lingua/llama): dims (2m, 2m + 1) of each head
+// rotate by the angle of (position, m). cos/sin come from a host table [max_pos, head_dim / 2]
+// computed like torch's f32 freqs (so long positions lose no accuracy to GPU sin/cos).
+// `inverse` rotates back: the backward of the forward rotation.
+//   x [seq, heads, head_dim], position of row t = pos0 + t.
+
+struct Params {
+    pairs: u32,    // seq * heads * head_dim / 2
+    heads: u32,
+    half_dim: u32, // head_dim / 2
+    pos0: u32,
+    inverse: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> cos_table: array<f32>;
+@group(0) @binding(3) var<storage, read> sin_table: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (i >= p.pairs) {
+        return;
+    }
+    let m = i % p.half_dim;
+    let t = i / (p.half_dim * p.heads);
+    let at = (p.pos0 + t) * p.half_dim + m;
+    let c = cos_table[at];
+    let s = select(sin_table[at], -sin_table[at], p.inverse != 0u);
+    let a = x[2u * i];
+    let b = x[2u * i + 1u];
+    y[2u * i] = a * c - b * s;
+    y[2u * i + 1u] = a * s + b * c;
+}

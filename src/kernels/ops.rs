@@ -1,0 +1,398 @@
+//! The transformer ops of the training path, one struct per WGSL file: `rmsnorm.wgsl`,
+//! `rope.wgsl`, `attention.wgsl`, `cross_entropy.wgsl`. Each validates shapes, sizes its
+//! dispatch, and records into the caller's encoder.
+
+use super::{check_buffer, check_loop_budget};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Gpu};
+
+pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
+pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
+pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+pub const CROSS_ENTROPY: &str = include_str!("../../shaders/cross_entropy.wgsl");
+
+/// Longest sequence the attention kernel's workgroup arrays hold.
+pub const MAX_SEQ: u32 = 1024;
+
+fn dispatch(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &'static str,
+    pipeline: &wgpu::ComputePipeline,
+    binds: &[&wgpu::BindGroup],
+    workgroups: u32,
+) {
+    let (x, y) = grid(workgroups);
+    let mut pass = gpu.begin_pass(encoder, label);
+    pass.set_pipeline(pipeline);
+    for (i, b) in binds.iter().enumerate() {
+        pass.set_bind_group(i as u32, *b, &[]);
+    }
+    pass.dispatch_workgroups(x, y, 1);
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RmsParams {
+    rows: u32,
+    d: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+/// RMSNorm over `rows` rows of `d`: `x`, `weight [d]`; forward writes `y` and `rstd [rows]`.
+pub struct RmsNorm<'a> {
+    pub rows: u32,
+    pub d: u32,
+    pub eps: f32,
+    pub x: &'a wgpu::Buffer,
+    pub weight: &'a wgpu::Buffer,
+    pub rstd: &'a wgpu::Buffer,
+}
+
+impl RmsNorm<'_> {
+    fn check(&self, gpu: &Gpu) -> Result<wgpu::Buffer> {
+        if self.rows == 0 || self.d == 0 {
+            return Err(Error::Config("rmsnorm: empty shape".into()));
+        }
+        check_buffer(gpu, "rmsnorm.x", self.x, self.rows as u64 * self.d as u64)?;
+        check_buffer(gpu, "rmsnorm.weight", self.weight, self.d as u64)?;
+        check_buffer(gpu, "rmsnorm.rstd", self.rstd, self.rows as u64)?;
+        check_loop_budget("rmsnorm", 3 * (self.d as u64).div_ceil(64) + 64, "d")?;
+        let (rows, d, eps) = (self.rows, self.d, self.eps);
+        Ok(gpu.uniform(
+            "rmsnorm params",
+            &RmsParams {
+                rows,
+                d,
+                eps,
+                _pad: 0,
+            },
+        ))
+    }
+
+    pub fn record_forward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        let params = self.check(gpu)?;
+        check_buffer(gpu, "rmsnorm.y", y, self.rows as u64 * self.d as u64)?;
+        let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, "forward", &[]);
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[
+                (0, &params),
+                (1, self.x),
+                (2, self.weight),
+                (3, y),
+                (4, self.rstd),
+            ],
+        );
+        dispatch(gpu, encoder, "rmsnorm", &pipeline, &[&bind], self.rows);
+        Ok(())
+    }
+
+    /// Writes `dx` and the per-row terms of the weight gradient `dw_rows [rows, d]` (their
+    /// column sums are dL/dweight).
+    pub fn record_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        dy: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        dw_rows: &wgpu::Buffer,
+    ) -> Result<()> {
+        let params = self.check(gpu)?;
+        let n = self.rows as u64 * self.d as u64;
+        check_buffer(gpu, "rmsnorm.dy", dy, n)?;
+        check_buffer(gpu, "rmsnorm.dx", dx, n)?;
+        check_buffer(gpu, "rmsnorm.dw_rows", dw_rows, n)?;
+        let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, "backward", &[]);
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[
+                (0, &params),
+                (1, self.x),
+                (2, self.weight),
+                (3, dx),
+                (4, self.rstd),
+                (5, dy),
+                (6, dw_rows),
+            ],
+        );
+        dispatch(gpu, encoder, "rmsnorm_backward", &pipeline, &[&bind], self.rows);
+        Ok(())
+    }
+}
+
+/// The RoPE tables the kernel reads; defined once, with the oracle.
+pub use crate::reference::ops::rope_tables;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RopeParams {
+    pairs: u32,
+    heads: u32,
+    half_dim: u32,
+    pos0: u32,
+    inverse: u32,
+    _pad: [u32; 3],
+}
+
+/// Interleaved RoPE on `x [seq, heads, head_dim]` at positions `pos0..pos0 + seq`, from
+/// tables of `rope_tables`; `inverse` is the backward.
+pub struct Rope<'a> {
+    pub seq: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub pos0: u32,
+    pub inverse: bool,
+    pub cos: &'a wgpu::Buffer,
+    pub sin: &'a wgpu::Buffer,
+}
+
+impl Rope<'_> {
+    pub fn record(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<()> {
+        if self.head_dim % 2 != 0 || self.seq == 0 || self.heads == 0 {
+            return Err(Error::Config(format!(
+                "rope: head_dim {} must be even",
+                self.head_dim
+            )));
+        }
+        let half = self.head_dim / 2;
+        let pairs = self.seq as u64 * self.heads as u64 * half as u64;
+        check_buffer(gpu, "rope.x", x, 2 * pairs)?;
+        check_buffer(gpu, "rope.y", y, 2 * pairs)?;
+        let positions = (self.pos0 + self.seq) as u64 * half as u64;
+        check_buffer(gpu, "rope cos table", self.cos, positions)?;
+        check_buffer(gpu, "rope sin table", self.sin, positions)?;
+        let params = RopeParams {
+            pairs: pairs as u32,
+            heads: self.heads,
+            half_dim: half,
+            pos0: self.pos0,
+            inverse: self.inverse as u32,
+            _pad: [0; 3],
+        };
+        let params = gpu.uniform("rope params", &params);
+        let pipeline = gpu.pipeline("rope", ROPE, &[]);
+        let bind = gpu.bind(&pipeline, &[&params, x, self.cos, self.sin, y]);
+        dispatch(
+            gpu,
+            encoder,
+            "rope",
+            &pipeline,
+            &[&bind],
+            (pairs as u32).div_ceil(64),
+        );
+        Ok(())
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttentionParams {
+    batch: u32,
+    seq: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+/// Causal grouped-query attention over `batch` sequences: `q [batch, seq, heads, hd]`,
+/// `k, v [batch, seq, kv_heads, hd]`, `out` like q, `lse [batch, seq, heads]`.
+pub struct Attention<'a> {
+    pub batch: u32,
+    pub seq: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+    pub lse: &'a wgpu::Buffer,
+}
+
+impl Attention<'_> {
+    fn params(&self, gpu: &Gpu) -> Result<wgpu::Buffer> {
+        let a = self;
+        if a.batch == 0
+            || a.seq == 0
+            || a.heads == 0
+            || a.kv_heads == 0
+            || a.head_dim == 0
+            || a.heads % a.kv_heads != 0
+        {
+            return Err(Error::Config(format!(
+                "attention: heads ({}) must be a positive multiple of kv_heads ({})",
+                a.heads, a.kv_heads
+            )));
+        }
+        if a.seq > MAX_SEQ {
+            return Err(Error::Config(format!(
+                "attention: sequences of at most {MAX_SEQ}, found {}",
+                a.seq
+            )));
+        }
+        let (s, hd, group) = (a.seq as u64, a.head_dim as u64, (a.heads / a.kv_heads) as u64);
+        check_loop_budget(
+            "attention",
+            group * (s.div_ceil(64) * 3 * hd + 2 * s) + 2 * s,
+            "seq and head_dim",
+        )?;
+        let qn = a.batch as u64 * s * a.heads as u64 * hd;
+        let kvn = a.batch as u64 * s * a.kv_heads as u64 * hd;
+        check_buffer(gpu, "attention.q", a.q, qn)?;
+        check_buffer(gpu, "attention.k", a.k, kvn)?;
+        check_buffer(gpu, "attention.v", a.v, kvn)?;
+        check_buffer(gpu, "attention.out", a.out, qn)?;
+        check_buffer(gpu, "attention.lse", a.lse, a.batch as u64 * s * a.heads as u64)?;
+        let params = AttentionParams {
+            batch: a.batch,
+            seq: a.seq,
+            heads: a.heads,
+            kv_heads: a.kv_heads,
+            head_dim: a.head_dim,
+            scale: 1.0 / (a.head_dim as f32).sqrt(),
+            _pad: [0; 2],
+        };
+        Ok(gpu.uniform("attention params", &params))
+    }
+
+    pub fn record_forward(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let params = self.params(gpu)?;
+        let pipeline = gpu.pipeline_entry("attention", ATTENTION, "forward", &[]);
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[
+                (0, &params),
+                (1, self.q),
+                (2, self.k),
+                (3, self.v),
+                (4, self.out),
+                (5, self.lse),
+            ],
+        );
+        dispatch(
+            gpu,
+            encoder,
+            "attention",
+            &pipeline,
+            &[&bind],
+            self.batch * self.seq * self.heads,
+        );
+        Ok(())
+    }
+
+    /// From `d_out` (like q), writes `dq`, `dk`, `dv` (after `record_forward`).
+    pub fn record_backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        d_out: &wgpu::Buffer,
+        dq: &wgpu::Buffer,
+        dk: &wgpu::Buffer,
+        dv: &wgpu::Buffer,
+    ) -> Result<()> {
+        let params = self.params(gpu)?;
+        let rows = self.batch * self.seq * self.heads;
+        let qn = rows as u64 * self.head_dim as u64;
+        let kvn = (self.batch * self.seq * self.kv_heads) as u64 * self.head_dim as u64;
+        check_buffer(gpu, "attention.d_out", d_out, qn)?;
+        check_buffer(gpu, "attention.dq", dq, qn)?;
+        check_buffer(gpu, "attention.dk", dk, kvn)?;
+        check_buffer(gpu, "attention.dv", dv, kvn)?;
+        let row_dot = gpu.storage("attention D", rows as u64 * 4);
+        let shared = [
+            (0, &params),
+            (1, self.q),
+            (2, self.k),
+            (3, self.v),
+            (5, self.lse),
+            (6, d_out),
+            (7, &row_dot),
+        ];
+        let bq = gpu.pipeline_entry("attention", ATTENTION, "backward_q", &[]);
+        let mut with_out = shared.to_vec();
+        with_out.push((4, self.out));
+        let bind0 = gpu.bind_at(&bq, &with_out);
+        let bind1 = gpu.bind_group(&bq, 1, &[(0, dq)]);
+        dispatch(gpu, encoder, "attention_backward_q", &bq, &[&bind0, &bind1], rows);
+        let bkv = gpu.pipeline_entry("attention", ATTENTION, "backward_kv", &[]);
+        let bind0 = gpu.bind_at(&bkv, &shared);
+        let bind1 = gpu.bind_group(&bkv, 1, &[(1, dk), (2, dv)]);
+        dispatch(
+            gpu,
+            encoder,
+            "attention_backward_kv",
+            &bkv,
+            &[&bind0, &bind1],
+            self.batch * self.seq * self.kv_heads,
+        );
+        Ok(())
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CeParams {
+    rows: u32,
+    vocab: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// Cross-entropy of `logits [rows, vocab]` against `targets [rows]` (u32): per-row `loss`
+/// and `grad = (softmax - onehot) * scale` (scale 1 / rows for the mean).
+pub struct CrossEntropy<'a> {
+    pub rows: u32,
+    pub vocab: u32,
+    pub scale: f32,
+    pub logits: &'a wgpu::Buffer,
+    pub targets: &'a wgpu::Buffer,
+    pub loss: &'a wgpu::Buffer,
+    pub grad: &'a wgpu::Buffer,
+}
+
+impl CrossEntropy<'_> {
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        if self.rows == 0 || self.vocab == 0 {
+            return Err(Error::Config("cross-entropy: empty shape".into()));
+        }
+        let n = self.rows as u64 * self.vocab as u64;
+        check_buffer(gpu, "logits", self.logits, n)?;
+        check_buffer(gpu, "targets", self.targets, self.rows as u64)?;
+        check_buffer(gpu, "loss", self.loss, self.rows as u64)?;
+        check_buffer(gpu, "grad logits", self.grad, n)?;
+        check_loop_budget(
+            "cross-entropy",
+            3 * (self.vocab as u64).div_ceil(64) + 128,
+            "vocab",
+        )?;
+        let params = CeParams {
+            rows: self.rows,
+            vocab: self.vocab,
+            scale: self.scale,
+            _pad: 0,
+        };
+        let params = gpu.uniform("cross-entropy params", &params);
+        let pipeline = gpu.pipeline("cross_entropy", CROSS_ENTROPY, &[]);
+        let bind = gpu.bind(
+            &pipeline,
+            &[&params, self.logits, self.targets, self.loss, self.grad],
+        );
+        dispatch(gpu, encoder, "cross_entropy", &pipeline, &[&bind], self.rows);
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! The transformer ops on the GPU against the CPU oracle, forward and backward.
+
+mod common;
+use common::{assert_close, gpu};
+use memlayers::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope};
+use memlayers::reference::ops::{self, AttentionDims};
+use memlayers::rng::Rng;
+
+fn submit(f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+    let g = gpu();
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    f(&mut enc);
+    g.queue.submit([enc.finish()]);
+}
+
+#[test]
+fn rmsnorm_matches_oracle() {
+    let g = gpu();
+    let mut rng = Rng::new(1);
+    for &(rows, d) in &[(1, 1), (3, 7), (17, 64), (5, 300), (2, 1000)] {
+        let (x, w, dy) = (
+            rng.vec_normal(rows * d, 1.0),
+            rng.vec_normal(d, 1.0),
+            rng.vec_normal(rows * d, 1.0),
+        );
+        let (xb, wb, dyb) = (g.upload("x", &x), g.upload("w", &w), g.upload("dy", &dy));
+        let (yb, rb) = (
+            g.storage("y", (rows * d * 4) as u64),
+            g.storage("r", (rows * 4) as u64),
+        );
+        let (dxb, dwb) = (
+            g.storage("dx", (rows * d * 4) as u64),
+            g.storage("dw", (rows * d * 4) as u64),
+        );
+        let norm = RmsNorm {
+            rows: rows as u32,
+            d: d as u32,
+            eps: 1e-5,
+            x: &xb,
+            weight: &wb,
+            rstd: &rb,
+        };
+        submit(|e| {
+            norm.record_forward(g, e, &yb).unwrap();
+            norm.record_backward(g, e, &dyb, &dxb, &dwb).unwrap();
+        });
+        assert_close(
+            &format!("rmsnorm {rows}x{d}"),
+            &g.read_f32_blocking(&yb, rows * d).unwrap(),
+            &ops::rmsnorm(&x, &w, 1e-5),
+        );
+        let (dx, dw) = ops::rmsnorm_backward(&x, &w, 1e-5, &dy);
+        assert_close(
+            &format!("rmsnorm dx {rows}x{d}"),
+            &g.read_f32_blocking(&dxb, rows * d).unwrap(),
+            &dx,
+        );
+        let rows_dw = g.read_f32_blocking(&dwb, rows * d).unwrap();
+        let got_dw: Vec<f32> = (0..d)
+            .map(|j| (0..rows).map(|r| rows_dw[r * d + j]).sum())
+            .collect();
+        assert_close(&format!("rmsnorm dw {rows}x{d}"), &got_dw, &dw);
+    }
+}
+
+#[test]
+fn rope_matches_oracle_at_far_positions() {
+    let g = gpu();
+    let mut rng = Rng::new(2);
+    for &(seq, heads, hd, pos0) in &[(1, 1, 2, 0), (5, 3, 8, 0), (7, 2, 64, 1000), (33, 4, 16, 3)] {
+        let x = rng.vec_normal(seq * heads * hd, 1.0);
+        let (cos, sin) = rope_tables(pos0 + seq, hd, 10000.0);
+        let (xb, cb, sb) = (g.upload("x", &x), g.upload("cos", &cos), g.upload("sin", &sin));
+        let (yb, zb) = (
+            g.storage("y", (x.len() * 4) as u64),
+            g.storage("z", (x.len() * 4) as u64),
+        );
+        let rope = |inverse| Rope {
+            seq: seq as u32,
+            heads: heads as u32,
+            head_dim: hd as u32,
+            pos0: pos0 as u32,
+            inverse,
+            cos: &cb,
+            sin: &sb,
+        };
+        submit(|e| {
+            rope(false).record(g, e, &xb, &yb).unwrap();
+            rope(true).record(g, e, &yb, &zb).unwrap();
+        });
+        let want = ops::rope(&x, seq, heads, hd, 10000.0, pos0, false);
+        assert_close(
+            &format!("rope {seq}x{heads}x{hd}+{pos0}"),
+            &g.read_f32_blocking(&yb, x.len()).unwrap(),
+            &want,
+        );
+        assert_close("rope inverse", &g.read_f32_blocking(&zb, x.len()).unwrap(), &x);
+    }
+}
+
+#[test]
+fn attention_matches_oracle() {
+    let g = gpu();
+    let mut rng = Rng::new(3);
+    for &(batch, seq, heads, kv_heads, hd) in &[
+        (1, 1, 1, 1, 1),
+        (2, 5, 4, 2, 6),
+        (1, 70, 2, 2, 16),
+        (3, 9, 6, 1, 10),
+        (1, 130, 4, 4, 8),
+    ] {
+        let a = AttentionDims {
+            seq,
+            heads,
+            kv_heads,
+            head_dim: hd,
+        };
+        let (qn, kvn) = (seq * heads * hd, seq * kv_heads * hd);
+        let q = rng.vec_normal(batch * qn, 1.0);
+        let k = rng.vec_normal(batch * kvn, 1.0);
+        let v = rng.vec_normal(batch * kvn, 1.0);
+        let d_out = rng.vec_normal(batch * qn, 1.0);
+        let (qb, kb, vb, db) = (
+            g.upload("q", &q),
+            g.upload("k", &k),
+            g.upload("v", &v),
+            g.upload("do", &d_out),
+        );
+        let (ob, lb) = (
+            g.storage("o", (batch * qn * 4) as u64),
+            g.storage("lse", (batch * seq * heads * 4) as u64),
+        );
+        let (dqb, dkb, dvb) = (
+            g.storage("dq", (batch * qn * 4) as u64),
+            g.storage("dk", (batch * kvn * 4) as u64),
+            g.storage("dv", (batch * kvn * 4) as u64),
+        );
+        let att = Attention {
+            batch: batch as u32,
+            seq: seq as u32,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            head_dim: hd as u32,
+            q: &qb,
+            k: &kb,
+            v: &vb,
+            out: &ob,
+            lse: &lb,
+        };
+        submit(|e| {
+            att.record_forward(g, e).unwrap();
+            att.record_backward(g, e, &db, &dqb, &dkb, &dvb).unwrap();
+        });
+        let (out, dq, dk, dv) = (
+            g.read_f32_blocking(&ob, batch * qn).unwrap(),
+            g.read_f32_blocking(&dqb, batch * qn).unwrap(),
+            g.read_f32_blocking(&dkb, batch * kvn).unwrap(),
+            g.read_f32_blocking(&dvb, batch * kvn).unwrap(),
+        );
+        for b in 0..batch {
+            let (qs, ks) = (b * qn..(b + 1) * qn, b * kvn..(b + 1) * kvn);
+            let what = format!("attention batch {b} of {a:?}");
+            let (want, _) = ops::attention(&q[qs.clone()], &k[ks.clone()], &v[ks.clone()], a);
+            assert_close(&what, &out[qs.clone()], &want);
+            let (wq, wk, wv) = ops::attention_backward(
+                &q[qs.clone()],
+                &k[ks.clone()],
+                &v[ks.clone()],
+                a,
+                &d_out[qs.clone()],
+            );
+            assert_close(&format!("dq {what}"), &dq[qs.clone()], &wq);
+            assert_close(&format!("dk {what}"), &dk[ks.clone()], &wk);
+            assert_close(&format!("dv {what}"), &dv[ks], &wv);
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_matches_oracle() {
+    let g = gpu();
+    let mut rng = Rng::new(4);
+    for &(rows, vocab) in &[(1, 1), (3, 11), (64, 259), (5, 5000)] {
+        let logits = rng.vec_normal(rows * vocab, 3.0);
+        let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+        let (lb, tb) = (g.upload("logits", &logits), g.upload("targets", &targets));
+        let (lossb, gb) = (
+            g.storage("loss", (rows * 4) as u64),
+            g.storage("grad", (rows * vocab * 4) as u64),
+        );
+        submit(|e| {
+            CrossEntropy {
+                rows: rows as u32,
+                vocab: vocab as u32,
+                scale: 1.0 / rows as f32,
+                logits: &lb,
+                targets: &tb,
+                loss: &lossb,
+                grad: &gb,
+            }
+            .record(g, e)
+            .unwrap()
+        });
+        let (loss, grad) = ops::cross_entropy(&logits, &targets, vocab);
+        let per_row = g.read_f32_blocking(&lossb, rows).unwrap();
+        assert_close("mean loss", &[per_row.iter().sum::<f32>() / rows as f32], &[loss]);
+        assert_close(
+            &format!("cross-entropy grad {rows}x{vocab}"),
+            &g.read_f32_blocking(&gb, rows * vocab).unwrap(),
+            &grad,
+        );
+    }
+}
