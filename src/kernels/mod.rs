@@ -1,6 +1,7 @@
 //! One Rust module per WGSL file: each validates shapes, sizes the dispatch and records into a
 //! caller's `CommandEncoder`. The only place that knows binding layouts. Nothing here submits.
 
+pub mod adamw;
 pub mod copy;
 pub mod embedding_bag;
 pub mod linear;
@@ -16,6 +17,7 @@ use crate::gpu::Gpu;
 
 /// Every WGSL file of the crate, by name (for validation tests and tooling).
 pub const ALL_SHADERS: &[(&str, &str)] = &[
+    ("adamw.wgsl", adamw::SOURCE),
     ("attention.wgsl", ops::ATTENTION),
     ("cross_entropy.wgsl", ops::CROSS_ENTROPY),
     ("rmsnorm.wgsl", ops::RMSNORM),

@@ -2,6 +2,7 @@
 //! the GPU is tested against. Straightforward loops, f32 throughout (f64 nowhere, so the
 //! oracle rounds like the GPU up to summation order). Depends on nothing but std.
 
+pub mod adamw;
 mod backward;
 pub mod ops;
 pub use backward::{l2_normalize_backward, memory_backward, silu_grad, MemoryGradsRef};

@@ -1,0 +1,102 @@
+// AdamW, as torch.optim.AdamW: p *= 1 - lr wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+// p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps), with g the gradient times the clipping
+// factor min(1, max_norm / (norm + 1e-6)) of its parameter group (clip_grad_norm_).
+//   sum_squares: per block of 1024 elements, the sum of squares in order (one invocation)
+//   clip:        the group's norm from those partial sums in order, then its clip factor
+//   dense_step:  every element of a parameter
+//   sparse_step: the listed rows only (the lazy update of value rows read this step): row
+//                slots[i] of param takes gradient row i of `grad`
+// Every sum has a fixed order: the optimiser is deterministic.
+
+struct Params {
+    len: u32,        // elements (dense), listed rows (sparse), or partial sums (clip)
+    row_len: u32,    // sparse: elements per row
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step_size: f32,  // lr / bc1
+    bc2_sqrt: f32,   // sqrt(bc2)
+    max_norm: f32,
+    partial_offset: u32, // sum_squares: where this buffer's partial sums start
+    _pad: u32,
+}
+
+const BLOCK: u32 = 1024u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(3) var<storage, read_write> clip_factor: array<f32>;
+@group(0) @binding(4) var<storage, read_write> param: array<f32>;
+@group(0) @binding(5) var<storage, read_write> m: array<f32>;
+@group(0) @binding(6) var<storage, read_write> v: array<f32>;
+@group(0) @binding(7) var<storage, read> slots: array<u32>;
+@group(0) @binding(8) var<storage, read> count: array<u32>;
+
+@compute @workgroup_size(64)
+fn sum_squares(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let block = (wg.y * nwg.x + wg.x) * 64u + lid;
+    let start = block * BLOCK;
+    if (start >= p.len) {
+        return;
+    }
+    var ss = 0.0;
+    for (var i = start; i < min(start + BLOCK, p.len); i++) {
+        ss = fma(grad[i], grad[i], ss);
+    }
+    partials[p.partial_offset + block] = ss;
+}
+
+@compute @workgroup_size(1)
+fn clip() {
+    var ss = 0.0;
+    for (var i = 0u; i < p.len; i++) {
+        ss += partials[i];
+    }
+    clip_factor[0] = min(1.0, p.max_norm / (sqrt(ss) + 1e-6));
+}
+
+fn update(at: u32, g_raw: f32) {
+    let g = g_raw * clip_factor[0];
+    let x = param[at] * (1.0 - p.lr * p.weight_decay);
+    let mi = p.beta1 * m[at] + (1.0 - p.beta1) * g;
+    let vi = p.beta2 * v[at] + (1.0 - p.beta2) * g * g;
+    m[at] = mi;
+    v[at] = vi;
+    param[at] = x - p.step_size * mi / (sqrt(vi) / p.bc2_sqrt + p.eps);
+}
+
+@compute @workgroup_size(64)
+fn dense_step(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (i < p.len) {
+        update(i, grad[i]);
+    }
+}
+
+// One workgroup per listed row (the count of rows actually listed is read from `count`).
+@compute @workgroup_size(64)
+fn sparse_step(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = wg.y * nwg.x + wg.x;
+    if (r >= p.len || r >= count[0]) {
+        return;
+    }
+    let base = slots[r] * p.row_len;
+    for (var c = lid; c < p.row_len; c += 64u) {
+        update(base + c, grad[r * p.row_len + c]);
+    }
+}

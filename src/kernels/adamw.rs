@@ -1,0 +1,202 @@
+//! `adamw.wgsl`: gradient-norm clipping per parameter group and the AdamW update, dense or
+//! on listed rows only (the lazy update of the value table).
+
+use super::value_grads::SparseRows;
+use super::{check_buffer, check_loop_budget};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Gpu};
+
+pub const SOURCE: &str = include_str!("../../shaders/adamw.wgsl");
+const BLOCK: u64 = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    len: u32,
+    row_len: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    max_norm: f32,
+    partial_offset: u32,
+    _pad: u32,
+}
+
+/// One step's hyper-parameters (torch.optim.AdamW's, plus the group's clipping norm).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based.
+    pub step: u32,
+}
+
+impl AdamWStep {
+    fn params(&self) -> Params {
+        let bc1 = 1.0 - (self.beta1 as f64).powi(self.step as i32);
+        let bc2 = 1.0 - (self.beta2 as f64).powi(self.step as i32);
+        Params {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step_size: (self.lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            ..Default::default()
+        }
+    }
+}
+
+/// Records the clipping factor `min(1, max_norm / (norm + 1e-6))` of a parameter group whose
+/// gradients are `grads` (buffer, element count); returns a one-element buffer.
+pub fn record_clip(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    grads: &[(&wgpu::Buffer, u64)],
+    max_norm: f32,
+) -> Result<wgpu::Buffer> {
+    let blocks: Vec<u64> = grads.iter().map(|(_, n)| n.div_ceil(BLOCK)).collect();
+    let total: u64 = blocks.iter().sum();
+    check_loop_budget("gradient clipping", total, "the number of 1024-element blocks")?;
+    let partials = gpu.storage("grad norm partials", total.max(1) * 4);
+    let clip = gpu.storage("clip factor", 4);
+    let sum = gpu.pipeline_entry("adamw", SOURCE, "sum_squares", &[]);
+    let mut offset = 0u64;
+    for ((buffer, n), b) in grads.iter().zip(&blocks) {
+        if *n == 0 {
+            continue;
+        }
+        check_buffer(gpu, "gradient", buffer, *n)?;
+        let params = Params {
+            len: *n as u32,
+            partial_offset: offset as u32,
+            ..Default::default()
+        };
+        let params = gpu.uniform("sum squares params", &params);
+        let bind = gpu.bind_at(&sum, &[(0, &params), (1, *buffer), (2, &partials)]);
+        let (x, y) = grid((*b as u32).div_ceil(64));
+        let mut pass = gpu.begin_pass(encoder, "grad_sum_squares");
+        pass.set_pipeline(&sum);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        offset += b;
+    }
+    let params = Params {
+        len: total as u32,
+        max_norm,
+        ..Default::default()
+    };
+    let params = gpu.uniform("clip params", &params);
+    let finish = gpu.pipeline_entry("adamw", SOURCE, "clip", &[]);
+    let bind = gpu.bind_at(&finish, &[(0, &params), (2, &partials), (3, &clip)]);
+    let mut pass = gpu.begin_pass(encoder, "grad_clip");
+    pass.set_pipeline(&finish);
+    pass.set_bind_group(0, &bind, &[]);
+    pass.dispatch_workgroups(1, 1, 1);
+    Ok(clip)
+}
+
+/// A parameter with its AdamW moments.
+pub struct AdamWState<'a> {
+    pub param: &'a wgpu::Buffer,
+    pub m: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+}
+
+/// Records AdamW on all `len` elements of `state` with gradient `grad` times `clip[0]`.
+pub fn record_dense_step(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    state: &AdamWState,
+    grad: &wgpu::Buffer,
+    len: u64,
+    clip: &wgpu::Buffer,
+    step: AdamWStep,
+) -> Result<()> {
+    if len == 0 || len > u32::MAX as u64 {
+        return Err(Error::Config(format!("adamw: {len} elements")));
+    }
+    for (name, b) in [
+        ("param", state.param),
+        ("adam m", state.m),
+        ("adam v", state.v),
+        ("grad", grad),
+    ] {
+        check_buffer(gpu, name, b, len)?;
+    }
+    let params = Params {
+        len: len as u32,
+        ..step.params()
+    };
+    let params = gpu.uniform("adamw params", &params);
+    let pipeline = gpu.pipeline_entry("adamw", SOURCE, "dense_step", &[]);
+    let bind = gpu.bind_at(
+        &pipeline,
+        &[
+            (0, &params),
+            (1, grad),
+            (3, clip),
+            (4, state.param),
+            (5, state.m),
+            (6, state.v),
+        ],
+    );
+    let (x, y) = grid((len as u32).div_ceil(64));
+    let mut pass = gpu.begin_pass(encoder, "adamw");
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &bind, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(())
+}
+
+/// Records AdamW on the rows that `grad` lists only (lazy: other rows and their moments are
+/// left as they are), for a table of rows of `grad.v_dim` in `state`.
+pub fn record_sparse_step(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    state: &AdamWState,
+    table_rows: u64,
+    grad: &SparseRows,
+    clip: &wgpu::Buffer,
+    step: AdamWStep,
+) -> Result<()> {
+    let n = table_rows * grad.v_dim as u64;
+    for (name, b) in [("param", state.param), ("adam m", state.m), ("adam v", state.v)] {
+        check_buffer(gpu, name, b, n)?;
+    }
+    check_loop_budget("adamw rows", (grad.v_dim as u64).div_ceil(64), "v_dim")?;
+    let params = Params {
+        len: grad.capacity,
+        row_len: grad.v_dim,
+        ..step.params()
+    };
+    let params = gpu.uniform("adamw sparse params", &params);
+    let pipeline = gpu.pipeline_entry("adamw", SOURCE, "sparse_step", &[]);
+    let bind = gpu.bind_at(
+        &pipeline,
+        &[
+            (0, &params),
+            (1, &grad.rows),
+            (3, clip),
+            (4, state.param),
+            (5, state.m),
+            (6, state.v),
+            (7, &grad.slots),
+            (8, &grad.count),
+        ],
+    );
+    let (x, y) = grid(grad.capacity);
+    let mut pass = gpu.begin_pass(encoder, "adamw_rows");
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &bind, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(())
+}

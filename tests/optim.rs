@@ -1,0 +1,147 @@
+//! AdamW and gradient clipping on the GPU against the oracle (torch's formulas).
+
+mod common;
+use common::{assert_close, gpu};
+use memlayers::kernels::adamw::{record_clip, record_dense_step, record_sparse_step, AdamWState, AdamWStep};
+use memlayers::kernels::value_grads::SparseRows;
+use memlayers::reference::adamw as oracle;
+use memlayers::rng::Rng;
+
+fn step(t: u32) -> (AdamWStep, oracle::AdamWStep) {
+    let (lr, beta1, beta2, eps, weight_decay) = (1e-2, 0.9, 0.95, 1e-8, 0.1);
+    (
+        AdamWStep {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: t,
+        },
+        oracle::AdamWStep {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: t,
+        },
+    )
+}
+
+#[test]
+fn dense_adamw_with_clipping_matches_oracle_over_steps() {
+    let g = gpu();
+    let mut rng = Rng::new(5);
+    // One parameter group of two tensors (odd sizes), clipped together.
+    let sizes = [1500usize, 37];
+    let mut params: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec_normal(n, 1.0)).collect();
+    let mut ms: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+    let mut vs = ms.clone();
+    let bufs: Vec<[wgpu::Buffer; 3]> = params
+        .iter()
+        .map(|p| {
+            [
+                g.upload("p", p),
+                g.upload("m", &vec![0f32; p.len()]),
+                g.upload("v", &vec![0f32; p.len()]),
+            ]
+        })
+        .collect();
+    for t in 1..=4 {
+        let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec_normal(n, 3.0)).collect();
+        let max_norm = if t % 2 == 1 { 1.0 } else { 1e6 }; // clipped, then not
+        let gbufs: Vec<wgpu::Buffer> = grads.iter().map(|x| g.upload("g", x)).collect();
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        let pairs: Vec<(&wgpu::Buffer, u64)> =
+            gbufs.iter().zip(&sizes).map(|(b, &n)| (b, n as u64)).collect();
+        let clip = record_clip(g, &mut enc, &pairs, max_norm).unwrap();
+        for (i, b) in bufs.iter().enumerate() {
+            let state = AdamWState {
+                param: &b[0],
+                m: &b[1],
+                v: &b[2],
+            };
+            record_dense_step(g, &mut enc, &state, &gbufs[i], sizes[i] as u64, &clip, step(t).0).unwrap();
+        }
+        g.queue.submit([enc.finish()]);
+        let refs: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
+        let factor = oracle::clip_factor(&refs, max_norm);
+        assert_close("clip factor", &g.read_f32_blocking(&clip, 1).unwrap(), &[factor]);
+        for i in 0..sizes.len() {
+            oracle::adamw(
+                &mut params[i],
+                &grads[i],
+                &mut ms[i],
+                &mut vs[i],
+                factor,
+                step(t).1,
+            );
+            assert_close(
+                &format!("param {i} step {t}"),
+                &g.read_f32_blocking(&bufs[i][0], sizes[i]).unwrap(),
+                &params[i],
+            );
+            assert_close(
+                &format!("m {i} step {t}"),
+                &g.read_f32_blocking(&bufs[i][1], sizes[i]).unwrap(),
+                &ms[i],
+            );
+            assert_close(
+                &format!("v {i} step {t}"),
+                &g.read_f32_blocking(&bufs[i][2], sizes[i]).unwrap(),
+                &vs[i],
+            );
+        }
+    }
+}
+
+#[test]
+fn lazy_row_update_touches_only_listed_rows() {
+    let g = gpu();
+    let mut rng = Rng::new(6);
+    let (rows, v_dim) = (50usize, 7usize);
+    let mut table = rng.vec_normal(rows * v_dim, 1.0);
+    let (mut m, mut v) = (vec![0f32; rows * v_dim], vec![0f32; rows * v_dim]);
+    let bufs = [g.upload("p", &table), g.upload("m", &m), g.upload("v", &v)];
+    // Rows 3, 17, 40 have gradients; capacity 5 with 3 listed.
+    let listed = [3u32, 17, 40];
+    let grad_rows = rng.vec_normal(5 * v_dim, 1.0);
+    let sparse = SparseRows {
+        slots: g.upload("slots", &[3u32, 17, 40, 0, 0]),
+        rows: g.upload("rows", &grad_rows),
+        count: g.upload("count", &[3u32]),
+        capacity: 5,
+        v_dim: v_dim as u32,
+    };
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    let clip = record_clip(g, &mut enc, &[(&sparse.rows, (3 * v_dim) as u64)], 1e6).unwrap();
+    let state = AdamWState {
+        param: &bufs[0],
+        m: &bufs[1],
+        v: &bufs[2],
+    };
+    record_sparse_step(g, &mut enc, &state, rows as u64, &sparse, &clip, step(1).0).unwrap();
+    g.queue.submit([enc.finish()]);
+    for (i, &r) in listed.iter().enumerate() {
+        let s = r as usize * v_dim..(r as usize + 1) * v_dim;
+        oracle::adamw(
+            &mut table[s.clone()],
+            &grad_rows[i * v_dim..(i + 1) * v_dim],
+            &mut m[s.clone()],
+            &mut v[s],
+            1.0,
+            step(1).1,
+        );
+    }
+    assert_close(
+        "lazily updated table",
+        &g.read_f32_blocking(&bufs[0], rows * v_dim).unwrap(),
+        &table,
+    );
+    assert_close(
+        "moments",
+        &g.read_f32_blocking(&bufs[1], rows * v_dim).unwrap(),
+        &m,
+    );
+}
