@@ -5,6 +5,7 @@
 //! - [`gpu`]: the device, buffers, pipelines, readback, timing;
 //! - [`kernels`]: one module per WGSL file, recording into a caller's encoder;
 //! - [`memory`]: the memory layer and its shared value pool;
+//! - [`model`]: the lingua-compatible transformer around it;
 //! - [`io`]: safetensors checkpoints under the reference names;
 //! - [`reference`]: the plain-Rust CPU oracle of every kernel.
 
@@ -13,6 +14,7 @@ pub mod gpu;
 pub mod io;
 pub mod kernels;
 pub mod memory;
+pub mod model;
 pub mod reference;
 pub mod rng;
 

@@ -1,0 +1,280 @@
+//! lingua's `LMTransformerArgs` as JSON (`dataclasses.asdict(args)`), memory settings nested
+//! under `productkey_args` (REFERENCE.md section 3). Missing fields take lingua's defaults;
+//! settings this crate does not implement are errors, never ignored.
+
+use crate::error::{Error, Result};
+use crate::memory::MemoryConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProductKeyArgs {
+    pub is_enabled: bool,
+    /// Comma-separated layer indices, e.g. "4,12,20".
+    pub layers: String,
+    pub mem_n_keys: usize,
+    pub mem_heads: usize,
+    pub mem_knn: usize,
+    pub mem_share_values: bool,
+    pub mem_k_dim: usize,
+    /// -1: the model's dim.
+    pub mem_v_dim: i64,
+    pub swilu_projection: bool,
+    /// Learning rate of the value table (the reference trains values at a fixed 1e-3).
+    pub value_fixed_lr: Option<f64>,
+    pub mem_gated: bool,
+    pub peer_variant: bool,
+}
+
+impl Default for ProductKeyArgs {
+    fn default() -> Self {
+        ProductKeyArgs {
+            is_enabled: false,
+            layers: String::new(),
+            mem_n_keys: 1024,
+            mem_heads: 4,
+            mem_knn: 32,
+            mem_share_values: true,
+            mem_k_dim: 512,
+            mem_v_dim: -1,
+            swilu_projection: true,
+            value_fixed_lr: Some(1e-3),
+            mem_gated: false,
+            peer_variant: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LMTransformerArgs {
+    pub dim: usize,
+    pub n_layers: usize,
+    pub head_dim: Option<usize>,
+    pub n_heads: Option<usize>,
+    pub n_kv_heads: Option<usize>,
+    pub ffn_dim_multiplier: Option<f64>,
+    pub multiple_of: usize,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    pub init_base_std: Option<f64>,
+    pub init_std_factor: String,
+    pub max_seqlen: usize,
+    pub vocab_size: i64,
+    pub weight_tying: bool,
+    pub sliding_window: Option<usize>,
+    pub seed: u64,
+    pub productkey_args: ProductKeyArgs,
+}
+
+impl Default for LMTransformerArgs {
+    fn default() -> Self {
+        LMTransformerArgs {
+            dim: 512,
+            n_layers: 8,
+            head_dim: None,
+            n_heads: None,
+            n_kv_heads: None,
+            ffn_dim_multiplier: None,
+            multiple_of: 256,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            init_base_std: None,
+            init_std_factor: "disabled".into(),
+            max_seqlen: 1024,
+            vocab_size: -1,
+            weight_tying: false,
+            sliding_window: None,
+            seed: 42,
+            productkey_args: ProductKeyArgs::default(),
+        }
+    }
+}
+
+/// A validated configuration with every derived size resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub args: LMTransformerArgs,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub max_seqlen: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    /// Layers whose feed-forward block is a memory layer, ascending.
+    pub memory_layers: Vec<usize>,
+    /// The memory layers' configuration (all share one value table).
+    pub memory: Option<MemoryConfig>,
+}
+
+fn bad(m: String) -> Error {
+    Error::Config(m)
+}
+
+impl LMTransformerArgs {
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| bad(format!("model config JSON: {e}")))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Resolves derived sizes and rejects what is not supported.
+    pub fn resolve(&self) -> Result<ModelConfig> {
+        let a = self;
+        if a.dim == 0 || a.n_layers == 0 {
+            return Err(bad(format!(
+                "dim ({}) and n_layers ({}) must be positive",
+                a.dim, a.n_layers
+            )));
+        }
+        if a.vocab_size <= 0 {
+            return Err(bad(format!(
+                "vocab_size must be set (positive), found {}",
+                a.vocab_size
+            )));
+        }
+        if let Some(w) = a.sliding_window {
+            return Err(bad(format!("sliding_window ({w}) is not supported; use null")));
+        }
+        if a.weight_tying {
+            return Err(bad("weight_tying: true is not supported yet".into()));
+        }
+        let n_heads = match (a.n_heads, a.head_dim) {
+            (Some(h), _) => h,
+            (None, Some(hd)) if hd > 0 && a.dim % hd == 0 => a.dim / hd,
+            _ => return Err(bad("set n_heads (or head_dim dividing dim)".into())),
+        };
+        let head_dim = a.head_dim.unwrap_or(a.dim / n_heads.max(1));
+        if n_heads == 0 || head_dim == 0 || n_heads * head_dim != a.dim || head_dim % 2 != 0 {
+            return Err(bad(format!(
+                "n_heads ({n_heads}) x head_dim ({head_dim}) must equal dim ({}), head_dim even",
+                a.dim
+            )));
+        }
+        let n_kv_heads = a.n_kv_heads.unwrap_or(n_heads);
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(bad(format!(
+                "n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads})"
+            )));
+        }
+        if a.max_seqlen == 0 || a.max_seqlen > crate::kernels::ops::MAX_SEQ as usize {
+            return Err(bad(format!(
+                "max_seqlen must be in 1..={}, found {}",
+                crate::kernels::ops::MAX_SEQ,
+                a.max_seqlen
+            )));
+        }
+        if a.multiple_of == 0 {
+            return Err(bad("multiple_of must be positive".into()));
+        }
+        // lingua: hidden = multiple_of * ceil(int(multiplier * int(2 * 4d / 3)) / multiple_of)
+        let mut hidden = (2 * 4 * a.dim) / 3;
+        if let Some(m) = a.ffn_dim_multiplier {
+            hidden = (m * hidden as f64) as usize;
+        }
+        let hidden = a.multiple_of * hidden.div_ceil(a.multiple_of);
+        let pk = &a.productkey_args;
+        let (memory_layers, memory) = if pk.is_enabled {
+            if pk.peer_variant {
+                return Err(bad("productkey_args.peer_variant: true is not supported".into()));
+            }
+            if pk.mem_gated {
+                return Err(bad("productkey_args.mem_gated: true is not supported yet".into()));
+            }
+            if !pk.mem_share_values {
+                return Err(bad(
+                    "productkey_args.mem_share_values: false is not supported yet".into(),
+                ));
+            }
+            let mut layers = Vec::new();
+            for part in pk.layers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let l: usize = part
+                    .parse()
+                    .map_err(|_| bad(format!("productkey_args.layers: `{part}` is not a layer index")))?;
+                if l >= a.n_layers {
+                    return Err(bad(format!(
+                        "productkey_args.layers: {l} is not below n_layers ({})",
+                        a.n_layers
+                    )));
+                }
+                if !layers.contains(&l) {
+                    layers.push(l);
+                }
+            }
+            layers.sort();
+            if layers.is_empty() {
+                return Err(bad(
+                    "productkey_args.layers is empty while is_enabled is true".into()
+                ));
+            }
+            let v_dim = if pk.mem_v_dim < 0 {
+                a.dim
+            } else {
+                pk.mem_v_dim as usize
+            };
+            let m = MemoryConfig {
+                d: a.dim,
+                heads: pk.mem_heads,
+                n_keys: pk.mem_n_keys,
+                knn: pk.mem_knn,
+                k_dim: pk.mem_k_dim,
+                v_dim,
+                swilu: pk.swilu_projection,
+                value_proj: pk.swilu_projection || v_dim != a.dim,
+                qk_norm: false,
+            };
+            m.validate()?;
+            (layers, Some(m))
+        } else {
+            (Vec::new(), None)
+        };
+        Ok(ModelConfig {
+            args: a.clone(),
+            dim: a.dim,
+            n_layers: a.n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            hidden,
+            vocab: a.vocab_size as usize,
+            max_seqlen: a.max_seqlen,
+            norm_eps: a.norm_eps as f32,
+            rope_theta: a.rope_theta as f32,
+            memory_layers,
+            memory,
+        })
+    }
+}
+
+impl ModelConfig {
+    pub fn is_memory_layer(&self, layer: usize) -> bool {
+        self.memory_layers.contains(&layer)
+    }
+
+    /// Forward FLOPs per token at context length `seq` (multiply-adds x 2): every projection,
+    /// attention scores and weighted sums (causal, averaged over positions), the feed-forward
+    /// or memory layers (counted by `MemoryConfig::flops_per_token`), and the output layer.
+    pub fn flops_per_token(&self, seq: usize) -> f64 {
+        let (d, hd) = (self.dim as f64, self.head_dim as f64);
+        let (h, kv) = (self.n_heads as f64, self.n_kv_heads as f64);
+        let attn_proj = 2.0 * d * (h * hd) * 2.0 + 2.0 * d * (kv * hd) * 2.0;
+        let avg_ctx = (seq as f64 + 1.0) / 2.0;
+        let attn_core = 2.0 * 2.0 * h * hd * avg_ctx;
+        let ffn = 2.0 * 3.0 * d * self.hidden as f64;
+        let mut total = 0.0;
+        for l in 0..self.n_layers {
+            total += attn_proj + attn_core;
+            total += match (&self.memory, self.is_memory_layer(l)) {
+                (Some(m), true) => m.flops_per_token(),
+                _ => ffn,
+            };
+        }
+        total + 2.0 * d * self.vocab as f64
+    }
+}
