@@ -2,15 +2,15 @@
 // rotate by the angle of (position, m). cos/sin come from a host table [max_pos, head_dim / 2]
 // computed like torch's f32 freqs (so long positions lose no accuracy to GPU sin/cos).
 // `inverse` rotates back: the backward of the forward rotation.
-//   x [seq, heads, head_dim], position of row t = pos0 + t.
+//   x [batch * seq, heads, head_dim]; row r is position pos0 + r % seq of its sequence.
 
 struct Params {
-    pairs: u32,    // seq * heads * head_dim / 2
+    pairs: u32,    // batch * seq * heads * head_dim / 2
     heads: u32,
     half_dim: u32, // head_dim / 2
     pos0: u32,
     inverse: u32,
-    _pad0: u32,
+    seq: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -32,7 +32,7 @@ fn main(
         return;
     }
     let m = i % p.half_dim;
-    let t = i / (p.half_dim * p.heads);
+    let t = (i / (p.half_dim * p.heads)) % p.seq;
     let at = (p.pos0 + t) * p.half_dim + m;
     let c = cos_table[at];
     let s = select(sin_table[at], -sin_table[at], p.inverse != 0u);

@@ -76,6 +76,7 @@ fn rope_matches_oracle_at_far_positions() {
             g.storage("z", (x.len() * 4) as u64),
         );
         let rope = |inverse| Rope {
+            batch: 1,
             seq: seq as u32,
             heads: heads as u32,
             head_dim: hd as u32,

@@ -20,6 +20,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("adamw.wgsl", adamw::SOURCE),
     ("attention.wgsl", ops::ATTENTION),
     ("cross_entropy.wgsl", ops::CROSS_ENTROPY),
+    ("elementwise.wgsl", ops::ELEMENTWISE),
     ("rmsnorm.wgsl", ops::RMSNORM),
     ("rope.wgsl", ops::ROPE),
     ("copy.wgsl", copy::SOURCE),

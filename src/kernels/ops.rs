@@ -10,6 +10,7 @@ pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
 pub const CROSS_ENTROPY: &str = include_str!("../../shaders/cross_entropy.wgsl");
+pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 
 /// Longest sequence the attention kernel's workgroup arrays hold.
 pub const MAX_SEQ: u32 = 1024;
@@ -29,6 +30,23 @@ fn dispatch(
         pass.set_bind_group(i as u32, *b, &[]);
     }
     pass.dispatch_workgroups(x, y, 1);
+}
+
+/// Records `y += x` over `len` elements.
+pub fn record_add(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    len: u32,
+) -> Result<()> {
+    check_buffer(gpu, "add.x", x, len as u64)?;
+    check_buffer(gpu, "add.y", y, len as u64)?;
+    let params = gpu.uniform("add params", &[len, 0u32, 0, 0]);
+    let pipeline = gpu.pipeline_entry("elementwise", ELEMENTWISE, "add", &[]);
+    let bind = gpu.bind(&pipeline, &[&params, x, y]);
+    dispatch(gpu, encoder, "add", &pipeline, &[&bind], len.div_ceil(64));
+    Ok(())
 }
 
 #[repr(C)]
@@ -138,12 +156,14 @@ struct RopeParams {
     half_dim: u32,
     pos0: u32,
     inverse: u32,
-    _pad: [u32; 3],
+    seq: u32,
+    _pad: [u32; 2],
 }
 
-/// Interleaved RoPE on `x [seq, heads, head_dim]` at positions `pos0..pos0 + seq`, from
-/// tables of `rope_tables`; `inverse` is the backward.
+/// Interleaved RoPE on `x [batch, seq, heads, head_dim]`, each sequence at positions
+/// `pos0..pos0 + seq`, from tables of `rope_tables`; `inverse` is the backward.
 pub struct Rope<'a> {
+    pub batch: u32,
     pub seq: u32,
     pub heads: u32,
     pub head_dim: u32,
@@ -161,14 +181,14 @@ impl Rope<'_> {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        if self.head_dim % 2 != 0 || self.seq == 0 || self.heads == 0 {
+        if self.head_dim % 2 != 0 || self.seq == 0 || self.heads == 0 || self.batch == 0 {
             return Err(Error::Config(format!(
                 "rope: head_dim {} must be even",
                 self.head_dim
             )));
         }
         let half = self.head_dim / 2;
-        let pairs = self.seq as u64 * self.heads as u64 * half as u64;
+        let pairs = self.batch as u64 * self.seq as u64 * self.heads as u64 * half as u64;
         check_buffer(gpu, "rope.x", x, 2 * pairs)?;
         check_buffer(gpu, "rope.y", y, 2 * pairs)?;
         let positions = (self.pos0 + self.seq) as u64 * half as u64;
@@ -180,7 +200,8 @@ impl Rope<'_> {
             half_dim: half,
             pos0: self.pos0,
             inverse: self.inverse as u32,
-            _pad: [0; 3],
+            seq: self.seq,
+            _pad: [0; 2],
         };
         let params = gpu.uniform("rope params", &params);
         let pipeline = gpu.pipeline("rope", ROPE, &[]);

@@ -1,6 +1,12 @@
-//! The lingua-compatible transformer: configuration (and, to come, parameters, forward,
-//! backward, KV cache).
+//! The lingua-compatible transformer: configuration, parameters under lingua's names, the
+//! forward on the GPU, and its CPU oracle. (Backward, KV cache and training: to come.)
 
 mod config;
+mod cpu;
+mod gpu;
+mod weights;
 
 pub use config::{LMTransformerArgs, ModelConfig, ProductKeyArgs};
+pub use cpu::forward_cpu;
+pub use gpu::{Model, ModelForward};
+pub use weights::{FeedForward, LayerWeights, ModelWeights};

@@ -1,0 +1,67 @@
+//! The transformer's forward on the CPU, composed from the reference ops: the oracle the GPU
+//! model is tested against.
+
+use super::weights::{FeedForward, ModelWeights};
+use crate::reference::{self, ops};
+
+/// Logits `[batch * seq, vocab]` for `tokens [batch, seq]`.
+pub fn forward_cpu(w: &ModelWeights, tokens: &[u32], batch: usize, seq: usize) -> Vec<f32> {
+    let c = &w.config;
+    let (d, rows) = (c.dim, batch * seq);
+    let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    let mut h: Vec<f32> = tokens
+        .iter()
+        .flat_map(|&t| w.tok_embeddings[t as usize * d..(t as usize + 1) * d].to_vec())
+        .collect();
+    let dims = ops::AttentionDims {
+        seq,
+        heads: c.n_heads,
+        kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+    };
+    for l in &w.layers {
+        let a = ops::rmsnorm(&h, &l.attention_norm, c.norm_eps);
+        let q = reference::linear(&a, &l.wq, None, rows, qd, d);
+        let k = reference::linear(&a, &l.wk, None, rows, kvd, d);
+        let v = reference::linear(&a, &l.wv, None, rows, kvd, d);
+        let mut o = Vec::with_capacity(rows * qd);
+        for b in 0..batch {
+            let qb = ops::rope(
+                &q[b * seq * qd..(b + 1) * seq * qd],
+                seq,
+                c.n_heads,
+                c.head_dim,
+                c.rope_theta,
+                0,
+                false,
+            );
+            let kb = ops::rope(
+                &k[b * seq * kvd..(b + 1) * seq * kvd],
+                seq,
+                c.n_kv_heads,
+                c.head_dim,
+                c.rope_theta,
+                0,
+                false,
+            );
+            o.extend(ops::attention(&qb, &kb, &v[b * seq * kvd..(b + 1) * seq * kvd], dims).0);
+        }
+        let attn = reference::linear(&o, &l.wo, None, rows, d, qd);
+        h.iter_mut().zip(&attn).for_each(|(x, y)| *x += y);
+        let f = ops::rmsnorm(&h, &l.ffn_norm, c.norm_eps);
+        let ffn = match &l.feed_forward {
+            FeedForward::Dense { w1, w2, w3 } => {
+                let g = reference::linear(&f, w1, None, rows, c.hidden, d);
+                let u = reference::linear(&f, w3, None, rows, c.hidden, d);
+                reference::linear(&reference::silu_gate(&u, &g), w2, None, rows, d, c.hidden)
+            }
+            FeedForward::Memory(m) => {
+                let values = w.values.as_deref().expect("memory layers need the value table");
+                reference::memory_forward(&f, &m.reference(values), m.lookup_dims(rows)).0
+            }
+        };
+        h.iter_mut().zip(&ffn).for_each(|(x, y)| *x += y);
+    }
+    let n = ops::rmsnorm(&h, &w.norm, c.norm_eps);
+    reference::linear(&n, &w.output, None, rows, c.vocab, d)
+}

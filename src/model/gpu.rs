@@ -1,0 +1,303 @@
+//! The transformer on the GPU: parameters uploaded once, the forward recorded into a
+//! caller's encoder.
+
+use super::config::ModelConfig;
+use super::weights::{FeedForward, ModelWeights};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
+use crate::kernels::linear::Linear;
+use crate::kernels::ops::{record_add, rope_tables, Attention, CrossEntropy, RmsNorm, Rope};
+use crate::memory::{MemoryLayer, ValueDtype, ValuePool};
+
+enum GpuFeedForward {
+    Dense {
+        w1: wgpu::Buffer,
+        w2: wgpu::Buffer,
+        w3: wgpu::Buffer,
+    },
+    Memory(MemoryLayer),
+}
+
+struct GpuLayer {
+    attention_norm: wgpu::Buffer,
+    wq: wgpu::Buffer,
+    wk: wgpu::Buffer,
+    wv: wgpu::Buffer,
+    wo: wgpu::Buffer,
+    ffn_norm: wgpu::Buffer,
+    feed_forward: GpuFeedForward,
+}
+
+/// The model's parameters on the GPU.
+pub struct Model {
+    pub config: ModelConfig,
+    tok_embeddings: wgpu::Buffer,
+    layers: Vec<GpuLayer>,
+    norm: wgpu::Buffer,
+    output: wgpu::Buffer,
+    values: Option<ValuePool>,
+    rope_cos: wgpu::Buffer,
+    rope_sin: wgpu::Buffer,
+}
+
+/// What one forward pass leaves on the GPU.
+pub struct ModelForward {
+    pub rows: u32,
+    /// `[batch * seq, vocab]`
+    pub logits: wgpu::Buffer,
+}
+
+fn linear<'a>(
+    x: &'a wgpu::Buffer,
+    w: &'a wgpu::Buffer,
+    y: &'a wgpu::Buffer,
+    (m, n, k): (u32, u32, u32),
+) -> Linear<'a> {
+    Linear {
+        label: "linear",
+        x,
+        w,
+        bias: None,
+        gate: None,
+        y,
+        m,
+        n,
+        k,
+        batched: None,
+        accumulate: false,
+    }
+}
+
+impl Model {
+    pub fn new(gpu: &Gpu, w: &ModelWeights) -> Result<Self> {
+        let c = &w.config;
+        let up = |name: &str, data: &[f32]| gpu.upload(name, data);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for (i, l) in w.layers.iter().enumerate() {
+            let feed_forward = match &l.feed_forward {
+                FeedForward::Dense { w1, w2, w3 } => GpuFeedForward::Dense {
+                    w1: up("w1", w1),
+                    w2: up("w2", w2),
+                    w3: up("w3", w3),
+                },
+                FeedForward::Memory(m) => GpuFeedForward::Memory(
+                    MemoryLayer::new(gpu, m).map_err(|e| Error::Config(format!("layer {i}: {e}")))?,
+                ),
+            };
+            layers.push(GpuLayer {
+                attention_norm: up("attention_norm", &l.attention_norm),
+                wq: up("wq", &l.wq),
+                wk: up("wk", &l.wk),
+                wv: up("wv", &l.wv),
+                wo: up("wo", &l.wo),
+                ffn_norm: up("ffn_norm", &l.ffn_norm),
+                feed_forward,
+            });
+        }
+        let values = match (&c.memory, &w.values) {
+            (Some(m), Some(v)) => Some(ValuePool::new(gpu, v, m.n_values(), m.v_dim, ValueDtype::F32)?),
+            (Some(_), None) => return Err(Error::MissingTensor(crate::memory::VALUES_NAME.into())),
+            _ => None,
+        };
+        let (cos, sin) = rope_tables(c.max_seqlen, c.head_dim, c.rope_theta);
+        Ok(Model {
+            config: c.clone(),
+            tok_embeddings: up("tok_embeddings", &w.tok_embeddings),
+            layers,
+            norm: up("norm", &w.norm),
+            output: up("output", &w.output),
+            values,
+            rope_cos: up("rope cos", &cos),
+            rope_sin: up("rope sin", &sin),
+        })
+    }
+
+    /// Records the forward of `tokens [batch, seq]` (u32, already checked against the
+    /// vocabulary). Nothing is submitted.
+    pub fn record_forward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        tokens: &wgpu::Buffer,
+        batch: u32,
+        seq: u32,
+    ) -> Result<ModelForward> {
+        let c = &self.config;
+        if batch == 0 || seq == 0 || seq as usize > c.max_seqlen {
+            return Err(Error::tensor(
+                "tokens",
+                format!("[batch, seq] with 1 <= seq <= max_seqlen ({})", c.max_seqlen),
+                format!("[{batch}, {seq}]"),
+            ));
+        }
+        let rows = batch * seq;
+        let (d, hd) = (c.dim as u32, c.head_dim as u32);
+        let (qd, kvd) = (c.n_heads as u32 * hd, c.n_kv_heads as u32 * hd);
+        let f32s = |label: &str, n: u32| gpu.storage(label, n as u64 * 4);
+        // Embedding: a bag of one row per token, weight 1.
+        let h = f32s("residual", rows * d);
+        let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
+        let table = [self.tok_embeddings.clone()];
+        let chunks = ValueChunks {
+            buffers: &table,
+            n_rows: c.vocab as u32,
+            v_dim: d,
+            f16: false,
+            rows_per_chunk: c.vocab as u32,
+        };
+        EmbeddingBag {
+            rows,
+            bag: 1,
+            indices: tokens,
+            weights: &ones,
+            values: &chunks,
+            out: &h,
+            workgroup_size: None,
+        }
+        .record(gpu, encoder)?;
+        let (normed, rstd) = (f32s("normed", rows * d), f32s("rstd", rows));
+        let (q, k, v) = (f32s("q", rows * qd), f32s("k", rows * kvd), f32s("v", rows * kvd));
+        let (qr, kr) = (f32s("q rotated", rows * qd), f32s("k rotated", rows * kvd));
+        let (attn, lse) = (f32s("attention", rows * qd), f32s("lse", rows * c.n_heads as u32));
+        for layer in &self.layers {
+            let norm = |weight, x| RmsNorm {
+                rows,
+                d,
+                eps: c.norm_eps,
+                x,
+                weight,
+                rstd: &rstd,
+            };
+            norm(&layer.attention_norm, &h).record_forward(gpu, encoder, &normed)?;
+            linear(&normed, &layer.wq, &q, (rows, qd, d)).record(gpu, encoder)?;
+            linear(&normed, &layer.wk, &k, (rows, kvd, d)).record(gpu, encoder)?;
+            linear(&normed, &layer.wv, &v, (rows, kvd, d)).record(gpu, encoder)?;
+            let rope = |heads: usize| Rope {
+                batch,
+                seq,
+                heads: heads as u32,
+                head_dim: hd,
+                pos0: 0,
+                inverse: false,
+                cos: &self.rope_cos,
+                sin: &self.rope_sin,
+            };
+            rope(c.n_heads).record(gpu, encoder, &q, &qr)?;
+            rope(c.n_kv_heads).record(gpu, encoder, &k, &kr)?;
+            Attention {
+                batch,
+                seq,
+                heads: c.n_heads as u32,
+                kv_heads: c.n_kv_heads as u32,
+                head_dim: hd,
+                q: &qr,
+                k: &kr,
+                v: &v,
+                out: &attn,
+                lse: &lse,
+            }
+            .record_forward(gpu, encoder)?;
+            Linear {
+                accumulate: true,
+                ..linear(&attn, &layer.wo, &h, (rows, d, qd))
+            }
+            .record(gpu, encoder)?;
+            norm(&layer.ffn_norm, &h).record_forward(gpu, encoder, &normed)?;
+            match &layer.feed_forward {
+                GpuFeedForward::Dense { w1, w2, w3 } => {
+                    let hidden = c.hidden as u32;
+                    let (u, gated) = (f32s("w3 x", rows * hidden), f32s("swiglu", rows * hidden));
+                    linear(&normed, w3, &u, (rows, hidden, d)).record(gpu, encoder)?;
+                    Linear {
+                        gate: Some(&u),
+                        ..linear(&normed, w1, &gated, (rows, hidden, d))
+                    }
+                    .record(gpu, encoder)?;
+                    Linear {
+                        accumulate: true,
+                        ..linear(&gated, w2, &h, (rows, d, hidden))
+                    }
+                    .record(gpu, encoder)?;
+                }
+                GpuFeedForward::Memory(memory) => {
+                    let pool = self.values.as_ref().expect("checked in new");
+                    let acts = memory.record_forward(gpu, encoder, pool, &normed, rows)?;
+                    record_add(gpu, encoder, &acts.out, &h, rows * d)?;
+                }
+            }
+        }
+        RmsNorm {
+            rows,
+            d,
+            eps: c.norm_eps,
+            x: &h,
+            weight: &self.norm,
+            rstd: &rstd,
+        }
+        .record_forward(gpu, encoder, &normed)?;
+        let logits = f32s("logits", rows * c.vocab as u32);
+        linear(&normed, &self.output, &logits, (rows, c.vocab as u32, d)).record(gpu, encoder)?;
+        Ok(ModelForward { rows, logits })
+    }
+
+    /// Logits `[batch * seq, vocab]` and, with `targets`, the mean cross-entropy.
+    pub async fn forward(
+        &self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        batch: usize,
+        seq: usize,
+    ) -> Result<(Vec<f32>, Option<f32>)> {
+        let c = &self.config;
+        if tokens.len() != batch * seq || targets.is_some_and(|t| t.len() != tokens.len()) {
+            return Err(Error::tensor(
+                "tokens",
+                format!("[{batch}, {seq}] (and targets alike)"),
+                format!("{} ids", tokens.len()),
+            ));
+        }
+        for (name, ids) in [("tokens", Some(tokens)), ("targets", targets)] {
+            if let Some(i) = ids.and_then(|ids| ids.iter().position(|&t| t as usize >= c.vocab)) {
+                let found = format!("{} at flat index {i}", ids.unwrap()[i]);
+                return Err(Error::tensor(
+                    name,
+                    format!("ids below vocab_size {}", c.vocab),
+                    found,
+                ));
+            }
+        }
+        let tb = gpu.upload("tokens", tokens);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let fwd = self.record_forward(gpu, &mut encoder, &tb, batch as u32, seq as u32)?;
+        let rows = fwd.rows;
+        let loss_rows = gpu.storage("loss", rows as u64 * 4);
+        if let Some(t) = targets {
+            let (target_buf, grad) = (
+                gpu.upload("targets", t),
+                gpu.storage("grad logits", rows as u64 * c.vocab as u64 * 4),
+            );
+            CrossEntropy {
+                rows,
+                vocab: c.vocab as u32,
+                scale: 1.0 / rows as f32,
+                logits: &fwd.logits,
+                targets: &target_buf,
+                loss: &loss_rows,
+                grad: &grad,
+            }
+            .record(gpu, &mut encoder)?;
+        }
+        gpu.queue.submit([encoder.finish()]);
+        let logits = gpu.read_f32(&fwd.logits, rows as usize * c.vocab).await?;
+        let loss = match targets {
+            Some(_) => {
+                let per_row = gpu.read_f32(&loss_rows, rows as usize).await?;
+                Some(per_row.iter().sum::<f32>() / rows as f32)
+            }
+            None => None,
+        };
+        Ok((logits, loss))
+    }
+}

@@ -1,0 +1,154 @@
+//! Host-side parameters of the transformer under lingua's names (REFERENCE.md section 3).
+
+use super::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::memory::{MemoryWeights, VALUES_NAME};
+use crate::rng::Rng;
+
+/// A layer's feed-forward block: SwiGLU, or a memory layer.
+#[derive(Clone, Debug)]
+pub enum FeedForward {
+    /// `w1`, `w3` `[hidden, dim]`, `w2` `[dim, hidden]`: `w2(silu(w1 x) * w3 x)`.
+    Dense {
+        w1: Vec<f32>,
+        w2: Vec<f32>,
+        w3: Vec<f32>,
+    },
+    Memory(MemoryWeights),
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub attention_norm: Vec<f32>,
+    /// `[n_heads * head_dim, dim]`
+    pub wq: Vec<f32>,
+    /// `[n_kv_heads * head_dim, dim]`
+    pub wk: Vec<f32>,
+    pub wv: Vec<f32>,
+    /// `[dim, n_heads * head_dim]`
+    pub wo: Vec<f32>,
+    pub ffn_norm: Vec<f32>,
+    pub feed_forward: FeedForward,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    pub config: ModelConfig,
+    /// `[vocab, dim]`
+    pub tok_embeddings: Vec<f32>,
+    pub layers: Vec<LayerWeights>,
+    pub norm: Vec<f32>,
+    /// `[vocab, dim]`
+    pub output: Vec<f32>,
+    /// The value table all memory layers share, `[n_keys^2, v_dim]`.
+    pub values: Option<Vec<f32>>,
+}
+
+impl ModelWeights {
+    /// Normal initialisation with std `init_base_std` (default dim^-1/2), norms at one; memory
+    /// layers take the reference's memory initialisation. Deterministic from `args.seed`.
+    pub fn init(config: &ModelConfig) -> Result<Self> {
+        let c = config;
+        let mut rng = Rng::new(c.args.seed);
+        let std = c
+            .args
+            .init_base_std
+            .map(|s| s as f32)
+            .unwrap_or(1.0 / (c.dim as f32).sqrt());
+        let (d, qd, kvd) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let feed_forward = match (&c.memory, c.is_memory_layer(l)) {
+                (Some(m), true) => FeedForward::Memory(MemoryWeights::init(m, &mut rng)?),
+                _ => FeedForward::Dense {
+                    w1: rng.vec_normal(c.hidden * d, std),
+                    w2: rng.vec_normal(d * c.hidden, std),
+                    w3: rng.vec_normal(c.hidden * d, std),
+                },
+            };
+            layers.push(LayerWeights {
+                attention_norm: vec![1.0; d],
+                wq: rng.vec_normal(qd * d, std),
+                wk: rng.vec_normal(kvd * d, std),
+                wv: rng.vec_normal(kvd * d, std),
+                wo: rng.vec_normal(d * qd, std),
+                ffn_norm: vec![1.0; d],
+                feed_forward,
+            });
+        }
+        let values = c.memory.as_ref().map(|m| MemoryWeights::init_values(m, &mut rng));
+        Ok(ModelWeights {
+            config: c.clone(),
+            tok_embeddings: rng.vec_normal(c.vocab * d, std),
+            layers,
+            norm: vec![1.0; d],
+            output: rng.vec_normal(c.vocab * d, std),
+            values,
+        })
+    }
+
+    /// Every parameter under its lingua name with its shape; the shared value table once,
+    /// under the first memory layer (`layers.<first>.feed_forward.values.weight`).
+    pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let c = &self.config;
+        let (d, qd, kvd) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let mut t: Vec<(String, Vec<usize>, &[f32])> = vec![(
+            "tok_embeddings.weight".into(),
+            vec![c.vocab, d],
+            &self.tok_embeddings,
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = |n: &str| format!("layers.{i}.{n}");
+            t.push((p("attention.wq.weight"), vec![qd, d], &l.wq));
+            t.push((p("attention.wk.weight"), vec![kvd, d], &l.wk));
+            t.push((p("attention.wv.weight"), vec![kvd, d], &l.wv));
+            t.push((p("attention.wo.weight"), vec![d, qd], &l.wo));
+            t.push((p("attention_norm.weight"), vec![d], &l.attention_norm));
+            t.push((p("ffn_norm.weight"), vec![d], &l.ffn_norm));
+            match &l.feed_forward {
+                FeedForward::Dense { w1, w2, w3 } => {
+                    t.push((p("feed_forward.w1.weight"), vec![c.hidden, d], w1));
+                    t.push((p("feed_forward.w2.weight"), vec![d, c.hidden], w2));
+                    t.push((p("feed_forward.w3.weight"), vec![c.hidden, d], w3));
+                }
+                FeedForward::Memory(m) => {
+                    for (name, shape, data) in m.named_tensors() {
+                        t.push((p(&format!("feed_forward.{name}")), shape, data));
+                    }
+                    if Some(i) == c.memory_layers.first().copied() {
+                        let mc = &m.config;
+                        let values = self.values.as_deref().unwrap_or(&[]);
+                        t.push((
+                            p(&format!("feed_forward.{VALUES_NAME}")),
+                            vec![mc.n_values(), mc.v_dim],
+                            values,
+                        ));
+                    }
+                }
+            }
+        }
+        t.push(("norm.weight".into(), vec![d], &self.norm));
+        t.push(("output.weight".into(), vec![c.vocab, d], &self.output));
+        t
+    }
+
+    /// Parameter count (the value table counted once).
+    pub fn parameter_count(&self) -> usize {
+        self.named_tensors()
+            .iter()
+            .map(|(_, s, _)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Checks token ids against the vocabulary.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().position(|&t| t as usize >= self.config.vocab) {
+            None => Ok(()),
+            Some(i) => Err(Error::tensor(
+                "tokens",
+                format!("ids below vocab_size {}", self.config.vocab),
+                format!("{} at flat index {i}", tokens[i]),
+            )),
+        }
+    }
+}
