@@ -20,6 +20,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read> dy: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out_slots: array<u32>;
 @group(0) @binding(7) var<storage, read_write> out_rows: array<f32>;
+// scatter_add: the number of rows listed, and the dense table they are added to.
+@group(0) @binding(8) var<storage, read> row_count: array<u32>;
+@group(0) @binding(9) var<storage, read_write> dense: array<f32>;
 
 fn starts_run(i: u32) -> bool {
     return i == 0u || sorted_slots[i] != sorted_slots[i - 1u];
@@ -62,4 +65,22 @@ fn reduce(
         acc = fma(weights[e], dy[(e / p.bag) * p.v_dim + col], acc);
     }
     out_rows[run * p.v_dim + col] = acc;
+}
+
+// dense[slot] += row for each listed (slot, row): sparse gradient rows into a dense table.
+// Slots within one list are distinct, so every element is written by one invocation.
+@compute @workgroup_size(64)
+fn scatter_add(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = wg.y * nwg.x + wg.x;
+    if (r >= p.n || r >= row_count[0]) {
+        return;
+    }
+    let base = out_slots[r] * p.v_dim;
+    for (var c = lid; c < p.v_dim; c += 64u) {
+        dense[base + c] += out_rows[r * p.v_dim + c];
+    }
 }

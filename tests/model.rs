@@ -58,3 +58,125 @@ fn bad_tokens_and_lengths_are_errors() {
         .to_string();
     assert!(err.contains("max_seqlen"), "{err}");
 }
+
+/// A mutable view of the parameter called `name` (same order as `named_tensors`).
+fn param_mut<'a>(w: &'a mut ModelWeights, name: &str) -> &'a mut Vec<f32> {
+    use memlayers::model::FeedForward;
+    if name == "tok_embeddings.weight" {
+        return &mut w.tok_embeddings;
+    }
+    if name == "norm.weight" {
+        return &mut w.norm;
+    }
+    if name == "output.weight" {
+        return &mut w.output;
+    }
+    let rest = name.strip_prefix("layers.").unwrap();
+    let (i, field) = rest.split_once('.').unwrap();
+    let l = &mut w.layers[i.parse::<usize>().unwrap()];
+    match field {
+        "attention.wq.weight" => &mut l.wq,
+        "attention.wk.weight" => &mut l.wk,
+        "attention.wv.weight" => &mut l.wv,
+        "attention.wo.weight" => &mut l.wo,
+        "attention_norm.weight" => &mut l.attention_norm,
+        "ffn_norm.weight" => &mut l.ffn_norm,
+        "feed_forward.values.weight" => w.values.as_mut().unwrap(),
+        f => match (&mut l.feed_forward, f.strip_prefix("feed_forward.").unwrap()) {
+            (FeedForward::Dense { w1, .. }, "w1.weight") => w1,
+            (FeedForward::Dense { w2, .. }, "w2.weight") => w2,
+            (FeedForward::Dense { w3, .. }, "w3.weight") => w3,
+            (FeedForward::Memory(m), "query_proj.query_mlps.0.weight") => &mut m.query_w,
+            (FeedForward::Memory(m), "query_proj.query_mlps.0.bias") => &mut m.query_b,
+            (FeedForward::Memory(m), "keys") => &mut m.keys,
+            (FeedForward::Memory(m), "swilu_projection.weight") => &mut m.swilu.as_mut().unwrap().0,
+            (FeedForward::Memory(m), "swilu_projection.bias") => &mut m.swilu.as_mut().unwrap().1,
+            (FeedForward::Memory(m), "value_proj.weight") => &mut m.value_proj.as_mut().unwrap().0,
+            (FeedForward::Memory(m), "value_proj.bias") => &mut m.value_proj.as_mut().unwrap().1,
+            (_, other) => panic!("unknown parameter {other}"),
+        },
+    }
+}
+
+#[test]
+fn model_backward_matches_finite_differences() {
+    use memlayers::kernels::ops::CrossEntropy;
+    use memlayers::model::forward_cpu_with_selections;
+    let g = gpu();
+    let configs = [
+        r#"{"dim": 16, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 13, "multiple_of": 8, "max_seqlen": 8, "seed": 5}"#,
+        r#"{"dim": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 11, "multiple_of": 8, "max_seqlen": 8, "seed": 6,
+            "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 6, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#,
+    ];
+    for json in configs {
+        let mut w = weights(json);
+        let c = w.config.clone();
+        let (batch, seq) = (2, 5);
+        let mut rng = Rng::new(21);
+        let tokens: Vec<u32> = (0..batch * seq)
+            .map(|_| rng.below(c.vocab as u64) as u32)
+            .collect();
+        let targets: Vec<u32> = (0..batch * seq)
+            .map(|_| rng.below(c.vocab as u64) as u32)
+            .collect();
+        // Loss = sum over rows of cross-entropy (scale 1, so gradients are not tiny).
+        let loss = |w: &ModelWeights| -> (f64, Vec<u32>) {
+            let (logits, sel) = forward_cpu_with_selections(w, &tokens, batch, seq);
+            let (mean, _) = ops::cross_entropy(&logits, &targets, c.vocab);
+            (mean as f64 * (batch * seq) as f64, sel)
+        };
+        let model = Model::new(g, &w).unwrap();
+        let (tb, target_buf) = (g.upload("tokens", &tokens), g.upload("targets", &targets));
+        let rows = (batch * seq) as u32;
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        let fwd = model
+            .record_forward(g, &mut enc, &tb, batch as u32, seq as u32)
+            .unwrap();
+        let (loss_rows, d_logits) = (
+            g.storage("loss", rows as u64 * 4),
+            g.storage("dlogits", (rows as usize * c.vocab * 4) as u64),
+        );
+        CrossEntropy {
+            rows,
+            vocab: c.vocab as u32,
+            scale: 1.0,
+            logits: &fwd.logits,
+            targets: &target_buf,
+            loss: &loss_rows,
+            grad: &d_logits,
+        }
+        .record(g, &mut enc)
+        .unwrap();
+        let grads = model.record_backward(g, &mut enc, &fwd, &d_logits).unwrap();
+        g.queue.submit([enc.finish()]);
+        let names: Vec<String> = w.named_tensors().iter().map(|(n, _, _)| n.clone()).collect();
+        let grad_names: Vec<String> = grads.named.iter().map(|(n, _, _)| n.clone()).collect();
+        assert_eq!(grad_names, names, "gradients named and ordered as the parameters");
+        let (_, base_sel) = loss(&w);
+        let mut checked = 0;
+        for (name, buffer, len) in &grads.named {
+            let analytic = g.read_f32_blocking(buffer, *len).unwrap();
+            for _ in 0..6 {
+                let i = rng.below(*len as u64) as usize;
+                let eps = 1e-2f32;
+                let old = param_mut(&mut w, name)[i];
+                param_mut(&mut w, name)[i] = old + eps;
+                let (plus, s1) = loss(&w);
+                param_mut(&mut w, name)[i] = old - eps;
+                let (minus, s2) = loss(&w);
+                param_mut(&mut w, name)[i] = old;
+                if s1 != base_sel || s2 != base_sel {
+                    continue; // a memory top-k changed: not differentiable there
+                }
+                let fd = ((plus - minus) / (2.0 * eps as f64)) as f32;
+                let a = analytic[i];
+                assert!(
+                    (fd - a).abs() <= 3e-3 + 3e-2 * a.abs(),
+                    "{name}[{i}] of {json}: gpu gradient {a} vs finite difference {fd}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4 * names.len(), "only {checked} coordinates checked");
+    }
+}

@@ -181,3 +181,32 @@ impl Linear<'_> {
         Ok(())
     }
 }
+
+/// Records `y [m, n] = op(x) op(w)^T` over densely stored operands (see `Batched::dense`),
+/// adding to `y` when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &'static str,
+    (x, x_transposed): (&wgpu::Buffer, bool),
+    (w, w_transposed): (&wgpu::Buffer, bool),
+    y: &wgpu::Buffer,
+    (m, n, k): (u32, u32, u32),
+    accumulate: bool,
+) -> Result<()> {
+    Linear {
+        label,
+        x,
+        w,
+        bias: None,
+        gate: None,
+        y,
+        m,
+        n,
+        k,
+        batched: Some(Batched::dense(m, n, k, x_transposed, w_transposed)),
+        accumulate,
+    }
+    .record(gpu, encoder)
+}

@@ -28,6 +28,42 @@ pub struct SparseRows {
 }
 
 impl SparseRows {
+    /// Records `dense[slot] += row` for every listed row (`dense` is `[n_rows, v_dim]`).
+    pub fn record_scatter_add(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        dense: &wgpu::Buffer,
+        n_rows: u64,
+    ) -> Result<()> {
+        check_buffer(gpu, "dense gradient", dense, n_rows * self.v_dim as u64)?;
+        check_loop_budget("scatter rows", (self.v_dim as u64).div_ceil(64), "v_dim")?;
+        let params = Params {
+            n: self.capacity,
+            bag: 1,
+            v_dim: self.v_dim,
+            _pad: 0,
+        };
+        let params = gpu.uniform("scatter params", &params);
+        let pipeline = gpu.pipeline_entry("value_grads", SOURCE, "scatter_add", &[]);
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[
+                (0, &params),
+                (6, &self.slots),
+                (7, &self.rows),
+                (8, &self.count),
+                (9, dense),
+            ],
+        );
+        let (x, y) = grid(self.capacity);
+        let mut pass = gpu.begin_pass(encoder, "scatter_rows");
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+
     /// The gradient as a dense `[n_rows, v_dim]` table (zero rows where nothing was read).
     pub async fn to_dense(&self, gpu: &Gpu, n_rows: usize) -> Result<Vec<f32>> {
         let count = gpu.read_u32(&self.count, 1).await?[0] as usize;

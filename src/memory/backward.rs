@@ -18,7 +18,7 @@ use super::pool::ValuePool;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::WeightGrads;
-use crate::kernels::linear::{Batched, Linear};
+use crate::kernels::linear::{gemm, Batched, Linear};
 use crate::kernels::normalize;
 use crate::kernels::product_topk::ProductTopKBackward;
 use crate::kernels::swilu_backward::SwiluBackward;
@@ -39,34 +39,6 @@ pub struct MemoryGrads {
     /// the value gradient is made of (`dV[slot] += w * dy[row]`).
     pub bag_out: wgpu::Buffer,
     pub bag_weights: wgpu::Buffer,
-}
-
-/// `y [m, n] = op(x) op(w)^T` over dense operands (see `Batched::dense`).
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
-    label: &'static str,
-    (x, x_transposed): (&wgpu::Buffer, bool),
-    (w, w_transposed): (&wgpu::Buffer, bool),
-    y: &wgpu::Buffer,
-    (m, n, k): (u32, u32, u32),
-    accumulate: bool,
-) -> Result<()> {
-    Linear {
-        label,
-        x,
-        w,
-        bias: None,
-        gate: None,
-        y,
-        m,
-        n,
-        k,
-        batched: Some(Batched::dense(m, n, k, x_transposed, w_transposed)),
-        accumulate,
-    }
-    .record(gpu, encoder)
 }
 
 impl MemoryLayer {

@@ -6,6 +6,18 @@ use crate::reference::{self, ops};
 
 /// Logits `[batch * seq, vocab]` for `tokens [batch, seq]`.
 pub fn forward_cpu(w: &ModelWeights, tokens: &[u32], batch: usize, seq: usize) -> Vec<f32> {
+    forward_cpu_with_selections(w, tokens, batch, seq).0
+}
+
+/// `forward_cpu`, and every memory layer's selected slots in order (a fingerprint of the
+/// non-differentiable choices, for finite-difference checks).
+pub fn forward_cpu_with_selections(
+    w: &ModelWeights,
+    tokens: &[u32],
+    batch: usize,
+    seq: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    let mut selections = Vec::new();
     let c = &w.config;
     let (d, rows) = (c.dim, batch * seq);
     let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
@@ -57,11 +69,16 @@ pub fn forward_cpu(w: &ModelWeights, tokens: &[u32], batch: usize, seq: usize) -
             }
             FeedForward::Memory(m) => {
                 let values = w.values.as_deref().expect("memory layers need the value table");
-                reference::memory_forward(&f, &m.reference(values), m.lookup_dims(rows)).0
+                let (out, lookup) = reference::memory_forward(&f, &m.reference(values), m.lookup_dims(rows));
+                selections.extend(lookup.indices);
+                out
             }
         };
         h.iter_mut().zip(&ffn).for_each(|(x, y)| *x += y);
     }
     let n = ops::rmsnorm(&h, &w.norm, c.norm_eps);
-    reference::linear(&n, &w.output, None, rows, c.vocab, d)
+    (
+        reference::linear(&n, &w.output, None, rows, c.vocab, d),
+        selections,
+    )
 }

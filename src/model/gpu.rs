@@ -10,7 +10,7 @@ use crate::kernels::linear::Linear;
 use crate::kernels::ops::{record_add, rope_tables, Attention, CrossEntropy, RmsNorm, Rope};
 use crate::memory::{MemoryLayer, ValueDtype, ValuePool};
 
-enum GpuFeedForward {
+pub(super) enum GpuFeedForward {
     Dense {
         w1: wgpu::Buffer,
         w2: wgpu::Buffer,
@@ -19,36 +19,69 @@ enum GpuFeedForward {
     Memory(MemoryLayer),
 }
 
-struct GpuLayer {
-    attention_norm: wgpu::Buffer,
-    wq: wgpu::Buffer,
-    wk: wgpu::Buffer,
-    wv: wgpu::Buffer,
-    wo: wgpu::Buffer,
-    ffn_norm: wgpu::Buffer,
-    feed_forward: GpuFeedForward,
+pub(super) struct GpuLayer {
+    pub attention_norm: wgpu::Buffer,
+    pub wq: wgpu::Buffer,
+    pub wk: wgpu::Buffer,
+    pub wv: wgpu::Buffer,
+    pub wo: wgpu::Buffer,
+    pub ffn_norm: wgpu::Buffer,
+    pub feed_forward: GpuFeedForward,
 }
 
 /// The model's parameters on the GPU.
 pub struct Model {
     pub config: ModelConfig,
-    tok_embeddings: wgpu::Buffer,
-    layers: Vec<GpuLayer>,
-    norm: wgpu::Buffer,
-    output: wgpu::Buffer,
-    values: Option<ValuePool>,
-    rope_cos: wgpu::Buffer,
-    rope_sin: wgpu::Buffer,
+    pub(super) tok_embeddings: wgpu::Buffer,
+    pub(super) layers: Vec<GpuLayer>,
+    pub(super) norm: wgpu::Buffer,
+    pub(super) output: wgpu::Buffer,
+    pub(super) values: Option<ValuePool>,
+    pub(super) rope_cos: wgpu::Buffer,
+    pub(super) rope_sin: wgpu::Buffer,
+}
+
+/// What one layer's forward leaves for the backward.
+pub(super) struct LayerActs {
+    /// Residual stream entering the layer, and after the attention block.
+    pub h_in: wgpu::Buffer,
+    pub h_mid: wgpu::Buffer,
+    pub attn_normed: wgpu::Buffer,
+    pub attn_rstd: wgpu::Buffer,
+    pub q_rot: wgpu::Buffer,
+    pub k_rot: wgpu::Buffer,
+    pub v: wgpu::Buffer,
+    pub attn: wgpu::Buffer,
+    pub lse: wgpu::Buffer,
+    pub ffn_normed: wgpu::Buffer,
+    pub ffn_rstd: wgpu::Buffer,
+    pub ffn: FfnActs,
+}
+
+pub(super) enum FfnActs {
+    /// `w3 x` and `(w3 x) * silu(w1 x)`.
+    Dense {
+        u: wgpu::Buffer,
+        gated: wgpu::Buffer,
+    },
+    Memory(crate::memory::MemoryActivations),
 }
 
 /// What one forward pass leaves on the GPU.
 pub struct ModelForward {
+    pub batch: u32,
+    pub seq: u32,
     pub rows: u32,
     /// `[batch * seq, vocab]`
     pub logits: wgpu::Buffer,
+    pub(super) tokens: wgpu::Buffer,
+    pub(super) layers: Vec<LayerActs>,
+    pub(super) h_final: wgpu::Buffer,
+    pub(super) final_normed: wgpu::Buffer,
+    pub(super) final_rstd: wgpu::Buffer,
 }
 
-fn linear<'a>(
+pub(super) fn linear<'a>(
     x: &'a wgpu::Buffer,
     w: &'a wgpu::Buffer,
     y: &'a wgpu::Buffer,
@@ -113,6 +146,45 @@ impl Model {
         })
     }
 
+    pub(super) fn rope(&self, batch: u32, seq: u32, heads: usize, inverse: bool) -> Rope<'_> {
+        Rope {
+            batch,
+            seq,
+            heads: heads as u32,
+            head_dim: self.config.head_dim as u32,
+            pos0: 0,
+            inverse,
+            cos: &self.rope_cos,
+            sin: &self.rope_sin,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention<'a>(
+        &self,
+        batch: u32,
+        seq: u32,
+        q: &'a wgpu::Buffer,
+        k: &'a wgpu::Buffer,
+        v: &'a wgpu::Buffer,
+        out: &'a wgpu::Buffer,
+        lse: &'a wgpu::Buffer,
+    ) -> Attention<'a> {
+        let c = &self.config;
+        Attention {
+            batch,
+            seq,
+            heads: c.n_heads as u32,
+            kv_heads: c.n_kv_heads as u32,
+            head_dim: c.head_dim as u32,
+            q,
+            k,
+            v,
+            out,
+            lse,
+        }
+    }
+
     /// Records the forward of `tokens [batch, seq]` (u32, already checked against the
     /// vocabulary). Nothing is submitted.
     pub fn record_forward(
@@ -156,62 +228,49 @@ impl Model {
             workgroup_size: None,
         }
         .record(gpu, encoder)?;
-        let (normed, rstd) = (f32s("normed", rows * d), f32s("rstd", rows));
-        let (q, k, v) = (f32s("q", rows * qd), f32s("k", rows * kvd), f32s("v", rows * kvd));
-        let (qr, kr) = (f32s("q rotated", rows * qd), f32s("k rotated", rows * kvd));
-        let (attn, lse) = (f32s("attention", rows * qd), f32s("lse", rows * c.n_heads as u32));
+        let mut layer_acts = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let norm = |weight, x| RmsNorm {
+            let h_in = f32s("residual in", rows * d);
+            encoder.copy_buffer_to_buffer(&h, 0, &h_in, 0, rows as u64 * d as u64 * 4);
+            let (attn_normed, attn_rstd) = (f32s("attention normed", rows * d), f32s("rstd", rows));
+            let (q, k, v) = (f32s("q", rows * qd), f32s("k", rows * kvd), f32s("v", rows * kvd));
+            let (q_rot, k_rot) = (f32s("q rotated", rows * qd), f32s("k rotated", rows * kvd));
+            let (attn, lse) = (f32s("attention", rows * qd), f32s("lse", rows * c.n_heads as u32));
+            let norm = |weight, x, rstd| RmsNorm {
                 rows,
                 d,
                 eps: c.norm_eps,
                 x,
                 weight,
-                rstd: &rstd,
+                rstd,
             };
-            norm(&layer.attention_norm, &h).record_forward(gpu, encoder, &normed)?;
-            linear(&normed, &layer.wq, &q, (rows, qd, d)).record(gpu, encoder)?;
-            linear(&normed, &layer.wk, &k, (rows, kvd, d)).record(gpu, encoder)?;
-            linear(&normed, &layer.wv, &v, (rows, kvd, d)).record(gpu, encoder)?;
-            let rope = |heads: usize| Rope {
-                batch,
-                seq,
-                heads: heads as u32,
-                head_dim: hd,
-                pos0: 0,
-                inverse: false,
-                cos: &self.rope_cos,
-                sin: &self.rope_sin,
-            };
-            rope(c.n_heads).record(gpu, encoder, &q, &qr)?;
-            rope(c.n_kv_heads).record(gpu, encoder, &k, &kr)?;
-            Attention {
-                batch,
-                seq,
-                heads: c.n_heads as u32,
-                kv_heads: c.n_kv_heads as u32,
-                head_dim: hd,
-                q: &qr,
-                k: &kr,
-                v: &v,
-                out: &attn,
-                lse: &lse,
-            }
-            .record_forward(gpu, encoder)?;
+            norm(&layer.attention_norm, &h_in, &attn_rstd).record_forward(gpu, encoder, &attn_normed)?;
+            linear(&attn_normed, &layer.wq, &q, (rows, qd, d)).record(gpu, encoder)?;
+            linear(&attn_normed, &layer.wk, &k, (rows, kvd, d)).record(gpu, encoder)?;
+            linear(&attn_normed, &layer.wv, &v, (rows, kvd, d)).record(gpu, encoder)?;
+            self.rope(batch, seq, c.n_heads, false)
+                .record(gpu, encoder, &q, &q_rot)?;
+            self.rope(batch, seq, c.n_kv_heads, false)
+                .record(gpu, encoder, &k, &k_rot)?;
+            self.attention(batch, seq, &q_rot, &k_rot, &v, &attn, &lse)
+                .record_forward(gpu, encoder)?;
             Linear {
                 accumulate: true,
                 ..linear(&attn, &layer.wo, &h, (rows, d, qd))
             }
             .record(gpu, encoder)?;
-            norm(&layer.ffn_norm, &h).record_forward(gpu, encoder, &normed)?;
-            match &layer.feed_forward {
+            let h_mid = f32s("residual mid", rows * d);
+            encoder.copy_buffer_to_buffer(&h, 0, &h_mid, 0, rows as u64 * d as u64 * 4);
+            let (ffn_normed, ffn_rstd) = (f32s("ffn normed", rows * d), f32s("rstd", rows));
+            norm(&layer.ffn_norm, &h_mid, &ffn_rstd).record_forward(gpu, encoder, &ffn_normed)?;
+            let ffn = match &layer.feed_forward {
                 GpuFeedForward::Dense { w1, w2, w3 } => {
                     let hidden = c.hidden as u32;
                     let (u, gated) = (f32s("w3 x", rows * hidden), f32s("swiglu", rows * hidden));
-                    linear(&normed, w3, &u, (rows, hidden, d)).record(gpu, encoder)?;
+                    linear(&ffn_normed, w3, &u, (rows, hidden, d)).record(gpu, encoder)?;
                     Linear {
                         gate: Some(&u),
-                        ..linear(&normed, w1, &gated, (rows, hidden, d))
+                        ..linear(&ffn_normed, w1, &gated, (rows, hidden, d))
                     }
                     .record(gpu, encoder)?;
                     Linear {
@@ -219,26 +278,53 @@ impl Model {
                         ..linear(&gated, w2, &h, (rows, d, hidden))
                     }
                     .record(gpu, encoder)?;
+                    FfnActs::Dense { u, gated }
                 }
                 GpuFeedForward::Memory(memory) => {
                     let pool = self.values.as_ref().expect("checked in new");
-                    let acts = memory.record_forward(gpu, encoder, pool, &normed, rows)?;
+                    let acts = memory.record_forward(gpu, encoder, pool, &ffn_normed, rows)?;
                     record_add(gpu, encoder, &acts.out, &h, rows * d)?;
+                    FfnActs::Memory(acts)
                 }
-            }
+            };
+            layer_acts.push(LayerActs {
+                h_in,
+                h_mid,
+                attn_normed,
+                attn_rstd,
+                q_rot,
+                k_rot,
+                v,
+                attn,
+                lse,
+                ffn_normed,
+                ffn_rstd,
+                ffn,
+            });
         }
+        let (final_normed, final_rstd) = (f32s("final normed", rows * d), f32s("rstd", rows));
         RmsNorm {
             rows,
             d,
             eps: c.norm_eps,
             x: &h,
             weight: &self.norm,
-            rstd: &rstd,
+            rstd: &final_rstd,
         }
-        .record_forward(gpu, encoder, &normed)?;
+        .record_forward(gpu, encoder, &final_normed)?;
         let logits = f32s("logits", rows * c.vocab as u32);
-        linear(&normed, &self.output, &logits, (rows, c.vocab as u32, d)).record(gpu, encoder)?;
-        Ok(ModelForward { rows, logits })
+        linear(&final_normed, &self.output, &logits, (rows, c.vocab as u32, d)).record(gpu, encoder)?;
+        Ok(ModelForward {
+            batch,
+            seq,
+            rows,
+            logits,
+            tokens: tokens.clone(),
+            layers: layer_acts,
+            h_final: h,
+            final_normed,
+            final_rstd,
+        })
     }
 
     /// Logits `[batch * seq, vocab]` and, with `targets`, the mean cross-entropy.
