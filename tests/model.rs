@@ -59,43 +59,37 @@ fn bad_tokens_and_lengths_are_errors() {
     assert!(err.contains("max_seqlen"), "{err}");
 }
 
-/// A mutable view of the parameter called `name` (same order as `named_tensors`).
 fn param_mut<'a>(w: &'a mut ModelWeights, name: &str) -> &'a mut Vec<f32> {
-    use memlayers::model::FeedForward;
-    if name == "tok_embeddings.weight" {
-        return &mut w.tok_embeddings;
-    }
-    if name == "norm.weight" {
-        return &mut w.norm;
-    }
-    if name == "output.weight" {
-        return &mut w.output;
-    }
-    let rest = name.strip_prefix("layers.").unwrap();
-    let (i, field) = rest.split_once('.').unwrap();
-    let l = &mut w.layers[i.parse::<usize>().unwrap()];
-    match field {
-        "attention.wq.weight" => &mut l.wq,
-        "attention.wk.weight" => &mut l.wk,
-        "attention.wv.weight" => &mut l.wv,
-        "attention.wo.weight" => &mut l.wo,
-        "attention_norm.weight" => &mut l.attention_norm,
-        "ffn_norm.weight" => &mut l.ffn_norm,
-        "feed_forward.values.weight" => w.values.as_mut().unwrap(),
-        f => match (&mut l.feed_forward, f.strip_prefix("feed_forward.").unwrap()) {
-            (FeedForward::Dense { w1, .. }, "w1.weight") => w1,
-            (FeedForward::Dense { w2, .. }, "w2.weight") => w2,
-            (FeedForward::Dense { w3, .. }, "w3.weight") => w3,
-            (FeedForward::Memory(m), "query_proj.query_mlps.0.weight") => &mut m.query_w,
-            (FeedForward::Memory(m), "query_proj.query_mlps.0.bias") => &mut m.query_b,
-            (FeedForward::Memory(m), "keys") => &mut m.keys,
-            (FeedForward::Memory(m), "swilu_projection.weight") => &mut m.swilu.as_mut().unwrap().0,
-            (FeedForward::Memory(m), "swilu_projection.bias") => &mut m.swilu.as_mut().unwrap().1,
-            (FeedForward::Memory(m), "value_proj.weight") => &mut m.value_proj.as_mut().unwrap().0,
-            (FeedForward::Memory(m), "value_proj.bias") => &mut m.value_proj.as_mut().unwrap().1,
-            (_, other) => panic!("unknown parameter {other}"),
-        },
-    }
+    w.tensor_mut(name)
+        .unwrap_or_else(|| panic!("no parameter {name}"))
+}
+
+#[test]
+fn weights_round_trip_through_safetensors_and_reject_mismatches() {
+    let w = weights(
+        r#"{"dim": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 11, "multiple_of": 8, "max_seqlen": 8,
+        "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 6, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#,
+    );
+    let bytes = w.to_tensors().to_bytes().unwrap();
+    let file = memlayers::io::TensorFile::from_bytes(&bytes, "test").unwrap();
+    assert!(file.tensors.contains_key("layers.1.feed_forward.values.weight"));
+    let back = ModelWeights::from_tensors(&w.config, &file).unwrap();
+    assert_eq!(back.to_tensors().tensors, w.to_tensors().tensors);
+    let mut missing = file.clone();
+    missing.tensors.remove("layers.0.attention.wq.weight");
+    let err = ModelWeights::from_tensors(&w.config, &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("layers.0.attention.wq.weight"), "{err}");
+    let mut extra = file.clone();
+    extra.insert(
+        "layers.9.ffn_norm.weight",
+        memlayers::io::HostTensor::f32(vec![16], vec![1.0; 16]),
+    );
+    let err = ModelWeights::from_tensors(&w.config, &extra)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("layers.9.ffn_norm.weight"), "{err}");
 }
 
 #[test]

@@ -132,6 +132,88 @@ impl ModelWeights {
         t
     }
 
+    /// The parameter called `name` (a name of `named_tensors`), mutably.
+    pub fn tensor_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
+        match name {
+            "tok_embeddings.weight" => return Some(&mut self.tok_embeddings),
+            "norm.weight" => return Some(&mut self.norm),
+            "output.weight" => return Some(&mut self.output),
+            _ => {}
+        }
+        let rest = name.strip_prefix("layers.")?;
+        let (i, field) = rest.split_once('.')?;
+        let layer = self.layers.get_mut(i.parse::<usize>().ok()?)?;
+        Some(match field {
+            "attention.wq.weight" => &mut layer.wq,
+            "attention.wk.weight" => &mut layer.wk,
+            "attention.wv.weight" => &mut layer.wv,
+            "attention.wo.weight" => &mut layer.wo,
+            "attention_norm.weight" => &mut layer.attention_norm,
+            "ffn_norm.weight" => &mut layer.ffn_norm,
+            _ => {
+                let f = field.strip_prefix("feed_forward.")?;
+                if f == VALUES_NAME {
+                    return self.values.as_mut();
+                }
+                match (&mut layer.feed_forward, f) {
+                    (FeedForward::Dense { w1, .. }, "w1.weight") => w1,
+                    (FeedForward::Dense { w2, .. }, "w2.weight") => w2,
+                    (FeedForward::Dense { w3, .. }, "w3.weight") => w3,
+                    (FeedForward::Memory(m), crate::memory::QUERY_W) => &mut m.query_w,
+                    (FeedForward::Memory(m), crate::memory::QUERY_B) => &mut m.query_b,
+                    (FeedForward::Memory(m), crate::memory::KEYS) => &mut m.keys,
+                    (FeedForward::Memory(m), crate::memory::SWILU_W) => &mut m.swilu.as_mut()?.0,
+                    (FeedForward::Memory(m), crate::memory::SWILU_B) => &mut m.swilu.as_mut()?.1,
+                    (FeedForward::Memory(m), crate::memory::VALUE_PROJ_W) => &mut m.value_proj.as_mut()?.0,
+                    (FeedForward::Memory(m), crate::memory::VALUE_PROJ_B) => &mut m.value_proj.as_mut()?.1,
+                    _ => return None,
+                }
+            }
+        })
+    }
+
+    /// Weights for `config` read from `file` (lingua names, any float dtype); every tensor
+    /// the configuration needs must be there with its shape. Tensors the configuration does
+    /// not use are reported, not silently ignored.
+    pub fn from_tensors(config: &ModelConfig, file: &crate::io::TensorFile) -> Result<Self> {
+        let mut w = ModelWeights::init(config)?;
+        let wanted: Vec<(String, Vec<usize>)> =
+            w.named_tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
+        for (name, shape) in &wanted {
+            let dims: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
+            let (_, data) = file.f32_with_shape(name, &dims)?;
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::tensor(
+                    name,
+                    "finite values",
+                    format!("{} at flat index {i}", data[i]),
+                ));
+            }
+            *w.tensor_mut(name).expect("named_tensors names resolve") = data.to_vec();
+        }
+        let unused: Vec<&String> = file
+            .tensors
+            .keys()
+            .filter(|k| !wanted.iter().any(|(n, _)| n == *k))
+            .collect();
+        if !unused.is_empty() {
+            return Err(Error::Format(format!(
+                "tensors the configuration does not use: {} (check the config against the checkpoint)",
+                unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(w)
+    }
+
+    /// The weights as a safetensors file under lingua's names.
+    pub fn to_tensors(&self) -> crate::io::TensorFile {
+        let mut file = crate::io::TensorFile::default();
+        for (name, shape, data) in self.named_tensors() {
+            file.insert(name, crate::io::HostTensor::f32(shape, data.to_vec()));
+        }
+        file
+    }
+
     /// Parameter count (the value table counted once).
     pub fn parameter_count(&self) -> usize {
         self.named_tensors()
