@@ -6,6 +6,7 @@
 //! - [`kernels`]: one module per WGSL file, recording into a caller's encoder;
 //! - [`memory`]: the memory layer and its shared value pool;
 //! - [`model`]: the lingua-compatible transformer around it;
+//! - [`train`]: AdamW, data and the training step;
 //! - [`io`]: safetensors checkpoints under the reference names;
 //! - [`reference`]: the plain-Rust CPU oracle of every kernel.
 
@@ -17,6 +18,7 @@ pub mod memory;
 pub mod model;
 pub mod reference;
 pub mod rng;
+pub mod train;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;

@@ -196,6 +196,24 @@ impl MemoryLayer {
         })
     }
 
+    /// The layer's parameter buffers with their reference names, in `named_tensors` order.
+    pub fn param_buffers(&self) -> Vec<(&'static str, &wgpu::Buffer)> {
+        let mut p = vec![
+            (QUERY_W, &self.query_w),
+            (QUERY_B, &self.query_b),
+            (KEYS, &self.keys),
+        ];
+        if let Some((w, b)) = &self.swilu {
+            p.push((SWILU_W, w));
+            p.push((SWILU_B, b));
+        }
+        if let Some((w, b)) = &self.value_proj {
+            p.push((VALUE_PROJ_W, w));
+            p.push((VALUE_PROJ_B, b));
+        }
+        p
+    }
+
     /// Records the forward pass of `rows` tokens `x [rows, d]` reading values from `pool`.
     /// Nothing is submitted.
     pub fn record_forward(

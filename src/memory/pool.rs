@@ -116,6 +116,11 @@ impl ValuePool {
         self.dtype
     }
 
+    /// The buffers holding the table (rows split by `chunks().rows_per_chunk`).
+    pub fn buffers(&self) -> &[wgpu::Buffer] {
+        &self.buffers
+    }
+
     pub fn buffer_count(&self) -> usize {
         self.buffers.len()
     }

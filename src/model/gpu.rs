@@ -146,6 +146,61 @@ impl Model {
         })
     }
 
+    /// Every parameter buffer with its lingua name and element count, in the order of
+    /// `ModelWeights::named_tensors` (the value table once, under the first memory layer).
+    pub fn param_buffers(&self) -> Result<Vec<(String, wgpu::Buffer, usize)>> {
+        let c = &self.config;
+        let (d, qd, kvd) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let mut p = vec![(
+            "tok_embeddings.weight".to_string(),
+            self.tok_embeddings.clone(),
+            c.vocab * d,
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("layers.{i}.{s}");
+            p.push((n("attention.wq.weight"), l.wq.clone(), qd * d));
+            p.push((n("attention.wk.weight"), l.wk.clone(), kvd * d));
+            p.push((n("attention.wv.weight"), l.wv.clone(), kvd * d));
+            p.push((n("attention.wo.weight"), l.wo.clone(), d * qd));
+            p.push((n("attention_norm.weight"), l.attention_norm.clone(), d));
+            p.push((n("ffn_norm.weight"), l.ffn_norm.clone(), d));
+            match &l.feed_forward {
+                GpuFeedForward::Dense { w1, w2, w3 } => {
+                    p.push((n("feed_forward.w1.weight"), w1.clone(), c.hidden * d));
+                    p.push((n("feed_forward.w2.weight"), w2.clone(), d * c.hidden));
+                    p.push((n("feed_forward.w3.weight"), w3.clone(), c.hidden * d));
+                }
+                GpuFeedForward::Memory(m) => {
+                    for (name, b) in m.param_buffers() {
+                        p.push((
+                            n(&format!("feed_forward.{name}")),
+                            b.clone(),
+                            (b.size() / 4) as usize,
+                        ));
+                    }
+                    if Some(i) == c.memory_layers.first().copied() {
+                        let pool = self.values.as_ref().expect("memory layers have a pool");
+                        if pool.buffer_count() != 1 {
+                            return Err(Error::Config(format!(
+                                "training needs the value table in one buffer; it takes {} here",
+                                pool.buffer_count()
+                            )));
+                        }
+                        let len = pool.n_rows() * pool.v_dim();
+                        p.push((
+                            n(&format!("feed_forward.{}", crate::memory::VALUES_NAME)),
+                            pool.buffers()[0].clone(),
+                            len,
+                        ));
+                    }
+                }
+            }
+        }
+        p.push(("norm.weight".into(), self.norm.clone(), d));
+        p.push(("output.weight".into(), self.output.clone(), c.vocab * d));
+        Ok(p)
+    }
+
     pub(super) fn rope(&self, batch: u32, seq: u32, heads: usize, inverse: bool) -> Rope<'_> {
         Rope {
             batch,
