@@ -1,7 +1,10 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
+mod generate;
 mod info;
+mod lm_forward;
 mod memory_forward;
+mod train;
 
 use clap::{Parser, Subcommand};
 use memlayers::Result;
@@ -29,6 +32,12 @@ enum Command {
     /// INPUT holds `input` [rows, d] or [batch, seq, d]. OUTPUT gets `output`, `indices`
     /// [rows, heads, knn] (i64) and `scores` [rows, heads, knn] (pre-softmax).
     MemoryForward(memory_forward::Args),
+    /// Logits of a lingua transformer checkpoint (and, with targets, loss and gradients).
+    LmForward(lm_forward::Args),
+    /// Train a (memory-augmented) transformer on a text file, byte-level.
+    Train(train::Args),
+    /// Continue a prompt with a model trained by `memlayers train`.
+    Generate(generate::Args),
     /// Benchmark the forward pass: tokens/s, GPU time per kernel, matmul GFLOP/s, and the
     /// embedding bag's bandwidth next to a plain copy's on the same adapter.
     Bench {
@@ -48,6 +57,9 @@ pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Info => info::run(),
         Command::MemoryForward(args) => memory_forward::run(&args),
+        Command::LmForward(args) => lm_forward::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Generate(args) => generate::run(&args),
         Command::Bench { quick, tokens, iters } => {
             memlayers::bench::run(&memlayers::bench::Options { quick, tokens, iters })
         }

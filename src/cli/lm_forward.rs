@@ -1,0 +1,117 @@
+//! `memlayers lm-forward`: a lingua checkpoint's logits (and loss and gradients) on the GPU.
+
+use memlayers::io::{HostTensor, TensorData, TensorFile};
+use memlayers::kernels::ops::CrossEntropy;
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+use memlayers::{Error, Gpu, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model's tensors under lingua's names.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// lingua LMTransformerArgs as JSON.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// `tokens` [batch, seq] (integers); optionally `targets` alike.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Gets `logits` [batch, seq, vocab]; with targets also `loss` [1] and `grad.<name>`.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+fn ids(file: &TensorFile, name: &str) -> Result<Option<(Vec<usize>, Vec<u32>)>> {
+    let Some(t) = file.tensors.get(name) else {
+        return Ok(None);
+    };
+    match &t.data {
+        TensorData::I64(v) if t.shape.len() == 2 => {
+            if let Some(i) = v.iter().position(|&x| x < 0 || x > u32::MAX as i64) {
+                return Err(Error::tensor(
+                    name,
+                    "non-negative token ids",
+                    format!("{} at flat index {i}", v[i]),
+                ));
+            }
+            Ok(Some((t.shape.clone(), v.iter().map(|&x| x as u32).collect())))
+        }
+        _ => Err(Error::tensor(
+            name,
+            "integer [batch, seq]",
+            format!("{:?} ({})", t.shape, t.stored_as),
+        )),
+    }
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config)
+        .map_err(|e| Error::Format(format!("cannot read {}: {e}", a.config.display())))?;
+    let config = LMTransformerArgs::from_json(&text)?.resolve()?;
+    let weights = ModelWeights::from_tensors(&config, &TensorFile::read(&a.weights)?)?;
+    let input = TensorFile::read(&a.input)?;
+    let (shape, tokens) = ids(&input, "tokens")?.ok_or_else(|| Error::MissingTensor("tokens".into()))?;
+    let targets = ids(&input, "targets")?;
+    if let Some((s, _)) = &targets {
+        if *s != shape {
+            return Err(Error::tensor(
+                "targets",
+                format!("{shape:?} (the shape of tokens)"),
+                format!("{s:?}"),
+            ));
+        }
+    }
+    weights.check_tokens(&tokens)?;
+    if let Some((_, t)) = &targets {
+        if let Some(i) = t.iter().position(|&x| x as usize >= config.vocab) {
+            return Err(Error::tensor(
+                "targets",
+                format!("ids below vocab_size {}", config.vocab),
+                format!("{}", t[i]),
+            ));
+        }
+    }
+    let (batch, seq) = (shape[0], shape[1]);
+    let gpu = Gpu::new_blocking()?;
+    let model = Model::new(&gpu, &weights)?;
+    let tb = gpu.upload("tokens", &tokens);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let fwd = model.record_forward(&gpu, &mut encoder, &tb, batch as u32, seq as u32)?;
+    let rows = fwd.rows;
+    let mut out = TensorFile::default();
+    let mut grads = None;
+    let loss_rows = gpu.storage("loss", rows as u64 * 4);
+    if let Some((_, t)) = &targets {
+        let target_buf = gpu.upload("targets", t);
+        let d_logits = gpu.storage("grad logits", rows as u64 * config.vocab as u64 * 4);
+        CrossEntropy {
+            rows,
+            vocab: config.vocab as u32,
+            scale: 1.0 / rows as f32,
+            logits: &fwd.logits,
+            targets: &target_buf,
+            loss: &loss_rows,
+            grad: &d_logits,
+        }
+        .record(&gpu, &mut encoder)?;
+        grads = Some(model.record_backward(&gpu, &mut encoder, &fwd, &d_logits)?);
+    }
+    gpu.queue.submit([encoder.finish()]);
+    let logits = gpu.read_f32_blocking(&fwd.logits, rows as usize * config.vocab)?;
+    out.insert("logits", HostTensor::f32(vec![batch, seq, config.vocab], logits));
+    if let Some(grads) = grads {
+        let per_row = gpu.read_f32_blocking(&loss_rows, rows as usize)?;
+        out.insert(
+            "loss",
+            HostTensor::f32(vec![1], vec![per_row.iter().sum::<f32>() / rows as f32]),
+        );
+        for ((name, buffer, len), (_, shape, _)) in grads.named.iter().zip(weights.named_tensors()) {
+            out.insert(
+                format!("grad.{name}"),
+                HostTensor::f32(shape, gpu.read_f32_blocking(buffer, *len)?),
+            );
+        }
+    }
+    out.write(&a.output)
+}

@@ -1,0 +1,196 @@
+//! `memlayers train`: byte-level training from a text file, with a progress line, held-out
+//! loss, atomic checkpoints and bit-identical `--resume`.
+
+use memlayers::io::{write_atomic, TensorFile};
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+use memlayers::rng::Rng;
+use memlayers::train::{ByteData, TrainConfig, Trainer};
+use memlayers::{Error, Gpu, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// lingua LMTransformerArgs as JSON (vocab_size at least 256: tokens are bytes).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// A text file; its last tenth is held out.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory; the checkpoint goes to OUT/checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u32,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per window (at most the config's max_seqlen).
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Base learning rate (warm-up, then linear decay to 1%).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 50)]
+    pub warmup: u32,
+    /// Learning rate of the value table (default: productkey_args.value_fixed_lr, else 10x lr).
+    #[arg(long)]
+    pub value_lr: Option<f32>,
+    /// Held-out loss and a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue from OUT/checkpoint. With the same flags as the interrupted run, the result
+    /// is bit-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop (with a checkpoint) after this step, as if interrupted; `--resume` continues.
+    #[arg(long)]
+    pub stop_at: Option<u32>,
+}
+
+const EVAL_BATCHES: usize = 4;
+
+/// Files of a checkpoint directory.
+pub fn checkpoint_dir(dir: &Path) -> PathBuf {
+    if dir.join("config.json").exists() {
+        dir.to_path_buf()
+    } else {
+        dir.join("checkpoint")
+    }
+}
+
+pub fn load_model_args(dir: &Path) -> Result<(LMTransformerArgs, TensorFile)> {
+    let dir = checkpoint_dir(dir);
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .map_err(|e| Error::Format(format!("cannot read {}: {e}", dir.join("config.json").display())))?;
+    Ok((
+        LMTransformerArgs::from_json(&text)?,
+        TensorFile::read(&dir.join("weights.safetensors"))?,
+    ))
+}
+
+fn save(out: &Path, args: &LMTransformerArgs, t: &Trainer, gpu: &Gpu, rng: &Rng) -> Result<()> {
+    let tmp = out.join(".checkpoint.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    write_atomic(&tmp.join("config.json"), args.to_json().as_bytes())?;
+    t.weights_blocking(gpu)?.write(&tmp.join("weights.safetensors"))?;
+    t.optimizer_state_blocking(gpu)?
+        .write(&tmp.join("optimizer.safetensors"))?;
+    write_atomic(&tmp.join("data_rng"), rng.state().to_string().as_bytes())?;
+    // Swap directories: a crash leaves either the old or the new checkpoint complete.
+    let (dest, old) = (out.join("checkpoint"), out.join(".checkpoint.old"));
+    let _ = std::fs::remove_dir_all(&old);
+    if dest.exists() {
+        std::fs::rename(&dest, &old)?;
+    }
+    std::fs::rename(&tmp, &dest)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn held_out_loss(model: &Model, gpu: &Gpu, data: &ByteData, batch: usize, seq: usize) -> Result<f32> {
+    let mut rng = Rng::new(0xE7A1);
+    let mut total = 0.0;
+    for _ in 0..EVAL_BATCHES {
+        let (x, y) = ByteData::sample(&data.held_out, &mut rng, batch, seq);
+        total += pollster::block_on(model.forward(gpu, &x, Some(&y), batch, seq))?
+            .1
+            .unwrap_or(0.0);
+    }
+    Ok(total / EVAL_BATCHES as f32)
+}
+
+fn duration(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    format!("{}m{:02}s", s / 60, s % 60)
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    std::fs::create_dir_all(&a.out)?;
+    let (model_args, weights, mut rng, optimizer) = if a.resume {
+        let dir = checkpoint_dir(&a.out);
+        let (model_args, file) = load_model_args(&a.out)?;
+        let weights = ModelWeights::from_tensors(&model_args.resolve()?, &file)?;
+        let rng_state = std::fs::read_to_string(dir.join("data_rng"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| Error::Format(format!("{}: missing or bad data_rng", dir.display())))?;
+        let optimizer = TensorFile::read(&dir.join("optimizer.safetensors"))?;
+        (model_args, weights, Rng::from_state(rng_state), Some(optimizer))
+    } else {
+        let text = std::fs::read_to_string(&a.config)
+            .map_err(|e| Error::Format(format!("cannot read {}: {e}", a.config.display())))?;
+        let model_args = LMTransformerArgs::from_json(&text)?;
+        let weights = ModelWeights::init(&model_args.resolve()?)?;
+        (model_args, weights, Rng::new(a.seed), None)
+    };
+    let c = weights.config.clone();
+    if c.vocab < 256 {
+        return Err(Error::Config(format!(
+            "vocab_size must be at least 256 for byte tokens, found {}",
+            c.vocab
+        )));
+    }
+    if a.seq == 0 || a.seq > c.max_seqlen || a.batch == 0 {
+        return Err(Error::Config(format!(
+            "--seq must be in 1..={} and --batch positive",
+            c.max_seqlen
+        )));
+    }
+    let text = std::fs::read(&a.data)
+        .map_err(|e| Error::Format(format!("cannot read {}: {e}", a.data.display())))?;
+    let data = ByteData::new(&text, a.seq)?;
+    let value_lr = a
+        .value_lr
+        .or(model_args.productkey_args.value_fixed_lr.map(|v| v as f32))
+        .unwrap_or(10.0 * a.lr);
+    let config = TrainConfig {
+        steps: a.steps,
+        lr: a.lr,
+        warmup: a.warmup,
+        value_lr,
+        ..Default::default()
+    };
+    let gpu = Gpu::new_blocking()?;
+    let mut trainer = Trainer::new(&gpu, &weights, config)?;
+    if let Some(o) = &optimizer {
+        trainer.load_optimizer_state(&gpu, o)?;
+    }
+    eprintln!(
+        "{} parameters, {:.2} MFLOP/token, {} training tokens, adapter {}",
+        weights.parameter_count(),
+        c.flops_per_token(a.seq) / 1e6,
+        data.train.len(),
+        gpu.adapter_name()
+    );
+    let start = Instant::now();
+    let first = trainer.step;
+    let last = a.stop_at.unwrap_or(a.steps).min(a.steps);
+    while trainer.step < last {
+        let (x, y) = ByteData::sample(&data.train, &mut rng, a.batch, a.seq);
+        let loss = trainer.step_blocking(&gpu, &x, &y, a.batch, a.seq)?;
+        let done = trainer.step - first;
+        let elapsed = start.elapsed().as_secs_f64();
+        let per_step = elapsed / done as f64;
+        eprint!(
+            "\rstep {}/{} | loss {loss:.4} | {:.0} tok/s | ETA {}   ",
+            trainer.step,
+            a.steps,
+            (done as usize * a.batch * a.seq) as f64 / elapsed,
+            duration(per_step * (a.steps - trainer.step) as f64)
+        );
+        std::io::stderr().flush().ok();
+        if trainer.step % a.eval_every == 0 || trainer.step == last {
+            let eval = held_out_loss(&trainer.model, &gpu, &data, a.batch, a.seq)?;
+            eprintln!(
+                "\nstep {}: held-out loss {eval:.4}; checkpoint saved",
+                trainer.step
+            );
+            save(&a.out, &model_args, &trainer, &gpu, &rng)?;
+        }
+    }
+    Ok(())
+}
