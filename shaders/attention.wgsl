@@ -1,6 +1,8 @@
 // Causal grouped-query attention (lingua): q [batch, seq, heads, hd], k, v [batch, seq,
 // kv_heads, hd]; query head h reads kv head h / (heads / kv_heads); scores scaled by `scale`
 // (1 / sqrt(hd)); position i attends to positions j <= i. Sequences up to MAX_SEQ.
+// For decoding with a KV cache, `forward` also takes q_len query positions starting at
+// absolute position q_offset against kv_len cached keys (training: q_len = kv_len = seq).
 //   forward:      out, and lse = logsumexp of each score row (saved for the backward)
 //   backward_q:   dq, and D = <dout, out> per (position, head)
 //   backward_kv:  dk, dv, one workgroup per (batch, kv position, kv head): sums over the
@@ -15,8 +17,8 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     scale: f32,
-    _pad0: u32,
-    _pad1: u32,
+    kv_len: u32,
+    q_offset: u32,
 }
 
 const WG: u32 = 64u;
@@ -39,12 +41,13 @@ var<workgroup> row: array<f32, MAX_SEQ>;
 var<workgroup> probs: array<f32, MAX_SEQ>;
 var<workgroup> combined: f32;
 
+// `seq` is the number of query positions; kv_len that of key/value positions.
 fn q_base(b: u32, i: u32, h: u32) -> u32 {
     return ((b * p.seq + i) * p.heads + h) * p.head_dim;
 }
 
 fn kv_base(b: u32, j: u32, g: u32) -> u32 {
-    return ((b * p.seq + j) * p.kv_heads + g) * p.head_dim;
+    return ((b * p.kv_len + j) * p.kv_heads + g) * p.head_dim;
 }
 
 fn score(qb: u32, kb: u32) -> f32 {
@@ -70,17 +73,18 @@ fn forward(
     let b = item / (p.heads * p.seq);
     let g = h / (p.heads / p.kv_heads);
     let qb = q_base(b, i, h);
-    for (var j = lid; j <= i; j += WG) {
+    let last = i + p.q_offset; // the query's absolute position: it sees keys 0..=last
+    for (var j = lid; j <= last; j += WG) {
         row[j] = score(qb, kv_base(b, j, g));
     }
     workgroupBarrier();
     if (lid == 0u) {
         var m = row[0];
-        for (var j = 1u; j <= i; j++) {
+        for (var j = 1u; j <= last; j++) {
             m = max(m, row[j]);
         }
         var sum = 0.0;
-        for (var j = 0u; j <= i; j++) {
+        for (var j = 0u; j <= last; j++) {
             sum += exp(row[j] - m);
         }
         combined = m + log(sum);
@@ -88,13 +92,13 @@ fn forward(
     }
     workgroupBarrier();
     let l = combined;
-    for (var j = lid; j <= i; j += WG) {
+    for (var j = lid; j <= last; j += WG) {
         row[j] = exp(row[j] - l);
     }
     workgroupBarrier();
     for (var c = lid; c < p.head_dim; c += WG) {
         var acc = 0.0;
-        for (var j = 0u; j <= i; j++) {
+        for (var j = 0u; j <= last; j++) {
             acc = fma(row[j], v[kv_base(b, j, g) + c], acc);
         }
         out[qb + c] = acc;

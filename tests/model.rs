@@ -174,3 +174,28 @@ fn model_backward_matches_finite_differences() {
         assert!(checked >= 4 * names.len(), "only {checked} coordinates checked");
     }
 }
+
+#[test]
+fn kv_cache_decoding_matches_the_full_forward() {
+    let g = gpu();
+    let w = weights(
+        r#"{"dim": 24, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 29, "multiple_of": 8, "max_seqlen": 12,
+            "productkey_args": {"is_enabled": true, "layers": "0", "mem_n_keys": 7, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#,
+    );
+    let model = Model::new(g, &w).unwrap();
+    let tokens: Vec<u32> = vec![3, 17, 4, 28, 0, 9, 9, 12, 5, 21, 1, 7];
+    let v = w.config.vocab;
+    let (full, _) = pollster::block_on(model.forward(g, &tokens, None, 1, tokens.len())).unwrap();
+    let mut cache = model.new_cache(g);
+    let prefill = pollster::block_on(model.forward_with_cache(g, &tokens[..5], &mut cache)).unwrap();
+    assert_close("prefill logits", &prefill, &full[..5 * v]);
+    for (i, &t) in tokens.iter().enumerate().skip(5) {
+        let step = pollster::block_on(model.forward_with_cache(g, &[t], &mut cache)).unwrap();
+        assert_close(&format!("decoded position {i}"), &step, &full[i * v..(i + 1) * v]);
+    }
+    assert_eq!(cache.len, 12);
+    assert!(
+        pollster::block_on(model.forward_with_cache(g, &[1], &mut cache)).is_err(),
+        "cache full"
+    );
+}

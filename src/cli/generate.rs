@@ -80,14 +80,21 @@ pub fn run(a: &Args) -> Result<()> {
     let mut rng = Rng::new(a.seed);
     let mut out = std::io::stdout();
     let mut pending: Vec<u8> = Vec::new();
+    // Prefill the KV cache with the prompt (its last max_seqlen - 1 tokens), then decode one
+    // token at a time. When the cache is full, start a new one from the last half window.
+    let keep = |tokens: &[u32], n: usize| tokens[tokens.len().saturating_sub(n)..].to_vec();
+    let mut cache = model.new_cache(&gpu);
+    let mut feed = keep(&tokens, config.max_seqlen - 1);
     for _ in 0..a.max_tokens {
-        // The window the model can see: the last max_seqlen tokens. (No KV cache yet: the
-        // window is recomputed for every token.)
-        let window = &tokens[tokens.len().saturating_sub(config.max_seqlen)..];
-        let (logits, _) = pollster::block_on(model.forward(&gpu, window, None, 1, window.len()))?;
-        let last = &logits[(window.len() - 1) * config.vocab..window.len() * config.vocab];
+        if cache.len as usize + feed.len() > config.max_seqlen {
+            cache = model.new_cache(&gpu);
+            feed = keep(&tokens, config.max_seqlen / 2);
+        }
+        let logits = pollster::block_on(model.forward_with_cache(&gpu, &feed, &mut cache))?;
+        let last = &logits[(feed.len() - 1) * config.vocab..feed.len() * config.vocab];
         let next = pick(&last[..256], a.temperature, a.top_p, &mut rng);
         tokens.push(next);
+        feed = vec![next];
         pending.push(next as u8);
         // Stream whole UTF-8 characters as they complete.
         if let Ok(s) = std::str::from_utf8(&pending) {

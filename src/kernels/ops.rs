@@ -227,11 +227,14 @@ struct AttentionParams {
     kv_heads: u32,
     head_dim: u32,
     scale: f32,
-    _pad: [u32; 2],
+    kv_len: u32,
+    q_offset: u32,
 }
 
 /// Causal grouped-query attention over `batch` sequences: `q [batch, seq, heads, hd]`,
 /// `k, v [batch, seq, kv_heads, hd]`, `out` like q, `lse [batch, seq, heads]`.
+/// With a KV cache (`record_decode`), `k, v` hold `kv_len` positions and the `seq` query
+/// positions start at `kv_len - seq`.
 pub struct Attention<'a> {
     pub batch: u32,
     pub seq: u32,
@@ -247,7 +250,17 @@ pub struct Attention<'a> {
 
 impl Attention<'_> {
     fn params(&self, gpu: &Gpu) -> Result<wgpu::Buffer> {
+        self.params_with_cache(gpu, self.seq)
+    }
+
+    fn params_with_cache(&self, gpu: &Gpu, kv_len: u32) -> Result<wgpu::Buffer> {
         let a = self;
+        if kv_len < a.seq || kv_len > MAX_SEQ {
+            return Err(Error::Config(format!(
+                "attention: {kv_len} cached positions for {} queries (at most {MAX_SEQ})",
+                a.seq
+            )));
+        }
         if a.batch == 0
             || a.seq == 0
             || a.heads == 0
@@ -273,7 +286,7 @@ impl Attention<'_> {
             "seq and head_dim",
         )?;
         let qn = a.batch as u64 * s * a.heads as u64 * hd;
-        let kvn = a.batch as u64 * s * a.kv_heads as u64 * hd;
+        let kvn = a.batch as u64 * kv_len as u64 * a.kv_heads as u64 * hd;
         check_buffer(gpu, "attention.q", a.q, qn)?;
         check_buffer(gpu, "attention.k", a.k, kvn)?;
         check_buffer(gpu, "attention.v", a.v, kvn)?;
@@ -286,7 +299,8 @@ impl Attention<'_> {
             kv_heads: a.kv_heads,
             head_dim: a.head_dim,
             scale: 1.0 / (a.head_dim as f32).sqrt(),
-            _pad: [0; 2],
+            kv_len,
+            q_offset: kv_len - a.seq,
         };
         Ok(gpu.uniform("attention params", &params))
     }
@@ -309,6 +323,33 @@ impl Attention<'_> {
             gpu,
             encoder,
             "attention",
+            &pipeline,
+            &[&bind],
+            self.batch * self.seq * self.heads,
+        );
+        Ok(())
+    }
+
+    /// The forward for `seq` new query positions against `kv_len` cached key/value
+    /// positions (the queries are the last `seq` of them).
+    pub fn record_decode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, kv_len: u32) -> Result<()> {
+        let params = self.params_with_cache(gpu, kv_len)?;
+        let pipeline = gpu.pipeline_entry("attention", ATTENTION, "forward", &[]);
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[
+                (0, &params),
+                (1, self.q),
+                (2, self.k),
+                (3, self.v),
+                (4, self.out),
+                (5, self.lse),
+            ],
+        );
+        dispatch(
+            gpu,
+            encoder,
+            "attention_decode",
             &pipeline,
             &[&bind],
             self.batch * self.seq * self.heads,

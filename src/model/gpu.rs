@@ -41,6 +41,14 @@ pub struct Model {
     pub(super) rope_sin: wgpu::Buffer,
 }
 
+/// Keys (after RoPE) and values of every layer for the positions seen so far.
+pub struct KvCache {
+    /// Positions cached.
+    pub len: u32,
+    k: Vec<wgpu::Buffer>,
+    v: Vec<wgpu::Buffer>,
+}
+
 /// What one layer's forward leaves for the backward.
 pub(super) struct LayerActs {
     /// Residual stream entering the layer, and after the attention block.
@@ -240,6 +248,25 @@ impl Model {
         }
     }
 
+    /// A key/value cache for one sequence of up to max_seqlen tokens.
+    pub fn new_cache(&self, gpu: &Gpu) -> KvCache {
+        let c = &self.config;
+        let bytes = (c.max_seqlen * c.n_kv_heads * c.head_dim * 4) as u64;
+        KvCache {
+            len: 0,
+            k: self
+                .layers
+                .iter()
+                .map(|_| gpu.storage("kv cache k", bytes))
+                .collect(),
+            v: self
+                .layers
+                .iter()
+                .map(|_| gpu.storage("kv cache v", bytes))
+                .collect(),
+        }
+    }
+
     /// Records the forward of `tokens [batch, seq]` (u32, already checked against the
     /// vocabulary). Nothing is submitted.
     pub fn record_forward(
@@ -250,12 +277,44 @@ impl Model {
         batch: u32,
         seq: u32,
     ) -> Result<ModelForward> {
+        self.record(gpu, encoder, tokens, batch, seq, None)
+    }
+
+    /// Records the forward of the next `seq` tokens of one sequence whose earlier tokens are
+    /// in `cache` (prefill with the whole prompt, then one token at a time), appending their
+    /// keys and values to it. The logits are those of the new positions.
+    pub fn record_with_cache(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        tokens: &wgpu::Buffer,
+        seq: u32,
+        cache: &mut KvCache,
+    ) -> Result<ModelForward> {
+        let fwd = self.record(gpu, encoder, tokens, 1, seq, Some(cache))?;
+        cache.len += seq;
+        Ok(fwd)
+    }
+
+    fn record(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        tokens: &wgpu::Buffer,
+        batch: u32,
+        seq: u32,
+        cache: Option<&KvCache>,
+    ) -> Result<ModelForward> {
         let c = &self.config;
-        if batch == 0 || seq == 0 || seq as usize > c.max_seqlen {
+        let pos0 = cache.map_or(0, |k| k.len);
+        if batch == 0 || seq == 0 || (pos0 + seq) as usize > c.max_seqlen {
             return Err(Error::tensor(
                 "tokens",
-                format!("[batch, seq] with 1 <= seq <= max_seqlen ({})", c.max_seqlen),
-                format!("[{batch}, {seq}]"),
+                format!(
+                    "[batch, seq] with 1 <= seq and cached + seq <= max_seqlen ({})",
+                    c.max_seqlen
+                ),
+                format!("[{batch}, {seq}] after {pos0} cached"),
             ));
         }
         let rows = batch * seq;
@@ -284,7 +343,7 @@ impl Model {
         }
         .record(gpu, encoder)?;
         let mut layer_acts = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        for (li, layer) in self.layers.iter().enumerate() {
             let h_in = f32s("residual in", rows * d);
             encoder.copy_buffer_to_buffer(&h, 0, &h_in, 0, rows as u64 * d as u64 * 4);
             let (attn_normed, attn_rstd) = (f32s("attention normed", rows * d), f32s("rstd", rows));
@@ -303,12 +362,28 @@ impl Model {
             linear(&attn_normed, &layer.wq, &q, (rows, qd, d)).record(gpu, encoder)?;
             linear(&attn_normed, &layer.wk, &k, (rows, kvd, d)).record(gpu, encoder)?;
             linear(&attn_normed, &layer.wv, &v, (rows, kvd, d)).record(gpu, encoder)?;
-            self.rope(batch, seq, c.n_heads, false)
-                .record(gpu, encoder, &q, &q_rot)?;
-            self.rope(batch, seq, c.n_kv_heads, false)
-                .record(gpu, encoder, &k, &k_rot)?;
-            self.attention(batch, seq, &q_rot, &k_rot, &v, &attn, &lse)
-                .record_forward(gpu, encoder)?;
+            Rope {
+                pos0,
+                ..self.rope(batch, seq, c.n_heads, false)
+            }
+            .record(gpu, encoder, &q, &q_rot)?;
+            Rope {
+                pos0,
+                ..self.rope(batch, seq, c.n_kv_heads, false)
+            }
+            .record(gpu, encoder, &k, &k_rot)?;
+            match cache {
+                None => self
+                    .attention(batch, seq, &q_rot, &k_rot, &v, &attn, &lse)
+                    .record_forward(gpu, encoder)?,
+                Some(cache) => {
+                    let (at, bytes) = (pos0 as u64 * kvd as u64 * 4, seq as u64 * kvd as u64 * 4);
+                    encoder.copy_buffer_to_buffer(&k_rot, 0, &cache.k[li], at, bytes);
+                    encoder.copy_buffer_to_buffer(&v, 0, &cache.v[li], at, bytes);
+                    self.attention(batch, seq, &q_rot, &cache.k[li], &cache.v[li], &attn, &lse)
+                        .record_decode(gpu, encoder, pos0 + seq)?;
+                }
+            }
             Linear {
                 accumulate: true,
                 ..linear(&attn, &layer.wo, &h, (rows, d, qd))
@@ -380,6 +455,29 @@ impl Model {
             final_normed,
             final_rstd,
         })
+    }
+
+    /// Logits `[tokens.len(), vocab]` of the next tokens of the sequence in `cache`.
+    pub async fn forward_with_cache(
+        &self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        if let Some(i) = tokens.iter().position(|&t| t as usize >= c.vocab) {
+            let found = format!("{} at flat index {i}", tokens[i]);
+            return Err(Error::tensor(
+                "tokens",
+                format!("ids below vocab_size {}", c.vocab),
+                found,
+            ));
+        }
+        let tb = gpu.upload("tokens", tokens);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let fwd = self.record_with_cache(gpu, &mut encoder, &tb, tokens.len() as u32, cache)?;
+        gpu.queue.submit([encoder.finish()]);
+        gpu.read_f32(&fwd.logits, tokens.len() * c.vocab).await
     }
 
     /// Logits `[batch * seq, vocab]` and, with `targets`, the mean cross-entropy.

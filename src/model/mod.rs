@@ -1,5 +1,5 @@
 //! The lingua-compatible transformer: configuration, parameters under lingua's names, the
-//! forward on the GPU, and its CPU oracle. (Backward, KV cache and training: to come.)
+//! forward and backward on the GPU with a KV cache for generation, and the CPU oracle.
 
 mod backward;
 mod config;
@@ -10,5 +10,5 @@ mod weights;
 pub use backward::ModelGrads;
 pub use config::{LMTransformerArgs, ModelConfig, ProductKeyArgs};
 pub use cpu::{forward_cpu, forward_cpu_with_selections};
-pub use gpu::{Model, ModelForward};
+pub use gpu::{KvCache, Model, ModelForward};
 pub use weights::{FeedForward, LayerWeights, ModelWeights};
