@@ -6,6 +6,9 @@
 //   dense_step:  every element of a parameter
 //   sparse_step: the listed rows only (the lazy update of value rows read this step): row
 //                slots[i] of param takes gradient row i of `grad`
+//   masked_step: the rows whose mask is set only, from a dense gradient (the lazy update
+//                when several memory layers read the table: each row read once, with the
+//                sum of their gradients)
 // Every sum has a fixed order: the optimiser is deterministic.
 
 struct Params {
@@ -98,5 +101,22 @@ fn sparse_step(
     let base = slots[r] * p.row_len;
     for (var c = lid; c < p.row_len; c += 64u) {
         update(base + c, grad[r * p.row_len + c]);
+    }
+}
+
+// One workgroup per row of `row_len`; rows whose mask (binding 7, as u32) is 0 are skipped.
+@compute @workgroup_size(64)
+fn masked_step(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = wg.y * nwg.x + wg.x;
+    if (r >= p.len || slots[r] == 0u) {
+        return;
+    }
+    let base = r * p.row_len;
+    for (var c = lid; c < p.row_len; c += 64u) {
+        update(base + c, grad[base + c]);
     }
 }

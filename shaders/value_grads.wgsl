@@ -23,6 +23,8 @@ struct Params {
 // scatter_add: the number of rows listed, and the dense table they are added to.
 @group(0) @binding(8) var<storage, read> row_count: array<u32>;
 @group(0) @binding(9) var<storage, read_write> dense: array<f32>;
+// mark_rows: 1 at every listed slot (idempotent writes: the same result in any order).
+@group(0) @binding(10) var<storage, read_write> row_mask: array<u32>;
 
 fn starts_run(i: u32) -> bool {
     return i == 0u || sorted_slots[i] != sorted_slots[i - 1u];
@@ -82,5 +84,17 @@ fn scatter_add(
     let base = out_slots[r] * p.v_dim;
     for (var c = lid; c < p.v_dim; c += 64u) {
         dense[base + c] += out_rows[r * p.v_dim + c];
+    }
+}
+
+@compute @workgroup_size(64)
+fn mark_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (r < p.n && r < row_count[0]) {
+        row_mask[out_slots[r]] = 1u;
     }
 }

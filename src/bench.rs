@@ -14,6 +14,8 @@ use crate::rng::Rng;
 use std::time::Instant;
 
 pub struct Options {
+    /// Benchmark training (dense vs memory model) instead of the memory layer's forward.
+    pub train: bool,
     pub quick: bool,
     pub tokens: usize,
     pub iters: usize,
@@ -167,9 +169,66 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
     })
 }
 
+/// Training tokens/s of a small dense model and of the same model with its middle
+/// feed-forward block replaced by a memory layer, on the same adapter, in the same run.
+fn train_bench(gpu: &Gpu, o: &Options) -> Result<()> {
+    use crate::model::{LMTransformerArgs, ModelWeights};
+    use crate::train::{TrainConfig, Trainer};
+    let base =
+        r#""dim": 128, "n_layers": 4, "n_heads": 4, "vocab_size": 256, "multiple_of": 64, "max_seqlen": 64"#;
+    let memory = r#", "productkey_args": {"is_enabled": true, "layers": "2", "mem_n_keys": 64, "mem_heads": 2, "mem_knn": 16, "mem_k_dim": 64}"#;
+    let (batch, seq) = (8, 64);
+    let mut results = Vec::new();
+    let runs = [
+        ("dense", format!("{{{base}}}"), false),
+        ("memory", format!("{{{base}{memory}}}"), false),
+        ("memory, lazy value update", format!("{{{base}{memory}}}"), true),
+    ];
+    for (name, json, lazy_values) in runs {
+        let config = LMTransformerArgs::from_json(&json)?.resolve()?;
+        let weights = ModelWeights::init(&config)?;
+        let train = TrainConfig {
+            lazy_values,
+            ..Default::default()
+        };
+        let mut trainer = Trainer::new(gpu, &weights, train)?;
+        let mut rng = Rng::new(3);
+        let mut batch_of = || {
+            let x: Vec<u32> = (0..batch * seq).map(|_| rng.below(256) as u32).collect();
+            let y: Vec<u32> = (0..batch * seq).map(|_| rng.below(256) as u32).collect();
+            (x, y)
+        };
+        let (x, y) = batch_of();
+        trainer.step_blocking(gpu, &x, &y, batch, seq)?; // warm-up
+        let t = Instant::now();
+        for _ in 0..o.iters {
+            let (x, y) = batch_of();
+            trainer.step_blocking(gpu, &x, &y, batch, seq)?;
+        }
+        let tokens_per_s = (o.iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "{name:<27} {:>9} params  {:>6.2} MFLOP/token  {:>8.0} training tokens/s",
+            weights.parameter_count(),
+            config.flops_per_token(seq) / 1e6,
+            tokens_per_s
+        );
+        results.push(tokens_per_s);
+    }
+    println!(
+        "memory / dense training throughput: {:.2}x",
+        results[1] / results[0]
+    );
+    println!("lazy / full value update: {:.2}x", results[2] / results[1]);
+    Ok(())
+}
+
 pub fn run(o: &Options) -> Result<()> {
     let gpu = Gpu::new_blocking()?;
     println!("adapter: {}", gpu.adapter_name());
+    if o.train {
+        println!("training, batch 8 x 64 tokens, {} timed steps each", o.iters);
+        return train_bench(&gpu, o);
+    }
     println!("tokens per forward: {}, timed repetitions: {}", o.tokens, o.iters);
     let copy_gbs = copy_bandwidth(&gpu, o.iters.max(3))?;
     println!("plain copy kernel: {copy_gbs:.2} GB/s (read + write)\n");

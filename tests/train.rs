@@ -126,3 +126,51 @@ fn a_memory_model_overfits_a_short_text() {
     assert!(first > 4.0, "starts near ln(256) = 5.5, got {first}");
     assert!(last < 0.02, "did not overfit: loss {first} -> {last}");
 }
+
+#[test]
+fn lazy_value_update_touches_only_rows_read() {
+    let g = gpu();
+    let data = ByteData::new(TEXT, 16).unwrap();
+    let (x, y) = ByteData::sample(&data.train, &mut Rng::new(4), 2, 16);
+    let values = |lazy: bool| {
+        let mut t = Trainer::new(
+            g,
+            &weights(),
+            TrainConfig {
+                lazy_values: lazy,
+                ..config(5)
+            },
+        )
+        .unwrap();
+        t.step_blocking(g, &x, &y, 2, 16).unwrap();
+        match &t
+            .weights_blocking(g)
+            .unwrap()
+            .get("layers.1.feed_forward.values.weight")
+            .unwrap()
+            .data
+        {
+            memlayers::io::TensorData::F32(v) => v.clone(),
+            _ => unreachable!(),
+        }
+    };
+    let (lazy, dense, before) = (values(true), values(false), weights().values.unwrap());
+    let v_dim = 32;
+    let (mut read, mut unread) = (0, 0);
+    for r in 0..before.len() / v_dim {
+        let s = r * v_dim..(r + 1) * v_dim;
+        if lazy[s.clone()] == before[s.clone()] {
+            // Not read: lazy leaves it; the dense update still decays it.
+            assert!(dense[s.clone()]
+                .iter()
+                .zip(&before[s])
+                .all(|(d, b)| (d - b * (1.0 - 1e-2 * 0.1)).abs() < 1e-6));
+            unread += 1;
+        } else {
+            // Read: both updates agree exactly.
+            assert_eq!(lazy[s.clone()], dense[s]);
+            read += 1;
+        }
+    }
+    assert!(read > 0 && unread > 0, "read {read}, unread {unread}");
+}

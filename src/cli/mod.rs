@@ -41,6 +41,10 @@ enum Command {
     /// Benchmark the forward pass: tokens/s, GPU time per kernel, matmul GFLOP/s, and the
     /// embedding bag's bandwidth next to a plain copy's on the same adapter.
     Bench {
+        /// Training throughput of a small dense model against the same model with a memory
+        /// layer, instead of the memory layer's forward.
+        #[arg(long)]
+        train: bool,
         /// Only the small configuration (seconds instead of minutes on a CPU adapter).
         #[arg(long)]
         quick: bool,
@@ -60,8 +64,16 @@ pub fn run() -> Result<()> {
         Command::LmForward(args) => lm_forward::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Generate(args) => generate::run(&args),
-        Command::Bench { quick, tokens, iters } => {
-            memlayers::bench::run(&memlayers::bench::Options { quick, tokens, iters })
-        }
+        Command::Bench {
+            train,
+            quick,
+            tokens,
+            iters,
+        } => memlayers::bench::run(&memlayers::bench::Options {
+            train,
+            quick,
+            tokens,
+            iters,
+        }),
     }
 }

@@ -200,3 +200,54 @@ pub fn record_sparse_step(
     pass.dispatch_workgroups(x, y, 1);
     Ok(())
 }
+
+/// Records AdamW on the rows of a `[rows, row_len]` table whose `mask` entry (u32) is set,
+/// from the dense gradient `grad`; other rows and their moments are left as they are.
+#[allow(clippy::too_many_arguments)]
+pub fn record_masked_step(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    state: &AdamWState,
+    grad: &wgpu::Buffer,
+    mask: &wgpu::Buffer,
+    (rows, row_len): (u32, u32),
+    clip: &wgpu::Buffer,
+    step: AdamWStep,
+) -> Result<()> {
+    let n = rows as u64 * row_len as u64;
+    for (name, b) in [
+        ("param", state.param),
+        ("adam m", state.m),
+        ("adam v", state.v),
+        ("grad", grad),
+    ] {
+        check_buffer(gpu, name, b, n)?;
+    }
+    check_buffer(gpu, "row mask", mask, rows as u64)?;
+    check_loop_budget("adamw rows", (row_len as u64).div_ceil(64), "row length")?;
+    let params = Params {
+        len: rows,
+        row_len,
+        ..step.params()
+    };
+    let params = gpu.uniform("adamw masked params", &params);
+    let pipeline = gpu.pipeline_entry("adamw", SOURCE, "masked_step", &[]);
+    let bind = gpu.bind_at(
+        &pipeline,
+        &[
+            (0, &params),
+            (1, grad),
+            (3, clip),
+            (4, state.param),
+            (5, state.m),
+            (6, state.v),
+            (7, mask),
+        ],
+    );
+    let (x, y) = grid(rows);
+    let mut pass = gpu.begin_pass(encoder, "adamw_masked_rows");
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &bind, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(())
+}

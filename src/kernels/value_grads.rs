@@ -64,6 +64,35 @@ impl SparseRows {
         Ok(())
     }
 
+    /// Records `mask[slot] = 1` for every listed slot (`mask` is `[n_rows]` u32).
+    pub fn record_mark(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        mask: &wgpu::Buffer,
+        n_rows: u64,
+    ) -> Result<()> {
+        check_buffer(gpu, "row mask", mask, n_rows)?;
+        let params = Params {
+            n: self.capacity,
+            bag: 1,
+            v_dim: self.v_dim,
+            _pad: 0,
+        };
+        let params = gpu.uniform("mark params", &params);
+        let pipeline = gpu.pipeline_entry("value_grads", SOURCE, "mark_rows", &[]);
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[(0, &params), (6, &self.slots), (8, &self.count), (10, mask)],
+        );
+        let (x, y) = grid(self.capacity.div_ceil(64));
+        let mut pass = gpu.begin_pass(encoder, "mark_rows");
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+
     /// The gradient as a dense `[n_rows, v_dim]` table (zero rows where nothing was read).
     pub async fn to_dense(&self, gpu: &Gpu, n_rows: usize) -> Result<Vec<f32>> {
         let count = gpu.read_u32(&self.count, 1).await?[0] as usize;

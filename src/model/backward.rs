@@ -18,6 +18,9 @@ use crate::memory::VALUES_NAME;
 /// Gradient buffers in the order and under the names of `ModelWeights::named_tensors`.
 pub struct ModelGrads {
     pub named: Vec<(String, wgpu::Buffer, usize)>,
+    /// With memory layers: a u32 per value row, 1 where some layer read the row this step
+    /// (what a lazy update touches).
+    pub values_read: Option<wgpu::Buffer>,
 }
 
 impl ModelGrads {
@@ -98,6 +101,10 @@ impl Model {
             let g = gpu.storage("grad values", (pool.n_rows() * pool.v_dim()) as u64 * 4);
             (g, pool.n_rows() as u64)
         });
+        let values_read = self
+            .values
+            .as_ref()
+            .map(|pool| gpu.storage("value rows read", pool.n_rows() as u64 * 4));
         let mut per_layer: Vec<Vec<(String, wgpu::Buffer, usize)>> = Vec::with_capacity(self.layers.len());
         for (li, (layer, acts)) in self.layers.iter().zip(&fwd.layers).enumerate().rev() {
             let name = |n: &str| format!("layers.{li}.{n}");
@@ -211,6 +218,12 @@ impl Model {
                     }
                     let (values, n_rows) = values_grad.as_ref().expect("memory layers have a pool");
                     g.values.record_scatter_add(gpu, encoder, values, *n_rows)?;
+                    g.values.record_mark(
+                        gpu,
+                        encoder,
+                        values_read.as_ref().expect("with values"),
+                        *n_rows,
+                    )?;
                 }
                 _ => unreachable!("activations match the layer kind"),
             }
@@ -368,6 +381,6 @@ impl Model {
         named.extend(per_layer.into_iter().rev().flatten());
         named.push(("norm.weight".into(), d_norm, d as usize));
         named.push(("output.weight".into(), d_output, (vocab * d) as usize));
-        Ok(ModelGrads { named })
+        Ok(ModelGrads { named, values_read })
     }
 }

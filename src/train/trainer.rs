@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::io::{HostTensor, TensorFile};
-use crate::kernels::adamw::{record_clip, record_dense_step, AdamWState, AdamWStep};
+use crate::kernels::adamw::{record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep};
 use crate::kernels::ops::CrossEntropy;
 use crate::memory::VALUES_NAME;
 use crate::model::{Model, ModelWeights};
@@ -25,6 +25,9 @@ pub struct TrainConfig {
     pub eps: f32,
     pub weight_decay: f32,
     pub clip: f32,
+    /// Update only the value rows read in a step (their moments and weight decay included),
+    /// instead of the whole table as the reference does.
+    pub lazy_values: bool,
 }
 
 impl Default for TrainConfig {
@@ -40,6 +43,7 @@ impl Default for TrainConfig {
             eps: 1e-8,
             weight_decay: 0.1,
             clip: 1.0,
+            lazy_values: false,
         }
     }
 }
@@ -169,7 +173,23 @@ impl Trainer {
                     m: &p.m,
                     v: &p.v,
                 };
-                record_dense_step(gpu, encoder, &state, g, p.len as u64, &clip, step(lr))?;
+                match (&grads.values_read, p.values && t.lazy_values) {
+                    (Some(mask), true) => {
+                        let v_dim = self.model.config.memory.as_ref().map_or(1, |m| m.v_dim);
+                        let rows = (p.len / v_dim) as u32;
+                        record_masked_step(
+                            gpu,
+                            encoder,
+                            &state,
+                            g,
+                            mask,
+                            (rows, v_dim as u32),
+                            &clip,
+                            step(lr),
+                        )?
+                    }
+                    _ => record_dense_step(gpu, encoder, &state, g, p.len as u64, &clip, step(lr))?,
+                }
             }
         }
         Ok(loss)
