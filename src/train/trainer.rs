@@ -6,7 +6,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::io::{HostTensor, TensorFile};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::io::HostTensor;
+use crate::io::TensorFile;
 use crate::kernels::adamw::{record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep};
 use crate::kernels::ops::CrossEntropy;
 use crate::memory::VALUES_NAME;
