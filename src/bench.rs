@@ -206,11 +206,35 @@ fn train_bench(gpu: &Gpu, o: &Options) -> Result<()> {
             trainer.step_blocking(gpu, &x, &y, batch, seq)?;
         }
         let tokens_per_s = (o.iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
+        // Where one step's GPU time goes, by pass label (timestamp queries).
+        let (x, y) = batch_of();
+        gpu.start_profiling(2048)?;
+        trainer.step_blocking(gpu, &x, &y, batch, seq)?;
+        let timings = pollster::block_on(gpu.finish_profiling())?;
+        let mut by_label: Vec<(&'static str, f64)> = Vec::new();
+        for t in &timings {
+            match by_label.iter_mut().find(|k| k.0 == t.label) {
+                Some(k) => k.1 += t.seconds,
+                None => by_label.push((t.label, t.seconds)),
+            }
+        }
+        by_label.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = by_label.iter().map(|k| k.1).sum();
+        let top: Vec<String> = by_label
+            .iter()
+            .take(5)
+            .map(|(l, s)| format!("{l} {:.0}%", 100.0 * s / total))
+            .collect();
         println!(
             "{name:<27} {:>9} params  {:>6.2} MFLOP/token  {:>8.0} training tokens/s",
             weights.parameter_count(),
             config.flops_per_token(seq) / 1e6,
             tokens_per_s
+        );
+        println!(
+            "  GPU time of one step: {:.0} ms; largest: {}",
+            total * 1e3,
+            top.join(", ")
         );
         results.push(tokens_per_s);
     }
