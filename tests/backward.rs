@@ -39,6 +39,28 @@ enum Param {
     ProjB,
 }
 
+impl Param {
+    /// The tensor this parameter names: a layer weight, the value table, or the input.
+    fn slot<'a>(
+        self,
+        w: &'a mut MemoryWeights,
+        values: &'a mut Vec<f32>,
+        x: &'a mut Vec<f32>,
+    ) -> &'a mut Vec<f32> {
+        match self {
+            Param::X => x,
+            Param::QueryW => &mut w.query_w,
+            Param::QueryB => &mut w.query_b,
+            Param::Keys => &mut w.keys,
+            Param::Values => values,
+            Param::SwiluW => &mut w.swilu.as_mut().unwrap().0,
+            Param::SwiluB => &mut w.swilu.as_mut().unwrap().1,
+            Param::ProjW => &mut w.value_proj.as_mut().unwrap().0,
+            Param::ProjB => &mut w.value_proj.as_mut().unwrap().1,
+        }
+    }
+}
+
 #[test]
 fn reference_backward_matches_finite_differences() {
     for (swilu, v_dim, qk_norm) in [
@@ -99,32 +121,10 @@ fn reference_backward_matches_finite_differences() {
             for i in picks {
                 let eps = 1e-2f32;
                 let mut eval = |delta: f32| {
-                    let target: &mut f32 = match param {
-                        Param::X => &mut x[i],
-                        Param::QueryW => &mut w.query_w[i],
-                        Param::QueryB => &mut w.query_b[i],
-                        Param::Keys => &mut w.keys[i],
-                        Param::Values => &mut values[i],
-                        Param::SwiluW => &mut w.swilu.as_mut().unwrap().0[i],
-                        Param::SwiluB => &mut w.swilu.as_mut().unwrap().1[i],
-                        Param::ProjW => &mut w.value_proj.as_mut().unwrap().0[i],
-                        Param::ProjB => &mut w.value_proj.as_mut().unwrap().1[i],
-                    };
-                    let old = *target;
-                    *target = old + delta;
+                    let old = param.slot(&mut w, &mut values, &mut x)[i];
+                    param.slot(&mut w, &mut values, &mut x)[i] = old + delta;
                     let result = loss(&w, &values, &x);
-                    let target: &mut f32 = match param {
-                        Param::X => &mut x[i],
-                        Param::QueryW => &mut w.query_w[i],
-                        Param::QueryB => &mut w.query_b[i],
-                        Param::Keys => &mut w.keys[i],
-                        Param::Values => &mut values[i],
-                        Param::SwiluW => &mut w.swilu.as_mut().unwrap().0[i],
-                        Param::SwiluB => &mut w.swilu.as_mut().unwrap().1[i],
-                        Param::ProjW => &mut w.value_proj.as_mut().unwrap().0[i],
-                        Param::ProjB => &mut w.value_proj.as_mut().unwrap().1[i],
-                    };
-                    *target = old;
+                    param.slot(&mut w, &mut values, &mut x)[i] = old;
                     result
                 };
                 let (plus, s1) = eval(eps);

@@ -62,15 +62,9 @@ pub fn run(a: &Args) -> Result<()> {
             ));
         }
     }
-    weights.check_tokens(&tokens)?;
+    config.check_ids("tokens", &tokens)?;
     if let Some((_, t)) = &targets {
-        if let Some(i) = t.iter().position(|&x| x as usize >= config.vocab) {
-            return Err(Error::tensor(
-                "targets",
-                format!("ids below vocab_size {}", config.vocab),
-                format!("{}", t[i]),
-            ));
-        }
+        config.check_ids("targets", t)?;
     }
     let (batch, seq) = (shape[0], shape[1]);
     let gpu = Gpu::new_blocking()?;

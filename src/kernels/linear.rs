@@ -94,11 +94,6 @@ pub struct Linear<'a> {
 }
 
 impl Linear<'_> {
-    pub fn flops(&self) -> f64 {
-        let batch = self.batched.map_or(1, |b| b.batch) as f64;
-        2.0 * batch * self.m as f64 * self.n as f64 * self.k as f64
-    }
-
     fn layout(&self) -> Batched {
         self.batched
             .unwrap_or(Batched::dense(self.m, self.n, self.k, false, false))

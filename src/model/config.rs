@@ -257,6 +257,18 @@ impl ModelConfig {
         self.memory_layers.contains(&layer)
     }
 
+    /// Errors unless every id in `ids` (the tensor called `name`) is below vocab_size.
+    pub fn check_ids(&self, name: &str, ids: &[u32]) -> Result<()> {
+        match ids.iter().position(|&t| t as usize >= self.vocab) {
+            None => Ok(()),
+            Some(i) => Err(Error::tensor(
+                name,
+                format!("ids below vocab_size {}", self.vocab),
+                format!("{} at flat index {i}", ids[i]),
+            )),
+        }
+    }
+
     /// Forward FLOPs per token at context length `seq` (multiply-adds x 2): every projection,
     /// attention scores and weighted sums (causal, averaged over positions), the feed-forward
     /// or memory layers (counted by `MemoryConfig::flops_per_token`), and the output layer.

@@ -465,14 +465,7 @@ impl Model {
         cache: &mut KvCache,
     ) -> Result<Vec<f32>> {
         let c = &self.config;
-        if let Some(i) = tokens.iter().position(|&t| t as usize >= c.vocab) {
-            let found = format!("{} at flat index {i}", tokens[i]);
-            return Err(Error::tensor(
-                "tokens",
-                format!("ids below vocab_size {}", c.vocab),
-                found,
-            ));
-        }
+        c.check_ids("tokens", tokens)?;
         let tb = gpu.upload("tokens", tokens);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let fwd = self.record_with_cache(gpu, &mut encoder, &tb, tokens.len() as u32, cache)?;
@@ -497,15 +490,9 @@ impl Model {
                 format!("{} ids", tokens.len()),
             ));
         }
-        for (name, ids) in [("tokens", Some(tokens)), ("targets", targets)] {
-            if let Some(i) = ids.and_then(|ids| ids.iter().position(|&t| t as usize >= c.vocab)) {
-                let found = format!("{} at flat index {i}", ids.unwrap()[i]);
-                return Err(Error::tensor(
-                    name,
-                    format!("ids below vocab_size {}", c.vocab),
-                    found,
-                ));
-            }
+        c.check_ids("tokens", tokens)?;
+        if let Some(t) = targets {
+            c.check_ids("targets", t)?;
         }
         let tb = gpu.upload("tokens", tokens);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());

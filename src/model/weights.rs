@@ -221,16 +221,4 @@ impl ModelWeights {
             .map(|(_, s, _)| s.iter().product::<usize>())
             .sum()
     }
-
-    /// Checks token ids against the vocabulary.
-    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        match tokens.iter().position(|&t| t as usize >= self.config.vocab) {
-            None => Ok(()),
-            Some(i) => Err(Error::tensor(
-                "tokens",
-                format!("ids below vocab_size {}", self.config.vocab),
-                format!("{} at flat index {i}", tokens[i]),
-            )),
-        }
-    }
 }

@@ -207,7 +207,6 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<f32> {
-        let vocab = self.model.config.vocab;
         for (name, ids) in [("tokens", tokens), ("targets", targets)] {
             if ids.len() != batch * seq {
                 return Err(Error::tensor(
@@ -216,13 +215,7 @@ impl Trainer {
                     format!("{} ids", ids.len()),
                 ));
             }
-            if let Some(i) = ids.iter().position(|&t| t as usize >= vocab) {
-                return Err(Error::tensor(
-                    name,
-                    format!("ids below vocab_size {vocab}"),
-                    format!("{}", ids[i]),
-                ));
-            }
+            self.model.config.check_ids(name, ids)?;
         }
         let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
