@@ -2,7 +2,8 @@
 //   loss[r] = logsumexp(logits[r]) - logits[r, target[r]]
 //   grad[r, c] = (softmax(logits[r])[c] - [c == target[r]]) * scale   (scale = 1 / rows)
 // One workgroup per row; maxima and sums are per-invocation partials combined in invocation
-// order: deterministic. The mean over rows is left to the caller.
+// order: deterministic. The mean over rows is left to the caller. A target of IGNORE
+// (0xffffffff, torch's ignore_index) gives the row zero loss and zero gradient.
 
 struct Params {
     rows: u32,
@@ -12,6 +13,7 @@ struct Params {
 }
 
 const WG: u32 = 64u;
+const IGNORE: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -65,11 +67,12 @@ fn main(
     workgroupBarrier();
     let lse = combined;
     let t = targets[row];
+    let counted = select(1.0, 0.0, t == IGNORE);
     for (var c = lid; c < p.vocab; c += WG) {
         let onehot = select(0.0, 1.0, c == t);
-        grad[base + c] = (exp(logits[base + c] - lse) - onehot) * p.scale;
+        grad[base + c] = (exp(logits[base + c] - lse) - onehot) * p.scale * counted;
     }
     if (lid == 0u) {
-        loss[row] = lse - logits[base + t];
+        loss[row] = select(lse - logits[base + min(t, p.vocab - 1u)], 0.0, t == IGNORE);
     }
 }

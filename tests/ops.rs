@@ -2,7 +2,7 @@
 
 mod common;
 use common::{assert_close, gpu};
-use memlayers::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope};
+use memlayers::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
 use memlayers::reference::ops::{self, AttentionDims};
 use memlayers::rng::Rng;
 
@@ -179,11 +179,25 @@ fn attention_matches_oracle() {
 
 #[test]
 fn cross_entropy_matches_oracle() {
+    // Every fourth target (and the last row's) ignored where the row count allows: those rows
+    // must get zero loss and gradient, and the mean is over the others.
     let g = gpu();
     let mut rng = Rng::new(4);
-    for &(rows, vocab) in &[(1, 1), (3, 11), (64, 259), (5, 5000)] {
+    for &(rows, vocab, ignore) in &[
+        (1, 1, false),
+        (3, 11, false),
+        (3, 11, true),
+        (64, 259, true),
+        (5, 5000, true),
+    ] {
         let logits = rng.vec_normal(rows * vocab, 3.0);
-        let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+        let targets: Vec<u32> = (0..rows)
+            .map(|r| match ignore && (r % 4 == 1 || r == rows - 1) {
+                true => IGNORE_TARGET,
+                false => rng.below(vocab as u64) as u32,
+            })
+            .collect();
+        let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count();
         let (lb, tb) = (g.upload("logits", &logits), g.upload("targets", &targets));
         let (lossb, gb) = (
             g.storage("loss", (rows * 4) as u64),
@@ -193,7 +207,7 @@ fn cross_entropy_matches_oracle() {
             CrossEntropy {
                 rows: rows as u32,
                 vocab: vocab as u32,
-                scale: 1.0 / rows as f32,
+                scale: 1.0 / counted as f32,
                 logits: &lb,
                 targets: &tb,
                 loss: &lossb,
@@ -204,9 +218,19 @@ fn cross_entropy_matches_oracle() {
         });
         let (loss, grad) = ops::cross_entropy(&logits, &targets, vocab);
         let per_row = g.read_f32_blocking(&lossb, rows).unwrap();
-        assert_close("mean loss", &[per_row.iter().sum::<f32>() / rows as f32], &[loss]);
+        for (r, &t) in targets.iter().enumerate() {
+            if t == IGNORE_TARGET {
+                assert_eq!(per_row[r], 0.0, "ignored row {r} has a loss");
+                assert!(grad[r * vocab..(r + 1) * vocab].iter().all(|&x| x == 0.0));
+            }
+        }
         assert_close(
-            &format!("cross-entropy grad {rows}x{vocab}"),
+            "mean loss",
+            &[per_row.iter().sum::<f32>() / counted as f32],
+            &[loss],
+        );
+        assert_close(
+            &format!("cross-entropy grad {rows}x{vocab} ignore={ignore}"),
             &g.read_f32_blocking(&gb, rows * vocab).unwrap(),
             &grad,
         );

@@ -417,6 +417,12 @@ struct CeParams {
 
 /// Cross-entropy of `logits [rows, vocab]` against `targets [rows]` (u32): per-row `loss`
 /// and `grad = (softmax - onehot) * scale` (scale 1 / rows for the mean).
+/// A target that counts for nothing in `CrossEntropy` (torch's `ignore_index`): zero loss and
+/// zero gradient for its row.
+pub const IGNORE_TARGET: u32 = u32::MAX;
+
+/// Cross-entropy rows: per-row loss and `scale * (softmax - onehot)`; set `scale` to one over
+/// the number of counted (not ignored) rows for a mean.
 pub struct CrossEntropy<'a> {
     pub rows: u32,
     pub vocab: u32,

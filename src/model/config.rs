@@ -259,7 +259,19 @@ impl ModelConfig {
 
     /// Errors unless every id in `ids` (the tensor called `name`) is below vocab_size.
     pub fn check_ids(&self, name: &str, ids: &[u32]) -> Result<()> {
-        match ids.iter().position(|&t| t as usize >= self.vocab) {
+        self.check_ids_allowing(name, ids, None)
+    }
+
+    /// As `check_ids`, also allowing `IGNORE_TARGET` (a target that counts for nothing).
+    pub fn check_targets(&self, name: &str, ids: &[u32]) -> Result<()> {
+        self.check_ids_allowing(name, ids, Some(crate::kernels::ops::IGNORE_TARGET))
+    }
+
+    fn check_ids_allowing(&self, name: &str, ids: &[u32], allowed: Option<u32>) -> Result<()> {
+        match ids
+            .iter()
+            .position(|&t| t as usize >= self.vocab && Some(t) != allowed)
+        {
             None => Ok(()),
             Some(i) => Err(Error::tensor(
                 name,

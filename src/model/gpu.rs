@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use crate::kernels::linear::Linear;
-use crate::kernels::ops::{record_add, rope_tables, Attention, CrossEntropy, RmsNorm, Rope};
+use crate::kernels::ops::{record_add, rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
 use crate::memory::{MemoryLayer, ValueDtype, ValuePool};
 
 pub(super) enum GpuFeedForward {
@@ -473,7 +473,8 @@ impl Model {
         gpu.read_f32(&fwd.logits, tokens.len() * c.vocab).await
     }
 
-    /// Logits `[batch * seq, vocab]` and, with `targets`, the mean cross-entropy.
+    /// Logits `[batch * seq, vocab]` and, with `targets`, the mean cross-entropy (over the
+    /// targets that are not `IGNORE_TARGET`).
     pub async fn forward(
         &self,
         gpu: &Gpu,
@@ -492,8 +493,9 @@ impl Model {
         }
         c.check_ids("tokens", tokens)?;
         if let Some(t) = targets {
-            c.check_ids("targets", t)?;
+            c.check_targets("targets", t)?;
         }
+        let counted = targets.map_or(0, |t| t.iter().filter(|&&t| t != IGNORE_TARGET).count());
         let tb = gpu.upload("tokens", tokens);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let fwd = self.record_forward(gpu, &mut encoder, &tb, batch as u32, seq as u32)?;
@@ -507,7 +509,7 @@ impl Model {
             CrossEntropy {
                 rows,
                 vocab: c.vocab as u32,
-                scale: 1.0 / rows as f32,
+                scale: 1.0 / counted.max(1) as f32,
                 logits: &fwd.logits,
                 targets: &target_buf,
                 loss: &loss_rows,
@@ -520,7 +522,7 @@ impl Model {
         let loss = match targets {
             Some(_) => {
                 let per_row = gpu.read_f32(&loss_rows, rows as usize).await?;
-                Some(per_row.iter().sum::<f32>() / rows as f32)
+                Some(per_row.iter().sum::<f32>() / counted.max(1) as f32)
             }
             None => None,
         };

@@ -156,12 +156,20 @@ pub fn attention_backward(
 }
 
 /// Mean cross-entropy of `logits [rows, vocab]` against `targets`, in f32; also
-/// dL/dlogits = (softmax - onehot) / rows.
+/// dL/dlogits = (softmax - onehot) / rows. Rows whose target is `IGNORE_TARGET` count for
+/// nothing (torch's ignore_index); `rows` is the number of the others.
 pub fn cross_entropy(logits: &[f32], targets: &[u32], vocab: usize) -> (f32, Vec<f32>) {
-    let rows = targets.len();
+    let rows = targets
+        .iter()
+        .filter(|&&t| t != crate::kernels::ops::IGNORE_TARGET)
+        .count()
+        .max(1);
     let mut loss = 0f32;
     let mut grad = vec![0f32; logits.len()];
     for (r, &t) in targets.iter().enumerate() {
+        if t == crate::kernels::ops::IGNORE_TARGET {
+            continue;
+        }
         let row = &logits[r * vocab..(r + 1) * vocab];
         let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let sum: f32 = row.iter().map(|x| (x - m).exp()).sum();

@@ -10,7 +10,7 @@ use crate::gpu::Gpu;
 use crate::io::HostTensor;
 use crate::io::TensorFile;
 use crate::kernels::adamw::{record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep};
-use crate::kernels::ops::CrossEntropy;
+use crate::kernels::ops::{CrossEntropy, IGNORE_TARGET};
 use crate::memory::VALUES_NAME;
 use crate::model::{Model, ModelWeights};
 
@@ -112,7 +112,8 @@ impl Trainer {
     }
 
     /// Records one step on `tokens`/`targets` (`[batch, seq]`, u32, checked against the
-    /// vocabulary by the caller) and returns the per-row losses' buffer.
+    /// vocabulary by the caller; targets may be `IGNORE_TARGET`, and `counted` is the number
+    /// of the others: the loss is their mean) and returns the per-row losses' buffer.
     pub fn record_step(
         &mut self,
         gpu: &Gpu,
@@ -121,6 +122,7 @@ impl Trainer {
         targets: &wgpu::Buffer,
         batch: u32,
         seq: u32,
+        counted: u32,
     ) -> Result<wgpu::Buffer> {
         let c = &self.model.config;
         let fwd = self.model.record_forward(gpu, encoder, tokens, batch, seq)?;
@@ -130,7 +132,7 @@ impl Trainer {
         CrossEntropy {
             rows,
             vocab: c.vocab as u32,
-            scale: 1.0 / rows as f32,
+            scale: 1.0 / counted.max(1) as f32,
             logits: &fwd.logits,
             targets,
             loss: &loss,
@@ -197,7 +199,8 @@ impl Trainer {
         Ok(loss)
     }
 
-    /// One step, submitted, returning the mean loss (native).
+    /// One step, submitted, returning the mean loss over the targets that are not
+    /// `IGNORE_TARGET` (native).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn step_blocking(
         &mut self,
@@ -215,14 +218,27 @@ impl Trainer {
                     format!("{} ids", ids.len()),
                 ));
             }
-            self.model.config.check_ids(name, ids)?;
+            if name == "tokens" {
+                self.model.config.check_ids(name, ids)?;
+            } else {
+                self.model.config.check_targets(name, ids)?;
+            }
         }
+        let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count();
         let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let loss = self.record_step(gpu, &mut encoder, &tb, &gb, batch as u32, seq as u32)?;
+        let loss = self.record_step(
+            gpu,
+            &mut encoder,
+            &tb,
+            &gb,
+            batch as u32,
+            seq as u32,
+            counted as u32,
+        )?;
         gpu.queue.submit([encoder.finish()]);
         let per_row = gpu.read_f32_blocking(&loss, batch * seq)?;
-        Ok(per_row.iter().sum::<f32>() / per_row.len() as f32)
+        Ok(per_row.iter().sum::<f32>() / counted.max(1) as f32)
     }
 
     /// The current weights, read back (native).
