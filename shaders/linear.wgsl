@@ -165,3 +165,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     store(b, r + 7u, c, a70);
     store(b, r + 7u, c + 4u, a71);
 }
+
+// Split-K epilogue: the product of a long reduction is computed as `k_len` partial products
+// over consecutive k ranges (batches of `main`, stored [k_len][m][n] in `x`), then summed here
+// in range order (deterministic) into y[y_offset + r * y_row + c], added to y under
+// ACCUMULATE. One invocation per output; grid (ceil(n / 64), m).
+@compute @workgroup_size(64)
+fn reduce_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = wg.x * TILE + lid;
+    let r = wg.y;
+    if (c >= p.n || r >= p.m) {
+        return;
+    }
+    var o = 0.0;
+    for (var s = 0u; s < p.k_len; s++) {
+        o += x[(s * p.m + r) * p.n + c];
+    }
+    let at = p.y_offset + r * p.y_row + c;
+    if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+        o += y[at];
+    }
+    y[at] = o;
+}

@@ -7,9 +7,11 @@
 //! - [`memory`]: the memory layer and its shared value pool;
 //! - [`model`]: the lingua-compatible transformer around it;
 //! - [`train`]: AdamW, data and the training step;
+//! - [`demo`]: facts as training data and exact greedy recall (the demo's core);
 //! - [`io`]: safetensors checkpoints under the reference names;
 //! - [`reference`]: the plain-Rust CPU oracle of every kernel.
 
+pub mod demo;
 pub mod error;
 pub mod gpu;
 pub mod io;

@@ -135,6 +135,51 @@ fn linear_every_transpose_case_matches_oracle() {
     }
 }
 
+#[test]
+fn linear_split_k_matches_oracle() {
+    // Few output tiles over a long reduction split k into ranges (partial products summed in
+    // order); reductions beyond one dispatch's loop budget (30,000) must split too. With
+    // accumulate, the sum is added to what y holds.
+    let g = gpu();
+    let mut rng = Rng::new(29);
+    for &(m, n, k, xt, wt, accumulate) in &[
+        (3, 5, 1000, true, true, false),
+        (32, 32, 1536, true, true, true),
+        (70, 9, 30_000, false, false, true),
+        (1, 1, 513, false, true, false),
+    ] {
+        let x = rng.vec_symmetric(m * k, 1.0);
+        let w = rng.vec_symmetric(n * k, 1.0);
+        let y0 = rng.vec_symmetric(m * n, 1.0);
+        let mut want = reference::linear(&x, &w, None, m, n, k);
+        if accumulate {
+            want.iter_mut().zip(&y0).for_each(|(a, b)| *a += b);
+        }
+        let xs = if xt { transpose(&x, m, k) } else { x.clone() };
+        let ws = if wt { transpose(&w, n, k) } else { w.clone() };
+        let (xb, wb, yb) = (g.upload("x", &xs), g.upload("w", &ws), g.upload("y", &y0));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        memlayers::kernels::linear::gemm(
+            g,
+            &mut enc,
+            "linear",
+            (&xb, xt),
+            (&wb, wt),
+            &yb,
+            (m as u32, n as u32, k as u32),
+            accumulate,
+        )
+        .unwrap();
+        g.queue.submit([enc.finish()]);
+        let got = g.read_f32_blocking(&yb, m * n).unwrap();
+        assert_close(
+            &format!("split-k linear {m}x{n}x{k} accumulate={accumulate}"),
+            &got,
+            &want,
+        );
+    }
+}
+
 fn run_lookup(query: &[f32], keys: &[f32], d: LookupDims) -> reference::LookupOut {
     let g = gpu();
     let n = d.rows * d.heads * d.knn;

@@ -5,6 +5,7 @@ use common::{assert_close, gpu};
 use memlayers::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
 use memlayers::reference::ops::{self, AttentionDims};
 use memlayers::rng::Rng;
+use memlayers::Gpu;
 
 fn submit(f: impl FnOnce(&mut wgpu::CommandEncoder)) {
     let g = gpu();
@@ -101,7 +102,18 @@ fn rope_matches_oracle_at_far_positions() {
 
 #[test]
 fn attention_matches_oracle() {
-    let g = gpu();
+    // Both variants on this adapter: a workgroup per row (GPUs) and a row per invocation
+    // (CPU adapters), whichever the adapter's tuning picks by default.
+    let mut other = Gpu::new_blocking().unwrap();
+    let mut tuning = other.tuning();
+    tuning.attention_rows = !tuning.attention_rows;
+    other.set_tuning(tuning);
+    for g in [gpu(), &other] {
+        attention_cases(g);
+    }
+}
+
+fn attention_cases(g: &Gpu) {
     let mut rng = Rng::new(3);
     for &(batch, seq, heads, kv_heads, hd) in &[
         (1, 1, 1, 1, 1),
@@ -109,6 +121,8 @@ fn attention_matches_oracle() {
         (1, 70, 2, 2, 16),
         (3, 9, 6, 1, 10),
         (1, 130, 4, 4, 8),
+        (2, 33, 3, 3, 128),
+        (1, 300, 4, 2, 40),
     ] {
         let a = AttentionDims {
             seq,
@@ -148,10 +162,10 @@ fn attention_matches_oracle() {
             out: &ob,
             lse: &lb,
         };
-        submit(|e| {
-            att.record_forward(g, e).unwrap();
-            att.record_backward(g, e, &db, &dqb, &dkb, &dvb).unwrap();
-        });
+        let mut e = g.device.create_command_encoder(&Default::default());
+        att.record_forward(g, &mut e).unwrap();
+        att.record_backward(g, &mut e, &db, &dqb, &dkb, &dvb).unwrap();
+        g.queue.submit([e.finish()]);
         let (out, dq, dk, dv) = (
             g.read_f32_blocking(&ob, batch * qn).unwrap(),
             g.read_f32_blocking(&dqb, batch * qn).unwrap(),
@@ -160,7 +174,7 @@ fn attention_matches_oracle() {
         );
         for b in 0..batch {
             let (qs, ks) = (b * qn..(b + 1) * qn, b * kvn..(b + 1) * kvn);
-            let what = format!("attention batch {b} of {a:?}");
+            let what = format!("attention batch {b} of {a:?}, {:?}", g.tuning());
             let (want, _) = ops::attention(&q[qs.clone()], &k[ks.clone()], &v[ks.clone()], a);
             assert_close(&what, &out[qs.clone()], &want);
             let (wq, wk, wv) = ops::attention_backward(

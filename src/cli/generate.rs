@@ -29,13 +29,7 @@ pub struct Args {
 /// from the softmax at `temperature` restricted to the top-p nucleus.
 pub fn pick(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Rng) -> u32 {
     if temperature <= 0.0 {
-        let mut best = 0;
-        for (i, &l) in logits.iter().enumerate() {
-            if l > logits[best] {
-                best = i;
-            }
-        }
-        return best as u32;
+        return memlayers::demo::argmax(logits);
     }
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<(f32, u32)> = logits

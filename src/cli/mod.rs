@@ -1,9 +1,11 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
+mod demo;
 mod generate;
 mod info;
 mod lm_forward;
 mod memory_forward;
+mod plot;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: a dense model and a memory model with the same FLOPs per token learn the
+    /// same facts; prints recall of each, writes results.json, recall.png and both models.
+    Demo(demo::Args),
     /// List every adapter with its backend, limits and features, and the one memlayers picks.
     Info,
     /// Run one memory layer from a reference checkpoint on the GPU.
@@ -59,6 +64,7 @@ enum Command {
 
 pub fn run() -> Result<()> {
     match Cli::parse().command {
+        Command::Demo(args) => demo::run(&args),
         Command::Info => info::run(),
         Command::MemoryForward(args) => memory_forward::run(&args),
         Command::LmForward(args) => lm_forward::run(&args),

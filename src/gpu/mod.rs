@@ -36,16 +36,22 @@ pub struct Tuning {
     /// Invocations per workgroup of the embedding bag (64 on GPUs; 16 on CPU adapters, where
     /// each invocation then keeps more columns and rereads each entry's slot less often).
     pub bag_workgroup: u32,
+    /// Attention with one invocation per row (`attention_rows.wgsl`) where the shape allows,
+    /// instead of a workgroup per row: on CPU adapters the workgroup variant spends its time
+    /// in barriers and idle lanes (measured 2-4x slower there).
+    pub attention_rows: bool,
 }
 
 impl Tuning {
     pub const GPU: Tuning = Tuning {
         topk_workgroup: 64,
         bag_workgroup: 64,
+        attention_rows: false,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 16,
         bag_workgroup: 16,
+        attention_rows: true,
     };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {

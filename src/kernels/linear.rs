@@ -1,12 +1,22 @@
 //! `linear.wgsl`: y = x w^T (+ bias) (then optionally y = gate * silu(y)), batched and
 //! strided so that it also computes the sub-key scores of every (head, half).
 
-use super::{check_buffer, check_loop_budget};
+use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, MAX_GRID_DIM};
 
 pub const SOURCE: &str = include_str!("../../shaders/linear.wgsl");
 const TILE: u32 = 64;
+/// Split-K: a product with few output tiles splits its reduction into ranges computed by
+/// separate workgroups until about this many workgroups run (weight gradients such as
+/// dW = dY^T X have a small output and a reduction over every row: one workgroup would do
+/// all the work on one core or SM).
+const SPLIT_TARGET_WORKGROUPS: u32 = 64;
+/// The shortest k range worth a workgroup of its own.
+const MIN_SPLIT_K: u32 = 256;
+/// The longest k range one dispatch may reduce within the loop budget (k / 8 steps of 17
+/// iterations, plus the stores).
+const MAX_K_PER_DISPATCH: u32 = ((LOOP_BUDGET as u32 - 64) / 17) * 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -99,7 +109,87 @@ impl Linear<'_> {
             .unwrap_or(Batched::dense(self.m, self.n, self.k, false, false))
     }
 
+    /// How many k ranges this product's reduction is split into (1: not split). Only single
+    /// products without bias or gate split; reductions longer than one dispatch's loop
+    /// budget always do.
+    fn splits(&self) -> u32 {
+        let l = self.layout();
+        if l.batch != 1 || self.bias.is_some() || self.gate.is_some() || self.m > MAX_GRID_DIM {
+            return 1;
+        }
+        let tiles = self.m.div_ceil(TILE) * self.n.div_ceil(TILE);
+        let for_parallelism = (SPLIT_TARGET_WORKGROUPS / tiles).min(self.k / MIN_SPLIT_K);
+        for_parallelism.max(self.k.div_ceil(MAX_K_PER_DISPATCH)).max(1)
+    }
+
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let splits = self.splits();
+        if splits <= 1 {
+            return self.record_unsplit(gpu, encoder);
+        }
+        let l = self.layout();
+        check_buffer(
+            gpu,
+            "linear.y",
+            self.y,
+            l.y_offset as u64 + (self.m as u64 - 1) * l.y_row as u64 + self.n as u64,
+        )?;
+        // `full` ranges of `chunk` k values as one batched product, then the remainder.
+        let chunk = self.k.div_ceil(splits);
+        let full = self.k / chunk;
+        let rest = self.k - full * chunk;
+        let parts = full + (rest > 0) as u32;
+        let mn = self.m * self.n;
+        let partial = gpu.storage("linear split-k partials", parts as u64 * mn as u64 * 4);
+        let part = |batch: u32, k: u32, skip: u32, y_offset: u32| Linear {
+            label: self.label,
+            x: self.x,
+            w: self.w,
+            bias: None,
+            gate: None,
+            y: &partial,
+            m: self.m,
+            n: self.n,
+            k,
+            batched: Some(Batched {
+                batch,
+                x_offset: l.x_offset + skip * l.x_k,
+                x_batch: chunk * l.x_k,
+                w_offset: l.w_offset + skip * l.w_k,
+                w_batch: chunk * l.w_k,
+                y_offset,
+                y_batch: mn,
+                y_row: self.n,
+                ..l
+            }),
+            accumulate: false,
+        };
+        part(full, chunk, 0, 0).record_unsplit(gpu, encoder)?;
+        if rest > 0 {
+            part(1, rest, full * chunk, full * mn).record_unsplit(gpu, encoder)?;
+        }
+        let pipeline = gpu.pipeline_entry("linear_reduce_split", SOURCE, "reduce_split", &[]);
+        let params = gpu.uniform(
+            "linear split-k params",
+            &Params {
+                m: self.m,
+                n: self.n,
+                k_len: parts,
+                flags: if self.accumulate { 4 } else { 0 },
+                y_offset: l.y_offset,
+                y_row: l.y_row,
+                ..bytemuck::Zeroable::zeroed()
+            },
+        );
+        let bind = gpu.bind_at(&pipeline, &[(0, &params), (1, &partial), (5, self.y)]);
+        let mut pass = gpu.begin_pass(encoder, self.label);
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(self.n.div_ceil(TILE), self.m, 1);
+        Ok(())
+    }
+
+    fn record_unsplit(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let (m, n, k) = (self.m as u64, self.n as u64, self.k as u64);
         let l = self.layout();
         if m == 0 || n == 0 || k == 0 || l.batch == 0 {

@@ -19,6 +19,7 @@ use crate::gpu::Gpu;
 pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("adamw.wgsl", adamw::SOURCE),
     ("attention.wgsl", ops::ATTENTION),
+    ("attention_rows.wgsl", ops::ATTENTION_ROWS),
     ("cross_entropy.wgsl", ops::CROSS_ENTROPY),
     ("elementwise.wgsl", ops::ELEMENTWISE),
     ("rmsnorm.wgsl", ops::RMSNORM),

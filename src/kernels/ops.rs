@@ -9,11 +9,14 @@ use crate::gpu::{grid, Gpu};
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
+pub const ATTENTION_ROWS: &str = include_str!("../../shaders/attention_rows.wgsl");
 pub const CROSS_ENTROPY: &str = include_str!("../../shaders/cross_entropy.wgsl");
 pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 
 /// Longest sequence the attention kernel's workgroup arrays hold.
 pub const MAX_SEQ: u32 = 1024;
+
+use super::LOOP_BUDGET;
 
 fn dispatch(
     gpu: &Gpu,
@@ -305,9 +308,33 @@ impl Attention<'_> {
         Ok(gpu.uniform("attention params", &params))
     }
 
+    /// The kernel variant for this shape on `gpu`: (pipeline name, source, rows per
+    /// workgroup). The row variant keeps a row in private arrays (head_dim <= 128) and runs
+    /// every key of a row in one invocation, within the loop budget.
+    fn variant(&self, gpu: &Gpu, kv_len: u32) -> (&'static str, &'static str, u32) {
+        let (hd, group) = (self.head_dim as u64, (self.heads / self.kv_heads.max(1)) as u64);
+        let iterations = group * kv_len as u64 * (2 * hd + 2) + 4 * hd;
+        if gpu.tuning().attention_rows && hd <= 128 && iterations <= LOOP_BUDGET {
+            ("attention_rows", ATTENTION_ROWS, 16)
+        } else {
+            ("attention", ATTENTION, 1)
+        }
+    }
+
     pub fn record_forward(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
-        let params = self.params(gpu)?;
-        let pipeline = gpu.pipeline_entry("attention", ATTENTION, "forward", &[]);
+        self.record_forward_as(gpu, encoder, self.seq, "attention")
+    }
+
+    fn record_forward_as(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        kv_len: u32,
+        label: &'static str,
+    ) -> Result<()> {
+        let params = self.params_with_cache(gpu, kv_len)?;
+        let (name, source, per_group) = self.variant(gpu, kv_len);
+        let pipeline = gpu.pipeline_entry(name, source, "forward", &[]);
         let bind = gpu.bind_at(
             &pipeline,
             &[
@@ -322,10 +349,10 @@ impl Attention<'_> {
         dispatch(
             gpu,
             encoder,
-            "attention",
+            label,
             &pipeline,
             &[&bind],
-            self.batch * self.seq * self.heads,
+            (self.batch * self.seq * self.heads).div_ceil(per_group),
         );
         Ok(())
     }
@@ -333,28 +360,7 @@ impl Attention<'_> {
     /// The forward for `seq` new query positions against `kv_len` cached key/value
     /// positions (the queries are the last `seq` of them).
     pub fn record_decode(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder, kv_len: u32) -> Result<()> {
-        let params = self.params_with_cache(gpu, kv_len)?;
-        let pipeline = gpu.pipeline_entry("attention", ATTENTION, "forward", &[]);
-        let bind = gpu.bind_at(
-            &pipeline,
-            &[
-                (0, &params),
-                (1, self.q),
-                (2, self.k),
-                (3, self.v),
-                (4, self.out),
-                (5, self.lse),
-            ],
-        );
-        dispatch(
-            gpu,
-            encoder,
-            "attention_decode",
-            &pipeline,
-            &[&bind],
-            self.batch * self.seq * self.heads,
-        );
-        Ok(())
+        self.record_forward_as(gpu, encoder, kv_len, "attention_decode")
     }
 
     /// From `d_out` (like q), writes `dq`, `dk`, `dv` (after `record_forward`).
@@ -385,13 +391,21 @@ impl Attention<'_> {
             (6, d_out),
             (7, &row_dot),
         ];
-        let bq = gpu.pipeline_entry("attention", ATTENTION, "backward_q", &[]);
+        let (name, source, per_group) = self.variant(gpu, self.seq);
+        let bq = gpu.pipeline_entry(name, source, "backward_q", &[]);
         let mut with_out = shared.to_vec();
         with_out.push((4, self.out));
         let bind0 = gpu.bind_at(&bq, &with_out);
         let bind1 = gpu.bind_group(&bq, 1, &[(0, dq)]);
-        dispatch(gpu, encoder, "attention_backward_q", &bq, &[&bind0, &bind1], rows);
-        let bkv = gpu.pipeline_entry("attention", ATTENTION, "backward_kv", &[]);
+        dispatch(
+            gpu,
+            encoder,
+            "attention_backward_q",
+            &bq,
+            &[&bind0, &bind1],
+            rows.div_ceil(per_group),
+        );
+        let bkv = gpu.pipeline_entry(name, source, "backward_kv", &[]);
         let bind0 = gpu.bind_at(&bkv, &shared);
         let bind1 = gpu.bind_group(&bkv, 1, &[(1, dk), (2, dv)]);
         dispatch(
@@ -400,7 +414,7 @@ impl Attention<'_> {
             "attention_backward_kv",
             &bkv,
             &[&bind0, &bind1],
-            self.batch * self.seq * self.kv_heads,
+            (self.batch * self.seq * self.kv_heads).div_ceil(per_group),
         );
         Ok(())
     }

@@ -1,0 +1,111 @@
+//! Facts as training rows and as recall questions.
+//!
+//! Training rows pack whole sentences (`"{prompt}{answer}\n"`) drawn at random, starting at
+//! position 0 and padded with newlines; only the answer's bytes are targets (the rest are
+//! `IGNORE_TARGET`): subject names are arbitrary strings, and predicting them would spend
+//! capacity on something recall does not measure.
+//!
+//! Recall is measured without sampling a token at a time: greedy decoding of a prompt yields
+//! exactly the answer if and only if, fed the prompt and the answer, the model's argmax at
+//! every answer position is the answer's next byte (the first wrong argmax is where greedy
+//! decoding would leave the answer). So one forward pass over every fact at position 0
+//! decides every prompt exactly.
+
+use super::facts::Fact;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::kernels::ops::IGNORE_TARGET;
+use crate::model::Model;
+use crate::rng::Rng;
+
+const PAD: u32 = b'\n' as u32;
+
+/// `batch` rows of `seq` tokens and their targets, packed with facts drawn from `facts`
+/// (every fact must fit in `seq`).
+pub fn training_batch(facts: &[Fact], rng: &mut Rng, batch: usize, seq: usize) -> (Vec<u32>, Vec<u32>) {
+    let (mut tokens, mut targets) = (Vec::with_capacity(batch * seq), Vec::with_capacity(batch * seq));
+    for _ in 0..batch {
+        let (mut row, mut row_targets) = (Vec::with_capacity(seq + 1), Vec::with_capacity(seq + 1));
+        loop {
+            let fact = &facts[rng.below(facts.len() as u64) as usize];
+            let (prompt, answer) = (fact.prompt(), fact.answer());
+            if !row.is_empty() && row.len() + prompt.len() + answer.len() + 1 > seq + 1 {
+                break;
+            }
+            push_sentence(&mut row, &mut row_targets, &prompt, &answer);
+            row.push(PAD);
+            row_targets.push(IGNORE_TARGET);
+        }
+        row.resize(seq + 1, PAD);
+        row_targets.resize(seq + 1, IGNORE_TARGET);
+        // Inputs are positions 0..seq; the target of position i is the byte at i + 1.
+        tokens.extend_from_slice(&row[..seq]);
+        targets.extend_from_slice(&row_targets[1..seq + 1]);
+    }
+    (tokens, targets)
+}
+
+/// Appends `prompt` and `answer` to `row`; `row_targets[i]` is the byte at `i` when that byte
+/// is part of the answer (the target of position `i - 1`), else `IGNORE_TARGET`.
+fn push_sentence(row: &mut Vec<u32>, row_targets: &mut Vec<u32>, prompt: &str, answer: &str) {
+    for b in prompt.bytes() {
+        row.push(b as u32);
+        row_targets.push(IGNORE_TARGET);
+    }
+    for b in answer.bytes() {
+        row.push(b as u32);
+        row_targets.push(b as u32);
+    }
+}
+
+/// The facts as recall questions: one row each, the sentence at position 0 padded to the
+/// longest; targets only on the answer.
+pub fn recall_rows(facts: &[Fact]) -> (Vec<u32>, Vec<u32>, usize) {
+    let seq = facts.iter().map(Fact::len).max().unwrap_or(1).max(1);
+    let (mut tokens, mut targets) = (Vec::with_capacity(facts.len() * seq), Vec::new());
+    for fact in facts {
+        let (mut row, mut row_targets) = (Vec::new(), Vec::new());
+        push_sentence(&mut row, &mut row_targets, &fact.prompt(), &fact.answer());
+        row.resize(seq + 1, PAD);
+        row_targets.resize(seq + 1, IGNORE_TARGET);
+        tokens.extend_from_slice(&row[..seq]);
+        targets.extend_from_slice(&row_targets[1..seq + 1]);
+    }
+    (tokens, targets, seq)
+}
+
+/// The index of the largest logit, the lowest on ties (greedy decoding).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// For each fact, whether greedy decoding of its prompt yields exactly its answer.
+pub async fn recalled(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<Vec<bool>> {
+    const CHUNK: usize = 256;
+    let vocab = model.config.vocab;
+    let mut out = Vec::with_capacity(facts.len());
+    for chunk in facts.chunks(CHUNK) {
+        let (tokens, targets, seq) = recall_rows(chunk);
+        let (logits, _) = model.forward(gpu, &tokens, None, chunk.len(), seq).await?;
+        for r in 0..chunk.len() {
+            out.push((0..seq).all(|i| {
+                let t = targets[r * seq + i];
+                let at = (r * seq + i) * vocab;
+                t == IGNORE_TARGET || argmax(&logits[at..at + vocab]) == t
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// The fraction of `facts` recalled exactly (see `recalled`).
+pub async fn recall(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<f32> {
+    let hits = recalled(model, gpu, facts).await?;
+    Ok(hits.iter().filter(|&&h| h).count() as f32 / hits.len().max(1) as f32)
+}
