@@ -1,0 +1,290 @@
+//! The facts demo: knowledge bases, the TSV parser and its errors, training rows, exact
+//! greedy recall against token-by-token greedy decoding, and `memlayers demo` end to end.
+
+mod common;
+use common::gpu;
+use memlayers::demo::{argmax, recalled, training_batch, Fact, KnowledgeBase};
+use memlayers::kernels::ops::IGNORE_TARGET;
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+use memlayers::rng::Rng;
+use memlayers::train::{TrainConfig, Trainer};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fact(s: &str, r: &str, o: &str) -> Fact {
+    Fact {
+        subject: s.into(),
+        relation: r.into(),
+        object: o.into(),
+    }
+}
+
+#[test]
+fn synthetic_knowledge_base_is_deterministic_with_distinct_subjects() {
+    let a = KnowledgeBase::synthetic(300, 7);
+    assert_eq!(a, KnowledgeBase::synthetic(300, 7));
+    assert_ne!(a, KnowledgeBase::synthetic(300, 8));
+    assert_eq!(a.facts.len(), 1200);
+    let subjects: std::collections::BTreeSet<_> = a.facts.iter().map(|f| &f.subject).collect();
+    assert_eq!(subjects.len(), 300);
+    // Objects are drawn from pools of 16: guessing scores about 1/16 + sampling noise.
+    let g = a.guessing_recall();
+    assert!(g > 0.0625 && g < 0.2, "guessing recall {g}");
+    assert!(a
+        .facts
+        .iter()
+        .all(|f| f.prompt().ends_with(' ') && f.answer().ends_with('.')));
+}
+
+#[test]
+fn tsv_facts_parse() {
+    let kb = KnowledgeBase::parse_tsv(
+        "# comment\nAda\tborn in\tLondon\n\nAda\twrote\tNotes\nAda\tborn in\tLondon\nKe\tis\tA b\n",
+    )
+    .unwrap();
+    assert_eq!(
+        kb.facts,
+        vec![
+            fact("Ada", "born in", "London"),
+            fact("Ada", "wrote", "Notes"),
+            fact("Ke", "is", "A b"),
+        ]
+    );
+    assert_eq!(kb.facts[0].prompt(), "Ada born in ");
+    assert_eq!(kb.facts[0].answer(), "London.");
+}
+
+#[test]
+fn tsv_bad_lines_are_reported_with_their_numbers() {
+    let err = |text: &str| KnowledgeBase::parse_tsv(text).unwrap_err().to_string();
+    let e = err("Ada\tborn in\tLondon\nAda\tborn in\n\nBob\t\tParis\nAda\tborn in\tParis\nX\t y\tz\n");
+    assert!(e.contains("line 2: expected 3 tab-separated fields"), "{e}");
+    assert!(e.contains("line 4: the relation"), "{e}");
+    assert!(e.contains("line 5:") && e.contains("(line 1)"), "{e}");
+    assert!(e.contains("line 6: the relation"), "{e}");
+    assert!(!e.contains("line 1:") && !e.contains("line 3:"), "{e}");
+    let many: String = (0..15).map(|i| format!("only{i}\n")).collect();
+    let e = err(&many);
+    assert!(
+        e.contains("line 10:") && !e.contains("line 11:") && e.contains("and 5 more"),
+        "{e}"
+    );
+    assert!(err("").contains("no facts"));
+    assert!(err("# nothing\n\n").contains("no facts"));
+}
+
+#[test]
+fn training_rows_target_only_the_answers() {
+    let facts = vec![fact("Ada", "born in", "London"), fact("Bo", "likes", "figs")];
+    let mut rng = Rng::new(1);
+    let (batch, seq) = (5, 40);
+    let (tokens, targets) = training_batch(&facts, &mut rng, batch, seq);
+    assert_eq!((tokens.len(), targets.len()), (batch * seq, batch * seq));
+    for r in 0..batch {
+        let row: Vec<u8> = tokens[r * seq..(r + 1) * seq].iter().map(|&t| t as u8).collect();
+        let text = String::from_utf8(row).unwrap();
+        assert!(text.starts_with("Ada ") || text.starts_with("Bo "), "{text:?}");
+        // Targets: the next byte where that byte belongs to an answer, else ignored.
+        let mut want = String::new();
+        let mut got = String::new();
+        for i in 0..seq {
+            let t = targets[r * seq + i];
+            if t != IGNORE_TARGET {
+                got.push(t as u8 as char);
+            }
+        }
+        for sentence in text.split('\n') {
+            for f in &facts {
+                if sentence == format!("{}{}", f.prompt(), f.answer()) {
+                    want.push_str(&f.answer());
+                }
+            }
+        }
+        assert_eq!(got, want, "row {text:?}");
+        assert!(!got.is_empty());
+    }
+}
+
+/// Greedy decoding, one token at a time with full forwards: the definition recall must match.
+fn greedy_continuation(model: &Model, prompt: &str, len: usize) -> String {
+    let g = gpu();
+    let mut tokens: Vec<u32> = prompt.bytes().map(|b| b as u32).collect();
+    for _ in 0..len {
+        let (logits, _) = pollster::block_on(model.forward(g, &tokens, None, 1, tokens.len())).unwrap();
+        let v = model.config.vocab;
+        tokens.push(argmax(&logits[(tokens.len() - 1) * v..tokens.len() * v]));
+    }
+    tokens[prompt.len()..].iter().map(|&t| t as u8 as char).collect()
+}
+
+#[test]
+fn recall_equals_token_by_token_greedy_decoding() {
+    // A small memory model trained briefly on six facts recalls some of them and misses
+    // others; recall's single teacher-forced pass must agree with greedy decoding on each.
+    let g = gpu();
+    let kb = KnowledgeBase {
+        facts: vec![
+            fact("Ada", "born in", "London"),
+            fact("Ada", "likes", "figs"),
+            fact("Bo", "born in", "Lima"),
+            fact("Bo", "likes", "soup"),
+            fact("Cy", "born in", "Lagos"),
+            fact("Cy", "likes", "rice"),
+        ],
+    };
+    let json = r#"{"dim": 32, "n_layers": 2, "n_heads": 1, "vocab_size": 256, "multiple_of": 32, "max_seqlen": 32,
+        "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 8, "mem_heads": 2, "mem_knn": 4, "mem_k_dim": 16}}"#;
+    let config = LMTransformerArgs::from_json(json).unwrap().resolve().unwrap();
+    let weights = ModelWeights::init(&config).unwrap();
+    let train = TrainConfig {
+        steps: 40,
+        lr: 1e-2,
+        warmup: 4,
+        value_lr: 1e-1,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(g, &weights, train).unwrap();
+    let mut rng = Rng::new(5);
+    let mut outcomes = Vec::new();
+    for step in 1..=40 {
+        let (x, y) = training_batch(&kb.facts, &mut rng, 4, 32);
+        trainer.step_blocking(g, &x, &y, 4, 32).unwrap();
+        if step % 8 == 0 {
+            let hits = pollster::block_on(recalled(&trainer.model, g, &kb.facts)).unwrap();
+            for (f, &hit) in kb.facts.iter().zip(&hits) {
+                let decoded = greedy_continuation(&trainer.model, &f.prompt(), f.answer().len());
+                assert_eq!(
+                    hit,
+                    decoded == f.answer(),
+                    "step {step}: {f:?} decoded {decoded:?}"
+                );
+                outcomes.push(hit);
+            }
+        }
+    }
+    assert!(
+        outcomes.contains(&true) && outcomes.contains(&false),
+        "{outcomes:?}"
+    );
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("memlayers-demo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn memlayers(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_memlayers"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+const TINY: &[&str] = &[
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--batch",
+    "4",
+    "--seq",
+    "40",
+    "--dim",
+    "32",
+    "--layers",
+    "2",
+    "--n-keys",
+    "8",
+    "--mem-heads",
+    "4",
+    "--mem-knn",
+    "8",
+    "--mem-k-dim",
+    "32",
+    "--lrs",
+    "1e-2,3e-2",
+];
+
+#[test]
+fn demo_end_to_end_in_miniature() {
+    let dir = scratch_dir("e2e");
+    let out = dir.join("out");
+    let mut args = vec![
+        "demo",
+        "--subjects",
+        "5",
+        "--sweep",
+        "--sweep-n-keys",
+        "8,12",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(TINY);
+    let o = memlayers(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "demo failed: {stderr}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for model in ["dense", "memory"] {
+        let r = &results[model];
+        let recall = r["recall"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&recall), "{model} recall {recall}");
+        assert!(r["flops_per_token"].as_f64().unwrap() > 0.0);
+        assert!(r["params"].as_u64().unwrap() > 0);
+        assert_eq!(r["steps"].as_u64(), Some(4));
+        // The saved model loads and generates.
+        let dir = out.join(model);
+        let g = memlayers(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "Ab ",
+            "--max-tokens",
+            "3",
+        ]);
+        assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    }
+    let (fd, fm) = (
+        results["dense"]["flops_per_token"].as_f64().unwrap(),
+        results["memory"]["flops_per_token"].as_f64().unwrap(),
+    );
+    assert!((fm - fd).abs() <= 0.1 * fd, "FLOPs not matched: {fd} vs {fm}");
+    assert_eq!(results["dense_lr_sweep"].as_array().unwrap().len(), 2);
+    assert_eq!(results["sweep"].as_array().unwrap().len(), 2);
+    assert!(results["memory"]["memory_params"].as_u64().unwrap() > 0);
+    assert_eq!(results["dense"]["memory_params"].as_u64(), Some(0));
+    for png in ["recall.png", "sweep.png"] {
+        let bytes = std::fs::read(out.join(png)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 5000,
+            "{png}"
+        );
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("recall") && stdout.contains("FLOPs/token"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn demo_reports_bad_facts_files() {
+    let dir = scratch_dir("tsv");
+    let facts = dir.join("facts.tsv");
+    std::fs::write(&facts, "Ada\tborn in\tLondon\nbroken line\n").unwrap();
+    let out = dir.join("out");
+    let o = memlayers(&[
+        "demo",
+        "--facts",
+        facts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert!(!out.join("results.json").exists());
+}
