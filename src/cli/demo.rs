@@ -30,45 +30,45 @@ pub struct Args {
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
     /// Fictional people in the built-in knowledge base (4 facts each).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 100)]
     pub subjects: usize,
     /// Seed of the knowledge base, the initialisation and the data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Training steps of every model.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 160)]
     pub steps: u32,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Tokens per training row (facts are packed whole).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 48)]
     pub seq: usize,
     /// Learning rates tried for the dense model; the memory model gets the best one.
-    #[arg(long, value_delimiter = ',', default_values_t = [1e-3, 3e-3, 1e-2])]
+    #[arg(long, value_delimiter = ',', default_values_t = [3e-3, 1e-2])]
     pub lrs: Vec<f32>,
     /// Model width (both models).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     pub dim: usize,
     /// Transformer blocks (both models); the memory model's last block holds the memory.
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
     /// Sub-keys per half of the memory: n_keys^2 values.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     pub n_keys: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub mem_heads: usize,
     #[arg(long, default_value_t = 16)]
     pub mem_knn: usize,
     #[arg(long, default_value_t = 32)]
     pub mem_k_dim: usize,
     /// Recall on a sample of facts every this many steps (the curve in recall.png).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 20)]
     pub eval_every: u32,
     /// Also train memory models of several sizes (`--sweep-n-keys`) at the same FLOPs and
     /// plot recall against memory size (sweep.png, "sweep" in results.json).
     #[arg(long)]
     pub sweep: bool,
-    #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 128])]
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 32, 64, 90])]
     pub sweep_n_keys: Vec<usize>,
 }
 

@@ -10,7 +10,7 @@ use crate::gpu::Gpu;
 use crate::io::HostTensor;
 use crate::io::TensorFile;
 use crate::kernels::adamw::{record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep};
-use crate::kernels::ops::{CrossEntropy, IGNORE_TARGET};
+use crate::kernels::ops::CrossEntropy;
 use crate::memory::VALUES_NAME;
 use crate::model::{Model, ModelWeights};
 
@@ -224,7 +224,10 @@ impl Trainer {
                 self.model.config.check_targets(name, ids)?;
             }
         }
-        let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count();
+        let counted = targets
+            .iter()
+            .filter(|&&t| t != crate::kernels::ops::IGNORE_TARGET)
+            .count();
         let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let loss = self.record_step(
