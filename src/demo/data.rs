@@ -61,7 +61,7 @@ fn push_sentence(row: &mut Vec<u32>, row_targets: &mut Vec<u32>, prompt: &str, a
 /// The facts as recall questions: one row each, the sentence at position 0 padded to the
 /// longest; targets only on the answer.
 pub fn recall_rows(facts: &[Fact]) -> (Vec<u32>, Vec<u32>, usize) {
-    let seq = facts.iter().map(Fact::len).max().unwrap_or(1).max(1);
+    let seq = facts.iter().map(Fact::sentence_len).max().unwrap_or(1).max(1);
     let (mut tokens, mut targets) = (Vec::with_capacity(facts.len() * seq), Vec::new());
     for fact in facts {
         let (mut row, mut row_targets) = (Vec::new(), Vec::new());

@@ -25,12 +25,8 @@ impl Fact {
     }
 
     /// Bytes of the whole sentence (prompt then answer).
-    pub fn len(&self) -> usize {
+    pub fn sentence_len(&self) -> usize {
         self.prompt().len() + self.answer().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -178,7 +174,7 @@ impl KnowledgeBase {
 
     /// Bytes of the longest sentence.
     pub fn longest(&self) -> usize {
-        self.facts.iter().map(Fact::len).max().unwrap_or(0)
+        self.facts.iter().map(Fact::sentence_len).max().unwrap_or(0)
     }
 
     /// The recall of answering each relation with its commonest object: what a model scores

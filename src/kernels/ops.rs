@@ -8,8 +8,15 @@ use crate::gpu::{grid, Gpu};
 
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
-pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
-pub const ATTENTION_ROWS: &str = include_str!("../../shaders/attention_rows.wgsl");
+/// The attention variants, each prepended with their shared bindings and layout helpers.
+pub const ATTENTION: &str = concat!(
+    include_str!("../../shaders/attention_common.wgsl"),
+    include_str!("../../shaders/attention.wgsl")
+);
+pub const ATTENTION_ROWS: &str = concat!(
+    include_str!("../../shaders/attention_common.wgsl"),
+    include_str!("../../shaders/attention_rows.wgsl")
+);
 pub const CROSS_ENTROPY: &str = include_str!("../../shaders/cross_entropy.wgsl");
 pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 
