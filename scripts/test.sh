@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The test suite: every GPU test on a real wgpu adapter (lavapipe when there is no GPU), the
-# WGSL validation, and the wasm32 build of the library.
+# WGSL validation, the memory layer and the page's model in headless Chromium's WebGPU
+# (wasm-bindgen-test), and the web page end to end (web/: npm test). Installs what it needs.
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+source scripts/web-env.sh
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test "$@" 2>&1 | tee "$log"
-if ! rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown; then
-    rustup target add wasm32-unknown-unknown
-fi
-cargo build --lib --target wasm32-unknown-unknown
-echo "wasm32-unknown-unknown build of the library: ok"
-# One plain closing line with the totals of every test binary.
+# The browser tests build the library (and everything else) for wasm32-unknown-unknown:
+# nothing native-only can creep into the core unnoticed.
+cargo test --release --target wasm32-unknown-unknown -p memlayers-web 2>&1 | tee -a "$log"
+(cd web && npm test) 2>&1 | tee -a "$log"
+# One plain closing line with the totals of every test binary, native and in the browser.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+     /^ok   / { w++ } /^FAIL / { wf++ }
+     END { printf "tests: %d passed, %d failed (Rust, native and in the browser); web page checks: %d passed, %d failed\n", p, f, w, wf }' "$log"

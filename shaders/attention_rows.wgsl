@@ -38,7 +38,7 @@ fn forward(
         qr[c] = q[qb + c];
         acc[c] = 0.0;
     }
-    var m = -3.4028235e38;
+    var m = -0x1.fffffep+127f; // -f32 max, exactly (a decimal that rounds to it is rejected by Tint)
     var sum = 0.0;
     let last = i + p.q_offset;
     for (var j = 0u; j <= last; j++) {

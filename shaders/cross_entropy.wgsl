@@ -35,7 +35,7 @@ fn main(
         return;
     }
     let base = row * p.vocab;
-    var m = -3.4028235e38;
+    var m = -0x1.fffffep+127f; // -f32 max, exactly (a decimal that rounds to it is rejected by Tint)
     for (var c = lid; c < p.vocab; c += WG) {
         m = max(m, logits[base + c]);
     }

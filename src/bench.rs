@@ -9,7 +9,7 @@
 use crate::error::Result;
 use crate::gpu::{Gpu, KernelTiming};
 use crate::kernels;
-use crate::memory::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
+use crate::memory::{ForwardWorkload, MemoryConfig, ValueDtype, ValuePool};
 use crate::rng::Rng;
 use std::time::Instant;
 
@@ -118,28 +118,16 @@ fn streaming_bag_seconds(gpu: &Gpu, c: &MemoryConfig, pool: &ValuePool, o: &Opti
 }
 
 fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &Options) -> Result<Row> {
-    let mut rng = Rng::new(1);
-    let weights = MemoryWeights::init(c, &mut rng)?;
-    // Contents do not change the speed: uniform values with the reference's std.
-    let a = (3.0 / c.v_dim as f32).sqrt();
-    let pool = ValuePool::filled(gpu, c.n_values(), c.v_dim, dtype, None, |_, rows| {
-        rows.iter_mut().for_each(|v| *v = rng.symmetric(a))
-    })?;
-    let layer = MemoryLayer::new(gpu, &weights)?;
-    let x = gpu.upload("x", &Rng::new(2).vec_normal(o.tokens * c.d, 1.0));
-    let rows = o.tokens as u32;
+    let work = ForwardWorkload::new(gpu, c, dtype, o.tokens)?;
+    let clock = Instant::now();
+    let tokens_per_s = pollster::block_on(work.tokens_per_s(gpu, o.iters, || clock.elapsed().as_secs_f64()))?;
+    let pool = &work.pool;
     let forward = || -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        layer.record_forward(gpu, &mut enc, &pool, &x, rows)?;
+        work.record(gpu, &mut enc)?;
         gpu.queue.submit([enc.finish()]);
         wait(gpu)
     };
-    forward()?; // warm-up: pipelines, first-dispatch costs
-    let t = Instant::now();
-    for _ in 0..o.iters {
-        forward()?;
-    }
-    let tokens_per_s = (o.tokens * o.iters) as f64 / t.elapsed().as_secs_f64();
     let timings = timed(gpu, o.iters, forward)?;
     let mut kernels: Vec<(&'static str, f64)> = Vec::new();
     for t in &timings {
@@ -157,7 +145,7 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
         ValueDtype::F16 => 4 * c.v_dim.div_ceil(2),
     };
     let bag_bytes = tokens * (c.heads * c.knn) as f64 * row_bytes as f64;
-    let streaming = streaming_bag_seconds(gpu, c, &pool, o)?;
+    let streaming = streaming_bag_seconds(gpu, c, pool, o)?;
     Ok(Row {
         bag_streaming_gbs: bag_bytes / streaming / 1e9,
         name: format!("{name} {dtype:?}"),

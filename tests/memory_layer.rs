@@ -2,88 +2,19 @@
 //! f32 and f16 values, tables over one binding, batches over one grid dimension.
 
 mod common;
-use common::{assert_close, gpu};
-use memlayers::memory::{as_stored, MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
+use common::{assert_close, check_memory_layer, config, gpu, memory_layer_cases, Case};
+use memlayers::memory::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
 use memlayers::reference;
 use memlayers::rng::Rng;
 
-struct Case {
-    config: MemoryConfig,
-    rows: usize,
-    dtype: ValueDtype,
-}
-
 fn check(case: &Case, seed: u64) {
-    let g = gpu();
-    let c = &case.config;
-    let mut rng = Rng::new(seed);
-    let weights = MemoryWeights::init(c, &mut rng).unwrap();
-    let values = MemoryWeights::init_values(c, &mut rng);
-    let x = rng.vec_normal(case.rows * c.d, 1.0);
-    let layer = MemoryLayer::new(g, &weights).unwrap();
-    let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, case.dtype).unwrap();
-    let got = layer.forward_blocking(g, &pool, &x, case.rows).unwrap();
-    let stored = as_stored(&values, case.dtype);
-    let (want, lk) =
-        reference::memory_forward(&x, &weights.reference(&stored), weights.lookup_dims(case.rows));
-    let what = format!("{c:?} rows={} {:?}", case.rows, case.dtype);
-    assert_eq!(got.indices, lk.indices, "selected slots differ: {what}");
-    assert_close(&format!("scores {what}"), &got.scores, &lk.scores);
-    assert_close(&format!("weights {what}"), &got.weights, &lk.weights);
-    assert_close(&format!("output {what}"), &got.out, &want);
-}
-
-fn config(
-    d: usize,
-    heads: usize,
-    n_keys: usize,
-    knn: usize,
-    k_dim: usize,
-    v_dim: usize,
-    swilu: bool,
-) -> MemoryConfig {
-    MemoryConfig {
-        d,
-        heads,
-        n_keys,
-        knn,
-        k_dim,
-        v_dim,
-        swilu,
-        value_proj: swilu || v_dim != d,
-        qk_norm: false,
-    }
+    pollster::block_on(check_memory_layer(gpu(), case, seed));
 }
 
 #[test]
 fn memory_layer_matches_oracle_over_configs() {
-    let configs = [
-        config(8, 1, 4, 1, 2, 8, true),
-        config(24, 2, 50, 8, 6, 24, true), // n_keys not a power of two, k_dim/2 odd
-        config(33, 4, 64, 32, 18, 33, false), // plain PKM, odd d
-        config(32, 3, 40, 16, 10, 20, false), // plain PKM with value_proj (v_dim != d)
-        config(64, 8, 128, 64, 64, 64, true),
-        config(48, 1, 300, 5, 14, 48, true),
-    ];
-    let mut seed = 0;
-    for c in configs {
-        // With half-width 1 (k_dim 2), qk-norm makes every score +-1: the ranking would be
-        // decided by ulp differences of sqrt between drivers, not by the semantics.
-        let norms: &[bool] = if c.k_dim == 2 { &[false] } else { &[false, true] };
-        for &qk_norm in norms {
-            for dtype in [ValueDtype::F32, ValueDtype::F16] {
-                seed += 1;
-                let config = MemoryConfig { qk_norm, ..c.clone() };
-                check(
-                    &Case {
-                        config,
-                        rows: 1 + (seed as usize * 7) % 37,
-                        dtype,
-                    },
-                    seed,
-                );
-            }
-        }
+    for (seed, case) in memory_layer_cases() {
+        check(&case, seed);
     }
 }
 
@@ -190,4 +121,19 @@ fn bad_configs_are_errors_not_panics() {
     let layer = MemoryLayer::new(g, &weights).unwrap();
     let wrong_pool = ValuePool::new(g, &vec![0.0; 99 * 8], 99, 8, ValueDtype::F32).unwrap();
     assert!(layer.forward_blocking(g, &wrong_pool, &[0.0; 8], 1).is_err());
+}
+
+#[test]
+fn device_errors_come_back_as_errors() {
+    // A fresh device: the error must not leak into the other tests' shared one.
+    let g = memlayers::Gpu::new_blocking().unwrap();
+    let buffer = g.upload("x", &[1.0f32]);
+    g.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("broken on purpose"),
+        source: wgpu::ShaderSource::Wgsl("fn main( {".into()),
+    });
+    let err = g.read_f32_blocking(&buffer, 1).unwrap_err().to_string();
+    assert!(err.contains("rejected"), "{err}");
+    // Reported once: the next read-back of valid work succeeds.
+    assert_eq!(g.read_f32_blocking(&buffer, 1).unwrap(), vec![1.0]);
 }

@@ -9,11 +9,11 @@
 //! section 4).
 
 use super::plot::{line_chart, Series};
-use memlayers::demo::{recall, training_batch, Fact, KnowledgeBase};
+use memlayers::demo::{recall, train_config, training_batch, DemoModel, Fact, KnowledgeBase, MemoryShape};
 use memlayers::io::write_atomic;
-use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights, ProductKeyArgs};
+use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights};
 use memlayers::rng::Rng;
-use memlayers::train::{TrainConfig, Trainer};
+use memlayers::train::Trainer;
 use memlayers::{Error, Gpu, Result};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -111,29 +111,20 @@ impl Run {
     }
 }
 
-fn model_args(a: &Args, vocab: usize, n_keys: Option<usize>) -> LMTransformerArgs {
-    let mut m = LMTransformerArgs {
+fn model_args(a: &Args, n_keys: Option<usize>) -> LMTransformerArgs {
+    DemoModel {
         dim: a.dim,
-        n_layers: a.layers,
-        n_heads: Some((a.dim / 32).max(1)),
-        multiple_of: 32,
-        max_seqlen: a.seq,
-        vocab_size: vocab as i64,
+        layers: a.layers,
+        seq: a.seq,
         seed: a.seed,
-        ..Default::default()
-    };
-    if let Some(n_keys) = n_keys {
-        m.productkey_args = ProductKeyArgs {
-            is_enabled: true,
-            layers: (a.layers - 1).to_string(),
-            mem_n_keys: n_keys,
-            mem_heads: a.mem_heads,
-            mem_knn: a.mem_knn,
-            mem_k_dim: a.mem_k_dim,
-            ..Default::default()
-        };
+        memory: n_keys.map(|n_keys| MemoryShape {
+            n_keys,
+            heads: a.mem_heads,
+            knn: a.mem_knn,
+            k_dim: a.mem_k_dim,
+        }),
     }
-    m
+    .args()
 }
 
 /// Parameters of the memory layers (the value table, keys, query, swilu and value projections).
@@ -183,14 +174,8 @@ fn train(
 ) -> Result<(Run, Trainer)> {
     let config = args.resolve()?;
     let weights = ModelWeights::init(&config)?;
-    let value_lr = config.memory.as_ref().map(|_| 10.0 * lr);
-    let train = TrainConfig {
-        steps: a.steps,
-        lr,
-        warmup: (a.steps / 10).max(1),
-        value_lr: value_lr.unwrap_or(lr),
-        ..Default::default()
-    };
+    let train = train_config(a.steps, lr, config.memory.is_some());
+    let value_lr = config.memory.as_ref().map(|_| train.value_lr);
     let mut trainer = Trainer::new(gpu, &weights, train)?;
     let mut rng = Rng::new(a.seed ^ 0xDA7A);
     let started = Instant::now();
@@ -302,16 +287,15 @@ pub fn run(a: &Args) -> Result<()> {
             "--lrs, --steps, --batch, --layers and --eval-every must be non-empty/positive".into(),
         ));
     }
-    let vocab = 256;
-    let dense_args = model_args(a, vocab, None);
-    let memory_args = model_args(a, vocab, Some(a.n_keys));
+    let dense_args = model_args(a, None);
+    let memory_args = model_args(a, Some(a.n_keys));
     let (dense_config, memory_config) = (dense_args.resolve()?, memory_args.resolve()?);
     let diff = check_flops(&dense_config, &memory_config, a.seq)?;
     let sweep_args: Vec<LMTransformerArgs> = match a.sweep {
         true => a
             .sweep_n_keys
             .iter()
-            .map(|&n| model_args(a, vocab, Some(n)))
+            .map(|&n| model_args(a, Some(n)))
             .collect(),
         false => Vec::new(),
     };

@@ -1,9 +1,13 @@
 //! The facts demo's platform-independent parts: knowledge bases (synthetic or from TSV),
-//! training rows with loss on the answers only, and exact greedy recall. The native command
+//! training rows with loss on the answers only, and exact greedy recall, and asking one question (with the memory reads behind the answer). The native command
 //! (`memlayers demo`) and the web page drive training with these.
 
+mod ask;
 mod data;
 mod facts;
+mod models;
 
+pub use ask::{ask, Answer, MemoryRead};
 pub use data::{argmax, recall, recall_rows, recalled, training_batch};
 pub use facts::{Fact, KnowledgeBase};
+pub use models::{train_config, DemoModel, MemoryShape, VOCAB};

@@ -8,7 +8,7 @@ pub use profiler::{KernelTiming, Profiler};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 /// What every kernel here needs; these are WebGPU's default compute limits, so any browser
@@ -71,6 +71,9 @@ pub struct Gpu {
     tuning: Tuning,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     profiler: Mutex<Option<Profiler>>,
+    /// The first error the device reported since the last read-back (devices this crate
+    /// created only; a host's device keeps the host's error handling).
+    device_error: Arc<Mutex<Option<String>>>,
 }
 
 /// A short description of an adapter, as `memlayers info` prints it.
@@ -177,6 +180,15 @@ impl Gpu {
             .await
             .map_err(|e| Error::Device(format!("request_device failed: {e}")))?;
         let mut gpu = Self::from_device(device, queue);
+        // Validation errors become `Error::Device` at the next read-back instead of a panic
+        // (native wgpu's default) or a console warning and silently skipped work (browsers).
+        let first_error = gpu.device_error.clone();
+        gpu.device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = first_error.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
         gpu.tuning = Tuning::for_adapter(&adapter.get_info());
         gpu.info = Some(adapter.get_info());
         Ok(gpu)
@@ -225,6 +237,17 @@ impl Gpu {
             tuning: Tuning::GPU,
             pipelines: Mutex::new(HashMap::new()),
             profiler: Mutex::new(None),
+            device_error: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The first error the device reported since the last call, as an `Error::Device`.
+    /// Every read-back calls this, so results computed by rejected work never come back
+    /// looking valid.
+    pub fn take_device_error(&self) -> Result<()> {
+        match self.device_error.lock().unwrap().take() {
+            Some(e) => Err(Error::Device(format!("the GPU rejected work: {e}"))),
+            None => Ok(()),
         }
     }
 

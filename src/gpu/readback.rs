@@ -71,6 +71,7 @@ impl Gpu {
         let out = view[..size as usize].to_vec();
         drop(view);
         staging.unmap();
+        self.take_device_error()?;
         Ok(out)
     }
 

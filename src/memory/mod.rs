@@ -5,9 +5,11 @@ mod config;
 mod layer;
 mod lookup;
 mod pool;
+mod throughput;
 
 pub use backward::MemoryGrads;
 pub use config::MemoryConfig;
 pub use layer::*;
 pub use lookup::{record_lookup, LookupBuffers, LookupShape, MAX_HALF_DIM};
 pub use pool::{as_stored, ValueDtype, ValuePool};
+pub use throughput::ForwardWorkload;

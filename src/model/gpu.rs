@@ -89,6 +89,21 @@ pub struct ModelForward {
     pub(super) final_rstd: wgpu::Buffer,
 }
 
+impl ModelForward {
+    /// The memory layers' lookups in this pass, `(layer index, activations)` in layer order:
+    /// the selected slots, scores and softmax weights of every position and head.
+    pub fn memory_lookups(&self) -> Vec<(usize, &crate::memory::MemoryActivations)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match &l.ffn {
+                FfnActs::Memory(acts) => Some((i, acts)),
+                FfnActs::Dense { .. } => None,
+            })
+            .collect()
+    }
+}
+
 pub(super) fn linear<'a>(
     x: &'a wgpu::Buffer,
     w: &'a wgpu::Buffer,

@@ -6,9 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-#[cfg(not(target_arch = "wasm32"))]
-use crate::io::HostTensor;
-use crate::io::TensorFile;
+use crate::io::{HostTensor, TensorFile};
 use crate::kernels::adamw::{record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep};
 use crate::kernels::ops::CrossEntropy;
 use crate::memory::VALUES_NAME;
@@ -200,9 +198,8 @@ impl Trainer {
     }
 
     /// One step, submitted, returning the mean loss over the targets that are not
-    /// `IGNORE_TARGET` (native).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn step_blocking(
+    /// `IGNORE_TARGET`.
+    pub async fn step(
         &mut self,
         gpu: &Gpu,
         tokens: &[u32],
@@ -240,21 +237,39 @@ impl Trainer {
             counted as u32,
         )?;
         gpu.queue.submit([encoder.finish()]);
-        let per_row = gpu.read_f32_blocking(&loss, batch * seq)?;
+        let per_row = gpu.read_f32(&loss, batch * seq).await?;
         Ok(per_row.iter().sum::<f32>() / counted.max(1) as f32)
     }
 
-    /// The current weights, read back (native).
+    /// `step`, waited for (native).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn weights_blocking(&self, gpu: &Gpu) -> Result<TensorFile> {
+    pub fn step_blocking(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<f32> {
+        pollster::block_on(self.step(gpu, tokens, targets, batch, seq))
+    }
+
+    /// The current weights, read back.
+    pub async fn weights(&self, gpu: &Gpu) -> Result<TensorFile> {
         let mut file = TensorFile::default();
         for (p, (name, shape)) in self.params.iter().zip(&self.shapes) {
             file.insert(
                 name.clone(),
-                HostTensor::f32(shape.clone(), gpu.read_f32_blocking(&p.param, p.len)?),
+                HostTensor::f32(shape.clone(), gpu.read_f32(&p.param, p.len).await?),
             );
         }
         Ok(file)
+    }
+
+    /// `weights`, waited for (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn weights_blocking(&self, gpu: &Gpu) -> Result<TensorFile> {
+        pollster::block_on(self.weights(gpu))
     }
 
     /// The optimiser state (`adam_m.<name>`, `adam_v.<name>`, `step`), read back (native).

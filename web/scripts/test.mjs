@@ -1,0 +1,124 @@
+// `npm test`: builds the page, trains a tiny model natively (`memlayers demo`), serves the
+// page on 127.0.0.1 and drives Debian's Chromium (WebGPU on SwiftShader) with playwright-core:
+// the adapter shows; a short training runs with its chart; Stop stops; a question gets an
+// answer and a heatmap; a bad model file gets an error and the page lives on; the native
+// model loads and answers; without WebGPU the page says so. Saves a screenshot of the page in
+// web/test-results/. Exits non-zero on the first failed check.
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { build, root, web } from "./build.mjs";
+import { launch } from "./browser.mjs";
+import { serve } from "./serve.mjs";
+
+const results = join(web, "test-results");
+let failures = 0;
+function check(ok, what) {
+  console.log(`${ok ? "ok  " : "FAIL"} ${what}`);
+  if (!ok) failures++;
+  return ok;
+}
+
+if (!process.env.SKIP_BUILD) build();
+mkdirSync(results, { recursive: true });
+
+// A model trained by the native CLI (the same tiny settings as tests/demo.rs).
+const native = mkdtempSync(join(tmpdir(), "memlayers-web-test-"));
+execFileSync("cargo", [
+  "run", "--quiet", "--", "demo", "--out", native, "--subjects", "5", "--steps", "4",
+  "--eval-every", "2", "--batch", "4", "--seq", "40", "--dim", "32", "--layers", "2",
+  "--n-keys", "8", "--mem-heads", "4", "--mem-knn", "8", "--mem-k-dim", "32", "--lrs", "1e-2",
+], {
+  cwd: root, stdio: ["ignore", "ignore", "inherit"],
+  // Vulkan (lavapipe without a GPU), as scripts/env.sh sets it for the native commands.
+  env: { WGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: tmpdir(), ...process.env },
+});
+
+const server = await serve(0);
+const url = `http://127.0.0.1:${server.address().port}/`;
+const browser = await launch();
+const T = 600_000; // SwiftShader is a CPU: generous timeouts, the checks say what they wait for.
+
+try {
+  const page = await browser.newPage({ viewport: { width: 900, height: 1400 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+
+  await page.goto(`${url}?subjects=10&steps=6&eval=3`);
+  await page.waitForSelector("body[data-ready='1']", { timeout: T });
+  const gpu = await page.textContent("#gpu-status");
+  check(/Adapter: /.test(gpu), `adapter shown: ${gpu.trim()}`);
+  check((await page.locator("#limits tr").count()) >= 5, "limits table filled");
+
+  // A short training: 6 steps, recall at 0, 3, 6.
+  await page.click("#train");
+  await page.waitForSelector("body[data-training='done'], body[data-training='failed']", { timeout: T });
+  const status = await page.textContent("#train-status");
+  check(/^done at step 6/.test(status), `training finished: ${status.trim()}`);
+  check((await page.getAttribute("#chart", "data-points")) === "6", "chart has a point per step");
+
+  // A question: the answer and one heatmap row per memory head (the page model: 2 heads, knn 8).
+  await page.selectOption("#relation", { index: 1 });
+  await page.click("#ask");
+  await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
+  const answer = await page.textContent("#answer");
+  check(/→ “.+”/.test(answer), `answer shown: ${answer.trim()}`);
+  check((await page.getAttribute("#heatmap", "data-heads")) === "2", "heatmap: one row per memory head (2)");
+  check((await page.getAttribute("#heatmap", "data-cells")) === "16", "heatmap: knn cells per head (2 x 8)");
+  await page.screenshot({ path: join(results, "page.png"), fullPage: true });
+
+  // Stop: a long training stops at the click.
+  await page.fill("#steps", "10000");
+  await page.click("#train");
+  await page.waitForFunction(() => /^step [1-9]\d*\/10000/.test(document.getElementById("train-status").textContent), null, { timeout: T });
+  await page.click("#stop");
+  await page.waitForSelector("body[data-training='done']", { timeout: T });
+  const stopped = await page.textContent("#train-status");
+  check(/^stopped at step [1-9]\d*: loss \d/.test(stopped) && !/step 10000/.test(stopped), `stop button: ${stopped.trim()}`);
+
+  // A bad model file: an error in the page, and the page still answers.
+  await page.setInputFiles("#files", [
+    { name: "config.json", mimeType: "application/json", buffer: readFileSync(join(native, "memory", "config.json")) },
+    { name: "weights.safetensors", mimeType: "application/octet-stream", buffer: Buffer.from("not a safetensors file") },
+  ]);
+  await page.waitForSelector("#load-status.error", { timeout: T });
+  check(/Could not load/.test(await page.textContent("#load-status")),
+    `bad file reported: ${(await page.textContent("#load-status")).trim()}`);
+  await page.setInputFiles("#files", [
+    { name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("hello") },
+  ]);
+  check(/Choose both files/.test(await page.textContent("#load-status")), "wrong file kind reported");
+  await page.evaluate(() => delete document.getElementById("answer").dataset.answered);
+  await page.click("#ask");
+  await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
+  check(true, "page still answers after the bad file");
+
+  // The natively trained model (4 memory heads): loads and answers with 4 heatmap rows.
+  await page.setInputFiles("#files", [join(native, "memory", "config.json"), join(native, "memory", "weights.safetensors")]);
+  await page.waitForSelector("#load-status[data-loaded='1'], #load-status.error", { timeout: T });
+  check(/^Loaded weights.safetensors/.test(await page.textContent("#load-status")),
+    `native model loaded: ${(await page.textContent("#load-status")).trim()}`);
+  await page.evaluate(() => delete document.getElementById("answer").dataset.answered);
+  await page.click("#ask");
+  await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
+  check((await page.getAttribute("#heatmap", "data-heads")) === "4", "native model's heatmap: 4 heads");
+
+  check(errors.length === 0, `no page errors${errors.length ? ": " + errors.join(" | ") : ""}`);
+
+  // Without WebGPU: a clear message instead of a dead page.
+  const bare = await browser.newPage();
+  await bare.addInitScript(() => { delete Navigator.prototype.gpu; });
+  await bare.goto(url);
+  await bare.waitForSelector("#gpu-status.error", { timeout: 60_000 });
+  check(/no WebGPU/.test(await bare.textContent("#gpu-status")), "no-WebGPU message shown");
+} catch (e) {
+  check(false, `test aborted: ${e.message}`);
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(failures ? `web tests: ${failures} failed` : "web tests: all passed");
+console.log(`screenshot: ${join(results, "page.png")}`);
+process.exit(failures ? 1 : 0);

@@ -1,0 +1,270 @@
+// The page: WebGPU check, training with a live chart, questions with a heatmap of the memory
+// reads, loading a natively trained model, and the forward benchmark. All model work happens
+// in the memlayers library (pkg/, built from web/wasm); this file only drives it.
+//
+// URL parameters (used by the tests): subjects (built-in people, 4 facts each), steps, eval
+// (recall every this many steps).
+import init, { Demo } from "./pkg/memlayers_web.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const SUBJECTS = Number(params.get("subjects") || 50);
+const EVAL_EVERY = Number(params.get("eval") || 25);
+if (params.get("steps")) $("steps").value = params.get("steps");
+
+function setStatus(el, text, kind = "") {
+  el.textContent = text;
+  el.className = "status " + kind;
+}
+
+// One library call at a time: the library rejects overlapping calls, so the page queues them.
+let chain = Promise.resolve();
+function exclusive(f) {
+  const p = chain.then(f, f);
+  chain = p.catch(() => {});
+  return p;
+}
+
+let demo = null;
+let facts = [];
+
+async function main() {
+  if (!("gpu" in navigator)) {
+    setStatus($("gpu-status"),
+      "This browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome, Edge or " +
+      "Firefox with WebGPU enabled; on Linux, Chrome needs --enable-unsafe-webgpu.", "error");
+    return;
+  }
+  try {
+    await init();
+    demo = await Demo.create(SUBJECTS);
+  } catch (e) {
+    setStatus($("gpu-status"), "WebGPU is there, but no usable GPU adapter: " + message(e), "error");
+    return;
+  }
+  const a = JSON.parse(demo.adapter());
+  // Browsers leave wgpu's adapter name empty; WebGPU's own adapter info names the vendor
+  // and architecture (e.g. "google swiftshader").
+  let name = a.name;
+  if (!name) {
+    const info = (await navigator.gpu.requestAdapter())?.info;
+    name = info ? [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") : "";
+  }
+  setStatus($("gpu-status"),
+    `Adapter: ${name || "(unnamed)"} — ${a.backend}, ${a.device_type}; ${a.kernel_variants} kernel variants`, "ok");
+  const table = $("limits");
+  for (const [k, v] of Object.entries(a.limits)) {
+    const row = table.insertRow();
+    row.insertCell().textContent = k;
+    row.insertCell().textContent = String(v);
+  }
+  table.hidden = false;
+
+  facts = JSON.parse(demo.facts());
+  const subjects = [...new Set(facts.map((f) => f[0]))];
+  const relations = [...new Set(facts.map((f) => f[1]))];
+  $("facts-summary").textContent =
+    `${facts.length} facts about ${subjects.length} fictional people, e.g. “${facts[0].join(" ")}.” ` +
+    `The model sees each fact as a sentence and learns to complete “subject relation” with the object.`;
+  for (const s of subjects) {
+    const o = document.createElement("option");
+    o.value = s;
+    $("subjects").append(o);
+  }
+  for (const r of relations) $("relation").append(new Option(r, r));
+  $("subject").value = subjects[0];
+  $("app").hidden = false;
+  wire();
+  document.body.dataset.ready = "1";
+}
+
+function message(e) {
+  return e && e.message ? e.message : String(e);
+}
+
+// --- training ---------------------------------------------------------------------------
+let stopRequested = false;
+let curve = { loss: [], recall: [] };
+
+async function train() {
+  const steps = Math.max(1, Math.floor(Number($("steps").value)));
+  const lr = Number($("lr").value);
+  $("train").disabled = true;
+  $("stop").disabled = false;
+  stopRequested = false;
+  curve = { loss: [], recall: [] };
+  document.body.dataset.training = "running";
+  try {
+    const info = JSON.parse(await exclusive(() => demo.new_model(steps, lr)));
+    const started = performance.now();
+    const r0 = await exclusive(() => demo.recall());
+    curve.recall.push([0, r0]);
+    let step = 0, loss = NaN;
+    while (!stopRequested && step < steps) {
+      const r = JSON.parse(await exclusive(() => demo.train(1)));
+      step = r.step;
+      loss = r.loss;
+      curve.loss.push([step, loss]);
+      if (step % EVAL_EVERY === 0 || step === steps) {
+        curve.recall.push([step, await exclusive(() => demo.recall())]);
+      }
+      const rec = curve.recall[curve.recall.length - 1][1];
+      const secs = (performance.now() - started) / 1000;
+      setStatus($("train-status"),
+        `step ${step}/${steps}  loss ${loss.toFixed(3)}  recall ${rec.toFixed(2)}  ` +
+        `(${info.params.toLocaleString()} params, ${info.memory.values} memory values; ${secs.toFixed(0)} s)`);
+      drawChart();
+    }
+    if (stopRequested && curve.recall[curve.recall.length - 1][0] !== step) {
+      curve.recall.push([step, await exclusive(() => demo.recall())]);
+      drawChart();
+    }
+    const rec = curve.recall[curve.recall.length - 1][1];
+    setStatus($("train-status"),
+      `${stopRequested ? "stopped" : "done"} at step ${step}: loss ${loss.toFixed(3)}, recall ${rec.toFixed(2)}`, "ok");
+    document.body.dataset.training = "done";
+  } catch (e) {
+    setStatus($("train-status"), "Training failed: " + message(e), "error");
+    document.body.dataset.training = "failed";
+  } finally {
+    $("train").disabled = false;
+    $("stop").disabled = true;
+  }
+}
+
+function drawChart() {
+  const c = $("chart"), g = c.getContext("2d");
+  const W = c.width, H = c.height, L = 50, R = 50, T = 20, B = 30;
+  g.clearRect(0, 0, W, H);
+  const steps = Math.max(1, Number($("steps").value));
+  const maxLoss = Math.max(1e-6, ...curve.loss.map((p) => p[1]).filter(Number.isFinite));
+  const x = (s) => L + (W - L - R) * s / steps;
+  const yLoss = (v) => T + (H - T - B) * (1 - v / maxLoss);
+  const yRec = (v) => T + (H - T - B) * (1 - v);
+  g.strokeStyle = "#999"; g.lineWidth = 1;
+  g.strokeRect(L, T, W - L - R, H - T - B);
+  g.fillStyle = "#333"; g.font = "12px sans-serif";
+  g.fillText("step", W / 2, H - 8);
+  g.fillText("0", L - 4, H - B + 14);
+  g.fillText(String(steps), W - R - 20, H - B + 14);
+  g.fillStyle = "#d1495b"; g.fillText(`loss (max ${maxLoss.toFixed(2)})`, L + 6, T + 14);
+  g.fillStyle = "#1b5fbf"; g.fillText("recall (0–1)", W - R - 80, T + 14);
+  const line = (pts, y, color) => {
+    g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
+    pts.forEach(([s, v], i) => (i ? g.lineTo(x(s), y(v)) : g.moveTo(x(s), y(v))));
+    g.stroke();
+  };
+  line(curve.loss, yLoss, "#d1495b");
+  line(curve.recall, yRec, "#1b5fbf");
+  c.dataset.points = String(curve.loss.length);
+}
+
+// --- asking -----------------------------------------------------------------------------
+async function ask() {
+  const subject = $("subject").value, relation = $("relation").value;
+  setStatus($("answer"), "…");
+  try {
+    const r = JSON.parse(await exclusive(() => demo.ask(subject, relation)));
+    let verdict = "";
+    if (r.expected !== null) verdict = r.answer === r.expected ? "  ✓ correct" : `  ✗ (the fact: “${r.expected}”)`;
+    setStatus($("answer"), `${r.prompt}→ “${r.answer}”${verdict}`, r.answer === r.expected ? "ok" : "");
+    drawHeatmap(r.reads);
+    $("answer").dataset.answered = "1";
+  } catch (e) {
+    setStatus($("answer"), "Could not ask: " + message(e), "error");
+  }
+}
+
+function drawHeatmap(reads) {
+  const c = $("heatmap");
+  const rows = Math.max(1, reads.length);
+  const knn = Math.max(1, ...reads.map((r) => r.slots.length));
+  const label = 120, cellH = 34;
+  c.height = rows * cellH + 24;
+  const cellW = (c.width - label) / knn;
+  const g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  g.font = "11px sans-serif";
+  if (reads.length === 0) {
+    g.fillStyle = "#333";
+    g.fillText("This model has no memory layer.", 8, 20);
+  }
+  reads.forEach((r, row) => {
+    g.fillStyle = "#333";
+    g.fillText(`layer ${r.layer} head ${r.head}`, 4, row * cellH + cellH / 2 + 4);
+    const max = Math.max(...r.weights);
+    r.slots.forEach((slot, k) => {
+      const w = r.weights[k];
+      g.fillStyle = heat(w / (max || 1));
+      const x = label + k * cellW, y = row * cellH;
+      g.fillRect(x, y + 1, cellW - 1, cellH - 2);
+      g.fillStyle = w / (max || 1) > 0.55 ? "#fff" : "#000";
+      if (cellW > 34) {
+        g.fillText(String(slot), x + 3, y + 14);
+        g.fillText(w.toFixed(2), x + 3, y + 27);
+      }
+    });
+  });
+  g.fillStyle = "#666";
+  g.fillText("slots ranked by score, left to right; cell: slot id and weight", label, rows * cellH + 16);
+  c.dataset.heads = String(reads.length);
+  c.dataset.cells = String(reads.reduce((n, r) => n + r.slots.length, 0));
+}
+
+// White to dark blue.
+function heat(t) {
+  const u = Math.min(1, Math.max(0, t));
+  const mix = (a, b) => Math.round(a + (b - a) * u);
+  return `rgb(${mix(240, 16)}, ${mix(244, 52)}, ${mix(255, 140)})`;
+}
+
+// --- loading a native model -------------------------------------------------------------
+async function load(fileList) {
+  const files = [...fileList];
+  const config = files.find((f) => f.name.endsWith(".json"));
+  const weights = files.find((f) => f.name.endsWith(".safetensors"));
+  if (!config || !weights) {
+    setStatus($("load-status"),
+      "Choose both files of the model folder: config.json and weights.safetensors (got: " +
+      (files.map((f) => f.name).join(", ") || "nothing") + ").", "error");
+    return;
+  }
+  setStatus($("load-status"), "Loading…");
+  try {
+    const text = await config.text();
+    const bytes = new Uint8Array(await weights.arrayBuffer());
+    const info = JSON.parse(await exclusive(() => demo.load_model(text, bytes)));
+    const mem = info.memory ? `, memory of ${info.memory.values} values in layer ${info.memory.layers.join(", ")}` : ", no memory layer";
+    setStatus($("load-status"),
+      `Loaded ${weights.name}: ${info.layers} layers of width ${info.dim}, ${info.params.toLocaleString()} params${mem}. Ask it above.`, "ok");
+    $("load-status").dataset.loaded = "1";
+  } catch (e) {
+    setStatus($("load-status"), `Could not load ${config.name} + ${weights.name}: ${message(e)}`, "error");
+  }
+}
+
+// --- benchmark --------------------------------------------------------------------------
+async function bench() {
+  setStatus($("bench-status"), "running…");
+  try {
+    const tps = await exclusive(() => demo.bench_forward(512, 5));
+    setStatus($("bench-status"), `forward: ${Math.round(tps)} tokens/s`, "ok");
+    $("bench-status").dataset.tokensPerS = String(tps);
+  } catch (e) {
+    setStatus($("bench-status"), "Benchmark failed: " + message(e), "error");
+  }
+}
+
+function wire() {
+  $("train").onclick = train;
+  $("stop").onclick = () => { stopRequested = true; };
+  $("ask").onclick = ask;
+  $("bench").onclick = bench;
+  $("files").onchange = (e) => load(e.target.files);
+  const drop = $("drop");
+  drop.ondragover = (e) => { e.preventDefault(); drop.classList.add("over"); };
+  drop.ondragleave = () => drop.classList.remove("over");
+  drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove("over"); load(e.dataTransfer.files); };
+}
+
+main().catch((e) => setStatus($("gpu-status"), "The page failed to start: " + message(e), "error"));

@@ -1,0 +1,293 @@
+//! The browser demo's bindings: the memlayers library's async API, exposed to the page's
+//! JavaScript. No kernel or model code lives here; this file only converts between
+//! JavaScript values and the library's types.
+//!
+//! Every method that touches the GPU returns a Promise. One call runs at a time: a call made
+//! while another is still running is rejected with a "busy" error (the page queues them), so
+//! a click never aborts the module.
+
+use memlayers::demo::{self, DemoModel, Fact, KnowledgeBase, MemoryShape};
+use memlayers::io::TensorFile;
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+use memlayers::rng::Rng;
+use memlayers::train::Trainer;
+use memlayers::{Gpu, MemoryConfig, ValueDtype};
+use serde_json::json;
+use std::cell::{RefCell, RefMut};
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+/// The page's model: byte-level, 2 blocks of width 32, the last block's feed-forward a
+/// Memory+ layer of 32^2 = 1024 values (2 heads, 8 slots each): small enough to train in a
+/// browser on a CPU WebGPU implementation, large enough to store the built-in facts.
+pub const PAGE_MODEL: DemoModel = DemoModel {
+    dim: 32,
+    layers: 2,
+    seq: 48,
+    seed: 0,
+    memory: Some(MemoryShape {
+        n_keys: 32,
+        heads: 2,
+        knn: 8,
+        k_dim: 32,
+    }),
+};
+const BATCH: usize = 16;
+/// Recall is measured on at most this many facts while training.
+const RECALL_SAMPLE: usize = 200;
+const MAX_ANSWER_BYTES: usize = 24;
+
+enum Net {
+    Training(Box<Trainer>),
+    Loaded(Model),
+}
+
+impl Net {
+    fn model(&self) -> &Model {
+        match self {
+            Net::Training(t) => &t.model,
+            Net::Loaded(m) => m,
+        }
+    }
+}
+
+struct State {
+    gpu: Gpu,
+    kb: KnowledgeBase,
+    net: Option<Net>,
+    args: Option<LMTransformerArgs>,
+    rng: Rng,
+}
+
+fn err(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+/// The demo session: one GPU device, the facts, and the model being trained or loaded.
+#[wasm_bindgen]
+pub struct Demo {
+    state: Rc<RefCell<State>>,
+}
+
+/// Whether this adapter is a CPU implementation of WebGPU (SwiftShader, llvmpipe), where the
+/// library's CPU kernel variants are faster.
+fn cpu_adapter(info: &wgpu::AdapterInfo) -> bool {
+    let text = format!("{} {} {}", info.name, info.driver, info.driver_info).to_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|s| text.contains(s))
+}
+
+#[wasm_bindgen]
+impl Demo {
+    /// Opens the GPU (WebGPU) and builds the built-in facts (`subjects` people, 4 facts each).
+    pub async fn create(subjects: u32) -> Result<Demo, JsValue> {
+        std::panic::set_hook(Box::new(|info| {
+            web_log(&format!("memlayers panicked: {info}"));
+        }));
+        let mut gpu = Gpu::new().await.map_err(err)?;
+        if let Some(info) = gpu.adapter_info().cloned() {
+            if cpu_adapter(&info) {
+                gpu.set_tuning(memlayers::gpu::Tuning::CPU);
+            }
+        }
+        Ok(Demo {
+            state: Rc::new(RefCell::new(State {
+                gpu,
+                kb: KnowledgeBase::synthetic(subjects.max(1) as usize, 0),
+                net: None,
+                args: None,
+                rng: Rng::new(0xDA7A),
+            })),
+        })
+    }
+
+    /// The adapter and the device's limits, as JSON.
+    pub fn adapter(&self) -> Result<String, JsValue> {
+        let st = lock(&self.state)?;
+        let l = st.gpu.limits();
+        let info = st.gpu.adapter_info();
+        Ok(json!({
+            "name": info.map(|i| i.name.clone()).unwrap_or_default(),
+            "backend": info.map(|i| format!("{:?}", i.backend)).unwrap_or_default(),
+            "device_type": info.map(|i| format!("{:?}", i.device_type)).unwrap_or_default(),
+            "driver": info.map(|i| format!("{} {}", i.driver, i.driver_info)).unwrap_or_default(),
+            "kernel_variants": if st.gpu.tuning() == memlayers::gpu::Tuning::CPU { "cpu" } else { "gpu" },
+            "limits": {
+                "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+                "max_buffer_size": l.max_buffer_size,
+                "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+                "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+                "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+                "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+            },
+        })
+        .to_string())
+    }
+
+    /// The facts, as JSON: `[[subject, relation, object], ...]`.
+    pub fn facts(&self) -> Result<String, JsValue> {
+        let st = lock(&self.state)?;
+        let rows: Vec<[&str; 3]> = st
+            .kb
+            .facts
+            .iter()
+            .map(|f| [f.subject.as_str(), f.relation.as_str(), f.object.as_str()])
+            .collect();
+        Ok(serde_json::to_string(&rows).expect("strings serialise"))
+    }
+
+    /// A fresh memory model (`PAGE_MODEL`) with the demo's recipe for `steps` steps at `lr`
+    /// (values at 10x). Returns the model's description as JSON.
+    pub fn new_model(&self, steps: u32, lr: f32) -> Result<String, JsValue> {
+        let mut st = lock(&self.state)?;
+        let args = PAGE_MODEL.args();
+        let config = args.resolve().map_err(err)?;
+        let weights = ModelWeights::init(&config).map_err(err)?;
+        let trainer = Trainer::new(&st.gpu, &weights, demo::train_config(steps, lr, true)).map_err(err)?;
+        st.net = Some(Net::Training(Box::new(trainer)));
+        st.args = Some(args);
+        st.rng = Rng::new(0xDA7A);
+        Ok(describe(&weights, steps))
+    }
+
+    /// Trains for up to `steps` steps (fewer at the end of the schedule). Resolves to JSON
+    /// `{"step", "steps", "loss"}` (loss: mean of the last step's answer bytes).
+    pub fn train(&self, steps: u32) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut guard = lock(&state)?;
+            let State { gpu, kb, net, rng, .. } = &mut *guard;
+            let Some(Net::Training(trainer)) = net else {
+                return Err(err("no model in training: start one first"));
+            };
+            let total = trainer.config.steps;
+            let mut loss = f32::NAN;
+            for _ in 0..steps {
+                if trainer.step >= total {
+                    break;
+                }
+                let (x, y) = demo::training_batch(&kb.facts, rng, BATCH, PAGE_MODEL.seq);
+                loss = trainer.step(gpu, &x, &y, BATCH, PAGE_MODEL.seq).await.map_err(err)?;
+            }
+            Ok(json!({"step": trainer.step, "steps": total, "loss": loss}).to_string().into())
+        })
+    }
+
+    /// Exact greedy recall on (a sample of) the facts, in [0, 1].
+    pub fn recall(&self) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let st = lock(&state)?;
+            let net = st.net.as_ref().ok_or_else(|| err("no model yet"))?;
+            let n = st.kb.facts.len().min(RECALL_SAMPLE);
+            let r = demo::recall(net.model(), &st.gpu, &st.kb.facts[..n]).await.map_err(err)?;
+            Ok(JsValue::from_f64(r as f64))
+        })
+    }
+
+    /// Asks the model: resolves to JSON `{"prompt", "answer", "expected", "reads": [{"layer",
+    /// "head", "slots", "weights"}]}` (the reads: every memory head's top-k at the prompt's
+    /// last position; `expected` is the known object, or null).
+    pub fn ask(&self, subject: String, relation: String) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let st = lock(&state)?;
+            let net = st.net.as_ref().ok_or_else(|| err("no model yet: train or load one"))?;
+            let fact = Fact {
+                subject: subject.trim().to_string(),
+                relation: relation.trim().to_string(),
+                object: String::new(),
+            };
+            let prompt = fact.prompt();
+            let answer = demo::ask(net.model(), &st.gpu, &prompt, MAX_ANSWER_BYTES).await.map_err(err)?;
+            let expected = st
+                .kb
+                .facts
+                .iter()
+                .find(|f| f.subject == fact.subject && f.relation == fact.relation)
+                .map(|f| f.answer());
+            let reads: Vec<_> = answer
+                .reads
+                .iter()
+                .map(|r| json!({"layer": r.layer, "head": r.head, "slots": r.slots, "weights": r.weights}))
+                .collect();
+            Ok(json!({"prompt": prompt, "answer": answer.text, "expected": expected, "reads": reads})
+                .to_string()
+                .into())
+        })
+    }
+
+    /// Loads a model saved by the native CLI (`memlayers demo` or `train`): its config.json
+    /// text and weights.safetensors bytes. Resolves to the model's description as JSON;
+    /// rejects with a message naming what is wrong.
+    pub fn load_model(&self, config_json: String, weights: Vec<u8>) -> Result<String, JsValue> {
+        let mut st = lock(&self.state)?;
+        let args = LMTransformerArgs::from_json(&config_json).map_err(err)?;
+        let config = args.resolve().map_err(err)?;
+        if config.vocab < 256 {
+            return Err(err("this page asks byte-level models (vocab_size >= 256)"));
+        }
+        let file = TensorFile::from_bytes(&weights, "weights.safetensors").map_err(err)?;
+        let w = ModelWeights::from_tensors(&config, &file).map_err(err)?;
+        let model = Model::new(&st.gpu, &w).map_err(err)?;
+        st.net = Some(Net::Loaded(model));
+        st.args = Some(args);
+        Ok(describe(&w, 0))
+    }
+
+    /// The memory layer's forward tokens/s on this adapter: `memlayers bench`'s small
+    /// configuration (d=256, 4 heads, n_keys=128, knn=16, k_dim=128, f32 values), `tokens` per
+    /// pass, `iters` timed passes. The same workload as the native bench's (ForwardWorkload).
+    pub fn bench_forward(&self, tokens: u32, iters: u32) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let st = lock(&state)?;
+            let config = MemoryConfig {
+                n_keys: 128,
+                knn: 16,
+                k_dim: 128,
+                ..MemoryConfig::memory_plus(256)
+            };
+            let work = memlayers::memory::ForwardWorkload::new(&st.gpu, &config, ValueDtype::F32, tokens as usize)
+                .map_err(err)?;
+            let now = || js_sys::Date::now() / 1000.0;
+            let tps = work.tokens_per_s(&st.gpu, iters as usize, now).await.map_err(err)?;
+            Ok(JsValue::from_f64(tps))
+        })
+    }
+}
+
+/// The state, or a "busy" rejection when another call is still running.
+fn lock(state: &Rc<RefCell<State>>) -> Result<RefMut<'_, State>, JsValue> {
+    state
+        .try_borrow_mut()
+        .map_err(|_| err("busy: another call is still running"))
+}
+
+fn describe(w: &ModelWeights, steps: u32) -> String {
+    let c = &w.config;
+    let memory_params: usize = w
+        .named_tensors()
+        .iter()
+        .filter(|(n, _, _)| c.memory_layers.iter().any(|l| n.starts_with(&format!("layers.{l}.feed_forward."))))
+        .map(|(_, _, d)| d.len())
+        .sum();
+    json!({
+        "dim": c.dim,
+        "layers": c.n_layers,
+        "params": w.parameter_count(),
+        "memory_params": memory_params,
+        "memory": c.memory.as_ref().map(|m| json!({
+            "values": m.n_values(), "heads": m.heads, "knn": m.knn, "k_dim": m.k_dim,
+            "layers": c.memory_layers,
+        })),
+        "steps": steps,
+    })
+    .to_string()
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn web_log(s: &str);
+}
