@@ -16,7 +16,8 @@ const browser = await launch();
 let browserTps;
 try {
   const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${server.address().port}/`);
+  const variants = process.env.VARIANTS ? `?variants=${process.env.VARIANTS}` : "";
+  await page.goto(`http://127.0.0.1:${server.address().port}/${variants}`);
   await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
   const adapter = await page.textContent("#gpu-status");
   await page.click("#bench");

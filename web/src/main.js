@@ -3,7 +3,7 @@
 // in the memlayers library (pkg/, built from web/wasm); this file only drives it.
 //
 // URL parameters (used by the tests): subjects (built-in people, 4 facts each), steps, eval
-// (recall every this many steps).
+// (recall every this many steps), variants ("cpu" or "gpu": override the kernel variants).
 import init, { Demo } from "./pkg/memlayers_web.js";
 
 const $ = (id) => document.getElementById(id);
@@ -42,6 +42,7 @@ async function main() {
     setStatus($("gpu-status"), "WebGPU is there, but no usable GPU adapter: " + message(e), "error");
     return;
   }
+  if (params.get("variants")) demo.set_kernel_variants(params.get("variants"));
   const a = JSON.parse(demo.adapter());
   // Browsers leave wgpu's adapter name empty; WebGPU's own adapter info names the vendor
   // and architecture (e.g. "google swiftshader").

@@ -124,6 +124,19 @@ impl Demo {
         .to_string())
     }
 
+    /// Overrides the kernel variants chosen for this adapter: "cpu" or "gpu" (see
+    /// `memlayers::gpu::Tuning`; results do not depend on them, speed does).
+    pub fn set_kernel_variants(&self, variants: &str) -> Result<(), JsValue> {
+        let mut st = lock(&self.state)?;
+        let tuning = match variants {
+            "cpu" => memlayers::gpu::Tuning::CPU,
+            "gpu" => memlayers::gpu::Tuning::GPU,
+            other => return Err(err(format!("kernel variants are \"cpu\" or \"gpu\", not {other:?}"))),
+        };
+        st.gpu.set_tuning(tuning);
+        Ok(())
+    }
+
     /// The facts, as JSON: `[[subject, relation, object], ...]`.
     pub fn facts(&self) -> Result<String, JsValue> {
         let st = lock(&self.state)?;
