@@ -288,3 +288,31 @@ fn demo_reports_bad_facts_files() {
     assert!(stderr.contains("line 2"), "{stderr}");
     assert!(!out.join("results.json").exists());
 }
+
+#[test]
+fn demo_presets_set_the_model_and_flags_override_them() {
+    let dir = scratch_dir("presets");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = dir.join(extra.join("_").replace('-', ""));
+        let mut args = vec![
+            "demo", "--subjects", "3", "--steps", "1", "--batch", "2", "--eval-every", "1", "--lrs", "1e-2",
+            "--out", out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = memlayers(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+    };
+    // The tests run on a CPU adapter or a GPU: auto picks the preset that matches it.
+    let auto = run(&[]);
+    let expected = if gpu().adapter_info().unwrap().device_type == wgpu::DeviceType::Cpu { "cpu" } else { "gpu" };
+    assert_eq!(auto["preset"], expected);
+    let on_gpu = run(&["--preset", "gpu"]);
+    assert_eq!(on_gpu["preset"], "gpu");
+    assert_eq!(on_gpu["memory"]["memory_values"], 128 * 128);
+    assert_eq!(on_gpu["memory"]["model"]["dim"], 64);
+    let cpu = run(&["--preset", "cpu", "--n-keys", "32"]);
+    assert_eq!(cpu["preset"], "cpu");
+    assert_eq!(cpu["memory"]["memory_values"], 32 * 32, "a flag overrides the preset");
+    assert_eq!(cpu["memory"]["model"]["dim"], 32);
+}

@@ -22,6 +22,12 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Settings to start from: "cpu" (a 2-core machine through lavapipe: 400 facts, width 32,
+    /// 160 steps, minutes), "gpu" (the capacity regime: 10,000 facts, width 64, 2,000 steps
+    /// of 128 rows), or "auto": "gpu" on a GPU adapter, "cpu" on a CPU one. Flags below
+    /// override single settings.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
+    pub preset: String,
     /// Your own facts instead of the built-in ones: one fact a line,
     /// subject<TAB>relation<TAB>object. Prompts are "subject relation ", answers "object.".
     #[arg(long)]
@@ -29,47 +35,125 @@ pub struct Args {
     /// Output directory: results.json, recall.png, the trained models (dense/, memory/).
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
-    /// Fictional people in the built-in knowledge base (4 facts each).
-    #[arg(long, default_value_t = 100)]
-    pub subjects: usize,
+    /// Fictional people in the built-in knowledge base (4 facts each) [cpu: 100, gpu: 2500].
+    #[arg(long)]
+    pub subjects: Option<usize>,
     /// Seed of the knowledge base, the initialisation and the data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Training steps of every model.
-    #[arg(long, default_value_t = 160)]
-    pub steps: u32,
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Tokens per training row (facts are packed whole).
-    #[arg(long, default_value_t = 48)]
-    pub seq: usize,
-    /// Learning rates tried for the dense model; the memory model gets the best one.
-    #[arg(long, value_delimiter = ',', default_values_t = [3e-3, 1e-2])]
-    pub lrs: Vec<f32>,
-    /// Model width (both models).
-    #[arg(long, default_value_t = 32)]
-    pub dim: usize,
-    /// Transformer blocks (both models); the memory model's last block holds the memory.
-    #[arg(long, default_value_t = 2)]
-    pub layers: usize,
-    /// Sub-keys per half of the memory: n_keys^2 values.
-    #[arg(long, default_value_t = 64)]
-    pub n_keys: usize,
-    #[arg(long, default_value_t = 2)]
-    pub mem_heads: usize,
-    #[arg(long, default_value_t = 16)]
-    pub mem_knn: usize,
-    #[arg(long, default_value_t = 32)]
-    pub mem_k_dim: usize,
-    /// Recall on a sample of facts every this many steps (the curve in recall.png).
-    #[arg(long, default_value_t = 20)]
-    pub eval_every: u32,
+    /// Training steps of every model [cpu: 160, gpu: 2000].
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// Rows per training step [cpu: 32, gpu: 128].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Tokens per training row (facts are packed whole) [48].
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Learning rates tried for the dense model; the memory model gets the best one
+    /// [3e-3,1e-2].
+    #[arg(long, value_delimiter = ',')]
+    pub lrs: Option<Vec<f32>>,
+    /// Model width (both models) [cpu: 32, gpu: 64].
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Transformer blocks (both models); the memory model's last block holds the memory [2].
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Sub-keys per half of the memory: n_keys^2 values [cpu: 64, gpu: 128].
+    #[arg(long)]
+    pub n_keys: Option<usize>,
+    /// Memory heads [cpu: 2, gpu: 4].
+    #[arg(long)]
+    pub mem_heads: Option<usize>,
+    /// Slots read per memory head [16].
+    #[arg(long)]
+    pub mem_knn: Option<usize>,
+    /// Query/key width of the memory [32].
+    #[arg(long)]
+    pub mem_k_dim: Option<usize>,
+    /// Recall on a sample of facts every this many steps (the curve in recall.png)
+    /// [cpu: 20, gpu: 200].
+    #[arg(long)]
+    pub eval_every: Option<u32>,
     /// Also train memory models of several sizes (`--sweep-n-keys`) at the same FLOPs and
     /// plot recall against memory size (sweep.png, "sweep" in results.json).
     #[arg(long)]
     pub sweep: bool,
-    #[arg(long, value_delimiter = ',', default_values_t = [16, 32, 64, 90])]
+    /// [cpu: 16,32,64,90, gpu: 64,96,128,181]
+    #[arg(long, value_delimiter = ',')]
+    pub sweep_n_keys: Option<Vec<usize>>,
+}
+
+/// The demo's settings: a preset with the user's flags applied.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub preset: &'static str,
+    pub facts: Option<PathBuf>,
+    pub out: PathBuf,
+    pub subjects: usize,
+    pub seed: u64,
+    pub steps: u32,
+    pub batch: usize,
+    pub seq: usize,
+    pub lrs: Vec<f32>,
+    pub dim: usize,
+    pub layers: usize,
+    pub n_keys: usize,
+    pub mem_heads: usize,
+    pub mem_knn: usize,
+    pub mem_k_dim: usize,
+    pub eval_every: u32,
+    pub sweep: bool,
     pub sweep_n_keys: Vec<usize>,
+}
+
+impl Args {
+    /// The settings on `adapter`: "auto" picks the gpu preset on GPUs and the cpu preset on
+    /// CPU implementations (lavapipe, SwiftShader) and unknown adapters.
+    pub fn settings(&self, adapter: Option<&wgpu::AdapterInfo>) -> Settings {
+        let on_gpu = adapter.is_some_and(|i| {
+            matches!(
+                i.device_type,
+                wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu
+            )
+        });
+        let gpu = match self.preset.as_str() {
+            "gpu" => true,
+            "cpu" => false,
+            _ => on_gpu,
+        };
+        fn pick<T>(gpu: bool, cpu: T, on_gpu: T) -> T {
+            if gpu {
+                on_gpu
+            } else {
+                cpu
+            }
+        }
+        Settings {
+            preset: if gpu { "gpu" } else { "cpu" },
+            facts: self.facts.clone(),
+            out: self.out.clone(),
+            subjects: self.subjects.unwrap_or(pick(gpu, 100, 2500)),
+            seed: self.seed,
+            steps: self.steps.unwrap_or(pick(gpu, 160, 2000)),
+            batch: self.batch.unwrap_or(pick(gpu, 32, 128)),
+            seq: self.seq.unwrap_or(48),
+            lrs: self.lrs.clone().unwrap_or_else(|| vec![3e-3, 1e-2]),
+            dim: self.dim.unwrap_or(pick(gpu, 32, 64)),
+            layers: self.layers.unwrap_or(2),
+            n_keys: self.n_keys.unwrap_or(pick(gpu, 64, 128)),
+            mem_heads: self.mem_heads.unwrap_or(pick(gpu, 2, 4)),
+            mem_knn: self.mem_knn.unwrap_or(16),
+            mem_k_dim: self.mem_k_dim.unwrap_or(32),
+            eval_every: self.eval_every.unwrap_or(pick(gpu, 20, 200)),
+            sweep: self.sweep,
+            sweep_n_keys: self
+                .sweep_n_keys
+                .clone()
+                .unwrap_or_else(|| pick(gpu, vec![16, 32, 64, 90], vec![64, 96, 128, 181])),
+        }
+    }
 }
 
 /// Facts in the recall sample evaluated during training (all facts at the end).
@@ -93,7 +177,7 @@ struct Run {
 }
 
 impl Run {
-    fn json(&self, a: &Args) -> Value {
+    fn json(&self, a: &Settings) -> Value {
         json!({
             "recall": self.recall,
             "flops_per_token": self.flops,
@@ -111,7 +195,7 @@ impl Run {
     }
 }
 
-fn model_args(a: &Args, n_keys: Option<usize>) -> LMTransformerArgs {
+fn model_args(a: &Settings, n_keys: Option<usize>) -> LMTransformerArgs {
     DemoModel {
         dim: a.dim,
         layers: a.layers,
@@ -165,7 +249,7 @@ fn progress(label: &str, step: u32, steps: u32, loss: f32, recall: Option<f32>, 
 #[allow(clippy::too_many_arguments)]
 fn train(
     gpu: &Gpu,
-    a: &Args,
+    a: &Settings,
     label: String,
     args: LMTransformerArgs,
     lr: f32,
@@ -263,8 +347,10 @@ fn table(runs: &[&Run]) {
     }
 }
 
-pub fn run(a: &Args) -> Result<()> {
+pub fn run(args: &Args) -> Result<()> {
     let total = Instant::now();
+    let gpu = Gpu::new_blocking()?;
+    let a = &args.settings(gpu.adapter_info());
     let kb = match &a.facts {
         Some(path) => KnowledgeBase::parse_tsv(
             &std::fs::read_to_string(path)
@@ -303,7 +389,6 @@ pub fn run(a: &Args) -> Result<()> {
         check_flops(&dense_config, &s.resolve()?, a.seq)?;
     }
     std::fs::create_dir_all(&a.out)?;
-    let gpu = Gpu::new_blocking()?;
     // A fixed sample for the recall curve (the final recall is over every fact).
     let mut sample = kb.facts.clone();
     let mut rng = Rng::new(a.seed ^ 0x5A3E);
@@ -319,8 +404,9 @@ pub fn run(a: &Args) -> Result<()> {
         kb.guessing_recall()
     );
     println!(
-        "adapter {}; {} steps of {} x {} tokens per model; FLOPs/token dense {:.0}, memory {:.0} ({:+.1}%)",
+        "adapter {}, preset {}; {} steps of {} x {} tokens per model; FLOPs/token dense {:.0}, memory {:.0} ({:+.1}%)",
         gpu.adapter_name(),
+        a.preset,
         a.steps,
         a.batch,
         a.seq,
@@ -387,6 +473,7 @@ pub fn run(a: &Args) -> Result<()> {
         "memory": memory.json(a),
         "dense_lr_sweep": lr_sweep,
         "facts": kb.facts.len(),
+        "preset": a.preset,
         "guessing_recall": kb.guessing_recall(),
         "batch": a.batch,
         "seq": a.seq,
