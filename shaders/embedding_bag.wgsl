@@ -20,8 +20,10 @@
 // (f32: v_dim % 4 == 0; f16: v_dim % 8 == 0), `main` reads single words otherwise.
 // `main` computes one word per invocation (blocks of WG words); `main_vec4` keeps four
 // 16-byte columns per invocation in registers (blocks of 4 WG: columns lid + i WG, i < 4), so that each bag entry's (slot, weight), packed in one workgroup word, is read once
-// per four loads. The workgroup size WG is chosen per adapter (64 on GPUs, 16 on CPU
-// implementations); the results do not depend on it.
+// per four loads; `main_column` (GPUs) keeps one 16-byte column per invocation and loads
+// four bag entries at a time. The variant and the workgroup size WG are chosen per adapter
+// (main_column with 64 on GPUs, main_vec4 with 16 on CPU implementations); the results do
+// not depend on them (bit for bit).
 
 struct Params {
     rows: u32,
@@ -269,6 +271,100 @@ fn main_vec4(
             }
         }
     }
+}
+
+// The GPU variant of `main_vec4`: one 16-byte column per invocation (four times as many
+// invocations, so a GPU keeps more loads in flight), and the bag read four entries at a time:
+// four independent loads, then their four multiply-adds in bag order (the same chain as
+// `main_vec4`, so the results are bit-identical). An entry outside this dispatch's buffers
+// still loads (from a valid address) but adds nothing.
+@compute @workgroup_size(WG)
+fn main_column(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = wg.y * nwg.x + wg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    load_bag(row, lid);
+    let q = wg.z * WG + lid;
+    if (q >= p.row_words / 4u) {
+        return;
+    }
+    let out0 = row * (p.v_dim / 4u);
+    let whole = p.bag / 4u * 4u;
+    if (p.f16_values != 0u) {
+        var a = array<vec4<f32>, 2>(vec4<f32>(0.0), vec4<f32>(0.0));
+        if (p.accumulate != 0u) {
+            a = array<vec4<f32>, 2>(out4[out0 + 2u * q], out4[out0 + 2u * q + 1u]);
+        }
+        for (var j = 0u; j < whole; j += 4u) {
+            let e0 = bag[j];
+            let e1 = bag[j + 1u];
+            let e2 = bag[j + 2u];
+            let e3 = bag[j + 3u];
+            let v0 = value_quad(e0.x, q);
+            let v1 = value_quad(e1.x, q);
+            let v2 = value_quad(e2.x, q);
+            let v3 = value_quad(e3.x, q);
+            a = add_f16_loaded(a, e0, v0);
+            a = add_f16_loaded(a, e1, v1);
+            a = add_f16_loaded(a, e2, v2);
+            a = add_f16_loaded(a, e3, v3);
+        }
+        for (var j = whole; j < p.bag; j++) {
+            let e = bag[j];
+            a = add_f16_loaded(a, e, value_quad(e.x, q));
+        }
+        out4[out0 + 2u * q] = a[0];
+        out4[out0 + 2u * q + 1u] = a[1];
+    } else {
+        var a = vec4<f32>(0.0);
+        if (p.accumulate != 0u) {
+            a = out4[out0 + q];
+        }
+        for (var j = 0u; j < whole; j += 4u) {
+            let e0 = bag[j];
+            let e1 = bag[j + 1u];
+            let e2 = bag[j + 2u];
+            let e3 = bag[j + 3u];
+            let v0 = value_quad(e0.x, q);
+            let v1 = value_quad(e1.x, q);
+            let v2 = value_quad(e2.x, q);
+            let v3 = value_quad(e3.x, q);
+            a = add_f32_loaded(a, e0, v0);
+            a = add_f32_loaded(a, e1, v1);
+            a = add_f32_loaded(a, e2, v2);
+            a = add_f32_loaded(a, e3, v3);
+        }
+        for (var j = whole; j < p.bag; j++) {
+            let e = bag[j];
+            a = add_f32_loaded(a, e, value_quad(e.x, q));
+        }
+        out4[out0 + q] = a;
+    }
+}
+
+// Adds a loaded 16-byte column `v` of entry `e` (decoded slot, weight bits) to `acc`, when
+// the entry's row is bound to this dispatch.
+fn add_f32_loaded(acc: vec4<f32>, e: vec2<u32>, v: vec4<u32>) -> vec4<f32> {
+    if (e.x == 0u) {
+        return acc;
+    }
+    return fma(vec4<f32>(bitcast<f32>(e.y)), bitcast<vec4<f32>>(v), acc);
+}
+
+fn add_f16_loaded(acc: array<vec4<f32>, 2>, e: vec2<u32>, v: vec4<u32>) -> array<vec4<f32>, 2> {
+    if (e.x == 0u) {
+        return acc;
+    }
+    let wv = vec4<f32>(bitcast<f32>(e.y));
+    return array<vec4<f32>, 2>(
+        fma(wv, vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)), acc[0]),
+        fma(wv, vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)), acc[1]),
+    );
 }
 
 // Backward, dL/dw[r, j] = <dy[r, :], V[indices[r, j], :]>: one invocation per bag entry, a

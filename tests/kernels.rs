@@ -267,7 +267,13 @@ fn lookup_breaks_ties_to_the_lower_slot() {
     assert_eq!(&got.indices[..9], &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
-fn run_bag(indices: &[u32], weights: &[f32], pool: &ValuePool, rows: usize, bag: usize, wg: u32) -> Vec<f32> {
+fn run_bag(
+    indices: &[u32],
+    weights: &[f32],
+    pool: &ValuePool,
+    (rows, bag): (usize, usize),
+    (wg, columns): (u32, u32),
+) -> Vec<f32> {
     let g = gpu();
     let (ib, wb) = (g.upload("idx", indices), g.upload("w", weights));
     let out = g.storage("out", (rows * pool.v_dim() * 4) as u64);
@@ -281,6 +287,7 @@ fn run_bag(indices: &[u32], weights: &[f32], pool: &ValuePool, rows: usize, bag:
         values: &chunks,
         out: &out,
         workgroup_size: Some(wg),
+        columns_per_invocation: Some(columns),
     }
     .record(g, &mut enc)
     .unwrap();
@@ -313,14 +320,15 @@ fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
             let want =
                 reference::embedding_bag(&indices, &weights, &as_stored(&values, dtype), rows, bag, v_dim);
             let mut first: Option<Vec<f32>> = None;
-            for wg in [1, 16, 64, 256] {
-                let got = run_bag(&indices, &weights, &pool, rows, bag, wg);
+            let variants = [1, 16, 64, 256].into_iter().flat_map(|wg| [(wg, 4), (wg, 1)]);
+            for (wg, columns) in variants {
+                let got = run_bag(&indices, &weights, &pool, (rows, bag), (wg, columns));
                 let what = format!(
-                    "bag rows={rows} bag={bag} n={n} v_dim={v_dim} chunks={} {dtype:?} wg={wg}",
+                    "bag rows={rows} bag={bag} n={n} v_dim={v_dim} chunks={} {dtype:?} wg={wg} columns/invocation={columns}",
                     pool.buffer_count()
                 );
                 assert_close(&what, &got, &want);
-                // Each output element is one fixed-order chain whatever the workgroup size.
+                // Each output element is one fixed-order chain whatever the workgroup size and variant.
                 if let Some(f) = &first {
                     assert!(
                         f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),

@@ -36,6 +36,10 @@ pub struct Tuning {
     /// Invocations per workgroup of the embedding bag (64 on GPUs; 16 on CPU adapters, where
     /// each invocation then keeps more columns and rereads each entry's slot less often).
     pub bag_workgroup: u32,
+    /// 16-byte columns per invocation of the embedding bag: 1 on GPUs (more invocations,
+    /// more loads in flight: measured 1.0x-? on an H100), 4 on CPU adapters (fewer rereads
+    /// of each entry's slot).
+    pub bag_columns_per_invocation: u32,
     /// Attention with one invocation per row (`attention_rows.wgsl`) where the shape allows,
     /// instead of a workgroup per row: on CPU adapters the workgroup variant spends its time
     /// in barriers and idle lanes (measured 2-4x slower there).
@@ -46,11 +50,13 @@ impl Tuning {
     pub const GPU: Tuning = Tuning {
         topk_workgroup: 64,
         bag_workgroup: 64,
+        bag_columns_per_invocation: 1,
         attention_rows: false,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 16,
         bag_workgroup: 16,
+        bag_columns_per_invocation: 4,
         attention_rows: true,
     };
 

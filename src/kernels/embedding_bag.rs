@@ -58,6 +58,9 @@ pub struct EmbeddingBag<'a> {
     pub out: &'a wgpu::Buffer,
     /// Invocations per workgroup; `None` takes the adapter's tuning. Results do not depend on it.
     pub workgroup_size: Option<u32>,
+    /// 16-byte columns per invocation where rows are whole 16-byte words: 4 (`main_vec4`) or
+    /// 1 (`main_column`); `None` takes the adapter's tuning. Results do not depend on it.
+    pub columns_per_invocation: Option<u32>,
 }
 
 impl EmbeddingBag<'_> {
@@ -99,7 +102,19 @@ impl EmbeddingBag<'_> {
         } else {
             v.v_dim.is_multiple_of(4)
         };
-        let entry = if vec4 { "main_vec4" } else { "main" };
+        let per_invocation = self
+            .columns_per_invocation
+            .unwrap_or(gpu.tuning().bag_columns_per_invocation);
+        let entry = match (vec4, per_invocation) {
+            (false, _) => "main",
+            (true, 4) => "main_vec4",
+            (true, 1) => "main_column",
+            (true, n) => {
+                return Err(Error::Config(format!(
+                    "embedding bag: {n} columns per invocation; 1 or 4 are implemented"
+                )))
+            }
+        };
         let wg = self.workgroup_size.unwrap_or(gpu.tuning().bag_workgroup);
         if !(1..=256).contains(&wg) {
             return Err(Error::Config(format!(
@@ -132,7 +147,7 @@ impl EmbeddingBag<'_> {
                 )
             })
             .collect();
-        let columns_per_block = if vec4 { 4 * wg } else { wg };
+        let columns_per_block = if vec4 { per_invocation * wg } else { wg };
         let columns = if vec4 { row_words / 4 } else { row_words };
         let blocks = columns.div_ceil(columns_per_block);
         if blocks > crate::gpu::MAX_GRID_DIM {

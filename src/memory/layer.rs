@@ -268,6 +268,7 @@ impl MemoryLayer {
             values: &chunks,
             out: &bag,
             workgroup_size: None,
+            columns_per_invocation: None,
         }
         .record(gpu, encoder)?;
         let gated = match &self.swilu {

@@ -355,6 +355,7 @@ impl Model {
             values: &chunks,
             out: &h,
             workgroup_size: None,
+            columns_per_invocation: None,
         }
         .record(gpu, encoder)?;
         let mut layer_acts = Vec::with_capacity(self.layers.len());
