@@ -4,7 +4,8 @@
 set -euo pipefail
 
 if [ "$(uname -s)" = "Linux" ]; then
-    if ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 \
+    # A driver manifest in either place, and the loader.
+    if ! compgen -G '/usr/share/vulkan/icd.d/*.json' >/dev/null && ! compgen -G '/etc/vulkan/icd.d/*.json' >/dev/null \
         || ! ldconfig -p | grep -q 'libvulkan.so.1'; then
         echo "memlayers: no Vulkan driver found; installing Mesa's lavapipe (mesa-vulkan-drivers libvulkan1)" >&2
         SUDO=""

@@ -11,5 +11,5 @@ want="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); prin
 have="$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)"
 if [ "$have" != "$want" ]; then
     echo "installing wasm-bindgen-cli $want (found: ${have:-none})" >&2
-    cargo install wasm-bindgen-cli --version "=$want"
+    cargo install --force wasm-bindgen-cli --version "=$want"
 fi

@@ -128,7 +128,7 @@ fn device_errors_come_back_as_errors() {
     // A fresh device: the error must not leak into the other tests' shared one.
     let g = memlayers::Gpu::new_blocking().unwrap();
     let buffer = g.upload("x", &[1.0f32]);
-    g.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    let _module = g.device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("broken on purpose"),
         source: wgpu::ShaderSource::Wgsl("fn main( {".into()),
     });

@@ -211,21 +211,6 @@ fn model_args(a: &Settings, n_keys: Option<usize>) -> LMTransformerArgs {
     .args()
 }
 
-/// Parameters of the memory layers (the value table, keys, query, swilu and value projections).
-fn memory_params(w: &ModelWeights) -> usize {
-    let prefixes: Vec<String> = w
-        .config
-        .memory_layers
-        .iter()
-        .map(|l| format!("layers.{l}.feed_forward."))
-        .collect();
-    w.named_tensors()
-        .iter()
-        .filter(|(n, _, _)| prefixes.iter().any(|p| n.starts_with(p)))
-        .map(|(_, _, d)| d.len())
-        .sum()
-}
-
 fn duration(s: f64) -> String {
     let s = s.max(0.0).round() as u64;
     format!("{}m{:02}s", s / 60, s % 60)
@@ -291,7 +276,7 @@ fn train(
         label,
         flops: config.flops_per_token(a.seq),
         params: weights.parameter_count(),
-        memory_params: memory_params(&weights),
+        memory_params: weights.memory_parameter_count(),
         config,
         args,
         lr,

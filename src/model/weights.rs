@@ -221,4 +221,20 @@ impl ModelWeights {
             .map(|(_, s, _)| s.iter().product::<usize>())
             .sum()
     }
+
+    /// Parameters of the memory layers: the value table, keys, query, swilu and value
+    /// projections.
+    pub fn memory_parameter_count(&self) -> usize {
+        let prefixes: Vec<String> = self
+            .config
+            .memory_layers
+            .iter()
+            .map(|l| format!("layers.{l}.feed_forward."))
+            .collect();
+        self.named_tensors()
+            .iter()
+            .filter(|(n, _, _)| prefixes.iter().any(|p| n.starts_with(p)))
+            .map(|(_, s, _)| s.iter().product::<usize>())
+            .sum()
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod checks;
+#[allow(unused_imports)]
 pub use checks::*;
 
 use memlayers::Gpu;

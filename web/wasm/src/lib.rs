@@ -279,17 +279,11 @@ fn lock(state: &Rc<RefCell<State>>) -> Result<RefMut<'_, State>, JsValue> {
 
 fn describe(w: &ModelWeights, steps: u32) -> String {
     let c = &w.config;
-    let memory_params: usize = w
-        .named_tensors()
-        .iter()
-        .filter(|(n, _, _)| c.memory_layers.iter().any(|l| n.starts_with(&format!("layers.{l}.feed_forward."))))
-        .map(|(_, _, d)| d.len())
-        .sum();
     json!({
         "dim": c.dim,
         "layers": c.n_layers,
         "params": w.parameter_count(),
-        "memory_params": memory_params,
+        "memory_params": w.memory_parameter_count(),
         "memory": c.memory.as_ref().map(|m| json!({
             "values": m.n_values(), "heads": m.heads, "knn": m.knn, "k_dim": m.k_dim,
             "layers": c.memory_layers,
