@@ -94,6 +94,18 @@ fn value_quad(entry: u32, quad: u32) -> vec4<u32> {
     }
 }
 
+// Columns l.x, l.y, l.z, l.w (16-byte words) of one entry's row, with one buffer switch
+// for the four loads (CPU implementations do not merge four switches into one).
+fn value_quads(entry: u32, l: vec4<u32>) -> array<vec4<u32>, 4> {
+    let at = (entry & OFFSET_MASK) / 4u;
+    switch entry >> 29u {
+        case 1u: { return array<vec4<u32>, 4>(w0[at + l.x], w0[at + l.y], w0[at + l.z], w0[at + l.w]); }
+        case 2u: { return array<vec4<u32>, 4>(w1[at + l.x], w1[at + l.y], w1[at + l.z], w1[at + l.w]); }
+        case 3u: { return array<vec4<u32>, 4>(w2[at + l.x], w2[at + l.y], w2[at + l.z], w2[at + l.w]); }
+        default: { return array<vec4<u32>, 4>(w3[at + l.x], w3[at + l.y], w3[at + l.z], w3[at + l.w]); }
+    }
+}
+
 fn load_bag(row: u32, lid: u32) {
     for (var j = lid; j < p.bag; j += WG) {
         bag[j] = vec2<u32>(decode(indices[row * p.bag + j]), bitcast<u32>(weights[row * p.bag + j]));
@@ -152,21 +164,6 @@ fn main(
     }
 }
 
-// Adds entry (slot, w)'s 16-byte column q to acc (f32 values).
-fn add_f32(acc: vec4<f32>, slot: u32, w: f32, q: u32) -> vec4<f32> {
-    return fma(vec4<f32>(w), bitcast<vec4<f32>>(value_quad(slot, q)), acc);
-}
-
-// Adds entry (slot, w)'s 16-byte column q, 8 f16 values, to (lo, hi).
-fn add_f16(acc: array<vec4<f32>, 2>, slot: u32, w: f32, q: u32) -> array<vec4<f32>, 2> {
-    let v = value_quad(slot, q);
-    let wv = vec4<f32>(w);
-    return array<vec4<f32>, 2>(
-        fma(wv, vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)), acc[0]),
-        fma(wv, vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)), acc[1]),
-    );
-}
-
 @compute @workgroup_size(WG)
 fn main_vec4(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -202,18 +199,16 @@ fn main_vec4(
                 a2 = array<vec4<f32>, 2>(out4[out0 + 2u * l2], out4[out0 + 2u * l2 + 1u]);
                 a3 = array<vec4<f32>, 2>(out4[out0 + 2u * l3], out4[out0 + 2u * l3 + 1u]);
             }
+            // Columns past the row compute on column 0 and are not stored.
+            let l = vec4<u32>(l0, l1, l2, l3);
             for (var j = 0u; j < p.bag; j++) {
                 let e = bag[j];
                 if (e.x != 0u) {
-                    let w = bitcast<f32>(e.y);
-                    a0 = add_f16(a0, e.x, w, l0);
-                    if (q1 < quads) {
-                        a1 = add_f16(a1, e.x, w, l1);
-                    }
-                    if (q2 < quads) {
-                        a2 = add_f16(a2, e.x, w, l2);
-                        a3 = add_f16(a3, e.x, w, l3);
-                    }
+                    let v = value_quads(e.x, l);
+                    a0 = add_f16_loaded(a0, e, v[0]);
+                    a1 = add_f16_loaded(a1, e, v[1]);
+                    a2 = add_f16_loaded(a2, e, v[2]);
+                    a3 = add_f16_loaded(a3, e, v[3]);
                 }
             }
             if (q0 < quads) {
@@ -243,18 +238,15 @@ fn main_vec4(
                 a2 = out4[out0 + l2];
                 a3 = out4[out0 + l3];
             }
+            let l = vec4<u32>(l0, l1, l2, l3);
             for (var j = 0u; j < p.bag; j++) {
                 let e = bag[j];
                 if (e.x != 0u) {
-                    let w = bitcast<f32>(e.y);
-                    a0 = add_f32(a0, e.x, w, l0);
-                    if (q1 < quads) {
-                        a1 = add_f32(a1, e.x, w, l1);
-                    }
-                    if (q2 < quads) {
-                        a2 = add_f32(a2, e.x, w, l2);
-                        a3 = add_f32(a3, e.x, w, l3);
-                    }
+                    let v = value_quads(e.x, l);
+                    a0 = add_f32_loaded(a0, e, v[0]);
+                    a1 = add_f32_loaded(a1, e, v[1]);
+                    a2 = add_f32_loaded(a2, e, v[2]);
+                    a3 = add_f32_loaded(a3, e, v[3]);
                 }
             }
             if (q0 < quads) {

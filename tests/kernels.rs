@@ -443,7 +443,7 @@ fn product_topk_is_exact_for_every_workgroup_size() {
 fn loop_budget_holds_for_every_supported_shape() {
     // CPU drivers stop loops after 65,535 iterations per invocation: the largest lookup must
     // still find a workgroup size within the budget, and an explicit size beyond it is refused.
-    for preferred in [16, 64] {
+    for preferred in [8, 16, 64] {
         let wg = workgroup_for(65535, 128, preferred).unwrap();
         assert!(loop_iterations(65535, 128, wg) <= LOOP_BUDGET);
     }

@@ -61,4 +61,24 @@ impl ForwardWorkload {
         }
         Ok((self.tokens * iters) as f64 / (now() - start))
     }
+
+    /// GPU time per kernel (label, seconds per forward, in recording order) averaged over
+    /// `iters` passes, from timestamp queries; empty when the adapter has none (browsers
+    /// without `--enable-dawn-features=allow_unsafe_apis`, for one).
+    pub async fn kernel_times(&self, gpu: &Gpu, iters: usize) -> Result<Vec<(&'static str, f64)>> {
+        if gpu.start_profiling(64 * iters as u32).is_err() {
+            return Ok(Vec::new());
+        }
+        for _ in 0..iters {
+            self.run(gpu).await?;
+        }
+        let mut kernels: Vec<(&'static str, f64)> = Vec::new();
+        for t in gpu.finish_profiling().await? {
+            match kernels.iter_mut().find(|k| k.0 == t.label) {
+                Some(k) => k.1 += t.seconds / iters as f64,
+                None => kernels.push((t.label, t.seconds / iters as f64)),
+            }
+        }
+        Ok(kernels)
+    }
 }

@@ -12,8 +12,9 @@ const ITERS = Number(process.env.ITERS || 5);
 if (!process.env.SKIP_BUILD) build();
 
 const server = await serve(0);
-const browser = await launch();
-let browserTps;
+// Timestamp queries (per-kernel GPU time) are behind this flag in Chrome.
+const browser = await launch(["--enable-dawn-features=allow_unsafe_apis"]);
+let browserTps, browserKernels;
 try {
   const page = await browser.newPage();
   const variants = process.env.VARIANTS ? `?variants=${process.env.VARIANTS}` : "";
@@ -23,6 +24,7 @@ try {
   await page.click("#bench");
   await page.waitForSelector("#bench-status[data-tokens-per-s], #bench-status.error", { timeout: 600_000 });
   browserTps = Number(await page.getAttribute("#bench-status", "data-tokens-per-s"));
+  browserKernels = JSON.parse((await page.getAttribute("#bench-status", "data-kernels")) || "[]");
   console.log(`browser (${(await browser.version())}): ${adapter.trim()}`);
 } finally {
   await browser.close();
@@ -41,5 +43,8 @@ const nativeTps = Number(m[1]);
 console.log(`native ${adapterLine}`);
 console.log("memory layer forward, d=256 heads=4 n_keys=128 knn=16 k_dim=128, f32 values, 512 tokens:");
 console.log(`  browser ${Math.round(browserTps)} tokens/s`);
+for (const [label, ms] of browserKernels) console.log(`    ${label.padEnd(24)} ${ms.toFixed(3)} ms`);
 console.log(`  native  ${nativeTps} tokens/s`);
+const nativeKernels = native.split(/\n\n/).find((b) => /F32/.test(b)) || "";
+for (const line of nativeKernels.split("\n").filter((l) => / ms$/.test(l))) console.log(`  ${line}`);
 console.log(`  browser / native: ${(browserTps / nativeTps).toFixed(2)} (target >= 0.5)`);

@@ -3,7 +3,8 @@
 // in the memlayers library (pkg/, built from web/wasm); this file only drives it.
 //
 // URL parameters (used by the tests): subjects (built-in people, 4 facts each), steps, eval
-// (recall every this many steps), variants ("cpu" or "gpu": override the kernel variants).
+// (recall every this many steps), variants (override the kernel variants: "cpu", "gpu", then
+// e.g. ",bag_columns=1,topk_wg=64"; see Demo.set_kernel_variants).
 import init, { Demo } from "./pkg/memlayers_web.js";
 
 const $ = (id) => document.getElementById(id);
@@ -248,9 +249,12 @@ async function load(fileList) {
 async function bench() {
   setStatus($("bench-status"), "running…");
   try {
-    const tps = await exclusive(() => demo.bench_forward(512, 5));
-    setStatus($("bench-status"), `forward: ${Math.round(tps)} tokens/s`, "ok");
-    $("bench-status").dataset.tokensPerS = String(tps);
+    const r = JSON.parse(await exclusive(() => demo.bench_forward(512, 5)));
+    const kernels = r.kernels.map(([label, ms]) => `${label} ${ms.toFixed(2)} ms`).join(", ");
+    setStatus($("bench-status"),
+      `forward: ${Math.round(r.tokens_per_s)} tokens/s` + (kernels ? ` (GPU time: ${kernels})` : ""), "ok");
+    $("bench-status").dataset.tokensPerS = String(r.tokens_per_s);
+    $("bench-status").dataset.kernels = JSON.stringify(r.kernels);
   } catch (e) {
     setStatus($("bench-status"), "Benchmark failed: " + message(e), "error");
   }

@@ -124,15 +124,31 @@ impl Demo {
         .to_string())
     }
 
-    /// Overrides the kernel variants chosen for this adapter: "cpu" or "gpu" (see
-    /// `memlayers::gpu::Tuning`; results do not depend on them, speed does).
+    /// Overrides the kernel variants chosen for this adapter (see `memlayers::gpu::Tuning`;
+    /// results do not depend on them, speed does): "cpu" or "gpu", then optionally
+    /// comma-separated overrides `topk_wg=N`, `bag_wg=N`, `bag_columns=1|4`,
+    /// `attention_rows=0|1`, e.g. "cpu,bag_columns=1".
     pub fn set_kernel_variants(&self, variants: &str) -> Result<(), JsValue> {
         let mut st = lock(&self.state)?;
-        let tuning = match variants {
-            "cpu" => memlayers::gpu::Tuning::CPU,
-            "gpu" => memlayers::gpu::Tuning::GPU,
-            other => return Err(err(format!("kernel variants are \"cpu\" or \"gpu\", not {other:?}"))),
-        };
+        let mut tuning = st.gpu.tuning();
+        for part in variants.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || err(format!("kernel variants: cannot read {part:?} (cpu, gpu, topk_wg=N, bag_wg=N, bag_columns=1|4, attention_rows=0|1)"));
+            match part.split_once('=') {
+                None if part == "cpu" => tuning = memlayers::gpu::Tuning::CPU,
+                None if part == "gpu" => tuning = memlayers::gpu::Tuning::GPU,
+                None => return Err(bad()),
+                Some((key, value)) => {
+                    let n: u32 = value.parse().map_err(|_| bad())?;
+                    match key {
+                        "topk_wg" => tuning.topk_workgroup = n,
+                        "bag_wg" => tuning.bag_workgroup = n,
+                        "bag_columns" => tuning.bag_columns_per_invocation = n,
+                        "attention_rows" => tuning.attention_rows = n != 0,
+                        _ => return Err(bad()),
+                    }
+                }
+            }
+        }
         st.gpu.set_tuning(tuning);
         Ok(())
     }
@@ -248,9 +264,11 @@ impl Demo {
         Ok(describe(&w, 0))
     }
 
-    /// The memory layer's forward tokens/s on this adapter: `memlayers bench`'s small
-    /// configuration (d=256, 4 heads, n_keys=128, knn=16, k_dim=128, f32 values), `tokens` per
-    /// pass, `iters` timed passes. The same workload as the native bench's (ForwardWorkload).
+    /// The memory layer's forward on this adapter: `memlayers bench`'s small configuration
+    /// (d=256, 4 heads, n_keys=128, knn=16, k_dim=128, f32 values), `tokens` per pass, `iters`
+    /// timed passes; the same workload as the native bench's (ForwardWorkload). Resolves to
+    /// JSON `{"tokens_per_s", "kernels": [[label, ms], ...]}` (kernels: GPU time per kernel,
+    /// empty when the browser offers no timestamp queries).
     pub fn bench_forward(&self, tokens: u32, iters: u32) -> js_sys::Promise {
         let state = self.state.clone();
         future_to_promise(async move {
@@ -265,7 +283,14 @@ impl Demo {
                 .map_err(err)?;
             let now = || js_sys::Date::now() / 1000.0;
             let tps = work.tokens_per_s(&st.gpu, iters as usize, now).await.map_err(err)?;
-            Ok(JsValue::from_f64(tps))
+            let kernels: Vec<(&str, f64)> = work
+                .kernel_times(&st.gpu, iters as usize)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .map(|(label, s)| (label, s * 1e3))
+                .collect();
+            Ok(json!({"tokens_per_s": tps, "kernels": kernels}).to_string().into())
         })
     }
 }
