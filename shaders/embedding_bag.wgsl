@@ -37,7 +37,10 @@ struct Params {
 }
 
 override WG: u32 = 64u;
-const MAX_BAG: u32 = 1024u;
+// Bag entries the workgroup array holds: the host sets it to the bag size rounded up to a
+// power of two (at most 1024), because WebGPU zero-fills workgroup memory at every
+// workgroup's start and CPU implementations pay for every word of it.
+override BAG_CAP: u32 = 1024u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> indices: array<u32>;
@@ -57,7 +60,7 @@ const MAX_BAG: u32 = 1024u;
 // Each bag entry decoded once: x = (buffer + 1) << 29 | first word of its row in that buffer
 // (0 when the row is not bound to this dispatch), y = the weight's bits. The inner loops then
 // need no division.
-var<workgroup> bag: array<vec2<u32>, MAX_BAG>;
+var<workgroup> bag: array<vec2<u32>, BAG_CAP>;
 
 // `weight_grads` (the backward's dL/dw): dy at binding 3 (the bag's output gradient, read
 // through `out`), one gradient per bag entry at binding 8.

@@ -42,11 +42,15 @@ struct Params {
 }
 
 // Invocations per workgroup, chosen per adapter by the host (results do not depend on it):
-// 64 on GPUs; 16 on CPU implementations, where each barrier switches between every SIMD
+// 64 on GPUs; 8 on CPU implementations, where each barrier switches between every SIMD
 // batch of the workgroup and fewer, fuller batches win.
 override WG: u32 = 64u;
-const MAX_K: u32 = 128u;
-const MAX_PAIRS: u32 = 704u; // >= sum over a < 128 of 128 / (a + 1) = 695
+// Workgroup arrays are sized by the host for the knn at hand (knn rounded up to a power of
+// two, and the candidate pairs of that), because WebGPU zero-fills workgroup memory at
+// every workgroup's start and CPU implementations pay for every word. The defaults are the
+// largest: knn 128, sum over a < 128 of 128 / (a + 1) = 695 pairs.
+override MAX_K: u32 = 128u;
+override MAX_PAIRS: u32 = 704u;
 const FROM_SCORES: u32 = 0u;
 const FROM_PAIRS: u32 = 1u;
 

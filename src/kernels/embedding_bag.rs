@@ -121,7 +121,13 @@ impl EmbeddingBag<'_> {
                 "embedding bag: workgroup size {wg} not in 1..=256"
             )));
         }
-        let pipeline = gpu.pipeline_entry("embedding_bag", SOURCE, entry, &[("WG", wg as f64)]);
+        let cap = self.bag.next_power_of_two().clamp(16, MAX_BAG);
+        let pipeline = gpu.pipeline_entry(
+            "embedding_bag",
+            SOURCE,
+            entry,
+            &[("WG", wg as f64), ("BAG_CAP", cap as f64)],
+        );
         let binds: Vec<wgpu::BindGroup> = (0..v.buffers.len().div_ceil(CHUNKS_PER_DISPATCH))
             .map(|d| {
                 let first = d * CHUNKS_PER_DISPATCH;

@@ -27,6 +27,17 @@ pub fn candidate_pairs(knn: u32) -> u32 {
     (1..=knn).map(|a| knn / a).sum()
 }
 
+/// The shader's workgroup array sizes for `knn` (MAX_K, MAX_PAIRS), and the workgroup size,
+/// as pipeline constants: arrays just large enough, in few distinct pipelines.
+fn constants(knn: u32, wg: u32) -> [(&'static str, f64); 3] {
+    let cap = knn.next_power_of_two().clamp(4, MAX_KNN);
+    [
+        ("WG", wg as f64),
+        ("MAX_K", cap as f64),
+        ("MAX_PAIRS", candidate_pairs(cap).next_multiple_of(4) as f64),
+    ]
+}
+
 /// Upper bound on one invocation's loop iterations (see `LOOP_BUDGET`), following the WGSL.
 pub fn loop_iterations(n_keys: u32, knn: u32, wg: u32) -> u64 {
     let (k, wg) = (knn as u64, wg as u64);
@@ -102,7 +113,7 @@ knn {} n_keys {}",
             }
             None => workgroup_for(self.n_keys, self.knn, gpu.tuning().topk_workgroup)?,
         };
-        let pipeline = gpu.pipeline("product_topk", SOURCE, &[("WG", wg as f64)]);
+        let pipeline = gpu.pipeline("product_topk", SOURCE, &constants(self.knn, wg));
         let params = gpu.uniform(
             "product top-k params",
             &Params {
@@ -165,7 +176,7 @@ impl ProductTopKBackward<'_> {
             self.grad_scores,
             items * 2 * self.n_keys as u64,
         )?;
-        let pipeline = gpu.pipeline_entry("product_topk", SOURCE, "backward", &[("WG", wg as f64)]);
+        let pipeline = gpu.pipeline_entry("product_topk", SOURCE, "backward", &constants(self.knn, wg));
         let params = gpu.uniform(
             "product top-k backward params",
             &Params {
