@@ -102,6 +102,7 @@ impl EmbeddingBag<'_> {
         } else {
             v.v_dim.is_multiple_of(4)
         };
+        let wg = self.workgroup_size.unwrap_or(gpu.tuning().bag_workgroup);
         let per_invocation = self
             .columns_per_invocation
             .unwrap_or(gpu.tuning().bag_columns_per_invocation);
@@ -115,7 +116,6 @@ impl EmbeddingBag<'_> {
                 )))
             }
         };
-        let wg = self.workgroup_size.unwrap_or(gpu.tuning().bag_workgroup);
         if !(1..=256).contains(&wg) {
             return Err(Error::Config(format!(
                 "embedding bag: workgroup size {wg} not in 1..=256"
