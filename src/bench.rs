@@ -142,14 +142,7 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
         gpu.queue.submit([enc.finish()]);
         wait(gpu)
     };
-    let timings = timed(gpu, o.iters, forward)?;
-    let mut kernels: Vec<(&'static str, f64)> = Vec::new();
-    for t in &timings {
-        match kernels.iter_mut().find(|k| k.0 == t.label) {
-            Some(k) => k.1 += t.seconds / o.iters as f64,
-            None => kernels.push((t.label, t.seconds / o.iters as f64)),
-        }
-    }
+    let kernels = KernelTiming::per_label(&timed(gpu, o.iters, forward)?, o.iters);
     let time_of = |label: &str| kernels.iter().find(|k| k.0 == label).map_or(f64::NAN, |k| k.1);
     let tokens = o.tokens as f64;
     let matmul_flops = 2.0 * tokens * (c.heads * c.k_dim) as f64 * c.d as f64;
@@ -216,13 +209,7 @@ fn train_bench(gpu: &Gpu, o: &Options) -> Result<()> {
         gpu.start_profiling(2048)?;
         trainer.step_blocking(gpu, &x, &y, batch, seq)?;
         let timings = pollster::block_on(gpu.finish_profiling())?;
-        let mut by_label: Vec<(&'static str, f64)> = Vec::new();
-        for t in &timings {
-            match by_label.iter_mut().find(|k| k.0 == t.label) {
-                Some(k) => k.1 += t.seconds,
-                None => by_label.push((t.label, t.seconds)),
-            }
-        }
+        let mut by_label = KernelTiming::per_label(&timings, 1);
         by_label.sort_by(|a, b| b.1.total_cmp(&a.1));
         let total: f64 = by_label.iter().map(|k| k.1).sum();
         let top: Vec<String> = by_label

@@ -295,8 +295,19 @@ fn demo_presets_set_the_model_and_flags_override_them() {
     let run = |extra: &[&str]| -> serde_json::Value {
         let out = dir.join(extra.join("_").replace('-', ""));
         let mut args = vec![
-            "demo", "--subjects", "3", "--steps", "1", "--batch", "2", "--eval-every", "1", "--lrs", "1e-2",
-            "--out", out.to_str().unwrap(),
+            "demo",
+            "--subjects",
+            "3",
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--eval-every",
+            "1",
+            "--lrs",
+            "1e-2",
+            "--out",
+            out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         let o = memlayers(&args);
@@ -305,7 +316,11 @@ fn demo_presets_set_the_model_and_flags_override_them() {
     };
     // The tests run on a CPU adapter or a GPU: auto picks the preset that matches it.
     let auto = run(&[]);
-    let expected = if gpu().adapter_info().unwrap().device_type == wgpu::DeviceType::Cpu { "cpu" } else { "gpu" };
+    let expected = if gpu().adapter_info().unwrap().device_type == wgpu::DeviceType::Cpu {
+        "cpu"
+    } else {
+        "gpu"
+    };
     assert_eq!(auto["preset"], expected);
     let on_gpu = run(&["--preset", "gpu"]);
     assert_eq!(on_gpu["preset"], "gpu");
@@ -313,6 +328,44 @@ fn demo_presets_set_the_model_and_flags_override_them() {
     assert_eq!(on_gpu["memory"]["model"]["dim"], 64);
     let cpu = run(&["--preset", "cpu", "--n-keys", "32"]);
     assert_eq!(cpu["preset"], "cpu");
-    assert_eq!(cpu["memory"]["memory_values"], 32 * 32, "a flag overrides the preset");
+    assert_eq!(
+        cpu["memory"]["memory_values"],
+        32 * 32,
+        "a flag overrides the preset"
+    );
     assert_eq!(cpu["memory"]["model"]["dim"], 32);
+}
+
+#[test]
+fn ask_answers_greedily_and_reports_the_last_positions_memory_reads() {
+    let json = r#"{"dim": 32, "n_layers": 2, "n_heads": 1, "vocab_size": 256, "multiple_of": 32, "max_seqlen": 32, "seed": 3,
+        "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 8, "mem_heads": 2, "mem_knn": 4, "mem_k_dim": 16}}"#;
+    let config = LMTransformerArgs::from_json(json).unwrap().resolve().unwrap();
+    let weights = ModelWeights::init(&config).unwrap();
+    let model = Model::new(gpu(), &weights).unwrap();
+    let prompt = "Ada likes ";
+    let got = pollster::block_on(memlayers::demo::ask(&model, gpu(), prompt, 6)).unwrap();
+    // The text: greedy decoding, cut after the first '.' or newline.
+    // (greedy_continuation gives one char per byte; the answer is the bytes as UTF-8, lossily.)
+    let greedy: Vec<u8> = greedy_continuation(&model, prompt, 6)
+        .chars()
+        .map(|c| c as u8)
+        .collect();
+    let stop = greedy
+        .iter()
+        .position(|&b| b == b'.' || b == b'\n')
+        .map_or(greedy.len(), |i| i + 1);
+    assert_eq!(got.text, String::from_utf8_lossy(&greedy[..stop]));
+    // The reads: the oracle's selection at the prompt's last position, softmax weights.
+    let tokens: Vec<u32> = prompt.bytes().map(u32::from).collect();
+    let (_, selections) = memlayers::model::forward_cpu_with_selections(&weights, &tokens, 1, tokens.len());
+    let per_row = 2 * 4;
+    let last = &selections[(tokens.len() - 1) * per_row..tokens.len() * per_row];
+    assert_eq!(got.reads.len(), 2);
+    for (h, read) in got.reads.iter().enumerate() {
+        assert_eq!((read.layer, read.head), (1, h));
+        assert_eq!(read.slots, last[h * 4..(h + 1) * 4]);
+        let sum: f32 = read.weights.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "head {h} weights sum to {sum}");
+    }
 }

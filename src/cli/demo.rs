@@ -115,7 +115,9 @@ impl Args {
         let on_gpu = adapter.is_some_and(|i| {
             matches!(
                 i.device_type,
-                wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu
+                wgpu::DeviceType::DiscreteGpu
+                    | wgpu::DeviceType::IntegratedGpu
+                    | wgpu::DeviceType::VirtualGpu
             )
         });
         let gpu = match self.preset.as_str() {
@@ -363,11 +365,7 @@ pub fn run(args: &Args) -> Result<()> {
     let (dense_config, memory_config) = (dense_args.resolve()?, memory_args.resolve()?);
     let diff = check_flops(&dense_config, &memory_config, a.seq)?;
     let sweep_args: Vec<LMTransformerArgs> = match a.sweep {
-        true => a
-            .sweep_n_keys
-            .iter()
-            .map(|&n| model_args(a, Some(n)))
-            .collect(),
+        true => a.sweep_n_keys.iter().map(|&n| model_args(a, Some(n))).collect(),
         false => Vec::new(),
     };
     for s in &sweep_args {

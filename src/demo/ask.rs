@@ -48,16 +48,17 @@ pub async fn ask(model: &Model, gpu: &Gpu, prompt: &str, max_bytes: usize) -> Re
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let fwd = model.record_forward(gpu, &mut encoder, &tb, 1, seq as u32)?;
         gpu.queue.submit([encoder.finish()]);
-        let logits = gpu.read_f32(&fwd.logits, seq * c.vocab).await?;
+        // Only the last position matters: its logits, and (first pass) its memory reads.
+        let logits = last_row_f32(gpu, &fwd.logits, seq, c.vocab).await?;
         if out.is_empty() {
             for (layer, acts) in fwd.memory_lookups() {
                 let m = c.memory.as_ref().expect("memory layers have a memory config");
                 let per_row = m.heads * m.knn;
-                let slots = gpu.read_u32(&acts.indices, seq * per_row).await?;
-                let weights = gpu.read_f32(&acts.weights, seq * per_row).await?;
-                let last = (seq - 1) * per_row;
+                let slots: Vec<u32> =
+                    bytemuck::pod_collect_to_vec(&last_row(gpu, &acts.indices, seq, per_row).await?);
+                let weights = last_row_f32(gpu, &acts.weights, seq, per_row).await?;
                 for head in 0..m.heads {
-                    let at = last + head * m.knn;
+                    let at = head * m.knn;
                     reads.push(MemoryRead {
                         layer,
                         head,
@@ -67,7 +68,7 @@ pub async fn ask(model: &Model, gpu: &Gpu, prompt: &str, max_bytes: usize) -> Re
                 }
             }
         }
-        let next = argmax(&logits[(seq - 1) * c.vocab..seq * c.vocab]);
+        let next = argmax(&logits);
         // Ids past the byte range (models with a larger vocabulary) show as U+FFFD.
         out.push(u8::try_from(next).unwrap_or(0xFF));
         tokens.push(next);
@@ -79,4 +80,16 @@ pub async fn ask(model: &Model, gpu: &Gpu, prompt: &str, max_bytes: usize) -> Re
         text: String::from_utf8_lossy(&out).into_owned(),
         reads,
     })
+}
+
+/// The bytes of row `rows - 1` of a `[rows, width]` buffer of 4-byte elements.
+async fn last_row(gpu: &Gpu, buffer: &wgpu::Buffer, rows: usize, width: usize) -> Result<Vec<u8>> {
+    let bytes = (width * 4) as u64;
+    gpu.read_bytes(buffer, (rows - 1) as u64 * bytes, bytes).await
+}
+
+async fn last_row_f32(gpu: &Gpu, buffer: &wgpu::Buffer, rows: usize, width: usize) -> Result<Vec<f32>> {
+    Ok(bytemuck::pod_collect_to_vec(
+        &last_row(gpu, buffer, rows, width).await?,
+    ))
 }

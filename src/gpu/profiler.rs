@@ -10,6 +10,22 @@ pub struct KernelTiming {
     pub seconds: f64,
 }
 
+impl KernelTiming {
+    /// Seconds per run for each label, in order of first appearance, over `timings` that
+    /// cover `runs` repetitions of the same work.
+    pub fn per_label(timings: &[KernelTiming], runs: usize) -> Vec<(&'static str, f64)> {
+        let mut out: Vec<(&'static str, f64)> = Vec::new();
+        for t in timings {
+            let seconds = t.seconds / runs.max(1) as f64;
+            match out.iter_mut().find(|k| k.0 == t.label) {
+                Some(k) => k.1 += seconds,
+                None => out.push((t.label, seconds)),
+            }
+        }
+        out
+    }
+}
+
 /// Hands out begin/end timestamp slots to passes as they are recorded.
 pub struct Profiler {
     query_set: wgpu::QuerySet,

@@ -3,9 +3,9 @@
 //! init, a value table of uniform values with the reference's std (contents do not change
 //! the speed), and a fixed random input.
 
-use super::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
+use super::{MemoryActivations, MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
 use crate::error::Result;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, KernelTiming};
 use crate::rng::Rng;
 
 pub struct ForwardWorkload {
@@ -34,19 +34,16 @@ impl ForwardWorkload {
     }
 
     /// Records one forward pass into `encoder`.
-    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+    pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<MemoryActivations> {
         self.layer
             .record_forward(gpu, encoder, &self.pool, &self.x, self.tokens as u32)
-            .map(|_| ())
     }
 
     /// Runs one forward pass and waits until it is done (by reading back one output value,
     /// which works the same natively and in the browser).
     pub async fn run(&self, gpu: &Gpu) -> Result<()> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let act = self
-            .layer
-            .record_forward(gpu, &mut encoder, &self.pool, &self.x, self.tokens as u32)?;
+        let act = self.record(gpu, &mut encoder)?;
         gpu.queue.submit([encoder.finish()]);
         gpu.read_f32(&act.out, 1).await.map(|_| ())
     }
@@ -72,13 +69,6 @@ impl ForwardWorkload {
         for _ in 0..iters {
             self.run(gpu).await?;
         }
-        let mut kernels: Vec<(&'static str, f64)> = Vec::new();
-        for t in gpu.finish_profiling().await? {
-            match kernels.iter_mut().find(|k| k.0 == t.label) {
-                Some(k) => k.1 += t.seconds / iters as f64,
-                None => kernels.push((t.label, t.seconds / iters as f64)),
-            }
-        }
-        Ok(kernels)
+        Ok(KernelTiming::per_label(&gpu.finish_profiling().await?, iters))
     }
 }

@@ -74,7 +74,10 @@ pub struct Demo {
 /// library's CPU kernel variants are faster.
 fn cpu_adapter(info: &wgpu::AdapterInfo) -> bool {
     let text = format!("{} {} {}", info.name, info.driver, info.driver_info).to_lowercase();
-    info.device_type == wgpu::DeviceType::Cpu || ["swiftshader", "llvmpipe", "lavapipe"].iter().any(|s| text.contains(s))
+    info.device_type == wgpu::DeviceType::Cpu
+        || ["swiftshader", "llvmpipe", "lavapipe"]
+            .iter()
+            .any(|s| text.contains(s))
 }
 
 #[wasm_bindgen]
@@ -132,7 +135,9 @@ impl Demo {
         let mut st = lock(&self.state)?;
         let mut tuning = st.gpu.tuning();
         for part in variants.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let bad = || err(format!("kernel variants: cannot read {part:?} (cpu, gpu, topk_wg=N, bag_wg=N, bag_columns=1|4, attention_rows=0|1)"));
+            let bad = || {
+                err(format!("kernel variants: cannot read {part:?} (cpu, gpu, topk_wg=N, bag_wg=N, bag_columns=1|4, attention_rows=0|1)"))
+            };
             match part.split_once('=') {
                 None if part == "cpu" => tuning = memlayers::gpu::Tuning::CPU,
                 None if part == "gpu" => tuning = memlayers::gpu::Tuning::GPU,
@@ -185,7 +190,9 @@ impl Demo {
         let state = self.state.clone();
         future_to_promise(async move {
             let mut guard = lock(&state)?;
-            let State { gpu, kb, net, rng, .. } = &mut *guard;
+            let State {
+                gpu, kb, net, rng, ..
+            } = &mut *guard;
             let Some(Net::Training(trainer)) = net else {
                 return Err(err("no model in training: start one first"));
             };
@@ -196,9 +203,14 @@ impl Demo {
                     break;
                 }
                 let (x, y) = demo::training_batch(&kb.facts, rng, BATCH, PAGE_MODEL.seq);
-                loss = trainer.step(gpu, &x, &y, BATCH, PAGE_MODEL.seq).await.map_err(err)?;
+                loss = trainer
+                    .step(gpu, &x, &y, BATCH, PAGE_MODEL.seq)
+                    .await
+                    .map_err(err)?;
             }
-            Ok(json!({"step": trainer.step, "steps": total, "loss": loss}).to_string().into())
+            Ok(json!({"step": trainer.step, "steps": total, "loss": loss})
+                .to_string()
+                .into())
         })
     }
 
@@ -209,7 +221,9 @@ impl Demo {
             let st = lock(&state)?;
             let net = st.net.as_ref().ok_or_else(|| err("no model yet"))?;
             let n = st.kb.facts.len().min(RECALL_SAMPLE);
-            let r = demo::recall(net.model(), &st.gpu, &st.kb.facts[..n]).await.map_err(err)?;
+            let r = demo::recall(net.model(), &st.gpu, &st.kb.facts[..n])
+                .await
+                .map_err(err)?;
             Ok(JsValue::from_f64(r as f64))
         })
     }
@@ -221,14 +235,19 @@ impl Demo {
         let state = self.state.clone();
         future_to_promise(async move {
             let st = lock(&state)?;
-            let net = st.net.as_ref().ok_or_else(|| err("no model yet: train or load one"))?;
+            let net = st
+                .net
+                .as_ref()
+                .ok_or_else(|| err("no model yet: train or load one"))?;
             let fact = Fact {
                 subject: subject.trim().to_string(),
                 relation: relation.trim().to_string(),
                 object: String::new(),
             };
             let prompt = fact.prompt();
-            let answer = demo::ask(net.model(), &st.gpu, &prompt, MAX_ANSWER_BYTES).await.map_err(err)?;
+            let answer = demo::ask(net.model(), &st.gpu, &prompt, MAX_ANSWER_BYTES)
+                .await
+                .map_err(err)?;
             let expected = st
                 .kb
                 .facts
@@ -240,9 +259,11 @@ impl Demo {
                 .iter()
                 .map(|r| json!({"layer": r.layer, "head": r.head, "slots": r.slots, "weights": r.weights}))
                 .collect();
-            Ok(json!({"prompt": prompt, "answer": answer.text, "expected": expected, "reads": reads})
-                .to_string()
-                .into())
+            Ok(
+                json!({"prompt": prompt, "answer": answer.text, "expected": expected, "reads": reads})
+                    .to_string()
+                    .into(),
+            )
         })
     }
 
@@ -279,10 +300,14 @@ impl Demo {
                 k_dim: 128,
                 ..MemoryConfig::memory_plus(256)
             };
-            let work = memlayers::memory::ForwardWorkload::new(&st.gpu, &config, ValueDtype::F32, tokens as usize)
-                .map_err(err)?;
+            let work =
+                memlayers::memory::ForwardWorkload::new(&st.gpu, &config, ValueDtype::F32, tokens as usize)
+                    .map_err(err)?;
             let now = || js_sys::Date::now() / 1000.0;
-            let tps = work.tokens_per_s(&st.gpu, iters as usize, now).await.map_err(err)?;
+            let tps = work
+                .tokens_per_s(&st.gpu, iters as usize, now)
+                .await
+                .map_err(err)?;
             let kernels: Vec<(&str, f64)> = work
                 .kernel_times(&st.gpu, iters as usize)
                 .await
@@ -290,7 +315,9 @@ impl Demo {
                 .into_iter()
                 .map(|(label, s)| (label, s * 1e3))
                 .collect();
-            Ok(json!({"tokens_per_s": tps, "kernels": kernels}).to_string().into())
+            Ok(json!({"tokens_per_s": tps, "kernels": kernels})
+                .to_string()
+                .into())
         })
     }
 }

@@ -45,7 +45,16 @@ async fn memory_layer_reference_shape() {
         v_dim: 16,
         ..MemoryConfig::memory_plus(16)
     };
-    check_memory_layer(&g, &Case { config, rows: 6, dtype: ValueDtype::F16 }, 99).await;
+    check_memory_layer(
+        &g,
+        &Case {
+            config,
+            rows: 6,
+            dtype: ValueDtype::F16,
+        },
+        99,
+    )
+    .await;
 }
 
 #[wasm_bindgen_test]
@@ -53,5 +62,14 @@ async fn many_rows_in_one_forward() {
     // 3,000 tokens x 2 heads: several workgroup rows of every kernel.
     let g = gpu().await;
     let config = checks::config(12, 2, 20, 4, 6, 12, true);
-    check_memory_layer(&g, &Case { config, rows: 3000, dtype: ValueDtype::F32 }, 7).await;
+    check_memory_layer(
+        &g,
+        &Case {
+            config,
+            rows: 3000,
+            dtype: ValueDtype::F32,
+        },
+        7,
+    )
+    .await;
 }

@@ -49,5 +49,8 @@ async fn page_model_trains_with_the_oracles_loss() {
     for _ in 0..10 {
         last = trainer.step(&g, &x, &y, batch, seq).await.unwrap();
     }
-    assert!(last.is_finite() && last < 0.8 * first, "loss on one repeated batch: {first} -> {last}");
+    assert!(
+        last.is_finite() && last < 0.8 * first,
+        "loss on one repeated batch: {first} -> {last}"
+    );
 }
