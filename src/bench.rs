@@ -76,6 +76,75 @@ fn timed(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<V
     }
 }
 
+/// GFLOP/s of one product `[m, k] x [n, k]^T` with the kernel this tuning picks.
+fn gemm_gflops(gpu: &Gpu, (m, n, k): (u32, u32, u32), iters: usize) -> Result<f64> {
+    let mut rng = Rng::new(5);
+    let x = gpu.upload("gemm x", &rng.vec_symmetric((m * k) as usize, 1.0));
+    let w = gpu.upload("gemm w", &rng.vec_symmetric((n * k) as usize, 1.0));
+    let y = gpu.storage("gemm y", m as u64 * n as u64 * 4);
+    let run = || -> Result<()> {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        kernels::linear::gemm(
+            gpu,
+            &mut enc,
+            "gemm",
+            (&x, false),
+            (&w, false),
+            &y,
+            (m, n, k),
+            false,
+        )?;
+        gpu.queue.submit([enc.finish()]);
+        wait(gpu)
+    };
+    run()?;
+    let seconds = timed(gpu, iters, run)?.iter().map(|t| t.seconds).sum::<f64>() / iters as f64;
+    Ok(2.0 * m as f64 * n as f64 * k as f64 / seconds / 1e9)
+}
+
+/// The linear kernels side by side on this adapter, in this run: the workgroup-tiled one and,
+/// where the device has subgroups of 8 or more lanes, the subgroup one.
+fn gemm_comparison(gpu: &mut Gpu, o: &Options) -> Result<()> {
+    let chosen = gpu.tuning();
+    let shapes: &[(u32, u32, u32)] = if o.quick {
+        &[(o.tokens as u32, 512, 256)]
+    } else {
+        &[(o.tokens as u32, 512, 256), (o.tokens as u32, 2048, 1024)]
+    };
+    for &shape in shapes {
+        let mut line = format!("linear {} x {} x {} (m x n x k):", shape.0, shape.1, shape.2);
+        let mut tiled = f64::NAN;
+        for subgroup in [false, true] {
+            gpu.set_tuning(crate::gpu::Tuning {
+                gemm_subgroup: subgroup,
+                ..chosen
+            });
+            if subgroup && !gpu.uses_subgroup_gemm() {
+                line += " subgroup kernel n/a (no subgroups of 8+ lanes)";
+                continue;
+            }
+            let gflops = gemm_gflops(gpu, shape, o.iters)?;
+            if subgroup {
+                line += &format!(" subgroup {gflops:.1} GFLOP/s ({:.2}x tiled)", gflops / tiled);
+            } else {
+                tiled = gflops;
+                line += &format!(" tiled {gflops:.1} GFLOP/s,");
+            }
+        }
+        println!("{line}");
+    }
+    gpu.set_tuning(chosen);
+    println!(
+        "  in use on this adapter: {}\n",
+        if gpu.uses_subgroup_gemm() {
+            "subgroup"
+        } else {
+            "tiled"
+        }
+    );
+    Ok(())
+}
+
 struct Row {
     name: String,
     tokens_per_s: f64,
@@ -239,7 +308,7 @@ fn train_bench(gpu: &Gpu, o: &Options) -> Result<()> {
 }
 
 pub fn run(o: &Options) -> Result<()> {
-    let gpu = Gpu::new_blocking()?;
+    let mut gpu = Gpu::new_blocking()?;
     println!("adapter: {}", gpu.adapter_name());
     if o.train {
         println!("training, batch 8 x 64 tokens, {} timed steps each", o.iters);
@@ -248,6 +317,7 @@ pub fn run(o: &Options) -> Result<()> {
     println!("tokens per forward: {}, timed repetitions: {}", o.tokens, o.iters);
     let copy_gbs = copy_bandwidth(&gpu, o.iters.max(3))?;
     println!("plain copy kernel: {copy_gbs:.2} GB/s (read + write)\n");
+    gemm_comparison(&mut gpu, o)?;
     let paper = MemoryConfig::memory_plus(1024);
     let small = MemoryConfig {
         n_keys: 128,

@@ -9,8 +9,28 @@ use memlayers::kernels::LOOP_BUDGET;
 use memlayers::memory::{as_stored, record_lookup, LookupShape, ValueDtype, ValuePool};
 use memlayers::reference::{self, LookupDims};
 use memlayers::rng::Rng;
+use memlayers::Gpu;
+use std::sync::OnceLock;
+
+/// The test adapter with the other linear kernel than its tuning picks (tiled against
+/// subgroup), so both variants run on every adapter that has subgroups.
+fn other_linear_gpu() -> &'static Gpu {
+    static OTHER: OnceLock<Gpu> = OnceLock::new();
+    OTHER.get_or_init(|| {
+        let mut other = Gpu::new_blocking().unwrap();
+        let mut tuning = other.tuning();
+        tuning.gemm_subgroup = !tuning.gemm_subgroup;
+        other.set_tuning(tuning);
+        other
+    })
+}
+
+fn linear_variants() -> [&'static Gpu; 2] {
+    [gpu(), other_linear_gpu()]
+}
 
 fn run_linear(
+    g: &Gpu,
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
@@ -19,7 +39,6 @@ fn run_linear(
     n: usize,
     k: usize,
 ) -> Vec<f32> {
-    let g = gpu();
     let (xb, wb, yb) = (
         g.upload("x", x),
         g.upload("w", w),
@@ -49,6 +68,12 @@ fn run_linear(
 
 #[test]
 fn linear_matches_oracle_over_shapes() {
+    for g in linear_variants() {
+        linear_shapes(g);
+    }
+}
+
+fn linear_shapes(g: &Gpu) {
     let mut rng = Rng::new(1);
     for &(m, n, k) in &[
         (1, 1, 1),
@@ -65,20 +90,20 @@ fn linear_matches_oracle_over_shapes() {
         let want = reference::linear(&x, &w, Some(&b), m, n, k);
         assert_close(
             &format!("linear {m}x{n}x{k}"),
-            &run_linear(&x, &w, Some(&b), None, m, n, k),
+            &run_linear(g, &x, &w, Some(&b), None, m, n, k),
             &want,
         );
         let want_nb = reference::linear(&x, &w, None, m, n, k);
         assert_close(
             &format!("linear (no bias) {m}x{n}x{k}"),
-            &run_linear(&x, &w, None, None, m, n, k),
+            &run_linear(g, &x, &w, None, None, m, n, k),
             &want_nb,
         );
         let gate = rng.vec_symmetric(m * n, 2.0);
         let want_g = reference::silu_gate(&gate, &want);
         assert_close(
             &format!("linear+gate {m}x{n}x{k}"),
-            &run_linear(&x, &w, Some(&b), Some(&gate), m, n, k),
+            &run_linear(g, &x, &w, Some(&b), Some(&gate), m, n, k),
             &want_g,
         );
     }
@@ -93,8 +118,13 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 #[test]
 fn linear_every_transpose_case_matches_oracle() {
+    for g in linear_variants() {
+        linear_transposes(g);
+    }
+}
+
+fn linear_transposes(g: &Gpu) {
     // The backward's products: dX = dY W (w stored [k, n]) and dW = dY^T X (both transposed).
-    let g = gpu();
     let mut rng = Rng::new(23);
     for &(m, n, k) in &[(1, 1, 1), (7, 5, 3), (65, 70, 33), (130, 17, 200)] {
         for (xt, wt) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -137,10 +167,15 @@ fn linear_every_transpose_case_matches_oracle() {
 
 #[test]
 fn linear_split_k_matches_oracle() {
+    for g in linear_variants() {
+        linear_split_k(g);
+    }
+}
+
+fn linear_split_k(g: &Gpu) {
     // Few output tiles over a long reduction split k into ranges (partial products summed in
     // order); reductions beyond one dispatch's loop budget (30,000) must split too. With
     // accumulate, the sum is added to what y holds.
-    let g = gpu();
     let mut rng = Rng::new(29);
     for &(m, n, k, xt, wt, accumulate) in &[
         (3, 5, 1000, true, true, false),
@@ -177,6 +212,81 @@ fn linear_split_k_matches_oracle() {
             &got,
             &want,
         );
+    }
+}
+
+#[test]
+fn linear_variants_agree_bit_for_bit() {
+    // The tiled and the subgroup kernel sum each output in the same order with fma, so they
+    // must agree exactly, over plain, gated, accumulating, transposed, batched and split-k
+    // products (the batched case is the sub-key scoring's layout: strided query slices).
+    let [a, b] = linear_variants();
+    if a.subgroup_min_size() < 8 {
+        eprintln!("this adapter has no subgroups of 8 or more lanes: only the tiled kernel runs here");
+    } else {
+        assert_ne!(a.uses_subgroup_gemm(), b.uses_subgroup_gemm());
+    }
+    let mut rng = Rng::new(31);
+    for &(m, n, k, xt, wt, batch) in &[
+        (1, 1, 1, false, false, 1),
+        (33, 9, 13, false, false, 1),
+        (100, 70, 129, false, true, 1),
+        (64, 64, 64, true, false, 1),
+        (31, 200, 7, true, true, 1),
+        (3, 5, 1000, true, true, 1),
+        (45, 16, 24, false, false, 6),
+    ] {
+        let x = rng.vec_symmetric(batch * m * k, 1.0);
+        let w = rng.vec_symmetric(batch * n * k, 1.0);
+        let bias = rng.vec_symmetric(n, 1.0);
+        let gate = rng.vec_symmetric(m * n, 1.0);
+        let y0 = rng.vec_symmetric(batch * m * n, 1.0);
+        let mut layout = Batched::dense(m as u32, n as u32, k as u32, xt, wt);
+        layout.batch = batch as u32;
+        layout.x_batch = (m * k) as u32;
+        layout.w_batch = (n * k) as u32;
+        layout.y_batch = (m * n) as u32;
+        let run = |g: &Gpu, with_bias: bool, with_gate: bool, accumulate: bool| {
+            let (xb, wb, yb) = (g.upload("x", &x), g.upload("w", &w), g.upload("y", &y0));
+            let (bb, gb) = (g.upload("b", &bias), g.upload("gate", &gate));
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            Linear {
+                label: "linear",
+                x: &xb,
+                w: &wb,
+                bias: with_bias.then_some(&bb),
+                gate: with_gate.then_some(&gb),
+                y: &yb,
+                m: m as u32,
+                n: n as u32,
+                k: k as u32,
+                batched: (batch > 1 || xt || wt).then_some(layout),
+                accumulate,
+            }
+            .record(g, &mut enc)
+            .unwrap();
+            g.queue.submit([enc.finish()]);
+            g.read_f32_blocking(&yb, batch * m * n).unwrap()
+        };
+        let plain = batch == 1 && !xt && !wt;
+        for (with_bias, with_gate, accumulate) in
+            [(false, false, false), (plain, plain, false), (false, false, true)]
+        {
+            let (ya, yb) = (
+                run(a, with_bias, with_gate, accumulate),
+                run(b, with_bias, with_gate, accumulate),
+            );
+            let differ = ya
+                .iter()
+                .zip(&yb)
+                .filter(|(p, q)| p.to_bits() != q.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{m}x{n}x{k} xt={xt} wt={wt} batch={batch} bias={with_bias} gate={with_gate} accumulate={accumulate}: \
+{differ} outputs differ between the tiled and the subgroup kernel"
+            );
+        }
     }
 }
 

@@ -46,6 +46,11 @@ pub struct Tuning {
     /// instead of a workgroup per row: on CPU adapters the workgroup variant spends its time
     /// in barriers and idle lanes (measured 2-4x slower there).
     pub attention_rows: bool,
+    /// Linear layers through `linear_subgroup.wgsl` (32-row blocks per invocation that share
+    /// x through subgroup broadcasts, no workgroup memory) instead of the workgroup-tiled
+    /// `linear.wgsl`, where the device has subgroups of 8 or more lanes. For CPU adapters,
+    /// which run a subgroup as one SIMD stream; GPUs keep the tiled kernel.
+    pub gemm_subgroup: bool,
 }
 
 impl Tuning {
@@ -54,12 +59,14 @@ impl Tuning {
         bag_workgroup: 64,
         bag_columns_per_invocation: 1,
         attention_rows: false,
+        gemm_subgroup: false,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 8,
         bag_workgroup: 16,
         bag_columns_per_invocation: 4,
         attention_rows: true,
+        gemm_subgroup: true,
     };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {
@@ -176,8 +183,10 @@ impl Gpu {
             ..wgpu::Limits::downlevel_defaults()
         }
         .using_alignment(a.clone());
-        // Timestamp queries are optional: only the benchmark uses them.
-        let required_features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Optional: timestamp queries (only the benchmark uses them) and subgroups (kernel
+        // variants that have a fallback).
+        let required_features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("memlayers"),
@@ -261,6 +270,21 @@ impl Gpu {
 
     pub fn tuning(&self) -> Tuning {
         self.tuning
+    }
+
+    /// Fewest lanes a subgroup can have on this device: 0 when the device lacks the
+    /// `subgroups` feature, or when its adapter is unknown (a host's device).
+    pub fn subgroup_min_size(&self) -> u32 {
+        match &self.info {
+            Some(info) if self.device.features().contains(wgpu::Features::SUBGROUP) => info.subgroup_min_size,
+            _ => 0,
+        }
+    }
+
+    /// Whether linear layers run `linear_subgroup.wgsl`: chosen by the tuning, and possible
+    /// only with subgroups of at least 8 lanes.
+    pub fn uses_subgroup_gemm(&self) -> bool {
+        self.tuning.gemm_subgroup && self.subgroup_min_size() >= 8
     }
 
     /// Overrides the per-adapter kernel variants (e.g. a host app that knows its device is a

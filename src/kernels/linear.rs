@@ -6,7 +6,21 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, MAX_GRID_DIM};
 
 pub const SOURCE: &str = include_str!("../../shaders/linear.wgsl");
+pub const SUBGROUP_SOURCE: &str = include_str!("../../shaders/linear_subgroup.wgsl");
 const TILE: u32 = 64;
+/// `linear_subgroup.wgsl` as this target's WGSL front end accepts it: browsers require the
+/// `enable subgroups;` directive, which naga 30 (native) rejects as unimplemented.
+fn subgroup_source() -> std::borrow::Cow<'static, str> {
+    if cfg!(target_arch = "wasm32") {
+        format!("enable subgroups;\n{SUBGROUP_SOURCE}").into()
+    } else {
+        SUBGROUP_SOURCE.into()
+    }
+}
+
+/// Rows, and columns, per invocation of `linear_subgroup.wgsl`.
+const SUBGROUP_ROWS: u32 = 32;
+const SUBGROUP_COLUMNS: u32 = 4;
 /// Split-K: a product with few output tiles splits its reduction into ranges computed by
 /// separate workgroups until about this many workgroups run (weight gradients such as
 /// dW = dY^T X have a small output and a reduction over every row: one workgroup would do
@@ -234,7 +248,28 @@ impl Linear<'_> {
         }
         let flags =
             self.bias.map_or(0, |_| 1) | self.gate.map_or(0, |_| 2) | if self.accumulate { 4 } else { 0 };
-        let pipeline = gpu.pipeline("linear", SOURCE, &[]);
+        // The subgroup variant: 32 rows x 4 columns per invocation, 8 to 64 invocations per
+        // workgroup (fewer for narrow outputs, so that small products still spread over the
+        // cores; a power of two, so few pipelines get compiled, and at least 8, the lanes
+        // that share x).
+        let subgroup_columns = if gpu.uses_subgroup_gemm() && self.m.div_ceil(SUBGROUP_ROWS) <= MAX_GRID_DIM {
+            Some(self.n.div_ceil(SUBGROUP_COLUMNS).next_power_of_two().clamp(8, 64))
+        } else {
+            None
+        };
+        let (pipeline, grid) = match subgroup_columns {
+            Some(wg) => (
+                gpu.pipeline("linear_subgroup", &subgroup_source(), &[("WG", wg as f64)]),
+                (
+                    self.n.div_ceil(wg * SUBGROUP_COLUMNS),
+                    self.m.div_ceil(SUBGROUP_ROWS),
+                ),
+            ),
+            None => (
+                gpu.pipeline("linear", SOURCE, &[]),
+                (self.n.div_ceil(TILE), self.m.div_ceil(TILE)),
+            ),
+        };
         let params = gpu.uniform(
             "linear params",
             &Params {
@@ -262,7 +297,7 @@ impl Linear<'_> {
         let mut pass = gpu.begin_pass(encoder, self.label);
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(self.n.div_ceil(TILE), self.m.div_ceil(TILE), l.batch);
+        pass.dispatch_workgroups(grid.0, grid.1, l.batch);
         Ok(())
     }
 }

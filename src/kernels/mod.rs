@@ -27,6 +27,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("copy.wgsl", copy::SOURCE),
     ("embedding_bag.wgsl", embedding_bag::SOURCE),
     ("linear.wgsl", linear::SOURCE),
+    ("linear_subgroup.wgsl", linear::SUBGROUP_SOURCE),
     ("normalize.wgsl", normalize::SOURCE),
     ("product_topk.wgsl", product_topk::SOURCE),
     ("radix_sort.wgsl", radix_sort::SOURCE),
@@ -91,8 +92,12 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
             // unpack2x16float is core WGSL; naga files it under this capability, which wgpu
             // grants on every WebGPU-conformant backend.
-            let caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+            // Subgroup operations: only in variants used where the device has the feature.
+            let caps =
+                naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32 | naga::valid::Capabilities::SUBGROUP;
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{name}: {e:?}"));
             for ep in &module.entry_points {

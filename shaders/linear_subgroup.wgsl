@@ -1,0 +1,172 @@
+// The linear layer of `linear.wgsl` (same Params, bindings, flags and results, bit for bit)
+// for CPU implementations of WebGPU, which run each subgroup as one SIMD instruction stream
+// (lavapipe: 8 lanes of AVX2). Needs the `subgroups` feature and subgroups of 8 or more.
+//
+// No workgroup memory and no barriers: on CPU adapters every barrier is a context switch
+// through the workgroup's SIMD batches, and workgroup arrays are memory like any other. Each
+// invocation owns a block of 32 rows x 4 columns (columns WG apart). The 32 x values of a
+// k step are the same for every lane, so the lanes load them together, lane l the value at
+// k0 + l for each of the 32 rows, and share them with subgroupShuffle (a register shuffle;
+// the source lane is uniform). Per 8 k values a lane does 32 loads of x and 32 of w for
+// 1,024 fmas. On lavapipe, storage loads run lane by lane and dominate, so the block is as
+// large as registers allow. Measured on lavapipe (Mesa 25.0, 2 cores), 512 x 2048 x 1024:
+// 32 x 4 blocks about 10 GFLOP/s, 32 x 8 11, 32 x 1 4.8, 16 x 8 7.8, 64 x 4 6.4, the tiled
+// kernel 3.8. 32 x 8 is not used because LLVM takes several times longer to compile it
+// (seconds per pipeline on 2 cores); arrays of accumulators indexed in loops stay in memory
+// there (half the speed), hence the named accumulators.
+//
+// Every lane takes part in every broadcast (subgroup operations need uniform control flow),
+// so lanes past the last column or row compute on zeros and store nothing. The k-sum runs in
+// increasing k with fma, 8 at a time with zeros past k_len, exactly as in `linear.wgsl`, so
+// the two kernels agree bit for bit.
+//
+// Browsers need `enable subgroups;` at the top, which naga 30 refuses: the Rust side prepends
+// it on wasm32 (see `kernels::linear`).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k_len: u32,
+    flags: u32, // bit 0: add bias; bit 1: gate epilogue with aux; bit 2: accumulate into y
+    x_offset: u32,
+    x_batch: u32,
+    x_row: u32,
+    w_batch: u32,
+    y_batch: u32,
+    y_row: u32,
+    x_k: u32,
+    w_row: u32,
+    w_k: u32,
+    y_offset: u32,
+    w_offset: u32,
+    _pad0: u32,
+}
+
+const FLAG_BIAS: u32 = 1u;
+const FLAG_GATE: u32 = 2u;
+const FLAG_ACCUMULATE: u32 = 4u;
+const ROWS: u32 = 32u;
+const COLUMNS: u32 = 4u;
+
+// Invocations per workgroup (a multiple of 8); a workgroup covers WG * COLUMNS columns.
+override WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> aux: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+// x at (row, k), zero outside the operand.
+fn x_at(base: u32, row: u32, k: u32) -> f32 {
+    if (row < p.m && k < p.k_len) {
+        return x[base + row * p.x_row + k * p.x_k];
+    }
+    return 0.0;
+}
+
+// Rows r0 .. r0 + 3 at k.
+fn load_x4(base: u32, r0: u32, k: u32) -> vec4<f32> {
+    return vec4<f32>(x_at(base, r0, k), x_at(base, r0 + 1u, k), x_at(base, r0 + 2u, k), x_at(base, r0 + 3u, k));
+}
+
+// w at (column, k) as a splat, zero outside the operand. `base` is the column's start,
+// clamped to a real column, and k is clamped too, so every lane loads unmasked.
+fn w_at(base: u32, column_ok: bool, k: u32) -> vec4<f32> {
+    let v = w[base + min(k, p.k_len - 1u) * p.w_k];
+    return vec4<f32>(select(0.0, v, column_ok && k < p.k_len));
+}
+
+fn store(b: u32, r: u32, c: u32, v: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        let row = r + j;
+        if (row < p.m && c < p.n) {
+            var o = v[j];
+            if ((p.flags & FLAG_BIAS) != 0u) {
+                o += bias[c];
+            }
+            if ((p.flags & FLAG_GATE) != 0u) {
+                o = aux[row * p.n + c] * (o / (1.0 + exp(-o)));
+            }
+            let at = p.y_offset + b * p.y_batch + row * p.y_row + c;
+            if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+                o += y[at];
+            }
+            y[at] = o;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let b = wg.z;
+    let r = wg.y * ROWS;
+    let x_base = p.x_offset + b * p.x_batch;
+    let w_base = p.w_offset + b * p.w_batch;
+    // This lane's columns c0 .. c3, WG apart.
+    let c0 = wg.x * WG * COLUMNS + lid;
+    let c1 = c0 + WG;
+    let c2 = c1 + WG;
+    let c3 = c2 + WG;
+    let wb0 = w_base + min(c0, p.n - 1u) * p.w_row;
+    let wb1 = w_base + min(c1, p.n - 1u) * p.w_row;
+    let wb2 = w_base + min(c2, p.n - 1u) * p.w_row;
+    let wb3 = w_base + min(c3, p.n - 1u) * p.w_row;
+    // a<g><c>: rows r + 4 g .. + 3 of column c<c>.
+    var a00 = vec4<f32>(0.0); var a01 = vec4<f32>(0.0); var a02 = vec4<f32>(0.0); var a03 = vec4<f32>(0.0);
+    var a10 = vec4<f32>(0.0); var a11 = vec4<f32>(0.0); var a12 = vec4<f32>(0.0); var a13 = vec4<f32>(0.0);
+    var a20 = vec4<f32>(0.0); var a21 = vec4<f32>(0.0); var a22 = vec4<f32>(0.0); var a23 = vec4<f32>(0.0);
+    var a30 = vec4<f32>(0.0); var a31 = vec4<f32>(0.0); var a32 = vec4<f32>(0.0); var a33 = vec4<f32>(0.0);
+    var a40 = vec4<f32>(0.0); var a41 = vec4<f32>(0.0); var a42 = vec4<f32>(0.0); var a43 = vec4<f32>(0.0);
+    var a50 = vec4<f32>(0.0); var a51 = vec4<f32>(0.0); var a52 = vec4<f32>(0.0); var a53 = vec4<f32>(0.0);
+    var a60 = vec4<f32>(0.0); var a61 = vec4<f32>(0.0); var a62 = vec4<f32>(0.0); var a63 = vec4<f32>(0.0);
+    var a70 = vec4<f32>(0.0); var a71 = vec4<f32>(0.0); var a72 = vec4<f32>(0.0); var a73 = vec4<f32>(0.0);
+    let kl = lane % 8u;
+    for (var k0 = 0u; k0 < p.k_len; k0 += 8u) {
+        // This lane's share of the x block: the 32 rows at k0 + kl.
+        let x0 = load_x4(x_base, r, k0 + kl);
+        let x1 = load_x4(x_base, r + 4u, k0 + kl);
+        let x2 = load_x4(x_base, r + 8u, k0 + kl);
+        let x3 = load_x4(x_base, r + 12u, k0 + kl);
+        let x4 = load_x4(x_base, r + 16u, k0 + kl);
+        let x5 = load_x4(x_base, r + 20u, k0 + kl);
+        let x6 = load_x4(x_base, r + 24u, k0 + kl);
+        let x7 = load_x4(x_base, r + 28u, k0 + kl);
+        // k0 + j in increasing order, its x from lane j.
+        for (var j = 0u; j < 8u; j++) {
+            let w0 = w_at(wb0, c0 < p.n, k0 + j);
+            let w1 = w_at(wb1, c1 < p.n, k0 + j);
+            let w2 = w_at(wb2, c2 < p.n, k0 + j);
+            let w3 = w_at(wb3, c3 < p.n, k0 + j);
+            var s = subgroupShuffle(x0, j);
+            a00 = fma(s, w0, a00); a01 = fma(s, w1, a01); a02 = fma(s, w2, a02); a03 = fma(s, w3, a03);
+            s = subgroupShuffle(x1, j);
+            a10 = fma(s, w0, a10); a11 = fma(s, w1, a11); a12 = fma(s, w2, a12); a13 = fma(s, w3, a13);
+            s = subgroupShuffle(x2, j);
+            a20 = fma(s, w0, a20); a21 = fma(s, w1, a21); a22 = fma(s, w2, a22); a23 = fma(s, w3, a23);
+            s = subgroupShuffle(x3, j);
+            a30 = fma(s, w0, a30); a31 = fma(s, w1, a31); a32 = fma(s, w2, a32); a33 = fma(s, w3, a33);
+            s = subgroupShuffle(x4, j);
+            a40 = fma(s, w0, a40); a41 = fma(s, w1, a41); a42 = fma(s, w2, a42); a43 = fma(s, w3, a43);
+            s = subgroupShuffle(x5, j);
+            a50 = fma(s, w0, a50); a51 = fma(s, w1, a51); a52 = fma(s, w2, a52); a53 = fma(s, w3, a53);
+            s = subgroupShuffle(x6, j);
+            a60 = fma(s, w0, a60); a61 = fma(s, w1, a61); a62 = fma(s, w2, a62); a63 = fma(s, w3, a63);
+            s = subgroupShuffle(x7, j);
+            a70 = fma(s, w0, a70); a71 = fma(s, w1, a71); a72 = fma(s, w2, a72); a73 = fma(s, w3, a73);
+        }
+    }
+    // One store loop, not 32 inlined epilogues: LLVM compiles the unrolled form far slower.
+    let acc = array<vec4<f32>, 32>(
+        a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33,
+        a40, a41, a42, a43, a50, a51, a52, a53, a60, a61, a62, a63, a70, a71, a72, a73,
+    );
+    for (var i = 0u; i < 32u; i++) {
+        store(b, r + 4u * (i / 4u), c0 + (i % 4u) * WG, acc[i]);
+    }
+}
