@@ -19,37 +19,8 @@
 // Every bound is checked, so any m, n, k works. The k-sum runs in increasing k with fma,
 // the same order for every element: deterministic, and the same order as the CPU oracle.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k_len: u32,
-    flags: u32, // bit 0: add bias; bit 1: gate epilogue with aux; bit 2: accumulate into y
-    x_offset: u32,
-    x_batch: u32,
-    x_row: u32,
-    w_batch: u32,
-    y_batch: u32,
-    y_row: u32,
-    x_k: u32,
-    w_row: u32,
-    w_k: u32,
-    y_offset: u32,
-    w_offset: u32,
-    _pad0: u32,
-}
-
-const FLAG_BIAS: u32 = 1u;
-const FLAG_GATE: u32 = 2u;
-const FLAG_ACCUMULATE: u32 = 4u;
 const TILE: u32 = 64u;
 const TK: u32 = 8u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> aux: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 var<workgroup> xs: array<vec4<f32>, 128>; // [TK][TILE / 4]
 var<workgroup> ws: array<vec4<f32>, 128>; // [TK][TILE / 4]
@@ -59,20 +30,8 @@ fn store(b: u32, r: u32, c0: u32, v: vec4<f32>) {
         return;
     }
     for (var j = 0u; j < 4u; j++) {
-        let c = c0 + j;
-        if (c < p.n) {
-            var o = v[j];
-            if ((p.flags & FLAG_BIAS) != 0u) {
-                o += bias[c];
-            }
-            if ((p.flags & FLAG_GATE) != 0u) {
-                o = aux[r * p.n + c] * (o / (1.0 + exp(-o)));
-            }
-            let at = p.y_offset + b * p.y_batch + r * p.y_row + c;
-            if ((p.flags & FLAG_ACCUMULATE) != 0u) {
-                o += y[at];
-            }
-            y[at] = o;
+        if (c0 + j < p.n) {
+            write_output(b, r, c0 + j, v[j]);
         }
     }
 }

@@ -18,45 +18,16 @@
 // Every lane takes part in every broadcast (subgroup operations need uniform control flow),
 // so lanes past the last column or row compute on zeros and store nothing. The k-sum runs in
 // increasing k with fma, 8 at a time with zeros past k_len, exactly as in `linear.wgsl`, so
-// the two kernels agree bit for bit.
+// the two kernels agree bit for bit. Params, bindings and the epilogue: linear_common.wgsl.
 //
 // Browsers need `enable subgroups;` at the top, which naga 30 refuses: the Rust side prepends
 // it on wasm32 (see `kernels::linear`).
 
-struct Params {
-    m: u32,
-    n: u32,
-    k_len: u32,
-    flags: u32, // bit 0: add bias; bit 1: gate epilogue with aux; bit 2: accumulate into y
-    x_offset: u32,
-    x_batch: u32,
-    x_row: u32,
-    w_batch: u32,
-    y_batch: u32,
-    y_row: u32,
-    x_k: u32,
-    w_row: u32,
-    w_k: u32,
-    y_offset: u32,
-    w_offset: u32,
-    _pad0: u32,
-}
-
-const FLAG_BIAS: u32 = 1u;
-const FLAG_GATE: u32 = 2u;
-const FLAG_ACCUMULATE: u32 = 4u;
 const ROWS: u32 = 32u;
 const COLUMNS: u32 = 4u;
 
 // Invocations per workgroup (a multiple of 8); a workgroup covers WG * COLUMNS columns.
 override WG: u32 = 64u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> aux: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 // x at (row, k), zero outside the operand.
 fn x_at(base: u32, row: u32, k: u32) -> f32 {
@@ -80,20 +51,8 @@ fn w_at(base: u32, column_ok: bool, k: u32) -> vec4<f32> {
 
 fn store(b: u32, r: u32, c: u32, v: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
-        let row = r + j;
-        if (row < p.m && c < p.n) {
-            var o = v[j];
-            if ((p.flags & FLAG_BIAS) != 0u) {
-                o += bias[c];
-            }
-            if ((p.flags & FLAG_GATE) != 0u) {
-                o = aux[row * p.n + c] * (o / (1.0 + exp(-o)));
-            }
-            let at = p.y_offset + b * p.y_batch + row * p.y_row + c;
-            if ((p.flags & FLAG_ACCUMULATE) != 0u) {
-                o += y[at];
-            }
-            y[at] = o;
+        if (r + j < p.m && c < p.n) {
+            write_output(b, r + j, c, v[j]);
         }
     }
 }

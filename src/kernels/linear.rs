@@ -5,8 +5,14 @@ use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, MAX_GRID_DIM};
 
-pub const SOURCE: &str = include_str!("../../shaders/linear.wgsl");
-pub const SUBGROUP_SOURCE: &str = include_str!("../../shaders/linear_subgroup.wgsl");
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/linear_common.wgsl"),
+    include_str!("../../shaders/linear.wgsl")
+);
+pub const SUBGROUP_SOURCE: &str = concat!(
+    include_str!("../../shaders/linear_common.wgsl"),
+    include_str!("../../shaders/linear_subgroup.wgsl")
+);
 const TILE: u32 = 64;
 /// `linear_subgroup.wgsl` as this target's WGSL front end accepts it: browsers require the
 /// `enable subgroups;` directive, which naga 30 (native) rejects as unimplemented.
