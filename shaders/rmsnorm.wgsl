@@ -1,6 +1,9 @@
 // RMSNorm over rows of d (lingua: x * rsqrt(mean(x^2) + eps) * weight, in f32).
-// One workgroup per row. Sums are partial per invocation (strided), then added in invocation
-// order by invocation 0: a fixed order, deterministic.
+// `forward`/`backward`: one workgroup per row. Sums are partial per invocation (strided),
+// then added in invocation order by invocation 0: a fixed order, deterministic.
+// `forward_rows`/`backward_rows`: one row per invocation, no barriers (for CPU adapters,
+// where a workgroup with barriers per row costs more than the row's arithmetic); they form
+// the same partial sums in the same order, so the results are bit-identical.
 //   forward:  y = x r w with r = rsqrt(mean(x^2) + eps); r saved per row
 //   backward: dx = r w dy - x r^3 <dy, w x> / d; per-row dw terms dy x r (summed over rows
 //             by the caller, a GEMM with a ones vector)
@@ -84,6 +87,70 @@ fn backward(
     let total = ordered_sum(dot, lid);
     let c = r * r * r * total / f32(p.d);
     for (var j = lid; j < p.d; j += WG) {
+        y[base + j] = r * w[j] * dy[base + j] - x[base + j] * c;
+        dw_rows[base + j] = dy[base + j] * x[base + j] * r;
+    }
+}
+
+// One row's sums in the order of `ordered_sum`: WG strided partials (fma chains from +0),
+// added in partial order. The workgroup kernel's partials past d are +0 and adding them
+// changes nothing (the running total is never -0), so they are skipped.
+fn row_sum_squares(base: u32) -> f32 {
+    var total = 0.0;
+    for (var l = 0u; l < min(WG, p.d); l++) {
+        var part = 0.0;
+        for (var j = l; j < p.d; j += WG) {
+            part = fma(x[base + j], x[base + j], part);
+        }
+        total += part;
+    }
+    return total;
+}
+
+fn row_dot(base: u32) -> f32 {
+    var total = 0.0;
+    for (var l = 0u; l < min(WG, p.d); l++) {
+        var part = 0.0;
+        for (var j = l; j < p.d; j += WG) {
+            part = fma(dy[base + j] * w[j], x[base + j], part);
+        }
+        total += part;
+    }
+    return total;
+}
+
+@compute @workgroup_size(64)
+fn forward_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.d;
+    let r = inverseSqrt(row_sum_squares(base) / f32(p.d) + p.eps);
+    for (var j = 0u; j < p.d; j++) {
+        y[base + j] = x[base + j] * r * w[j];
+    }
+    rstd[row] = r;
+}
+
+@compute @workgroup_size(64)
+fn backward_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.d;
+    let r = rstd[row];
+    let c = r * r * r * row_dot(base) / f32(p.d);
+    for (var j = 0u; j < p.d; j++) {
         y[base + j] = r * w[j] * dy[base + j] - x[base + j] * c;
         dw_rows[base + j] = dy[base + j] * x[base + j] * r;
     }

@@ -1,9 +1,13 @@
 // The value table's gradient, dV[slot] = sum over the bag entries e that read slot of
 // w[e] * dy[row(e)], reduced per slot without atomics: the entries arrive sorted by slot
 // (stable, so within a slot in entry order), `run_starts` marks where each slot's run begins
-// (the scan that follows numbers the runs), and `reduce` lets the workgroup at each run
-// start sum its run in order, one column per invocation, columns in blocks along z.
-// Output is sparse: the distinct slots, ascending, and one gradient row per slot.
+// (the scan that follows numbers the runs), and `reduce` lets each workgroup take a block of
+// ENTRIES_PER_GROUP sorted entries and sum every run that starts there, in order, one column
+// per invocation, columns in blocks along z. (A workgroup per entry, most of them idle, costs
+// CPU adapters a workgroup launch each.) Output is sparse: the distinct slots, ascending, and
+// one gradient row per slot.
+
+const ENTRIES_PER_GROUP: u32 = 64u;
 
 struct Params {
     n: u32,      // bag entries (rows * bag)
@@ -48,42 +52,43 @@ fn reduce(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = wg.y * nwg.x + wg.x;
-    if (i >= p.n || !starts_run(i)) {
-        return;
-    }
-    let slot = sorted_slots[i];
-    let run = run_ids[i];
-    if (wg.z == 0u && lid == 0u) {
-        out_slots[run] = slot;
-    }
+    let first = (wg.y * nwg.x + wg.x) * ENTRIES_PER_GROUP;
+    let end = min(first + ENTRIES_PER_GROUP, p.n);
     let col = wg.z * 64u + lid;
-    if (col >= p.v_dim) {
-        return;
+    for (var i = first; i < end; i++) {
+        if (!starts_run(i)) {
+            continue;
+        }
+        let slot = sorted_slots[i];
+        let run = run_ids[i];
+        if (wg.z == 0u && lid == 0u) {
+            out_slots[run] = slot;
+        }
+        if (col < p.v_dim) {
+            var acc = 0.0;
+            for (var at = i; at < p.n && sorted_slots[at] == slot; at++) {
+                let e = sorted_entries[at];
+                acc = fma(weights[e], dy[(e / p.bag) * p.v_dim + col], acc);
+            }
+            out_rows[run * p.v_dim + col] = acc;
+        }
     }
-    var acc = 0.0;
-    for (var at = i; at < p.n && sorted_slots[at] == slot; at++) {
-        let e = sorted_entries[at];
-        acc = fma(weights[e], dy[(e / p.bag) * p.v_dim + col], acc);
-    }
-    out_rows[run * p.v_dim + col] = acc;
 }
 
 // dense[slot] += row for each listed (slot, row): sparse gradient rows into a dense table.
-// Slots within one list are distinct, so every element is written by one invocation.
+// Slots within one list are distinct, so every element is written by one invocation. The
+// elements (row, column) are spread over a capped grid, each invocation striding through it.
 @compute @workgroup_size(64)
 fn scatter_add(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let r = wg.y * nwg.x + wg.x;
-    if (r >= p.n || r >= row_count[0]) {
-        return;
-    }
-    let base = out_slots[r] * p.v_dim;
-    for (var c = lid; c < p.v_dim; c += 64u) {
-        dense[base + c] += out_rows[r * p.v_dim + c];
+    let stride = nwg.x * nwg.y * 64u;
+    let elements = min(p.n, row_count[0]) * p.v_dim;
+    for (var e = (wg.y * nwg.x + wg.x) * 64u + lid; e < elements; e += stride) {
+        let r = e / p.v_dim;
+        dense[out_slots[r] * p.v_dim + e % p.v_dim] += out_rows[e];
     }
 }
 

@@ -149,7 +149,18 @@ fn reference_backward_matches_finite_differences() {
 
 #[test]
 fn gpu_backward_matches_oracle() {
-    let g = gpu();
+    // Both product top-k kernels (per invocation and per workgroup), whichever the adapter's
+    // tuning picks first.
+    let mut other = memlayers::Gpu::new_blocking().unwrap();
+    let mut tuning = other.tuning();
+    tuning.topk_per_invocation = !tuning.topk_per_invocation;
+    other.set_tuning(tuning);
+    for g in [gpu(), &other] {
+        backward_matches_oracle_on(g);
+    }
+}
+
+fn backward_matches_oracle_on(g: &memlayers::Gpu) {
     let configs = [
         (config(true, 6), 5),
         (config(false, 6), 7),
@@ -217,7 +228,7 @@ fn gpu_backward_matches_oracle() {
             .unwrap();
         g.queue.submit([enc.finish()]);
         let read = |b: &wgpu::Buffer, n: usize| g.read_f32_blocking(b, n).unwrap();
-        let what = |name: &str| format!("grad {name}, config {i} {c:?}");
+        let what = |name: &str| format!("grad {name}, config {i} {c:?}, {:?}", g.tuning());
         assert_close(&what("input"), &read(&grads.x, want.x.len()), &want.x);
         assert_close(
             &what("query_w"),

@@ -4,7 +4,9 @@ mod common;
 use common::{assert_close, assert_same_selection, gpu};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use memlayers::kernels::linear::{Batched, Linear};
-use memlayers::kernels::product_topk::{loop_iterations, workgroup_for, ProductTopK};
+use memlayers::kernels::product_topk::{
+    lanes_loop_iterations, loop_iterations, workgroup_for, ProductTopK, TopKKernel,
+};
 use memlayers::kernels::LOOP_BUDGET;
 use memlayers::memory::{as_stored, record_lookup, LookupShape, ValueDtype, ValuePool};
 use memlayers::reference::{self, LookupDims};
@@ -457,7 +459,7 @@ fn run_product_topk(
     heads: usize,
     n_keys: usize,
     knn: usize,
-    wg: u32,
+    kernel: TopKKernel,
 ) -> reference::LookupOut {
     let g = gpu();
     let n = rows * heads * knn;
@@ -478,7 +480,7 @@ fn run_product_topk(
         indices: &ib,
         out_scores: &ob,
         weights: &wb,
-        workgroup_size: Some(wg),
+        kernel,
     }
     .record(g, &mut enc)
     .unwrap();
@@ -491,7 +493,7 @@ fn run_product_topk(
 }
 
 #[test]
-fn product_topk_is_exact_for_every_workgroup_size() {
+fn product_topk_is_exact_for_every_kernel_and_workgroup_size() {
     let mut rng = Rng::new(17);
     // (rows, heads, n_keys, knn, distinct score levels: 0 = continuous)
     for &(rows, heads, n_keys, knn, levels) in &[
@@ -527,12 +529,21 @@ fn product_topk_is_exact_for_every_workgroup_size() {
             want.indices.extend(best.iter().map(|b| b.1));
         }
         let mut first: Option<reference::LookupOut> = None;
-        for wg in [1, 2, 8, 16, 64, 256] {
-            if loop_iterations(n_keys as u32, knn as u32, wg) > LOOP_BUDGET {
+        let kernels = [1, 2, 8, 16, 64, 256]
+            .map(TopKKernel::Workgroup)
+            .into_iter()
+            .chain([TopKKernel::PerInvocation]);
+        for kernel in kernels {
+            let iterations = match kernel {
+                TopKKernel::Workgroup(wg) => loop_iterations(n_keys as u32, knn as u32, wg),
+                _ => lanes_loop_iterations(n_keys as u32, knn as u32),
+            };
+            if iterations > LOOP_BUDGET {
                 continue; // refused by the kernel (tested below)
             }
-            let got = run_product_topk(&scores, rows, heads, n_keys, knn, wg);
-            let what = format!("rows={rows} heads={heads} n_keys={n_keys} knn={knn} levels={levels} wg={wg}");
+            let got = run_product_topk(&scores, rows, heads, n_keys, knn, kernel);
+            let what =
+                format!("rows={rows} heads={heads} n_keys={n_keys} knn={knn} levels={levels} {kernel:?}");
             assert_eq!(got.indices, want.indices, "slots: {what}");
             assert_close(&format!("scores {what}"), &got.scores, &want.scores);
             assert_close(&format!("weights {what}"), &got.weights, &want.weights);
@@ -541,7 +552,7 @@ fn product_topk_is_exact_for_every_workgroup_size() {
                 assert_eq!(
                     bits(&f.weights),
                     bits(&got.weights),
-                    "bit-identical across workgroup sizes: {what}"
+                    "bit-identical across kernels and workgroup sizes: {what}"
                 );
             }
             first = Some(got);
@@ -571,7 +582,24 @@ fn loop_budget_holds_for_every_supported_shape() {
         indices: &b,
         out_scores: &b,
         weights: &b,
-        workgroup_size: Some(1),
+        kernel: TopKKernel::Workgroup(1),
+    }
+    .record(g, &mut enc);
+    assert!(matches!(refused, Err(memlayers::Error::Config(m)) if m.contains("loop iterations")));
+    // The per-invocation kernel: refused beyond its budget, and Auto then takes workgroups.
+    assert!(lanes_loop_iterations(20000, 32) > LOOP_BUDGET);
+    assert!(lanes_loop_iterations(1024, 128) <= LOOP_BUDGET);
+    let refused = ProductTopK {
+        rows: 1,
+        row0: 0,
+        heads: 1,
+        n_keys: 20000,
+        knn: 32,
+        scores: &b,
+        indices: &b,
+        out_scores: &b,
+        weights: &b,
+        kernel: TopKKernel::PerInvocation,
     }
     .record(g, &mut enc);
     assert!(matches!(refused, Err(memlayers::Error::Config(m)) if m.contains("loop iterations")));

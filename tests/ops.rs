@@ -15,52 +15,61 @@ fn submit(f: impl FnOnce(&mut wgpu::CommandEncoder)) {
 }
 
 #[test]
-fn rmsnorm_matches_oracle() {
-    let g = gpu();
+fn rmsnorm_matches_oracle_in_both_variants_bit_for_bit() {
+    // A workgroup per row (GPUs) and a row per invocation (CPU adapters): both against the
+    // oracle, and bit-identical to each other.
+    let mut other = Gpu::new_blocking().unwrap();
+    let mut tuning = other.tuning();
+    tuning.norm_rows = !tuning.norm_rows;
+    other.set_tuning(tuning);
     let mut rng = Rng::new(1);
-    for &(rows, d) in &[(1, 1), (3, 7), (17, 64), (5, 300), (2, 1000)] {
+    for &(rows, d) in &[(1, 1), (3, 7), (17, 64), (130, 33), (5, 300), (2, 1000)] {
         let (x, w, dy) = (
             rng.vec_normal(rows * d, 1.0),
             rng.vec_normal(d, 1.0),
             rng.vec_normal(rows * d, 1.0),
         );
-        let (xb, wb, dyb) = (g.upload("x", &x), g.upload("w", &w), g.upload("dy", &dy));
-        let (yb, rb) = (
-            g.storage("y", (rows * d * 4) as u64),
-            g.storage("r", (rows * 4) as u64),
+        let mut outputs = Vec::new();
+        for g in [gpu(), &other] {
+            let (xb, wb, dyb) = (g.upload("x", &x), g.upload("w", &w), g.upload("dy", &dy));
+            let (yb, rb) = (
+                g.storage("y", (rows * d * 4) as u64),
+                g.storage("r", (rows * 4) as u64),
+            );
+            let (dxb, dwb) = (
+                g.storage("dx", (rows * d * 4) as u64),
+                g.storage("dw", (rows * d * 4) as u64),
+            );
+            let norm = RmsNorm {
+                rows: rows as u32,
+                d: d as u32,
+                eps: 1e-5,
+                x: &xb,
+                weight: &wb,
+                rstd: &rb,
+            };
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            norm.record_forward(g, &mut enc, &yb).unwrap();
+            norm.record_backward(g, &mut enc, &dyb, &dxb, &dwb).unwrap();
+            g.queue.submit([enc.finish()]);
+            let what = |name: &str| format!("rmsnorm {name} {rows}x{d} norm_rows={}", g.tuning().norm_rows);
+            let y = g.read_f32_blocking(&yb, rows * d).unwrap();
+            assert_close(&what("y"), &y, &ops::rmsnorm(&x, &w, 1e-5));
+            let (dx, dw) = ops::rmsnorm_backward(&x, &w, 1e-5, &dy);
+            let got_dx = g.read_f32_blocking(&dxb, rows * d).unwrap();
+            assert_close(&what("dx"), &got_dx, &dx);
+            let rows_dw = g.read_f32_blocking(&dwb, rows * d).unwrap();
+            let got_dw: Vec<f32> = (0..d)
+                .map(|j| (0..rows).map(|r| rows_dw[r * d + j]).sum())
+                .collect();
+            assert_close(&what("dw"), &got_dw, &dw);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            outputs.push((bits(&y), bits(&got_dx), bits(&rows_dw)));
+        }
+        assert!(
+            outputs[0] == outputs[1],
+            "rmsnorm {rows}x{d}: the two variants differ"
         );
-        let (dxb, dwb) = (
-            g.storage("dx", (rows * d * 4) as u64),
-            g.storage("dw", (rows * d * 4) as u64),
-        );
-        let norm = RmsNorm {
-            rows: rows as u32,
-            d: d as u32,
-            eps: 1e-5,
-            x: &xb,
-            weight: &wb,
-            rstd: &rb,
-        };
-        submit(|e| {
-            norm.record_forward(g, e, &yb).unwrap();
-            norm.record_backward(g, e, &dyb, &dxb, &dwb).unwrap();
-        });
-        assert_close(
-            &format!("rmsnorm {rows}x{d}"),
-            &g.read_f32_blocking(&yb, rows * d).unwrap(),
-            &ops::rmsnorm(&x, &w, 1e-5),
-        );
-        let (dx, dw) = ops::rmsnorm_backward(&x, &w, 1e-5, &dy);
-        assert_close(
-            &format!("rmsnorm dx {rows}x{d}"),
-            &g.read_f32_blocking(&dxb, rows * d).unwrap(),
-            &dx,
-        );
-        let rows_dw = g.read_f32_blocking(&dwb, rows * d).unwrap();
-        let got_dw: Vec<f32> = (0..d)
-            .map(|j| (0..rows).map(|r| rows_dw[r * d + j]).sum())
-            .collect();
-        assert_close(&format!("rmsnorm dw {rows}x{d}"), &got_dw, &dw);
     }
 }
 

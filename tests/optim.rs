@@ -145,3 +145,48 @@ fn lazy_row_update_touches_only_listed_rows() {
         &m,
     );
 }
+
+#[test]
+fn sparse_rows_scatter_add_matches_oracle() {
+    // dense[slot] += row for the listed rows only (count <= capacity), including a capacity
+    // whose elements outnumber the capped grid, so invocations stride through several.
+    let g = gpu();
+    let mut rng = Rng::new(8);
+    for &(table_rows, capacity, count, v_dim) in &[
+        (10usize, 4usize, 3usize, 5usize),
+        (70, 64, 64, 64),
+        (6000, 5000, 4000, 33),
+    ] {
+        let mut order: Vec<u32> = (0..table_rows as u32).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let slots: Vec<u32> = order[..capacity].to_vec();
+        let rows = rng.vec_normal(capacity * v_dim, 1.0);
+        let mut want = rng.vec_normal(table_rows * v_dim, 1.0);
+        let dense = g.upload("dense", &want);
+        let sparse = SparseRows {
+            slots: g.upload("slots", &slots),
+            rows: g.upload("rows", &rows),
+            count: g.upload("count", &[count as u32]),
+            capacity: capacity as u32,
+            v_dim: v_dim as u32,
+        };
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        sparse
+            .record_scatter_add(g, &mut enc, &dense, table_rows as u64)
+            .unwrap();
+        g.queue.submit([enc.finish()]);
+        for (r, &s) in slots[..count].iter().enumerate() {
+            for c in 0..v_dim {
+                want[s as usize * v_dim + c] += rows[r * v_dim + c];
+            }
+        }
+        let got = g.read_f32_blocking(&dense, table_rows * v_dim).unwrap();
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "table {table_rows} rows, capacity {capacity}, count {count}, v_dim {v_dim}"
+        );
+    }
+}

@@ -34,6 +34,10 @@ pub struct Tuning {
     /// batches: against 16, measured 1.2x faster on lavapipe and 2.2x on SwiftShader in
     /// Chromium, and 64 is slower still).
     pub topk_workgroup: u32,
+    /// The product top-k with one invocation per (token, head) and no barriers
+    /// (`product_topk_lanes.wgsl`) instead of a workgroup each: for CPU adapters, where the
+    /// workgroup kernel's ~40 barriers per (token, head) dominate. GPUs keep the workgroups.
+    pub topk_per_invocation: bool,
     /// Invocations per workgroup of the embedding bag (64 on GPUs; 16 on CPU adapters, where
     /// each invocation then keeps more columns and rereads each entry's slot less often).
     pub bag_workgroup: u32,
@@ -51,22 +55,30 @@ pub struct Tuning {
     /// `linear.wgsl`, where the device has subgroups of 8 or more lanes. For CPU adapters,
     /// which run a subgroup as one SIMD stream; GPUs keep the tiled kernel.
     pub gemm_subgroup: bool,
+    /// RMSNorm with one row per invocation (`rmsnorm.wgsl`'s `*_rows` entry points, bit-identical)
+    /// instead of a workgroup per row with two barriers: for CPU adapters, where those
+    /// workgroups cost more than the arithmetic.
+    pub norm_rows: bool,
 }
 
 impl Tuning {
     pub const GPU: Tuning = Tuning {
         topk_workgroup: 64,
+        topk_per_invocation: false,
         bag_workgroup: 64,
         bag_columns_per_invocation: 1,
         attention_rows: false,
         gemm_subgroup: false,
+        norm_rows: false,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 8,
+        topk_per_invocation: true,
         bag_workgroup: 16,
         bag_columns_per_invocation: 4,
         attention_rows: true,
         gemm_subgroup: true,
+        norm_rows: true,
     };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {

@@ -30,6 +30,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("linear_subgroup.wgsl", linear::SUBGROUP_SOURCE),
     ("normalize.wgsl", normalize::SOURCE),
     ("product_topk.wgsl", product_topk::SOURCE),
+    ("product_topk_lanes.wgsl", product_topk::LANES_SOURCE),
     ("radix_sort.wgsl", radix_sort::SOURCE),
     ("swilu_backward.wgsl", swilu_backward::SOURCE),
     ("value_grads.wgsl", value_grads::SOURCE),

@@ -68,6 +68,15 @@ struct RmsParams {
     _pad: u32,
 }
 
+/// Workgroups for `rows` rows: one each, or 64 rows each in the per-row entry points.
+fn groups(per_row_invocations: bool, rows: u32) -> u32 {
+    if per_row_invocations {
+        rows.div_ceil(64)
+    } else {
+        rows
+    }
+}
+
 /// RMSNorm over `rows` rows of `d`: `x`, `weight [d]`; forward writes `y` and `rstd [rows]`.
 pub struct RmsNorm<'a> {
     pub rows: u32,
@@ -87,6 +96,9 @@ impl RmsNorm<'_> {
         check_buffer(gpu, "rmsnorm.weight", self.weight, self.d as u64)?;
         check_buffer(gpu, "rmsnorm.rstd", self.rstd, self.rows as u64)?;
         check_loop_budget("rmsnorm", 3 * (self.d as u64).div_ceil(64) + 64, "d")?;
+        if gpu.tuning().norm_rows {
+            check_loop_budget("rmsnorm", 2 * self.d as u64 + 64, "d")?;
+        }
         let (rows, d, eps) = (self.rows, self.d, self.eps);
         Ok(gpu.uniform(
             "rmsnorm params",
@@ -107,7 +119,9 @@ impl RmsNorm<'_> {
     ) -> Result<()> {
         let params = self.check(gpu)?;
         check_buffer(gpu, "rmsnorm.y", y, self.rows as u64 * self.d as u64)?;
-        let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, "forward", &[]);
+        let rows = gpu.tuning().norm_rows;
+        let entry = if rows { "forward_rows" } else { "forward" };
+        let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, entry, &[]);
         let bind = gpu.bind_at(
             &pipeline,
             &[
@@ -118,7 +132,14 @@ impl RmsNorm<'_> {
                 (4, self.rstd),
             ],
         );
-        dispatch(gpu, encoder, "rmsnorm", &pipeline, &[&bind], self.rows);
+        dispatch(
+            gpu,
+            encoder,
+            "rmsnorm",
+            &pipeline,
+            &[&bind],
+            groups(rows, self.rows),
+        );
         Ok(())
     }
 
@@ -137,7 +158,9 @@ impl RmsNorm<'_> {
         check_buffer(gpu, "rmsnorm.dy", dy, n)?;
         check_buffer(gpu, "rmsnorm.dx", dx, n)?;
         check_buffer(gpu, "rmsnorm.dw_rows", dw_rows, n)?;
-        let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, "backward", &[]);
+        let rows = gpu.tuning().norm_rows;
+        let entry = if rows { "backward_rows" } else { "backward" };
+        let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, entry, &[]);
         let bind = gpu.bind_at(
             &pipeline,
             &[
@@ -150,7 +173,14 @@ impl RmsNorm<'_> {
                 (6, dw_rows),
             ],
         );
-        dispatch(gpu, encoder, "rmsnorm_backward", &pipeline, &[&bind], self.rows);
+        dispatch(
+            gpu,
+            encoder,
+            "rmsnorm_backward",
+            &pipeline,
+            &[&bind],
+            groups(rows, self.rows),
+        );
         Ok(())
     }
 }

@@ -1,12 +1,55 @@
 //! `product_topk.wgsl`: from the sub-key scores of both halves, the top-k of each half, the
-//! top-k of the k x k products in rank order, and their softmax; one workgroup per
-//! (token, head).
+//! top-k of the k x k products in rank order, and their softmax. Two kernels with the same
+//! results bit for bit: one workgroup per (token, head) (`product_topk.wgsl`, for GPUs), or
+//! one invocation per (token, head) (`product_topk_lanes.wgsl`, for CPU adapters).
 
 use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Gpu};
 
 pub const SOURCE: &str = include_str!("../../shaders/product_topk.wgsl");
+pub const LANES_SOURCE: &str = include_str!("../../shaders/product_topk_lanes.wgsl");
+
+/// The line of `LANES_SOURCE` that sizes its private arrays, replaced per knn.
+const LANES_MAX_K_LINE: &str = "const MAX_K: u32 = 128u;";
+/// Invocations per workgroup of the per-invocation kernel (its `INVOCATIONS`).
+const LANES_WORKGROUP: u32 = 64;
+
+/// Which kernel runs the top-k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopKKernel {
+    /// The adapter's tuning: one invocation per (token, head) where `Tuning::topk_per_invocation`
+    /// says so and its loops fit the budget; otherwise workgroups of `Tuning::topk_workgroup`
+    /// invocations, widened when the loop budget needs it.
+    Auto,
+    /// One workgroup of this many invocations (1..=256) per (token, head).
+    Workgroup(u32),
+    /// One invocation per (token, head); refused when its loops exceed the budget.
+    PerInvocation,
+}
+
+/// `LANES_SOURCE` with its arrays sized for `knn`, and a pipeline name to match.
+fn lanes_source(knn: u32) -> (String, String) {
+    let cap = knn.next_power_of_two().clamp(4, MAX_KNN);
+    let source = LANES_SOURCE.replacen(LANES_MAX_K_LINE, &format!("const MAX_K: u32 = {cap}u;"), 1);
+    (source, format!("product_topk_lanes{cap}"))
+}
+
+/// Upper bound on the per-invocation kernel's loop iterations for its forward (following the
+/// WGSL: every offer may sift through the heap's depth, heapsort sifts k times).
+pub fn lanes_loop_iterations(n_keys: u32, knn: u32) -> u64 {
+    let (n, k) = (n_keys as u64, knn as u64);
+    let depth = 64 - k.leading_zeros() as u64 + 1; // sift steps per offer, at most
+    let select = |n: u64| n * (1 + depth) + k * (1 + depth);
+    let pairs = candidate_pairs(knn) as u64;
+    2 * (select(n) + k) + k + pairs + select(pairs) + 2 * k
+}
+
+/// Upper bound on the per-invocation backward's loop iterations.
+fn lanes_backward_iterations(knn: u32) -> u64 {
+    let k = knn as u64;
+    2 * k + k * (k + 1) + k
+}
 
 /// Largest knn the kernel's workgroup arrays hold.
 pub const MAX_KNN: u32 = 128;
@@ -74,9 +117,8 @@ pub struct ProductTopK<'a> {
     pub indices: &'a wgpu::Buffer,
     pub out_scores: &'a wgpu::Buffer,
     pub weights: &'a wgpu::Buffer,
-    /// Invocations per workgroup (1..=256); `None` takes the adapter's tuning, widened when
-    /// the loop budget needs it. Results do not depend on it.
-    pub workgroup_size: Option<u32>,
+    /// Which kernel, and its workgroup size; results do not depend on it.
+    pub kernel: TopKKernel,
 }
 
 impl ProductTopK<'_> {
@@ -100,20 +142,49 @@ knn {} n_keys {}",
         check_buffer(gpu, "lookup.indices", self.indices, outputs)?;
         check_buffer(gpu, "lookup.scores", self.out_scores, outputs)?;
         check_buffer(gpu, "lookup.weights", self.weights, outputs)?;
-        let wg = match self.workgroup_size {
-            Some(wg) if (1..=256).contains(&wg) => {
+        let tuning = gpu.tuning();
+        let lanes_fit = lanes_loop_iterations(self.n_keys, self.knn) <= LOOP_BUDGET;
+        let kernel = match self.kernel {
+            TopKKernel::Auto if tuning.topk_per_invocation && lanes_fit => TopKKernel::PerInvocation,
+            TopKKernel::Auto => {
+                TopKKernel::Workgroup(workgroup_for(self.n_keys, self.knn, tuning.topk_workgroup)?)
+            }
+            TopKKernel::Workgroup(wg) if (1..=256).contains(&wg) => {
                 let what = format!("n_keys = {}, knn = {}, workgroup {wg}", self.n_keys, self.knn);
                 check_loop_budget("product top-k", loop_iterations(self.n_keys, self.knn, wg), &what)?;
-                wg
+                self.kernel
             }
-            Some(wg) => {
+            TopKKernel::Workgroup(wg) => {
                 return Err(Error::Config(format!(
                     "product top-k: workgroup size {wg} not in 1..=256"
                 )))
             }
-            None => workgroup_for(self.n_keys, self.knn, gpu.tuning().topk_workgroup)?,
+            TopKKernel::PerInvocation => {
+                let what = format!(
+                    "n_keys = {}, knn = {}, one invocation each",
+                    self.n_keys, self.knn
+                );
+                check_loop_budget(
+                    "product top-k",
+                    lanes_loop_iterations(self.n_keys, self.knn),
+                    &what,
+                )?;
+                self.kernel
+            }
         };
-        let pipeline = gpu.pipeline("product_topk", SOURCE, &constants(self.knn, wg));
+        let (pipeline, groups) = match kernel {
+            TopKKernel::Workgroup(wg) => (
+                gpu.pipeline("product_topk", SOURCE, &constants(self.knn, wg)),
+                items as u32,
+            ),
+            _ => {
+                let (source, name) = lanes_source(self.knn);
+                (
+                    gpu.pipeline(&name, &source, &[]),
+                    (items as u32).div_ceil(LANES_WORKGROUP),
+                )
+            }
+        };
         let params = gpu.uniform(
             "product top-k params",
             &Params {
@@ -129,7 +200,7 @@ knn {} n_keys {}",
             &pipeline,
             &[&params, self.scores, self.indices, self.out_scores, self.weights],
         );
-        let (x, y) = grid(items as u32);
+        let (x, y) = grid(groups);
         let mut pass = gpu.begin_pass(encoder, "product_topk");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
@@ -163,9 +234,16 @@ impl ProductTopKBackward<'_> {
                 self.rows, self.heads, self.knn
             )));
         }
-        let wg = gpu.tuning().topk_workgroup;
         let k = self.knn as u64;
-        check_loop_budget("product top-k backward", 3 * k.div_ceil(wg as u64) * k + k, "knn")?;
+        let tuning = gpu.tuning();
+        let per_invocation = tuning.topk_per_invocation;
+        let wg = tuning.topk_workgroup;
+        let iterations = if per_invocation {
+            lanes_backward_iterations(self.knn)
+        } else {
+            3 * k.div_ceil(wg as u64) * k + k
+        };
+        check_loop_budget("product top-k backward", iterations, "knn")?;
         let outputs = (self.row0 as u64 + self.rows as u64) * self.heads as u64 * k;
         check_buffer(gpu, "lookup.indices", self.indices, outputs)?;
         check_buffer(gpu, "lookup.weights", self.weights, outputs)?;
@@ -176,7 +254,18 @@ impl ProductTopKBackward<'_> {
             self.grad_scores,
             items * 2 * self.n_keys as u64,
         )?;
-        let pipeline = gpu.pipeline_entry("product_topk", SOURCE, "backward", &constants(self.knn, wg));
+        let (pipeline, groups) = if per_invocation {
+            let (source, name) = lanes_source(self.knn);
+            (
+                gpu.pipeline_entry(&name, &source, "backward", &[]),
+                (items as u32).div_ceil(LANES_WORKGROUP),
+            )
+        } else {
+            (
+                gpu.pipeline_entry("product_topk", SOURCE, "backward", &constants(self.knn, wg)),
+                items as u32,
+            )
+        };
         let params = gpu.uniform(
             "product top-k backward params",
             &Params {
@@ -198,7 +287,7 @@ impl ProductTopKBackward<'_> {
                 (6, self.grad_scores),
             ],
         );
-        let (x, y) = grid(items as u32);
+        let (x, y) = grid(groups);
         let mut pass = gpu.begin_pass(encoder, "product_topk_backward");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);

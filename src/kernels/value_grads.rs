@@ -8,6 +8,12 @@ use crate::gpu::{grid, Gpu, MAX_GRID_DIM};
 
 pub const SOURCE: &str = include_str!("../../shaders/value_grads.wgsl");
 
+/// Sorted entries per workgroup of `reduce` (its `ENTRIES_PER_GROUP`).
+const ENTRIES_PER_GROUP: u32 = 64;
+/// Most workgroups of `scatter_add`, which strides through the rows actually listed (their
+/// count is on the GPU; the dispatch covers the capacity).
+const SCATTER_GROUPS: u32 = 2048;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -37,7 +43,13 @@ impl SparseRows {
         n_rows: u64,
     ) -> Result<()> {
         check_buffer(gpu, "dense gradient", dense, n_rows * self.v_dim as u64)?;
-        check_loop_budget("scatter rows", (self.v_dim as u64).div_ceil(64), "v_dim")?;
+        let elements = self.capacity as u64 * self.v_dim as u64;
+        let groups = elements.div_ceil(64).min(SCATTER_GROUPS as u64) as u32;
+        check_loop_budget(
+            "scatter rows",
+            elements.div_ceil(groups as u64 * 64),
+            "gradient rows x v_dim",
+        )?;
         let params = Params {
             n: self.capacity,
             bag: 1,
@@ -56,7 +68,7 @@ impl SparseRows {
                 (9, dense),
             ],
         );
-        let (x, y) = grid(self.capacity);
+        let (x, y) = grid(groups);
         let mut pass = gpu.begin_pass(encoder, "scatter_rows");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
@@ -142,7 +154,7 @@ impl ValueGrads<'_> {
         check_buffer(gpu, "bag.dy", self.dy, self.rows as u64 * self.v_dim as u64)?;
         check_loop_budget(
             "value gradient",
-            self.max_per_slot as u64,
+            2 * ENTRIES_PER_GROUP as u64 + self.max_per_slot as u64,
             "entries sharing a slot (rows x heads)",
         )?;
         let column_blocks = self.v_dim.div_ceil(64);
@@ -198,7 +210,7 @@ impl ValueGrads<'_> {
                 (7, &out.rows),
             ],
         );
-        let (x, y) = grid(n);
+        let (x, y) = grid(n.div_ceil(ENTRIES_PER_GROUP));
         let mut pass = gpu.begin_pass(encoder, "value_grad_reduce");
         pass.set_pipeline(&reduce);
         pass.set_bind_group(0, &bind, &[]);

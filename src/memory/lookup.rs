@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::linear::{Batched, Linear};
-use crate::kernels::product_topk::{ProductTopK, MAX_KNN};
+use crate::kernels::product_topk::{ProductTopK, TopKKernel, MAX_KNN};
 use crate::kernels::{normalize, MAX_GRID_ROWS};
 
 /// Largest query/key half the GEMM and the u32 index arithmetic comfortably handle.
@@ -143,7 +143,7 @@ pub fn record_lookup(
             indices: &out.indices,
             out_scores: &out.scores,
             weights: &out.weights,
-            workgroup_size: None,
+            kernel: TopKKernel::Auto,
         }
         .record(gpu, encoder)?;
     }

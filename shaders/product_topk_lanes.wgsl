@@ -1,0 +1,222 @@
+// Product-key top-k, one (token, head) per invocation: the variant for CPU adapters, where
+// `product_topk.wgsl`'s barriers (about forty per workgroup) and per-round histograms cost
+// far more than the selection itself. Same inputs, outputs and results, bit for bit: the
+// same total order (higher score first, equal scores by lower index), the same candidate
+// pairs ((a + 1)(b + 1) <= knn, see product_topk.wgsl), the same sums and the same softmax
+// expressions in the same order.
+//
+// Selection keeps the k best entries seen so far in a binary heap whose root ranks last: an
+// entry that beats the root replaces it and sifts down, so n entries cost at most
+// n (log2 k + 1) steps whatever their order (lavapipe stops an invocation's loops after
+// 65,535 iterations; the host checks the bound). Heapsort then leaves them in rank order.
+//
+// MAX_K sizes the private arrays; the host replaces this line with knn rounded up to a
+// power of two (private arrays cannot be sized by pipeline constants).
+const MAX_K: u32 = 128u;
+const INVOCATIONS: u32 = 64u;
+
+struct Params {
+    rows: u32,
+    heads: u32,
+    n_keys: u32,
+    knn: u32,
+    row0: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> scores: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out_indices: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out_scores: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out_weights: array<f32>;
+// `backward` only, as in product_topk.wgsl.
+@group(0) @binding(5) var<storage, read> grad_weights: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad_scores: array<f32>;
+
+var<private> heap_key: array<f32, MAX_K>;
+var<private> heap_idx: array<u32, MAX_K>;
+var<private> heap_size: u32;
+var<private> top1_key: array<f32, MAX_K>;
+var<private> top1_idx: array<u32, MAX_K>;
+var<private> top2_key: array<f32, MAX_K>;
+var<private> top2_idx: array<u32, MAX_K>;
+
+fn ranks_before(ka: f32, ia: u32, kb: f32, ib: u32) -> bool {
+    return ka > kb || (ka == kb && ia < ib);
+}
+
+// Whether heap entry a ranks before heap entry b.
+fn heap_before(a: u32, b: u32) -> bool {
+    return ranks_before(heap_key[a], heap_idx[a], heap_key[b], heap_idx[b]);
+}
+
+fn heap_swap(a: u32, b: u32) {
+    let key = heap_key[a];
+    let idx = heap_idx[a];
+    heap_key[a] = heap_key[b];
+    heap_idx[a] = heap_idx[b];
+    heap_key[b] = key;
+    heap_idx[b] = idx;
+}
+
+// Restores the heap below `start` (the root ranks last) within the first `size` entries.
+fn sift_down(start: u32, size: u32) {
+    var i = start;
+    loop {
+        var c = 2u * i + 1u;
+        if (c >= size) {
+            break;
+        }
+        if (c + 1u < size && heap_before(c, c + 1u)) {
+            c += 1u;
+        }
+        if (!heap_before(i, c)) {
+            break;
+        }
+        heap_swap(i, c);
+        i = c;
+    }
+}
+
+// Keeps (key, idx) if it is among the knn best offered since heap_size was reset.
+fn offer(key: f32, idx: u32) {
+    if (heap_size < p.knn) {
+        var i = heap_size;
+        heap_size += 1u;
+        heap_key[i] = key;
+        heap_idx[i] = idx;
+        while (i > 0u) {
+            let parent = (i - 1u) / 2u;
+            if (!heap_before(parent, i)) {
+                break;
+            }
+            heap_swap(parent, i);
+            i = parent;
+        }
+    } else if (ranks_before(key, idx, heap_key[0], heap_idx[0])) {
+        heap_key[0] = key;
+        heap_idx[0] = idx;
+        sift_down(0u, heap_size);
+    }
+}
+
+// Heapsort: heap_key/heap_idx[0, heap_size) in rank order, best first.
+fn sort_heap() {
+    var end = heap_size;
+    while (end > 1u) {
+        end -= 1u;
+        heap_swap(0u, end);
+        sift_down(0u, end);
+    }
+}
+
+// The knn best sub-keys of one half into the heap arrays, in rank order.
+fn select_half(base: u32) {
+    heap_size = 0u;
+    for (var e = 0u; e < p.n_keys; e++) {
+        offer(scores[base + e], e);
+    }
+    sort_heap();
+}
+
+fn item_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * INVOCATIONS + lid;
+}
+
+@compute @workgroup_size(INVOCATIONS)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = item_index(wg, nwg, lid);
+    if (item >= p.rows * p.heads) {
+        return;
+    }
+    let k = p.knn;
+    select_half((item * 2u) * p.n_keys);
+    for (var j = 0u; j < k; j++) {
+        top1_key[j] = heap_key[j];
+        top1_idx[j] = heap_idx[j];
+    }
+    select_half((item * 2u + 1u) * p.n_keys);
+    for (var j = 0u; j < k; j++) {
+        top2_key[j] = heap_key[j];
+        top2_idx[j] = heap_idx[j];
+    }
+    // Candidate pairs: row a holds b < k / (a + 1).
+    heap_size = 0u;
+    for (var a = 0u; a < k; a++) {
+        for (var b = 0u; b < k / (a + 1u); b++) {
+            offer(top1_key[a] + top2_key[b], top1_idx[a] * p.n_keys + top2_idx[b]);
+        }
+    }
+    sort_heap();
+
+    // Softmax over the k best (entry 0 is the maximum); one fixed-order sum.
+    var total = 0.0;
+    for (var j = 0u; j < k; j++) {
+        total += exp(heap_key[j] - heap_key[0]);
+    }
+    let o0 = (p.row0 * p.heads + item) * k;
+    for (var j = 0u; j < k; j++) {
+        out_indices[o0 + j] = heap_idx[j];
+        out_scores[o0 + j] = heap_key[j];
+        out_weights[o0 + j] = exp(heap_key[j] - heap_key[0]) / total;
+    }
+}
+
+// Backward of the softmax and of the product sums, as product_topk.wgsl's `backward` (same
+// expressions, same order): ds_j = w_j dw_j - w_j sum_i w_i dw_i, and each distinct sub-key's
+// gradient summed over its entries in order. heap_key holds w dw, then ds; heap_idx the slots.
+@compute @workgroup_size(INVOCATIONS)
+fn backward(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = item_index(wg, nwg, lid);
+    if (item >= p.rows * p.heads) {
+        return;
+    }
+    let k = p.knn;
+    let e0 = (p.row0 * p.heads + item) * k;
+    var total = 0.0;
+    for (var j = 0u; j < k; j++) {
+        heap_idx[j] = out_indices[e0 + j];
+        heap_key[j] = out_weights[e0 + j] * grad_weights[e0 + j];
+        total += heap_key[j];
+    }
+    for (var j = 0u; j < k; j++) {
+        heap_key[j] = heap_key[j] - out_weights[e0 + j] * total;
+    }
+    let g0 = item * 2u * p.n_keys;
+    for (var j = 0u; j < k; j++) {
+        let a = heap_idx[j] / p.n_keys;
+        let b = heap_idx[j] % p.n_keys;
+        var first_a = true;
+        var first_b = true;
+        for (var i = 0u; i < j; i++) {
+            first_a = first_a && heap_idx[i] / p.n_keys != a;
+            first_b = first_b && heap_idx[i] % p.n_keys != b;
+        }
+        var sum_a = 0.0;
+        var sum_b = 0.0;
+        for (var i = j; i < k; i++) {
+            if (heap_idx[i] / p.n_keys == a) {
+                sum_a += heap_key[i];
+            }
+            if (heap_idx[i] % p.n_keys == b) {
+                sum_b += heap_key[i];
+            }
+        }
+        if (first_a) {
+            grad_scores[g0 + a] = sum_a;
+        }
+        if (first_b) {
+            grad_scores[g0 + p.n_keys + b] = sum_b;
+        }
+    }
+}
