@@ -342,6 +342,54 @@ fn main_column(
     }
 }
 
+// The CPU variant for short rows: one token row per invocation, the whole row in registers
+// (at most ROW_QUADS 16-byte words), no workgroup memory and no barriers. Where a value row
+// is a few 16-byte words, the column-block variants leave most of a workgroup idle and pay a
+// workgroup (and a barrier) per token row. Each output element is the same chain of
+// multiply-adds in bag order as in `main_vec4`, so the results are bit-identical.
+const ROW_QUADS: u32 = 16u;
+
+@compute @workgroup_size(WG)
+fn main_rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = (wg.y * nwg.x + wg.x) * WG + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let quads = p.row_words / 4u;
+    let out_quads = p.v_dim / 4u;
+    let out0 = row * out_quads;
+    var acc: array<vec4<f32>, 2 * ROW_QUADS>;
+    if (p.accumulate != 0u) {
+        for (var c = 0u; c < out_quads; c++) {
+            acc[c] = out4[out0 + c];
+        }
+    }
+    for (var j = 0u; j < p.bag; j++) {
+        let e = vec2<u32>(decode(indices[row * p.bag + j]), bitcast<u32>(weights[row * p.bag + j]));
+        if (e.x == 0u) {
+            continue;
+        }
+        if (p.f16_values != 0u) {
+            for (var q = 0u; q < quads; q++) {
+                let a = add_f16_loaded(array<vec4<f32>, 2>(acc[2u * q], acc[2u * q + 1u]), e, value_quad(e.x, q));
+                acc[2u * q] = a[0];
+                acc[2u * q + 1u] = a[1];
+            }
+        } else {
+            for (var q = 0u; q < quads; q++) {
+                acc[q] = add_f32_loaded(acc[q], e, value_quad(e.x, q));
+            }
+        }
+    }
+    for (var c = 0u; c < out_quads; c++) {
+        out4[out0 + c] = acc[c];
+    }
+}
+
 // Adds a loaded 16-byte column `v` of entry `e` (decoded slot, weight bits) to `acc`, when
 // the entry's row is bound to this dispatch.
 fn add_f32_loaded(acc: vec4<f32>, e: vec2<u32>, v: vec4<u32>) -> vec4<f32> {

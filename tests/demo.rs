@@ -292,12 +292,11 @@ fn demo_reports_bad_facts_files() {
 #[test]
 fn demo_presets_set_the_model_and_flags_override_them() {
     let dir = scratch_dir("presets");
-    let run = |extra: &[&str]| -> serde_json::Value {
+    // `subjects`: None leaves the preset's knowledge base.
+    let run_with = |extra: &[&str], subjects: Option<&str>| -> serde_json::Value {
         let out = dir.join(extra.join("_").replace('-', ""));
         let mut args = vec![
             "demo",
-            "--subjects",
-            "3",
             "--steps",
             "1",
             "--batch",
@@ -310,10 +309,14 @@ fn demo_presets_set_the_model_and_flags_override_them() {
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
+        if let Some(n) = subjects {
+            args.extend_from_slice(&["--subjects", n]);
+        }
         let o = memlayers(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
     };
+    let run = |extra: &[&str]| run_with(extra, Some("3"));
     // The tests run on a CPU adapter or a GPU: auto picks the preset that matches it.
     let auto = run(&[]);
     let expected = if gpu().adapter_info().unwrap().device_type == wgpu::DeviceType::Cpu {
@@ -334,6 +337,10 @@ fn demo_presets_set_the_model_and_flags_override_them() {
         "a flag overrides the preset"
     );
     assert_eq!(cpu["memory"]["model"]["dim"], 32);
+    // The cpu preset's knowledge base: 250 subjects, 4 facts each (the capacity regime that
+    // 800 steps on a 2-core machine reach, README "The demo").
+    let cpu_facts = run_with(&["--preset", "cpu", "--n-keys", "8"], None);
+    assert_eq!(cpu_facts["facts"], 1000);
 }
 
 #[test]

@@ -423,6 +423,8 @@ fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
         (3, 7, 20, 2056, 20), // 514 / 257 16-byte columns: several passes of four per invocation
         (5, 40, 97, 9, 7),    // 14 buffers: four dispatches accumulating
         (6, 24, 90, 16, 10),  // 9 buffers, 16-byte loads
+        (5, 40, 97, 64, 7),   // 14 buffers, rows of 16 16-byte words
+        (70, 32, 500, 32, 500), // the demo's shape: more token rows than a workgroup
     ] {
         let values = rng.vec_normal(n * v_dim, 1.0);
         let indices: Vec<u32> = (0..rows * bag).map(|_| rng.below(n as u64) as u32).collect();
@@ -432,7 +434,16 @@ fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
             let want =
                 reference::embedding_bag(&indices, &weights, &as_stored(&values, dtype), rows, bag, v_dim);
             let mut first: Option<Vec<f32>> = None;
-            let variants = [1, 16, 64, 256].into_iter().flat_map(|wg| [(wg, 4), (wg, 1)]);
+            // One row per invocation (WHOLE_ROW) where rows are at most 64 values.
+            let whole_row = if v_dim <= 64 {
+                vec![(1, 0), (64, 0)]
+            } else {
+                vec![]
+            };
+            let variants = [1, 16, 64, 256]
+                .into_iter()
+                .flat_map(|wg| [(wg, 4), (wg, 1)])
+                .chain(whole_row);
             for (wg, columns) in variants {
                 let got = run_bag(&indices, &weights, &pool, (rows, bag), (wg, columns));
                 let what = format!(

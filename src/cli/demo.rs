@@ -22,8 +22,8 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Settings to start from: "cpu" (a 2-core machine through lavapipe: 400 facts, width 32,
-    /// 160 steps, minutes), "gpu" (the capacity regime: 20,000 facts, width 64, 3,500 steps
+    /// Settings to start from: "cpu" (a 2-core machine through lavapipe: 1,000 facts, width 32,
+    /// 800 steps of 32 rows, under 10 minutes), "gpu" (the capacity regime: 20,000 facts, width 64, 3,500 steps
     /// of 128 rows), or "auto": "gpu" on a GPU adapter, "cpu" on a CPU one. Flags below
     /// override single settings.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
@@ -35,13 +35,13 @@ pub struct Args {
     /// Output directory: results.json, recall.png, the trained models (dense/, memory/).
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
-    /// Fictional people in the built-in knowledge base (4 facts each) [cpu: 100, gpu: 5000].
+    /// Fictional people in the built-in knowledge base (4 facts each) [cpu: 250, gpu: 5000].
     #[arg(long)]
     pub subjects: Option<usize>,
     /// Seed of the knowledge base, the initialisation and the data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Training steps of every model [cpu: 160, gpu: 3500].
+    /// Training steps of every model [cpu: 800, gpu: 3500].
     #[arg(long)]
     pub steps: Option<u32>,
     /// Rows per training step [cpu: 32, gpu: 128].
@@ -73,7 +73,7 @@ pub struct Args {
     #[arg(long)]
     pub mem_k_dim: Option<usize>,
     /// Recall on a sample of facts every this many steps (the curve in recall.png)
-    /// [cpu: 20, gpu: 350].
+    /// [cpu: 100, gpu: 350].
     #[arg(long)]
     pub eval_every: Option<u32>,
     /// Also train memory models of several sizes (`--sweep-n-keys`) at the same FLOPs and
@@ -136,9 +136,9 @@ impl Args {
             preset: if gpu { "gpu" } else { "cpu" },
             facts: self.facts.clone(),
             out: self.out.clone(),
-            subjects: self.subjects.unwrap_or(pick(gpu, 100, 5000)),
+            subjects: self.subjects.unwrap_or(pick(gpu, 250, 5000)),
             seed: self.seed,
-            steps: self.steps.unwrap_or(pick(gpu, 160, 3500)),
+            steps: self.steps.unwrap_or(pick(gpu, 800, 3500)),
             batch: self.batch.unwrap_or(pick(gpu, 32, 128)),
             seq: self.seq.unwrap_or(48),
             lrs: self.lrs.clone().unwrap_or_else(|| vec![3e-3, 1e-2]),
@@ -148,7 +148,7 @@ impl Args {
             mem_heads: self.mem_heads.unwrap_or(pick(gpu, 2, 4)),
             mem_knn: self.mem_knn.unwrap_or(16),
             mem_k_dim: self.mem_k_dim.unwrap_or(32),
-            eval_every: self.eval_every.unwrap_or(pick(gpu, 20, 350)),
+            eval_every: self.eval_every.unwrap_or(pick(gpu, 100, 350)),
             sweep: self.sweep,
             sweep_n_keys: self
                 .sweep_n_keys

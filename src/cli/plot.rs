@@ -26,6 +26,15 @@ fn plot_error(e: impl std::fmt::Display) -> Error {
     Error::Format(format!("plot: {e}"))
 }
 
+/// An x-axis tick: whole numbers without a decimal point (steps, memory sizes).
+fn tick(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else {
+        format!("{x}")
+    }
+}
+
 /// Draws `series` (y in [0, 1]) against x into a 960x600 PNG at `path`; `log_x` for a
 /// logarithmic x axis (memory sizes).
 pub fn line_chart(
@@ -63,6 +72,7 @@ pub fn line_chart(
             chart
                 .configure_mesh()
                 .x_desc(x_label)
+                .x_label_formatter(&|x: &f64| tick(*x))
                 .y_desc(y_label)
                 .label_style((FAMILY, 18))
                 .axis_desc_style((FAMILY, 20))

@@ -59,6 +59,10 @@ pub struct Tuning {
     /// instead of a workgroup per row with two barriers: for CPU adapters, where those
     /// workgroups cost more than the arithmetic.
     pub norm_rows: bool,
+    /// The embedding bag with one token row per invocation (`main_rows`, bit-identical) where
+    /// a value row is at most 16 16-byte words: for CPU adapters, where the column-block
+    /// variants leave most of a workgroup idle on short rows and pay a barrier per token.
+    pub bag_rows: bool,
 }
 
 impl Tuning {
@@ -70,6 +74,7 @@ impl Tuning {
         attention_rows: false,
         gemm_subgroup: false,
         norm_rows: false,
+        bag_rows: false,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 8,
@@ -79,6 +84,7 @@ impl Tuning {
         attention_rows: true,
         gemm_subgroup: true,
         norm_rows: true,
+        bag_rows: true,
     };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {

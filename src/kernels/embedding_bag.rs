@@ -58,10 +58,17 @@ pub struct EmbeddingBag<'a> {
     pub out: &'a wgpu::Buffer,
     /// Invocations per workgroup; `None` takes the adapter's tuning. Results do not depend on it.
     pub workgroup_size: Option<u32>,
-    /// 16-byte columns per invocation where rows are whole 16-byte words: 4 (`main_vec4`) or
-    /// 1 (`main_column`); `None` takes the adapter's tuning. Results do not depend on it.
+    /// 16-byte columns per invocation where rows are whole 16-byte words: 4 (`main_vec4`),
+    /// 1 (`main_column`), or `WHOLE_ROW` (`main_rows`, rows of at most `ROW_QUADS` 16-byte
+    /// words); `None` takes the adapter's tuning. Results do not depend on it.
     pub columns_per_invocation: Option<u32>,
 }
+
+/// `columns_per_invocation` for one token row per invocation (`main_rows`).
+pub const WHOLE_ROW: u32 = 0;
+/// Most 16-byte words in a value row that `main_rows` takes (its `ROW_QUADS`): 64 f32 or
+/// 128 f16 values.
+pub const ROW_QUADS: u32 = 16;
 
 impl EmbeddingBag<'_> {
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
@@ -103,11 +110,24 @@ impl EmbeddingBag<'_> {
             v.v_dim.is_multiple_of(4)
         };
         let wg = self.workgroup_size.unwrap_or(gpu.tuning().bag_workgroup);
-        let per_invocation = self
-            .columns_per_invocation
-            .unwrap_or(gpu.tuning().bag_columns_per_invocation);
+        let quads = row_words / 4;
+        let tuning = gpu.tuning();
+        let per_invocation =
+            self.columns_per_invocation
+                .unwrap_or(if tuning.bag_rows && vec4 && quads <= ROW_QUADS {
+                    WHOLE_ROW
+                } else {
+                    tuning.bag_columns_per_invocation
+                });
         let entry = match (vec4, per_invocation) {
             (false, _) => "main",
+            (true, WHOLE_ROW) if quads <= ROW_QUADS => "main_rows",
+            (true, WHOLE_ROW) => {
+                return Err(Error::Config(format!(
+                    "embedding bag: one row per invocation takes rows of at most {ROW_QUADS} 16-byte words, \
+found {quads}"
+                )))
+            }
             (true, 4) => "main_vec4",
             (true, 1) => "main_column",
             (true, n) => {
@@ -153,9 +173,14 @@ impl EmbeddingBag<'_> {
                 )
             })
             .collect();
-        let columns_per_block = if vec4 { per_invocation * wg } else { wg };
+        let rows_per_invocation = entry == "main_rows";
+        let columns_per_block = if vec4 { per_invocation.max(1) * wg } else { wg };
         let columns = if vec4 { row_words / 4 } else { row_words };
-        let blocks = columns.div_ceil(columns_per_block);
+        let blocks = if rows_per_invocation {
+            1
+        } else {
+            columns.div_ceil(columns_per_block)
+        };
         if blocks > crate::gpu::MAX_GRID_DIM {
             return Err(Error::Config(format!(
                 "embedding bag: v_dim {} needs too many column blocks",
@@ -163,12 +188,17 @@ impl EmbeddingBag<'_> {
             )));
         }
         // load_bag's share of the bag, then one pass over the whole bag.
-        check_loop_budget(
-            "embedding bag",
-            self.bag.div_ceil(wg) as u64 + self.bag as u64,
-            "the bag",
-        )?;
-        let (x, y) = grid(self.rows);
+        let iterations = if rows_per_invocation {
+            self.bag as u64 * (1 + quads as u64) + 2 * quads as u64 * 2
+        } else {
+            self.bag.div_ceil(wg) as u64 + self.bag as u64
+        };
+        check_loop_budget("embedding bag", iterations, "the bag")?;
+        let (x, y) = grid(if rows_per_invocation {
+            self.rows.div_ceil(wg)
+        } else {
+            self.rows
+        });
         let mut pass = gpu.begin_pass(encoder, "embedding_bag");
         pass.set_pipeline(&pipeline);
         for bind in &binds {
