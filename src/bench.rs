@@ -238,13 +238,88 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
 
 /// Training tokens/s of a small dense model and of the same model with its middle
 /// feed-forward block replaced by a memory layer, on the same adapter, in the same run.
-fn train_bench(gpu: &Gpu, o: &Options) -> Result<()> {
+/// One model's training throughput (tokens/s, wall) and where a step's GPU time goes.
+struct TrainRun {
+    tokens_per_s: f64,
+    params: usize,
+    flops: f64,
+    top: Vec<(String, f64)>,
+}
+
+fn train_run(
+    gpu: &Gpu,
+    json: &str,
+    lazy_values: bool,
+    (batch, seq): (usize, usize),
+    iters: usize,
+) -> Result<TrainRun> {
     use crate::model::{LMTransformerArgs, ModelWeights};
     use crate::train::{TrainConfig, Trainer};
+    let config = LMTransformerArgs::from_json(json)?.resolve()?;
+    let weights = ModelWeights::init(&config)?;
+    let train = TrainConfig {
+        lazy_values,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(gpu, &weights, train)?;
+    let mut rng = Rng::new(3);
+    let mut batch_of = || {
+        let x: Vec<u32> = (0..batch * seq).map(|_| rng.below(256) as u32).collect();
+        let y: Vec<u32> = (0..batch * seq).map(|_| rng.below(256) as u32).collect();
+        (x, y)
+    };
+    let (x, y) = batch_of();
+    trainer.step_blocking(gpu, &x, &y, batch, seq)?; // warm-up
+    let t = Instant::now();
+    for _ in 0..iters {
+        let (x, y) = batch_of();
+        trainer.step_blocking(gpu, &x, &y, batch, seq)?;
+    }
+    let tokens_per_s = (iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
+    // Where one step's GPU time goes, by pass label (timestamp queries).
+    let (x, y) = batch_of();
+    gpu.start_profiling(2048)?;
+    trainer.step_blocking(gpu, &x, &y, batch, seq)?;
+    let timings = pollster::block_on(gpu.finish_profiling())?;
+    let mut top: Vec<(String, f64)> = KernelTiming::per_label(&timings, 1)
+        .into_iter()
+        .map(|(l, s)| (l.to_string(), s))
+        .collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(TrainRun {
+        tokens_per_s,
+        params: weights.parameter_count(),
+        flops: config.flops_per_token(seq),
+        top,
+    })
+}
+
+fn print_train_run(name: &str, r: &TrainRun) {
+    let total: f64 = r.top.iter().map(|k| k.1).sum();
+    let top: Vec<String> = r
+        .top
+        .iter()
+        .take(6)
+        .map(|(l, s)| format!("{l} {:.0}%", 100.0 * s / total))
+        .collect();
+    println!(
+        "{name:<27} {:>9} params  {:>6.2} MFLOP/token  {:>8.0} training tokens/s",
+        r.params,
+        r.flops / 1e6,
+        r.tokens_per_s
+    );
+    println!(
+        "  GPU time of one step: {:.0} ms; largest: {}",
+        total * 1e3,
+        top.join(", ")
+    );
+}
+
+fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
     let base =
         r#""dim": 128, "n_layers": 4, "n_heads": 4, "vocab_size": 256, "multiple_of": 64, "max_seqlen": 64"#;
     let memory = r#", "productkey_args": {"is_enabled": true, "layers": "2", "mem_n_keys": 64, "mem_heads": 2, "mem_knn": 16, "mem_k_dim": 64}"#;
-    let (batch, seq) = (8, 64);
+    println!("training, batch 8 x 64 tokens, {} timed steps each", o.iters);
     let mut results = Vec::new();
     let runs = [
         ("dense", format!("{{{base}}}"), false),
@@ -252,58 +327,62 @@ fn train_bench(gpu: &Gpu, o: &Options) -> Result<()> {
         ("memory, lazy value update", format!("{{{base}{memory}}}"), true),
     ];
     for (name, json, lazy_values) in runs {
-        let config = LMTransformerArgs::from_json(&json)?.resolve()?;
-        let weights = ModelWeights::init(&config)?;
-        let train = TrainConfig {
-            lazy_values,
-            ..Default::default()
-        };
-        let mut trainer = Trainer::new(gpu, &weights, train)?;
-        let mut rng = Rng::new(3);
-        let mut batch_of = || {
-            let x: Vec<u32> = (0..batch * seq).map(|_| rng.below(256) as u32).collect();
-            let y: Vec<u32> = (0..batch * seq).map(|_| rng.below(256) as u32).collect();
-            (x, y)
-        };
-        let (x, y) = batch_of();
-        trainer.step_blocking(gpu, &x, &y, batch, seq)?; // warm-up
-        let t = Instant::now();
-        for _ in 0..o.iters {
-            let (x, y) = batch_of();
-            trainer.step_blocking(gpu, &x, &y, batch, seq)?;
-        }
-        let tokens_per_s = (o.iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
-        // Where one step's GPU time goes, by pass label (timestamp queries).
-        let (x, y) = batch_of();
-        gpu.start_profiling(2048)?;
-        trainer.step_blocking(gpu, &x, &y, batch, seq)?;
-        let timings = pollster::block_on(gpu.finish_profiling())?;
-        let mut by_label = KernelTiming::per_label(&timings, 1);
-        by_label.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let total: f64 = by_label.iter().map(|k| k.1).sum();
-        let top: Vec<String> = by_label
-            .iter()
-            .take(5)
-            .map(|(l, s)| format!("{l} {:.0}%", 100.0 * s / total))
-            .collect();
-        println!(
-            "{name:<27} {:>9} params  {:>6.2} MFLOP/token  {:>8.0} training tokens/s",
-            weights.parameter_count(),
-            config.flops_per_token(seq) / 1e6,
-            tokens_per_s
-        );
-        println!(
-            "  GPU time of one step: {:.0} ms; largest: {}",
-            total * 1e3,
-            top.join(", ")
-        );
-        results.push(tokens_per_s);
+        let r = train_run(gpu, &json, lazy_values, (8, 64), o.iters)?;
+        print_train_run(name, &r);
+        results.push(r.tokens_per_s);
     }
     println!(
         "memory / dense training throughput: {:.2}x",
         results[1] / results[0]
     );
     println!("lazy / full value update: {:.2}x", results[2] / results[1]);
+    if o.quick {
+        return Ok(());
+    }
+    // The demo's cpu-preset models (`memlayers demo --preset cpu`), with this adapter's kernel
+    // variants and with the per-invocation variants (top-k, RMSNorm, bag rows) turned off,
+    // in the same run.
+    let base =
+        r#""dim": 32, "n_layers": 2, "n_heads": 1, "vocab_size": 256, "multiple_of": 32, "max_seqlen": 48"#;
+    let memory = r#", "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 64, "mem_heads": 2, "mem_knn": 16, "mem_k_dim": 32}"#;
+    println!(
+        "\nthe demo's cpu preset, batch 32 x 48 tokens, {} timed steps each",
+        o.iters
+    );
+    let tuning = gpu.tuning();
+    let workgroups = crate::gpu::Tuning {
+        topk_per_invocation: false,
+        norm_rows: false,
+        bag_rows: false,
+        ..tuning
+    };
+    let mut by_model = Vec::new();
+    for (name, json) in [
+        ("dense", format!("{{{base}}}")),
+        ("memory", format!("{{{base}{memory}}}")),
+    ] {
+        let r = train_run(gpu, &json, false, (32, 48), o.iters)?;
+        print_train_run(name, &r);
+        let mut ratio = None;
+        if workgroups != tuning {
+            gpu.set_tuning(workgroups);
+            let w = train_run(gpu, &json, false, (32, 48), o.iters);
+            gpu.set_tuning(tuning);
+            let w = w?;
+            print_train_run(&format!("{name}, workgroup variants"), &w);
+            ratio = Some(r.tokens_per_s / w.tokens_per_s);
+        }
+        by_model.push((name, r.tokens_per_s, ratio));
+    }
+    println!(
+        "memory / dense training throughput: {:.2}x",
+        by_model[1].1 / by_model[0].1
+    );
+    for (name, _, ratio) in by_model {
+        if let Some(x) = ratio {
+            println!("{name}: this adapter's variants / workgroup variants: {x:.2}x");
+        }
+    }
     Ok(())
 }
 
@@ -311,8 +390,7 @@ pub fn run(o: &Options) -> Result<()> {
     let mut gpu = Gpu::new_blocking()?;
     println!("adapter: {}", gpu.adapter_name());
     if o.train {
-        println!("training, batch 8 x 64 tokens, {} timed steps each", o.iters);
-        return train_bench(&gpu, o);
+        return train_bench(&mut gpu, o);
     }
     println!("tokens per forward: {}, timed repetitions: {}", o.tokens, o.iters);
     let copy_gbs = copy_bandwidth(&gpu, o.iters.max(3))?;
