@@ -203,7 +203,12 @@ found {quads}"
         pass.set_pipeline(&pipeline);
         for bind in &binds {
             pass.set_bind_group(0, bind, &[]);
-            pass.dispatch_workgroups(x, y, blocks);
+            if rows_per_invocation {
+                pass.dispatch_workgroups(x, y, 1);
+            } else {
+                // Column blocks in x, the fastest-varying dimension (see the shader).
+                pass.dispatch_workgroups(blocks, x, y);
+            }
         }
         Ok(())
     }
