@@ -29,12 +29,12 @@ const COLUMNS: u32 = 4u;
 // Invocations per workgroup (a multiple of 8); a workgroup covers WG * COLUMNS columns.
 override WG: u32 = 64u;
 
-// x at (row, k), zero outside the operand.
+// x at (row, k), zero outside the operand. The address is clamped to a real element and the
+// value selected, rather than the load skipped in an `if`: lavapipe runs every storage load
+// lane by lane, and a load under divergent control flow also tests each lane's mask.
 fn x_at(base: u32, row: u32, k: u32) -> f32 {
-    if (row < p.m && k < p.k_len) {
-        return x[base + row * p.x_row + k * p.x_k];
-    }
-    return 0.0;
+    let v = x[base + min(row, p.m - 1u) * p.x_row + min(k, p.k_len - 1u) * p.x_k];
+    return select(0.0, v, row < p.m && k < p.k_len);
 }
 
 // Rows r0 .. r0 + 3 at k.
