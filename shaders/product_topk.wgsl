@@ -3,12 +3,7 @@
 // their top-k in rank order and applies the softmax. The k x k candidates never leave
 // workgroup memory.
 //
-// Layouts (row-major):
-//   scores  [rows, heads, 2, n_keys] f32   sub-key scores (the scoring GEMM's output)
-//   indices [rows, heads, knn] u32         slot = i * n_keys + j
-//   out_scores [rows, heads, knn] f32      pre-softmax s1[i] + s2[j]
-//   weights [rows, heads, knn] f32         softmax, in f32
-// `row0` offsets the outputs, so the scores may cover a block of rows.
+// Params, bindings and layouts: product_topk_common.wgsl.
 //
 // Rank order: higher score first, equal scores by lower index (a total order).
 //
@@ -30,17 +25,6 @@
 // for knn = 64, 695 for knn = 128). Exact unless two sums of different pairs round to the
 // same f32 where the pre-rounding order disagrees with the slot order.
 
-struct Params {
-    rows: u32,
-    heads: u32,
-    n_keys: u32,
-    knn: u32,
-    row0: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 // Invocations per workgroup, chosen per adapter by the host (results do not depend on it):
 // 64 on GPUs; 8 on CPU implementations, where each barrier switches between every SIMD
 // batch of the workgroup and fewer, fuller batches win.
@@ -53,17 +37,6 @@ override MAX_K: u32 = 128u;
 override MAX_PAIRS: u32 = 704u;
 const FROM_SCORES: u32 = 0u;
 const FROM_PAIRS: u32 = 1u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> scores: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out_indices: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out_scores: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out_weights: array<f32>;
-
-// `backward` only: dL/dw per selected entry, and the dense sub-key score gradient
-// [rows, heads, 2, n_keys] (zeroed by the caller; only selected sub-keys are written).
-@group(0) @binding(5) var<storage, read> grad_weights: array<f32>;
-@group(0) @binding(6) var<storage, read_write> grad_scores: array<f32>;
 
 var<workgroup> pair_key: array<f32, MAX_PAIRS>;
 var<workgroup> pair_idx: array<u32, MAX_PAIRS>;

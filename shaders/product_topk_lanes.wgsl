@@ -10,30 +10,12 @@
 // n (log2 k + 1) steps whatever their order (lavapipe stops an invocation's loops after
 // 65,535 iterations; the host checks the bound). Heapsort then leaves them in rank order.
 //
+// Params, bindings and layouts: product_topk_common.wgsl, prepended on the host.
+//
 // MAX_K sizes the private arrays; the host replaces this line with knn rounded up to a
 // power of two (private arrays cannot be sized by pipeline constants).
 const MAX_K: u32 = 128u;
 const INVOCATIONS: u32 = 64u;
-
-struct Params {
-    rows: u32,
-    heads: u32,
-    n_keys: u32,
-    knn: u32,
-    row0: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> scores: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out_indices: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out_scores: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out_weights: array<f32>;
-// `backward` only, as in product_topk.wgsl.
-@group(0) @binding(5) var<storage, read> grad_weights: array<f32>;
-@group(0) @binding(6) var<storage, read_write> grad_scores: array<f32>;
 
 var<private> heap_key: array<f32, MAX_K>;
 var<private> heap_idx: array<u32, MAX_K>;

@@ -7,8 +7,14 @@ use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Gpu};
 
-pub const SOURCE: &str = include_str!("../../shaders/product_topk.wgsl");
-pub const LANES_SOURCE: &str = include_str!("../../shaders/product_topk_lanes.wgsl");
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/product_topk_common.wgsl"),
+    include_str!("../../shaders/product_topk.wgsl")
+);
+pub const LANES_SOURCE: &str = concat!(
+    include_str!("../../shaders/product_topk_common.wgsl"),
+    include_str!("../../shaders/product_topk_lanes.wgsl")
+);
 
 /// The line of `LANES_SOURCE` that sizes its private arrays, replaced per knn.
 const LANES_MAX_K_LINE: &str = "const MAX_K: u32 = 128u;";
