@@ -13,7 +13,7 @@
 // order within a dispatch and dispatch after dispatch: deterministic.
 //
 // Workgroups cover (token row, block of columns): the grid's x numbers the column blocks, y
-// and z the rows, so that one invocation computes at most a few columns and its loops stay
+// and z the rows (`main_rows`: one block, and a block of WG rows per workgroup), so that one invocation computes at most a few columns and its loops stay
 // short (CPU Vulkan drivers cut invocations off after 65,535 loop iterations). x varies
 // fastest, so a token's column blocks run one after another and read the same value rows
 // while they are still cached (and, on CPUs, in the TLB): lavapipe, paper configuration,
@@ -358,7 +358,7 @@ fn main_rows(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = (wg.y * nwg.x + wg.x) * WG + lid;
+    let row = (wg.z * nwg.y + wg.y) * WG + lid;
     if (row >= p.rows) {
         return;
     }

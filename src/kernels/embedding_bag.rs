@@ -203,12 +203,8 @@ found {quads}"
         pass.set_pipeline(&pipeline);
         for bind in &binds {
             pass.set_bind_group(0, bind, &[]);
-            if rows_per_invocation {
-                pass.dispatch_workgroups(x, y, 1);
-            } else {
-                // Column blocks in x, the fastest-varying dimension (see the shader).
-                pass.dispatch_workgroups(blocks, x, y);
-            }
+            // Column blocks in x, the fastest-varying dimension; rows in y and z (see the shader).
+            pass.dispatch_workgroups(blocks, x, y);
         }
         Ok(())
     }
