@@ -109,7 +109,6 @@ impl EmbeddingBag<'_> {
         } else {
             v.v_dim.is_multiple_of(4)
         };
-        let wg = self.workgroup_size.unwrap_or(gpu.tuning().bag_workgroup);
         let quads = row_words / 4;
         let tuning = gpu.tuning();
         let per_invocation =
@@ -136,6 +135,15 @@ found {quads}"
                 )))
             }
         };
+        // The adapter's workgroup size; for `main_vec4` (CPU adapters) fewer invocations where
+        // one block of that many would be wider than the row, as the rest would compute on
+        // column 0 and store nothing (lavapipe, d=256 f16 rows: 1.5x). GPU variants keep
+        // their size: there the workgroup also shares loading the bag.
+        let wg = self.workgroup_size.unwrap_or(if entry == "main_vec4" {
+            tuning.bag_workgroup.min(quads.div_ceil(4).next_power_of_two().max(8))
+        } else {
+            tuning.bag_workgroup
+        });
         if !(1..=256).contains(&wg) {
             return Err(Error::Config(format!(
                 "embedding bag: workgroup size {wg} not in 1..=256"
