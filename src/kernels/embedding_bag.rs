@@ -140,7 +140,9 @@ found {quads}"
         // column 0 and store nothing (lavapipe, d=256 f16 rows: 1.5x). GPU variants keep
         // their size: there the workgroup also shares loading the bag.
         let wg = self.workgroup_size.unwrap_or(if entry == "main_vec4" {
-            tuning.bag_workgroup.min(quads.div_ceil(4).next_power_of_two().max(8))
+            tuning
+                .bag_workgroup
+                .min(quads.div_ceil(4).next_power_of_two().max(8))
         } else {
             tuning.bag_workgroup
         });
