@@ -2,7 +2,8 @@
 //!
 //! Every figure comes from this run, on this adapter: GPU time per kernel from timestamp
 //! queries (averaged over the timed repetitions), tokens/s from wall time including submission
-//! and synchronisation, the matmul's GFLOP/s, and the embedding bag's effective bandwidth set
+//! and synchronisation, the matmul's GFLOP/s (also as a share of multiply-adds on registers,
+//! the adapter's arithmetic ceiling), and the embedding bag's effective bandwidth set
 //! next to a plain copy kernel's bandwidth measured in the same process (a ratio, because
 //! absolute numbers on shared machines are noisy).
 
@@ -52,6 +53,27 @@ fn copy_bandwidth(gpu: &Gpu, iters: usize) -> Result<f64> {
         .map(|t| t.seconds)
         .sum::<f64>();
     Ok(2.0 * bytes as f64 * iters as f64 / seconds / 1e9)
+}
+
+/// GFLOP/s of multiply-adds on registers (`fma_peak.wgsl`): what this adapter's arithmetic
+/// allows a kernel with no memory traffic, the yardstick for the GEMMs.
+fn fma_ceiling(gpu: &Gpu, iters: usize) -> Result<f64> {
+    const WORKGROUPS: u32 = 4096;
+    const ROUNDS: u32 = 256;
+    let out = gpu.storage("fma_peak out", WORKGROUPS as u64 * 64 * 4);
+    let mut flops = 0.0;
+    let mut record = || -> Result<()> {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        flops = kernels::fma_peak::record(gpu, &mut enc, &out, WORKGROUPS, ROUNDS)?;
+        gpu.queue.submit([enc.finish()]);
+        wait(gpu)
+    };
+    record()?;
+    let seconds = timed(gpu, iters, &mut record)?
+        .iter()
+        .map(|t| t.seconds)
+        .sum::<f64>();
+    Ok(flops * iters as f64 / seconds / 1e9)
 }
 
 /// Runs `f` `iters` times with profiling on; falls back to wall time per call when the
@@ -104,7 +126,7 @@ fn gemm_gflops(gpu: &Gpu, (m, n, k): (u32, u32, u32), iters: usize) -> Result<f6
 
 /// The linear kernels side by side on this adapter, in this run: the workgroup-tiled one and,
 /// where the device has subgroups of 8 or more lanes, the subgroup one.
-fn gemm_comparison(gpu: &mut Gpu, o: &Options) -> Result<()> {
+fn gemm_comparison(gpu: &mut Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
     let chosen = gpu.tuning();
     let shapes: &[(u32, u32, u32)] = if o.quick {
         &[(o.tokens as u32, 512, 256)]
@@ -124,11 +146,15 @@ fn gemm_comparison(gpu: &mut Gpu, o: &Options) -> Result<()> {
                 continue;
             }
             let gflops = gemm_gflops(gpu, shape, o.iters)?;
+            let of_ceiling = 100.0 * gflops / fma_gflops;
             if subgroup {
-                line += &format!(" subgroup {gflops:.1} GFLOP/s ({:.2}x tiled)", gflops / tiled);
+                line += &format!(
+                    " subgroup {gflops:.1} GFLOP/s = {of_ceiling:.0}% ({:.2}x tiled)",
+                    gflops / tiled
+                );
             } else {
                 tiled = gflops;
-                line += &format!(" tiled {gflops:.1} GFLOP/s,");
+                line += &format!(" tiled {gflops:.1} GFLOP/s = {of_ceiling:.0}%,");
             }
         }
         println!("{line}");
@@ -394,8 +420,12 @@ pub fn run(o: &Options) -> Result<()> {
     }
     println!("tokens per forward: {}, timed repetitions: {}", o.tokens, o.iters);
     let copy_gbs = copy_bandwidth(&gpu, o.iters.max(3))?;
-    println!("plain copy kernel: {copy_gbs:.2} GB/s (read + write)\n");
-    gemm_comparison(&mut gpu, o)?;
+    println!("plain copy kernel: {copy_gbs:.2} GB/s (read + write)");
+    let fma_gflops = fma_ceiling(&gpu, o.iters.max(3))?;
+    println!(
+        "multiply-adds on registers (the arithmetic ceiling; GEMM percentages are of this): {fma_gflops:.1} GFLOP/s\n"
+    );
+    gemm_comparison(&mut gpu, o, fma_gflops)?;
     let paper = MemoryConfig::memory_plus(1024);
     let small = MemoryConfig {
         n_keys: 128,
@@ -421,8 +451,16 @@ pub fn run(o: &Options) -> Result<()> {
             for (label, s) in &r.kernels {
                 println!("  {label:<24} {:>9.3} ms", s * 1e3);
             }
-            println!("  query_proj matmul: {:.1} GFLOP/s", r.matmul_gflops);
-            println!("  sub-key scoring GEMM: {:.1} GFLOP/s", r.lookup_gflops);
+            println!(
+                "  query_proj matmul: {:.1} GFLOP/s = {:.0}% of the arithmetic ceiling",
+                r.matmul_gflops,
+                100.0 * r.matmul_gflops / fma_gflops
+            );
+            println!(
+                "  sub-key scoring GEMM: {:.1} GFLOP/s = {:.0}% of the arithmetic ceiling",
+                r.lookup_gflops,
+                100.0 * r.lookup_gflops / fma_gflops
+            );
             println!(
                 "  embedding bag: {:.2} GB/s of value rows = {:.0}% of the copy kernel (target >= 70%)",
                 r.bag_gbs,

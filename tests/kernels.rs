@@ -648,3 +648,37 @@ fn radix_sort_is_stable_and_matches_std() {
         assert_eq!(got, want, "n = {n}, key_bits = {key_bits}");
     }
 }
+
+#[test]
+fn fma_peak_computes_its_recurrence() {
+    // The benchmark's arithmetic yardstick: each invocation's 8 vec4 chains a -> 0.999 a + c,
+    // summed. The oracle applies the same recurrence with mul_add; drivers that do not fuse
+    // (lavapipe: a multiply, then an add) round differently, within the shared tolerance.
+    let g = gpu();
+    let (workgroups, rounds) = (3u32, 100u32);
+    let invocations = (workgroups * 64) as usize;
+    let out = g.storage("fma_peak out", invocations as u64 * 4);
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    let flops = memlayers::kernels::fma_peak::record(g, &mut enc, &out, workgroups, rounds).unwrap();
+    g.queue.submit([enc.finish()]);
+    let got = g.read_f32_blocking(&out, invocations).unwrap();
+    assert_eq!(flops, invocations as f64 * rounds as f64 * 64.0);
+    let c = [1e-3f32, 2e-3, 3e-3, 4e-3];
+    let want: Vec<f32> = (0..invocations)
+        .map(|i| {
+            let s = i as f32 * 1e-6;
+            let mut total = [0f32; 4];
+            for chain in 0..8 {
+                for (lane, t) in total.iter_mut().enumerate() {
+                    let mut a = s + chain as f32;
+                    for _ in 0..rounds {
+                        a = a.mul_add(0.999, c[lane]);
+                    }
+                    *t += a;
+                }
+            }
+            total[0] + total[1] + total[2] + total[3]
+        })
+        .collect();
+    assert_close("fma_peak", &got, &want);
+}

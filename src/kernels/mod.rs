@@ -4,6 +4,7 @@
 pub mod adamw;
 pub mod copy;
 pub mod embedding_bag;
+pub mod fma_peak;
 pub mod linear;
 pub mod normalize;
 pub mod ops;
@@ -26,6 +27,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("rope.wgsl", ops::ROPE),
     ("copy.wgsl", copy::SOURCE),
     ("embedding_bag.wgsl", embedding_bag::SOURCE),
+    ("fma_peak.wgsl", fma_peak::SOURCE),
     ("linear.wgsl", linear::SOURCE),
     ("linear_subgroup.wgsl", linear::SUBGROUP_SOURCE),
     ("normalize.wgsl", normalize::SOURCE),

@@ -1,0 +1,49 @@
+//! `fma_peak.wgsl`: multiply-adds on registers, the arithmetic yardstick that the benchmark
+//! sets next to the GEMMs on the same adapter.
+
+use super::{check_buffer, check_loop_budget};
+use crate::error::Result;
+use crate::gpu::{grid, Gpu};
+
+pub const SOURCE: &str = include_str!("../../shaders/fma_peak.wgsl");
+
+/// Invocations per workgroup, and floating-point operations per invocation and iteration
+/// (8 vec4 multiply-adds of 2 operations per component).
+const WORKGROUP: u32 = 64;
+const FLOPS_PER_ITERATION: f64 = 8.0 * 4.0 * 2.0;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    iterations: u32,
+    _pad: [u32; 3],
+}
+
+/// Records about `workgroups` x 64 invocations of `iterations` rounds each, writing one value
+/// per invocation to `out`; returns the floating-point operations of the dispatch as
+/// recorded (its grid may round `workgroups` up).
+pub fn record(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    out: &wgpu::Buffer,
+    workgroups: u32,
+    iterations: u32,
+) -> Result<f64> {
+    let (x, y) = grid(workgroups);
+    check_buffer(gpu, "fma_peak.out", out, x as u64 * y as u64 * WORKGROUP as u64)?;
+    check_loop_budget("fma_peak", iterations as u64, "the rounds")?;
+    let pipeline = gpu.pipeline("fma_peak", SOURCE, &[]);
+    let params = gpu.uniform(
+        "fma_peak params",
+        &Params {
+            iterations,
+            _pad: [0; 3],
+        },
+    );
+    let bind = gpu.bind(&pipeline, &[&params, out]);
+    let mut pass = gpu.begin_pass(encoder, "fma_peak");
+    pass.set_pipeline(&pipeline);
+    pass.set_bind_group(0, &bind, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(x as f64 * y as f64 * WORKGROUP as f64 * iterations as f64 * FLOPS_PER_ITERATION)
+}
