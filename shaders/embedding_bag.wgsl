@@ -28,10 +28,10 @@
 // lane's load as its own short sequence, so only the loads of one subgroup-wide load are in
 // flight together, and with adjacent lanes on adjacent lines those start 8 cache misses in
 // different lines of a random row instead of 2 (lavapipe, paper configuration: the bag 1.4x
-// faster than with columns lid + i WG). `main_column` (GPUs) keeps one 16-byte column per invocation and loads
-// four bag entries at a time. The variant and the workgroup size WG are chosen per adapter
-// (main_column with 64 on GPUs, main_vec4 with 16 on CPU implementations); the results do
-// not depend on them (bit for bit).
+// faster than with columns lid + i WG). `main_column` (GPUs) keeps one 16-byte column per
+// invocation and loads four bag entries at a time. The variant and the workgroup size WG are
+// chosen per adapter (main_column with 64 on GPUs, main_vec4 with up to one row per
+// workgroup on CPU implementations); the results do not depend on them (bit for bit).
 
 struct Params {
     rows: u32,

@@ -38,8 +38,9 @@ pub struct Tuning {
     /// (`product_topk_lanes.wgsl`) instead of a workgroup each: for CPU adapters, where the
     /// workgroup kernel's ~40 barriers per (token, head) dominate. GPUs keep the workgroups.
     pub topk_per_invocation: bool,
-    /// Invocations per workgroup of the embedding bag (64 on GPUs; 16 on CPU adapters, where
-    /// each invocation then keeps more columns and rereads each entry's slot less often).
+    /// Invocations per workgroup of the embedding bag's `main` and `main_column` entry points
+    /// (64 on GPUs; 16 on CPU adapters). `main_vec4`, the CPU adapters' 16-byte variant,
+    /// sizes its workgroup to the row instead (see `kernels::embedding_bag`).
     pub bag_workgroup: u32,
     /// 16-byte columns per invocation of the embedding bag: 1 on GPUs (more invocations,
     /// more loads in flight: on an H100, the bag alone on random rows reaches 95-100% of the
