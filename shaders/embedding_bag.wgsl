@@ -13,8 +13,9 @@
 // order within a dispatch and dispatch after dispatch: deterministic.
 //
 // Workgroups cover (token row, block of columns): the grid's x numbers the column blocks, y
-// and z the rows (`main_rows`: one block, and a block of WG rows per workgroup), so that one invocation computes at most a few columns and its loops stay
-// short (CPU Vulkan drivers cut invocations off after 65,535 loop iterations). x varies
+// and z the rows (`main_rows`: one block, and a block of WG rows per workgroup), so that one
+// invocation computes at most a few columns and its loops stay short (CPU Vulkan drivers
+// cut invocations off after 65,535 loop iterations). x varies
 // fastest, so a token's column blocks run one after another and read the same value rows
 // while they are still cached (and, on CPUs, in the TLB): lavapipe, paper configuration,
 // 1.3x faster than with the blocks in z, where each block swept all tokens in turn. Neighbouring

@@ -60,7 +60,10 @@ fn copy_bandwidth(gpu: &Gpu, iters: usize) -> Result<f64> {
 fn fma_ceiling(gpu: &Gpu, iters: usize) -> Result<f64> {
     const WORKGROUPS: u32 = 4096;
     const ROUNDS: u32 = 256;
-    let out = gpu.storage("fma_peak out", WORKGROUPS as u64 * 64 * 4);
+    let out = gpu.storage(
+        "fma_peak out",
+        WORKGROUPS as u64 * kernels::fma_peak::WORKGROUP as u64 * 4,
+    );
     let mut flops = 0.0;
     let mut record = || -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -451,16 +454,15 @@ pub fn run(o: &Options) -> Result<()> {
             for (label, s) in &r.kernels {
                 println!("  {label:<24} {:>9.3} ms", s * 1e3);
             }
-            println!(
-                "  query_proj matmul: {:.1} GFLOP/s = {:.0}% of the arithmetic ceiling",
-                r.matmul_gflops,
-                100.0 * r.matmul_gflops / fma_gflops
-            );
-            println!(
-                "  sub-key scoring GEMM: {:.1} GFLOP/s = {:.0}% of the arithmetic ceiling",
-                r.lookup_gflops,
-                100.0 * r.lookup_gflops / fma_gflops
-            );
+            for (what, gflops) in [
+                ("query_proj matmul", r.matmul_gflops),
+                ("sub-key scoring GEMM", r.lookup_gflops),
+            ] {
+                println!(
+                    "  {what}: {gflops:.1} GFLOP/s = {:.0}% of the arithmetic ceiling",
+                    100.0 * gflops / fma_gflops
+                );
+            }
             println!(
                 "  embedding bag: {:.2} GB/s of value rows = {:.0}% of the copy kernel (target >= 70%)",
                 r.bag_gbs,

@@ -7,9 +7,10 @@ use crate::gpu::{grid, Gpu};
 
 pub const SOURCE: &str = include_str!("../../shaders/fma_peak.wgsl");
 
-/// Invocations per workgroup, and floating-point operations per invocation and iteration
-/// (8 vec4 multiply-adds of 2 operations per component).
-const WORKGROUP: u32 = 64;
+/// Invocations per workgroup (each writes one value of `out`).
+pub const WORKGROUP: u32 = 64;
+/// Floating-point operations per invocation and iteration (8 vec4 multiply-adds of 2
+/// operations per component).
 const FLOPS_PER_ITERATION: f64 = 8.0 * 4.0 * 2.0;
 
 #[repr(C)]
