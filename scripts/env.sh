@@ -24,10 +24,22 @@ if [ "$(uname -s)" = "Linux" ]; then
         echo "memlayers: lavapipe is Mesa 22.3; installing Mesa 25 from bookworm-backports (2-4x faster kernels)" >&2
         SUDO=""
         [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-        echo "deb http://deb.debian.org/debian bookworm-backports main" \
-            | $SUDO tee /etc/apt/sources.list.d/memlayers-bookworm-backports.list >/dev/null
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers >/dev/null
+        # The machine's own Debian mirror (the one serving bookworm), from its apt sources:
+        # one-line (.list) or deb822 (.sources) format.
+        mirror="$(awk '/^deb / && / bookworm / && !/security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:/) { print $i; exit } }' \
+                /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)"
+        if [ -z "$mirror" ]; then
+            mirror="$(awk '/^URIs:/ { uri = $2 } /^Suites:/ && / bookworm( |$)/ && uri !~ /security/ { print uri; exit }' \
+                    /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
+        fi
+        if [ -z "$mirror" ]; then
+            echo "memlayers: no Debian bookworm mirror in the apt sources; keeping Mesa 22.3" >&2
+        else
+            echo "deb $mirror bookworm-backports main" \
+                | $SUDO tee /etc/apt/sources.list.d/memlayers-bookworm-backports.list >/dev/null
+            $SUDO apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers >/dev/null
+        fi
     fi
     # Vulkan, so a missing driver fails loudly instead of falling back to GL.
     export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"

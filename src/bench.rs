@@ -22,10 +22,54 @@ pub struct Options {
     pub iters: usize,
 }
 
-/// The reference PyTorch layer's forward on a 2-core machine of this project's class (torch
-/// 2.15, f32, the paper configuration, 512 tokens), as measured and stated in the project's
-/// issue tracker. Not measured by this run: torch is not a dependency.
-pub const TORCH_CPU_TOKENS_PER_S: f64 = 8700.0;
+/// The reference layer in plain PyTorch (`scripts/torch_memory_forward_bench.py`), run by
+/// the benchmark in the same run when `python3` can import torch.
+const TORCH_BENCH: &str = include_str!("../scripts/torch_memory_forward_bench.py");
+
+/// PyTorch's forward tokens/s by (device, config, value dtype), e.g. ("cpu", "paper",
+/// "float32"), measured now on this machine; an error says why there are none.
+fn torch_tokens_per_s(
+    tokens: usize,
+    iters: usize,
+) -> std::result::Result<Vec<(String, String, String, f64)>, String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-",
+            "--tokens",
+            &tokens.to_string(),
+            "--iters",
+            &iters.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("python3: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(TORCH_BENCH.as_bytes())
+        .map_err(|e| format!("python3: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("failed").to_string();
+        return Err(last);
+    }
+    // "torch 2.5.1 cpu  paper  values float32  512 tokens:      8700 tokens/s (58.8 ms)"
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() >= 9 && w[0] == "torch" && w[4] == "values" {
+            if let Ok(v) = w[8].parse::<f64>() {
+                rows.push((w[2].to_string(), w[3].to_string(), w[5].to_string(), v));
+            }
+        }
+    }
+    Ok(rows)
+}
 
 fn wait(gpu: &Gpu) -> Result<()> {
     gpu.device
@@ -186,6 +230,10 @@ struct Row {
     bag_streaming_gbs: f64,
     /// The bag alone on random slots with 1 and with 4 16-byte columns per invocation (GB/s).
     bag_variants_gbs: (f64, f64),
+    /// Host seconds per forward (encode + submit), through the step plan and without one.
+    host_seconds: (f64, f64),
+    /// Buffers, bind groups and dispatches of one planned forward after the first.
+    per_forward: crate::gpu::Counts,
 }
 
 /// GPU seconds of one embedding bag of the real lookup's sizes, its slots `consecutive`
@@ -236,10 +284,32 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
     let pool = &work.pool;
     let forward = || -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        work.record(gpu, &mut enc)?;
+        work.record_planned(gpu, &mut enc)?;
         gpu.queue.submit([enc.finish()]);
         wait(gpu)
     };
+    // Host time per forward (encode + submit), through the step plan and without one (every
+    // buffer, parameter block and bind group created anew), in the same run.
+    let host = |planned: bool| -> Result<f64> {
+        let mut seconds = 0.0;
+        for _ in 0..o.iters {
+            let t = Instant::now();
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            if planned {
+                work.record_planned(gpu, &mut enc)?;
+            } else {
+                work.record(gpu, &mut enc)?;
+            }
+            gpu.queue.submit([enc.finish()]);
+            seconds += t.elapsed().as_secs_f64();
+            wait(gpu)?;
+        }
+        Ok(seconds / o.iters as f64)
+    };
+    let host_unplanned = host(false)?;
+    let before = gpu.counts();
+    let host_planned = host(true)?;
+    let per_forward = gpu.counts() - before;
     let kernels = KernelTiming::per_label(&timed(gpu, o.iters, forward)?, o.iters);
     let time_of = |label: &str| kernels.iter().find(|k| k.0 == label).map_or(f64::NAN, |k| k.1);
     let tokens = o.tokens as f64;
@@ -262,6 +332,8 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
         lookup_gflops: lookup_flops / time_of("subkey_scores") / 1e9,
         bag_gbs: bag_bytes / time_of("embedding_bag") / 1e9,
         kernels,
+        host_seconds: (host_planned, host_unplanned),
+        per_forward,
     })
 }
 
@@ -273,6 +345,14 @@ struct TrainRun {
     params: usize,
     flops: f64,
     top: Vec<(String, f64)>,
+    /// Buffers, bind groups and dispatches per step after the warm-up step.
+    per_step: crate::gpu::Counts,
+    /// Compute passes of one step by kernel label, most first.
+    passes: Vec<(String, usize)>,
+    /// Host seconds per step (encode + submit), through the step plan and without one.
+    host_seconds: (f64, f64),
+    /// Tokens/s of steps recorded without a plan, each waited for (the loss read back).
+    unplanned_tokens_per_s: f64,
 }
 
 fn train_run(
@@ -299,12 +379,47 @@ fn train_run(
     };
     let (x, y) = batch_of();
     trainer.step_blocking(gpu, &x, &y, batch, seq)?; // warm-up
+                                                     // Steps submitted back to back through the trainer's step plan, the loss read at the end.
+    let before = gpu.counts();
     let t = Instant::now();
     for _ in 0..iters {
         let (x, y) = batch_of();
-        trainer.step_blocking(gpu, &x, &y, batch, seq)?;
+        trainer.submit_step(gpu, &x, &y, batch, seq)?;
     }
+    trainer.last_loss_blocking(gpu)?;
     let tokens_per_s = (iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
+    let all = gpu.counts() - before;
+    let n = iters.max(1) as u64;
+    let per_step = crate::gpu::Counts {
+        buffers: all.buffers / n,
+        bind_groups: all.bind_groups / n,
+        dispatches: all.dispatches / n,
+    };
+    // Host time of a step (encode + submit), each submitted to an idle GPU: a submit that
+    // finds the queue busy may wait for it (lavapipe's does), which is not host work.
+    let mut host = 0.0;
+    for _ in 0..iters {
+        let (x, y) = batch_of();
+        let h = Instant::now();
+        trainer.submit_step(gpu, &x, &y, batch, seq)?;
+        host += h.elapsed().as_secs_f64();
+        trainer.last_loss_blocking(gpu)?;
+    }
+    // The same steps recorded without a plan (every buffer, parameter block and bind group
+    // created anew) and waited for one by one, as before step plans.
+    let (t, mut host_unplanned) = (Instant::now(), 0.0);
+    for _ in 0..iters {
+        let (x, y) = batch_of();
+        let counted = y.len() as u32;
+        let h = Instant::now();
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let (tb, gb) = (gpu.upload("tokens", &x), gpu.upload("targets", &y));
+        let loss = trainer.record_step(gpu, &mut encoder, &tb, &gb, batch as u32, seq as u32, counted)?;
+        gpu.queue.submit([encoder.finish()]);
+        host_unplanned += h.elapsed().as_secs_f64();
+        gpu.read_f32_blocking(&loss, batch * seq)?;
+    }
+    let unplanned_tokens_per_s = (iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
     // Where one step's GPU time goes, by pass label (timestamp queries).
     let (x, y) = batch_of();
     gpu.start_profiling(2048)?;
@@ -315,11 +430,23 @@ fn train_run(
         .map(|(l, s)| (l.to_string(), s))
         .collect();
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut passes: Vec<(String, usize)> = Vec::new();
+    for t in &timings {
+        match passes.iter_mut().find(|(l, _)| l == t.label) {
+            Some((_, n)) => *n += 1,
+            None => passes.push((t.label.to_string(), 1)),
+        }
+    }
+    passes.sort_by(|a, b| b.1.cmp(&a.1));
     Ok(TrainRun {
+        passes,
         tokens_per_s,
         params: weights.parameter_count(),
         flops: config.flops_per_token(seq),
         top,
+        per_step,
+        host_seconds: (host / n as f64, host_unplanned / n as f64),
+        unplanned_tokens_per_s,
     })
 }
 
@@ -341,6 +468,24 @@ fn print_train_run(name: &str, r: &TrainRun) {
         "  GPU time of one step: {:.0} ms; largest: {}",
         total * 1e3,
         top.join(", ")
+    );
+    let c = r.per_step;
+    println!(
+        "  allocations per step after warm-up: {} buffers, {} bind groups",
+        c.buffers, c.bind_groups
+    );
+    println!("  dispatches per step: {}", c.dispatches);
+    let passes: Vec<String> = r.passes.iter().map(|(l, n)| format!("{l} {n}")).collect();
+    println!("  compute passes by kernel: {}", passes.join(", "));
+    let (planned, unplanned) = r.host_seconds;
+    println!(
+        "  host time per step (encode + submit): {:.2} ms with the step plan, {:.2} ms without ({:.1}x less); \
+without the plan and waiting each step: {:.0} tokens/s ({:.2}x)",
+        planned * 1e3,
+        unplanned * 1e3,
+        unplanned / planned,
+        r.unplanned_tokens_per_s,
+        r.tokens_per_s / r.unplanned_tokens_per_s
     );
 }
 
@@ -440,6 +585,7 @@ pub fn run(o: &Options) -> Result<()> {
     if !o.quick {
         configs.push(("paper d=1024 n_keys=1024 knn=32 k_dim=512", paper.clone()));
     }
+    let torch = torch_tokens_per_s(o.tokens, o.iters.min(5));
     for (name, c) in &configs {
         for dtype in [ValueDtype::F32, ValueDtype::F16] {
             let r = bench_config(&gpu, name, c, dtype, o)?;
@@ -451,6 +597,21 @@ pub fn run(o: &Options) -> Result<()> {
                 c.flops_per_token() / 1e6
             );
             println!("  forward: {:.0} tokens/s (wall)", r.tokens_per_s);
+            let (planned, unplanned) = r.host_seconds;
+            println!(
+                "  host time per forward (encode + submit): {:.3} ms with the step plan, {:.3} ms without ({:.1}x less)",
+                planned * 1e3,
+                unplanned * 1e3,
+                unplanned / planned
+            );
+            let n = o.iters.max(1) as u64;
+            let f = r.per_forward;
+            println!(
+                "  allocations per forward after warm-up: {} buffers, {} bind groups; dispatches per forward: {}",
+                f.buffers / n,
+                f.bind_groups / n,
+                f.dispatches / n
+            );
             for (label, s) in &r.kernels {
                 println!("  {label:<24} {:>9.3} ms", s * 1e3);
             }
@@ -480,12 +641,24 @@ pub fn run(o: &Options) -> Result<()> {
                 100.0 * one / copy_gbs,
                 100.0 * four / copy_gbs
             );
-            if c == &paper && dtype == ValueDtype::F32 {
-                println!(
-                    "  vs the reference PyTorch layer on a 2-core CPU ({TORCH_CPU_TOKENS_PER_S} tokens/s, stated, not \
-measured here): {:.2}x (target >= 0.5x through lavapipe)",
-                    r.tokens_per_s / TORCH_CPU_TOKENS_PER_S
-                );
+            let (config, dtype_name) = (
+                if c == &paper { "paper" } else { "small" },
+                if dtype == ValueDtype::F32 {
+                    "float32"
+                } else {
+                    "float16"
+                },
+            );
+            match &torch {
+                Ok(rows) => {
+                    for (device, _, _, t) in rows.iter().filter(|r| r.1 == config && r.2 == dtype_name) {
+                        println!(
+                            "  vs the reference layer in PyTorch on {device} ({t:.0} tokens/s, measured now): {:.2}x",
+                            r.tokens_per_s / t
+                        );
+                    }
+                }
+                Err(why) => println!("  vs the reference layer in PyTorch: not measured ({why})"),
             }
             println!();
         }

@@ -213,6 +213,9 @@ fn model_args(a: &Settings, n_keys: Option<usize>) -> LMTransformerArgs {
     .args()
 }
 
+/// Steps between two reads of the training loss (each read waits for the GPU).
+const LOSS_EVERY: u32 = 10;
+
 fn duration(s: f64) -> String {
     let s = s.max(0.0).round() as u64;
     format!("{}m{:02}s", s / 60, s % 60)
@@ -255,19 +258,25 @@ fn train(
     curve[0].1 = eval(&trainer, sample)?;
     while trainer.step < a.steps {
         let (x, y) = training_batch(&kb.facts, &mut rng, a.batch, a.seq);
-        loss = trainer.step_blocking(gpu, &x, &y, a.batch, a.seq)?;
-        if !loss.is_finite() {
-            return Err(Error::Config(format!(
-                "{label}: the loss diverged at step {} (lr {lr})",
-                trainer.step
-            )));
+        // Steps are submitted without waiting; the loss is read (and the GPU waited for)
+        // every LOSS_EVERY steps, at evaluations and at the end.
+        trainer.submit_step(gpu, &x, &y, a.batch, a.seq)?;
+        let evaluate = trainer.step % a.eval_every == 0 && trainer.step < a.steps;
+        if trainer.step % LOSS_EVERY == 0 || evaluate || trainer.step == a.steps {
+            loss = trainer.last_loss_blocking(gpu)?;
+            if !loss.is_finite() {
+                return Err(Error::Config(format!(
+                    "{label}: the loss diverged by step {} (lr {lr})",
+                    trainer.step
+                )));
+            }
+            if evaluate {
+                let r = eval(&trainer, sample)?;
+                curve.push((trainer.step, r));
+                last_recall = Some(r);
+            }
+            progress(&label, trainer.step, a.steps, loss, last_recall, started);
         }
-        if trainer.step % a.eval_every == 0 && trainer.step < a.steps {
-            let r = eval(&trainer, sample)?;
-            curve.push((trainer.step, r));
-            last_recall = Some(r);
-        }
-        progress(&label, trainer.step, a.steps, loss, last_recall, started);
     }
     let final_recall = eval(&trainer, &kb.facts)?;
     curve.push((trainer.step, final_recall));

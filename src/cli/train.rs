@@ -52,6 +52,9 @@ pub struct Args {
 
 const EVAL_BATCHES: usize = 4;
 
+/// Steps between two reads of the training loss (each read waits for the GPU).
+const LOSS_EVERY: u32 = 10;
+
 /// Files of a checkpoint directory.
 pub fn checkpoint_dir(dir: &Path) -> PathBuf {
     if dir.join("config.json").exists() {
@@ -171,7 +174,14 @@ pub fn run(a: &Args) -> Result<()> {
     let last = a.stop_at.unwrap_or(a.steps).min(a.steps);
     while trainer.step < last {
         let (x, y) = ByteData::sample(&data.train, &mut rng, a.batch, a.seq);
-        let loss = trainer.step_blocking(&gpu, &x, &y, a.batch, a.seq)?;
+        // Steps are submitted without waiting; the loss is read (and the GPU waited for)
+        // every LOSS_EVERY steps, at evaluations and at the end.
+        trainer.submit_step(&gpu, &x, &y, a.batch, a.seq)?;
+        let evaluate = trainer.step % a.eval_every == 0 || trainer.step == last;
+        if trainer.step % LOSS_EVERY != 0 && !evaluate {
+            continue;
+        }
+        let loss = trainer.last_loss_blocking(&gpu)?;
         let done = trainer.step - first;
         let elapsed = start.elapsed().as_secs_f64();
         let per_step = elapsed / done as f64;
@@ -183,7 +193,7 @@ pub fn run(a: &Args) -> Result<()> {
             duration(per_step * (a.steps - trainer.step) as f64)
         );
         std::io::stderr().flush().ok();
-        if trainer.step % a.eval_every == 0 || trainer.step == last {
+        if evaluate {
             let eval = held_out_loss(&trainer.model, &gpu, &data, a.batch, a.seq)?;
             eprintln!(
                 "\nstep {}: held-out loss {eval:.4}; checkpoint saved",

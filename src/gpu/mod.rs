@@ -1,13 +1,16 @@
 //! The device: adapter choice, limits and features, pipeline cache, buffers, readback and
 //! timestamp profiling. Knows nothing of memories or models.
 
+mod plan;
 mod profiler;
 mod readback;
 
+pub use plan::StepPlan;
 pub use profiler::{KernelTiming, Profiler};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
@@ -16,6 +19,10 @@ use wgpu::util::DeviceExt;
 pub const REQUIRED_STORAGE_BUFFERS: u32 = 8;
 pub const REQUIRED_INVOCATIONS: u32 = 256;
 pub const REQUIRED_WORKGROUP_STORAGE: u32 = 16384;
+
+const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
 
 /// Largest workgroup count in one grid dimension that every adapter accepts.
 pub const MAX_GRID_DIM: u32 = 65535;
@@ -108,6 +115,39 @@ pub struct Gpu {
     /// The first error the device reported since the last read-back (devices this crate
     /// created only; a host's device keeps the host's error handling).
     device_error: Arc<Mutex<Option<String>>>,
+    created: Counters,
+    /// The step plan being recorded into (`record_planned`), if any.
+    active_plan: Mutex<Option<plan::ActivePlan>>,
+    /// Read-back staging buffers, reused.
+    staging: Mutex<Vec<wgpu::Buffer>>,
+}
+
+/// What a `Gpu` has created and recorded since it was made: the counting wrapper around the
+/// device that shows whether a step allocates (every buffer and bind group of this crate is
+/// created through `Gpu`, every dispatch recorded through `Gpu::dispatch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub buffers: u64,
+    pub bind_groups: u64,
+    pub dispatches: u64,
+}
+
+impl std::ops::Sub for Counts {
+    type Output = Counts;
+    fn sub(self, o: Counts) -> Counts {
+        Counts {
+            buffers: self.buffers - o.buffers,
+            bind_groups: self.bind_groups - o.bind_groups,
+            dispatches: self.dispatches - o.dispatches,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    buffers: AtomicU64,
+    bind_groups: AtomicU64,
+    dispatches: AtomicU64,
 }
 
 /// A short description of an adapter, as `memlayers info` prints it.
@@ -274,7 +314,36 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             profiler: Mutex::new(None),
             device_error: Arc::new(Mutex::new(None)),
+            created: Counters::default(),
+            active_plan: Mutex::new(None),
+            staging: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Buffers and bind groups created and dispatches recorded so far.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            buffers: self.created.buffers.load(Ordering::Relaxed),
+            bind_groups: self.created.bind_groups.load(Ordering::Relaxed),
+            dispatches: self.created.dispatches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records `dispatch_workgroups(x, y, z)` into `pass`, counted.
+    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, x: u32, y: u32, z: u32) {
+        self.created.dispatches.fetch_add(1, Ordering::Relaxed);
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// Creates a buffer, counted.
+    pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor) -> wgpu::Buffer {
+        self.created.buffers.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer(desc)
+    }
+
+    fn create_buffer_init(&self, desc: &wgpu::util::BufferInitDescriptor) -> wgpu::Buffer {
+        self.created.buffers.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer_init(desc)
     }
 
     /// The first error the device reported since the last call, as an `Error::Device`.
@@ -398,6 +467,18 @@ impl Gpu {
         group: u32,
         buffers: &[(u32, &wgpu::Buffer)],
     ) -> wgpu::BindGroup {
+        let mut guard = self.active_plan.lock().unwrap();
+        let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
+        let key = active.as_ref().map(|_| plan::BindKey {
+            pipeline: pipeline.clone(),
+            group,
+            entries: buffers.iter().map(|(i, b)| (*i, (*b).clone())).collect(),
+        });
+        if let (Some(plan), Some(key)) = (active.as_mut(), &key) {
+            if let Some(bind) = plan.bind_group(key) {
+                return bind;
+            }
+        }
         let layout = pipeline.get_bind_group_layout(group);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -406,14 +487,20 @@ impl Gpu {
                 resource: b.as_entire_binding(),
             })
             .collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        self.created.bind_groups.fetch_add(1, Ordering::Relaxed);
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &layout,
             entries: &entries,
-        })
+        });
+        if let (Some(plan), Some(key)) = (active.as_mut(), key) {
+            plan.keep_bind_group(key, &bind);
+        }
+        bind
     }
 
     /// A storage buffer holding `data` (usable as kernel input and output, and copyable).
+    /// Inside `record_planned`, the plan's buffer for this request, with `data` written to it.
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         // A zero-length binding is invalid: keep at least one word.
@@ -424,30 +511,67 @@ impl Gpu {
         } else {
             bytes
         };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        let mut guard = self.active_plan.lock().unwrap();
+        let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
+        if let Some(plan) = active.as_mut() {
+            if let Some(b) = plan.upload(&self.queue, contents, contents.len() as u64) {
+                return b;
+            }
+        }
+        let buffer = self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+            usage: STORAGE_USAGE,
+        });
+        if let Some(plan) = active.as_mut() {
+            plan.keep_buffer(&buffer, Some(contents));
+        }
+        buffer
     }
 
-    /// A zeroed storage buffer of `bytes` bytes (at least 4).
+    /// A zeroed storage buffer of `bytes` bytes (at least 4). Inside `record_planned`, the
+    /// plan's buffer for this request, cleared at the start of the recording.
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
+        let size = bytes.max(4).next_multiple_of(4);
+        let mut guard = self.active_plan.lock().unwrap();
+        let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
+        if let Some(plan) = active.as_mut() {
+            if let Some(b) = plan.storage(size) {
+                return b;
+            }
+        }
+        let buffer = self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            size,
+            usage: STORAGE_USAGE,
             mapped_at_creation: false,
-        })
+        });
+        if let Some(plan) = active.as_mut() {
+            plan.keep_buffer(&buffer, None);
+        }
+        buffer
     }
 
-    /// A uniform buffer holding one parameter block.
+    /// A uniform buffer holding one parameter block. Inside `record_planned`, the plan's
+    /// buffer for this request, rewritten when the block changed.
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        let bytes = bytemuck::bytes_of(params);
+        let mut guard = self.active_plan.lock().unwrap();
+        let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
+        if let Some(plan) = active.as_mut() {
+            if let Some(b) = plan.uniform(&self.queue, bytes) {
+                return b;
+            }
+        }
+        let buffer = self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+            contents: bytes,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        });
+        if let Some(plan) = active.as_mut() {
+            plan.keep_uniform(&buffer, bytes);
+        }
+        buffer
     }
 
     /// Begins a compute pass; when profiling is on, the pass is timed under `label`.

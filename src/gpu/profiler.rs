@@ -68,7 +68,7 @@ impl Profiler {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        let resolve = gpu.create_buffer(&wgpu::BufferDescriptor {
             label: Some("timestamp resolve"),
             size: 16 * n as u64,
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,

@@ -8,6 +8,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+/// Largest staging buffer kept for reuse; larger reads (whole value tables) get their own.
+const KEEP_BYTES: u64 = 64 << 20;
+
 type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
 
 #[derive(Default)]
@@ -40,18 +43,13 @@ impl Gpu {
             return Ok(Vec::new());
         }
         let padded = size.next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: padded,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.take_staging(padded);
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
         self.queue.submit([encoder.finish()]);
         let state = Arc::new(Mutex::new(MapState::default()));
         let callback_state = state.clone();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, 0..padded, move |r| {
             let mut s = callback_state.lock().unwrap();
             s.result = Some(r);
             if let Some(w) = s.waker.take() {
@@ -66,13 +64,49 @@ impl Gpu {
             .await
             .map_err(|e| Error::Device(format!("buffer map failed: {e}")))?;
         let view = staging
-            .get_mapped_range(..)
+            .get_mapped_range(0..padded)
             .map_err(|e| Error::Device(format!("mapped range: {e}")))?;
         let out = view[..size as usize].to_vec();
         drop(view);
         staging.unmap();
+        self.return_staging(staging);
         self.take_device_error()?;
         Ok(out)
+    }
+
+    /// A mappable buffer of at least `size` bytes: the smallest kept one that fits, or a new
+    /// one (rounded up to a power of two, so reads of similar sizes share it).
+    fn take_staging(&self, size: u64) -> wgpu::Buffer {
+        let mut kept = self.staging.lock().unwrap();
+        let best = (0..kept.len())
+            .filter(|&i| kept[i].size() >= size)
+            .min_by_key(|&i| kept[i].size());
+        if let Some(i) = best {
+            return kept.swap_remove(i);
+        }
+        drop(kept);
+        let rounded = size.next_power_of_two().max(256);
+        self.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: if rounded <= KEEP_BYTES { rounded } else { size },
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Keeps a staging buffer of up to `KEEP_BYTES` for later reads (a few, the largest
+    /// dropped first).
+    fn return_staging(&self, buffer: wgpu::Buffer) {
+        const KEEP: usize = 8;
+        if buffer.size() > KEEP_BYTES {
+            return;
+        }
+        let mut kept = self.staging.lock().unwrap();
+        kept.push(buffer);
+        if kept.len() > KEEP {
+            kept.sort_by_key(|b| b.size());
+            kept.pop();
+        }
     }
 
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
@@ -83,6 +117,12 @@ impl Gpu {
     pub async fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<u32>> {
         let bytes = self.read_bytes(buffer, 0, (len * 4) as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Blocking `read_bytes` for native programs and tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_bytes_blocking(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        pollster::block_on(self.read_bytes(buffer, offset, size))
     }
 
     /// Blocking `read_f32` for native programs and tests.

@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{grid, Gpu};
 
 pub const SOURCE: &str = include_str!("../../shaders/adamw.wgsl");
-const BLOCK: u64 = 1024;
+/// Elements per partial sum of the gradient norm (`adamw.wgsl`'s BLOCK).
+pub const CLIP_BLOCK: u64 = 1024;
+const BLOCK: u64 = CLIP_BLOCK;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -86,7 +88,7 @@ pub fn record_clip(
         let mut pass = gpu.begin_pass(encoder, "grad_sum_squares");
         pass.set_pipeline(&sum);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        gpu.dispatch(&mut pass, x, y, 1);
         offset += b;
     }
     let params = Params {
@@ -100,7 +102,7 @@ pub fn record_clip(
     let mut pass = gpu.begin_pass(encoder, "grad_clip");
     pass.set_pipeline(&finish);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(1, 1, 1);
+    gpu.dispatch(&mut pass, 1, 1, 1);
     Ok(clip)
 }
 
@@ -153,7 +155,7 @@ pub fn record_dense_step(
     let mut pass = gpu.begin_pass(encoder, "adamw");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    gpu.dispatch(&mut pass, x, y, 1);
     Ok(())
 }
 
@@ -197,7 +199,7 @@ pub fn record_sparse_step(
     let mut pass = gpu.begin_pass(encoder, "adamw_rows");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    gpu.dispatch(&mut pass, x, y, 1);
     Ok(())
 }
 
@@ -248,6 +250,6 @@ pub fn record_masked_step(
     let mut pass = gpu.begin_pass(encoder, "adamw_masked_rows");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    gpu.dispatch(&mut pass, x, y, 1);
     Ok(())
 }

@@ -36,6 +36,6 @@ pub fn record(
     let mut pass = gpu.begin_pass(encoder, "copy");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    gpu.dispatch(&mut pass, x, y, 1);
     Ok(())
 }

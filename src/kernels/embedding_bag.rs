@@ -214,7 +214,7 @@ found {quads}"
         for bind in &binds {
             pass.set_bind_group(0, bind, &[]);
             // Column blocks in x, the fastest-varying dimension; rows in y and z (see the shader).
-            pass.dispatch_workgroups(blocks, x, y);
+            gpu.dispatch(&mut pass, blocks, x, y);
         }
         Ok(())
     }
@@ -281,7 +281,7 @@ impl WeightGrads<'_> {
         pass.set_pipeline(&pipeline);
         for bind in &binds {
             pass.set_bind_group(0, bind, &[]);
-            pass.dispatch_workgroups(x, y, 1);
+            gpu.dispatch(&mut pass, x, y, 1);
         }
         Ok(())
     }

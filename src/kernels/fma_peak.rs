@@ -45,6 +45,6 @@ pub fn record(
     let mut pass = gpu.begin_pass(encoder, "fma_peak");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    gpu.dispatch(&mut pass, x, y, 1);
     Ok(x as f64 * y as f64 * WORKGROUP as f64 * iterations as f64 * FLOPS_PER_ITERATION)
 }

@@ -205,7 +205,7 @@ impl Linear<'_> {
         let mut pass = gpu.begin_pass(encoder, self.label);
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(self.n.div_ceil(TILE), self.m, 1);
+        gpu.dispatch(&mut pass, self.n.div_ceil(TILE), self.m, 1);
         Ok(())
     }
 
@@ -303,7 +303,7 @@ impl Linear<'_> {
         let mut pass = gpu.begin_pass(encoder, self.label);
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(grid.0, grid.1, l.batch);
+        gpu.dispatch(&mut pass, grid.0, grid.1, l.batch);
         Ok(())
     }
 }

@@ -43,7 +43,7 @@ pub fn record(
     let mut pass = gpu.begin_pass(encoder, "normalize");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    gpu.dispatch(&mut pass, x, y, 1);
     Ok(())
 }
 
@@ -79,6 +79,6 @@ pub fn record_backward(
     let mut pass = gpu.begin_pass(encoder, "normalize_backward");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(x, y, 1);
+    gpu.dispatch(&mut pass, x, y, 1);
     Ok(())
 }

@@ -39,7 +39,7 @@ fn dispatch(
     for (i, b) in binds.iter().enumerate() {
         pass.set_bind_group(i as u32, *b, &[]);
     }
-    pass.dispatch_workgroups(x, y, 1);
+    gpu.dispatch(&mut pass, x, y, 1);
 }
 
 /// Records `y += x` over `len` elements.

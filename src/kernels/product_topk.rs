@@ -210,7 +210,7 @@ knn {} n_keys {}",
         let mut pass = gpu.begin_pass(encoder, "product_topk");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        gpu.dispatch(&mut pass, x, y, 1);
         Ok(())
     }
 }
@@ -297,7 +297,7 @@ impl ProductTopKBackward<'_> {
         let mut pass = gpu.begin_pass(encoder, "product_topk_backward");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        gpu.dispatch(&mut pass, x, y, 1);
         Ok(())
     }
 }

@@ -51,7 +51,7 @@ pub fn record_scan(
     let mut pass = gpu.begin_pass(encoder, "scan");
     pass.set_pipeline(&pipeline);
     pass.set_bind_group(0, &bind, &[]);
-    pass.dispatch_workgroups(1, 1, 1);
+    gpu.dispatch(&mut pass, 1, 1, 1);
     Ok(())
 }
 
@@ -109,7 +109,7 @@ pub fn record_sort(
             let mut pass = gpu.begin_pass(encoder, "sort_histogram");
             pass.set_pipeline(&histogram);
             pass.set_bind_group(0, &hist_bind, &[]);
-            pass.dispatch_workgroups(x, y, 1);
+            gpu.dispatch(&mut pass, x, y, 1);
         }
         record_scan(gpu, encoder, &counts, 256 * num_blocks, &total)?;
         let scatter_bind = gpu.bind_at(
@@ -126,7 +126,7 @@ pub fn record_sort(
         let mut pass = gpu.begin_pass(encoder, "sort_scatter");
         pass.set_pipeline(&scatter);
         pass.set_bind_group(0, &scatter_bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        gpu.dispatch(&mut pass, x, y, 1);
     }
     let [a, b] = bufs;
     Ok(if passes % 2 == 1 { a } else { b })

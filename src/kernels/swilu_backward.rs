@@ -51,7 +51,7 @@ impl SwiluBackward<'_> {
         let mut pass = gpu.begin_pass(encoder, "swilu_backward");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        gpu.dispatch(&mut pass, x, y, 1);
         Ok(())
     }
 }

@@ -72,7 +72,7 @@ impl SparseRows {
         let mut pass = gpu.begin_pass(encoder, "scatter_rows");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        gpu.dispatch(&mut pass, x, y, 1);
         Ok(())
     }
 
@@ -101,7 +101,7 @@ impl SparseRows {
         let mut pass = gpu.begin_pass(encoder, "mark_rows");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        gpu.dispatch(&mut pass, x, y, 1);
         Ok(())
     }
 
@@ -193,7 +193,7 @@ impl ValueGrads<'_> {
             let mut pass = gpu.begin_pass(encoder, "value_grad_runs");
             pass.set_pipeline(&starts);
             pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(x, y, 1);
+            gpu.dispatch(&mut pass, x, y, 1);
         }
         record_scan(gpu, encoder, &run_ids, n, &out.count)?;
         let reduce = gpu.pipeline_entry("value_grads", SOURCE, "reduce", &[]);
@@ -214,7 +214,7 @@ impl ValueGrads<'_> {
         let mut pass = gpu.begin_pass(encoder, "value_grad_reduce");
         pass.set_pipeline(&reduce);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(x, y, column_blocks);
+        gpu.dispatch(&mut pass, x, y, column_blocks);
         Ok(out)
     }
 }

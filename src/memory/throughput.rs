@@ -5,7 +5,7 @@
 
 use super::{MemoryActivations, MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
 use crate::error::Result;
-use crate::gpu::{Gpu, KernelTiming};
+use crate::gpu::{Gpu, KernelTiming, StepPlan};
 use crate::rng::Rng;
 
 pub struct ForwardWorkload {
@@ -14,6 +14,8 @@ pub struct ForwardWorkload {
     pub layer: MemoryLayer,
     pub pool: ValuePool,
     pub x: wgpu::Buffer,
+    /// The forward's buffers and bind groups, kept from one pass to the next.
+    plan: std::sync::Mutex<StepPlan>,
 }
 
 impl ForwardWorkload {
@@ -30,6 +32,7 @@ impl ForwardWorkload {
             layer: MemoryLayer::new(gpu, &weights)?,
             pool,
             x: gpu.upload("x", &Rng::new(2).vec_normal(tokens * config.d, 1.0)),
+            plan: Default::default(),
         })
     }
 
@@ -39,11 +42,20 @@ impl ForwardWorkload {
             .record_forward(gpu, encoder, &self.pool, &self.x, self.tokens as u32)
     }
 
-    /// Runs one forward pass and waits until it is done (by reading back one output value,
-    /// which works the same natively and in the browser).
+    /// Records one forward pass into `encoder` through the workload's step plan (no new
+    /// buffers or bind groups after the first pass). Submit it before recording the next.
+    pub fn record_planned(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<MemoryActivations> {
+        let mut plan = std::mem::take(&mut *self.plan.lock().unwrap());
+        let act = gpu.record_planned(&mut plan, encoder, |encoder| self.record(gpu, encoder));
+        *self.plan.lock().unwrap() = plan;
+        act
+    }
+
+    /// Runs one forward pass (planned) and waits until it is done (by reading back one
+    /// output value, which works the same natively and in the browser).
     pub async fn run(&self, gpu: &Gpu) -> Result<()> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let act = self.record(gpu, &mut encoder)?;
+        let act = self.record_planned(gpu, &mut encoder)?;
         gpu.queue.submit([encoder.finish()]);
         gpu.read_f32(&act.out, 1).await.map(|_| ())
     }

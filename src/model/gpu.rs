@@ -4,7 +4,7 @@
 use super::config::ModelConfig;
 use super::weights::{FeedForward, ModelWeights};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, StepPlan};
 use crate::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use crate::kernels::linear::Linear;
 use crate::kernels::ops::{record_add, rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
@@ -39,7 +39,16 @@ pub struct Model {
     pub(super) values: Option<ValuePool>,
     pub(super) rope_cos: wgpu::Buffer,
     pub(super) rope_sin: wgpu::Buffer,
+    /// The step plans of `forward` and `forward_with_cache`, by shape (most recent last).
+    plans: std::sync::Mutex<Vec<(PlanKey, StepPlan)>>,
 }
+
+/// The shape a step plan of the model serves: batch, seq, with targets, with a KV cache.
+type PlanKey = (u32, u32, bool, bool);
+
+/// Shapes whose plans a model keeps (an evaluation's last partial batch, a prompt's prefill
+/// and its decode steps, ...).
+const KEPT_PLANS: usize = 8;
 
 /// Keys (after RoPE) and values of every layer for the positions seen so far.
 pub struct KvCache {
@@ -166,6 +175,7 @@ impl Model {
             values,
             rope_cos: up("rope cos", &cos),
             rope_sin: up("rope sin", &sin),
+            plans: Default::default(),
         })
     }
 
@@ -473,6 +483,23 @@ impl Model {
         })
     }
 
+    /// The kept plan for `key` (or a new one), taken out while it records.
+    fn take_plan(&self, key: PlanKey) -> StepPlan {
+        let mut plans = self.plans.lock().unwrap();
+        match plans.iter().position(|(k, _)| *k == key) {
+            Some(i) => plans.remove(i).1,
+            None => StepPlan::new(),
+        }
+    }
+
+    fn keep_plan(&self, key: PlanKey, plan: StepPlan) {
+        let mut plans = self.plans.lock().unwrap();
+        plans.push((key, plan));
+        if plans.len() > KEPT_PLANS {
+            plans.remove(0);
+        }
+    }
+
     /// Logits `[tokens.len(), vocab]` of the next tokens of the sequence in `cache`.
     pub async fn forward_with_cache(
         &self,
@@ -482,11 +509,22 @@ impl Model {
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         c.check_ids("tokens", tokens)?;
-        let tb = gpu.upload("tokens", tokens);
+        let key = (1, tokens.len() as u32, false, true);
+        let mut plan = self.take_plan(key);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let fwd = self.record_with_cache(gpu, &mut encoder, &tb, tokens.len() as u32, cache)?;
-        gpu.queue.submit([encoder.finish()]);
-        gpu.read_f32(&fwd.logits, tokens.len() * c.vocab).await
+        let fwd = gpu.record_planned(&mut plan, &mut encoder, |encoder| {
+            let tb = gpu.upload("tokens", tokens);
+            self.record_with_cache(gpu, encoder, &tb, tokens.len() as u32, cache)
+        });
+        let logits = match fwd {
+            Ok(fwd) => {
+                gpu.queue.submit([encoder.finish()]);
+                gpu.read_f32(&fwd.logits, tokens.len() * c.vocab).await
+            }
+            Err(e) => Err(e),
+        };
+        self.keep_plan(key, plan);
+        logits
     }
 
     /// Logits `[batch * seq, vocab]` and, with `targets`, the mean cross-entropy (over the
@@ -512,31 +550,60 @@ impl Model {
             c.check_targets("targets", t)?;
         }
         let counted = targets.map_or(0, |t| t.iter().filter(|&&t| t != IGNORE_TARGET).count());
-        let tb = gpu.upload("tokens", tokens);
+        let key = (batch as u32, seq as u32, targets.is_some(), false);
+        let mut plan = self.take_plan(key);
+        let result = self
+            .forward_planned(gpu, &mut plan, tokens, targets, batch, seq, counted)
+            .await;
+        self.keep_plan(key, plan);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_planned(
+        &self,
+        gpu: &Gpu,
+        plan: &mut StepPlan,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        batch: usize,
+        seq: usize,
+        counted: usize,
+    ) -> Result<(Vec<f32>, Option<f32>)> {
+        let c = &self.config;
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let fwd = self.record_forward(gpu, &mut encoder, &tb, batch as u32, seq as u32)?;
-        let rows = fwd.rows;
-        let loss_rows = gpu.storage("loss", rows as u64 * 4);
-        if let Some(t) = targets {
-            let (target_buf, grad) = (
-                gpu.upload("targets", t),
-                gpu.storage("grad logits", rows as u64 * c.vocab as u64 * 4),
-            );
-            CrossEntropy {
-                rows,
-                vocab: c.vocab as u32,
-                scale: 1.0 / counted.max(1) as f32,
-                logits: &fwd.logits,
-                targets: &target_buf,
-                loss: &loss_rows,
-                grad: &grad,
-            }
-            .record(gpu, &mut encoder)?;
-        }
+        let (fwd, loss_rows) = gpu.record_planned(plan, &mut encoder, |encoder| {
+            let tb = gpu.upload("tokens", tokens);
+            let fwd = self.record_forward(gpu, encoder, &tb, batch as u32, seq as u32)?;
+            let rows = fwd.rows;
+            let loss_rows = match targets {
+                Some(t) => {
+                    let loss_rows = gpu.storage("loss", rows as u64 * 4);
+                    let (target_buf, grad) = (
+                        gpu.upload("targets", t),
+                        gpu.storage("grad logits", rows as u64 * c.vocab as u64 * 4),
+                    );
+                    CrossEntropy {
+                        rows,
+                        vocab: c.vocab as u32,
+                        scale: 1.0 / counted.max(1) as f32,
+                        logits: &fwd.logits,
+                        targets: &target_buf,
+                        loss: &loss_rows,
+                        grad: &grad,
+                    }
+                    .record(gpu, encoder)?;
+                    Some(loss_rows)
+                }
+                None => None,
+            };
+            Ok((fwd, loss_rows))
+        })?;
         gpu.queue.submit([encoder.finish()]);
+        let rows = fwd.rows;
         let logits = gpu.read_f32(&fwd.logits, rows as usize * c.vocab).await?;
-        let loss = match targets {
-            Some(_) => {
+        let loss = match loss_rows {
+            Some(loss_rows) => {
                 let per_row = gpu.read_f32(&loss_rows, rows as usize).await?;
                 Some(per_row.iter().sum::<f32>() / counted.max(1) as f32)
             }

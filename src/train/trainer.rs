@@ -5,9 +5,11 @@
 //! separately for the values and for everything else.
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, StepPlan};
 use crate::io::{HostTensor, TensorFile};
-use crate::kernels::adamw::{record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep};
+use crate::kernels::adamw::{
+    record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, CLIP_BLOCK,
+};
 use crate::kernels::ops::CrossEntropy;
 use crate::memory::VALUES_NAME;
 use crate::model::{Model, ModelWeights};
@@ -61,13 +63,30 @@ impl TrainConfig {
     }
 }
 
+/// One parameter with where its AdamW moments live: its own buffers (a value table, updated
+/// in place, densely or on the rows read) or a range of its group's flat buffers.
 struct ParamState {
     name: String,
+    shape: Vec<usize>,
     param: wgpu::Buffer,
-    m: wgpu::Buffer,
-    v: wgpu::Buffer,
     len: usize,
     values: bool,
+    m: wgpu::Buffer,
+    v: wgpu::Buffer,
+    /// First element of this parameter in `m`, `v` (and the flat group's other buffers).
+    offset: u64,
+}
+
+/// The parameters other than value tables, optimised as one flat tensor: each step their
+/// gradients are copied into `grad`, the group's norm, clipping and AdamW run over the flat
+/// buffers in three dispatches, and the updated `master` copy goes back to the parameters'
+/// own buffers. Each parameter starts at a multiple of the clipping block (1024 elements,
+/// zero-padded), so the norm's partial sums are those of the parameters one by one, in the
+/// same order: the results are bit-identical to one update per tensor.
+struct FlatGroup {
+    master: wgpu::Buffer,
+    grad: wgpu::Buffer,
+    len: u64,
 }
 
 /// A model with its optimiser state, stepping on the GPU.
@@ -76,36 +95,84 @@ pub struct Trainer {
     pub config: TrainConfig,
     /// Steps taken.
     pub step: u32,
-    shapes: Vec<(String, Vec<usize>)>,
     params: Vec<ParamState>,
+    flat: Option<FlatGroup>,
+    /// The buffers and bind groups of a step, kept from one step to the next.
+    plan: StepPlan,
+    /// The last submitted step's per-row losses, their count and the number of targets.
+    last_loss: Option<(wgpu::Buffer, usize, usize)>,
 }
 
 impl Trainer {
     pub fn new(gpu: &Gpu, weights: &ModelWeights, config: TrainConfig) -> Result<Self> {
         let model = Model::new(gpu, weights)?;
-        let params = model
-            .param_buffers()?
-            .into_iter()
-            .map(|(name, param, len)| ParamState {
-                values: name.ends_with(VALUES_NAME),
-                m: gpu.storage("adam m", len as u64 * 4),
-                v: gpu.storage("adam v", len as u64 * 4),
-                name,
-                param,
-                len,
-            })
-            .collect();
-        let shapes = weights
+        let shapes: std::collections::HashMap<String, Vec<usize>> = weights
             .named_tensors()
             .into_iter()
             .map(|(n, s, _)| (n, s))
             .collect();
+        let buffers = model.param_buffers()?;
+        // The flat group's layout: each parameter at a multiple of the clipping block.
+        let mut flat_len = 0u64;
+        let mut offsets = Vec::with_capacity(buffers.len());
+        for (name, _, len) in &buffers {
+            if name.ends_with(VALUES_NAME) {
+                offsets.push(0);
+            } else {
+                offsets.push(flat_len);
+                flat_len += (*len as u64).next_multiple_of(CLIP_BLOCK);
+            }
+        }
+        let flat = (flat_len > 0).then(|| {
+            let f32s = |label: &str| gpu.storage(label, flat_len * 4);
+            (
+                FlatGroup {
+                    master: f32s("flat parameters"),
+                    grad: f32s("flat gradients"),
+                    len: flat_len,
+                },
+                f32s("adam m"),
+                f32s("adam v"),
+            )
+        });
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut params = Vec::with_capacity(buffers.len());
+        for ((name, param, len), offset) in buffers.into_iter().zip(offsets) {
+            let shape = shapes
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+            let values = name.ends_with(VALUES_NAME);
+            let (m, v) = match (&flat, values) {
+                (Some((group, m, v)), false) => {
+                    encoder.copy_buffer_to_buffer(&param, 0, &group.master, offset * 4, len as u64 * 4);
+                    (m.clone(), v.clone())
+                }
+                _ => (
+                    gpu.storage("adam m", len as u64 * 4),
+                    gpu.storage("adam v", len as u64 * 4),
+                ),
+            };
+            params.push(ParamState {
+                name,
+                shape,
+                param,
+                len,
+                values,
+                m,
+                v,
+                offset,
+            });
+        }
+        gpu.queue.submit([encoder.finish()]);
         Ok(Trainer {
             model,
             config,
             step: 0,
-            shapes,
             params,
+            flat: flat.map(|(group, _, _)| group),
+            plan: StepPlan::new(),
+            last_loss: None,
         })
     }
 
@@ -148,34 +215,52 @@ impl Trainer {
             weight_decay: t.weight_decay,
             step: self.step,
         };
-        for values_group in [false, true] {
-            let members: Vec<(&ParamState, &wgpu::Buffer)> = self
-                .params
-                .iter()
-                .zip(&grads.named)
-                .filter(|(p, _)| p.values == values_group)
-                .map(|(p, (name, g, _))| {
-                    debug_assert_eq!(&p.name, name);
-                    (p, g)
-                })
-                .collect();
-            if members.is_empty() {
-                continue;
+        // Gradients by parameter name: matched by identity, never by position.
+        let grad_of = |p: &ParamState| {
+            grads
+                .get(&p.name)
+                .ok_or_else(|| Error::MissingTensor(format!("grad.{}", p.name)))
+        };
+        if let Some(flat) = &self.flat {
+            let group: Vec<&ParamState> = self.params.iter().filter(|p| !p.values).collect();
+            for p in &group {
+                encoder.copy_buffer_to_buffer(grad_of(p)?, 0, &flat.grad, p.offset * 4, p.len as u64 * 4);
             }
-            let lists: Vec<(&wgpu::Buffer, u64)> = members.iter().map(|(p, g)| (*g, p.len as u64)).collect();
-            let clip = record_clip(gpu, encoder, &lists, t.clip)?;
-            let lr = if values_group {
-                t.value_lr
-            } else {
-                t.lr_at(self.step)
+            let clip = record_clip(gpu, encoder, &[(&flat.grad, flat.len)], t.clip)?;
+            let state = AdamWState {
+                param: &flat.master,
+                m: &group[0].m,
+                v: &group[0].v,
             };
-            for (p, g) in members {
+            record_dense_step(
+                gpu,
+                encoder,
+                &state,
+                &flat.grad,
+                flat.len,
+                &clip,
+                step(t.lr_at(self.step)),
+            )?;
+            for p in &group {
+                encoder.copy_buffer_to_buffer(&flat.master, p.offset * 4, &p.param, 0, p.len as u64 * 4);
+            }
+        }
+        // Value tables: one group of their own, updated in place.
+        let values: Vec<&ParamState> = self.params.iter().filter(|p| p.values).collect();
+        if !values.is_empty() {
+            let lists = values
+                .iter()
+                .map(|p| Ok((grad_of(p)?, p.len as u64)))
+                .collect::<Result<Vec<_>>>()?;
+            let clip = record_clip(gpu, encoder, &lists, t.clip)?;
+            for p in values {
+                let g = grad_of(p)?;
                 let state = AdamWState {
                     param: &p.param,
                     m: &p.m,
                     v: &p.v,
                 };
-                match (&grads.values_read, p.values && t.lazy_values) {
+                match (&grads.values_read, t.lazy_values) {
                     (Some(mask), true) => {
                         let v_dim = self.model.config.memory.as_ref().map_or(1, |m| m.v_dim);
                         let rows = (p.len / v_dim) as u32;
@@ -187,10 +272,10 @@ impl Trainer {
                             mask,
                             (rows, v_dim as u32),
                             &clip,
-                            step(lr),
+                            step(t.value_lr),
                         )?
                     }
-                    _ => record_dense_step(gpu, encoder, &state, g, p.len as u64, &clip, step(lr))?,
+                    _ => record_dense_step(gpu, encoder, &state, g, p.len as u64, &clip, step(t.value_lr))?,
                 }
             }
         }
@@ -198,7 +283,7 @@ impl Trainer {
     }
 
     /// One step, submitted, returning the mean loss over the targets that are not
-    /// `IGNORE_TARGET`.
+    /// `IGNORE_TARGET` (which waits for the GPU; `submit_step` does not).
     pub async fn step(
         &mut self,
         gpu: &Gpu,
@@ -207,6 +292,21 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<f32> {
+        self.submit_step(gpu, tokens, targets, batch, seq)?;
+        self.last_loss(gpu).await
+    }
+
+    /// One step, recorded through the trainer's step plan and submitted without waiting for
+    /// it: after the first step of a shape it creates no buffer and no bind group, and the
+    /// GPU runs it while the host prepares the next. `last_loss` reads its loss when asked.
+    pub fn submit_step(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<()> {
         for (name, ids) in [("tokens", tokens), ("targets", targets)] {
             if ids.len() != batch * seq {
                 return Err(Error::tensor(
@@ -225,20 +325,38 @@ impl Trainer {
             .iter()
             .filter(|&&t| t != crate::kernels::ops::IGNORE_TARGET)
             .count();
-        let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let loss = self.record_step(
-            gpu,
-            &mut encoder,
-            &tb,
-            &gb,
-            batch as u32,
-            seq as u32,
-            counted as u32,
-        )?;
+        let mut plan = std::mem::take(&mut self.plan);
+        let loss = gpu.record_planned(&mut plan, &mut encoder, |encoder| {
+            let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
+            self.record_step(gpu, encoder, &tb, &gb, batch as u32, seq as u32, counted as u32)
+        });
+        self.plan = plan;
+        let loss = loss?;
         gpu.queue.submit([encoder.finish()]);
-        let per_row = gpu.read_f32(&loss, batch * seq).await?;
-        Ok(per_row.iter().sum::<f32>() / counted.max(1) as f32)
+        // Lets wgpu retire finished submissions without waiting for this one.
+        #[cfg(not(target_arch = "wasm32"))]
+        gpu.device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| Error::Device(format!("poll failed: {e}")))?;
+        self.last_loss = Some((loss, batch * seq, counted));
+        Ok(())
+    }
+
+    /// The mean loss of the last submitted step (waits for it).
+    pub async fn last_loss(&self, gpu: &Gpu) -> Result<f32> {
+        let (buffer, rows, counted) = self
+            .last_loss
+            .as_ref()
+            .ok_or_else(|| Error::Config("no step has been taken yet".into()))?;
+        let per_row = gpu.read_f32(buffer, *rows).await?;
+        Ok(per_row.iter().sum::<f32>() / (*counted).max(1) as f32)
+    }
+
+    /// `last_loss`, waited for (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn last_loss_blocking(&self, gpu: &Gpu) -> Result<f32> {
+        pollster::block_on(self.last_loss(gpu))
     }
 
     /// `step`, waited for (native).
@@ -257,10 +375,10 @@ impl Trainer {
     /// The current weights, read back.
     pub async fn weights(&self, gpu: &Gpu) -> Result<TensorFile> {
         let mut file = TensorFile::default();
-        for (p, (name, shape)) in self.params.iter().zip(&self.shapes) {
+        for p in &self.params {
             file.insert(
-                name.clone(),
-                HostTensor::f32(shape.clone(), gpu.read_f32(&p.param, p.len).await?),
+                p.name.clone(),
+                HostTensor::f32(p.shape.clone(), gpu.read_f32(&p.param, p.len).await?),
             );
         }
         Ok(file)
@@ -276,15 +394,14 @@ impl Trainer {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn optimizer_state_blocking(&self, gpu: &Gpu) -> Result<TensorFile> {
         let mut file = TensorFile::default();
-        for (p, (name, shape)) in self.params.iter().zip(&self.shapes) {
-            file.insert(
-                format!("adam_m.{name}"),
-                HostTensor::f32(shape.clone(), gpu.read_f32_blocking(&p.m, p.len)?),
-            );
-            file.insert(
-                format!("adam_v.{name}"),
-                HostTensor::f32(shape.clone(), gpu.read_f32_blocking(&p.v, p.len)?),
-            );
+        for p in &self.params {
+            for (prefix, buffer) in [("adam_m.", &p.m), ("adam_v.", &p.v)] {
+                let bytes = gpu.read_bytes_blocking(buffer, p.offset * 4, p.len as u64 * 4)?;
+                file.insert(
+                    format!("{prefix}{}", p.name),
+                    HostTensor::f32(p.shape.clone(), bytemuck::pod_collect_to_vec(&bytes)),
+                );
+            }
         }
         file.insert("step", HostTensor::i64(vec![1], vec![self.step as i64]));
         Ok(file)
@@ -292,11 +409,12 @@ impl Trainer {
 
     /// Restores the optimiser state saved by `optimizer_state_blocking`.
     pub fn load_optimizer_state(&mut self, gpu: &Gpu, file: &TensorFile) -> Result<()> {
-        for (p, (name, shape)) in self.params.iter().zip(&self.shapes) {
-            let dims: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
+        for p in &self.params {
+            let dims: Vec<Option<usize>> = p.shape.iter().map(|&d| Some(d)).collect();
             for (prefix, buffer) in [("adam_m.", &p.m), ("adam_v.", &p.v)] {
-                let (_, data) = file.f32_with_shape(&format!("{prefix}{name}"), &dims)?;
-                gpu.queue.write_buffer(buffer, 0, bytemuck::cast_slice(data));
+                let (_, data) = file.f32_with_shape(&format!("{prefix}{}", p.name), &dims)?;
+                gpu.queue
+                    .write_buffer(buffer, p.offset * 4, bytemuck::cast_slice(data));
             }
         }
         self.step = match &file.get("step")?.data {
