@@ -53,8 +53,11 @@ fn main() -> memlayers::Result<()> {
 
     // 5. The same through the CPU oracle.
     let stored = as_stored(&values, ValueDtype::F16);
-    let (want, lookup) =
-        reference::memory_forward(&x, &weights.reference(&stored), weights.lookup_dims(rows));
+    let (want, lookup) = reference::memory_forward(
+        &x,
+        &memlayers::oracle::memory_params(&weights, &stored),
+        memlayers::oracle::lookup_dims(&weights.config, rows),
+    );
     let same = out
         .indices
         .iter()

@@ -11,6 +11,7 @@
 //! - [`io`]: safetensors checkpoints under the reference names;
 //! - [`reference`]: the plain-Rust CPU oracle of every kernel.
 
+pub mod constants;
 pub mod demo;
 pub mod error;
 pub mod gpu;
@@ -18,11 +19,13 @@ pub mod io;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod oracle;
+pub mod params;
 pub mod reference;
 pub mod rng;
 pub mod train;
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "bench", not(target_arch = "wasm32")))]
 pub mod bench;
 
 pub use error::{Error, Result};

@@ -77,15 +77,15 @@ fn reference_backward_matches_finite_differences() {
         let rows = 3;
         let mut x = rng.vec_normal(rows * c.d, 1.0);
         let r = rng.vec_normal(rows * c.out_dim(), 1.0); // dL/d out
-        let dims = w.lookup_dims(rows);
+        let dims = memlayers::oracle::lookup_dims(&w.config, rows);
         let loss = |w: &MemoryWeights, values: &[f32], x: &[f32]| -> (f64, Vec<u32>) {
-            let (out, lk) = memory_forward(x, &w.reference(values), dims);
+            let (out, lk) = memory_forward(x, &memlayers::oracle::memory_params(&w, values), dims);
             (
                 out.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum(),
                 lk.indices,
             )
         };
-        let grads = memory_backward(&x, &w.reference(&values), dims, &r);
+        let grads = memory_backward(&x, &memlayers::oracle::memory_params(&w, &values), dims, &r);
         let (_, base_slots) = loss(&w, &values, &x);
         let mut params = vec![Param::X, Param::QueryW, Param::QueryB, Param::Keys, Param::Values];
         if swilu {
@@ -214,7 +214,12 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
         let values = MemoryWeights::init_values(&c, &mut rng);
         let x = rng.vec_normal(rows * c.d, 1.0);
         let d_out = rng.vec_normal(rows * c.out_dim(), 1.0);
-        let want = memory_backward(&x, &weights.reference(&values), weights.lookup_dims(rows), &d_out);
+        let want = memory_backward(
+            &x,
+            &memlayers::oracle::memory_params(&weights, &values),
+            memlayers::oracle::lookup_dims(&weights.config, rows),
+            &d_out,
+        );
 
         let layer = MemoryLayer::new(g, &weights).unwrap();
         let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, ValueDtype::F32).unwrap();

@@ -73,8 +73,11 @@ fn memory_forward_matches_oracle_with_prefixed_names_and_3d_input() {
     let run = memory_forward(&dir, &["--knn", "5"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let out = TensorFile::read(&dir.join("out.safetensors")).unwrap();
-    let (want, lk) =
-        reference::memory_forward(&x, &weights.reference(&values), weights.lookup_dims(batch * seq));
+    let (want, lk) = reference::memory_forward(
+        &x,
+        &memlayers::oracle::memory_params(&weights, &values),
+        memlayers::oracle::lookup_dims(&weights.config, batch * seq),
+    );
     let output = out.get("output").unwrap();
     assert_eq!(output.shape, vec![batch, seq, c.d]);
     assert_close("cli output", f32s(output), &want);
@@ -113,8 +116,8 @@ fn memory_forward_writes_gradients_under_the_weights_names() {
     let out = TensorFile::read(&dir.join("out.safetensors")).unwrap();
     let want = reference::memory_backward(
         &x,
-        &weights.reference(&values),
-        weights.lookup_dims(batch * seq),
+        &memlayers::oracle::memory_params(&weights, &values),
+        memlayers::oracle::lookup_dims(&weights.config, batch * seq),
         &g,
     );
     let input_grad = out.get("grad.input").unwrap();
@@ -206,8 +209,8 @@ fn memory_forward_reads_bf16_and_f16_checkpoints() {
         memlayers::io::load_memory(&TensorFile::read(&dir.join("w.safetensors")).unwrap(), 5, false).unwrap();
     let (want, _) = reference::memory_forward(
         &x,
-        &loaded.weights.reference(&loaded.values),
-        loaded.weights.lookup_dims(3),
+        &memlayers::oracle::memory_params(&loaded.weights, &loaded.values),
+        memlayers::oracle::lookup_dims(&loaded.weights.config, 3),
     );
     let out = TensorFile::read(&dir.join("out.safetensors")).unwrap();
     assert_close("bf16 checkpoint output", f32s(out.get("output").unwrap()), &want);

@@ -3,7 +3,8 @@
 mod common;
 use common::assert_close;
 use memlayers::io::{HostTensor, TensorData, TensorFile};
-use memlayers::model::{forward_cpu, LMTransformerArgs, ModelWeights};
+use memlayers::model::{LMTransformerArgs, ModelWeights};
+use memlayers::oracle::forward_cpu;
 use memlayers::reference::ops;
 use std::path::{Path, PathBuf};
 use std::process::Command;

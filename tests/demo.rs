@@ -365,7 +365,7 @@ fn ask_answers_greedily_and_reports_the_last_positions_memory_reads() {
     assert_eq!(got.text, String::from_utf8_lossy(&greedy[..stop]));
     // The reads: the oracle's selection at the prompt's last position, softmax weights.
     let tokens: Vec<u32> = prompt.bytes().map(u32::from).collect();
-    let (_, selections) = memlayers::model::forward_cpu_with_selections(&weights, &tokens, 1, tokens.len());
+    let (_, selections) = memlayers::oracle::forward_cpu_with_selections(&weights, &tokens, 1, tokens.len());
     let per_row = 2 * 4;
     let last = &selections[(tokens.len() - 1) * per_row..tokens.len() * per_row];
     assert_eq!(got.reads.len(), 2);

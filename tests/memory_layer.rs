@@ -103,7 +103,11 @@ fn one_pool_serves_several_layers() {
         let weights = MemoryWeights::init(&c, &mut rng).unwrap();
         let layer = MemoryLayer::new(g, &weights).unwrap();
         let got = layer.forward_blocking(g, &pool, &x, 9).unwrap();
-        let (want, _) = reference::memory_forward(&x, &weights.reference(&values), weights.lookup_dims(9));
+        let (want, _) = reference::memory_forward(
+            &x,
+            &memlayers::oracle::memory_params(&weights, &values),
+            memlayers::oracle::lookup_dims(&weights.config, 9),
+        );
         assert_close("shared pool layer output", &got.out, &want);
     }
 }

@@ -2,7 +2,8 @@
 
 mod common;
 use common::{assert_close, gpu};
-use memlayers::model::{forward_cpu, LMTransformerArgs, Model, ModelWeights};
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+use memlayers::oracle::forward_cpu;
 use memlayers::reference::ops;
 use memlayers::rng::Rng;
 
@@ -95,7 +96,7 @@ fn weights_round_trip_through_safetensors_and_reject_mismatches() {
 #[test]
 fn model_backward_matches_finite_differences() {
     use memlayers::kernels::ops::CrossEntropy;
-    use memlayers::model::forward_cpu_with_selections;
+    use memlayers::oracle::forward_cpu_with_selections;
     let g = gpu();
     let configs = [
         r#"{"dim": 16, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 13, "multiple_of": 8, "max_seqlen": 8, "seed": 5}"#,

@@ -154,7 +154,7 @@ fn lazy_value_update_touches_only_rows_read() {
             _ => unreachable!(),
         }
     };
-    let (lazy, dense, before) = (values(true), values(false), weights().values.unwrap());
+    let (lazy, dense, before) = (values(true), values(false), weights().values().unwrap().to_vec());
     let v_dim = 32;
     let (mut read, mut unread) = (0, 0);
     for r in 0..before.len() / v_dim {

@@ -9,6 +9,7 @@
 //! section 4).
 
 use super::plot::{line_chart, Series};
+use super::progress::Progress;
 use memlayers::demo::{recall, train_config, training_batch, DemoModel, Fact, KnowledgeBase, MemoryShape};
 use memlayers::io::write_atomic;
 use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights};
@@ -16,7 +17,6 @@ use memlayers::rng::Rng;
 use memlayers::train::Trainer;
 use memlayers::{Error, Gpu, Result};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -221,19 +221,9 @@ fn duration(s: f64) -> String {
     format!("{}m{:02}s", s / 60, s % 60)
 }
 
-fn progress(label: &str, step: u32, steps: u32, loss: f32, recall: Option<f32>, started: Instant) {
-    const WIDTH: usize = 24;
-    let filled = (WIDTH as u64 * step as u64 / steps.max(1) as u64) as usize;
-    let elapsed = started.elapsed().as_secs_f64();
-    let left = elapsed / step.max(1) as f64 * (steps - step) as f64;
+fn status(loss: f32, recall: Option<f32>) -> String {
     let recall = recall.map_or("-".into(), |r| format!("{r:.2}"));
-    eprint!(
-        "\r  {label:<22} [{}{}] {step:>5}/{steps} loss {loss:>6.3} recall {recall:>4} {} left  ",
-        "#".repeat(filled),
-        ".".repeat(WIDTH - filled),
-        duration(left)
-    );
-    std::io::stderr().flush().ok();
+    format!("loss {loss:>6.3} recall {recall:>4}")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -254,6 +244,7 @@ fn train(
     let mut rng = Rng::new(a.seed ^ 0xDA7A);
     let started = Instant::now();
     let (mut loss, mut curve, mut last_recall) = (f32::NAN, vec![(0, 0.0)], None);
+    let mut progress = Progress::new(&label, a.steps as u64);
     let eval = |t: &Trainer, facts: &[Fact]| pollster::block_on(recall(&t.model, gpu, facts));
     curve[0].1 = eval(&trainer, sample)?;
     while trainer.step < a.steps {
@@ -275,14 +266,13 @@ fn train(
                 curve.push((trainer.step, r));
                 last_recall = Some(r);
             }
-            progress(&label, trainer.step, a.steps, loss, last_recall, started);
+            progress.update(trainer.step as u64, status(loss, last_recall));
         }
     }
     let final_recall = eval(&trainer, &kb.facts)?;
     curve.push((trainer.step, final_recall));
     let seconds = started.elapsed().as_secs_f64();
-    progress(&label, trainer.step, a.steps, loss, Some(final_recall), started);
-    eprintln!("| {:.0}s", seconds);
+    progress.finish(format!("{} | {seconds:.0}s", status(loss, Some(final_recall))));
     let run = Run {
         label,
         flops: config.flops_per_token(a.seq),

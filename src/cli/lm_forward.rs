@@ -100,10 +100,13 @@ pub fn run(a: &Args) -> Result<()> {
             "loss",
             HostTensor::f32(vec![1], vec![per_row.iter().sum::<f32>() / rows as f32]),
         );
-        for ((name, buffer, len), (_, shape, _)) in grads.named.iter().zip(weights.named_tensors()) {
+        for (id, spec) in model.layout().registry.iter() {
             out.insert(
-                format!("grad.{name}"),
-                HostTensor::f32(shape, gpu.read_f32_blocking(buffer, *len)?),
+                format!("grad.{}", spec.name),
+                HostTensor::f32(
+                    spec.shape.clone(),
+                    gpu.read_f32_blocking(grads.grad(id), spec.len())?,
+                ),
             );
         }
     }

@@ -6,6 +6,7 @@ mod info;
 mod lm_forward;
 mod memory_forward;
 mod plot;
+mod progress;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,7 @@ enum Command {
     Generate(generate::Args),
     /// Benchmark the forward pass: tokens/s, GPU time per kernel, matmul GFLOP/s, and the
     /// embedding bag's bandwidth next to a plain copy's on the same adapter.
+    #[cfg(feature = "bench")]
     Bench {
         /// Training throughput of a small dense model against the same model with a memory
         /// layer, instead of the memory layer's forward.
@@ -70,6 +72,7 @@ pub fn run() -> Result<()> {
         Command::LmForward(args) => lm_forward::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Generate(args) => generate::run(&args),
+        #[cfg(feature = "bench")]
         Command::Bench {
             train,
             quick,

@@ -1,12 +1,12 @@
 //! `memlayers train`: byte-level training from a text file, with a progress line, held-out
 //! loss, atomic checkpoints and bit-identical `--resume`.
 
+use super::progress::Progress;
 use memlayers::io::{write_atomic, TensorFile};
 use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
 use memlayers::rng::Rng;
 use memlayers::train::{ByteData, TrainConfig, Trainer};
 use memlayers::{Error, Gpu, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -106,11 +106,6 @@ fn held_out_loss(model: &Model, gpu: &Gpu, data: &ByteData, batch: usize, seq: u
     Ok(total / EVAL_BATCHES as f32)
 }
 
-fn duration(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    format!("{}m{:02}s", s / 60, s % 60)
-}
-
 pub fn run(a: &Args) -> Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let (model_args, weights, mut rng, optimizer) = if a.resume {
@@ -172,6 +167,8 @@ pub fn run(a: &Args) -> Result<()> {
     let start = Instant::now();
     let first = trainer.step;
     let last = a.stop_at.unwrap_or(a.steps).min(a.steps);
+    let mut progress = Progress::new("train", a.steps as u64);
+    progress.update(first as u64, String::new());
     while trainer.step < last {
         let (x, y) = ByteData::sample(&data.train, &mut rng, a.batch, a.seq);
         // Steps are submitted without waiting; the loss is read (and the GPU waited for)
@@ -184,23 +181,20 @@ pub fn run(a: &Args) -> Result<()> {
         let loss = trainer.last_loss_blocking(&gpu)?;
         let done = trainer.step - first;
         let elapsed = start.elapsed().as_secs_f64();
-        let per_step = elapsed / done as f64;
-        eprint!(
-            "\rstep {}/{} | loss {loss:.4} | {:.0} tok/s | ETA {}   ",
-            trainer.step,
-            a.steps,
-            (done as usize * a.batch * a.seq) as f64 / elapsed,
-            duration(per_step * (a.steps - trainer.step) as f64)
+        let tokens_per_s = (done as usize * a.batch * a.seq) as f64 / elapsed;
+        progress.update(
+            trainer.step as u64,
+            format!("loss {loss:.4} | {tokens_per_s:.0} tok/s"),
         );
-        std::io::stderr().flush().ok();
         if evaluate {
             let eval = held_out_loss(&trainer.model, &gpu, &data, a.batch, a.seq)?;
-            eprintln!(
-                "\nstep {}: held-out loss {eval:.4}; checkpoint saved",
+            progress.println(format!(
+                "step {}: held-out loss {eval:.4}; checkpoint saved",
                 trainer.step
-            );
+            ));
             save(&a.out, &model_args, &trainer, &gpu, &rng)?;
         }
     }
+    progress.finish(format!("step {}", trainer.step));
     Ok(())
 }

@@ -110,7 +110,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     info: Option<wgpu::AdapterInfo>,
     tuning: Tuning,
-    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    /// Compute pipelines by the hash of their `PipelineKey`, each with its owned key.
+    pipelines: Mutex<HashMap<u64, Vec<(OwnedPipelineKey, wgpu::ComputePipeline)>>>,
     profiler: Mutex<Option<Profiler>>,
     /// The first error the device reported since the last read-back (devices this crate
     /// created only; a host's device keeps the host's error handling).
@@ -148,6 +149,60 @@ struct Counters {
     buffers: AtomicU64,
     bind_groups: AtomicU64,
     dispatches: AtomicU64,
+}
+
+/// What identifies a compute pipeline: the shader's name, the entry point and the override
+/// constants. Looked up without allocating (by hash, then compared with the owned copy).
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineKey<'a> {
+    pub name: &'a str,
+    pub entry: &'a str,
+    pub constants: &'a [(&'a str, f64)],
+}
+
+impl PipelineKey<'_> {
+    fn hash64(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.name.hash(&mut h);
+        self.entry.hash(&mut h);
+        for (k, v) in self.constants {
+            k.hash(&mut h);
+            v.to_bits().hash(&mut h);
+        }
+        h.finish()
+    }
+
+    fn to_owned(self) -> OwnedPipelineKey {
+        OwnedPipelineKey {
+            name: self.name.to_string(),
+            entry: self.entry.to_string(),
+            constants: self
+                .constants
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_bits()))
+                .collect(),
+        }
+    }
+}
+
+struct OwnedPipelineKey {
+    name: String,
+    entry: String,
+    constants: Vec<(String, u64)>,
+}
+
+impl OwnedPipelineKey {
+    fn is(&self, k: &PipelineKey) -> bool {
+        self.name == k.name
+            && self.entry == k.entry
+            && self.constants.len() == k.constants.len()
+            && self
+                .constants
+                .iter()
+                .zip(k.constants)
+                .all(|((a, x), (b, y))| a == b && *x == y.to_bits())
+    }
 }
 
 /// A short description of an adapter, as `memlayers info` prints it.
@@ -329,10 +384,54 @@ impl Gpu {
         }
     }
 
-    /// Records `dispatch_workgroups(x, y, z)` into `pass`, counted.
-    pub fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>, x: u32, y: u32, z: u32) {
+    /// The one way kernels dispatch: `pipeline` over `grid` workgroups with `bind` as bind
+    /// group 0, in a compute pass of its own (timed under `label` when profiling), counted.
+    pub fn run(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        bind: &wgpu::BindGroup,
+        grid: (u32, u32, u32),
+    ) {
+        self.run_groups(encoder, label, pipeline, &[bind], grid)
+    }
+
+    /// `run` with bind groups 0, 1, ... in order.
+    pub fn run_groups(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        binds: &[&wgpu::BindGroup],
+        (x, y, z): (u32, u32, u32),
+    ) {
+        let mut pass = self.begin_pass(encoder, label);
+        pass.set_pipeline(pipeline);
+        for (i, b) in binds.iter().enumerate() {
+            pass.set_bind_group(i as u32, *b, &[]);
+        }
         self.created.dispatches.fetch_add(1, Ordering::Relaxed);
         pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// One dispatch of `pipeline` over `grid` per bind group (group 0), in one pass: a kernel
+    /// over a table split across buffers.
+    pub fn run_each(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        binds: &[wgpu::BindGroup],
+        (x, y, z): (u32, u32, u32),
+    ) {
+        let mut pass = self.begin_pass(encoder, label);
+        pass.set_pipeline(pipeline);
+        for bind in binds {
+            pass.set_bind_group(0, bind, &[]);
+            self.created.dispatches.fetch_add(1, Ordering::Relaxed);
+            pass.dispatch_workgroups(x, y, z);
+        }
     }
 
     /// Creates a buffer, counted.
@@ -417,9 +516,14 @@ impl Gpu {
         entry: &str,
         constants: &[(&str, f64)],
     ) -> wgpu::ComputePipeline {
-        let key = format!("{name}:{entry}{constants:?}");
+        let key = PipelineKey {
+            name,
+            entry,
+            constants,
+        };
+        let hash = key.hash64();
         let mut cache = self.pipelines.lock().unwrap();
-        if let Some(p) = cache.get(&key) {
+        if let Some((_, p)) = cache.get(&hash).and_then(|v| v.iter().find(|(k, _)| k.is(&key))) {
             return p.clone();
         }
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -439,7 +543,10 @@ impl Gpu {
                 },
                 cache: None,
             });
-        cache.insert(key, pipeline.clone());
+        cache
+            .entry(hash)
+            .or_default()
+            .push((key.to_owned(), pipeline.clone()));
         pipeline
     }
 
@@ -469,13 +576,8 @@ impl Gpu {
     ) -> wgpu::BindGroup {
         let mut guard = self.active_plan.lock().unwrap();
         let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
-        let key = active.as_ref().map(|_| plan::BindKey {
-            pipeline: pipeline.clone(),
-            group,
-            entries: buffers.iter().map(|(i, b)| (*i, (*b).clone())).collect(),
-        });
-        if let (Some(plan), Some(key)) = (active.as_mut(), &key) {
-            if let Some(bind) = plan.bind_group(key) {
+        if let Some(plan) = active.as_mut() {
+            if let Some(bind) = plan.bind_group(pipeline, group, buffers) {
                 return bind;
             }
         }
@@ -493,7 +595,12 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
-        if let (Some(plan), Some(key)) = (active.as_mut(), key) {
+        if let Some(plan) = active.as_mut() {
+            let key = plan::BindKey {
+                pipeline: pipeline.clone(),
+                group,
+                entries: buffers.iter().map(|(i, b)| (*i, (*b).clone())).collect(),
+            };
             plan.keep_bind_group(key, &bind);
         }
         bind

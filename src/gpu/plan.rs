@@ -156,14 +156,26 @@ impl ActivePlan {
         place(&mut self.slots.uniforms, self.next_uniform - 1, slot);
     }
 
-    /// The next bind-group slot, if it binds what `key` binds.
-    pub fn bind_group(&mut self, key: &BindKey) -> Option<wgpu::BindGroup> {
+    /// The next bind-group slot, if it binds `buffers` to `group` of `pipeline` (compared in
+    /// place: nothing is allocated when it does).
+    pub fn bind_group(
+        &mut self,
+        pipeline: &wgpu::ComputePipeline,
+        group: u32,
+        buffers: &[(u32, &wgpu::Buffer)],
+    ) -> Option<wgpu::BindGroup> {
         let i = self.next_bind;
         self.next_bind += 1;
-        match self.slots.binds.get(i) {
-            Some(b) if &b.key == key => Some(b.group.clone()),
-            _ => None,
-        }
+        let b = self.slots.binds.get(i)?;
+        let k = &b.key;
+        let same = &k.pipeline == pipeline
+            && k.group == group
+            && k.entries.len() == buffers.len()
+            && k.entries
+                .iter()
+                .zip(buffers)
+                .all(|((i, x), (j, y))| i == j && x == *y);
+        same.then(|| b.group.clone())
     }
 
     pub fn keep_bind_group(&mut self, key: BindKey, group: &wgpu::BindGroup) {

@@ -85,10 +85,7 @@ pub fn record_clip(
         let params = gpu.uniform("sum squares params", &params);
         let bind = gpu.bind_at(&sum, &[(0, &params), (1, *buffer), (2, &partials)]);
         let (x, y) = grid((*b as u32).div_ceil(64));
-        let mut pass = gpu.begin_pass(encoder, "grad_sum_squares");
-        pass.set_pipeline(&sum);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, x, y, 1);
+        gpu.run(encoder, "grad_sum_squares", &sum, &bind, (x, y, 1));
         offset += b;
     }
     let params = Params {
@@ -99,10 +96,7 @@ pub fn record_clip(
     let params = gpu.uniform("clip params", &params);
     let finish = gpu.pipeline_entry("adamw", SOURCE, "clip", &[]);
     let bind = gpu.bind_at(&finish, &[(0, &params), (2, &partials), (3, &clip)]);
-    let mut pass = gpu.begin_pass(encoder, "grad_clip");
-    pass.set_pipeline(&finish);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, 1, 1, 1);
+    gpu.run(encoder, "grad_clip", &finish, &bind, (1, 1, 1));
     Ok(clip)
 }
 
@@ -152,10 +146,7 @@ pub fn record_dense_step(
         ],
     );
     let (x, y) = grid((len as u32).div_ceil(64));
-    let mut pass = gpu.begin_pass(encoder, "adamw");
-    pass.set_pipeline(&pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, x, y, 1);
+    gpu.run(encoder, "adamw", &pipeline, &bind, (x, y, 1));
     Ok(())
 }
 
@@ -196,10 +187,7 @@ pub fn record_sparse_step(
         ],
     );
     let (x, y) = grid(grad.capacity);
-    let mut pass = gpu.begin_pass(encoder, "adamw_rows");
-    pass.set_pipeline(&pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, x, y, 1);
+    gpu.run(encoder, "adamw_rows", &pipeline, &bind, (x, y, 1));
     Ok(())
 }
 
@@ -247,9 +235,6 @@ pub fn record_masked_step(
         ],
     );
     let (x, y) = grid(rows);
-    let mut pass = gpu.begin_pass(encoder, "adamw_masked_rows");
-    pass.set_pipeline(&pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, x, y, 1);
+    gpu.run(encoder, "adamw_masked_rows", &pipeline, &bind, (x, y, 1));
     Ok(())
 }

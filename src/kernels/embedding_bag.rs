@@ -209,13 +209,8 @@ found {quads}"
         } else {
             self.rows
         });
-        let mut pass = gpu.begin_pass(encoder, "embedding_bag");
-        pass.set_pipeline(&pipeline);
-        for bind in &binds {
-            pass.set_bind_group(0, bind, &[]);
-            // Column blocks in x, the fastest-varying dimension; rows in y and z (see the shader).
-            gpu.dispatch(&mut pass, blocks, x, y);
-        }
+        // Column blocks in x, the fastest-varying dimension; rows in y and z (see the shader).
+        gpu.run_each(encoder, "embedding_bag", &pipeline, &binds, (blocks, x, y));
         Ok(())
     }
 }
@@ -277,12 +272,7 @@ impl WeightGrads<'_> {
                 )
             })
             .collect();
-        let mut pass = gpu.begin_pass(encoder, "bag_weight_grads");
-        pass.set_pipeline(&pipeline);
-        for bind in &binds {
-            pass.set_bind_group(0, bind, &[]);
-            gpu.dispatch(&mut pass, x, y, 1);
-        }
+        gpu.run_each(encoder, "bag_weight_grads", &pipeline, &binds, (x, y, 1));
         Ok(())
     }
 }

@@ -202,10 +202,13 @@ impl Linear<'_> {
             },
         );
         let bind = gpu.bind_at(&pipeline, &[(0, &params), (1, &partial), (5, self.y)]);
-        let mut pass = gpu.begin_pass(encoder, self.label);
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, self.n.div_ceil(TILE), self.m, 1);
+        gpu.run(
+            encoder,
+            self.label,
+            &pipeline,
+            &bind,
+            (self.n.div_ceil(TILE), self.m, 1),
+        );
         Ok(())
     }
 
@@ -300,10 +303,7 @@ impl Linear<'_> {
         // Absent optional inputs are bound to `x`, which the shader then never reads.
         let (bias, gate) = (self.bias.unwrap_or(self.x), self.gate.unwrap_or(self.x));
         let bind = gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y]);
-        let mut pass = gpu.begin_pass(encoder, self.label);
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, grid.0, grid.1, l.batch);
+        gpu.run(encoder, self.label, &pipeline, &bind, (grid.0, grid.1, l.batch));
         Ok(())
     }
 }

@@ -2,9 +2,7 @@
 //! caller's `CommandEncoder`. The only place that knows binding layouts. Nothing here submits.
 
 pub mod adamw;
-pub mod copy;
 pub mod embedding_bag;
-pub mod fma_peak;
 pub mod linear;
 pub mod normalize;
 pub mod ops;
@@ -25,9 +23,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("elementwise.wgsl", ops::ELEMENTWISE),
     ("rmsnorm.wgsl", ops::RMSNORM),
     ("rope.wgsl", ops::ROPE),
-    ("copy.wgsl", copy::SOURCE),
     ("embedding_bag.wgsl", embedding_bag::SOURCE),
-    ("fma_peak.wgsl", fma_peak::SOURCE),
     ("linear.wgsl", linear::SOURCE),
     ("linear_subgroup.wgsl", linear::SUBGROUP_SOURCE),
     ("normalize.wgsl", normalize::SOURCE),
@@ -90,7 +86,11 @@ mod tests {
     /// and stays within WebGPU's default workgroup limits.
     #[test]
     fn every_shader_parses_and_validates() {
-        for (name, source) in super::ALL_SHADERS {
+        #[cfg(all(feature = "bench", not(target_arch = "wasm32")))]
+        let yardsticks = crate::bench::SHADERS;
+        #[cfg(not(all(feature = "bench", not(target_arch = "wasm32"))))]
+        let yardsticks: &[(&str, &str)] = &[];
+        for (name, source) in super::ALL_SHADERS.iter().chain(yardsticks) {
             let module = naga::front::wgsl::parse_str(source)
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
             // unpack2x16float is core WGSL; naga files it under this capability, which wgpu

@@ -40,10 +40,7 @@ pub fn record(
     );
     let bind = gpu.bind(&pipeline, &[&params, src, dst]);
     let (x, y) = grid(rows.div_ceil(64));
-    let mut pass = gpu.begin_pass(encoder, "normalize");
-    pass.set_pipeline(&pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, x, y, 1);
+    gpu.run(encoder, "normalize", &pipeline, &bind, (x, y, 1));
     Ok(())
 }
 
@@ -76,9 +73,6 @@ pub fn record_backward(
     );
     let bind = gpu.bind_at(&pipeline, &[(0, &params), (1, src), (3, grad_in), (4, grad_out)]);
     let (x, y) = grid(rows.div_ceil(64));
-    let mut pass = gpu.begin_pass(encoder, "normalize_backward");
-    pass.set_pipeline(&pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, x, y, 1);
+    gpu.run(encoder, "normalize_backward", &pipeline, &bind, (x, y, 1));
     Ok(())
 }

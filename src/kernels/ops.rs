@@ -34,12 +34,7 @@ fn dispatch(
     workgroups: u32,
 ) {
     let (x, y) = grid(workgroups);
-    let mut pass = gpu.begin_pass(encoder, label);
-    pass.set_pipeline(pipeline);
-    for (i, b) in binds.iter().enumerate() {
-        pass.set_bind_group(i as u32, *b, &[]);
-    }
-    gpu.dispatch(&mut pass, x, y, 1);
+    gpu.run_groups(encoder, label, pipeline, binds, (x, y, 1));
 }
 
 /// Records `y += x` over `len` elements.
@@ -466,11 +461,9 @@ struct CeParams {
     _pad: u32,
 }
 
-/// Cross-entropy of `logits [rows, vocab]` against `targets [rows]` (u32): per-row `loss`
-/// and `grad = (softmax - onehot) * scale` (scale 1 / rows for the mean).
-/// A target that counts for nothing in `CrossEntropy` (torch's `ignore_index`): zero loss and
-/// zero gradient for its row.
-pub const IGNORE_TARGET: u32 = u32::MAX;
+// Cross-entropy of `logits [rows, vocab]` against `targets [rows]` (u32): per-row `loss`
+// and `grad = (softmax - onehot) * scale` (scale 1 / rows for the mean).
+pub use crate::constants::IGNORE_TARGET;
 
 /// Cross-entropy rows: per-row loss and `scale * (softmax - onehot)`; set `scale` to one over
 /// the number of counted (not ignored) rows for a mean.

@@ -207,10 +207,7 @@ knn {} n_keys {}",
             &[&params, self.scores, self.indices, self.out_scores, self.weights],
         );
         let (x, y) = grid(groups);
-        let mut pass = gpu.begin_pass(encoder, "product_topk");
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, x, y, 1);
+        gpu.run(encoder, "product_topk", &pipeline, &bind, (x, y, 1));
         Ok(())
     }
 }
@@ -294,10 +291,7 @@ impl ProductTopKBackward<'_> {
             ],
         );
         let (x, y) = grid(groups);
-        let mut pass = gpu.begin_pass(encoder, "product_topk_backward");
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, x, y, 1);
+        gpu.run(encoder, "product_topk_backward", &pipeline, &bind, (x, y, 1));
         Ok(())
     }
 }

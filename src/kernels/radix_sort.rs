@@ -48,10 +48,7 @@ pub fn record_scan(
         },
     );
     let bind = gpu.bind_at(&pipeline, &[(0, &params), (3, data), (6, total)]);
-    let mut pass = gpu.begin_pass(encoder, "scan");
-    pass.set_pipeline(&pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, 1, 1, 1);
+    gpu.run(encoder, "scan", &pipeline, &bind, (1, 1, 1));
     Ok(())
 }
 
@@ -106,10 +103,7 @@ pub fn record_sort(
         );
         let hist_bind = gpu.bind_at(&histogram, &[(0, &params), (1, src_keys), (3, &counts)]);
         {
-            let mut pass = gpu.begin_pass(encoder, "sort_histogram");
-            pass.set_pipeline(&histogram);
-            pass.set_bind_group(0, &hist_bind, &[]);
-            gpu.dispatch(&mut pass, x, y, 1);
+            gpu.run(encoder, "sort_histogram", &histogram, &hist_bind, (x, y, 1));
         }
         record_scan(gpu, encoder, &counts, 256 * num_blocks, &total)?;
         let scatter_bind = gpu.bind_at(
@@ -123,10 +117,7 @@ pub fn record_sort(
                 (5, &dst.values),
             ],
         );
-        let mut pass = gpu.begin_pass(encoder, "sort_scatter");
-        pass.set_pipeline(&scatter);
-        pass.set_bind_group(0, &scatter_bind, &[]);
-        gpu.dispatch(&mut pass, x, y, 1);
+        gpu.run(encoder, "sort_scatter", &scatter, &scatter_bind, (x, y, 1));
     }
     let [a, b] = bufs;
     Ok(if passes % 2 == 1 { a } else { b })

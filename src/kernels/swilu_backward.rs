@@ -48,10 +48,7 @@ impl SwiluBackward<'_> {
         );
         let bind = gpu.bind(&pipeline, &[&params, self.dh, self.y, self.g, self.dy, self.dg]);
         let (x, y) = grid(self.len.div_ceil(64));
-        let mut pass = gpu.begin_pass(encoder, "swilu_backward");
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, x, y, 1);
+        gpu.run(encoder, "swilu_backward", &pipeline, &bind, (x, y, 1));
         Ok(())
     }
 }

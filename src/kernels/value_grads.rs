@@ -69,10 +69,7 @@ impl SparseRows {
             ],
         );
         let (x, y) = grid(groups);
-        let mut pass = gpu.begin_pass(encoder, "scatter_rows");
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, x, y, 1);
+        gpu.run(encoder, "scatter_rows", &pipeline, &bind, (x, y, 1));
         Ok(())
     }
 
@@ -98,10 +95,7 @@ impl SparseRows {
             &[(0, &params), (6, &self.slots), (8, &self.count), (10, mask)],
         );
         let (x, y) = grid(self.capacity.div_ceil(64));
-        let mut pass = gpu.begin_pass(encoder, "mark_rows");
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, x, y, 1);
+        gpu.run(encoder, "mark_rows", &pipeline, &bind, (x, y, 1));
         Ok(())
     }
 
@@ -190,10 +184,7 @@ impl ValueGrads<'_> {
         let bind = gpu.bind_at(&starts, &[(0, &params), (1, &sorted.keys), (3, &run_ids)]);
         {
             let (x, y) = grid(n.div_ceil(64));
-            let mut pass = gpu.begin_pass(encoder, "value_grad_runs");
-            pass.set_pipeline(&starts);
-            pass.set_bind_group(0, &bind, &[]);
-            gpu.dispatch(&mut pass, x, y, 1);
+            gpu.run(encoder, "value_grad_runs", &starts, &bind, (x, y, 1));
         }
         record_scan(gpu, encoder, &run_ids, n, &out.count)?;
         let reduce = gpu.pipeline_entry("value_grads", SOURCE, "reduce", &[]);
@@ -211,10 +202,13 @@ impl ValueGrads<'_> {
             ],
         );
         let (x, y) = grid(n.div_ceil(ENTRIES_PER_GROUP));
-        let mut pass = gpu.begin_pass(encoder, "value_grad_reduce");
-        pass.set_pipeline(&reduce);
-        pass.set_bind_group(0, &bind, &[]);
-        gpu.dispatch(&mut pass, x, y, column_blocks);
+        gpu.run(
+            encoder,
+            "value_grad_reduce",
+            &reduce,
+            &bind,
+            (x, y, column_blocks),
+        );
         Ok(out)
     }
 }

@@ -41,6 +41,29 @@ pub struct MemoryGrads {
     pub bag_weights: wgpu::Buffer,
 }
 
+impl MemoryGrads {
+    /// Each parameter's gradient under its reference name, in `parameters` order.
+    pub fn named(&self, config: &super::MemoryConfig) -> Vec<(&'static str, &wgpu::Buffer)> {
+        use super::layer::*;
+        let buffer = |name: &str| -> Option<&wgpu::Buffer> {
+            Some(match name {
+                QUERY_W => &self.query_w,
+                QUERY_B => &self.query_b,
+                KEYS => &self.keys,
+                SWILU_W => &self.swilu.as_ref()?.0,
+                SWILU_B => &self.swilu.as_ref()?.1,
+                VALUE_PROJ_W => &self.value_proj.as_ref()?.0,
+                VALUE_PROJ_B => &self.value_proj.as_ref()?.1,
+                _ => return None,
+            })
+        };
+        parameters(config)
+            .into_iter()
+            .filter_map(|(name, _, _)| Some((name, buffer(name)?)))
+            .collect()
+    }
+}
+
 impl MemoryLayer {
     /// Records the backward of `record_forward` for `d_out [rows, out_dim]`, given the same
     /// input `x`, pool and the forward's activations. Nothing is submitted.

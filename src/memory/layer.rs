@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::EmbeddingBag;
 use crate::kernels::linear::Linear;
-use crate::reference::{LookupDims, MemoryParamsRef};
+use crate::params::Init;
 use crate::rng::Rng;
 
 /// Host-side parameters of one layer, row-major f32, reference layouts.
@@ -37,35 +37,75 @@ pub const SWILU_B: &str = "swilu_projection.bias";
 pub const VALUE_PROJ_W: &str = "value_proj.weight";
 pub const VALUE_PROJ_B: &str = "value_proj.bias";
 
+/// The layer's parameters (the value table excluded: it lives in the pool) with their
+/// reference names, shapes and initialisation (REFERENCE.md section 1 table), in the order
+/// of the reference's draws. Every list of a layer's parameters derives from this one.
+pub fn parameters(c: &MemoryConfig) -> Vec<(&'static str, Vec<usize>, Init)> {
+    let q_out = c.heads * c.k_dim;
+    let xavier = (6.0 / (c.d + q_out) as f32).sqrt();
+    let linear_default = 1.0 / (c.d as f32).sqrt();
+    let proj_std = 1.0 / (c.d as f32).sqrt();
+    let mut p = vec![
+        (QUERY_W, vec![q_out, c.d], Init::Symmetric(xavier)),
+        (QUERY_B, vec![q_out], Init::Symmetric(linear_default)),
+        (
+            KEYS,
+            vec![2 * c.heads * c.n_keys, c.k_dim / 2],
+            Init::Symmetric(1.0 / (c.k_dim as f32).sqrt()),
+        ),
+    ];
+    if c.swilu {
+        p.push((SWILU_W, vec![c.v_dim, c.d], Init::Normal(proj_std)));
+        p.push((SWILU_B, vec![c.v_dim], Init::Normal(proj_std)));
+    }
+    if c.value_proj {
+        p.push((VALUE_PROJ_W, vec![c.d, c.v_dim], Init::Normal(proj_std)));
+        p.push((VALUE_PROJ_B, vec![c.d], Init::Normal(proj_std)));
+    }
+    p
+}
+
 impl MemoryWeights {
-    /// The reference initialisation (REFERENCE.md section 1 table).
+    /// The reference initialisation, drawn in `parameters` order.
     pub fn init(config: &MemoryConfig, rng: &mut Rng) -> Result<Self> {
         config.validate()?;
-        let c = config;
-        let q_out = c.heads * c.k_dim;
-        let xavier = (6.0 / (c.d + q_out) as f32).sqrt();
-        let linear_default = 1.0 / (c.d as f32).sqrt();
-        let proj_std = 1.0 / (c.d as f32).sqrt();
-        Ok(MemoryWeights {
-            config: c.clone(),
-            query_w: rng.vec_symmetric(q_out * c.d, xavier),
-            query_b: rng.vec_symmetric(q_out, linear_default),
-            keys: rng.vec_symmetric(
-                2 * c.heads * c.n_keys * (c.k_dim / 2),
-                1.0 / (c.k_dim as f32).sqrt(),
-            ),
-            swilu: c.swilu.then(|| {
-                (
-                    rng.vec_normal(c.v_dim * c.d, proj_std),
-                    rng.vec_normal(c.v_dim, proj_std),
-                )
-            }),
-            value_proj: c.value_proj.then(|| {
-                (
-                    rng.vec_normal(c.d * c.v_dim, proj_std),
-                    rng.vec_normal(c.d, proj_std),
-                )
-            }),
+        let drawn = parameters(config)
+            .into_iter()
+            .map(|(name, shape, init)| (name, init.draw(shape.iter().product(), rng)));
+        Ok(Self::from_named(config, drawn))
+    }
+
+    /// Weights from every tensor of `parameters(config)`, by name.
+    pub fn from_named(
+        config: &MemoryConfig,
+        tensors: impl IntoIterator<Item = (&'static str, Vec<f32>)>,
+    ) -> Self {
+        let mut w = MemoryWeights {
+            config: config.clone(),
+            query_w: Vec::new(),
+            query_b: Vec::new(),
+            keys: Vec::new(),
+            swilu: config.swilu.then(Default::default),
+            value_proj: config.value_proj.then(Default::default),
+        };
+        for (name, data) in tensors {
+            if let Some(field) = w.field_mut(name) {
+                *field = data;
+            }
+        }
+        w
+    }
+
+    fn field_mut(&mut self, name: &str) -> Option<&mut Vec<f32>> {
+        Some(match name {
+            QUERY_W => &mut self.query_w,
+            QUERY_B => &mut self.query_b,
+            KEYS => &mut self.keys,
+            SWILU_W => &mut self.swilu.as_mut()?.0,
+            SWILU_B => &mut self.swilu.as_mut()?.1,
+            VALUE_PROJ_W => &mut self.value_proj.as_mut()?.0,
+            VALUE_PROJ_B => &mut self.value_proj.as_mut()?.1,
+            _ => return None,
         })
     }
 
@@ -79,47 +119,22 @@ impl MemoryWeights {
 
     /// Every parameter with its reference name and shape (values excluded: see the pool).
     pub fn named_tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
-        let c = &self.config;
-        let mut t: Vec<(&'static str, Vec<usize>, &[f32])> = vec![
-            (QUERY_W, vec![c.heads * c.k_dim, c.d], &self.query_w),
-            (QUERY_B, vec![c.heads * c.k_dim], &self.query_b),
-            (KEYS, vec![2 * c.heads * c.n_keys, c.k_dim / 2], &self.keys),
-        ];
-        if let Some((w, b)) = &self.swilu {
-            t.push((SWILU_W, vec![c.v_dim, c.d], w));
-            t.push((SWILU_B, vec![c.v_dim], b));
-        }
-        if let Some((w, b)) = &self.value_proj {
-            t.push((VALUE_PROJ_W, vec![c.d, c.v_dim], w));
-            t.push((VALUE_PROJ_B, vec![c.d], b));
-        }
-        t
-    }
-
-    /// The CPU oracle's view of these weights with the pool's `values`.
-    pub fn reference<'a>(&'a self, values: &'a [f32]) -> MemoryParamsRef<'a> {
-        MemoryParamsRef {
-            d: self.config.d,
-            v_dim: self.config.v_dim,
-            query_w: &self.query_w,
-            query_b: &self.query_b,
-            keys: &self.keys,
-            values,
-            swilu: self.swilu.as_ref().map(|(w, b)| (&w[..], &b[..])),
-            value_proj: self.value_proj.as_ref().map(|(w, b)| (&w[..], &b[..])),
-        }
-    }
-
-    pub fn lookup_dims(&self, rows: usize) -> LookupDims {
-        let c = &self.config;
-        LookupDims {
-            rows,
-            heads: c.heads,
-            n_keys: c.n_keys,
-            k_dim: c.k_dim,
-            knn: c.knn,
-            qk_norm: c.qk_norm,
-        }
+        let field = |name: &str| -> &[f32] {
+            match name {
+                QUERY_W => &self.query_w,
+                QUERY_B => &self.query_b,
+                KEYS => &self.keys,
+                SWILU_W => self.swilu.as_ref().map_or(&[], |s| &s.0),
+                SWILU_B => self.swilu.as_ref().map_or(&[], |s| &s.1),
+                VALUE_PROJ_W => self.value_proj.as_ref().map_or(&[], |s| &s.0),
+                VALUE_PROJ_B => self.value_proj.as_ref().map_or(&[], |s| &s.1),
+                _ => &[],
+            }
+        };
+        parameters(&self.config)
+            .into_iter()
+            .map(|(name, shape, _)| (name, shape, field(name)))
+            .collect()
     }
 }
 
@@ -174,44 +189,58 @@ fn upload_checked(gpu: &Gpu, name: &str, data: &[f32], shape: &[usize]) -> Resul
 impl MemoryLayer {
     pub fn new(gpu: &Gpu, w: &MemoryWeights) -> Result<Self> {
         w.config.validate()?;
-        let named = w.named_tensors();
-        let mut bufs = Vec::with_capacity(named.len());
-        for (name, shape, data) in &named {
-            bufs.push(upload_checked(gpu, name, data, shape)?);
+        let mut buffers = Vec::new();
+        for (name, shape, data) in w.named_tensors() {
+            buffers.push((name, upload_checked(gpu, name, data, &shape)?));
         }
-        let mut it = bufs.into_iter();
-        let (query_w, query_b, keys) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
-        let swilu = w.swilu.as_ref().map(|_| (it.next().unwrap(), it.next().unwrap()));
-        let value_proj = w
-            .value_proj
-            .as_ref()
-            .map(|_| (it.next().unwrap(), it.next().unwrap()));
+        Self::from_buffers(&w.config, buffers)
+    }
+
+    /// A layer over parameter buffers that exist already (a model's), by reference name:
+    /// every tensor of `parameters(config)`.
+    pub fn from_buffers<'n>(
+        config: &MemoryConfig,
+        buffers: impl IntoIterator<Item = (&'n str, wgpu::Buffer)>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let mut by_name: std::collections::HashMap<&str, wgpu::Buffer> = buffers.into_iter().collect();
+        let mut take = |name: &str| {
+            by_name
+                .remove(name)
+                .ok_or_else(|| Error::MissingTensor(name.into()))
+        };
+        let pair =
+            |on: bool, take: &mut dyn FnMut(&str) -> Result<wgpu::Buffer>, w: &str, b: &str| -> Result<_> {
+                Ok(if on { Some((take(w)?, take(b)?)) } else { None })
+            };
         Ok(MemoryLayer {
-            config: w.config.clone(),
-            query_w,
-            query_b,
-            keys,
-            swilu,
-            value_proj,
+            config: config.clone(),
+            query_w: take(QUERY_W)?,
+            query_b: take(QUERY_B)?,
+            keys: take(KEYS)?,
+            swilu: pair(config.swilu, &mut take, SWILU_W, SWILU_B)?,
+            value_proj: pair(config.value_proj, &mut take, VALUE_PROJ_W, VALUE_PROJ_B)?,
         })
     }
 
-    /// The layer's parameter buffers with their reference names, in `named_tensors` order.
+    /// The layer's parameter buffers with their reference names, in `parameters` order.
     pub fn param_buffers(&self) -> Vec<(&'static str, &wgpu::Buffer)> {
-        let mut p = vec![
-            (QUERY_W, &self.query_w),
-            (QUERY_B, &self.query_b),
-            (KEYS, &self.keys),
-        ];
-        if let Some((w, b)) = &self.swilu {
-            p.push((SWILU_W, w));
-            p.push((SWILU_B, b));
-        }
-        if let Some((w, b)) = &self.value_proj {
-            p.push((VALUE_PROJ_W, w));
-            p.push((VALUE_PROJ_B, b));
-        }
-        p
+        let buffer = |name: &str| -> Option<&wgpu::Buffer> {
+            Some(match name {
+                QUERY_W => &self.query_w,
+                QUERY_B => &self.query_b,
+                KEYS => &self.keys,
+                SWILU_W => &self.swilu.as_ref()?.0,
+                SWILU_B => &self.swilu.as_ref()?.1,
+                VALUE_PROJ_W => &self.value_proj.as_ref()?.0,
+                VALUE_PROJ_B => &self.value_proj.as_ref()?.1,
+                _ => return None,
+            })
+        };
+        parameters(&self.config)
+            .into_iter()
+            .filter_map(|(name, _, _)| Some((name, buffer(name)?)))
+            .collect()
     }
 
     /// Records the forward pass of `rows` tokens `x [rows, d]` reading values from `pool`.

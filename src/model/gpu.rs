@@ -1,42 +1,33 @@
-//! The transformer on the GPU: parameters uploaded once, the forward recorded into a
-//! caller's encoder.
+//! The transformer on the GPU: parameters uploaded once (one buffer per registry entry), the
+//! forward recorded into a caller's encoder as a loop over pre-norm residual blocks.
 
+use super::blocks::{Block, BlockActs, FeedForwardParams, MemoryBlock, Pass};
 use super::config::ModelConfig;
-use super::weights::{FeedForward, ModelWeights};
+use super::layout::ModelLayout;
+use super::weights::ModelWeights;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, StepPlan};
 use crate::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use crate::kernels::linear::Linear;
-use crate::kernels::ops::{record_add, rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
-use crate::memory::{MemoryLayer, ValueDtype, ValuePool};
+use crate::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
+use crate::memory::{ValueDtype, ValuePool};
+use crate::params::ParamId;
 
-pub(super) enum GpuFeedForward {
-    Dense {
-        w1: wgpu::Buffer,
-        w2: wgpu::Buffer,
-        w3: wgpu::Buffer,
-    },
-    Memory(MemoryLayer),
-}
-
-pub(super) struct GpuLayer {
-    pub attention_norm: wgpu::Buffer,
-    pub wq: wgpu::Buffer,
-    pub wk: wgpu::Buffer,
-    pub wv: wgpu::Buffer,
-    pub wo: wgpu::Buffer,
-    pub ffn_norm: wgpu::Buffer,
-    pub feed_forward: GpuFeedForward,
+/// One pre-norm residual block of a layer: `h += block(norm(h))`.
+pub(crate) struct Residual {
+    pub layer: usize,
+    pub norm: ParamId,
+    pub block: Block,
 }
 
 /// The model's parameters on the GPU.
 pub struct Model {
     pub config: ModelConfig,
-    pub(super) tok_embeddings: wgpu::Buffer,
-    pub(super) layers: Vec<GpuLayer>,
-    pub(super) norm: wgpu::Buffer,
-    pub(super) output: wgpu::Buffer,
-    pub(super) values: Option<ValuePool>,
+    pub(crate) layout: ModelLayout,
+    /// One buffer per registry entry; the value table's is the pool's first buffer.
+    params: Vec<wgpu::Buffer>,
+    pub(crate) residuals: Vec<Residual>,
+    pub(crate) values: Option<ValuePool>,
     pub(super) rope_cos: wgpu::Buffer,
     pub(super) rope_sin: wgpu::Buffer,
     /// The step plans of `forward` and `forward_with_cache`, by shape (most recent last).
@@ -58,30 +49,20 @@ pub struct KvCache {
     v: Vec<wgpu::Buffer>,
 }
 
-/// What one layer's forward leaves for the backward.
-pub(super) struct LayerActs {
-    /// Residual stream entering the layer, and after the attention block.
-    pub h_in: wgpu::Buffer,
-    pub h_mid: wgpu::Buffer,
-    pub attn_normed: wgpu::Buffer,
-    pub attn_rstd: wgpu::Buffer,
-    pub q_rot: wgpu::Buffer,
-    pub k_rot: wgpu::Buffer,
-    pub v: wgpu::Buffer,
-    pub attn: wgpu::Buffer,
-    pub lse: wgpu::Buffer,
-    pub ffn_normed: wgpu::Buffer,
-    pub ffn_rstd: wgpu::Buffer,
-    pub ffn: FfnActs,
+impl KvCache {
+    pub(crate) fn layer(&self, layer: usize) -> (&wgpu::Buffer, &wgpu::Buffer) {
+        (&self.k[layer], &self.v[layer])
+    }
 }
 
-pub(super) enum FfnActs {
-    /// `w3 x` and `(w3 x) * silu(w1 x)`.
-    Dense {
-        u: wgpu::Buffer,
-        gated: wgpu::Buffer,
-    },
-    Memory(crate::memory::MemoryActivations),
+/// What one residual block's forward leaves for the backward.
+pub(crate) struct ResidualActs {
+    pub layer: usize,
+    /// The residual stream entering the block, its norm and the norm's 1/rms per row.
+    pub h_in: wgpu::Buffer,
+    pub normed: wgpu::Buffer,
+    pub rstd: wgpu::Buffer,
+    pub block: BlockActs,
 }
 
 /// What one forward pass leaves on the GPU.
@@ -92,7 +73,7 @@ pub struct ModelForward {
     /// `[batch * seq, vocab]`
     pub logits: wgpu::Buffer,
     pub(super) tokens: wgpu::Buffer,
-    pub(super) layers: Vec<LayerActs>,
+    pub(crate) residuals: Vec<ResidualActs>,
     pub(super) h_final: wgpu::Buffer,
     pub(super) final_normed: wgpu::Buffer,
     pub(super) final_rstd: wgpu::Buffer,
@@ -102,18 +83,17 @@ impl ModelForward {
     /// The memory layers' lookups in this pass, `(layer index, activations)` in layer order:
     /// the selected slots, scores and softmax weights of every position and head.
     pub fn memory_lookups(&self) -> Vec<(usize, &crate::memory::MemoryActivations)> {
-        self.layers
+        self.residuals
             .iter()
-            .enumerate()
-            .filter_map(|(i, l)| match &l.ffn {
-                FfnActs::Memory(acts) => Some((i, acts)),
-                FfnActs::Dense { .. } => None,
+            .filter_map(|r| match &r.block {
+                BlockActs::Memory(acts) => Some((r.layer, acts)),
+                _ => None,
             })
             .collect()
     }
 }
 
-pub(super) fn linear<'a>(
+pub(crate) fn linear<'a>(
     x: &'a wgpu::Buffer,
     w: &'a wgpu::Buffer,
     y: &'a wgpu::Buffer,
@@ -137,104 +117,84 @@ pub(super) fn linear<'a>(
 impl Model {
     pub fn new(gpu: &Gpu, w: &ModelWeights) -> Result<Self> {
         let c = &w.config;
-        let up = |name: &str, data: &[f32]| gpu.upload(name, data);
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for (i, l) in w.layers.iter().enumerate() {
-            let feed_forward = match &l.feed_forward {
-                FeedForward::Dense { w1, w2, w3 } => GpuFeedForward::Dense {
-                    w1: up("w1", w1),
-                    w2: up("w2", w2),
-                    w3: up("w3", w3),
-                },
-                FeedForward::Memory(m) => GpuFeedForward::Memory(
-                    MemoryLayer::new(gpu, m).map_err(|e| Error::Config(format!("layer {i}: {e}")))?,
-                ),
-            };
-            layers.push(GpuLayer {
-                attention_norm: up("attention_norm", &l.attention_norm),
-                wq: up("wq", &l.wq),
-                wk: up("wk", &l.wk),
-                wv: up("wv", &l.wv),
-                wo: up("wo", &l.wo),
-                ffn_norm: up("ffn_norm", &l.ffn_norm),
-                feed_forward,
-            });
-        }
-        let values = match (&c.memory, &w.values) {
+        let layout = w.layout.clone();
+        let values = match (&c.memory, w.values()) {
             (Some(m), Some(v)) => Some(ValuePool::new(gpu, v, m.n_values(), m.v_dim, ValueDtype::F32)?),
             (Some(_), None) => return Err(Error::MissingTensor(crate::memory::VALUES_NAME.into())),
             _ => None,
         };
+        let params: Vec<wgpu::Buffer> = layout
+            .registry
+            .iter()
+            .map(|(id, spec)| match (&values, layout.values == Some(id)) {
+                (Some(pool), true) => pool.buffers()[0].clone(),
+                _ => gpu.upload(&spec.name, w.get(id)),
+            })
+            .collect();
+        let mut residuals = Vec::with_capacity(2 * c.n_layers);
+        for (i, l) in layout.layers.iter().enumerate() {
+            residuals.push(Residual {
+                layer: i,
+                norm: l.attention_norm,
+                block: Block::Attention(l.attention.clone()),
+            });
+            let block = match &l.feed_forward {
+                FeedForwardParams::Dense(p) => Block::Dense(p.clone()),
+                FeedForwardParams::Memory(p) => {
+                    let m = c.memory.as_ref().expect("memory layers have a configuration");
+                    let block = MemoryBlock::new(p, m, |id| params[id.0].clone())
+                        .map_err(|e| Error::Config(format!("layer {i}: {e}")))?;
+                    Block::Memory(block)
+                }
+            };
+            residuals.push(Residual {
+                layer: i,
+                norm: l.ffn_norm,
+                block,
+            });
+        }
         let (cos, sin) = rope_tables(c.max_seqlen, c.head_dim, c.rope_theta);
         Ok(Model {
             config: c.clone(),
-            tok_embeddings: up("tok_embeddings", &w.tok_embeddings),
-            layers,
-            norm: up("norm", &w.norm),
-            output: up("output", &w.output),
+            layout,
+            params,
+            residuals,
             values,
-            rope_cos: up("rope cos", &cos),
-            rope_sin: up("rope sin", &sin),
+            rope_cos: gpu.upload("rope cos", &cos),
+            rope_sin: gpu.upload("rope sin", &sin),
             plans: Default::default(),
         })
     }
 
-    /// Every parameter buffer with its lingua name and element count, in the order of
-    /// `ModelWeights::named_tensors` (the value table once, under the first memory layer).
-    pub fn param_buffers(&self) -> Result<Vec<(String, wgpu::Buffer, usize)>> {
-        let c = &self.config;
-        let (d, qd, kvd) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let mut p = vec![(
-            "tok_embeddings.weight".to_string(),
-            self.tok_embeddings.clone(),
-            c.vocab * d,
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            let n = |s: &str| format!("layers.{i}.{s}");
-            p.push((n("attention.wq.weight"), l.wq.clone(), qd * d));
-            p.push((n("attention.wk.weight"), l.wk.clone(), kvd * d));
-            p.push((n("attention.wv.weight"), l.wv.clone(), kvd * d));
-            p.push((n("attention.wo.weight"), l.wo.clone(), d * qd));
-            p.push((n("attention_norm.weight"), l.attention_norm.clone(), d));
-            p.push((n("ffn_norm.weight"), l.ffn_norm.clone(), d));
-            match &l.feed_forward {
-                GpuFeedForward::Dense { w1, w2, w3 } => {
-                    p.push((n("feed_forward.w1.weight"), w1.clone(), c.hidden * d));
-                    p.push((n("feed_forward.w2.weight"), w2.clone(), d * c.hidden));
-                    p.push((n("feed_forward.w3.weight"), w3.clone(), c.hidden * d));
-                }
-                GpuFeedForward::Memory(m) => {
-                    for (name, b) in m.param_buffers() {
-                        p.push((
-                            n(&format!("feed_forward.{name}")),
-                            b.clone(),
-                            (b.size() / 4) as usize,
-                        ));
-                    }
-                    if Some(i) == c.memory_layers.first().copied() {
-                        let pool = self.values.as_ref().expect("memory layers have a pool");
-                        if pool.buffer_count() != 1 {
-                            return Err(Error::Config(format!(
-                                "training needs the value table in one buffer; it takes {} here",
-                                pool.buffer_count()
-                            )));
-                        }
-                        let len = pool.n_rows() * pool.v_dim();
-                        p.push((
-                            n(&format!("feed_forward.{}", crate::memory::VALUES_NAME)),
-                            pool.buffers()[0].clone(),
-                            len,
-                        ));
-                    }
-                }
-            }
-        }
-        p.push(("norm.weight".into(), self.norm.clone(), d));
-        p.push(("output.weight".into(), self.output.clone(), c.vocab * d));
-        Ok(p)
+    /// Where each parameter is in the model's registry.
+    pub fn layout(&self) -> &ModelLayout {
+        &self.layout
     }
 
-    pub(super) fn rope(&self, batch: u32, seq: u32, heads: usize, inverse: bool) -> Rope<'_> {
+    /// The buffer of parameter `id`.
+    pub fn param(&self, id: ParamId) -> &wgpu::Buffer {
+        &self.params[id.0]
+    }
+
+    /// Every parameter's buffer by id, for training: the value table must fit one buffer.
+    pub fn trainable_params(&self) -> Result<Vec<(ParamId, wgpu::Buffer)>> {
+        if let Some(pool) = &self.values {
+            if pool.buffer_count() != 1 {
+                return Err(Error::Config(format!(
+                    "training needs the value table in one buffer; it takes {} here",
+                    pool.buffer_count()
+                )));
+            }
+        }
+        Ok(self
+            .layout
+            .registry
+            .iter()
+            .map(|(id, _)| (id, self.params[id.0].clone()))
+            .collect())
+    }
+
+    pub(crate) fn rope(&self, batch: u32, seq: u32, heads: usize, inverse: bool) -> Rope<'_> {
         Rope {
             batch,
             seq,
@@ -248,7 +208,7 @@ impl Model {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention<'a>(
+    pub(crate) fn attention<'a>(
         &self,
         batch: u32,
         seq: u32,
@@ -273,20 +233,33 @@ impl Model {
         }
     }
 
+    pub(crate) fn norm<'a>(
+        &'a self,
+        rows: u32,
+        id: ParamId,
+        x: &'a wgpu::Buffer,
+        rstd: &'a wgpu::Buffer,
+    ) -> RmsNorm<'a> {
+        RmsNorm {
+            rows,
+            d: self.config.dim as u32,
+            eps: self.config.norm_eps,
+            x,
+            weight: self.param(id),
+            rstd,
+        }
+    }
+
     /// A key/value cache for one sequence of up to max_seqlen tokens.
     pub fn new_cache(&self, gpu: &Gpu) -> KvCache {
         let c = &self.config;
         let bytes = (c.max_seqlen * c.n_kv_heads * c.head_dim * 4) as u64;
         KvCache {
             len: 0,
-            k: self
-                .layers
-                .iter()
+            k: (0..c.n_layers)
                 .map(|_| gpu.storage("kv cache k", bytes))
                 .collect(),
-            v: self
-                .layers
-                .iter()
+            v: (0..c.n_layers)
                 .map(|_| gpu.storage("kv cache v", bytes))
                 .collect(),
         }
@@ -343,13 +316,12 @@ impl Model {
             ));
         }
         let rows = batch * seq;
-        let (d, hd) = (c.dim as u32, c.head_dim as u32);
-        let (qd, kvd) = (c.n_heads as u32 * hd, c.n_kv_heads as u32 * hd);
+        let d = c.dim as u32;
         let f32s = |label: &str, n: u32| gpu.storage(label, n as u64 * 4);
         // Embedding: a bag of one row per token, weight 1.
         let h = f32s("residual", rows * d);
         let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
-        let table = [self.tok_embeddings.clone()];
+        let table = [self.param(self.layout.tok_embeddings).clone()];
         let chunks = ValueChunks {
             buffers: &table,
             n_rows: c.vocab as u32,
@@ -368,115 +340,48 @@ impl Model {
             columns_per_invocation: None,
         }
         .record(gpu, encoder)?;
-        let mut layer_acts = Vec::with_capacity(self.layers.len());
-        for (li, layer) in self.layers.iter().enumerate() {
+        let mut residuals = Vec::with_capacity(self.residuals.len());
+        for r in &self.residuals {
+            let pass = Pass {
+                gpu,
+                model: self,
+                batch,
+                seq,
+                layer: r.layer,
+                cache,
+            };
             let h_in = f32s("residual in", rows * d);
             encoder.copy_buffer_to_buffer(&h, 0, &h_in, 0, rows as u64 * d as u64 * 4);
-            let (attn_normed, attn_rstd) = (f32s("attention normed", rows * d), f32s("rstd", rows));
-            let (q, k, v) = (f32s("q", rows * qd), f32s("k", rows * kvd), f32s("v", rows * kvd));
-            let (q_rot, k_rot) = (f32s("q rotated", rows * qd), f32s("k rotated", rows * kvd));
-            let (attn, lse) = (f32s("attention", rows * qd), f32s("lse", rows * c.n_heads as u32));
-            let norm = |weight, x, rstd| RmsNorm {
-                rows,
-                d,
-                eps: c.norm_eps,
-                x,
-                weight,
-                rstd,
-            };
-            norm(&layer.attention_norm, &h_in, &attn_rstd).record_forward(gpu, encoder, &attn_normed)?;
-            linear(&attn_normed, &layer.wq, &q, (rows, qd, d)).record(gpu, encoder)?;
-            linear(&attn_normed, &layer.wk, &k, (rows, kvd, d)).record(gpu, encoder)?;
-            linear(&attn_normed, &layer.wv, &v, (rows, kvd, d)).record(gpu, encoder)?;
-            Rope {
-                pos0,
-                ..self.rope(batch, seq, c.n_heads, false)
-            }
-            .record(gpu, encoder, &q, &q_rot)?;
-            Rope {
-                pos0,
-                ..self.rope(batch, seq, c.n_kv_heads, false)
-            }
-            .record(gpu, encoder, &k, &k_rot)?;
-            match cache {
-                None => self
-                    .attention(batch, seq, &q_rot, &k_rot, &v, &attn, &lse)
-                    .record_forward(gpu, encoder)?,
-                Some(cache) => {
-                    let (at, bytes) = (pos0 as u64 * kvd as u64 * 4, seq as u64 * kvd as u64 * 4);
-                    encoder.copy_buffer_to_buffer(&k_rot, 0, &cache.k[li], at, bytes);
-                    encoder.copy_buffer_to_buffer(&v, 0, &cache.v[li], at, bytes);
-                    self.attention(batch, seq, &q_rot, &cache.k[li], &cache.v[li], &attn, &lse)
-                        .record_decode(gpu, encoder, pos0 + seq)?;
-                }
-            }
-            Linear {
-                accumulate: true,
-                ..linear(&attn, &layer.wo, &h, (rows, d, qd))
-            }
-            .record(gpu, encoder)?;
-            let h_mid = f32s("residual mid", rows * d);
-            encoder.copy_buffer_to_buffer(&h, 0, &h_mid, 0, rows as u64 * d as u64 * 4);
-            let (ffn_normed, ffn_rstd) = (f32s("ffn normed", rows * d), f32s("rstd", rows));
-            norm(&layer.ffn_norm, &h_mid, &ffn_rstd).record_forward(gpu, encoder, &ffn_normed)?;
-            let ffn = match &layer.feed_forward {
-                GpuFeedForward::Dense { w1, w2, w3 } => {
-                    let hidden = c.hidden as u32;
-                    let (u, gated) = (f32s("w3 x", rows * hidden), f32s("swiglu", rows * hidden));
-                    linear(&ffn_normed, w3, &u, (rows, hidden, d)).record(gpu, encoder)?;
-                    Linear {
-                        gate: Some(&u),
-                        ..linear(&ffn_normed, w1, &gated, (rows, hidden, d))
-                    }
-                    .record(gpu, encoder)?;
-                    Linear {
-                        accumulate: true,
-                        ..linear(&gated, w2, &h, (rows, d, hidden))
-                    }
-                    .record(gpu, encoder)?;
-                    FfnActs::Dense { u, gated }
-                }
-                GpuFeedForward::Memory(memory) => {
-                    let pool = self.values.as_ref().expect("checked in new");
-                    let acts = memory.record_forward(gpu, encoder, pool, &ffn_normed, rows)?;
-                    record_add(gpu, encoder, &acts.out, &h, rows * d)?;
-                    FfnActs::Memory(acts)
-                }
-            };
-            layer_acts.push(LayerActs {
+            let (normed, rstd) = (f32s("normed", rows * d), f32s("rstd", rows));
+            self.norm(rows, r.norm, &h_in, &rstd)
+                .record_forward(gpu, encoder, &normed)?;
+            let block = r.block.record_forward(&pass, encoder, &normed, &h)?;
+            residuals.push(ResidualActs {
+                layer: r.layer,
                 h_in,
-                h_mid,
-                attn_normed,
-                attn_rstd,
-                q_rot,
-                k_rot,
-                v,
-                attn,
-                lse,
-                ffn_normed,
-                ffn_rstd,
-                ffn,
+                normed,
+                rstd,
+                block,
             });
         }
         let (final_normed, final_rstd) = (f32s("final normed", rows * d), f32s("rstd", rows));
-        RmsNorm {
-            rows,
-            d,
-            eps: c.norm_eps,
-            x: &h,
-            weight: &self.norm,
-            rstd: &final_rstd,
-        }
-        .record_forward(gpu, encoder, &final_normed)?;
+        self.norm(rows, self.layout.norm, &h, &final_rstd)
+            .record_forward(gpu, encoder, &final_normed)?;
         let logits = f32s("logits", rows * c.vocab as u32);
-        linear(&final_normed, &self.output, &logits, (rows, c.vocab as u32, d)).record(gpu, encoder)?;
+        linear(
+            &final_normed,
+            self.param(self.layout.output),
+            &logits,
+            (rows, c.vocab as u32, d),
+        )
+        .record(gpu, encoder)?;
         Ok(ModelForward {
             batch,
             seq,
             rows,
             logits,
             tokens: tokens.clone(),
-            layers: layer_acts,
+            residuals,
             h_final: h,
             final_normed,
             final_rstd,

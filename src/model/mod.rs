@@ -1,14 +1,17 @@
-//! The lingua-compatible transformer: configuration, parameters under lingua's names, the
-//! forward and backward on the GPU with a KV cache for generation, and the CPU oracle.
+//! The lingua-compatible transformer: configuration, the parameter layout (every parameter
+//! declared once, by its block), host weights under lingua's names, the blocks' forward and
+//! backward on the GPU with a KV cache for generation (its CPU oracle: `crate::oracle`).
 
 mod backward;
+pub mod blocks;
 mod config;
-mod cpu;
 mod gpu;
+mod layout;
 mod weights;
 
 pub use backward::ModelGrads;
+pub use blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams};
 pub use config::{LMTransformerArgs, ModelConfig, ProductKeyArgs};
-pub use cpu::{forward_cpu, forward_cpu_with_selections};
 pub use gpu::{KvCache, Model, ModelForward};
-pub use weights::{FeedForward, LayerWeights, ModelWeights};
+pub use layout::{LayerParams, ModelLayout};
+pub use weights::ModelWeights;

@@ -161,13 +161,13 @@ pub fn attention_backward(
 pub fn cross_entropy(logits: &[f32], targets: &[u32], vocab: usize) -> (f32, Vec<f32>) {
     let rows = targets
         .iter()
-        .filter(|&&t| t != crate::kernels::ops::IGNORE_TARGET)
+        .filter(|&&t| t != crate::constants::IGNORE_TARGET)
         .count()
         .max(1);
     let mut loss = 0f32;
     let mut grad = vec![0f32; logits.len()];
     for (r, &t) in targets.iter().enumerate() {
-        if t == crate::kernels::ops::IGNORE_TARGET {
+        if t == crate::constants::IGNORE_TARGET {
             continue;
         }
         let row = &logits[r * vocab..(r + 1) * vocab];

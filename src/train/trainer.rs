@@ -11,8 +11,8 @@ use crate::kernels::adamw::{
     record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, CLIP_BLOCK,
 };
 use crate::kernels::ops::CrossEntropy;
-use crate::memory::VALUES_NAME;
 use crate::model::{Model, ModelWeights};
+use crate::params::{Group, ParamId};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -66,6 +66,7 @@ impl TrainConfig {
 /// One parameter with where its AdamW moments live: its own buffers (a value table, updated
 /// in place, densely or on the rows read) or a range of its group's flat buffers.
 struct ParamState {
+    id: ParamId,
     name: String,
     shape: Vec<usize>,
     param: wgpu::Buffer,
@@ -106,17 +107,17 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(gpu: &Gpu, weights: &ModelWeights, config: TrainConfig) -> Result<Self> {
         let model = Model::new(gpu, weights)?;
-        let shapes: std::collections::HashMap<String, Vec<usize>> = weights
-            .named_tensors()
+        let registry = &model.layout().registry;
+        let buffers: Vec<(ParamId, wgpu::Buffer, usize)> = model
+            .trainable_params()?
             .into_iter()
-            .map(|(n, s, _)| (n, s))
+            .map(|(id, b)| (id, b, registry.spec(id).len()))
             .collect();
-        let buffers = model.param_buffers()?;
         // The flat group's layout: each parameter at a multiple of the clipping block.
         let mut flat_len = 0u64;
         let mut offsets = Vec::with_capacity(buffers.len());
-        for (name, _, len) in &buffers {
-            if name.ends_with(VALUES_NAME) {
+        for (id, _, len) in &buffers {
+            if registry.spec(*id).group == Group::Values {
                 offsets.push(0);
             } else {
                 offsets.push(flat_len);
@@ -137,12 +138,9 @@ impl Trainer {
         });
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let mut params = Vec::with_capacity(buffers.len());
-        for ((name, param, len), offset) in buffers.into_iter().zip(offsets) {
-            let shape = shapes
-                .get(&name)
-                .cloned()
-                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
-            let values = name.ends_with(VALUES_NAME);
+        for ((id, param, len), offset) in buffers.into_iter().zip(offsets) {
+            let spec = registry.spec(id);
+            let values = spec.group == Group::Values;
             let (m, v) = match (&flat, values) {
                 (Some((group, m, v)), false) => {
                     encoder.copy_buffer_to_buffer(&param, 0, &group.master, offset * 4, len as u64 * 4);
@@ -154,8 +152,9 @@ impl Trainer {
                 ),
             };
             params.push(ParamState {
-                name,
-                shape,
+                id,
+                name: spec.name.clone(),
+                shape: spec.shape.clone(),
                 param,
                 len,
                 values,
@@ -215,12 +214,8 @@ impl Trainer {
             weight_decay: t.weight_decay,
             step: self.step,
         };
-        // Gradients by parameter name: matched by identity, never by position.
-        let grad_of = |p: &ParamState| {
-            grads
-                .get(&p.name)
-                .ok_or_else(|| Error::MissingTensor(format!("grad.{}", p.name)))
-        };
+        // Gradients matched to parameters by registry identity, never by position.
+        let grad_of = |p: &ParamState| -> Result<&wgpu::Buffer> { Ok(grads.grad(p.id)) };
         if let Some(flat) = &self.flat {
             let group: Vec<&ParamState> = self.params.iter().filter(|p| !p.values).collect();
             for p in &group {

@@ -94,8 +94,11 @@ pub async fn check_memory_layer(g: &Gpu, case: &Case, seed: u64) {
     let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, case.dtype).unwrap();
     let got = layer.forward(g, &pool, &x, case.rows).await.unwrap();
     let stored = as_stored(&values, case.dtype);
-    let (want, lk) =
-        reference::memory_forward(&x, &weights.reference(&stored), weights.lookup_dims(case.rows));
+    let (want, lk) = reference::memory_forward(
+        &x,
+        &memlayers::oracle::memory_params(&weights, &stored),
+        memlayers::oracle::lookup_dims(&weights.config, case.rows),
+    );
     let what = format!("{c:?} rows={} {:?}", case.rows, case.dtype);
     assert_eq!(got.indices, lk.indices, "selected slots differ: {what}");
     assert_close(&format!("scores {what}"), &got.scores, &lk.scores);

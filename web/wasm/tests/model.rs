@@ -7,7 +7,8 @@
 mod checks;
 
 use memlayers::demo::{self, KnowledgeBase};
-use memlayers::model::{forward_cpu, Model, ModelWeights};
+use memlayers::model::{Model, ModelWeights};
+use memlayers::oracle::forward_cpu;
 use memlayers::reference::ops::cross_entropy;
 use memlayers::rng::Rng;
 use memlayers::train::Trainer;

@@ -1,8 +1,8 @@
 //! `copy.wgsl`: dst = src over vec4 words, the bandwidth yardstick.
 
-use super::check_buffer;
 use crate::error::Result;
 use crate::gpu::{grid, Gpu};
+use crate::kernels::check_buffer;
 
 pub const SOURCE: &str = include_str!("../../shaders/copy.wgsl");
 
@@ -33,9 +33,6 @@ pub fn record(
     );
     let bind = gpu.bind(&pipeline, &[&params, src, dst]);
     let (x, y) = grid(vec4_words.div_ceil(256));
-    let mut pass = gpu.begin_pass(encoder, "copy");
-    pass.set_pipeline(&pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, x, y, 1);
+    gpu.run(encoder, "copy", &pipeline, &bind, (x, y, 1));
     Ok(())
 }

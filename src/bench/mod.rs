@@ -1,4 +1,7 @@
-//! `memlayers bench`: speed of the memory layer's forward pass on this adapter.
+//! `memlayers bench`: speed of the memory layer's forward pass and of training on this
+//! adapter, with the yardsticks it is measured against (`copy`: the adapter's bandwidth,
+//! `fma_peak`: its arithmetic ceiling) and the reference layer in PyTorch when it can run.
+//! Behind the `bench` feature (on by default): not part of the library's core.
 //!
 //! Every figure comes from this run, on this adapter: GPU time per kernel from timestamp
 //! queries (averaged over the timed repetitions), tokens/s from wall time including submission
@@ -6,6 +9,12 @@
 //! the adapter's arithmetic ceiling), and the embedding bag's effective bandwidth set
 //! next to a plain copy kernel's bandwidth measured in the same process (a ratio, because
 //! absolute numbers on shared machines are noisy).
+
+pub mod copy;
+pub mod fma_peak;
+
+/// The yardsticks' WGSL files (validated with the kernels' in the test suite).
+pub const SHADERS: &[(&str, &str)] = &[("copy.wgsl", copy::SOURCE), ("fma_peak.wgsl", fma_peak::SOURCE)];
 
 use crate::error::Result;
 use crate::gpu::{Gpu, KernelTiming};
@@ -24,7 +33,7 @@ pub struct Options {
 
 /// The reference layer in plain PyTorch (`scripts/torch_memory_forward_bench.py`), run by
 /// the benchmark in the same run when `python3` can import torch.
-const TORCH_BENCH: &str = include_str!("../scripts/torch_memory_forward_bench.py");
+const TORCH_BENCH: &str = include_str!("../../scripts/torch_memory_forward_bench.py");
 
 /// PyTorch's forward tokens/s by (device, config, value dtype), e.g. ("cpu", "paper",
 /// "float32"), measured now on this machine; an error says why there are none.
@@ -86,7 +95,7 @@ fn copy_bandwidth(gpu: &Gpu, iters: usize) -> Result<f64> {
     let record = |passes: usize| -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         for _ in 0..passes {
-            kernels::copy::record(gpu, &mut enc, &src, &dst, words)?;
+            copy::record(gpu, &mut enc, &src, &dst, words)?;
         }
         gpu.queue.submit([enc.finish()]);
         wait(gpu)
@@ -104,14 +113,11 @@ fn copy_bandwidth(gpu: &Gpu, iters: usize) -> Result<f64> {
 fn fma_ceiling(gpu: &Gpu, iters: usize) -> Result<f64> {
     const WORKGROUPS: u32 = 4096;
     const ROUNDS: u32 = 256;
-    let out = gpu.storage(
-        "fma_peak out",
-        WORKGROUPS as u64 * kernels::fma_peak::WORKGROUP as u64 * 4,
-    );
+    let out = gpu.storage("fma_peak out", WORKGROUPS as u64 * fma_peak::WORKGROUP as u64 * 4);
     let mut flops = 0.0;
     let mut record = || -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        flops = kernels::fma_peak::record(gpu, &mut enc, &out, WORKGROUPS, ROUNDS)?;
+        flops = fma_peak::record(gpu, &mut enc, &out, WORKGROUPS, ROUNDS)?;
         gpu.queue.submit([enc.finish()]);
         wait(gpu)
     };

@@ -1,9 +1,9 @@
 //! `fma_peak.wgsl`: multiply-adds on registers, the arithmetic yardstick that the benchmark
 //! sets next to the GEMMs on the same adapter.
 
-use super::{check_buffer, check_loop_budget};
 use crate::error::Result;
 use crate::gpu::{grid, Gpu};
+use crate::kernels::{check_buffer, check_loop_budget};
 
 pub const SOURCE: &str = include_str!("../../shaders/fma_peak.wgsl");
 
@@ -42,9 +42,6 @@ pub fn record(
         },
     );
     let bind = gpu.bind(&pipeline, &[&params, out]);
-    let mut pass = gpu.begin_pass(encoder, "fma_peak");
-    pass.set_pipeline(&pipeline);
-    pass.set_bind_group(0, &bind, &[]);
-    gpu.dispatch(&mut pass, x, y, 1);
+    gpu.run(encoder, "fma_peak", &pipeline, &bind, (x, y, 1));
     Ok(x as f64 * y as f64 * WORKGROUP as f64 * iterations as f64 * FLOPS_PER_ITERATION)
 }

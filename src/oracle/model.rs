@@ -1,7 +1,7 @@
 //! The transformer's forward on the CPU, composed from the reference ops: the oracle the GPU
 //! model is tested against.
 
-use super::weights::{FeedForward, ModelWeights};
+use crate::model::{FeedForwardParams, ModelWeights};
 use crate::reference::{self, ops};
 
 /// Logits `[batch * seq, vocab]` for `tokens [batch, seq]`.
@@ -23,7 +23,7 @@ pub fn forward_cpu_with_selections(
     let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     let mut h: Vec<f32> = tokens
         .iter()
-        .flat_map(|&t| w.tok_embeddings[t as usize * d..(t as usize + 1) * d].to_vec())
+        .flat_map(|&t| w.get(w.layout.tok_embeddings)[t as usize * d..(t as usize + 1) * d].to_vec())
         .collect();
     let dims = ops::AttentionDims {
         seq,
@@ -31,11 +31,12 @@ pub fn forward_cpu_with_selections(
         kv_heads: c.n_kv_heads,
         head_dim: c.head_dim,
     };
-    for l in &w.layers {
-        let a = ops::rmsnorm(&h, &l.attention_norm, c.norm_eps);
-        let q = reference::linear(&a, &l.wq, None, rows, qd, d);
-        let k = reference::linear(&a, &l.wk, None, rows, kvd, d);
-        let v = reference::linear(&a, &l.wv, None, rows, kvd, d);
+    for l in &w.layout.layers {
+        let at = &l.attention;
+        let a = ops::rmsnorm(&h, w.get(l.attention_norm), c.norm_eps);
+        let q = reference::linear(&a, w.get(at.wq), None, rows, qd, d);
+        let k = reference::linear(&a, w.get(at.wk), None, rows, kvd, d);
+        let v = reference::linear(&a, w.get(at.wv), None, rows, kvd, d);
         let mut o = Vec::with_capacity(rows * qd);
         for b in 0..batch {
             let qb = ops::rope(
@@ -58,27 +59,39 @@ pub fn forward_cpu_with_selections(
             );
             o.extend(ops::attention(&qb, &kb, &v[b * seq * kvd..(b + 1) * seq * kvd], dims).0);
         }
-        let attn = reference::linear(&o, &l.wo, None, rows, d, qd);
+        let attn = reference::linear(&o, w.get(at.wo), None, rows, d, qd);
         h.iter_mut().zip(&attn).for_each(|(x, y)| *x += y);
-        let f = ops::rmsnorm(&h, &l.ffn_norm, c.norm_eps);
+        let f = ops::rmsnorm(&h, w.get(l.ffn_norm), c.norm_eps);
         let ffn = match &l.feed_forward {
-            FeedForward::Dense { w1, w2, w3 } => {
-                let g = reference::linear(&f, w1, None, rows, c.hidden, d);
-                let u = reference::linear(&f, w3, None, rows, c.hidden, d);
-                reference::linear(&reference::silu_gate(&u, &g), w2, None, rows, d, c.hidden)
+            FeedForwardParams::Dense(p) => {
+                let g = reference::linear(&f, w.get(p.w1), None, rows, c.hidden, d);
+                let u = reference::linear(&f, w.get(p.w3), None, rows, c.hidden, d);
+                reference::linear(
+                    &reference::silu_gate(&u, &g),
+                    w.get(p.w2),
+                    None,
+                    rows,
+                    d,
+                    c.hidden,
+                )
             }
-            FeedForward::Memory(m) => {
-                let values = w.values.as_deref().expect("memory layers need the value table");
-                let (out, lookup) = reference::memory_forward(&f, &m.reference(values), m.lookup_dims(rows));
+            FeedForwardParams::Memory(p) => {
+                let m = w.memory_weights(p).expect("memory layers have a configuration");
+                let values = w.values().expect("memory layers need the value table");
+                let (out, lookup) = reference::memory_forward(
+                    &f,
+                    &super::memory_params(&m, values),
+                    super::lookup_dims(&m.config, rows),
+                );
                 selections.extend(lookup.indices);
                 out
             }
         };
         h.iter_mut().zip(&ffn).for_each(|(x, y)| *x += y);
     }
-    let n = ops::rmsnorm(&h, &w.norm, c.norm_eps);
+    let n = ops::rmsnorm(&h, w.get(w.layout.norm), c.norm_eps);
     (
-        reference::linear(&n, &w.output, None, rows, c.vocab, d),
+        reference::linear(&n, w.get(w.layout.output), None, rows, c.vocab, d),
         selections,
     )
 }

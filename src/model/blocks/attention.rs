@@ -1,0 +1,244 @@
+//! The attention block: `h += wo(attention(rope(wq x), rope(wk x), wv x))`, causal, with
+//! grouped key/value heads, and a KV cache for decoding.
+
+use super::{GradSink, Pass};
+use crate::error::Result;
+use crate::kernels::linear::{gemm, Linear};
+use crate::kernels::ops::Rope;
+use crate::model::config::ModelConfig;
+use crate::model::gpu::linear;
+use crate::params::{Group, Init, ParamId, Registry};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionParams {
+    /// `[n_heads * head_dim, dim]`
+    pub wq: ParamId,
+    /// `[n_kv_heads * head_dim, dim]`
+    pub wk: ParamId,
+    pub wv: ParamId,
+    /// `[dim, n_heads * head_dim]`
+    pub wo: ParamId,
+}
+
+/// What the forward leaves for the backward.
+pub(crate) struct AttentionActs {
+    pub q_rot: wgpu::Buffer,
+    pub k_rot: wgpu::Buffer,
+    pub v: wgpu::Buffer,
+    pub attn: wgpu::Buffer,
+    pub lse: wgpu::Buffer,
+}
+
+impl AttentionParams {
+    pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &ModelConfig, std: f32) -> Self {
+        let (d, qd, kvd) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let mut w = |name: &str, shape: Vec<usize>| {
+            r.declare(
+                format!("{prefix}{name}"),
+                shape,
+                Init::Normal(std),
+                Group::Weights,
+            )
+        };
+        AttentionParams {
+            wq: w("attention.wq.weight", vec![qd, d]),
+            wk: w("attention.wk.weight", vec![kvd, d]),
+            wv: w("attention.wv.weight", vec![kvd, d]),
+            wo: w("attention.wo.weight", vec![d, qd]),
+        }
+    }
+
+    fn dims(p: &Pass) -> (u32, u32, u32) {
+        let c = &p.model.config;
+        let hd = c.head_dim as u32;
+        (c.dim as u32, c.n_heads as u32 * hd, c.n_kv_heads as u32 * hd)
+    }
+
+    pub(crate) fn record_forward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+    ) -> Result<AttentionActs> {
+        let (gpu, m, c) = (p.gpu, p.model, &p.model.config);
+        let (rows, (d, qd, kvd)) = (p.rows(), Self::dims(p));
+        let pos0 = p.cache.map_or(0, |k| k.len);
+        let (q, k, v) = (
+            p.f32s("q", rows * qd),
+            p.f32s("k", rows * kvd),
+            p.f32s("v", rows * kvd),
+        );
+        let (q_rot, k_rot) = (p.f32s("q rotated", rows * qd), p.f32s("k rotated", rows * kvd));
+        let (attn, lse) = (
+            p.f32s("attention", rows * qd),
+            p.f32s("lse", rows * c.n_heads as u32),
+        );
+        linear(x, p.param(self.wq), &q, (rows, qd, d)).record(gpu, encoder)?;
+        linear(x, p.param(self.wk), &k, (rows, kvd, d)).record(gpu, encoder)?;
+        linear(x, p.param(self.wv), &v, (rows, kvd, d)).record(gpu, encoder)?;
+        Rope {
+            pos0,
+            ..m.rope(p.batch, p.seq, c.n_heads, false)
+        }
+        .record(gpu, encoder, &q, &q_rot)?;
+        Rope {
+            pos0,
+            ..m.rope(p.batch, p.seq, c.n_kv_heads, false)
+        }
+        .record(gpu, encoder, &k, &k_rot)?;
+        match p.cache {
+            None => m
+                .attention(p.batch, p.seq, &q_rot, &k_rot, &v, &attn, &lse)
+                .record_forward(gpu, encoder)?,
+            Some(cache) => {
+                let (at, bytes) = (pos0 as u64 * kvd as u64 * 4, p.seq as u64 * kvd as u64 * 4);
+                let (ck, cv) = cache.layer(p.layer);
+                encoder.copy_buffer_to_buffer(&k_rot, 0, ck, at, bytes);
+                encoder.copy_buffer_to_buffer(&v, 0, cv, at, bytes);
+                m.attention(p.batch, p.seq, &q_rot, ck, cv, &attn, &lse)
+                    .record_decode(gpu, encoder, pos0 + p.seq)?;
+            }
+        }
+        Linear {
+            accumulate: true,
+            ..linear(&attn, p.param(self.wo), h, (rows, d, qd))
+        }
+        .record(gpu, encoder)?;
+        Ok(AttentionActs {
+            q_rot,
+            k_rot,
+            v,
+            attn,
+            lse,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_backward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        acts: &AttentionActs,
+        dh: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        grads: &mut GradSink,
+    ) -> Result<()> {
+        let (gpu, m, c) = (p.gpu, p.model, &p.model.config);
+        let (rows, (d, qd, kvd)) = (p.rows(), Self::dims(p));
+        let dwo = p.f32s("grad wo", d * qd);
+        gemm(
+            gpu,
+            encoder,
+            "grad wo",
+            (dh, true),
+            (&acts.attn, true),
+            &dwo,
+            (d, qd, rows),
+            false,
+        )?;
+        let d_attn = p.f32s("grad attention", rows * qd);
+        gemm(
+            gpu,
+            encoder,
+            "grad attention",
+            (dh, false),
+            (p.param(self.wo), true),
+            &d_attn,
+            (rows, qd, d),
+            false,
+        )?;
+        let (dq_rot, dk_rot, dv) = (
+            p.f32s("grad q rotated", rows * qd),
+            p.f32s("grad k rotated", rows * kvd),
+            p.f32s("grad v", rows * kvd),
+        );
+        m.attention(
+            p.batch,
+            p.seq,
+            &acts.q_rot,
+            &acts.k_rot,
+            &acts.v,
+            &acts.attn,
+            &acts.lse,
+        )
+        .record_backward(gpu, encoder, &d_attn, &dq_rot, &dk_rot, &dv)?;
+        let (dq, dk) = (p.f32s("grad q", rows * qd), p.f32s("grad k", rows * kvd));
+        m.rope(p.batch, p.seq, c.n_heads, true)
+            .record(gpu, encoder, &dq_rot, &dq)?;
+        m.rope(p.batch, p.seq, c.n_kv_heads, true)
+            .record(gpu, encoder, &dk_rot, &dk)?;
+        let (dwq, dwk, dwv) = (
+            p.f32s("grad wq", qd * d),
+            p.f32s("grad wk", kvd * d),
+            p.f32s("grad wv", kvd * d),
+        );
+        gemm(
+            gpu,
+            encoder,
+            "grad wq",
+            (&dq, true),
+            (x, true),
+            &dwq,
+            (qd, d, rows),
+            false,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            "grad wk",
+            (&dk, true),
+            (x, true),
+            &dwk,
+            (kvd, d, rows),
+            false,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            "grad wv",
+            (&dv, true),
+            (x, true),
+            &dwv,
+            (kvd, d, rows),
+            false,
+        )?;
+        let label = "grad attention normed";
+        gemm(
+            gpu,
+            encoder,
+            label,
+            (&dq, false),
+            (p.param(self.wq), true),
+            dx,
+            (rows, d, qd),
+            false,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            label,
+            (&dk, false),
+            (p.param(self.wk), true),
+            dx,
+            (rows, d, kvd),
+            true,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            label,
+            (&dv, false),
+            (p.param(self.wv), true),
+            dx,
+            (rows, d, kvd),
+            true,
+        )?;
+        grads.set(self.wq, dwq);
+        grads.set(self.wk, dwk);
+        grads.set(self.wv, dwv);
+        grads.set(self.wo, dwo);
+        Ok(())
+    }
+}

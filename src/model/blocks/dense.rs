@@ -1,0 +1,169 @@
+//! The dense SwiGLU feed-forward block: `h += w2(silu(w1 x) * w3 x)`.
+
+use super::{GradSink, Pass};
+use crate::error::Result;
+use crate::kernels::linear::{gemm, Linear};
+use crate::kernels::swilu_backward::SwiluBackward;
+use crate::model::config::ModelConfig;
+use crate::model::gpu::linear;
+use crate::params::{Group, Init, ParamId, Registry};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenseParams {
+    /// `[hidden, dim]`
+    pub w1: ParamId,
+    /// `[dim, hidden]`
+    pub w2: ParamId,
+    /// `[hidden, dim]`
+    pub w3: ParamId,
+}
+
+/// `w3 x` and `(w3 x) * silu(w1 x)`.
+pub(crate) struct DenseActs {
+    pub u: wgpu::Buffer,
+    pub gated: wgpu::Buffer,
+}
+
+impl DenseParams {
+    pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &ModelConfig, std: f32) -> Self {
+        let (d, hidden) = (c.dim, c.hidden);
+        let mut w = |name: &str, shape: Vec<usize>| {
+            r.declare(
+                format!("{prefix}feed_forward.{name}"),
+                shape,
+                Init::Normal(std),
+                Group::Weights,
+            )
+        };
+        DenseParams {
+            w1: w("w1.weight", vec![hidden, d]),
+            w2: w("w2.weight", vec![d, hidden]),
+            w3: w("w3.weight", vec![hidden, d]),
+        }
+    }
+
+    pub(crate) fn record_forward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+    ) -> Result<DenseActs> {
+        let (gpu, rows) = (p.gpu, p.rows());
+        let (d, hidden) = (p.model.config.dim as u32, p.model.config.hidden as u32);
+        let (u, gated) = (p.f32s("w3 x", rows * hidden), p.f32s("swiglu", rows * hidden));
+        linear(x, p.param(self.w3), &u, (rows, hidden, d)).record(gpu, encoder)?;
+        Linear {
+            gate: Some(&u),
+            ..linear(x, p.param(self.w1), &gated, (rows, hidden, d))
+        }
+        .record(gpu, encoder)?;
+        Linear {
+            accumulate: true,
+            ..linear(&gated, p.param(self.w2), h, (rows, d, hidden))
+        }
+        .record(gpu, encoder)?;
+        Ok(DenseActs { u, gated })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record_backward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        acts: &DenseActs,
+        dh: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        grads: &mut GradSink,
+    ) -> Result<()> {
+        let (gpu, rows) = (p.gpu, p.rows());
+        let (d, hidden) = (p.model.config.dim as u32, p.model.config.hidden as u32);
+        let (w1, w2, w3) = (p.param(self.w1), p.param(self.w2), p.param(self.w3));
+        let (dw1, dw2, dw3) = (
+            p.f32s("grad w1", hidden * d),
+            p.f32s("grad w2", d * hidden),
+            p.f32s("grad w3", hidden * d),
+        );
+        gemm(
+            gpu,
+            encoder,
+            "grad w2",
+            (dh, true),
+            (&acts.gated, true),
+            &dw2,
+            (d, hidden, rows),
+            false,
+        )?;
+        let d_gated = p.f32s("grad swiglu", rows * hidden);
+        gemm(
+            gpu,
+            encoder,
+            "grad swiglu",
+            (dh, false),
+            (w2, true),
+            &d_gated,
+            (rows, hidden, d),
+            false,
+        )?;
+        let g = p.f32s("w1 x (recomputed)", rows * hidden);
+        linear(x, w1, &g, (rows, hidden, d)).record(gpu, encoder)?;
+        let (du, dg) = (
+            p.f32s("grad w3 x", rows * hidden),
+            p.f32s("grad w1 x", rows * hidden),
+        );
+        SwiluBackward {
+            len: rows * hidden,
+            dh: &d_gated,
+            y: &acts.u,
+            g: &g,
+            dy: &du,
+            dg: &dg,
+        }
+        .record(gpu, encoder)?;
+        gemm(
+            gpu,
+            encoder,
+            "grad w1",
+            (&dg, true),
+            (x, true),
+            &dw1,
+            (hidden, d, rows),
+            false,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            "grad w3",
+            (&du, true),
+            (x, true),
+            &dw3,
+            (hidden, d, rows),
+            false,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            "grad ffn input",
+            (&dg, false),
+            (w1, true),
+            dx,
+            (rows, d, hidden),
+            false,
+        )?;
+        gemm(
+            gpu,
+            encoder,
+            "grad ffn input",
+            (&du, false),
+            (w3, true),
+            dx,
+            (rows, d, hidden),
+            true,
+        )?;
+        grads.set(self.w1, dw1);
+        grads.set(self.w2, dw2);
+        grads.set(self.w3, dw3);
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! The memory block: a product-key memory layer (`crate::memory`) in place of a layer's
+//! feed-forward, `h += memory(x)`, reading the value table all memory layers share.
+
+use super::{GradSink, Pass};
+use crate::error::{Error, Result};
+use crate::kernels::ops::record_add;
+use crate::memory::{parameters, MemoryActivations, MemoryConfig, MemoryLayer};
+use crate::params::{ParamId, Registry};
+
+/// A memory layer's own parameters (the value table is the model's, shared).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryParams {
+    /// `(reference name within the layer, id)`, in `memory::parameters` order.
+    ids: Vec<(&'static str, ParamId)>,
+}
+
+impl MemoryParams {
+    pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &MemoryConfig) -> Result<Self> {
+        c.validate()?;
+        let ids = parameters(c)
+            .into_iter()
+            .map(|(name, shape, init)| {
+                let id = r.declare(
+                    format!("{prefix}feed_forward.{name}"),
+                    shape,
+                    init,
+                    crate::params::Group::Weights,
+                );
+                (name, id)
+            })
+            .collect();
+        Ok(MemoryParams { ids })
+    }
+
+    /// Every parameter with its name within the layer.
+    pub fn local(&self) -> impl Iterator<Item = (&'static str, ParamId)> + '_ {
+        self.ids.iter().copied()
+    }
+
+    fn id(&self, name: &str) -> Option<ParamId> {
+        self.ids.iter().find(|(n, _)| *n == name).map(|(_, id)| *id)
+    }
+}
+
+/// A memory block on the GPU: its ids and the layer over the model's parameter buffers.
+pub(crate) struct MemoryBlock {
+    pub params: MemoryParams,
+    pub layer: MemoryLayer,
+}
+
+impl MemoryBlock {
+    pub fn new(
+        params: &MemoryParams,
+        config: &MemoryConfig,
+        buffer: impl Fn(ParamId) -> wgpu::Buffer,
+    ) -> Result<Self> {
+        let layer = MemoryLayer::from_buffers(config, params.local().map(|(name, id)| (name, buffer(id))))?;
+        Ok(MemoryBlock {
+            params: params.clone(),
+            layer,
+        })
+    }
+
+    pub fn record_forward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+    ) -> Result<MemoryActivations> {
+        let pool = p
+            .model
+            .values
+            .as_ref()
+            .expect("a model with memory layers has a pool");
+        let acts = self.layer.record_forward(p.gpu, encoder, pool, x, p.rows())?;
+        record_add(p.gpu, encoder, &acts.out, h, p.rows() * p.model.config.dim as u32)?;
+        Ok(acts)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_backward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        acts: &MemoryActivations,
+        dh: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        grads: &mut GradSink,
+    ) -> Result<()> {
+        let pool = p
+            .model
+            .values
+            .as_ref()
+            .expect("a model with memory layers has a pool");
+        let g = self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?;
+        let bytes = p.rows() as u64 * p.model.config.dim as u64 * 4;
+        encoder.copy_buffer_to_buffer(&g.x, 0, dx, 0, bytes);
+        for (name, grad) in g.named(&self.layer.config) {
+            let id = self
+                .params
+                .id(name)
+                .ok_or_else(|| Error::MissingTensor(name.into()))?;
+            grads.set(id, grad.clone());
+        }
+        let (values, n_rows) = grads
+            .values
+            .as_ref()
+            .expect("a model with memory layers has a value gradient");
+        g.values.record_scatter_add(p.gpu, encoder, values, *n_rows)?;
+        let read = grads.values_read.as_ref().expect("with a value gradient");
+        g.values.record_mark(p.gpu, encoder, read, *n_rows)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! The transformer's blocks. A layer is two pre-norm residual blocks, `h += f(norm(h))`: the
+//! attention block, then a feed-forward block (dense SwiGLU or a memory layer). Each block is
+//! one type in its own file that declares its parameters into the registry and records its
+//! forward and backward; the model's forward and backward are loops over blocks
+//! (`model::gpu`, `model::backward`), and the norms around them are the model's.
+//!
+//! Adding a feed-forward kind: a file here with its parameters (`declare`), forward and
+//! backward, and an arm in `FeedForwardParams` and `Block`.
+
+mod attention;
+mod dense;
+mod memory;
+
+pub use attention::AttentionParams;
+pub use dense::DenseParams;
+pub use memory::MemoryParams;
+
+pub(crate) use attention::AttentionActs;
+pub(crate) use dense::DenseActs;
+pub(crate) use memory::MemoryBlock;
+
+use super::gpu::{KvCache, Model};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::memory::MemoryActivations;
+use crate::params::ParamId;
+
+/// The parameters of a layer's feed-forward block, by kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FeedForwardParams {
+    Dense(DenseParams),
+    Memory(MemoryParams),
+}
+
+impl FeedForwardParams {
+    /// Every parameter of the block, in its declaration order.
+    pub fn ids(&self) -> Vec<ParamId> {
+        match self {
+            FeedForwardParams::Dense(p) => vec![p.w1, p.w2, p.w3],
+            FeedForwardParams::Memory(p) => p.local().map(|(_, id)| id).collect(),
+        }
+    }
+}
+
+/// A block on the GPU.
+pub(crate) enum Block {
+    Attention(AttentionParams),
+    Dense(DenseParams),
+    Memory(MemoryBlock),
+}
+
+/// What a block's forward leaves for its backward.
+pub(crate) enum BlockActs {
+    Attention(AttentionActs),
+    Dense(DenseActs),
+    Memory(MemoryActivations),
+}
+
+/// What every block's forward sees: the model, the batch's shape, and where it is.
+pub(crate) struct Pass<'a> {
+    pub gpu: &'a Gpu,
+    pub model: &'a Model,
+    pub batch: u32,
+    pub seq: u32,
+    /// The layer the block belongs to.
+    pub layer: usize,
+    /// Earlier positions of the one sequence being decoded, if any.
+    pub cache: Option<&'a KvCache>,
+}
+
+impl Pass<'_> {
+    pub fn rows(&self) -> u32 {
+        self.batch * self.seq
+    }
+
+    pub fn f32s(&self, label: &str, n: u32) -> wgpu::Buffer {
+        self.gpu.storage(label, n as u64 * 4)
+    }
+
+    pub fn param(&self, id: ParamId) -> &wgpu::Buffer {
+        self.model.param(id)
+    }
+}
+
+/// Gradients of one backward pass, by parameter identity.
+pub(crate) struct GradSink {
+    pub by_id: Vec<Option<wgpu::Buffer>>,
+    /// The shared value table's gradient (summed over memory layers) and its row count.
+    pub values: Option<(wgpu::Buffer, u64)>,
+    /// A u32 per value row, 1 where some layer read it.
+    pub values_read: Option<wgpu::Buffer>,
+}
+
+impl GradSink {
+    pub fn set(&mut self, id: ParamId, grad: wgpu::Buffer) {
+        self.by_id[id.0] = Some(grad);
+    }
+}
+
+impl Block {
+    /// Records `h += f(x)` for `x` (the block's normed input, `[rows, dim]`).
+    pub fn record_forward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+    ) -> Result<BlockActs> {
+        Ok(match self {
+            Block::Attention(a) => BlockActs::Attention(a.record_forward(p, encoder, x, h)?),
+            Block::Dense(d) => BlockActs::Dense(d.record_forward(p, encoder, x, h)?),
+            Block::Memory(m) => BlockActs::Memory(m.record_forward(p, encoder, x, h)?),
+        })
+    }
+
+    /// Records the backward of `record_forward` for `dh` (dL/dh after the block): writes
+    /// dL/dx into `dx` and the block's parameter gradients into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_backward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        acts: &BlockActs,
+        dh: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        grads: &mut GradSink,
+    ) -> Result<()> {
+        match (self, acts) {
+            (Block::Attention(a), BlockActs::Attention(acts)) => {
+                a.record_backward(p, encoder, x, acts, dh, dx, grads)
+            }
+            (Block::Dense(d), BlockActs::Dense(acts)) => {
+                d.record_backward(p, encoder, x, acts, dh, dx, grads)
+            }
+            (Block::Memory(m), BlockActs::Memory(acts)) => {
+                m.record_backward(p, encoder, x, acts, dh, dx, grads)
+            }
+            _ => unreachable!("activations come from the same block"),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Where every parameter of a transformer is: its blocks declare their parameters into one
+//! registry (`crate::params`).
+
+use super::blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams};
+use super::config::ModelConfig;
+use crate::error::Result;
+use crate::params::{Group, Init, ParamId, Registry};
+
+/// One transformer layer: two pre-norm residual blocks, each with its norm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerParams {
+    pub attention_norm: ParamId,
+    pub attention: AttentionParams,
+    pub ffn_norm: ParamId,
+    pub feed_forward: FeedForwardParams,
+}
+
+/// Where each parameter of a model is in its registry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelLayout {
+    pub registry: Registry,
+    pub tok_embeddings: ParamId,
+    pub layers: Vec<LayerParams>,
+    /// The value table the memory layers share, declared under the first memory layer.
+    pub values: Option<ParamId>,
+    pub norm: ParamId,
+    pub output: ParamId,
+}
+
+impl ModelLayout {
+    /// Declares every parameter of `c` in lingua's state-dict order: the embedding, then per
+    /// layer the attention block, both norms and the feed-forward block (the shared value
+    /// table under the first memory layer), then the final norm and the output layer.
+    pub fn new(c: &ModelConfig) -> Result<Self> {
+        let mut r = Registry::default();
+        let std = c
+            .args
+            .init_base_std
+            .map(|s| s as f32)
+            .unwrap_or(1.0 / (c.dim as f32).sqrt());
+        let tok_embeddings = r.declare(
+            "tok_embeddings.weight",
+            vec![c.vocab, c.dim],
+            Init::Normal(std),
+            Group::Weights,
+        );
+        let mut layers = Vec::with_capacity(c.n_layers);
+        let mut values = None;
+        for l in 0..c.n_layers {
+            let prefix = format!("layers.{l}.");
+            let norm = |r: &mut Registry, name: &str| {
+                r.declare(format!("{prefix}{name}"), vec![c.dim], Init::Ones, Group::Weights)
+            };
+            let attention = AttentionParams::declare(&mut r, &prefix, c, std);
+            let attention_norm = norm(&mut r, "attention_norm.weight");
+            let ffn_norm = norm(&mut r, "ffn_norm.weight");
+            let feed_forward = match (&c.memory, c.is_memory_layer(l)) {
+                (Some(m), true) => {
+                    let p = MemoryParams::declare(&mut r, &prefix, m)?;
+                    if values.is_none() {
+                        values = Some(r.declare(
+                            format!("{prefix}feed_forward.{}", crate::memory::VALUES_NAME),
+                            vec![m.n_values(), m.v_dim],
+                            Init::Normal(1.0 / (m.v_dim as f32).sqrt()),
+                            Group::Values,
+                        ));
+                    }
+                    FeedForwardParams::Memory(p)
+                }
+                _ => FeedForwardParams::Dense(DenseParams::declare(&mut r, &prefix, c, std)),
+            };
+            layers.push(LayerParams {
+                attention_norm,
+                attention,
+                ffn_norm,
+                feed_forward,
+            });
+        }
+        let norm = r.declare("norm.weight", vec![c.dim], Init::Ones, Group::Weights);
+        let output = r.declare(
+            "output.weight",
+            vec![c.vocab, c.dim],
+            Init::Normal(std),
+            Group::Weights,
+        );
+        Ok(ModelLayout {
+            registry: r,
+            tok_embeddings,
+            layers,
+            values,
+            norm,
+            output,
+        })
+    }
+
+    /// The parameters in the order the reference initialisation draws them: per layer the
+    /// feed-forward block, then the attention block; then the value table, the embedding,
+    /// the final norm and the output layer. (Norms start at one and draw nothing.)
+    pub fn init_order(&self) -> Vec<ParamId> {
+        let mut order = Vec::with_capacity(self.registry.len());
+        for l in &self.layers {
+            order.extend(l.feed_forward.ids());
+            let a = &l.attention;
+            order.extend([l.attention_norm, a.wq, a.wk, a.wv, a.wo, l.ffn_norm]);
+        }
+        order.extend(self.values);
+        order.extend([self.tok_embeddings, self.norm, self.output]);
+        debug_assert_eq!(order.len(), self.registry.len());
+        order
+    }
+}
