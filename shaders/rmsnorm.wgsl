@@ -5,14 +5,23 @@
 // where a workgroup with barriers per row costs more than the row's arithmetic); they form
 // the same partial sums in the same order, so the results are bit-identical.
 //   forward:  y = x r w with r = rsqrt(mean(x^2) + eps); r saved per row
-//   backward: dx = r w dy - x r^3 <dy, w x> / d; per-row dw terms dy x r (summed over rows
-//             by the caller, a GEMM with a ones vector)
+//   backward: dx = r w dy - x r^3 <dy, w x> / d (or dx += that, with `accumulate`: the
+//             residual stream's gradient); per-row dw terms dy x r (summed over rows by the
+//             caller, a GEMM with a ones vector)
 
 struct Params {
     rows: u32,
     d: u32,
     eps: f32,
-    _pad: u32,
+    accumulate: u32, // backward: 1 adds dx into `y` instead of writing it
+}
+
+fn store_dx(at: u32, v: f32) {
+    if (p.accumulate != 0u) {
+        y[at] = y[at] + v;
+    } else {
+        y[at] = v;
+    }
 }
 
 const WG: u32 = 64u;
@@ -87,7 +96,7 @@ fn backward(
     let total = ordered_sum(dot, lid);
     let c = r * r * r * total / f32(p.d);
     for (var j = lid; j < p.d; j += WG) {
-        y[base + j] = r * w[j] * dy[base + j] - x[base + j] * c;
+        store_dx(base + j, r * w[j] * dy[base + j] - x[base + j] * c);
         dw_rows[base + j] = dy[base + j] * x[base + j] * r;
     }
 }
@@ -151,7 +160,7 @@ fn backward_rows(
     let r = rstd[row];
     let c = r * r * r * row_dot(base) / f32(p.d);
     for (var j = 0u; j < p.d; j++) {
-        y[base + j] = r * w[j] * dy[base + j] - x[base + j] * c;
+        store_dx(base + j, r * w[j] * dy[base + j] - x[base + j] * c);
         dw_rows[base + j] = dy[base + j] * x[base + j] * r;
     }
 }

@@ -27,6 +27,19 @@ fn other_linear_gpu() -> &'static Gpu {
     })
 }
 
+/// This adapter with split-K for parallelism the other way round (GPUs split weight
+/// gradients' reductions, CPU adapters do not): both paths run on every adapter.
+fn other_split_k_gpu() -> &'static Gpu {
+    static OTHER: OnceLock<Gpu> = OnceLock::new();
+    OTHER.get_or_init(|| {
+        let mut other = Gpu::new_blocking().unwrap();
+        let mut tuning = other.tuning();
+        tuning.split_k = !tuning.split_k;
+        other.set_tuning(tuning);
+        other
+    })
+}
+
 fn linear_variants() -> [&'static Gpu; 2] {
     [gpu(), other_linear_gpu()]
 }
@@ -169,7 +182,7 @@ fn linear_transposes(g: &Gpu) {
 
 #[test]
 fn linear_split_k_matches_oracle() {
-    for g in linear_variants() {
+    for g in linear_variants().into_iter().chain([other_split_k_gpu()]) {
         linear_split_k(g);
     }
 }

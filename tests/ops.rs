@@ -14,6 +14,10 @@ fn submit(f: impl FnOnce(&mut wgpu::CommandEncoder)) {
     g.queue.submit([enc.finish()]);
 }
 
+fn rng_residual(n: usize) -> Vec<f32> {
+    Rng::new(n as u64).vec_normal(n, 1.0)
+}
+
 #[test]
 fn rmsnorm_matches_oracle_in_both_variants_bit_for_bit() {
     // A workgroup per row (GPUs) and a row per invocation (CPU adapters): both against the
@@ -64,6 +68,20 @@ fn rmsnorm_matches_oracle_in_both_variants_bit_for_bit() {
                 .collect();
             assert_close(&what("dw"), &got_dw, &dw);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            // Accumulating into a residual gradient: exactly that gradient plus dx.
+            let residual = rng_residual(rows * d);
+            let acc = g.upload("residual grad", &residual);
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            norm.record_backward_accumulate(g, &mut enc, &dyb, &acc, &dwb)
+                .unwrap();
+            g.queue.submit([enc.finish()]);
+            let summed: Vec<f32> = residual.iter().zip(&got_dx).map(|(a, b)| a + b).collect();
+            assert_eq!(
+                bits(&g.read_f32_blocking(&acc, rows * d).unwrap()),
+                bits(&summed),
+                "{}",
+                what("accumulated dx")
+            );
             outputs.push((bits(&y), bits(&got_dx), bits(&rows_dw)));
         }
         assert!(
@@ -106,6 +124,57 @@ fn rope_matches_oracle_at_far_positions() {
             &want,
         );
         assert_close("rope inverse", &g.read_f32_blocking(&zb, x.len()).unwrap(), &x);
+    }
+}
+
+/// Queries and keys rotated in one dispatch equal two single rotations, bit for bit, in
+/// both directions, over odd shapes and batches.
+#[test]
+fn rope_pair_equals_two_single_rotations() {
+    let g = gpu();
+    let mut rng = Rng::new(3);
+    for &(batch, seq, heads, kv_heads, hd, pos0) in &[
+        (1, 1, 1, 1, 2, 0),
+        (2, 5, 4, 2, 8, 3),
+        (3, 7, 3, 1, 6, 40),
+        (1, 33, 8, 8, 16, 0),
+    ] {
+        let (cos, sin) = rope_tables(pos0 + seq, hd, 10000.0);
+        let (cb, sb) = (g.upload("cos", &cos), g.upload("sin", &sin));
+        let q = rng.vec_normal(batch * seq * heads * hd, 1.0);
+        let k = rng.vec_normal(batch * seq * kv_heads * hd, 1.0);
+        let (qb, kb) = (g.upload("q", &q), g.upload("k", &k));
+        for inverse in [false, true] {
+            let rope = |heads: usize| Rope {
+                batch: batch as u32,
+                seq: seq as u32,
+                heads: heads as u32,
+                head_dim: hd as u32,
+                pos0: pos0 as u32,
+                inverse,
+                cos: &cb,
+                sin: &sb,
+            };
+            let out = |n: usize| g.storage("out", (n * 4) as u64);
+            let (q1, k1, q2, k2) = (out(q.len()), out(k.len()), out(q.len()), out(k.len()));
+            submit(|e| {
+                rope(heads).record(g, e, &qb, &q1).unwrap();
+                rope(kv_heads).record(g, e, &kb, &k1).unwrap();
+                rope(heads)
+                    .record_pair(g, e, (&qb, &q2), kv_heads as u32, (&kb, &k2))
+                    .unwrap();
+            });
+            let bits = |b: &wgpu::Buffer, n: usize| -> Vec<u32> {
+                g.read_f32_blocking(b, n)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            let what = format!("rope pair {batch}x{seq} heads {heads}/{kv_heads} hd {hd} inverse {inverse}");
+            assert_eq!(bits(&q1, q.len()), bits(&q2, q.len()), "{what}: queries");
+            assert_eq!(bits(&k1, k.len()), bits(&k2, k.len()), "{what}: keys");
+        }
     }
 }
 

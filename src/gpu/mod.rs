@@ -71,6 +71,11 @@ pub struct Tuning {
     /// a value row is at most 16 16-byte words: for CPU adapters, where the column-block
     /// variants leave most of a workgroup idle on short rows and pay a barrier per token.
     pub bag_rows: bool,
+    /// Products with few output tiles (weight gradients) split their reduction over
+    /// workgroups for parallelism (split-K) on GPUs. CPU adapters have a few cores, which a
+    /// handful of tiles already fill; the split there costs a second dispatch (the partials'
+    /// sum) and buys nothing. Reductions longer than one dispatch's loop budget split always.
+    pub split_k: bool,
 }
 
 impl Tuning {
@@ -83,6 +88,7 @@ impl Tuning {
         gemm_subgroup: false,
         norm_rows: false,
         bag_rows: false,
+        split_k: true,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 8,
@@ -93,6 +99,7 @@ impl Tuning {
         gemm_subgroup: true,
         norm_rows: true,
         bag_rows: true,
+        split_k: false,
     };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {

@@ -132,18 +132,22 @@ impl Linear<'_> {
     /// How many k ranges this product's reduction is split into (1: not split). Only single
     /// products without bias or gate split; reductions longer than one dispatch's loop
     /// budget always do.
-    fn splits(&self) -> u32 {
+    fn splits(&self, gpu: &Gpu) -> u32 {
         let l = self.layout();
         if l.batch != 1 || self.bias.is_some() || self.gate.is_some() || self.m > MAX_GRID_DIM {
             return 1;
         }
         let tiles = self.m.div_ceil(TILE) * self.n.div_ceil(TILE);
-        let for_parallelism = (SPLIT_TARGET_WORKGROUPS / tiles).min(self.k / MIN_SPLIT_K);
+        let for_parallelism = if gpu.tuning().split_k {
+            (SPLIT_TARGET_WORKGROUPS / tiles).min(self.k / MIN_SPLIT_K)
+        } else {
+            1
+        };
         for_parallelism.max(self.k.div_ceil(MAX_K_PER_DISPATCH)).max(1)
     }
 
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
-        let splits = self.splits();
+        let splits = self.splits(gpu);
         if splits <= 1 {
             return self.record_unsplit(gpu, encoder);
         }

@@ -60,7 +60,7 @@ struct RmsParams {
     rows: u32,
     d: u32,
     eps: f32,
-    _pad: u32,
+    accumulate: u32,
 }
 
 /// Workgroups for `rows` rows: one each, or 64 rows each in the per-row entry points.
@@ -83,7 +83,7 @@ pub struct RmsNorm<'a> {
 }
 
 impl RmsNorm<'_> {
-    fn check(&self, gpu: &Gpu) -> Result<wgpu::Buffer> {
+    fn check(&self, gpu: &Gpu, accumulate: bool) -> Result<wgpu::Buffer> {
         if self.rows == 0 || self.d == 0 {
             return Err(Error::Config("rmsnorm: empty shape".into()));
         }
@@ -101,7 +101,7 @@ impl RmsNorm<'_> {
                 rows,
                 d,
                 eps,
-                _pad: 0,
+                accumulate: accumulate as u32,
             },
         ))
     }
@@ -112,7 +112,7 @@ impl RmsNorm<'_> {
         encoder: &mut wgpu::CommandEncoder,
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        let params = self.check(gpu)?;
+        let params = self.check(gpu, false)?;
         check_buffer(gpu, "rmsnorm.y", y, self.rows as u64 * self.d as u64)?;
         let rows = gpu.tuning().norm_rows;
         let entry = if rows { "forward_rows" } else { "forward" };
@@ -148,7 +148,32 @@ impl RmsNorm<'_> {
         dx: &wgpu::Buffer,
         dw_rows: &wgpu::Buffer,
     ) -> Result<()> {
-        let params = self.check(gpu)?;
+        self.record_backward_inner(gpu, encoder, dy, dx, dw_rows, false)
+    }
+
+    /// `record_backward` adding dx into `dx` (a residual stream's gradient) instead of
+    /// writing it: one dispatch instead of the backward and an add, with the same sums.
+    pub fn record_backward_accumulate(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        dy: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        dw_rows: &wgpu::Buffer,
+    ) -> Result<()> {
+        self.record_backward_inner(gpu, encoder, dy, dx, dw_rows, true)
+    }
+
+    fn record_backward_inner(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        dy: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        dw_rows: &wgpu::Buffer,
+        accumulate: bool,
+    ) -> Result<()> {
+        let params = self.check(gpu, accumulate)?;
         let n = self.rows as u64 * self.d as u64;
         check_buffer(gpu, "rmsnorm.dy", dy, n)?;
         check_buffer(gpu, "rmsnorm.dx", dx, n)?;
@@ -192,7 +217,8 @@ struct RopeParams {
     pos0: u32,
     inverse: u32,
     seq: u32,
-    _pad: [u32; 2],
+    heads2: u32,
+    pairs2: u32,
 }
 
 /// Interleaved RoPE on `x [batch, seq, heads, head_dim]`, each sequence at positions
@@ -209,6 +235,37 @@ pub struct Rope<'a> {
 }
 
 impl Rope<'_> {
+    /// The pairs of a tensor with `heads` heads, checked against `x` and `y`.
+    fn check(&self, gpu: &Gpu, heads: u32, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<u64> {
+        if self.head_dim % 2 != 0 || self.seq == 0 || heads == 0 || self.batch == 0 {
+            return Err(Error::Config(format!(
+                "rope: head_dim {} must be even",
+                self.head_dim
+            )));
+        }
+        let half = self.head_dim / 2;
+        let pairs = self.batch as u64 * self.seq as u64 * heads as u64 * half as u64;
+        check_buffer(gpu, "rope.x", x, 2 * pairs)?;
+        check_buffer(gpu, "rope.y", y, 2 * pairs)?;
+        let positions = (self.pos0 + self.seq) as u64 * half as u64;
+        check_buffer(gpu, "rope cos table", self.cos, positions)?;
+        check_buffer(gpu, "rope sin table", self.sin, positions)?;
+        Ok(pairs)
+    }
+
+    fn params(&self, pairs: u64, (heads2, pairs2): (u32, u64)) -> RopeParams {
+        RopeParams {
+            pairs: pairs as u32,
+            heads: self.heads,
+            half_dim: self.head_dim / 2,
+            pos0: self.pos0,
+            inverse: self.inverse as u32,
+            seq: self.seq,
+            heads2,
+            pairs2: pairs2 as u32,
+        }
+    }
+
     pub fn record(
         &self,
         gpu: &Gpu,
@@ -216,29 +273,8 @@ impl Rope<'_> {
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        if self.head_dim % 2 != 0 || self.seq == 0 || self.heads == 0 || self.batch == 0 {
-            return Err(Error::Config(format!(
-                "rope: head_dim {} must be even",
-                self.head_dim
-            )));
-        }
-        let half = self.head_dim / 2;
-        let pairs = self.batch as u64 * self.seq as u64 * self.heads as u64 * half as u64;
-        check_buffer(gpu, "rope.x", x, 2 * pairs)?;
-        check_buffer(gpu, "rope.y", y, 2 * pairs)?;
-        let positions = (self.pos0 + self.seq) as u64 * half as u64;
-        check_buffer(gpu, "rope cos table", self.cos, positions)?;
-        check_buffer(gpu, "rope sin table", self.sin, positions)?;
-        let params = RopeParams {
-            pairs: pairs as u32,
-            heads: self.heads,
-            half_dim: half,
-            pos0: self.pos0,
-            inverse: self.inverse as u32,
-            seq: self.seq,
-            _pad: [0; 2],
-        };
-        let params = gpu.uniform("rope params", &params);
+        let pairs = self.check(gpu, self.heads, x, y)?;
+        let params = gpu.uniform("rope params", &self.params(pairs, (0, 0)));
         let pipeline = gpu.pipeline("rope", ROPE, &[]);
         let bind = gpu.bind(&pipeline, &[&params, x, self.cos, self.sin, y]);
         dispatch(
@@ -248,6 +284,48 @@ impl Rope<'_> {
             &pipeline,
             &[&bind],
             (pairs as u32).div_ceil(64),
+        );
+        Ok(())
+    }
+
+    /// `record` on `x -> y` and, in the same dispatch, on `x2 -> y2` (the keys, with
+    /// `heads2` heads, at the same positions): bit-identical to two `record`s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_pair(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        (x, y): (&wgpu::Buffer, &wgpu::Buffer),
+        heads2: u32,
+        (x2, y2): (&wgpu::Buffer, &wgpu::Buffer),
+    ) -> Result<()> {
+        let pairs = self.check(gpu, self.heads, x, y)?;
+        let pairs2 = self.check(gpu, heads2, x2, y2)?;
+        let total = pairs + pairs2;
+        if total > u32::MAX as u64 {
+            return Err(Error::Config(format!("rope: {total} pairs in one dispatch")));
+        }
+        let params = gpu.uniform("rope params", &self.params(pairs, (heads2, pairs2)));
+        let pipeline = gpu.pipeline_entry("rope", ROPE, "main_pair", &[]);
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[
+                (0, &params),
+                (1, x),
+                (2, self.cos),
+                (3, self.sin),
+                (4, y),
+                (5, x2),
+                (6, y2),
+            ],
+        );
+        dispatch(
+            gpu,
+            encoder,
+            "rope",
+            &pipeline,
+            &[&bind],
+            (total as u32).div_ceil(64),
         );
         Ok(())
     }

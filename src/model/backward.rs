@@ -1,7 +1,7 @@
 //! The transformer's backward on the GPU: every parameter's gradient, by registry identity.
 //!
 //! The reverse of `Model::record_forward`, from dL/dlogits: output layer and final norm,
-//! then the residual blocks last first (each block's backward, then its norm's, adding into
+//! then the residual blocks last first (each block's backward, then its norm's, which adds into
 //! the residual stream's gradient), finally the embedding. Sparse gradients (embedding rows,
 //! value rows of each memory layer) are added into dense tables in a fixed order.
 //! Deterministic throughout.
@@ -11,7 +11,6 @@ use super::gpu::{Model, ModelForward};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::linear::gemm;
-use crate::kernels::ops::record_add;
 use crate::kernels::value_grads::ValueGrads;
 use crate::params::ParamId;
 
@@ -64,14 +63,19 @@ impl Model {
         // An RMSNorm's backward: dx into `dx`, dL/dweight (the column sums of its per-row
         // terms) into the gradients.
         let dw_rows = f32s("grad norm rows", rows * d);
+        // With `accumulate`, dx is added into `dx` (the residual stream's gradient).
         let norm_backward = |encoder: &mut wgpu::CommandEncoder,
                              grads: &mut GradSink,
                              (id, x, rstd): (ParamId, &wgpu::Buffer, &wgpu::Buffer),
                              dy: &wgpu::Buffer,
-                             dx: &wgpu::Buffer|
+                             (dx, accumulate): (&wgpu::Buffer, bool)|
          -> Result<()> {
-            self.norm(rows, id, x, rstd)
-                .record_backward(gpu, encoder, dy, dx, &dw_rows)?;
+            let norm = self.norm(rows, id, x, rstd);
+            if accumulate {
+                norm.record_backward_accumulate(gpu, encoder, dy, dx, &dw_rows)?;
+            } else {
+                norm.record_backward(gpu, encoder, dy, dx, &dw_rows)?;
+            }
             let g = f32s("grad norm weight", d);
             gemm(
                 gpu,
@@ -117,7 +121,7 @@ impl Model {
             &mut grads,
             (layout.norm, &fwd.h_final, &fwd.final_rstd),
             &d_normed,
-            &dh,
+            (&dh, false),
         )?;
 
         // The residual blocks, last first: h_out = h_in + block(norm(h_in)).
@@ -140,15 +144,13 @@ impl Model {
                 &d_block_in,
                 &mut grads,
             )?;
-            let d_norm_in = f32s("grad norm input", rows * d);
             norm_backward(
                 encoder,
                 &mut grads,
                 (r.norm, &acts.h_in, &acts.rstd),
                 &d_block_in,
-                &d_norm_in,
+                (&dh, true),
             )?;
-            record_add(gpu, encoder, &d_norm_in, &dh, rows * d)?;
         }
 
         // Embedding: one row per token, weight 1.

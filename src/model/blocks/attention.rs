@@ -77,16 +77,12 @@ impl AttentionParams {
         linear(x, p.param(self.wq), &q, (rows, qd, d)).record(gpu, encoder)?;
         linear(x, p.param(self.wk), &k, (rows, kvd, d)).record(gpu, encoder)?;
         linear(x, p.param(self.wv), &v, (rows, kvd, d)).record(gpu, encoder)?;
+        // Queries and keys rotated in one dispatch.
         Rope {
             pos0,
             ..m.rope(p.batch, p.seq, c.n_heads, false)
         }
-        .record(gpu, encoder, &q, &q_rot)?;
-        Rope {
-            pos0,
-            ..m.rope(p.batch, p.seq, c.n_kv_heads, false)
-        }
-        .record(gpu, encoder, &k, &k_rot)?;
+        .record_pair(gpu, encoder, (&q, &q_rot), c.n_kv_heads as u32, (&k, &k_rot))?;
         match p.cache {
             None => m
                 .attention(p.batch, p.seq, &q_rot, &k_rot, &v, &attn, &lse)
@@ -165,10 +161,13 @@ impl AttentionParams {
         )
         .record_backward(gpu, encoder, &d_attn, &dq_rot, &dk_rot, &dv)?;
         let (dq, dk) = (p.f32s("grad q", rows * qd), p.f32s("grad k", rows * kvd));
-        m.rope(p.batch, p.seq, c.n_heads, true)
-            .record(gpu, encoder, &dq_rot, &dq)?;
-        m.rope(p.batch, p.seq, c.n_kv_heads, true)
-            .record(gpu, encoder, &dk_rot, &dk)?;
+        m.rope(p.batch, p.seq, c.n_heads, true).record_pair(
+            gpu,
+            encoder,
+            (&dq_rot, &dq),
+            c.n_kv_heads as u32,
+            (&dk_rot, &dk),
+        )?;
         let (dwq, dwk, dwv) = (
             p.f32s("grad wq", qd * d),
             p.f32s("grad wk", kvd * d),
