@@ -14,6 +14,10 @@ struct Params {
     d: u32,
     eps: f32,
     accumulate: u32, // backward: 1 adds dx into `y` instead of writing it
+    dw_offset: u32,  // backward: where this norm's per-row dw terms start in `dw_rows`
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 fn store_dx(at: u32, v: f32) {
@@ -97,7 +101,7 @@ fn backward(
     let c = r * r * r * total / f32(p.d);
     for (var j = lid; j < p.d; j += WG) {
         store_dx(base + j, r * w[j] * dy[base + j] - x[base + j] * c);
-        dw_rows[base + j] = dy[base + j] * x[base + j] * r;
+        dw_rows[p.dw_offset + base + j] = dy[base + j] * x[base + j] * r;
     }
 }
 
@@ -161,6 +165,6 @@ fn backward_rows(
     let c = r * r * r * row_dot(base) / f32(p.d);
     for (var j = 0u; j < p.d; j++) {
         store_dx(base + j, r * w[j] * dy[base + j] - x[base + j] * c);
-        dw_rows[base + j] = dy[base + j] * x[base + j] * r;
+        dw_rows[p.dw_offset + base + j] = dy[base + j] * x[base + j] * r;
     }
 }

@@ -72,7 +72,8 @@ fn rmsnorm_matches_oracle_in_both_variants_bit_for_bit() {
             let residual = rng_residual(rows * d);
             let acc = g.upload("residual grad", &residual);
             let mut enc = g.device.create_command_encoder(&Default::default());
-            norm.record_backward_accumulate(g, &mut enc, &dyb, &acc, &dwb)
+            let dw_at = g.storage("dw at an offset", ((rows * d + 5) * 4) as u64);
+            norm.record_backward_into(g, &mut enc, &dyb, (&acc, true), (&dw_at, 5))
                 .unwrap();
             g.queue.submit([enc.finish()]);
             let summed: Vec<f32> = residual.iter().zip(&got_dx).map(|(a, b)| a + b).collect();
@@ -81,6 +82,12 @@ fn rmsnorm_matches_oracle_in_both_variants_bit_for_bit() {
                 bits(&summed),
                 "{}",
                 what("accumulated dx")
+            );
+            assert_eq!(
+                bits(&g.read_f32_blocking(&dw_at, rows * d + 5).unwrap()[5..]),
+                bits(&rows_dw),
+                "{}",
+                what("dw at an offset")
             );
             outputs.push((bits(&y), bits(&got_dx), bits(&rows_dw)));
         }

@@ -36,7 +36,7 @@ const SPLIT_TARGET_WORKGROUPS: u32 = 64;
 const MIN_SPLIT_K: u32 = 256;
 /// The longest k range one dispatch may reduce within the loop budget (k / 8 steps of 17
 /// iterations, plus the stores).
-const MAX_K_PER_DISPATCH: u32 = ((LOOP_BUDGET as u32 - 64) / 17) * 8;
+pub const MAX_K_PER_DISPATCH: u32 = ((LOOP_BUDGET as u32 - 64) / 17) * 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -61,6 +61,8 @@ struct RmsParams {
     d: u32,
     eps: f32,
     accumulate: u32,
+    dw_offset: u32,
+    _pad: [u32; 3],
 }
 
 /// Workgroups for `rows` rows: one each, or 64 rows each in the per-row entry points.
@@ -83,7 +85,7 @@ pub struct RmsNorm<'a> {
 }
 
 impl RmsNorm<'_> {
-    fn check(&self, gpu: &Gpu, accumulate: bool) -> Result<wgpu::Buffer> {
+    fn check(&self, gpu: &Gpu, (accumulate, dw_offset): (bool, u32)) -> Result<wgpu::Buffer> {
         if self.rows == 0 || self.d == 0 {
             return Err(Error::Config("rmsnorm: empty shape".into()));
         }
@@ -102,6 +104,8 @@ impl RmsNorm<'_> {
                 d,
                 eps,
                 accumulate: accumulate as u32,
+                dw_offset,
+                _pad: [0; 3],
             },
         ))
     }
@@ -112,7 +116,7 @@ impl RmsNorm<'_> {
         encoder: &mut wgpu::CommandEncoder,
         y: &wgpu::Buffer,
     ) -> Result<()> {
-        let params = self.check(gpu, false)?;
+        let params = self.check(gpu, (false, 0))?;
         check_buffer(gpu, "rmsnorm.y", y, self.rows as u64 * self.d as u64)?;
         let rows = gpu.tuning().norm_rows;
         let entry = if rows { "forward_rows" } else { "forward" };
@@ -148,36 +152,29 @@ impl RmsNorm<'_> {
         dx: &wgpu::Buffer,
         dw_rows: &wgpu::Buffer,
     ) -> Result<()> {
-        self.record_backward_inner(gpu, encoder, dy, dx, dw_rows, false)
+        self.record_backward_into(gpu, encoder, dy, (dx, false), (dw_rows, 0))
     }
 
-    /// `record_backward` adding dx into `dx` (a residual stream's gradient) instead of
-    /// writing it: one dispatch instead of the backward and an add, with the same sums.
-    pub fn record_backward_accumulate(
+    /// `record_backward` with `dx` added into what `dx` holds when `accumulate` (a residual
+    /// stream's gradient: one dispatch instead of the backward and an add, the same sums),
+    /// and the per-row terms written `dw_offset` elements into `dw_rows` (several norms'
+    /// terms in one buffer, summed by one batched GEMM).
+    pub fn record_backward_into(
         &self,
         gpu: &Gpu,
         encoder: &mut wgpu::CommandEncoder,
         dy: &wgpu::Buffer,
-        dx: &wgpu::Buffer,
-        dw_rows: &wgpu::Buffer,
+        (dx, accumulate): (&wgpu::Buffer, bool),
+        (dw_rows, dw_offset): (&wgpu::Buffer, u64),
     ) -> Result<()> {
-        self.record_backward_inner(gpu, encoder, dy, dx, dw_rows, true)
-    }
-
-    fn record_backward_inner(
-        &self,
-        gpu: &Gpu,
-        encoder: &mut wgpu::CommandEncoder,
-        dy: &wgpu::Buffer,
-        dx: &wgpu::Buffer,
-        dw_rows: &wgpu::Buffer,
-        accumulate: bool,
-    ) -> Result<()> {
-        let params = self.check(gpu, accumulate)?;
+        if dw_offset > u32::MAX as u64 {
+            return Err(Error::Config(format!("rmsnorm: dw offset {dw_offset}")));
+        }
+        let params = self.check(gpu, (accumulate, dw_offset as u32))?;
         let n = self.rows as u64 * self.d as u64;
         check_buffer(gpu, "rmsnorm.dy", dy, n)?;
         check_buffer(gpu, "rmsnorm.dx", dx, n)?;
-        check_buffer(gpu, "rmsnorm.dw_rows", dw_rows, n)?;
+        check_buffer(gpu, "rmsnorm.dw_rows", dw_rows, dw_offset + n)?;
         let rows = gpu.tuning().norm_rows;
         let entry = if rows { "backward_rows" } else { "backward" };
         let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, entry, &[]);

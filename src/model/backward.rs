@@ -10,7 +10,7 @@ use super::blocks::{GradSink, Pass};
 use super::gpu::{Model, ModelForward};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::linear::gemm;
+use crate::kernels::linear::{gemm, Batched, Linear, MAX_K_PER_DISPATCH};
 use crate::kernels::value_grads::ValueGrads;
 use crate::params::ParamId;
 
@@ -60,35 +60,24 @@ impl Model {
                 .as_ref()
                 .map(|pool| gpu.storage("value rows read", pool.n_rows() as u64 * 4)),
         };
-        // An RMSNorm's backward: dx into `dx`, dL/dweight (the column sums of its per-row
-        // terms) into the gradients.
-        let dw_rows = f32s("grad norm rows", rows * d);
-        // With `accumulate`, dx is added into `dx` (the residual stream's gradient).
+        // Every RMSNorm's backward writes its per-row weight-gradient terms into its own
+        // slice of `dw_rows` (the final norm first, then the blocks' last first); one batched
+        // GEMM with a ones vector sums them all at the end (`norm_weight_grads`).
+        let norms: Vec<ParamId> = std::iter::once(layout.norm)
+            .chain(self.residuals.iter().rev().map(|r| r.norm))
+            .collect();
+        let dw_rows = gpu.storage("grad norm rows", norms.len() as u64 * rows as u64 * d as u64 * 4);
+        // dx into `dx`, or added into it with `accumulate` (the residual stream's gradient).
         let norm_backward = |encoder: &mut wgpu::CommandEncoder,
-                             grads: &mut GradSink,
+                             slot: usize,
                              (id, x, rstd): (ParamId, &wgpu::Buffer, &wgpu::Buffer),
                              dy: &wgpu::Buffer,
-                             (dx, accumulate): (&wgpu::Buffer, bool)|
+                             dx: (&wgpu::Buffer, bool)|
          -> Result<()> {
-            let norm = self.norm(rows, id, x, rstd);
-            if accumulate {
-                norm.record_backward_accumulate(gpu, encoder, dy, dx, &dw_rows)?;
-            } else {
-                norm.record_backward(gpu, encoder, dy, dx, &dw_rows)?;
-            }
-            let g = f32s("grad norm weight", d);
-            gemm(
-                gpu,
-                encoder,
-                "grad norm weight",
-                (&ones, false),
-                (&dw_rows, true),
-                &g,
-                (1, d, rows),
-                false,
-            )?;
-            grads.set(id, g);
-            Ok(())
+            debug_assert_eq!(norms[slot], id);
+            let at = slot as u64 * rows as u64 * d as u64;
+            self.norm(rows, id, x, rstd)
+                .record_backward_into(gpu, encoder, dy, dx, (&dw_rows, at))
         };
 
         // Output layer and final norm.
@@ -118,14 +107,14 @@ impl Model {
         let dh = f32s("grad residual", rows * d);
         norm_backward(
             encoder,
-            &mut grads,
+            0,
             (layout.norm, &fwd.h_final, &fwd.final_rstd),
             &d_normed,
             (&dh, false),
         )?;
 
         // The residual blocks, last first: h_out = h_in + block(norm(h_in)).
-        for (r, acts) in self.residuals.iter().zip(&fwd.residuals).rev() {
+        for (slot, (r, acts)) in self.residuals.iter().zip(&fwd.residuals).rev().enumerate() {
             let pass = Pass {
                 gpu,
                 model: self,
@@ -146,11 +135,15 @@ impl Model {
             )?;
             norm_backward(
                 encoder,
-                &mut grads,
+                slot + 1,
                 (r.norm, &acts.h_in, &acts.rstd),
                 &d_block_in,
                 (&dh, true),
             )?;
+        }
+
+        for (id, g) in norm_weight_grads(gpu, encoder, &ones, &dw_rows, &norms, (rows, d))? {
+            grads.set(id, g);
         }
 
         // Embedding: one row per token, weight 1.
@@ -187,4 +180,71 @@ impl Model {
             values_read: grads.values_read,
         })
     }
+}
+
+/// The weight gradients of the norms whose per-row terms fill `dw_rows [norms, rows, d]`:
+/// column sums, as one batched GEMM with a ones vector (per norm where the reduction is too
+/// long for one dispatch), copied out into a buffer per norm.
+fn norm_weight_grads(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    ones: &wgpu::Buffer,
+    dw_rows: &wgpu::Buffer,
+    norms: &[ParamId],
+    (rows, d): (u32, u32),
+) -> Result<Vec<(ParamId, wgpu::Buffer)>> {
+    let n = norms.len() as u32;
+    let sums = gpu.storage("grad norm weights", n as u64 * d as u64 * 4);
+    if rows <= MAX_K_PER_DISPATCH {
+        Linear {
+            label: "grad norm weights",
+            x: ones,
+            w: dw_rows,
+            bias: None,
+            gate: None,
+            y: &sums,
+            m: 1,
+            n: d,
+            k: rows,
+            batched: Some(Batched {
+                batch: n,
+                w_batch: rows * d,
+                y_batch: d,
+                ..Batched::dense(1, d, rows, false, true)
+            }),
+            accumulate: false,
+        }
+        .record(gpu, encoder)?;
+    } else {
+        for i in 0..n {
+            Linear {
+                label: "grad norm weights",
+                x: ones,
+                w: dw_rows,
+                bias: None,
+                gate: None,
+                y: &sums,
+                m: 1,
+                n: d,
+                k: rows,
+                batched: Some(Batched {
+                    w_offset: i * rows * d,
+                    y_offset: i * d,
+                    ..Batched::dense(1, d, rows, false, true)
+                }),
+                accumulate: false,
+            }
+            .record(gpu, encoder)?;
+        }
+    }
+    let bytes = d as u64 * 4;
+    Ok(norms
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let g = gpu.storage("grad norm weight", bytes);
+            encoder.copy_buffer_to_buffer(&sums, i as u64 * bytes, &g, 0, bytes);
+            (id, g)
+        })
+        .collect())
 }
