@@ -80,6 +80,15 @@ fn torch_tokens_per_s(
     Ok(rows)
 }
 
+/// Samples of a host-time measurement: sub-millisecond times on a shared machine need many,
+/// and their median.
+const HOST_SAMPLES: usize = 25;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn wait(gpu: &Gpu) -> Result<()> {
     gpu.device
         .poll(wgpu::PollType::wait_indefinitely())
@@ -238,6 +247,8 @@ struct Row {
     bag_variants_gbs: (f64, f64),
     /// Host seconds per forward (encode + submit), through the step plan and without one.
     host_seconds: (f64, f64),
+    /// The encoding's part of those (recording and `finish`, without the submission).
+    encode_seconds: (f64, f64),
     /// Buffers, bind groups and dispatches of one planned forward after the first.
     per_forward: crate::gpu::Counts,
 }
@@ -296,9 +307,9 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
     };
     // Host time per forward (encode + submit), through the step plan and without one (every
     // buffer, parameter block and bind group created anew), in the same run.
-    let host = |planned: bool| -> Result<f64> {
-        let mut seconds = 0.0;
-        for _ in 0..o.iters {
+    let host = |planned: bool| -> Result<(f64, f64)> {
+        let (mut seconds, mut encode) = (Vec::with_capacity(HOST_SAMPLES), Vec::with_capacity(HOST_SAMPLES));
+        for _ in 0..HOST_SAMPLES {
             let t = Instant::now();
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             if planned {
@@ -306,16 +317,23 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
             } else {
                 work.record(gpu, &mut enc)?;
             }
-            gpu.queue.submit([enc.finish()]);
-            seconds += t.elapsed().as_secs_f64();
+            let command_buffer = enc.finish();
+            encode.push(t.elapsed().as_secs_f64());
+            gpu.queue.submit([command_buffer]);
+            seconds.push(t.elapsed().as_secs_f64());
             wait(gpu)?;
         }
-        Ok(seconds / o.iters as f64)
+        Ok((median(seconds), median(encode)))
     };
     let host_unplanned = host(false)?;
     let before = gpu.counts();
     let host_planned = host(true)?;
     let per_forward = gpu.counts() - before;
+    let per_forward = crate::gpu::Counts {
+        buffers: per_forward.buffers / HOST_SAMPLES as u64,
+        bind_groups: per_forward.bind_groups / HOST_SAMPLES as u64,
+        dispatches: per_forward.dispatches / HOST_SAMPLES as u64,
+    };
     let kernels = KernelTiming::per_label(&timed(gpu, o.iters, forward)?, o.iters);
     let time_of = |label: &str| kernels.iter().find(|k| k.0 == label).map_or(f64::NAN, |k| k.1);
     let tokens = o.tokens as f64;
@@ -338,7 +356,8 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
         lookup_gflops: lookup_flops / time_of("subkey_scores") / 1e9,
         bag_gbs: bag_bytes / time_of("embedding_bag") / 1e9,
         kernels,
-        host_seconds: (host_planned, host_unplanned),
+        host_seconds: (host_planned.0, host_unplanned.0),
+        encode_seconds: (host_planned.1, host_unplanned.1),
         per_forward,
     })
 }
@@ -357,8 +376,12 @@ struct TrainRun {
     passes: Vec<(String, usize)>,
     /// Host seconds per step (encode + submit), through the step plan and without one.
     host_seconds: (f64, f64),
+    /// The encoding's part of those (recording and `finish`, without the submission).
+    encode_seconds: (f64, f64),
     /// Tokens/s of steps recorded without a plan, each waited for (the loss read back).
     unplanned_tokens_per_s: f64,
+    /// Buffers and bind groups a step recorded without a plan creates.
+    unplanned_per_step: (u64, u64),
 }
 
 fn train_run(
@@ -403,29 +426,42 @@ fn train_run(
     };
     // Host time of a step (encode + submit), each submitted to an idle GPU: a submit that
     // finds the queue busy may wait for it (lavapipe's does), which is not host work.
-    let mut host = 0.0;
-    for _ in 0..iters {
+    let (mut host, mut encode) = (Vec::with_capacity(HOST_SAMPLES), Vec::with_capacity(HOST_SAMPLES));
+    for _ in 0..HOST_SAMPLES {
         let (x, y) = batch_of();
         let h = Instant::now();
-        trainer.submit_step(gpu, &x, &y, batch, seq)?;
-        host += h.elapsed().as_secs_f64();
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        trainer.record_planned_step(gpu, &mut encoder, &x, &y, batch, seq)?;
+        let command_buffer = encoder.finish();
+        encode.push(h.elapsed().as_secs_f64());
+        gpu.queue.submit([command_buffer]);
+        host.push(h.elapsed().as_secs_f64());
         trainer.last_loss_blocking(gpu)?;
     }
     // The same steps recorded without a plan (every buffer, parameter block and bind group
     // created anew) and waited for one by one, as before step plans.
-    let (t, mut host_unplanned) = (Instant::now(), 0.0);
-    for _ in 0..iters {
+    let unplanned_before = gpu.counts();
+    let (t, mut host_unplanned) = (Instant::now(), Vec::with_capacity(HOST_SAMPLES));
+    let mut encode_unplanned = Vec::with_capacity(HOST_SAMPLES);
+    for _ in 0..HOST_SAMPLES {
         let (x, y) = batch_of();
         let counted = y.len() as u32;
         let h = Instant::now();
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let (tb, gb) = (gpu.upload("tokens", &x), gpu.upload("targets", &y));
         let loss = trainer.record_step(gpu, &mut encoder, &tb, &gb, batch as u32, seq as u32, counted)?;
-        gpu.queue.submit([encoder.finish()]);
-        host_unplanned += h.elapsed().as_secs_f64();
+        let command_buffer = encoder.finish();
+        encode_unplanned.push(h.elapsed().as_secs_f64());
+        gpu.queue.submit([command_buffer]);
+        host_unplanned.push(h.elapsed().as_secs_f64());
         gpu.read_f32_blocking(&loss, batch * seq)?;
     }
-    let unplanned_tokens_per_s = (iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
+    let unplanned_tokens_per_s = (HOST_SAMPLES * batch * seq) as f64 / t.elapsed().as_secs_f64();
+    let u = gpu.counts() - unplanned_before;
+    let unplanned_per_step = (
+        u.buffers / HOST_SAMPLES as u64,
+        u.bind_groups / HOST_SAMPLES as u64,
+    );
     // Where one step's GPU time goes, by pass label (timestamp queries).
     let (x, y) = batch_of();
     gpu.start_profiling(2048)?;
@@ -451,8 +487,10 @@ fn train_run(
         flops: config.flops_per_token(seq),
         top,
         per_step,
-        host_seconds: (host / n as f64, host_unplanned / n as f64),
+        host_seconds: (median(host), median(host_unplanned)),
+        encode_seconds: (median(encode), median(encode_unplanned)),
         unplanned_tokens_per_s,
+        unplanned_per_step,
     })
 }
 
@@ -480,18 +518,29 @@ fn print_train_run(name: &str, r: &TrainRun) {
         "  allocations per step after warm-up: {} buffers, {} bind groups",
         c.buffers, c.bind_groups
     );
+    println!(
+        "  (a step recorded without the step plan creates {} buffers, {} bind groups)",
+        r.unplanned_per_step.0, r.unplanned_per_step.1
+    );
     println!("  dispatches per step: {}", c.dispatches);
     let passes: Vec<String> = r.passes.iter().map(|(l, n)| format!("{l} {n}")).collect();
     println!("  compute passes by kernel: {}", passes.join(", "));
     let (planned, unplanned) = r.host_seconds;
     println!(
-        "  host time per step (encode + submit): {:.2} ms with the step plan, {:.2} ms without ({:.1}x less); \
+        "  host time per step (encode + submit, median): {:.2} ms with the step plan, {:.2} ms without ({:.1}x less); \
 without the plan and waiting each step: {:.0} tokens/s ({:.2}x)",
         planned * 1e3,
         unplanned * 1e3,
         unplanned / planned,
         r.unplanned_tokens_per_s,
         r.tokens_per_s / r.unplanned_tokens_per_s
+    );
+    let (planned, unplanned) = r.encode_seconds;
+    println!(
+        "  of which encoding (record + finish, median): {:.2} ms with the step plan, {:.2} ms without ({:.1}x less)",
+        planned * 1e3,
+        unplanned * 1e3,
+        unplanned / planned
     );
 }
 
@@ -605,18 +654,22 @@ pub fn run(o: &Options) -> Result<()> {
             println!("  forward: {:.0} tokens/s (wall)", r.tokens_per_s);
             let (planned, unplanned) = r.host_seconds;
             println!(
-                "  host time per forward (encode + submit): {:.3} ms with the step plan, {:.3} ms without ({:.1}x less)",
+                "  host time per forward (encode + submit, median): {:.3} ms with the step plan, {:.3} ms without ({:.1}x less)",
                 planned * 1e3,
                 unplanned * 1e3,
                 unplanned / planned
             );
-            let n = o.iters.max(1) as u64;
+            let (planned, unplanned) = r.encode_seconds;
+            println!(
+                "  of which encoding (record + finish, median): {:.3} ms with the step plan, {:.3} ms without ({:.1}x less)",
+                planned * 1e3,
+                unplanned * 1e3,
+                unplanned / planned
+            );
             let f = r.per_forward;
             println!(
                 "  allocations per forward after warm-up: {} buffers, {} bind groups; dispatches per forward: {}",
-                f.buffers / n,
-                f.bind_groups / n,
-                f.dispatches / n
+                f.buffers, f.bind_groups, f.dispatches
             );
             for (label, s) in &r.kernels {
                 println!("  {label:<24} {:>9.3} ms", s * 1e3);

@@ -44,19 +44,9 @@ pub struct MemoryGrads {
 impl MemoryGrads {
     /// Each parameter's gradient under its reference name, in `parameters` order.
     pub fn named(&self, config: &super::MemoryConfig) -> Vec<(&'static str, &wgpu::Buffer)> {
-        use super::layer::*;
-        let buffer = |name: &str| -> Option<&wgpu::Buffer> {
-            Some(match name {
-                QUERY_W => &self.query_w,
-                QUERY_B => &self.query_b,
-                KEYS => &self.keys,
-                SWILU_W => &self.swilu.as_ref()?.0,
-                SWILU_B => &self.swilu.as_ref()?.1,
-                VALUE_PROJ_W => &self.value_proj.as_ref()?.0,
-                VALUE_PROJ_B => &self.value_proj.as_ref()?.1,
-                _ => return None,
-            })
-        };
+        use super::layer::{by_name, parameters};
+        let fields = (&self.query_w, &self.query_b, &self.keys);
+        let buffer = |name: &str| by_name(name, fields, self.swilu.as_ref(), self.value_proj.as_ref());
         parameters(config)
             .into_iter()
             .filter_map(|(name, _, _)| Some((name, buffer(name)?)))

@@ -65,6 +65,26 @@ pub fn parameters(c: &MemoryConfig) -> Vec<(&'static str, Vec<usize>, Init)> {
     p
 }
 
+/// The tensor called `name` (a name of `parameters`) among a layer's tensors laid out as
+/// its fields: weights, their GPU buffers, or their gradients.
+pub(crate) fn by_name<'a, T>(
+    name: &str,
+    (query_w, query_b, keys): (&'a T, &'a T, &'a T),
+    swilu: Option<&'a (T, T)>,
+    value_proj: Option<&'a (T, T)>,
+) -> Option<&'a T> {
+    Some(match name {
+        QUERY_W => query_w,
+        QUERY_B => query_b,
+        KEYS => keys,
+        SWILU_W => &swilu?.0,
+        SWILU_B => &swilu?.1,
+        VALUE_PROJ_W => &value_proj?.0,
+        VALUE_PROJ_B => &value_proj?.1,
+        _ => return None,
+    })
+}
+
 impl MemoryWeights {
     /// The reference initialisation, drawn in `parameters` order.
     pub fn init(config: &MemoryConfig, rng: &mut Rng) -> Result<Self> {
@@ -119,17 +139,9 @@ impl MemoryWeights {
 
     /// Every parameter with its reference name and shape (values excluded: see the pool).
     pub fn named_tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
+        let fields = (&self.query_w, &self.query_b, &self.keys);
         let field = |name: &str| -> &[f32] {
-            match name {
-                QUERY_W => &self.query_w,
-                QUERY_B => &self.query_b,
-                KEYS => &self.keys,
-                SWILU_W => self.swilu.as_ref().map_or(&[], |s| &s.0),
-                SWILU_B => self.swilu.as_ref().map_or(&[], |s| &s.1),
-                VALUE_PROJ_W => self.value_proj.as_ref().map_or(&[], |s| &s.0),
-                VALUE_PROJ_B => self.value_proj.as_ref().map_or(&[], |s| &s.1),
-                _ => &[],
-            }
+            by_name(name, fields, self.swilu.as_ref(), self.value_proj.as_ref()).map_or(&[], |v| v)
         };
         parameters(&self.config)
             .into_iter()
@@ -225,18 +237,8 @@ impl MemoryLayer {
 
     /// The layer's parameter buffers with their reference names, in `parameters` order.
     pub fn param_buffers(&self) -> Vec<(&'static str, &wgpu::Buffer)> {
-        let buffer = |name: &str| -> Option<&wgpu::Buffer> {
-            Some(match name {
-                QUERY_W => &self.query_w,
-                QUERY_B => &self.query_b,
-                KEYS => &self.keys,
-                SWILU_W => &self.swilu.as_ref()?.0,
-                SWILU_B => &self.swilu.as_ref()?.1,
-                VALUE_PROJ_W => &self.value_proj.as_ref()?.0,
-                VALUE_PROJ_B => &self.value_proj.as_ref()?.1,
-                _ => return None,
-            })
-        };
+        let fields = (&self.query_w, &self.query_b, &self.keys);
+        let buffer = |name: &str| by_name(name, fields, self.swilu.as_ref(), self.value_proj.as_ref());
         parameters(&self.config)
             .into_iter()
             .filter_map(|(name, _, _)| Some((name, buffer(name)?)))

@@ -195,7 +195,7 @@ fn norm_weight_grads(
 ) -> Result<Vec<(ParamId, wgpu::Buffer)>> {
     let n = norms.len() as u32;
     let sums = gpu.storage("grad norm weights", n as u64 * d as u64 * 4);
-    if rows <= MAX_K_PER_DISPATCH {
+    let product = |encoder: &mut wgpu::CommandEncoder, layout: Batched| {
         Linear {
             label: "grad norm weights",
             x: ones,
@@ -206,35 +206,28 @@ fn norm_weight_grads(
             m: 1,
             n: d,
             k: rows,
-            batched: Some(Batched {
-                batch: n,
-                w_batch: rows * d,
-                y_batch: d,
-                ..Batched::dense(1, d, rows, false, true)
-            }),
+            batched: Some(layout),
             accumulate: false,
         }
-        .record(gpu, encoder)?;
+        .record(gpu, encoder)
+    };
+    let one = Batched::dense(1, d, rows, false, true);
+    if rows <= MAX_K_PER_DISPATCH {
+        let all = Batched {
+            batch: n,
+            w_batch: rows * d,
+            y_batch: d,
+            ..one
+        };
+        product(encoder, all)?;
     } else {
         for i in 0..n {
-            Linear {
-                label: "grad norm weights",
-                x: ones,
-                w: dw_rows,
-                bias: None,
-                gate: None,
-                y: &sums,
-                m: 1,
-                n: d,
-                k: rows,
-                batched: Some(Batched {
-                    w_offset: i * rows * d,
-                    y_offset: i * d,
-                    ..Batched::dense(1, d, rows, false, true)
-                }),
-                accumulate: false,
-            }
-            .record(gpu, encoder)?;
+            let norm_i = Batched {
+                w_offset: i * rows * d,
+                y_offset: i * d,
+                ..one
+            };
+            product(encoder, norm_i)?;
         }
     }
     let bytes = d as u64 * 4;

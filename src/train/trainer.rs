@@ -302,6 +302,28 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<()> {
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        self.record_planned_step(gpu, &mut encoder, tokens, targets, batch, seq)?;
+        gpu.queue.submit([encoder.finish()]);
+        // Lets wgpu retire finished submissions without waiting for this one.
+        #[cfg(not(target_arch = "wasm32"))]
+        gpu.device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| Error::Device(format!("poll failed: {e}")))?;
+        Ok(())
+    }
+
+    /// `submit_step` without the submission: records the step (inputs checked, then written
+    /// into the plan's buffers) into `encoder`, which the caller submits before the next.
+    pub fn record_planned_step(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<()> {
         for (name, ids) in [("tokens", tokens), ("targets", targets)] {
             if ids.len() != batch * seq {
                 return Err(Error::tensor(
@@ -320,21 +342,13 @@ impl Trainer {
             .iter()
             .filter(|&&t| t != crate::kernels::ops::IGNORE_TARGET)
             .count();
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let mut plan = std::mem::take(&mut self.plan);
-        let loss = gpu.record_planned(&mut plan, &mut encoder, |encoder| {
+        let loss = gpu.record_planned(&mut plan, encoder, |encoder| {
             let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
             self.record_step(gpu, encoder, &tb, &gb, batch as u32, seq as u32, counted as u32)
         });
         self.plan = plan;
-        let loss = loss?;
-        gpu.queue.submit([encoder.finish()]);
-        // Lets wgpu retire finished submissions without waiting for this one.
-        #[cfg(not(target_arch = "wasm32"))]
-        gpu.device
-            .poll(wgpu::PollType::Poll)
-            .map_err(|e| Error::Device(format!("poll failed: {e}")))?;
-        self.last_loss = Some((loss, batch * seq, counted));
+        self.last_loss = Some((loss?, batch * seq, counted));
         Ok(())
     }
 
