@@ -99,12 +99,19 @@ fn forwards_and_decode_steps_allocate_nothing_after_the_first() {
 /// rewritten) gives the weights of training with fresh buffers every step, bit for bit.
 #[test]
 fn planned_steps_equal_unplanned_steps_bit_for_bit() {
+    for lazy_values in [false, true] {
+        planned_equals_unplanned(lazy_values);
+    }
+}
+
+fn planned_equals_unplanned(lazy_values: bool) {
     let g = common::gpu();
     let config = TrainConfig {
         steps: 6,
         lr: 3e-3,
         warmup: 2,
         value_lr: 1e-2,
+        lazy_values,
         ..Default::default()
     };
     let mut planned = Trainer::new(g, &weights(), config.clone()).unwrap();
@@ -134,12 +141,38 @@ fn planned_steps_equal_unplanned_steps_bit_for_bit() {
         fresh.weights_blocking(g).unwrap(),
     );
     for (name, t) in &a.tensors {
-        assert!(t.data == b.tensors[name].data, "{name} differs");
+        assert!(
+            t.data == b.tensors[name].data,
+            "{name} differs (lazy values {lazy_values})"
+        );
     }
 }
 
-/// A plan reused for a shape it was not made for is correct, and a plan recorded inside
-/// another serves the outer one's slots.
+/// Forwards through the model's plans (scratch buffers left dirty by the last forward, a
+/// shape change in between) give the logits and loss of forwards with fresh buffers.
+#[test]
+fn planned_forwards_equal_unplanned_forwards_bit_for_bit() {
+    let g = common::gpu();
+    let model = Model::new(g, &weights()).unwrap();
+    let mut rng = Rng::new(21);
+    for (b, s) in [(2, 8), (2, 8), (1, 5), (2, 8)] {
+        let (x, y) = batch(&mut rng, b * s);
+        let (logits, loss) = pollster::block_on(model.forward(g, &x, Some(&y), b, s)).unwrap();
+        let mut encoder = g.device.create_command_encoder(&Default::default());
+        let xb = g.upload("tokens", &x);
+        let fwd = model
+            .record_forward(g, &mut encoder, &xb, b as u32, s as u32)
+            .unwrap();
+        g.queue.submit([encoder.finish()]);
+        let fresh = g.read_f32_blocking(&fwd.logits, logits.len()).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&logits), bits(&fresh), "logits of [{b}, {s}]");
+        assert!(loss.unwrap().is_finite());
+    }
+}
+
+/// A plan reused for a shape it was not made for is correct, and dispatches and copies in
+/// one planned recording (one open pass, ended by the copy) run in order.
 #[test]
 fn a_plan_follows_the_requests_it_gets() {
     let g = common::gpu();
@@ -152,16 +185,22 @@ fn a_plan_follows_the_requests_it_gets() {
                 let y = g.storage("y", data.len() as u64 * 4);
                 memlayers::kernels::ops::record_add(g, encoder, &x, &y, data.len() as u32)?;
                 memlayers::kernels::ops::record_add(g, encoder, &x, &y, data.len() as u32)?;
+                // A copy ends the recording's open pass; later dispatches see what it wrote.
+                let z = g.storage("z", data.len() as u64 * 4);
+                g.copy(encoder, (&y, 0), (&z, 0), data.len() as u64 * 4);
+                memlayers::kernels::ops::record_add(g, encoder, &y, &z, data.len() as u32)?;
+                memlayers::kernels::ops::record_add(g, encoder, &z, &y, data.len() as u32)?;
                 Ok(y)
             })
             .unwrap();
         g.queue.submit([encoder.finish()]);
         g.read_f32_blocking(&y, data.len()).unwrap()
     };
-    assert_eq!(sums(&mut plan, &[1.0, 2.0, 3.0]), vec![2.0, 4.0, 6.0]);
-    // Same shape: the zeroed buffer starts at zero again, not at the last result.
-    assert_eq!(sums(&mut plan, &[1.0, 1.0, 1.0]), vec![2.0, 2.0, 2.0]);
-    assert_eq!(sums(&mut plan, &[5.0]), vec![10.0]);
-    assert_eq!(sums(&mut plan, &[0.5; 70]), vec![1.0; 70]);
+    // y = 2x; z = y + y = 4x; y = y + z = 6x.
+    assert_eq!(sums(&mut plan, &[1.0, 2.0, 3.0]), vec![6.0, 12.0, 18.0]);
+    // Same shape: the zeroed buffers start at zero again, not at the last results.
+    assert_eq!(sums(&mut plan, &[1.0, 1.0, 1.0]), vec![6.0, 6.0, 6.0]);
+    assert_eq!(sums(&mut plan, &[5.0]), vec![30.0]);
+    assert_eq!(sums(&mut plan, &[0.5; 70]), vec![3.0; 70]);
     assert!(!plan.is_empty());
 }

@@ -126,8 +126,16 @@ pub struct Gpu {
     created: Counters,
     /// The step plan being recorded into (`record_planned`), if any.
     active_plan: Mutex<Option<plan::ActivePlan>>,
+    /// The compute pass a planned recording's dispatches go into, while it is open.
+    open_pass: Mutex<Option<OpenPass>>,
     /// Read-back staging buffers, reused.
     staging: Mutex<Vec<wgpu::Buffer>>,
+}
+
+/// A compute pass that outlives the borrow of its encoder (the encoder stays locked until it
+/// ends, when this is dropped).
+struct OpenPass {
+    pass: wgpu::ComputePass<'static>,
 }
 
 /// What a `Gpu` has created and recorded since it was made: the counting wrapper around the
@@ -378,6 +386,7 @@ impl Gpu {
             device_error: Arc::new(Mutex::new(None)),
             created: Counters::default(),
             active_plan: Mutex::new(None),
+            open_pass: Mutex::new(None),
             staging: Mutex::new(Vec::new()),
         }
     }
@@ -392,7 +401,8 @@ impl Gpu {
     }
 
     /// The one way kernels dispatch: `pipeline` over `grid` workgroups with `bind` as bind
-    /// group 0, in a compute pass of its own (timed under `label` when profiling), counted.
+    /// group 0, counted; in a compute pass of its own (timed under `label` when profiling), or
+    /// inside `record_planned` in the recording's open pass.
     pub fn run(
         &self,
         encoder: &mut wgpu::CommandEncoder,
@@ -411,15 +421,16 @@ impl Gpu {
         label: &'static str,
         pipeline: &wgpu::ComputePipeline,
         binds: &[&wgpu::BindGroup],
-        (x, y, z): (u32, u32, u32),
+        grid: (u32, u32, u32),
     ) {
-        let mut pass = self.begin_pass(encoder, label);
-        pass.set_pipeline(pipeline);
-        for (i, b) in binds.iter().enumerate() {
-            pass.set_bind_group(i as u32, *b, &[]);
-        }
+        self.with_pass(encoder, label, |pass| {
+            pass.set_pipeline(pipeline);
+            for (i, b) in binds.iter().enumerate() {
+                pass.set_bind_group(i as u32, *b, &[]);
+            }
+            Self::dispatch_in(pass, grid);
+        });
         self.created.dispatches.fetch_add(1, Ordering::Relaxed);
-        pass.dispatch_workgroups(x, y, z);
     }
 
     /// One dispatch of `pipeline` over `grid` per bind group (group 0), in one pass: a kernel
@@ -430,15 +441,81 @@ impl Gpu {
         label: &'static str,
         pipeline: &wgpu::ComputePipeline,
         binds: &[wgpu::BindGroup],
-        (x, y, z): (u32, u32, u32),
+        grid: (u32, u32, u32),
     ) {
-        let mut pass = self.begin_pass(encoder, label);
-        pass.set_pipeline(pipeline);
-        for bind in binds {
-            pass.set_bind_group(0, bind, &[]);
-            self.created.dispatches.fetch_add(1, Ordering::Relaxed);
-            pass.dispatch_workgroups(x, y, z);
+        self.with_pass(encoder, label, |pass| {
+            pass.set_pipeline(pipeline);
+            for bind in binds {
+                pass.set_bind_group(0, bind, &[]);
+                Self::dispatch_in(pass, grid);
+            }
+        });
+        self.created
+            .dispatches
+            .fetch_add(binds.len() as u64, Ordering::Relaxed);
+    }
+
+    fn dispatch_in(pass: &mut wgpu::ComputePass<'_>, (x, y, z): (u32, u32, u32)) {
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// Runs `f` on a compute pass: inside `record_planned` (and not profiling), the
+    /// recording's one open pass, so that a step's dispatches share passes (wgpu places the
+    /// barriers between them); otherwise a pass of its own, timed under `label` when
+    /// profiling.
+    fn with_pass(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        label: &'static str,
+        f: impl FnOnce(&mut wgpu::ComputePass<'_>),
+    ) {
+        let merge = self.profiler.lock().unwrap().is_none()
+            && self
+                .active_plan
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|p| p.serves_this_thread());
+        if !merge {
+            let mut pass = self.begin_pass(encoder, label);
+            f(&mut pass);
+            return;
         }
+        let mut open = self.open_pass.lock().unwrap();
+        let pass = open.get_or_insert_with(|| OpenPass {
+            pass: encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("step"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime(),
+        });
+        f(&mut pass.pass);
+    }
+
+    /// Ends the open pass of a planned recording, if any, so that `encoder` takes other
+    /// commands again.
+    pub(crate) fn end_open_pass(&self) {
+        self.open_pass.lock().unwrap().take();
+    }
+
+    /// `encoder.copy_buffer_to_buffer`, after ending a planned recording's open pass: code
+    /// that records into a plan copies through this.
+    pub fn copy(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        (src, src_offset): (&wgpu::Buffer, u64),
+        (dst, dst_offset): (&wgpu::Buffer, u64),
+        bytes: u64,
+    ) {
+        self.end_open_pass();
+        encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
+    }
+
+    /// `encoder.clear_buffer` (all of `buffer`), after ending a planned recording's open pass.
+    pub fn clear(&self, encoder: &mut wgpu::CommandEncoder, buffer: &wgpu::Buffer) {
+        self.end_open_pass();
+        encoder.clear_buffer(buffer, 0, None);
     }
 
     /// Creates a buffer, counted.
@@ -638,7 +715,7 @@ impl Gpu {
             usage: STORAGE_USAGE,
         });
         if let Some(plan) = active.as_mut() {
-            plan.keep_buffer(&buffer, Some(contents));
+            plan.keep_buffer(&buffer, Some(contents), false);
         }
         buffer
     }
@@ -646,11 +723,22 @@ impl Gpu {
     /// A zeroed storage buffer of `bytes` bytes (at least 4). Inside `record_planned`, the
     /// plan's buffer for this request, cleared at the start of the recording.
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.storage_buffer(label, bytes, true)
+    }
+
+    /// A storage buffer of `bytes` bytes that the caller writes in full before reading it.
+    /// Fresh buffers are zero; inside `record_planned`, the plan's buffer for this request
+    /// holds what the last recording left in it (and costs no clearing).
+    pub fn scratch(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.storage_buffer(label, bytes, false)
+    }
+
+    fn storage_buffer(&self, label: &str, bytes: u64, zeroed: bool) -> wgpu::Buffer {
         let size = bytes.max(4).next_multiple_of(4);
         let mut guard = self.active_plan.lock().unwrap();
         let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
         if let Some(plan) = active.as_mut() {
-            if let Some(b) = plan.storage(size) {
+            if let Some(b) = plan.storage(size, zeroed) {
                 return b;
             }
         }
@@ -661,7 +749,7 @@ impl Gpu {
             mapped_at_creation: false,
         });
         if let Some(plan) = active.as_mut() {
-            plan.keep_buffer(&buffer, None);
+            plan.keep_buffer(&buffer, None, zeroed);
         }
         buffer
     }

@@ -5,6 +5,9 @@
 //!
 //! - `Gpu::storage` returns the slot's buffer, cleared to zero at the start of the recording
 //!   (a fresh buffer is zero too, so kernels see the same contents either way);
+//! - `Gpu::scratch` returns the slot's buffer as the last recording left it: for buffers
+//!   the step writes in full before reading them (most activations and gradients), which
+//!   then cost no clearing;
 //! - `Gpu::upload` returns the slot's buffer with the new data written through
 //!   `queue.write_buffer` (skipped when the data are the same as last time);
 //! - `Gpu::uniform` returns the slot's uniform buffer, rewritten only when its parameters
@@ -55,9 +58,11 @@ pub(super) struct Slots {
 
 struct PlannedBuffer {
     buffer: wgpu::Buffer,
-    /// `None`: zeroed at the start of each recording (`storage`); `Some`: the data last
-    /// written to it (`upload`).
+    /// `Some`: the data last written to it (`upload`).
     uploaded: Option<Vec<u8>>,
+    /// Cleared at the start of each recording (`storage`; not `scratch`, whose contents
+    /// the step writes before it reads them).
+    zeroed: bool,
 }
 
 struct PlannedBytes {
@@ -94,12 +99,15 @@ impl ActivePlan {
         self.thread == std::thread::current().id()
     }
 
-    /// The next zeroed storage slot, if the plan's buffer there has `size` bytes.
-    pub fn storage(&mut self, size: u64) -> Option<wgpu::Buffer> {
+    /// The next storage slot (zeroed or scratch), if the plan's buffer there is one of
+    /// `size` bytes.
+    pub fn storage(&mut self, size: u64, zeroed: bool) -> Option<wgpu::Buffer> {
         let i = self.next_buffer;
         self.next_buffer += 1;
         match self.slots.buffers.get(i) {
-            Some(b) if b.uploaded.is_none() && b.buffer.size() == size => Some(b.buffer.clone()),
+            Some(b) if b.uploaded.is_none() && b.zeroed == zeroed && b.buffer.size() == size => {
+                Some(b.buffer.clone())
+            }
             _ => None,
         }
     }
@@ -124,10 +132,11 @@ impl ActivePlan {
     }
 
     /// Puts a buffer created for the slot just asked for (`storage` or `upload` returned None).
-    pub fn keep_buffer(&mut self, buffer: &wgpu::Buffer, uploaded: Option<&[u8]>) {
+    pub fn keep_buffer(&mut self, buffer: &wgpu::Buffer, uploaded: Option<&[u8]>, zeroed: bool) {
         let slot = PlannedBuffer {
             buffer: buffer.clone(),
             uploaded: uploaded.map(<[u8]>::to_vec),
+            zeroed,
         };
         place(&mut self.slots.buffers, self.next_buffer - 1, slot);
     }
@@ -216,7 +225,7 @@ impl Gpu {
                 return record(encoder);
             }
             for b in &plan.slots.buffers {
-                if b.uploaded.is_none() {
+                if b.zeroed {
                     encoder.clear_buffer(&b.buffer, 0, None);
                 }
             }
@@ -229,6 +238,7 @@ impl Gpu {
             });
         }
         let result = record(encoder);
+        self.end_open_pass();
         let done = self
             .active_plan
             .lock()

@@ -240,7 +240,7 @@ impl MemoryLayer {
         let dkeys = f32s("grad keys", (halves * n_keys * half) as u64);
         for row0 in (0..rows).step_by(block as usize) {
             let nb = block.min(rows - row0);
-            encoder.clear_buffer(&d_scores, 0, None);
+            gpu.clear(encoder, &d_scores);
             ProductTopKBackward {
                 rows: nb,
                 row0,

@@ -47,7 +47,9 @@ impl Model {
         let (c, layout) = (&self.config, &self.layout);
         let rows = fwd.rows;
         let (d, vocab) = (c.dim as u32, c.vocab as u32);
-        let f32s = |label: &str, n: u32| gpu.storage(label, n as u64 * 4);
+        // Written in full before they are read: scratch buffers (the sums that scatter into
+        // their gradient, the embedding's and the value table's, take zeroed ones).
+        let f32s = |label: &str, n: u32| gpu.scratch(label, n as u64 * 4);
         let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
         let mut grads = GradSink {
             by_id: vec![None; layout.registry.len()],
@@ -66,7 +68,7 @@ impl Model {
         let norms: Vec<ParamId> = std::iter::once(layout.norm)
             .chain(self.residuals.iter().rev().map(|r| r.norm))
             .collect();
-        let dw_rows = gpu.storage("grad norm rows", norms.len() as u64 * rows as u64 * d as u64 * 4);
+        let dw_rows = gpu.scratch("grad norm rows", norms.len() as u64 * rows as u64 * d as u64 * 4);
         // dx into `dx`, or added into it with `accumulate` (the residual stream's gradient).
         let norm_backward = |encoder: &mut wgpu::CommandEncoder,
                              slot: usize,
@@ -147,7 +149,7 @@ impl Model {
         }
 
         // Embedding: one row per token, weight 1.
-        let d_emb = f32s("grad tok_embeddings", vocab * d);
+        let d_emb = gpu.storage("grad tok_embeddings", vocab as u64 * d as u64 * 4);
         let sparse = ValueGrads {
             rows,
             bag: 1,
@@ -194,7 +196,7 @@ fn norm_weight_grads(
     (rows, d): (u32, u32),
 ) -> Result<Vec<(ParamId, wgpu::Buffer)>> {
     let n = norms.len() as u32;
-    let sums = gpu.storage("grad norm weights", n as u64 * d as u64 * 4);
+    let sums = gpu.scratch("grad norm weights", n as u64 * d as u64 * 4);
     let product = |encoder: &mut wgpu::CommandEncoder, layout: Batched| {
         Linear {
             label: "grad norm weights",
@@ -235,8 +237,8 @@ fn norm_weight_grads(
         .iter()
         .enumerate()
         .map(|(i, &id)| {
-            let g = gpu.storage("grad norm weight", bytes);
-            encoder.copy_buffer_to_buffer(&sums, i as u64 * bytes, &g, 0, bytes);
+            let g = gpu.scratch("grad norm weight", bytes);
+            gpu.copy(encoder, (&sums, i as u64 * bytes), (&g, 0), bytes);
             (id, g)
         })
         .collect())

@@ -317,7 +317,8 @@ impl Model {
         }
         let rows = batch * seq;
         let d = c.dim as u32;
-        let f32s = |label: &str, n: u32| gpu.storage(label, n as u64 * 4);
+        // Every activation here is written in full before it is read: scratch buffers.
+        let f32s = |label: &str, n: u32| gpu.scratch(label, n as u64 * 4);
         // Embedding: a bag of one row per token, weight 1.
         let h = f32s("residual", rows * d);
         let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
@@ -351,7 +352,7 @@ impl Model {
                 cache,
             };
             let h_in = f32s("residual in", rows * d);
-            encoder.copy_buffer_to_buffer(&h, 0, &h_in, 0, rows as u64 * d as u64 * 4);
+            gpu.copy(encoder, (&h, 0), (&h_in, 0), rows as u64 * d as u64 * 4);
             let (normed, rstd) = (f32s("normed", rows * d), f32s("rstd", rows));
             self.norm(rows, r.norm, &h_in, &rstd)
                 .record_forward(gpu, encoder, &normed)?;

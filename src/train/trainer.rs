@@ -143,7 +143,12 @@ impl Trainer {
             let values = spec.group == Group::Values;
             let (m, v) = match (&flat, values) {
                 (Some((group, m, v)), false) => {
-                    encoder.copy_buffer_to_buffer(&param, 0, &group.master, offset * 4, len as u64 * 4);
+                    gpu.copy(
+                        &mut encoder,
+                        (&param, 0),
+                        (&group.master, offset * 4),
+                        len as u64 * 4,
+                    );
                     (m.clone(), v.clone())
                 }
                 _ => (
@@ -219,7 +224,12 @@ impl Trainer {
         if let Some(flat) = &self.flat {
             let group: Vec<&ParamState> = self.params.iter().filter(|p| !p.values).collect();
             for p in &group {
-                encoder.copy_buffer_to_buffer(grad_of(p)?, 0, &flat.grad, p.offset * 4, p.len as u64 * 4);
+                gpu.copy(
+                    encoder,
+                    (grad_of(p)?, 0),
+                    (&flat.grad, p.offset * 4),
+                    p.len as u64 * 4,
+                );
             }
             let clip = record_clip(gpu, encoder, &[(&flat.grad, flat.len)], t.clip)?;
             let state = AdamWState {
@@ -237,7 +247,12 @@ impl Trainer {
                 step(t.lr_at(self.step)),
             )?;
             for p in &group {
-                encoder.copy_buffer_to_buffer(&flat.master, p.offset * 4, &p.param, 0, p.len as u64 * 4);
+                gpu.copy(
+                    encoder,
+                    (&flat.master, p.offset * 4),
+                    (&p.param, 0),
+                    p.len as u64 * 4,
+                );
             }
         }
         // Value tables: one group of their own, updated in place.

@@ -90,8 +90,8 @@ impl AttentionParams {
             Some(cache) => {
                 let (at, bytes) = (pos0 as u64 * kvd as u64 * 4, p.seq as u64 * kvd as u64 * 4);
                 let (ck, cv) = cache.layer(p.layer);
-                encoder.copy_buffer_to_buffer(&k_rot, 0, ck, at, bytes);
-                encoder.copy_buffer_to_buffer(&v, 0, cv, at, bytes);
+                gpu.copy(encoder, (&k_rot, 0), (ck, at), bytes);
+                gpu.copy(encoder, (&v, 0), (cv, at), bytes);
                 m.attention(p.batch, p.seq, &q_rot, ck, cv, &attn, &lse)
                     .record_decode(gpu, encoder, pos0 + p.seq)?;
             }

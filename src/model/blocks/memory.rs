@@ -96,7 +96,7 @@ impl MemoryBlock {
             .expect("a model with memory layers has a pool");
         let g = self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?;
         let bytes = p.rows() as u64 * p.model.config.dim as u64 * 4;
-        encoder.copy_buffer_to_buffer(&g.x, 0, dx, 0, bytes);
+        p.gpu.copy(encoder, (&g.x, 0), (dx, 0), bytes);
         for (name, grad) in g.named(&self.layer.config) {
             let id = self
                 .params

@@ -73,8 +73,10 @@ impl Pass<'_> {
         self.batch * self.seq
     }
 
+    /// An activation or gradient of `n` f32 that the block writes in full before reading
+    /// it (a step plan does not clear it between steps).
     pub fn f32s(&self, label: &str, n: u32) -> wgpu::Buffer {
-        self.gpu.storage(label, n as u64 * 4)
+        self.gpu.scratch(label, n as u64 * 4)
     }
 
     pub fn param(&self, id: ParamId) -> &wgpu::Buffer {
