@@ -249,6 +249,8 @@ struct Row {
     host_seconds: (f64, f64),
     /// The encoding's part of those (recording and `finish`, without the submission).
     encode_seconds: (f64, f64),
+    /// Encoding only, back to back with nothing submitted, planned and not.
+    encode_back_to_back: (f64, f64),
     /// Buffers, bind groups and dispatches of one planned forward after the first.
     per_forward: crate::gpu::Counts,
 }
@@ -325,6 +327,26 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
         }
         Ok((median(seconds), median(encode)))
     };
+    // Encoding back to back, nothing submitted in between: the host's own work, as on a GPU
+    // that does not share the host's cores and caches (lavapipe runs each forward on them,
+    // which leaves the next encoding's data cold).
+    let back_to_back = |planned: bool, n: usize| -> Result<f64> {
+        let t = Instant::now();
+        for _ in 0..n {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            if planned {
+                work.record_planned(gpu, &mut enc)?;
+            } else {
+                work.record(gpu, &mut enc)?;
+            }
+            drop(enc.finish());
+            gpu.device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| crate::Error::Device(format!("poll: {e}")))?;
+        }
+        Ok(t.elapsed().as_secs_f64() / n as f64)
+    };
+    let encode_back_to_back = (back_to_back(true, 200)?, back_to_back(false, 50)?);
     let host_unplanned = host(false)?;
     let before = gpu.counts();
     let host_planned = host(true)?;
@@ -358,6 +380,7 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
         kernels,
         host_seconds: (host_planned.0, host_unplanned.0),
         encode_seconds: (host_planned.1, host_unplanned.1),
+        encode_back_to_back,
         per_forward,
     })
 }
@@ -664,6 +687,13 @@ pub fn run(o: &Options) -> Result<()> {
                 "  of which encoding (record + finish, median): {:.3} ms with the step plan, {:.3} ms without ({:.1}x less)",
                 planned * 1e3,
                 unplanned * 1e3,
+                unplanned / planned
+            );
+            let (planned, unplanned) = r.encode_back_to_back;
+            println!(
+                "  encoding back to back (no GPU work in between): {:.1} us with the step plan, {:.1} us without ({:.1}x less)",
+                planned * 1e6,
+                unplanned * 1e6,
                 unplanned / planned
             );
             let f = r.per_forward;

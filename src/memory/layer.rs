@@ -264,8 +264,8 @@ impl MemoryLayer {
             ));
         }
         let (d, qw, v) = (c.d as u32, (c.heads * c.k_dim) as u32, c.v_dim as u32);
-        let query = gpu.storage("query", rows as u64 * qw as u64 * 4);
-        let bag = gpu.storage("bag", rows as u64 * v as u64 * 4);
+        let query = gpu.scratch("query", rows as u64 * qw as u64 * 4);
+        let bag = gpu.scratch("bag", rows as u64 * v as u64 * 4);
         Linear {
             label: "query_proj",
             x,
@@ -304,7 +304,7 @@ impl MemoryLayer {
         .record(gpu, encoder)?;
         let gated = match &self.swilu {
             Some((w1, b1)) => {
-                let gated = gpu.storage("gated", rows as u64 * v as u64 * 4);
+                let gated = gpu.scratch("gated", rows as u64 * v as u64 * 4);
                 Linear {
                     label: "swilu_projection+gate",
                     x,
@@ -326,7 +326,7 @@ impl MemoryLayer {
         let hidden = gated.as_ref().unwrap_or(&bag);
         let out = match &self.value_proj {
             Some((wo, bo)) => {
-                let out = gpu.storage("memory out", rows as u64 * d as u64 * 4);
+                let out = gpu.scratch("memory out", rows as u64 * d as u64 * 4);
                 Linear {
                     label: "value_proj",
                     x: hidden,

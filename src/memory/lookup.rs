@@ -84,14 +84,14 @@ pub fn record_lookup(
     let half = s.k_dim / 2;
     let halves = 2 * s.heads;
     let out = LookupBuffers {
-        indices: gpu.storage("lookup.indices", s.out_len() * 4),
-        scores: gpu.storage("lookup.scores", s.out_len() * 4),
-        weights: gpu.storage("lookup.weights", s.out_len() * 4),
+        indices: gpu.scratch("lookup.indices", s.out_len() * 4),
+        scores: gpu.scratch("lookup.scores", s.out_len() * 4),
+        weights: gpu.scratch("lookup.weights", s.out_len() * 4),
     };
     let normalized;
     let (query, keys) = if s.qk_norm {
-        let q = gpu.storage("query (normalised)", query.size());
-        let k = gpu.storage("keys (normalised)", keys.size());
+        let q = gpu.scratch("query (normalised)", query.size());
+        let k = gpu.scratch("keys (normalised)", keys.size());
         normalize::record(gpu, encoder, query, &q, s.rows * halves, half)?;
         normalize::record(gpu, encoder, keys, &k, halves * s.n_keys, half)?;
         normalized = (q, k);
@@ -103,7 +103,7 @@ pub fn record_lookup(
     let block = (SCORE_BLOCK_BYTES.min(gpu.max_binding_bytes()) / row_bytes)
         .clamp(1, MAX_GRID_ROWS as u64)
         .min(s.rows as u64) as u32;
-    let scores = gpu.storage("sub-key scores", block as u64 * row_bytes);
+    let scores = gpu.scratch("sub-key scores", block as u64 * row_bytes);
     for row0 in (0..s.rows).step_by(block as usize) {
         let rows = block.min(s.rows - row0);
         Linear {
