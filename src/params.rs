@@ -89,6 +89,11 @@ impl Registry {
         ParamId(self.specs.len() - 1)
     }
 
+    /// A weight matrix of the `Weights` group drawn normal with standard deviation `std`.
+    pub fn normal_weight(&mut self, name: impl Into<String>, shape: Vec<usize>, std: f32) -> ParamId {
+        self.declare(name, shape, Init::Normal(std), Group::Weights)
+    }
+
     pub fn spec(&self, id: ParamId) -> &ParamSpec {
         &self.specs[id.0]
     }

@@ -38,12 +38,7 @@ impl ModelLayout {
             .init_base_std
             .map(|s| s as f32)
             .unwrap_or(1.0 / (c.dim as f32).sqrt());
-        let tok_embeddings = r.declare(
-            "tok_embeddings.weight",
-            vec![c.vocab, c.dim],
-            Init::Normal(std),
-            Group::Weights,
-        );
+        let tok_embeddings = r.normal_weight("tok_embeddings.weight", vec![c.vocab, c.dim], std);
         let mut layers = Vec::with_capacity(c.n_layers);
         let mut values = None;
         for l in 0..c.n_layers {
@@ -77,12 +72,7 @@ impl ModelLayout {
             });
         }
         let norm = r.declare("norm.weight", vec![c.dim], Init::Ones, Group::Weights);
-        let output = r.declare(
-            "output.weight",
-            vec![c.vocab, c.dim],
-            Init::Normal(std),
-            Group::Weights,
-        );
+        let output = r.normal_weight("output.weight", vec![c.vocab, c.dim], std);
         Ok(ModelLayout {
             registry: r,
             tok_embeddings,

@@ -7,7 +7,7 @@ use crate::kernels::linear::{gemm, Linear};
 use crate::kernels::ops::Rope;
 use crate::model::config::ModelConfig;
 use crate::model::gpu::linear;
-use crate::params::{Group, Init, ParamId, Registry};
+use crate::params::{ParamId, Registry};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionParams {
@@ -32,19 +32,12 @@ pub(crate) struct AttentionActs {
 impl AttentionParams {
     pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &ModelConfig, std: f32) -> Self {
         let (d, qd, kvd) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let mut w = |name: &str, shape: Vec<usize>| {
-            r.declare(
-                format!("{prefix}{name}"),
-                shape,
-                Init::Normal(std),
-                Group::Weights,
-            )
-        };
+        let mut w = |name: &str, shape| r.normal_weight(format!("{prefix}attention.{name}"), shape, std);
         AttentionParams {
-            wq: w("attention.wq.weight", vec![qd, d]),
-            wk: w("attention.wk.weight", vec![kvd, d]),
-            wv: w("attention.wv.weight", vec![kvd, d]),
-            wo: w("attention.wo.weight", vec![d, qd]),
+            wq: w("wq.weight", vec![qd, d]),
+            wk: w("wk.weight", vec![kvd, d]),
+            wv: w("wv.weight", vec![kvd, d]),
+            wo: w("wo.weight", vec![d, qd]),
         }
     }
 

@@ -6,7 +6,7 @@ use crate::kernels::linear::{gemm, Linear};
 use crate::kernels::swilu_backward::SwiluBackward;
 use crate::model::config::ModelConfig;
 use crate::model::gpu::linear;
-use crate::params::{Group, Init, ParamId, Registry};
+use crate::params::{ParamId, Registry};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DenseParams {
@@ -27,14 +27,7 @@ pub(crate) struct DenseActs {
 impl DenseParams {
     pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &ModelConfig, std: f32) -> Self {
         let (d, hidden) = (c.dim, c.hidden);
-        let mut w = |name: &str, shape: Vec<usize>| {
-            r.declare(
-                format!("{prefix}feed_forward.{name}"),
-                shape,
-                Init::Normal(std),
-                Group::Weights,
-            )
-        };
+        let mut w = |name: &str, shape| r.normal_weight(format!("{prefix}feed_forward.{name}"), shape, std);
         DenseParams {
             w1: w("w1.weight", vec![hidden, d]),
             w2: w("w2.weight", vec![d, hidden]),
