@@ -91,6 +91,39 @@ fn forward_is_bit_identical_across_runs() {
     assert_eq!(a.indices, b.indices);
 }
 
+/// The output added into a residual by the value projection's epilogue equals the residual
+/// plus the output, bit for bit (Memory+ and plain layers; plain ones have no projection
+/// and say they did not add).
+#[test]
+fn forward_into_a_residual_adds_the_output() {
+    let g = gpu();
+    for memory_plus in [true, false] {
+        let c = config(40, 4, 90, 16, 24, 40, memory_plus);
+        let mut rng = Rng::new(12);
+        let weights = MemoryWeights::init(&c, &mut rng).unwrap();
+        let values = MemoryWeights::init_values(&c, &mut rng);
+        let (x, residual) = (
+            rng.vec_normal(30 * c.d, 1.0),
+            rng.vec_normal(30 * c.out_dim(), 1.0),
+        );
+        let layer = MemoryLayer::new(g, &weights).unwrap();
+        let pool = ValuePool::new(g, &values, c.n_values(), c.v_dim, ValueDtype::F32).unwrap();
+        let out = layer.forward_blocking(g, &pool, &x, 30).unwrap().out;
+        let (xb, rb) = (g.upload("x", &x), g.upload("residual", &residual));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        let (_, added) = layer
+            .record_forward_into(g, &mut enc, &pool, &xb, 30, Some(&rb))
+            .unwrap();
+        g.queue.submit([enc.finish()]);
+        assert_eq!(added, c.value_proj, "memory_plus {memory_plus}");
+        if added {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let want: Vec<f32> = residual.iter().zip(&out).map(|(r, o)| r + o).collect();
+            assert_eq!(bits(&g.read_f32_blocking(&rb, want.len()).unwrap()), bits(&want));
+        }
+    }
+}
+
 #[test]
 fn one_pool_serves_several_layers() {
     let g = gpu();

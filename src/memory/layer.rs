@@ -173,7 +173,8 @@ pub struct MemoryActivations {
     pub bag: wgpu::Buffer,
     /// `[rows, v_dim]` `bag * silu(swilu_projection(x))` (Memory+ only).
     pub gated: Option<wgpu::Buffer>,
-    /// `[rows, out_dim]` the layer's output.
+    /// `[rows, out_dim]` the layer's output (from `record_forward_into` with a residual it
+    /// was added to: that residual).
     pub out: wgpu::Buffer,
 }
 
@@ -255,6 +256,23 @@ impl MemoryLayer {
         x: &wgpu::Buffer,
         rows: u32,
     ) -> Result<MemoryActivations> {
+        self.record_forward_into(gpu, encoder, pool, x, rows, None)
+            .map(|(acts, _)| acts)
+    }
+
+    /// `record_forward`, with the output added into `residual [rows, d]` by the value
+    /// projection's epilogue when the layer has one (one dispatch fewer than an add; the
+    /// same sums). Returns whether it was added; if so, `out` of the activations is the
+    /// residual buffer.
+    pub fn record_forward_into(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        pool: &ValuePool,
+        x: &wgpu::Buffer,
+        rows: u32,
+        residual: Option<&wgpu::Buffer>,
+    ) -> Result<(MemoryActivations, bool)> {
         let c = &self.config;
         if pool.v_dim() != c.v_dim || pool.n_rows() != c.n_values() {
             return Err(Error::tensor(
@@ -324,9 +342,12 @@ impl MemoryLayer {
             None => None,
         };
         let hidden = gated.as_ref().unwrap_or(&bag);
-        let out = match &self.value_proj {
+        let (out, added) = match &self.value_proj {
             Some((wo, bo)) => {
-                let out = gpu.scratch("memory out", rows as u64 * d as u64 * 4);
+                let out = match residual {
+                    Some(r) => r.clone(),
+                    None => gpu.scratch("memory out", rows as u64 * d as u64 * 4),
+                };
                 Linear {
                     label: "value_proj",
                     x: hidden,
@@ -338,14 +359,14 @@ impl MemoryLayer {
                     n: d,
                     k: v,
                     batched: None,
-                    accumulate: false,
+                    accumulate: residual.is_some(),
                 }
                 .record(gpu, encoder)?;
-                out
+                (out, residual.is_some())
             }
-            None => hidden.clone(),
+            None => (hidden.clone(), false),
         };
-        Ok(MemoryActivations {
+        let acts = MemoryActivations {
             rows,
             query,
             indices,
@@ -354,7 +375,8 @@ impl MemoryLayer {
             bag,
             gated,
             out,
-        })
+        };
+        Ok((acts, added))
     }
 
     /// Uploads `x [rows, d]`, runs the forward pass and reads the results back.

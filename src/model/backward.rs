@@ -19,8 +19,8 @@ pub struct ModelGrads {
     by_id: Vec<wgpu::Buffer>,
     /// Under the names and in the order of `ModelWeights::named_tensors`.
     pub named: Vec<(String, wgpu::Buffer, usize)>,
-    /// With memory layers: a u32 per value row, 1 where some layer read the row this step
-    /// (what a lazy update touches).
+    /// With memory layers (and when asked for): a u32 per value row, 1 where some layer
+    /// read the row this step (what a lazy update touches).
     pub values_read: Option<wgpu::Buffer>,
 }
 
@@ -44,6 +44,20 @@ impl Model {
         fwd: &ModelForward,
         d_logits: &wgpu::Buffer,
     ) -> Result<ModelGrads> {
+        self.record_backward_with(gpu, encoder, fwd, d_logits, true)
+    }
+
+    /// `record_backward`; `mark_values_read` says whether to mark the value rows read
+    /// (`ModelGrads::values_read`, what a lazy value update needs; a dispatch otherwise
+    /// spent for nothing).
+    pub fn record_backward_with(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        fwd: &ModelForward,
+        d_logits: &wgpu::Buffer,
+        mark_values_read: bool,
+    ) -> Result<ModelGrads> {
         let (c, layout) = (&self.config, &self.layout);
         let rows = fwd.rows;
         let (d, vocab) = (c.dim as u32, c.vocab as u32);
@@ -60,6 +74,7 @@ impl Model {
             values_read: self
                 .values
                 .as_ref()
+                .filter(|_| mark_values_read)
                 .map(|pool| gpu.storage("value rows read", pool.n_rows() as u64 * 4)),
         };
         // Every RMSNorm's backward writes its per-row weight-gradient terms into its own

@@ -208,7 +208,9 @@ impl Trainer {
             grad: &d_logits,
         }
         .record(gpu, encoder)?;
-        let grads = self.model.record_backward(gpu, encoder, &fwd, &d_logits)?;
+        let grads =
+            self.model
+                .record_backward_with(gpu, encoder, &fwd, &d_logits, self.config.lazy_values)?;
         self.step += 1;
         let t = &self.config;
         let step = |lr| AdamWStep {

@@ -73,8 +73,12 @@ impl MemoryBlock {
             .values
             .as_ref()
             .expect("a model with memory layers has a pool");
-        let acts = self.layer.record_forward(p.gpu, encoder, pool, x, p.rows())?;
-        record_add(p.gpu, encoder, &acts.out, h, p.rows() * p.model.config.dim as u32)?;
+        let (acts, added) = self
+            .layer
+            .record_forward_into(p.gpu, encoder, pool, x, p.rows(), Some(h))?;
+        if !added {
+            record_add(p.gpu, encoder, &acts.out, h, p.rows() * p.model.config.dim as u32)?;
+        }
         Ok(acts)
     }
 
@@ -109,8 +113,9 @@ impl MemoryBlock {
             .as_ref()
             .expect("a model with memory layers has a value gradient");
         g.values.record_scatter_add(p.gpu, encoder, values, *n_rows)?;
-        let read = grads.values_read.as_ref().expect("with a value gradient");
-        g.values.record_mark(p.gpu, encoder, read, *n_rows)?;
+        if let Some(read) = &grads.values_read {
+            g.values.record_mark(p.gpu, encoder, read, *n_rows)?;
+        }
         Ok(())
     }
 }

@@ -89,7 +89,7 @@ pub(crate) struct GradSink {
     pub by_id: Vec<Option<wgpu::Buffer>>,
     /// The shared value table's gradient (summed over memory layers) and its row count.
     pub values: Option<(wgpu::Buffer, u64)>,
-    /// A u32 per value row, 1 where some layer read it.
+    /// A u32 per value row, 1 where some layer read it (when asked for).
     pub values_read: Option<wgpu::Buffer>,
 }
 
