@@ -335,3 +335,33 @@ fn cross_entropy_matches_oracle() {
         );
     }
 }
+
+#[test]
+fn one_hot_matches_oracle() {
+    let g = gpu();
+    let mut rng = Rng::new(5);
+    for &(rows, width) in &[(1, 1), (3, 7), (65, 256), (130, 258)] {
+        let ids: Vec<u32> = (0..rows).map(|_| rng.below(width as u64) as u32).collect();
+        let want: Vec<f32> = (0..rows * width)
+            .map(|i| {
+                if ids[i / width] as usize == i % width {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (ib, yb) = (g.upload("ids", &ids), g.storage("y", (rows * width * 4) as u64));
+        // Every element is written: start from garbage.
+        g.queue
+            .write_buffer(&yb, 0, bytemuck::cast_slice(&vec![7f32; rows * width]));
+        submit(|e| {
+            memlayers::kernels::ops::record_one_hot(g, e, &ib, &yb, (rows as u32, width as u32)).unwrap()
+        });
+        assert_eq!(
+            g.read_f32_blocking(&yb, rows * width).unwrap(),
+            want,
+            "one_hot {rows}x{width}"
+        );
+    }
+}

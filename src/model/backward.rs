@@ -11,8 +11,14 @@ use super::gpu::{Model, ModelForward};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::linear::{gemm, Batched, Linear, MAX_K_PER_DISPATCH};
+use crate::kernels::ops::record_one_hot;
 use crate::kernels::value_grads::ValueGrads;
 use crate::params::ParamId;
+
+/// Largest one-hot matrix of a batch's tokens (`[rows, vocab]` f32) for which the embedding's
+/// gradient is a GEMM instead of a sort: byte-level vocabularies at any batch the models here
+/// take; subword vocabularies take the sparse path.
+const ONE_HOT_MAX_BYTES: u64 = 16 << 20;
 
 /// Every parameter's gradient, by registry id.
 pub struct ModelGrads {
@@ -164,19 +170,7 @@ impl Model {
         }
 
         // Embedding: one row per token, weight 1.
-        let d_emb = gpu.storage("grad tok_embeddings", vocab as u64 * d as u64 * 4);
-        let sparse = ValueGrads {
-            rows,
-            bag: 1,
-            v_dim: d,
-            n_values: vocab,
-            max_per_slot: rows,
-            indices: &fwd.tokens,
-            weights: &ones,
-            dy: &dh,
-        }
-        .record(gpu, encoder)?;
-        sparse.record_scatter_add(gpu, encoder, &d_emb, vocab as u64)?;
+        let d_emb = record_token_grad(gpu, encoder, &fwd.tokens, &dh, (rows, vocab, d), None)?;
         grads.set(layout.tok_embeddings, d_emb);
         if let (Some(id), Some((values, _))) = (layout.values, &grads.values) {
             let values = values.clone();
@@ -257,4 +251,51 @@ fn norm_weight_grads(
             (id, g)
         })
         .collect())
+}
+
+/// The gradient of an embedding table `[vocab, d]` whose rows were looked up by `tokens
+/// [rows]`, from `dh [rows, d]`: each token's rows of `dh` summed in row order. For small
+/// vocabularies (byte-level models; `one_hot` None picks by size) a GEMM against the tokens'
+/// one-hot rows; otherwise the sparse path, a stable sort by token and a sum per run. Both
+/// sum in the same order, so they agree bit for bit (tested).
+pub fn record_token_grad(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    tokens: &wgpu::Buffer,
+    dh: &wgpu::Buffer,
+    (rows, vocab, d): (u32, u32, u32),
+    one_hot: Option<bool>,
+) -> Result<wgpu::Buffer> {
+    let small = rows as u64 * vocab as u64 * 4 <= ONE_HOT_MAX_BYTES;
+    if one_hot.unwrap_or(small) {
+        let hot = gpu.scratch("tokens one-hot", rows as u64 * vocab as u64 * 4);
+        record_one_hot(gpu, encoder, tokens, &hot, (rows, vocab))?;
+        let grad = gpu.scratch("grad tok_embeddings", vocab as u64 * d as u64 * 4);
+        gemm(
+            gpu,
+            encoder,
+            "grad tok_embeddings",
+            (&hot, true),
+            (dh, true),
+            &grad,
+            (vocab, d, rows),
+            false,
+        )?;
+        return Ok(grad);
+    }
+    let grad = gpu.storage("grad tok_embeddings", vocab as u64 * d as u64 * 4);
+    let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
+    let sparse = ValueGrads {
+        rows,
+        bag: 1,
+        v_dim: d,
+        n_values: vocab,
+        max_per_slot: rows,
+        indices: tokens,
+        weights: &ones,
+        dy: dh,
+    }
+    .record(gpu, encoder)?;
+    sparse.record_scatter_add(gpu, encoder, &grad, vocab as u64)?;
+    Ok(grad)
 }

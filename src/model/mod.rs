@@ -9,7 +9,7 @@ mod gpu;
 mod layout;
 mod weights;
 
-pub use backward::ModelGrads;
+pub use backward::{record_token_grad, ModelGrads};
 pub use blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams};
 pub use config::{LMTransformerArgs, ModelConfig, ProductKeyArgs};
 pub use gpu::{KvCache, Model, ModelForward};
