@@ -502,7 +502,7 @@ fn train_run(
             None => passes.push((t.label.to_string(), 1)),
         }
     }
-    passes.sort_by(|a, b| b.1.cmp(&a.1));
+    passes.sort_by_key(|p| std::cmp::Reverse(p.1));
     Ok(TrainRun {
         passes,
         tokens_per_s,

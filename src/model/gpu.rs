@@ -86,7 +86,7 @@ impl ModelForward {
         self.residuals
             .iter()
             .filter_map(|r| match &r.block {
-                BlockActs::Memory(acts) => Some((r.layer, acts)),
+                BlockActs::Memory(acts) => Some((r.layer, &**acts)),
                 _ => None,
             })
             .collect()
@@ -144,7 +144,7 @@ impl Model {
                     let m = c.memory.as_ref().expect("memory layers have a configuration");
                     let block = MemoryBlock::new(p, m, |id| params[id.0].clone())
                         .map_err(|e| Error::Config(format!("layer {i}: {e}")))?;
-                    Block::Memory(block)
+                    Block::Memory(Box::new(block))
                 }
             };
             residuals.push(Residual {

@@ -46,14 +46,14 @@ impl FeedForwardParams {
 pub(crate) enum Block {
     Attention(AttentionParams),
     Dense(DenseParams),
-    Memory(MemoryBlock),
+    Memory(Box<MemoryBlock>),
 }
 
 /// What a block's forward leaves for its backward.
 pub(crate) enum BlockActs {
     Attention(AttentionActs),
     Dense(DenseActs),
-    Memory(MemoryActivations),
+    Memory(Box<MemoryActivations>),
 }
 
 /// What every block's forward sees: the model, the batch's shape, and where it is.
@@ -111,7 +111,7 @@ impl Block {
         Ok(match self {
             Block::Attention(a) => BlockActs::Attention(a.record_forward(p, encoder, x, h)?),
             Block::Dense(d) => BlockActs::Dense(d.record_forward(p, encoder, x, h)?),
-            Block::Memory(m) => BlockActs::Memory(m.record_forward(p, encoder, x, h)?),
+            Block::Memory(m) => BlockActs::Memory(Box::new(m.record_forward(p, encoder, x, h)?)),
         })
     }
 
