@@ -350,12 +350,7 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
     let host_unplanned = host(false)?;
     let before = gpu.counts();
     let host_planned = host(true)?;
-    let per_forward = gpu.counts() - before;
-    let per_forward = crate::gpu::Counts {
-        buffers: per_forward.buffers / HOST_SAMPLES as u64,
-        bind_groups: per_forward.bind_groups / HOST_SAMPLES as u64,
-        dispatches: per_forward.dispatches / HOST_SAMPLES as u64,
-    };
+    let per_forward = (gpu.counts() - before).per(HOST_SAMPLES as u64);
     let kernels = KernelTiming::per_label(&timed(gpu, o.iters, forward)?, o.iters);
     let time_of = |label: &str| kernels.iter().find(|k| k.0 == label).map_or(f64::NAN, |k| k.1);
     let tokens = o.tokens as f64;
@@ -440,13 +435,7 @@ fn train_run(
     }
     trainer.last_loss_blocking(gpu)?;
     let tokens_per_s = (iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
-    let all = gpu.counts() - before;
-    let n = iters.max(1) as u64;
-    let per_step = crate::gpu::Counts {
-        buffers: all.buffers / n,
-        bind_groups: all.bind_groups / n,
-        dispatches: all.dispatches / n,
-    };
+    let per_step = (gpu.counts() - before).per(iters as u64);
     // Host time of a step (encode + submit), each submitted to an idle GPU: a submit that
     // finds the queue busy may wait for it (lavapipe's does), which is not host work.
     let (mut host, mut encode) = (Vec::with_capacity(HOST_SAMPLES), Vec::with_capacity(HOST_SAMPLES));
@@ -481,10 +470,8 @@ fn train_run(
     }
     let unplanned_tokens_per_s = (HOST_SAMPLES * batch * seq) as f64 / t.elapsed().as_secs_f64();
     let u = gpu.counts() - unplanned_before;
-    let unplanned_per_step = (
-        u.buffers / HOST_SAMPLES as u64,
-        u.bind_groups / HOST_SAMPLES as u64,
-    );
+    let u = u.per(HOST_SAMPLES as u64);
+    let unplanned_per_step = (u.buffers, u.bind_groups);
     // Where one step's GPU time goes, by pass label (timestamp queries).
     let (x, y) = batch_of();
     gpu.start_profiling(2048)?;

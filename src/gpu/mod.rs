@@ -140,12 +140,24 @@ struct OpenPass {
 
 /// What a `Gpu` has created and recorded since it was made: the counting wrapper around the
 /// device that shows whether a step allocates (every buffer and bind group of this crate is
-/// created through `Gpu`, every dispatch recorded through `Gpu::dispatch`).
+/// created through `Gpu`, every dispatch recorded through `Gpu::run`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub buffers: u64,
     pub bind_groups: u64,
     pub dispatches: u64,
+}
+
+impl Counts {
+    /// Each count divided by `n` (per step of `n` steps).
+    pub fn per(self, n: u64) -> Counts {
+        let n = n.max(1);
+        Counts {
+            buffers: self.buffers / n,
+            bind_groups: self.bind_groups / n,
+            dispatches: self.dispatches / n,
+        }
+    }
 }
 
 impl std::ops::Sub for Counts {
@@ -169,10 +181,10 @@ struct Counters {
 /// What identifies a compute pipeline: the shader's name, the entry point and the override
 /// constants. Looked up without allocating (by hash, then compared with the owned copy).
 #[derive(Clone, Copy, Debug)]
-pub struct PipelineKey<'a> {
-    pub name: &'a str,
-    pub entry: &'a str,
-    pub constants: &'a [(&'a str, f64)],
+struct PipelineKey<'a> {
+    name: &'a str,
+    entry: &'a str,
+    constants: &'a [(&'a str, f64)],
 }
 
 impl PipelineKey<'_> {
@@ -428,7 +440,7 @@ impl Gpu {
             for (i, b) in binds.iter().enumerate() {
                 pass.set_bind_group(i as u32, *b, &[]);
             }
-            Self::dispatch_in(pass, grid);
+            pass.dispatch_workgroups(grid.0, grid.1, grid.2);
         });
         self.created.dispatches.fetch_add(1, Ordering::Relaxed);
     }
@@ -447,16 +459,12 @@ impl Gpu {
             pass.set_pipeline(pipeline);
             for bind in binds {
                 pass.set_bind_group(0, bind, &[]);
-                Self::dispatch_in(pass, grid);
+                pass.dispatch_workgroups(grid.0, grid.1, grid.2);
             }
         });
         self.created
             .dispatches
             .fetch_add(binds.len() as u64, Ordering::Relaxed);
-    }
-
-    fn dispatch_in(pass: &mut wgpu::ComputePass<'_>, (x, y, z): (u32, u32, u32)) {
-        pass.dispatch_workgroups(x, y, z);
     }
 
     /// Runs `f` on a compute pass: inside `record_planned` (and not profiling), the
@@ -658,36 +666,54 @@ impl Gpu {
         group: u32,
         buffers: &[(u32, &wgpu::Buffer)],
     ) -> wgpu::BindGroup {
+        self.planned(
+            |plan| plan.bind_group(pipeline, group, buffers),
+            || {
+                let layout = pipeline.get_bind_group_layout(group);
+                let entries: Vec<wgpu::BindGroupEntry> = buffers
+                    .iter()
+                    .map(|(binding, b)| wgpu::BindGroupEntry {
+                        binding: *binding,
+                        resource: b.as_entire_binding(),
+                    })
+                    .collect();
+                self.created.bind_groups.fetch_add(1, Ordering::Relaxed);
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &layout,
+                    entries: &entries,
+                })
+            },
+            |plan, bind| {
+                let key = plan::BindKey {
+                    pipeline: pipeline.clone(),
+                    group,
+                    entries: buffers.iter().map(|(i, b)| (*i, (*b).clone())).collect(),
+                };
+                plan.keep_bind_group(key, bind);
+            },
+        )
+    }
+
+    /// What this thread's active step plan (if any) hands out for the next request
+    /// (`reuse`); else a new object (`create`), which the plan keeps for later recordings
+    /// (`keep`).
+    fn planned<T>(
+        &self,
+        reuse: impl FnOnce(&mut plan::ActivePlan) -> Option<T>,
+        create: impl FnOnce() -> T,
+        keep: impl FnOnce(&mut plan::ActivePlan, &T),
+    ) -> T {
         let mut guard = self.active_plan.lock().unwrap();
         let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
-        if let Some(plan) = active.as_mut() {
-            if let Some(bind) = plan.bind_group(pipeline, group, buffers) {
-                return bind;
-            }
+        if let Some(reused) = active.as_mut().and_then(|plan| reuse(plan)) {
+            return reused;
         }
-        let layout = pipeline.get_bind_group_layout(group);
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .map(|(binding, b)| wgpu::BindGroupEntry {
-                binding: *binding,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        self.created.bind_groups.fetch_add(1, Ordering::Relaxed);
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &entries,
-        });
-        if let Some(plan) = active.as_mut() {
-            let key = plan::BindKey {
-                pipeline: pipeline.clone(),
-                group,
-                entries: buffers.iter().map(|(i, b)| (*i, (*b).clone())).collect(),
-            };
-            plan.keep_bind_group(key, &bind);
+        let created = create();
+        if let Some(plan) = active {
+            keep(plan, &created);
         }
-        bind
+        created
     }
 
     /// A storage buffer holding `data` (usable as kernel input and output, and copyable).
@@ -702,22 +728,17 @@ impl Gpu {
         } else {
             bytes
         };
-        let mut guard = self.active_plan.lock().unwrap();
-        let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
-        if let Some(plan) = active.as_mut() {
-            if let Some(b) = plan.upload(&self.queue, contents, contents.len() as u64) {
-                return b;
-            }
-        }
-        let buffer = self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: STORAGE_USAGE,
-        });
-        if let Some(plan) = active.as_mut() {
-            plan.keep_buffer(&buffer, Some(contents), false);
-        }
-        buffer
+        self.planned(
+            |plan| plan.upload(&self.queue, contents),
+            || {
+                self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents,
+                    usage: STORAGE_USAGE,
+                })
+            },
+            |plan, buffer| plan.keep_buffer(buffer, Some(contents), false),
+        )
     }
 
     /// A zeroed storage buffer of `bytes` bytes (at least 4). Inside `record_planned`, the
@@ -735,45 +756,35 @@ impl Gpu {
 
     fn storage_buffer(&self, label: &str, bytes: u64, zeroed: bool) -> wgpu::Buffer {
         let size = bytes.max(4).next_multiple_of(4);
-        let mut guard = self.active_plan.lock().unwrap();
-        let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
-        if let Some(plan) = active.as_mut() {
-            if let Some(b) = plan.storage(size, zeroed) {
-                return b;
-            }
-        }
-        let buffer = self.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: STORAGE_USAGE,
-            mapped_at_creation: false,
-        });
-        if let Some(plan) = active.as_mut() {
-            plan.keep_buffer(&buffer, None, zeroed);
-        }
-        buffer
+        self.planned(
+            |plan| plan.storage(size, zeroed),
+            || {
+                self.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: STORAGE_USAGE,
+                    mapped_at_creation: false,
+                })
+            },
+            |plan, buffer| plan.keep_buffer(buffer, None, zeroed),
+        )
     }
 
     /// A uniform buffer holding one parameter block. Inside `record_planned`, the plan's
     /// buffer for this request, rewritten when the block changed.
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, params: &T) -> wgpu::Buffer {
         let bytes = bytemuck::bytes_of(params);
-        let mut guard = self.active_plan.lock().unwrap();
-        let mut active = guard.as_mut().filter(|p| p.serves_this_thread());
-        if let Some(plan) = active.as_mut() {
-            if let Some(b) = plan.uniform(&self.queue, bytes) {
-                return b;
-            }
-        }
-        let buffer = self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytes,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        });
-        if let Some(plan) = active.as_mut() {
-            plan.keep_uniform(&buffer, bytes);
-        }
-        buffer
+        self.planned(
+            |plan| plan.uniform(&self.queue, bytes),
+            || {
+                self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytes,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                })
+            },
+            |plan, buffer| plan.keep_uniform(buffer, bytes),
+        )
     }
 
     /// Begins a compute pass; when profiling is on, the pass is timed under `label`.

@@ -70,7 +70,6 @@ struct PlannedBytes {
     bytes: Vec<u8>,
 }
 
-#[derive(PartialEq, Eq)]
 pub(super) struct BindKey {
     pub pipeline: wgpu::ComputePipeline,
     pub group: u32,
@@ -112,14 +111,14 @@ impl ActivePlan {
         }
     }
 
-    /// The next uploaded slot, if the plan's buffer there has room for `bytes`; the data are
-    /// written into it unless they are what it already holds.
-    pub fn upload(&mut self, queue: &wgpu::Queue, bytes: &[u8], size: u64) -> Option<wgpu::Buffer> {
+    /// The next uploaded slot, if the plan's buffer there has the size of `bytes`; the data
+    /// are written into it unless they are what it already holds.
+    pub fn upload(&mut self, queue: &wgpu::Queue, bytes: &[u8]) -> Option<wgpu::Buffer> {
         let i = self.next_buffer;
         self.next_buffer += 1;
         let slot = self.slots.buffers.get_mut(i)?;
         match &mut slot.uploaded {
-            Some(last) if slot.buffer.size() == size => {
+            Some(last) if slot.buffer.size() == bytes.len() as u64 => {
                 if last.as_slice() != bytes {
                     queue.write_buffer(&slot.buffer, 0, bytes);
                     last.clear();

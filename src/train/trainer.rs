@@ -87,6 +87,8 @@ struct ParamState {
 struct FlatGroup {
     master: wgpu::Buffer,
     grad: wgpu::Buffer,
+    m: wgpu::Buffer,
+    v: wgpu::Buffer,
     len: u64,
 }
 
@@ -126,15 +128,13 @@ impl Trainer {
         }
         let flat = (flat_len > 0).then(|| {
             let f32s = |label: &str| gpu.storage(label, flat_len * 4);
-            (
-                FlatGroup {
-                    master: f32s("flat parameters"),
-                    grad: f32s("flat gradients"),
-                    len: flat_len,
-                },
-                f32s("adam m"),
-                f32s("adam v"),
-            )
+            FlatGroup {
+                master: f32s("flat parameters"),
+                grad: f32s("flat gradients"),
+                m: f32s("adam m"),
+                v: f32s("adam v"),
+                len: flat_len,
+            }
         });
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let mut params = Vec::with_capacity(buffers.len());
@@ -142,14 +142,14 @@ impl Trainer {
             let spec = registry.spec(id);
             let values = spec.group == Group::Values;
             let (m, v) = match (&flat, values) {
-                (Some((group, m, v)), false) => {
+                (Some(group), false) => {
                     gpu.copy(
                         &mut encoder,
                         (&param, 0),
                         (&group.master, offset * 4),
                         len as u64 * 4,
                     );
-                    (m.clone(), v.clone())
+                    (group.m.clone(), group.v.clone())
                 }
                 _ => (
                     gpu.storage("adam m", len as u64 * 4),
@@ -174,7 +174,7 @@ impl Trainer {
             config,
             step: 0,
             params,
-            flat: flat.map(|(group, _, _)| group),
+            flat,
             plan: StepPlan::new(),
             last_loss: None,
         })
@@ -221,14 +221,13 @@ impl Trainer {
             weight_decay: t.weight_decay,
             step: self.step,
         };
-        // Gradients matched to parameters by registry identity, never by position.
-        let grad_of = |p: &ParamState| -> Result<&wgpu::Buffer> { Ok(grads.grad(p.id)) };
+        // Gradients are matched to parameters by registry identity, never by position.
         if let Some(flat) = &self.flat {
             let group: Vec<&ParamState> = self.params.iter().filter(|p| !p.values).collect();
             for p in &group {
                 gpu.copy(
                     encoder,
-                    (grad_of(p)?, 0),
+                    (grads.grad(p.id), 0),
                     (&flat.grad, p.offset * 4),
                     p.len as u64 * 4,
                 );
@@ -236,8 +235,8 @@ impl Trainer {
             let clip = record_clip(gpu, encoder, &[(&flat.grad, flat.len)], t.clip)?;
             let state = AdamWState {
                 param: &flat.master,
-                m: &group[0].m,
-                v: &group[0].v,
+                m: &flat.m,
+                v: &flat.v,
             };
             record_dense_step(
                 gpu,
@@ -260,13 +259,11 @@ impl Trainer {
         // Value tables: one group of their own, updated in place.
         let values: Vec<&ParamState> = self.params.iter().filter(|p| p.values).collect();
         if !values.is_empty() {
-            let lists = values
-                .iter()
-                .map(|p| Ok((grad_of(p)?, p.len as u64)))
-                .collect::<Result<Vec<_>>>()?;
+            let lists: Vec<(&wgpu::Buffer, u64)> =
+                values.iter().map(|p| (grads.grad(p.id), p.len as u64)).collect();
             let clip = record_clip(gpu, encoder, &lists, t.clip)?;
             for p in values {
-                let g = grad_of(p)?;
+                let g = grads.grad(p.id);
                 let state = AdamWState {
                     param: &p.param,
                     m: &p.m,
