@@ -1,8 +1,11 @@
 // AdamW, as torch.optim.AdamW: p *= 1 - lr wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 // p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps), with g the gradient times the clipping
 // factor min(1, max_norm / (norm + 1e-6)) of its parameter group (clip_grad_norm_).
-//   sum_squares: per block of 1024 elements, the sum of squares in order (one invocation)
-//   clip:        the group's norm from those partial sums in order, then its clip factor
+//   sum_squares: per block of 1024 elements, the sum of squares in order (one invocation),
+//                over the blocks of `grad` and then those of `grad_b` (two buffers a dispatch)
+//   clip:        per parameter group (one workgroup each), the group's norm from its partial
+//                sums in order, then its clip factor
+// The updates scale the gradient by the clip factor of their group (`clip_index`).
 //   dense_step:  every element of a parameter
 //   sparse_step: the listed rows only (the lazy update of value rows read this step): row
 //                slots[i] of param takes gradient row i of `grad`
@@ -12,8 +15,8 @@
 // Every sum has a fixed order: the optimiser is deterministic.
 
 struct Params {
-    len: u32,        // elements (dense), listed rows (sparse), or partial sums (clip)
-    row_len: u32,    // sparse: elements per row
+    len: u32,        // elements (dense, sum_squares' grad) or listed rows (sparse)
+    row_len: u32,    // sparse: elements per row; sum_squares: grad_b's elements
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -22,8 +25,8 @@ struct Params {
     step_size: f32,  // lr / bc1
     bc2_sqrt: f32,   // sqrt(bc2)
     max_norm: f32,
-    partial_offset: u32, // sum_squares: where this buffer's partial sums start
-    _pad: u32,
+    partial_offset: u32, // sum_squares: where these buffers' partial sums start
+    clip_index: u32,     // updates: the parameter group whose clip factor applies
 }
 
 const BLOCK: u32 = 1024u;
@@ -37,6 +40,7 @@ const BLOCK: u32 = 1024u;
 @group(0) @binding(6) var<storage, read_write> v: array<f32>;
 @group(0) @binding(7) var<storage, read> slots: array<u32>;
 @group(0) @binding(8) var<storage, read> count: array<u32>;
+@group(0) @binding(9) var<storage, read> grad_b: array<f32>;
 
 @compute @workgroup_size(64)
 fn sum_squares(
@@ -45,28 +49,38 @@ fn sum_squares(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let block = (wg.y * nwg.x + wg.x) * 64u + lid;
-    let start = block * BLOCK;
-    if (start >= p.len) {
-        return;
-    }
+    let blocks_a = (p.len + BLOCK - 1u) / BLOCK;
     var ss = 0.0;
-    for (var i = start; i < min(start + BLOCK, p.len); i++) {
-        ss = fma(grad[i], grad[i], ss);
+    if (block < blocks_a) {
+        let start = block * BLOCK;
+        for (var i = start; i < min(start + BLOCK, p.len); i++) {
+            ss = fma(grad[i], grad[i], ss);
+        }
+    } else {
+        let start = (block - blocks_a) * BLOCK;
+        if (start >= p.row_len) {
+            return;
+        }
+        for (var i = start; i < min(start + BLOCK, p.row_len); i++) {
+            ss = fma(grad_b[i], grad_b[i], ss);
+        }
     }
     partials[p.partial_offset + block] = ss;
 }
 
+// Group g's partial sums are partials[slots[2g] .. slots[2g + 1]].
 @compute @workgroup_size(1)
-fn clip() {
+fn clip(@builtin(workgroup_id) wg: vec3<u32>) {
+    let g = wg.x;
     var ss = 0.0;
-    for (var i = 0u; i < p.len; i++) {
+    for (var i = slots[2u * g]; i < slots[2u * g + 1u]; i++) {
         ss += partials[i];
     }
-    clip_factor[0] = min(1.0, p.max_norm / (sqrt(ss) + 1e-6));
+    clip_factor[g] = min(1.0, p.max_norm / (sqrt(ss) + 1e-6));
 }
 
 fn update(at: u32, g_raw: f32) {
-    let g = g_raw * clip_factor[0];
+    let g = g_raw * clip_factor[p.clip_index];
     let x = param[at] * (1.0 - p.lr * p.weight_decay);
     let mi = p.beta1 * m[at] + (1.0 - p.beta1) * g;
     let vi = p.beta2 * v[at] + (1.0 - p.beta2) * g * g;

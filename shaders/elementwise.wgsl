@@ -1,10 +1,8 @@
-// Elementwise helpers of the model: `add` (y += x, the residual stream) and `one_hot`
-// (y [len / width, width] = 1 where the column is the row's id in `ids`, else 0; the
-// embedding's gradient as a GEMM for small vocabularies).
+// Elementwise helpers of the model: `add` (y += x, the residual stream).
 
 struct Params {
     len: u32,
-    width: u32, // one_hot: columns per row
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,19 +18,5 @@ fn add(
     let i = (wg.y * nwg.x + wg.x) * 64u + lid;
     if (i < p.len) {
         y[i] += x[i];
-    }
-}
-
-@group(0) @binding(3) var<storage, read> ids: array<u32>;
-
-@compute @workgroup_size(64)
-fn one_hot(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = (wg.y * nwg.x + wg.x) * 64u + lid;
-    if (i < p.len) {
-        y[i] = select(0.0, 1.0, ids[i / p.width] == i % p.width);
     }
 }

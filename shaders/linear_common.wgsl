@@ -5,7 +5,8 @@ struct Params {
     m: u32,
     n: u32,
     k_len: u32,
-    flags: u32, // bit 0: add bias; bit 1: gate epilogue with aux; bit 2: accumulate into y
+    flags: u32, // bit 0: add bias; bit 1: gate epilogue with aux; bit 2: accumulate into y;
+                // bit 3: keep the gate's input in `pre`
     x_offset: u32,
     x_batch: u32,
     x_row: u32,
@@ -23,21 +24,26 @@ struct Params {
 const FLAG_BIAS: u32 = 1u;
 const FLAG_GATE: u32 = 2u;
 const FLAG_ACCUMULATE: u32 = 4u;
+const FLAG_KEEP_PRE: u32 = 8u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> aux: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read_write> pre: array<f32>;
 
-// Writes output (b, row, c) = v after the epilogue: + bias[c], then gate * silu(.), then
-// + what y holds (ACCUMULATE). The caller checks row < m and c < n.
+// Writes output (b, row, c) = v after the epilogue: + bias[c], then gate * silu(.) (its
+// input kept in `pre` with KEEP_PRE), then + what y holds (ACCUMULATE). The caller checks row < m and c < n.
 fn write_output(b: u32, row: u32, c: u32, v: f32) {
     var o = v;
     if ((p.flags & FLAG_BIAS) != 0u) {
         o += bias[c];
     }
     if ((p.flags & FLAG_GATE) != 0u) {
+        if ((p.flags & FLAG_KEEP_PRE) != 0u) {
+            pre[row * p.n + c] = o;
+        }
         o = aux[row * p.n + c] * (o / (1.0 + exp(-o)));
     }
     let at = p.y_offset + b * p.y_batch + row * p.y_row + c;

@@ -3,7 +3,7 @@
 mod common;
 use common::{assert_close, assert_same_selection, gpu};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
-use memlayers::kernels::linear::{Batched, Linear};
+use memlayers::kernels::linear::{Batched, Gate, Linear};
 use memlayers::kernels::product_topk::{
     lanes_loop_iterations, loop_iterations, workgroup_for, ProductTopK, TopKKernel,
 };
@@ -53,7 +53,7 @@ fn run_linear(
     m: usize,
     n: usize,
     k: usize,
-) -> Vec<f32> {
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (xb, wb, yb) = (
         g.upload("x", x),
         g.upload("w", w),
@@ -61,13 +61,17 @@ fn run_linear(
     );
     let bb = b.map(|b| g.upload("b", b));
     let gb = gate.map(|v| g.upload("gate", v));
+    let kept = g.storage("gate input", (m * n * 4) as u64);
     let mut enc = g.device.create_command_encoder(&Default::default());
     Linear {
         label: "linear",
         x: &xb,
         w: &wb,
         bias: bb.as_ref(),
-        gate: gb.as_ref(),
+        gate: gb.as_ref().map(|by| Gate {
+            by,
+            keep_input: Some(&kept),
+        }),
         y: &yb,
         m: m as u32,
         n: n as u32,
@@ -78,7 +82,8 @@ fn run_linear(
     .record(g, &mut enc)
     .unwrap();
     g.queue.submit([enc.finish()]);
-    g.read_f32_blocking(&yb, m * n).unwrap()
+    let kept = gate.map(|_| g.read_f32_blocking(&kept, m * n).unwrap());
+    (g.read_f32_blocking(&yb, m * n).unwrap(), kept)
 }
 
 #[test]
@@ -105,21 +110,23 @@ fn linear_shapes(g: &Gpu) {
         let want = reference::linear(&x, &w, Some(&b), m, n, k);
         assert_close(
             &format!("linear {m}x{n}x{k}"),
-            &run_linear(g, &x, &w, Some(&b), None, m, n, k),
+            &run_linear(g, &x, &w, Some(&b), None, m, n, k).0,
             &want,
         );
         let want_nb = reference::linear(&x, &w, None, m, n, k);
         assert_close(
             &format!("linear (no bias) {m}x{n}x{k}"),
-            &run_linear(g, &x, &w, None, None, m, n, k),
+            &run_linear(g, &x, &w, None, None, m, n, k).0,
             &want_nb,
         );
         let gate = rng.vec_symmetric(m * n, 2.0);
         let want_g = reference::silu_gate(&gate, &want);
+        let (gated, kept) = run_linear(g, &x, &w, Some(&b), Some(&gate), m, n, k);
+        assert_close(&format!("linear+gate {m}x{n}x{k}"), &gated, &want_g);
         assert_close(
-            &format!("linear+gate {m}x{n}x{k}"),
-            &run_linear(g, &x, &w, Some(&b), Some(&gate), m, n, k),
-            &want_g,
+            &format!("linear+gate, kept input {m}x{n}x{k}"),
+            &kept.unwrap(),
+            &want,
         );
     }
 }
@@ -270,7 +277,10 @@ fn linear_variants_agree_bit_for_bit() {
                 x: &xb,
                 w: &wb,
                 bias: with_bias.then_some(&bb),
-                gate: with_gate.then_some(&gb),
+                gate: with_gate.then_some(Gate {
+                    by: &gb,
+                    keep_input: None,
+                }),
                 y: &yb,
                 m: m as u32,
                 n: n as u32,

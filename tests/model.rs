@@ -212,10 +212,10 @@ fn token_gradient_paths_agree_bit_for_bit() {
         let dh = rng.vec_normal((rows * d) as usize, 1.0);
         let (tb, db) = (g.upload("tokens", &tokens), g.upload("dh", &dh));
         let mut got = Vec::new();
-        for one_hot in [true, false] {
+        for dense in [true, false] {
             let mut enc = g.device.create_command_encoder(&Default::default());
             let grad =
-                memlayers::model::record_token_grad(g, &mut enc, &tb, &db, (rows, vocab, d), Some(one_hot))
+                memlayers::model::record_token_grad(g, &mut enc, &tb, &db, (rows, vocab, d), Some(dense))
                     .unwrap();
             g.queue.submit([enc.finish()]);
             let v = g.read_f32_blocking(&grad, (vocab * d) as usize).unwrap();

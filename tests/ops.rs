@@ -337,31 +337,45 @@ fn cross_entropy_matches_oracle() {
 }
 
 #[test]
-fn one_hot_matches_oracle() {
+fn embedding_grad_matches_oracle() {
     let g = gpu();
     let mut rng = Rng::new(5);
-    for &(rows, width) in &[(1, 1), (3, 7), (65, 256), (130, 258)] {
-        let ids: Vec<u32> = (0..rows).map(|_| rng.below(width as u64) as u32).collect();
-        let want: Vec<f32> = (0..rows * width)
-            .map(|i| {
-                if ids[i / width] as usize == i % width {
-                    1.0
-                } else {
-                    0.0
+    // Odd sizes: partial id blocks (32 a workgroup) and column blocks (64), ids repeated and
+    // absent, one id past the vocabulary (skipped).
+    for &(rows, vocab, dim) in &[(1, 1, 1), (3, 7, 5), (65, 256, 64), (130, 258, 65), (97, 33, 130)] {
+        let mut ids: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+        ids[rows / 2] = vocab as u32;
+        let dy = rng.vec_normal(rows * dim, 1.0);
+        let mut want = vec![0f32; vocab * dim];
+        for (r, &id) in ids.iter().enumerate() {
+            if (id as usize) < vocab {
+                for c in 0..dim {
+                    want[id as usize * dim + c] += dy[r * dim + c];
                 }
-            })
-            .collect();
-        let (ib, yb) = (g.upload("ids", &ids), g.storage("y", (rows * width * 4) as u64));
+            }
+        }
+        let (ib, db) = (g.upload("ids", &ids), g.upload("dy", &dy));
+        let out = g.storage("grad", (vocab * dim * 4) as u64);
         // Every element is written: start from garbage.
         g.queue
-            .write_buffer(&yb, 0, bytemuck::cast_slice(&vec![7f32; rows * width]));
+            .write_buffer(&out, 0, bytemuck::cast_slice(&vec![7f32; vocab * dim]));
         submit(|e| {
-            memlayers::kernels::ops::record_one_hot(g, e, &ib, &yb, (rows as u32, width as u32)).unwrap()
+            memlayers::kernels::embedding_grad::record_embedding_grad(
+                g,
+                e,
+                &ib,
+                &db,
+                &out,
+                (rows as u32, vocab as u32, dim as u32),
+            )
+            .unwrap()
         });
+        // The same additions in the same order: equal bits.
         assert_eq!(
-            g.read_f32_blocking(&yb, rows * width).unwrap(),
+            g.read_f32_blocking(&out, vocab * dim).unwrap(),
             want,
-            "one_hot {rows}x{width}"
+            "embedding_grad {rows} rows, vocab {vocab}, dim {dim}"
         );
     }
 }
+

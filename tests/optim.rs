@@ -2,7 +2,7 @@
 
 mod common;
 use common::{assert_close, gpu};
-use memlayers::kernels::adamw::{record_clip, record_dense_step, record_sparse_step, AdamWState, AdamWStep};
+use memlayers::kernels::adamw::{record_clip, record_dense_step, record_sparse_step, AdamWState, AdamWStep, Clip};
 use memlayers::kernels::value_grads::SparseRows;
 use memlayers::reference::adamw as oracle;
 use memlayers::rng::Rng;
@@ -55,14 +55,14 @@ fn dense_adamw_with_clipping_matches_oracle_over_steps() {
         let mut enc = g.device.create_command_encoder(&Default::default());
         let pairs: Vec<(&wgpu::Buffer, u64)> =
             gbufs.iter().zip(&sizes).map(|(b, &n)| (b, n as u64)).collect();
-        let clip = record_clip(g, &mut enc, &pairs, max_norm).unwrap();
+        let clip = record_clip(g, &mut enc, &[&pairs], max_norm).unwrap();
         for (i, b) in bufs.iter().enumerate() {
             let state = AdamWState {
                 param: &b[0],
                 m: &b[1],
                 v: &b[2],
             };
-            record_dense_step(g, &mut enc, &state, &gbufs[i], sizes[i] as u64, &clip, step(t).0).unwrap();
+            record_dense_step(g, &mut enc, &state, &gbufs[i], sizes[i] as u64, Clip { factors: &clip, group: 0 }, step(t).0).unwrap();
         }
         g.queue.submit([enc.finish()]);
         let refs: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
@@ -115,13 +115,13 @@ fn lazy_row_update_touches_only_listed_rows() {
         v_dim: v_dim as u32,
     };
     let mut enc = g.device.create_command_encoder(&Default::default());
-    let clip = record_clip(g, &mut enc, &[(&sparse.rows, (3 * v_dim) as u64)], 1e6).unwrap();
+    let clip = record_clip(g, &mut enc, &[&[(&sparse.rows, (3 * v_dim) as u64)]], 1e6).unwrap();
     let state = AdamWState {
         param: &bufs[0],
         m: &bufs[1],
         v: &bufs[2],
     };
-    record_sparse_step(g, &mut enc, &state, rows as u64, &sparse, &clip, step(1).0).unwrap();
+    record_sparse_step(g, &mut enc, &state, rows as u64, &sparse, Clip { factors: &clip, group: 0 }, step(1).0).unwrap();
     g.queue.submit([enc.finish()]);
     for (i, &r) in listed.iter().enumerate() {
         let s = r as usize * v_dim..(r as usize + 1) * v_dim;
@@ -189,4 +189,44 @@ fn sparse_rows_scatter_add_matches_oracle() {
             "table {table_rows} rows, capacity {capacity}, count {count}, v_dim {v_dim}"
         );
     }
+}
+
+#[test]
+fn clip_factors_of_several_groups_in_one_recording_match_separate_ones() {
+    let g = gpu();
+    let mut rng = Rng::new(7);
+    // Odd buffer counts per group, so that the two-buffer dispatches straddle groups; an
+    // empty buffer is skipped.
+    let groups: Vec<Vec<usize>> = vec![vec![1500, 37, 2049], vec![5000], vec![0, 3, 1024, 1025]];
+    let data: Vec<Vec<Vec<f32>>> = groups
+        .iter()
+        .zip([0.05, 0.05, 0.001]) // the last group's norm is under max_norm: not clipped
+        .map(|(sizes, scale)| sizes.iter().map(|&n| rng.vec_normal(n, scale)).collect())
+        .collect();
+    let bufs: Vec<Vec<wgpu::Buffer>> = data
+        .iter()
+        .map(|group| group.iter().map(|x| g.upload("g", &if x.is_empty() { vec![0.0] } else { x.clone() })).collect())
+        .collect();
+    let lists: Vec<Vec<(&wgpu::Buffer, u64)>> = bufs
+        .iter()
+        .zip(&data)
+        .map(|(b, d)| b.iter().zip(d).map(|(b, x)| (b, x.len() as u64)).collect())
+        .collect();
+    let slices: Vec<&[(&wgpu::Buffer, u64)]> = lists.iter().map(|l| &l[..]).collect();
+    let max_norm = 1.0;
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    let together = record_clip(g, &mut enc, &slices, max_norm).unwrap();
+    let apart: Vec<wgpu::Buffer> = slices
+        .iter()
+        .map(|s| record_clip(g, &mut enc, &[s], max_norm).unwrap())
+        .collect();
+    g.queue.submit([enc.finish()]);
+    let together = g.read_f32_blocking(&together, groups.len()).unwrap();
+    for (i, group) in data.iter().enumerate() {
+        let alone = g.read_f32_blocking(&apart[i], 1).unwrap()[0];
+        assert_eq!(together[i].to_bits(), alone.to_bits(), "group {i}: one recording vs its own");
+        let refs: Vec<&[f32]> = group.iter().map(|x| &x[..]).collect();
+        assert_close(&format!("clip factor {i}"), &together[i..i + 1], &[oracle::clip_factor(&refs, max_norm)]);
+    }
+    assert!(together.iter().any(|&f| f < 1.0) && together.iter().any(|&f| f == 1.0), "{together:?}");
 }

@@ -130,6 +130,8 @@ pub struct Gpu {
     open_pass: Mutex<Option<OpenPass>>,
     /// Read-back staging buffers, reused.
     staging: Mutex<Vec<wgpu::Buffer>>,
+    /// Bound where a kernel's optional output is absent (`unused_output`).
+    unused_output: std::sync::OnceLock<wgpu::Buffer>,
 }
 
 /// A compute pass that outlives the borrow of its encoder (the encoder stays locked until it
@@ -400,7 +402,22 @@ impl Gpu {
             active_plan: Mutex::new(None),
             open_pass: Mutex::new(None),
             staging: Mutex::new(Vec::new()),
+            unused_output: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A small storage buffer, made once, to bind where a kernel's optional output is
+    /// absent (the kernel then never writes it): a writable binding needs a buffer that no
+    /// other binding of the dispatch uses.
+    pub fn unused_output(&self) -> &wgpu::Buffer {
+        self.unused_output.get_or_init(|| {
+            self.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("unused optional output"),
+                size: 16,
+                usage: STORAGE_USAGE,
+                mapped_at_creation: false,
+            })
+        })
     }
 
     /// Buffers and bind groups created and dispatches recorded so far.

@@ -4,7 +4,7 @@
 use super::value_grads::SparseRows;
 use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Gpu};
+use crate::gpu::{grid, Gpu, MAX_GRID_DIM};
 
 pub const SOURCE: &str = include_str!("../../shaders/adamw.wgsl");
 /// Elements per partial sum of the gradient norm (`adamw.wgsl`'s BLOCK).
@@ -25,7 +25,7 @@ struct Params {
     bc2_sqrt: f32,
     max_norm: f32,
     partial_offset: u32,
-    _pad: u32,
+    clip_index: u32,
 }
 
 /// One step's hyper-parameters (torch.optim.AdamW's, plus the group's clipping norm).
@@ -57,46 +57,77 @@ impl AdamWStep {
     }
 }
 
-/// Records the clipping factor `min(1, max_norm / (norm + 1e-6))` of a parameter group whose
-/// gradients are `grads` (buffer, element count); returns a one-element buffer.
+/// One parameter group's clipping factor: element `group` of the buffer `record_clip`
+/// returned.
+#[derive(Clone, Copy)]
+pub struct Clip<'a> {
+    pub factors: &'a wgpu::Buffer,
+    pub group: u32,
+}
+
+/// Records the clipping factor `min(1, max_norm / (norm + 1e-6))` of each parameter group,
+/// whose gradients are `groups[g]` (buffer, element count); returns a buffer of one factor
+/// per group. The partial sums of squares take one dispatch per two buffers, and all
+/// groups' factors one more.
 pub fn record_clip(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
-    grads: &[(&wgpu::Buffer, u64)],
+    groups: &[&[(&wgpu::Buffer, u64)]],
     max_norm: f32,
 ) -> Result<wgpu::Buffer> {
-    let blocks: Vec<u64> = grads.iter().map(|(_, n)| n.div_ceil(BLOCK)).collect();
-    let total: u64 = blocks.iter().sum();
-    check_loop_budget("gradient clipping", total, "the number of 1024-element blocks")?;
-    let partials = gpu.storage("grad norm partials", total.max(1) * 4);
-    let clip = gpu.storage("clip factor", 4);
-    let sum = gpu.pipeline_entry("adamw", SOURCE, "sum_squares", &[]);
-    let mut offset = 0u64;
-    for ((buffer, n), b) in grads.iter().zip(&blocks) {
-        if *n == 0 {
-            continue;
+    if groups.is_empty() || groups.len() > MAX_GRID_DIM as usize {
+        return Err(Error::Config(format!("gradient clipping: {} groups", groups.len())));
+    }
+    // Every non-empty buffer in group order, with where its partial sums start; and each
+    // group's range of partial sums.
+    let mut buffers = Vec::new();
+    let mut bounds = Vec::with_capacity(groups.len() * 2);
+    let mut total = 0u64;
+    for group in groups {
+        let start = total;
+        bounds.push(start as u32);
+        for &(buffer, n) in group.iter() {
+            if n == 0 {
+                continue;
+            }
+            check_buffer(gpu, "gradient", buffer, n)?;
+            buffers.push((buffer, n, total));
+            total += n.div_ceil(BLOCK);
         }
-        check_buffer(gpu, "gradient", buffer, *n)?;
+        let blocks = total - start;
+        check_loop_budget("gradient clipping", blocks, "the number of 1024-element blocks")?;
+        bounds.push(total as u32);
+    }
+    if total > u32::MAX as u64 / 2 {
+        return Err(Error::Config(format!("gradient clipping: {total} blocks")));
+    }
+    let partials = gpu.storage("grad norm partials", total.max(1) * 4);
+    let clip = gpu.storage("clip factors", groups.len() as u64 * 4);
+    let sum = gpu.pipeline_entry("adamw", SOURCE, "sum_squares", &[]);
+    for pair in buffers.chunks(2) {
+        let (a, a_len, offset) = pair[0];
+        let (b, b_len) = pair.get(1).map_or((a, 0), |&(b, n, _)| (b, n));
         let params = Params {
-            len: *n as u32,
+            len: a_len as u32,
+            row_len: b_len as u32,
             partial_offset: offset as u32,
             ..Default::default()
         };
         let params = gpu.uniform("sum squares params", &params);
-        let bind = gpu.bind_at(&sum, &[(0, &params), (1, *buffer), (2, &partials)]);
-        let (x, y) = grid((*b as u32).div_ceil(64));
+        let bind = gpu.bind_at(&sum, &[(0, &params), (1, a), (9, b), (2, &partials)]);
+        let blocks = a_len.div_ceil(BLOCK) + b_len.div_ceil(BLOCK);
+        let (x, y) = grid((blocks as u32).div_ceil(64));
         gpu.run(encoder, "grad_sum_squares", &sum, &bind, (x, y, 1));
-        offset += b;
     }
     let params = Params {
-        len: total as u32,
         max_norm,
         ..Default::default()
     };
     let params = gpu.uniform("clip params", &params);
+    let bounds = gpu.upload("clip group bounds", &bounds);
     let finish = gpu.pipeline_entry("adamw", SOURCE, "clip", &[]);
-    let bind = gpu.bind_at(&finish, &[(0, &params), (2, &partials), (3, &clip)]);
-    gpu.run(encoder, "grad_clip", &finish, &bind, (1, 1, 1));
+    let bind = gpu.bind_at(&finish, &[(0, &params), (2, &partials), (3, &clip), (7, &bounds)]);
+    gpu.run(encoder, "grad_clip", &finish, &bind, (groups.len() as u32, 1, 1));
     Ok(clip)
 }
 
@@ -107,14 +138,14 @@ pub struct AdamWState<'a> {
     pub v: &'a wgpu::Buffer,
 }
 
-/// Records AdamW on all `len` elements of `state` with gradient `grad` times `clip[0]`.
+/// Records AdamW on all `len` elements of `state` with gradient `grad` times its group's clip factor.
 pub fn record_dense_step(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
     state: &AdamWState,
     grad: &wgpu::Buffer,
     len: u64,
-    clip: &wgpu::Buffer,
+    clip: Clip,
     step: AdamWStep,
 ) -> Result<()> {
     if len == 0 || len > u32::MAX as u64 {
@@ -130,6 +161,7 @@ pub fn record_dense_step(
     }
     let params = Params {
         len: len as u32,
+        clip_index: clip.group,
         ..step.params()
     };
     let params = gpu.uniform("adamw params", &params);
@@ -139,7 +171,7 @@ pub fn record_dense_step(
         &[
             (0, &params),
             (1, grad),
-            (3, clip),
+            (3, clip.factors),
             (4, state.param),
             (5, state.m),
             (6, state.v),
@@ -158,7 +190,7 @@ pub fn record_sparse_step(
     state: &AdamWState,
     table_rows: u64,
     grad: &SparseRows,
-    clip: &wgpu::Buffer,
+    clip: Clip,
     step: AdamWStep,
 ) -> Result<()> {
     let n = table_rows * grad.v_dim as u64;
@@ -169,6 +201,7 @@ pub fn record_sparse_step(
     let params = Params {
         len: grad.capacity,
         row_len: grad.v_dim,
+        clip_index: clip.group,
         ..step.params()
     };
     let params = gpu.uniform("adamw sparse params", &params);
@@ -178,7 +211,7 @@ pub fn record_sparse_step(
         &[
             (0, &params),
             (1, &grad.rows),
-            (3, clip),
+            (3, clip.factors),
             (4, state.param),
             (5, state.m),
             (6, state.v),
@@ -201,7 +234,7 @@ pub fn record_masked_step(
     grad: &wgpu::Buffer,
     mask: &wgpu::Buffer,
     (rows, row_len): (u32, u32),
-    clip: &wgpu::Buffer,
+    clip: Clip,
     step: AdamWStep,
 ) -> Result<()> {
     let n = rows as u64 * row_len as u64;
@@ -218,6 +251,7 @@ pub fn record_masked_step(
     let params = Params {
         len: rows,
         row_len,
+        clip_index: clip.group,
         ..step.params()
     };
     let params = gpu.uniform("adamw masked params", &params);
@@ -227,7 +261,7 @@ pub fn record_masked_step(
         &[
             (0, &params),
             (1, grad),
-            (3, clip),
+            (3, clip.factors),
             (4, state.param),
             (5, state.m),
             (6, state.v),

@@ -105,15 +105,23 @@ impl Batched {
 }
 
 /// A linear layer over `m` rows: `x [m, k]`, `w [n, k]` (nn.Linear layout), `bias [n]`,
-/// output `y [m, n]`. With `gate [m, n]`, stores `gate * silu(x w^T + bias)` instead.
+/// output `y [m, n]`. With a `gate`, stores `gate * silu(x w^T + bias)` instead.
 /// With `batched`, a batch of such products over strided views (no bias or gate).
+/// The SwiGLU epilogue: `y = by * silu(x w^T + bias)`, `by [m, n]`.
+#[derive(Clone, Copy)]
+pub struct Gate<'a> {
+    pub by: &'a wgpu::Buffer,
+    /// Also store `x w^T + bias` here (`[m, n]`), for the backward pass.
+    pub keep_input: Option<&'a wgpu::Buffer>,
+}
+
 pub struct Linear<'a> {
     /// Names the pass in profiles (e.g. "query_proj").
     pub label: &'static str,
     pub x: &'a wgpu::Buffer,
     pub w: &'a wgpu::Buffer,
     pub bias: Option<&'a wgpu::Buffer>,
-    pub gate: Option<&'a wgpu::Buffer>,
+    pub gate: Option<Gate<'a>>,
     pub y: &'a wgpu::Buffer,
     pub m: u32,
     pub n: u32,
@@ -257,10 +265,16 @@ impl Linear<'_> {
             check_buffer(gpu, "linear.bias", b, n)?;
         }
         if let Some(g) = self.gate {
-            check_buffer(gpu, "linear.gate", g, m * n)?;
+            check_buffer(gpu, "linear.gate", g.by, m * n)?;
+            if let Some(keep) = g.keep_input {
+                check_buffer(gpu, "linear.gate input", keep, m * n)?;
+            }
         }
-        let flags =
-            self.bias.map_or(0, |_| 1) | self.gate.map_or(0, |_| 2) | if self.accumulate { 4 } else { 0 };
+        let keep_input = self.gate.and_then(|g| g.keep_input);
+        let flags = self.bias.map_or(0, |_| 1)
+            | self.gate.map_or(0, |_| 2)
+            | if self.accumulate { 4 } else { 0 }
+            | keep_input.map_or(0, |_| 8);
         // The subgroup variant: 32 rows x 4 columns per invocation, 8 to 64 invocations per
         // workgroup (fewer for narrow outputs, so that small products still spread over the
         // cores; a power of two, so few pipelines get compiled, and at least 8, the lanes
@@ -304,9 +318,12 @@ impl Linear<'_> {
                 _pad: 0,
             },
         );
-        // Absent optional inputs are bound to `x`, which the shader then never reads.
-        let (bias, gate) = (self.bias.unwrap_or(self.x), self.gate.unwrap_or(self.x));
-        let bind = gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y]);
+        // Absent optional inputs are bound to `x`, which the shader then never reads; an
+        // absent kept gate input to a buffer it never writes.
+        let bias = self.bias.unwrap_or(self.x);
+        let gate = self.gate.map_or(self.x, |g| g.by);
+        let keep = keep_input.unwrap_or(gpu.unused_output());
+        let bind = gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y, keep]);
         gpu.run(encoder, self.label, &pipeline, &bind, (grid.0, grid.1, l.batch));
         Ok(())
     }

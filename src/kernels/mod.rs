@@ -3,6 +3,7 @@
 
 pub mod adamw;
 pub mod embedding_bag;
+pub mod embedding_grad;
 pub mod linear;
 pub mod normalize;
 pub mod ops;
@@ -24,6 +25,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("rmsnorm.wgsl", ops::RMSNORM),
     ("rope.wgsl", ops::ROPE),
     ("embedding_bag.wgsl", embedding_bag::SOURCE),
+    ("embedding_grad.wgsl", embedding_grad::SOURCE),
     ("linear.wgsl", linear::SOURCE),
     ("linear_subgroup.wgsl", linear::SUBGROUP_SOURCE),
     ("normalize.wgsl", normalize::SOURCE),

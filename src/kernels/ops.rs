@@ -54,35 +54,6 @@ pub fn record_add(
     Ok(())
 }
 
-/// Records `y [rows, width] = one_hot(ids [rows])`: 1 at each row's id, 0 elsewhere (every
-/// element written). Ids must be below `width`.
-pub fn record_one_hot(
-    gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
-    ids: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    (rows, width): (u32, u32),
-) -> Result<()> {
-    let len = rows as u64 * width as u64;
-    if width == 0 || len > u32::MAX as u64 {
-        return Err(Error::Config(format!("one_hot: {rows} x {width}")));
-    }
-    check_buffer(gpu, "one_hot.ids", ids, rows as u64)?;
-    check_buffer(gpu, "one_hot.y", y, len)?;
-    let params = gpu.uniform("one_hot params", &[len as u32, width, 0, 0]);
-    let pipeline = gpu.pipeline_entry("elementwise", ELEMENTWISE, "one_hot", &[]);
-    let bind = gpu.bind_at(&pipeline, &[(0, &params), (2, y), (3, ids)]);
-    dispatch(
-        gpu,
-        encoder,
-        "one_hot",
-        &pipeline,
-        &[&bind],
-        (len as u32).div_ceil(64),
-    );
-    Ok(())
-}
-
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct RmsParams {

@@ -15,7 +15,7 @@
 use super::layer::{MemoryActivations, MemoryLayer};
 use super::lookup::SCORE_BLOCK_BYTES;
 use super::pool::ValuePool;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::WeightGrads;
 use crate::kernels::linear::{gemm, Batched, Linear};
@@ -121,35 +121,17 @@ impl MemoryLayer {
             }
             None => (d_out.clone(), None),
         };
-        // swilu: h = y * silu(g), g = x W1^T + b1 (recomputed here).
+        // swilu: h = y * silu(g), g = x W1^T + b1 (kept by the forward).
         let dx = f32s("grad input", rows as u64 * d as u64);
-        let (dy, swilu) = match &self.swilu {
-            Some((w1, b1)) => {
+        let (dy, swilu) = match (&self.swilu, &acts.swilu_input) {
+            (Some((w1, _)), Some(g)) => {
                 let n = rows as u64 * v as u64;
-                let (g, dy, dg) = (
-                    f32s("swilu pre-activation", n),
-                    f32s("grad bag", n),
-                    f32s("grad g", n),
-                );
-                Linear {
-                    label: "swilu_projection (recomputed)",
-                    x,
-                    w: w1,
-                    bias: Some(b1),
-                    gate: None,
-                    y: &g,
-                    m: rows,
-                    n: v,
-                    k: d,
-                    batched: None,
-                    accumulate: false,
-                }
-                .record(gpu, encoder)?;
+                let (dy, dg) = (f32s("grad bag", n), f32s("grad g", n));
                 SwiluBackward {
                     len: n as u32,
                     dh: &dh,
                     y: &acts.bag,
-                    g: &g,
+                    g,
                     dy: &dy,
                     dg: &dg,
                 }
@@ -190,7 +172,12 @@ impl MemoryLayer {
                 )?;
                 (dy, Some((dw1, db1)))
             }
-            None => (dh, None),
+            (None, _) => (dh, None),
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "memory backward: activations without the swilu input (not from this layer's forward)".into(),
+                ))
+            }
         };
         // The bag: dL/dw per entry.
         let bag = heads * knn;

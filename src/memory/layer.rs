@@ -7,7 +7,7 @@ use super::pool::ValuePool;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::EmbeddingBag;
-use crate::kernels::linear::Linear;
+use crate::kernels::linear::{Gate, Linear};
 use crate::params::Init;
 use crate::rng::Rng;
 
@@ -171,8 +171,10 @@ pub struct MemoryActivations {
     pub weights: wgpu::Buffer,
     /// `[rows, v_dim]` the summed bag of values.
     pub bag: wgpu::Buffer,
-    /// `[rows, v_dim]` `bag * silu(swilu_projection(x))` (Memory+ only).
+    /// `[rows, v_dim]` `bag * silu(swilu_projection(x))` and `swilu_projection(x)` (Memory+
+    /// only).
     pub gated: Option<wgpu::Buffer>,
+    pub swilu_input: Option<wgpu::Buffer>,
     /// `[rows, out_dim]` the layer's output (from `record_forward_into` with a residual it
     /// was added to: that residual).
     pub out: wgpu::Buffer,
@@ -320,15 +322,19 @@ impl MemoryLayer {
             columns_per_invocation: None,
         }
         .record(gpu, encoder)?;
-        let gated = match &self.swilu {
+        let (gated, swilu_input) = match &self.swilu {
             Some((w1, b1)) => {
                 let gated = gpu.scratch("gated", rows as u64 * v as u64 * 4);
+                let input = gpu.scratch("swilu pre-activation", rows as u64 * v as u64 * 4);
                 Linear {
                     label: "swilu_projection+gate",
                     x,
                     w: w1,
                     bias: Some(b1),
-                    gate: Some(&bag),
+                    gate: Some(Gate {
+                        by: &bag,
+                        keep_input: Some(&input),
+                    }),
                     y: &gated,
                     m: rows,
                     n: v,
@@ -337,9 +343,9 @@ impl MemoryLayer {
                     accumulate: false,
                 }
                 .record(gpu, encoder)?;
-                Some(gated)
+                (Some(gated), Some(input))
             }
-            None => None,
+            None => (None, None),
         };
         let hidden = gated.as_ref().unwrap_or(&bag);
         let (out, added) = match &self.value_proj {
@@ -374,6 +380,7 @@ impl MemoryLayer {
             weights,
             bag,
             gated,
+            swilu_input,
             out,
         };
         Ok((acts, added))

@@ -11,14 +11,16 @@ use super::gpu::{Model, ModelForward};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::linear::{gemm, Batched, Linear, MAX_K_PER_DISPATCH};
-use crate::kernels::ops::record_one_hot;
+use crate::kernels::embedding_grad::record_embedding_grad;
 use crate::kernels::value_grads::ValueGrads;
 use crate::params::ParamId;
 
-/// Largest one-hot matrix of a batch's tokens (`[rows, vocab]` f32) for which the embedding's
-/// gradient is a GEMM instead of a sort: byte-level vocabularies at any batch the models here
-/// take; subword vocabularies take the sparse path.
-const ONE_HOT_MAX_BYTES: u64 = 16 << 20;
+/// The embedding's gradient skips the sort (`embedding_grad.wgsl`, whose invocations each walk
+/// every row and every id compares against every row) up to this many rows and rows x vocab:
+/// byte-level vocabularies at the batches the models here take; subword vocabularies take the
+/// sparse path.
+const DENSE_TOKEN_GRAD_MAX_ROWS: u32 = 16_384;
+const DENSE_TOKEN_GRAD_MAX_WORK: u64 = 1 << 22;
 
 /// Every parameter's gradient, by registry id.
 pub struct ModelGrads {
@@ -255,32 +257,22 @@ fn norm_weight_grads(
 
 /// The gradient of an embedding table `[vocab, d]` whose rows were looked up by `tokens
 /// [rows]`, from `dh [rows, d]`: each token's rows of `dh` summed in row order. For small
-/// vocabularies (byte-level models; `one_hot` None picks by size) a GEMM against the tokens'
-/// one-hot rows; otherwise the sparse path, a stable sort by token and a sum per run. Both
-/// sum in the same order, so they agree bit for bit (tested).
+/// vocabularies and batches (byte-level models; `dense` None picks by size) one pass over the
+/// rows per block of ids (`embedding_grad.wgsl`); otherwise the sparse path, a stable sort by
+/// token and a sum per run. Both sum in the same order, so they agree bit for bit (tested).
 pub fn record_token_grad(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
     tokens: &wgpu::Buffer,
     dh: &wgpu::Buffer,
     (rows, vocab, d): (u32, u32, u32),
-    one_hot: Option<bool>,
+    dense: Option<bool>,
 ) -> Result<wgpu::Buffer> {
-    let small = rows as u64 * vocab as u64 * 4 <= ONE_HOT_MAX_BYTES;
-    if one_hot.unwrap_or(small) {
-        let hot = gpu.scratch("tokens one-hot", rows as u64 * vocab as u64 * 4);
-        record_one_hot(gpu, encoder, tokens, &hot, (rows, vocab))?;
+    let small = rows <= DENSE_TOKEN_GRAD_MAX_ROWS
+        && rows as u64 * vocab as u64 <= DENSE_TOKEN_GRAD_MAX_WORK;
+    if dense.unwrap_or(small) {
         let grad = gpu.scratch("grad tok_embeddings", vocab as u64 * d as u64 * 4);
-        gemm(
-            gpu,
-            encoder,
-            "grad tok_embeddings",
-            (&hot, true),
-            (dh, true),
-            &grad,
-            (vocab, d, rows),
-            false,
-        )?;
+        record_embedding_grad(gpu, encoder, tokens, dh, &grad, (rows, vocab, d))?;
         return Ok(grad);
     }
     let grad = gpu.storage("grad tok_embeddings", vocab as u64 * d as u64 * 4);

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, StepPlan};
 use crate::io::{HostTensor, TensorFile};
 use crate::kernels::adamw::{
-    record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, CLIP_BLOCK,
+    record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, Clip, CLIP_BLOCK,
 };
 use crate::kernels::ops::CrossEntropy;
 use crate::model::{Model, ModelWeights};
@@ -221,10 +221,15 @@ impl Trainer {
             weight_decay: t.weight_decay,
             step: self.step,
         };
-        // Gradients are matched to parameters by registry identity, never by position.
+        // Gradients are matched to parameters by registry identity, never by position. Each
+        // group is clipped by its own norm; both groups' factors come from one recording.
+        let values: Vec<&ParamState> = self.params.iter().filter(|p| p.values).collect();
+        let value_grads: Vec<(&wgpu::Buffer, u64)> =
+            values.iter().map(|p| (grads.grad(p.id), p.len as u64)).collect();
+        let flat_grad: Vec<(&wgpu::Buffer, u64)> =
+            self.flat.iter().map(|f| (&f.grad, f.len)).collect();
         if let Some(flat) = &self.flat {
-            let group: Vec<&ParamState> = self.params.iter().filter(|p| !p.values).collect();
-            for p in &group {
+            for p in self.params.iter().filter(|p| !p.values) {
                 gpu.copy(
                     encoder,
                     (grads.grad(p.id), 0),
@@ -232,7 +237,13 @@ impl Trainer {
                     p.len as u64 * 4,
                 );
             }
-            let clip = record_clip(gpu, encoder, &[(&flat.grad, flat.len)], t.clip)?;
+        }
+        let clips = record_clip(gpu, encoder, &[&flat_grad, &value_grads], t.clip)?;
+        let clip = |group| Clip {
+            factors: &clips,
+            group,
+        };
+        if let Some(flat) = &self.flat {
             let state = AdamWState {
                 param: &flat.master,
                 m: &flat.m,
@@ -244,10 +255,10 @@ impl Trainer {
                 &state,
                 &flat.grad,
                 flat.len,
-                &clip,
+                clip(0),
                 step(t.lr_at(self.step)),
             )?;
-            for p in &group {
+            for p in self.params.iter().filter(|p| !p.values) {
                 gpu.copy(
                     encoder,
                     (&flat.master, p.offset * 4),
@@ -257,35 +268,29 @@ impl Trainer {
             }
         }
         // Value tables: one group of their own, updated in place.
-        let values: Vec<&ParamState> = self.params.iter().filter(|p| p.values).collect();
-        if !values.is_empty() {
-            let lists: Vec<(&wgpu::Buffer, u64)> =
-                values.iter().map(|p| (grads.grad(p.id), p.len as u64)).collect();
-            let clip = record_clip(gpu, encoder, &lists, t.clip)?;
-            for p in values {
-                let g = grads.grad(p.id);
-                let state = AdamWState {
-                    param: &p.param,
-                    m: &p.m,
-                    v: &p.v,
-                };
-                match (&grads.values_read, t.lazy_values) {
-                    (Some(mask), true) => {
-                        let v_dim = self.model.config.memory.as_ref().map_or(1, |m| m.v_dim);
-                        let rows = (p.len / v_dim) as u32;
-                        record_masked_step(
-                            gpu,
-                            encoder,
-                            &state,
-                            g,
-                            mask,
-                            (rows, v_dim as u32),
-                            &clip,
-                            step(t.value_lr),
-                        )?
-                    }
-                    _ => record_dense_step(gpu, encoder, &state, g, p.len as u64, &clip, step(t.value_lr))?,
+        for p in values {
+            let g = grads.grad(p.id);
+            let state = AdamWState {
+                param: &p.param,
+                m: &p.m,
+                v: &p.v,
+            };
+            match (&grads.values_read, t.lazy_values) {
+                (Some(mask), true) => {
+                    let v_dim = self.model.config.memory.as_ref().map_or(1, |m| m.v_dim);
+                    let rows = (p.len / v_dim) as u32;
+                    record_masked_step(
+                        gpu,
+                        encoder,
+                        &state,
+                        g,
+                        mask,
+                        (rows, v_dim as u32),
+                        clip(1),
+                        step(t.value_lr),
+                    )?
                 }
+                _ => record_dense_step(gpu, encoder, &state, g, p.len as u64, clip(1), step(t.value_lr))?,
             }
         }
         Ok(loss)

@@ -2,7 +2,7 @@
 
 use super::{GradSink, Pass};
 use crate::error::Result;
-use crate::kernels::linear::{gemm, Linear};
+use crate::kernels::linear::{gemm, Gate, Linear};
 use crate::kernels::swilu_backward::SwiluBackward;
 use crate::model::config::ModelConfig;
 use crate::model::gpu::linear;
@@ -18,9 +18,10 @@ pub struct DenseParams {
     pub w3: ParamId,
 }
 
-/// `w3 x` and `(w3 x) * silu(w1 x)`.
+/// `w3 x`, `w1 x` and `(w3 x) * silu(w1 x)`.
 pub(crate) struct DenseActs {
     pub u: wgpu::Buffer,
+    pub g: wgpu::Buffer,
     pub gated: wgpu::Buffer,
 }
 
@@ -44,10 +45,14 @@ impl DenseParams {
     ) -> Result<DenseActs> {
         let (gpu, rows) = (p.gpu, p.rows());
         let (d, hidden) = (p.model.config.dim as u32, p.model.config.hidden as u32);
-        let (u, gated) = (p.f32s("w3 x", rows * hidden), p.f32s("swiglu", rows * hidden));
+        let (u, g) = (p.f32s("w3 x", rows * hidden), p.f32s("w1 x", rows * hidden));
+        let gated = p.f32s("swiglu", rows * hidden);
         linear(x, p.param(self.w3), &u, (rows, hidden, d)).record(gpu, encoder)?;
         Linear {
-            gate: Some(&u),
+            gate: Some(Gate {
+                by: &u,
+                keep_input: Some(&g),
+            }),
             ..linear(x, p.param(self.w1), &gated, (rows, hidden, d))
         }
         .record(gpu, encoder)?;
@@ -56,7 +61,7 @@ impl DenseParams {
             ..linear(&gated, p.param(self.w2), h, (rows, d, hidden))
         }
         .record(gpu, encoder)?;
-        Ok(DenseActs { u, gated })
+        Ok(DenseActs { u, g, gated })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -99,8 +104,6 @@ impl DenseParams {
             (rows, hidden, d),
             false,
         )?;
-        let g = p.f32s("w1 x (recomputed)", rows * hidden);
-        linear(x, w1, &g, (rows, hidden, d)).record(gpu, encoder)?;
         let (du, dg) = (
             p.f32s("grad w3 x", rows * hidden),
             p.f32s("grad w1 x", rows * hidden),
@@ -109,7 +112,7 @@ impl DenseParams {
             len: rows * hidden,
             dh: &d_gated,
             y: &acts.u,
-            g: &g,
+            g: &acts.g,
             dy: &du,
             dg: &dg,
         }
