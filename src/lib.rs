@@ -23,6 +23,7 @@ pub mod oracle;
 pub mod params;
 pub mod reference;
 pub mod rng;
+pub mod tokenizer;
 pub mod train;
 
 #[cfg(all(feature = "bench", not(target_arch = "wasm32")))]

@@ -1,16 +1,25 @@
-//! `memlayers generate`: continue a prompt with a trained model, streaming bytes.
+//! `memlayers generate`: continue a prompt. memlayers' byte-level checkpoints stream bytes;
+//! lingua folders generate as lingua's generator does: the prompt encoded with BOS by the
+//! model's tokenizer, then decoding until EOS or `--max-tokens` new tokens, the text printed
+//! to stdout.
 
-use memlayers::model::{Model, ModelWeights};
+use memlayers::model::{Model, ModelConfig};
 use memlayers::rng::Rng;
+use memlayers::tokenizer::Tokenizer;
 use memlayers::{Error, Gpu, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A checkpoint directory written by `memlayers train` (or its parent, the --out dir).
+    /// A checkpoint directory written by `memlayers train` (or its parent, the --out dir), or
+    /// a lingua consolidated folder (consolidated.pth and params.json).
     #[arg(long)]
     pub model: PathBuf,
+    /// The tokenizer file of a lingua model (default: params.json's path, else a file of that
+    /// name beside the checkpoint).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     #[arg(long)]
     pub prompt: String,
     #[arg(long, default_value_t = 200)]
@@ -56,17 +65,78 @@ pub fn pick(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Rng) -> u32 
     probs[n - 1].1
 }
 
+/// lingua's generation: `tokens` (the prompt with BOS) are prefilled, then one token at a
+/// time until EOS or `max_new` tokens; returns the new tokens without the EOS.
+pub fn generate_ids(
+    gpu: &Gpu,
+    model: &Model,
+    config: &ModelConfig,
+    prompt: &[u32],
+    max_new: usize,
+    eos: u32,
+    pick_next: &mut dyn FnMut(&[f32]) -> u32,
+) -> Result<Vec<u32>> {
+    if max_new >= config.max_seqlen {
+        return Err(Error::Config(format!(
+            "--max-tokens {max_new} leaves no room for the prompt in max_seqlen {}",
+            config.max_seqlen
+        )));
+    }
+    // As lingua: the prompt's last max_seqlen - max_new tokens.
+    let keep = config.max_seqlen - max_new;
+    let mut feed = prompt[prompt.len().saturating_sub(keep)..].to_vec();
+    let mut cache = model.new_cache(gpu);
+    let mut out = Vec::new();
+    while out.len() < max_new {
+        let logits = pollster::block_on(model.forward_with_cache(gpu, &feed, &mut cache))?;
+        let last = &logits[(feed.len() - 1) * config.vocab..feed.len() * config.vocab];
+        let next = pick_next(last);
+        if next == eos {
+            break;
+        }
+        out.push(next);
+        feed = vec![next];
+    }
+    Ok(out)
+}
+
+fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Tokenizer) -> Result<()> {
+    let config = model_dir.config();
+    let prompt = tokenizer.encode(&a.prompt, true, false)?;
+    let gpu = Gpu::new_blocking()?;
+    let model = Model::new(&gpu, &model_dir.weights)?;
+    let mut rng = Rng::new(a.seed);
+    let mut pick_next = |logits: &[f32]| pick(logits, a.temperature, a.top_p, &mut rng);
+    let ids = generate_ids(&gpu, &model, config, &prompt, a.max_tokens, tokenizer.eos_id, &mut pick_next)?;
+    eprintln!(
+        "{} tokenizer: prompt {} tokens (with BOS), {} new",
+        tokenizer.kind().name(),
+        prompt.len(),
+        ids.len()
+    );
+    println!("{}", tokenizer.decode(&ids)?);
+    Ok(())
+}
+
 pub fn run(a: &Args) -> Result<()> {
-    let (args, file) = super::train::load_model_args(&a.model)?;
-    let config = args.resolve()?;
-    let weights = ModelWeights::from_tensors(&config, &file)?;
+    let model_dir = super::model_dir::load(&a.model)?;
+    if let Some(tokenizer) = model_dir.tokenizer(a.tokenizer.as_deref())? {
+        return run_lingua(a, &model_dir, &tokenizer);
+    }
+    if a.tokenizer.is_some() {
+        return Err(Error::Config(
+            "--tokenizer is for lingua folders; memlayers checkpoints are byte-level".into(),
+        ));
+    }
+    let weights = &model_dir.weights;
+    let config = weights.config.clone();
     if config.vocab < 256 {
         return Err(Error::Config(
             "generate works on byte-level models (vocab_size >= 256)".into(),
         ));
     }
     let gpu = Gpu::new_blocking()?;
-    let model = Model::new(&gpu, &weights)?;
+    let model = Model::new(&gpu, weights)?;
     let mut tokens: Vec<u32> = a.prompt.bytes().map(|b| b as u32).collect();
     if tokens.is_empty() {
         return Err(Error::Config("--prompt is empty".into()));

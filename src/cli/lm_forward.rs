@@ -9,11 +9,15 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct Args {
     /// The model's tensors under lingua's names.
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[arg(long, requires = "config", required_unless_present = "model")]
+    pub weights: Option<PathBuf>,
     /// lingua LMTransformerArgs as JSON.
-    #[arg(long)]
-    pub config: PathBuf,
+    #[arg(long, requires = "weights")]
+    pub config: Option<PathBuf>,
+    /// A model folder instead of --weights and --config: a lingua consolidated folder
+    /// (consolidated.pth, params.json) or a memlayers checkpoint.
+    #[arg(long, conflicts_with_all = ["weights", "config"])]
+    pub model: Option<PathBuf>,
     /// `tokens` [batch, seq] (integers); optionally `targets` alike.
     #[arg(long)]
     pub input: PathBuf,
@@ -46,10 +50,17 @@ fn ids(file: &TensorFile, name: &str) -> Result<Option<(Vec<usize>, Vec<u32>)>> 
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config)
-        .map_err(|e| Error::Format(format!("cannot read {}: {e}", a.config.display())))?;
-    let config = LMTransformerArgs::from_json(&text)?.resolve()?;
-    let weights = ModelWeights::from_tensors(&config, &TensorFile::read(&a.weights)?)?;
+    let weights = match (&a.model, &a.config, &a.weights) {
+        (Some(dir), _, _) => super::model_dir::load(dir)?.weights,
+        (None, Some(config_path), Some(weights_path)) => {
+            let text = std::fs::read_to_string(config_path)
+                .map_err(|e| Error::Format(format!("cannot read {}: {e}", config_path.display())))?;
+            let config = LMTransformerArgs::from_json(&text)?.resolve()?;
+            ModelWeights::from_tensors(&config, &TensorFile::read(weights_path)?)?
+        }
+        _ => return Err(Error::Config("give --model, or --weights and --config".into())),
+    };
+    let config = weights.config.clone();
     let input = TensorFile::read(&a.input)?;
     let (shape, tokens) = ids(&input, "tokens")?.ok_or_else(|| Error::MissingTensor("tokens".into()))?;
     let targets = ids(&input, "targets")?;

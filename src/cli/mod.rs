@@ -1,10 +1,12 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
 mod demo;
+mod export_lingua;
 mod generate;
 mod info;
 mod lm_forward;
 mod memory_forward;
+mod model_dir;
 mod plot;
 mod progress;
 mod train;
@@ -42,8 +44,11 @@ enum Command {
     LmForward(lm_forward::Args),
     /// Train a (memory-augmented) transformer on a text file, byte-level.
     Train(train::Args),
-    /// Continue a prompt with a model trained by `memlayers train`.
+    /// Continue a prompt with a model trained by `memlayers train` or a lingua consolidated
+    /// folder (greedy by default, as lingua's generator).
     Generate(generate::Args),
+    /// Write a model as a lingua consolidated folder (consolidated.pth, params.json).
+    ExportLingua(export_lingua::Args),
     /// Benchmark the forward pass: tokens/s, GPU time per kernel, matmul GFLOP/s, and the
     /// embedding bag's bandwidth next to a plain copy's on the same adapter.
     #[cfg(feature = "bench")]
@@ -72,6 +77,7 @@ pub fn run() -> Result<()> {
         Command::LmForward(args) => lm_forward::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Generate(args) => generate::run(&args),
+        Command::ExportLingua(args) => export_lingua::run(&args),
         #[cfg(feature = "bench")]
         Command::Bench {
             train,

@@ -13,8 +13,12 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct Args {
     /// lingua LMTransformerArgs as JSON (vocab_size at least 256: tokens are bytes).
-    #[arg(long)]
-    pub config: PathBuf,
+    #[arg(long, required_unless_present_any = ["init", "resume"])]
+    pub config: Option<PathBuf>,
+    /// Fine-tune from this model folder (a memlayers checkpoint, or a lingua consolidated
+    /// folder with the bytes tokenizer) instead of a fresh initialisation.
+    #[arg(long, conflicts_with_all = ["config", "resume"])]
+    pub init: Option<PathBuf>,
     /// A text file; its last tenth is held out.
     #[arg(long)]
     pub data: PathBuf,
@@ -64,16 +68,6 @@ pub fn checkpoint_dir(dir: &Path) -> PathBuf {
     }
 }
 
-pub fn load_model_args(dir: &Path) -> Result<(LMTransformerArgs, TensorFile)> {
-    let dir = checkpoint_dir(dir);
-    let text = std::fs::read_to_string(dir.join("config.json"))
-        .map_err(|e| Error::Format(format!("cannot read {}: {e}", dir.join("config.json").display())))?;
-    Ok((
-        LMTransformerArgs::from_json(&text)?,
-        TensorFile::read(&dir.join("weights.safetensors"))?,
-    ))
-}
-
 fn save(out: &Path, args: &LMTransformerArgs, t: &Trainer, gpu: &Gpu, rng: &Rng) -> Result<()> {
     let tmp = out.join(".checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -110,7 +104,7 @@ pub fn run(a: &Args) -> Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let (model_args, weights, mut rng, optimizer) = if a.resume {
         let dir = checkpoint_dir(&a.out);
-        let (model_args, file) = load_model_args(&a.out)?;
+        let (model_args, file) = super::model_dir::load_memlayers(&a.out)?;
         let weights = ModelWeights::from_tensors(&model_args.resolve()?, &file)?;
         let rng_state = std::fs::read_to_string(dir.join("data_rng"))
             .ok()
@@ -118,9 +112,22 @@ pub fn run(a: &Args) -> Result<()> {
             .ok_or_else(|| Error::Format(format!("{}: missing or bad data_rng", dir.display())))?;
         let optimizer = TensorFile::read(&dir.join("optimizer.safetensors"))?;
         (model_args, weights, Rng::from_state(rng_state), Some(optimizer))
+    } else if let Some(init) = &a.init {
+        let model_dir = super::model_dir::load(init)?;
+        if let Some((params, _)) = &model_dir.lingua {
+            if params.tokenizer.kind != memlayers::tokenizer::TokenizerKind::Bytes {
+                return Err(Error::Config(format!(
+                    "{}: a {} tokenizer model; `train` reads its data as bytes, so it fine-tunes byte-level models only",
+                    init.display(),
+                    params.tokenizer.kind.name()
+                )));
+            }
+        }
+        (model_dir.args, model_dir.weights, Rng::new(a.seed), None)
     } else {
-        let text = std::fs::read_to_string(&a.config)
-            .map_err(|e| Error::Format(format!("cannot read {}: {e}", a.config.display())))?;
+        let config = a.config.as_ref().expect("clap requires --config here");
+        let text = std::fs::read_to_string(config)
+            .map_err(|e| Error::Format(format!("cannot read {}: {e}", config.display())))?;
         let model_args = LMTransformerArgs::from_json(&text)?;
         let weights = ModelWeights::init(&model_args.resolve()?)?;
         (model_args, weights, Rng::new(a.seed), None)

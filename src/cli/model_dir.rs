@@ -1,0 +1,120 @@
+//! The model folders every command loads: a memlayers checkpoint (`config.json` and
+//! `weights.safetensors`, or a `--out` dir holding `checkpoint/`), or a lingua consolidated
+//! folder (`consolidated.pth` and `params.json`, or a lingua step folder holding
+//! `consolidated/`). A lingua DCP folder gets a one-line error saying how to consolidate it.
+
+use memlayers::io::lingua::{self, LinguaCheckpoint, LinguaParams, TokenizerSpec};
+use memlayers::io::TensorFile;
+use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights};
+use memlayers::tokenizer::{Tokenizer, TokenizerKind};
+use memlayers::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// A loaded model folder.
+pub struct ModelDir {
+    pub args: LMTransformerArgs,
+    pub weights: ModelWeights,
+    /// For lingua folders: their params.json and where they are.
+    pub lingua: Option<(LinguaParams, PathBuf)>,
+}
+
+impl ModelDir {
+    pub fn config(&self) -> &ModelConfig {
+        &self.weights.config
+    }
+
+    /// The tokenizer: lingua's from params.json (file: `--tokenizer`, else params.json's
+    /// path when it exists, else a file of that name beside the checkpoint); memlayers'
+    /// checkpoints are byte-level.
+    pub fn tokenizer(&self, file: Option<&Path>) -> Result<Option<Tokenizer>> {
+        let Some((params, dir)) = &self.lingua else {
+            return Ok(None);
+        };
+        let t = load_tokenizer(&params.tokenizer, dir, file)?;
+        if t.n_words != self.config().vocab {
+            return Err(Error::Config(format!(
+                "the {} tokenizer has {} ids but the model's vocab_size is {}",
+                t.kind().name(),
+                t.n_words,
+                self.config().vocab
+            )));
+        }
+        Ok(Some(t))
+    }
+}
+
+/// Loads `dir` (either format).
+pub fn load(dir: &Path) -> Result<ModelDir> {
+    if let Some(found) = lingua::consolidated_dir(dir) {
+        let mut ckpt = LinguaCheckpoint::read(&found)?;
+        let config = ckpt.params.model.resolve()?;
+        if let (Some(&first), true) = (
+            config.memory_layers.first(),
+            ckpt.params.model.productkey_args.mem_share_values,
+        ) {
+            let name = format!("layers.{first}.feed_forward.values.weight");
+            lingua::merge_aliased_values(&mut ckpt.tensors, &name)?;
+        }
+        let weights = ModelWeights::from_tensors(&config, &ckpt.tensors)
+            .map_err(|e| Error::Format(format!("{}: {e}", found.join(lingua::CONSOLIDATED).display())))?;
+        return Ok(ModelDir {
+            args: ckpt.params.model.clone(),
+            weights,
+            lingua: Some((ckpt.params, found)),
+        });
+    }
+    lingua::check_not_dcp(dir)?;
+    let (args, file) = load_memlayers(dir)?;
+    let weights = ModelWeights::from_tensors(&args.resolve()?, &file)?;
+    Ok(ModelDir {
+        args,
+        weights,
+        lingua: None,
+    })
+}
+
+/// A memlayers checkpoint folder's config and tensors.
+pub fn load_memlayers(dir: &Path) -> Result<(LMTransformerArgs, TensorFile)> {
+    let dir = super::train::checkpoint_dir(dir);
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).map_err(|e| {
+        Error::Format(format!(
+            "cannot read {}: {e} (a model folder holds config.json and weights.safetensors, or lingua's \
+consolidated.pth and params.json)",
+            config.display()
+        ))
+    })?;
+    Ok((
+        LMTransformerArgs::from_json(&text)?,
+        TensorFile::read(&dir.join("weights.safetensors"))?,
+    ))
+}
+
+/// The tokenizer file for `spec`: `file` if given, else the params.json path when it exists,
+/// else a file of that name in `dir`.
+pub fn load_tokenizer(spec: &TokenizerSpec, dir: &Path, file: Option<&Path>) -> Result<Tokenizer> {
+    if spec.kind == TokenizerKind::Bytes {
+        return Ok(Tokenizer::bytes());
+    }
+    let from_params = spec.path.as_ref().map(PathBuf::from);
+    let beside = from_params
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|name| dir.join(name));
+    let candidates: Vec<PathBuf> = match file {
+        Some(f) => vec![f.to_path_buf()],
+        None => from_params.iter().chain(beside.iter()).cloned().collect(),
+    };
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        return Err(Error::Config(format!(
+            "the model's {} tokenizer file was not found: looked for --tokenizer ({}), params.json's \
+data.tokenizer.path ({}), and a file of that name beside the checkpoint ({})",
+            spec.kind.name(),
+            file.map_or("not given".into(), |f| f.display().to_string()),
+            spec.path.as_deref().unwrap_or("not set"),
+            beside.map_or("no name to look for".into(), |b| b.display().to_string()),
+        )));
+    };
+    let data = std::fs::read(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
+    Tokenizer::from_bytes(spec.kind, &data, &path.display().to_string())
+}

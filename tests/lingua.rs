@@ -1,0 +1,306 @@
+//! lingua end to end, against fixtures made with the reference code
+//! (`scripts/lingua_fixtures.py`: torch.save'd consolidated folders, params.json, tokenizer
+//! files, and the reference model's greedy continuation): tokenizers, loading, generation,
+//! export and back, and one-line errors for bad input.
+
+mod common;
+use memlayers::io::lingua::{read_consolidated, LinguaParams};
+use memlayers::tokenizer::Tokenizer;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lingua").join(name)
+}
+
+const FOLDERS: [&str; 3] = ["bytes_memory", "tiktoken_dense", "sp_memory"];
+
+fn expected(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("memlayers-lingua-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn memlayers(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_memlayers"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn generate(dir: &Path, prompt: &str, max_tokens: u64) -> Output {
+    memlayers(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        &max_tokens.to_string(),
+    ])
+}
+
+/// A failed command's one-line error, checked for no panic.
+fn one_line_error(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected a failure, got success: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    lines[0].to_string()
+}
+
+fn tokenizer_of(dir: &Path) -> Tokenizer {
+    let params = LinguaParams::parse(&std::fs::read_to_string(dir.join("params.json")).unwrap(), "params.json").unwrap();
+    let data = match &params.tokenizer.path {
+        // The fixtures name a path on the training cluster; the file is beside.
+        Some(p) => std::fs::read(dir.join(Path::new(p).file_name().unwrap())).unwrap(),
+        None => Vec::new(),
+    };
+    Tokenizer::from_bytes(params.tokenizer.kind, &data, "fixture").unwrap()
+}
+
+#[test]
+fn tokenizers_encode_and_decode_as_the_reference() {
+    for name in FOLDERS {
+        let dir = fixture(name);
+        let e = expected(&dir);
+        let t = tokenizer_of(&dir);
+        assert_eq!(t.n_words as u64, e["n_words"].as_u64().unwrap(), "{name} n_words");
+        assert_eq!(t.bos_id as u64, e["bos_id"].as_u64().unwrap(), "{name} BOS");
+        assert_eq!(t.eos_id as u64, e["eos_id"].as_u64().unwrap(), "{name} EOS");
+        assert_eq!(
+            t.encode(e["prompt"].as_str().unwrap(), true, false).unwrap(),
+            ids(&e["prompt_ids"]),
+            "{name} prompt"
+        );
+        for case in e["tokenizer_cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            assert_eq!(t.encode(text, true, true).unwrap(), ids(&case["ids"]), "{name}: {text:?}");
+        }
+        assert_eq!(
+            t.decode(&ids(&e["greedy_ids"])).unwrap(),
+            e["text"].as_str().unwrap(),
+            "{name} decode"
+        );
+    }
+}
+
+#[test]
+fn generate_equals_the_reference_greedy_continuation() {
+    for name in FOLDERS {
+        let dir = fixture(name);
+        let e = expected(&dir);
+        let out = generate(&dir, e["prompt"].as_str().unwrap(), e["max_tokens"].as_u64().unwrap());
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}\n", e["text"].as_str().unwrap()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn consolidated_checkpoints_read_every_tensor_and_aliased_tables_are_one_pool() {
+    let file = read_consolidated(&fixture("sp_memory").join("consolidated.pth")).unwrap();
+    let a = &file.tensors["layers.0.feed_forward.values.weight"];
+    let b = &file.tensors["layers.2.feed_forward.values.weight"];
+    assert_eq!(a, b, "lingua aliases one table under every memory layer");
+    assert_eq!(a.shape, vec![256, 32]);
+    // The model loads with the repeated table recognised as the shared pool.
+    let out = memlayers(&[
+        "generate",
+        "--model",
+        fixture("sp_memory").to_str().unwrap(),
+        "--prompt",
+        "an",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn export_lingua_round_trips() {
+    for name in FOLDERS {
+        let src = fixture(name);
+        let out_dir = scratch_dir(&format!("export-{name}"));
+        let out = memlayers(&[
+            "export-lingua",
+            "--model",
+            src.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let before = read_consolidated(&src.join("consolidated.pth")).unwrap();
+        let after = read_consolidated(&out_dir.join("consolidated.pth")).unwrap();
+        for (k, t) in &after.tensors {
+            assert_eq!(t, &before.tensors[k], "{name}: {k}");
+        }
+        // Everything but the repeated value tables, which are written once.
+        let repeated = before.tensors.len() - after.tensors.len();
+        assert_eq!(repeated, if name == "sp_memory" { 1 } else { 0 }, "{name}");
+        let e = expected(&src);
+        let gen = generate(&out_dir, e["prompt"].as_str().unwrap(), e["max_tokens"].as_u64().unwrap());
+        assert!(gen.status.success(), "{name}: {}", String::from_utf8_lossy(&gen.stderr));
+        assert_eq!(String::from_utf8_lossy(&gen.stdout), format!("{}\n", e["text"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn bad_lingua_input_gets_one_line_errors() {
+    let src = fixture("tiktoken_dense");
+    let e = expected(&src);
+    let prompt = e["prompt"].as_str().unwrap();
+    let check = |dir: &Path, needle: &str| {
+        let line = one_line_error(&generate(dir, prompt, 4));
+        assert!(line.contains(needle), "expected {needle:?} in: {line}");
+    };
+    // Truncated and corrupt checkpoints.
+    let dir = scratch_dir("truncated");
+    copy_dir(&src, &dir);
+    let pth = std::fs::read(src.join("consolidated.pth")).unwrap();
+    std::fs::write(dir.join("consolidated.pth"), &pth[..pth.len() / 2]).unwrap();
+    check(&dir, "consolidated.pth");
+    let mut corrupt = pth.clone();
+    for b in corrupt.iter_mut().skip(200).take(400) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(dir.join("consolidated.pth"), &corrupt).unwrap();
+    check(&dir, "consolidated.pth");
+    // A pickle holding something other than tensors and containers.
+    std::fs::copy(fixture("unexpected_object.pth"), dir.join("consolidated.pth")).unwrap();
+    check(&dir, "consolidated.pth");
+    // A missing tensor.
+    let missing = scratch_dir("missing");
+    copy_dir(&src, &missing);
+    let mut params: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("params.json")).unwrap()).unwrap();
+    params["model"]["n_layers"] = Value::from(3);
+    std::fs::write(missing.join("params.json"), params.to_string()).unwrap();
+    check(&missing, "layers.2");
+    // params.json without a model section.
+    let no_model = scratch_dir("no-model");
+    copy_dir(&src, &no_model);
+    std::fs::write(no_model.join("params.json"), r#"{"data": {}}"#).unwrap();
+    check(&no_model, "model");
+    // A tokenizer whose vocabulary does not match vocab_size.
+    let short = scratch_dir("short-vocab");
+    copy_dir(&src, &short);
+    let ranks = std::fs::read_to_string(src.join("tokenizer.model")).unwrap();
+    let fewer: Vec<&str> = ranks.lines().take(ranks.lines().count() - 3).collect();
+    std::fs::write(short.join("tokenizer.model"), fewer.join("\n")).unwrap();
+    check(&short, "vocab_size");
+    // A missing tokenizer file: the error names all three places.
+    let no_tok = scratch_dir("no-tokenizer");
+    copy_dir(&src, &no_tok);
+    std::fs::remove_file(no_tok.join("tokenizer.model")).unwrap();
+    let line = one_line_error(&generate(&no_tok, prompt, 4));
+    for needle in ["--tokenizer", "/cluster/tokenizers/tokenizer.model", "beside"] {
+        assert!(line.contains(needle), "expected {needle:?} in: {line}");
+    }
+    // A DCP folder says how to consolidate it.
+    let dcp = scratch_dir("dcp");
+    std::fs::write(dcp.join("__0_0.distcp"), b"shard").unwrap();
+    std::fs::write(dcp.join(".metadata"), b"meta").unwrap();
+    check(&dcp, "consolidate_checkpoints");
+    // Nothing was written by a failed export.
+    let out_dir = scratch_dir("failed-export");
+    let line = one_line_error(&memlayers(&[
+        "export-lingua",
+        "--model",
+        dir.to_str().unwrap(),
+        "--out",
+        out_dir.join("x").to_str().unwrap(),
+    ]));
+    assert!(line.contains("consolidated.pth"), "{line}");
+    assert!(!out_dir.join("x").exists(), "a failed export leaves no folder");
+}
+
+#[test]
+fn lm_forward_on_a_lingua_folder_matches_the_reference_logits() {
+    use memlayers::io::{HostTensor, TensorData, TensorFile};
+    for name in FOLDERS {
+        let src = fixture(name);
+        let e = expected(&src);
+        let prompt = ids(&e["prompt_ids"]);
+        let dir = scratch_dir(&format!("lm-forward-{name}"));
+        let mut input = TensorFile::default();
+        input.insert(
+            "tokens",
+            HostTensor::i64(vec![1, prompt.len()], prompt.iter().map(|&t| t as i64).collect()),
+        );
+        input.write(&dir.join("in.safetensors")).unwrap();
+        let out = memlayers(&[
+            "lm-forward",
+            "--model",
+            src.to_str().unwrap(),
+            "--input",
+            dir.join("in.safetensors").to_str().unwrap(),
+            "--output",
+            dir.join("out.safetensors").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let got = TensorFile::read(&dir.join("out.safetensors")).unwrap();
+        let TensorData::F32(logits) = &got.get("logits").unwrap().data else {
+            panic!("f32 logits")
+        };
+        let want: Vec<f32> = e["prompt_logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        common::assert_close(&format!("{name} logits"), logits, &want);
+    }
+}
+
+#[test]
+fn train_init_fine_tunes_byte_level_lingua_models_only() {
+    let dir = scratch_dir("train-init");
+    std::fs::write(dir.join("data.txt"), "the theory of memory layers. ".repeat(40)).unwrap();
+    let run = |model: &str| {
+        memlayers(&[
+            "train",
+            "--init",
+            fixture(model).to_str().unwrap(),
+            "--data",
+            dir.join("data.txt").to_str().unwrap(),
+            "--out",
+            dir.join(model).to_str().unwrap(),
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--eval-every",
+            "3",
+        ])
+    };
+    let out = run("bytes_memory");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("bytes_memory/checkpoint/weights.safetensors").is_file());
+    let line = one_line_error(&run("tiktoken_dense"));
+    assert!(line.contains("byte-level"), "{line}");
+}
