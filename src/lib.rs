@@ -14,6 +14,7 @@
 pub mod constants;
 pub mod demo;
 pub mod error;
+pub mod fuzz;
 pub mod gpu;
 pub mod io;
 pub mod kernels;

@@ -46,17 +46,9 @@ impl ModelDir {
 /// Loads `dir` (either format).
 pub fn load(dir: &Path) -> Result<ModelDir> {
     if let Some(found) = lingua::consolidated_dir(dir) {
-        let mut ckpt = LinguaCheckpoint::read(&found)?;
-        let config = ckpt.params.model.resolve()?;
-        if let (Some(&first), true) = (
-            config.memory_layers.first(),
-            ckpt.params.model.productkey_args.mem_share_values,
-        ) {
-            let name = format!("layers.{first}.feed_forward.values.weight");
-            lingua::merge_aliased_values(&mut ckpt.tensors, &name)?;
-        }
-        let weights = ModelWeights::from_tensors(&config, &ckpt.tensors)
-            .map_err(|e| Error::Format(format!("{}: {e}", found.join(lingua::CONSOLIDATED).display())))?;
+        let ckpt = LinguaCheckpoint::read(&found)?;
+        let source = found.join(lingua::CONSOLIDATED).display().to_string();
+        let weights = lingua::model_weights(&ckpt.params, ckpt.tensors, &source)?;
         return Ok(ModelDir {
             args: ckpt.params.model.clone(),
             weights,

@@ -139,15 +139,29 @@ impl LinguaCheckpoint {
 }
 
 /// The `model` state dict of a `consolidated.pth` as f32 tensors (f32, f16, bf16 and f64
-/// storages; strided views gathered by the reader).
+/// storages; strided views gathered by the reader). Tensors are read from the file one at a
+/// time.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_consolidated(path: &Path) -> Result<TensorFile> {
-    use super::tensors::{HostTensor, TensorData};
-    use pytorch_reader::{DType, PytorchReader};
     let source = path.display().to_string();
+    let reader = pytorch_reader::PytorchReader::with_top_level_key(path, "model");
+    state_dict(reader, &source)
+}
+
+/// `read_consolidated` of a file's bytes (the web page, which has no file system).
+pub fn read_consolidated_bytes(bytes: Vec<u8>, source: &str) -> Result<TensorFile> {
+    state_dict(pytorch_reader::PytorchReader::from_bytes(bytes, Some("model")), source)
+}
+
+fn state_dict(
+    reader: std::result::Result<pytorch_reader::PytorchReader, pytorch_reader::PytorchError>,
+    source: &str,
+) -> Result<TensorFile> {
+    use super::tensors::{HostTensor, TensorData};
+    use pytorch_reader::DType;
     let bad = |what: String| Error::Format(format!("{source}: {what}"));
-    let reader = PytorchReader::with_top_level_key(path, "model")
-        .map_err(|e| bad(format!("not a readable torch checkpoint with a \"model\" state dict ({e})")))?;
+    let reader =
+        reader.map_err(|e| bad(format!("not a readable torch checkpoint with a \"model\" state dict ({e})")))?;
     let mut file = TensorFile::default();
     let mut names: Vec<String> = reader.keys();
     names.sort();
@@ -185,7 +199,9 @@ pub fn read_consolidated(path: &Path) -> Result<TensorFile> {
         );
     }
     if file.tensors.is_empty() {
-        return Err(bad("the \"model\" state dict holds no tensors (only tensors in dicts are read; other objects are refused)".into()));
+        return Err(bad(
+            "the \"model\" state dict holds no tensors (only tensors in dicts are read; other objects are refused)".into(),
+        ));
     }
     Ok(file)
 }
@@ -220,4 +236,22 @@ pub fn merge_aliased_values(file: &mut TensorFile, first: &str) -> Result<()> {
         file.tensors.remove(&name);
     }
     Ok(())
+}
+
+/// The model weights of a lingua state dict: the configuration from params.json's model
+/// section, a shared value table that lingua repeats under every memory layer read as one
+/// pool. `source` names the checkpoint in errors.
+pub fn model_weights(
+    params: &LinguaParams,
+    mut tensors: TensorFile,
+    source: &str,
+) -> Result<crate::model::ModelWeights> {
+    let config = params.model.resolve()?;
+    if let (Some(&first), true) = (
+        config.memory_layers.first(),
+        params.model.productkey_args.mem_share_values,
+    ) {
+        merge_aliased_values(&mut tensors, &format!("layers.{first}.feed_forward.values.weight"))?;
+    }
+    crate::model::ModelWeights::from_tensors(&config, &tensors).map_err(|e| Error::Format(format!("{source}: {e}")))
 }

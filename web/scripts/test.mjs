@@ -95,6 +95,19 @@ try {
   await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
   check(true, "page still answers after the bad file");
 
+  // A lingua consolidated folder (bytes tokenizer, 2 memory heads; made with the reference
+  // code): loads and answers with 2 heatmap rows.
+  const lingua = join(root, "tests", "fixtures", "lingua", "bytes_memory");
+  await page.setInputFiles("#files", [join(lingua, "params.json"), join(lingua, "consolidated.pth")]);
+  await page.waitForSelector("#load-status[data-loaded='1'], #load-status.error", { timeout: T });
+  check(/^Loaded consolidated.pth/.test(await page.textContent("#load-status")),
+    `lingua folder loaded: ${(await page.textContent("#load-status")).trim()}`);
+  await page.evaluate(() => delete document.getElementById("answer").dataset.answered);
+  await page.click("#ask");
+  await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
+  check((await page.getAttribute("#heatmap", "data-heads")) === "2", "lingua model's heatmap: 2 heads");
+  await page.evaluate(() => delete document.getElementById("load-status").dataset.loaded);
+
   // The natively trained model (4 memory heads): loads and answers with 4 heatmap rows.
   await page.setInputFiles("#files", [join(native, "memory", "config.json"), join(native, "memory", "weights.safetensors")]);
   await page.waitForSelector("#load-status[data-loaded='1'], #load-status.error", { timeout: T });

@@ -224,10 +224,12 @@ function heat(t) {
 async function load(fileList) {
   const files = [...fileList];
   const config = files.find((f) => f.name.endsWith(".json"));
-  const weights = files.find((f) => f.name.endsWith(".safetensors"));
+  // A memlayers model (weights.safetensors) or a lingua consolidated folder (consolidated.pth).
+  const weights = files.find((f) => f.name.endsWith(".safetensors") || f.name.endsWith(".pth"));
   if (!config || !weights) {
     setStatus($("load-status"),
-      "Choose both files of the model folder: config.json and weights.safetensors (got: " +
+      "Choose both files of the model folder: config.json and weights.safetensors, or lingua's " +
+      "params.json and consolidated.pth (got: " +
       (files.map((f) => f.name).join(", ") || "nothing") + ").", "error");
     return;
   }
@@ -235,7 +237,8 @@ async function load(fileList) {
   try {
     const text = await config.text();
     const bytes = new Uint8Array(await weights.arrayBuffer());
-    const info = JSON.parse(await exclusive(() => demo.load_model(text, bytes)));
+    const lingua = weights.name.endsWith(".pth");
+    const info = JSON.parse(await exclusive(() => lingua ? demo.load_lingua(text, bytes) : demo.load_model(text, bytes)));
     const mem = info.memory ? `, memory of ${info.memory.values} values in layer ${info.memory.layers.join(", ")}` : ", no memory layer";
     setStatus($("load-status"),
       `Loaded ${weights.name}: ${info.layers} layers of width ${info.dim}, ${info.params.toLocaleString()} params${mem}. Ask it above.`, "ok");

@@ -7,7 +7,9 @@
 //! a click never aborts the module.
 
 use memlayers::demo::{self, DemoModel, Fact, KnowledgeBase, MemoryShape};
+use memlayers::io::lingua::{self, LinguaParams};
 use memlayers::io::TensorFile;
+use memlayers::tokenizer::TokenizerKind;
 use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
 use memlayers::rng::Rng;
 use memlayers::train::Trainer;
@@ -286,6 +288,26 @@ impl Demo {
         let model = Model::new(&st.gpu, &w).map_err(err)?;
         st.net = Some(Net::Loaded(model));
         st.args = Some(args);
+        Ok(describe(&w, 0))
+    }
+
+    /// Loads a lingua consolidated folder with the bytes tokenizer: its params.json text and
+    /// consolidated.pth bytes. Resolves to the model's description as JSON; rejects with a
+    /// message naming what is wrong.
+    pub fn load_lingua(&self, params_json: String, consolidated: Vec<u8>) -> Result<String, JsValue> {
+        let mut st = lock(&self.state)?;
+        let params = LinguaParams::parse(&params_json, "params.json").map_err(err)?;
+        if params.tokenizer.kind != TokenizerKind::Bytes {
+            return Err(err(format!(
+                "this page asks byte-level models; this one uses lingua's {} tokenizer",
+                params.tokenizer.kind.name()
+            )));
+        }
+        let tensors = lingua::read_consolidated_bytes(consolidated, "consolidated.pth").map_err(err)?;
+        let w = lingua::model_weights(&params, tensors, "consolidated.pth").map_err(err)?;
+        let model = Model::new(&st.gpu, &w).map_err(err)?;
+        st.net = Some(Net::Loaded(model));
+        st.args = Some(params.model);
         Ok(describe(&w, 0))
     }
 
