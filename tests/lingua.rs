@@ -304,3 +304,44 @@ fn train_init_fine_tunes_byte_level_lingua_models_only() {
     let line = one_line_error(&run("tiktoken_dense"));
     assert!(line.contains("byte-level"), "{line}");
 }
+
+#[test]
+fn half_precision_and_strided_tensors_read_as_f32() {
+    // Written by torch.save (scripts/fuzz_seeds.py): bf16 ones, an f16 table aliased under two
+    // names, and an f32 matrix with its transpose (a strided view of the same storage).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/consolidated_pth/model.pth");
+    let file = memlayers::io::lingua::read_consolidated_bytes(std::fs::read(&path).unwrap(), "model.pth").unwrap();
+    let f32s = |name: &str| match &file.tensors[name].data {
+        memlayers::io::TensorData::F32(v) => (file.tensors[name].shape.clone(), v.clone()),
+        _ => panic!("{name}: f32 expected"),
+    };
+    assert_eq!(f32s("norm.weight"), (vec![3], vec![1.0; 3]));
+    let (shape, w) = f32s("tok_embeddings.weight");
+    assert_eq!(shape, vec![4, 3]);
+    let (shape, wt) = f32s("output.weight");
+    assert_eq!(shape, vec![3, 4]);
+    for r in 0..4 {
+        for c in 0..3 {
+            assert_eq!(wt[c * 4 + r], w[r * 3 + c], "transpose at ({r}, {c})");
+        }
+    }
+    let (_, a) = f32s("layers.0.feed_forward.values.weight");
+    let (_, b) = f32s("layers.1.feed_forward.values.weight");
+    assert_eq!(a, b);
+    assert!(a.iter().all(|&x| half::f16::from_f32(x).to_f32() == x), "f16 values exactly");
+    assert_eq!(file.tensors["layers.0.feed_forward.values.weight"].stored_as, "F16");
+}
+
+#[test]
+fn a_misshapen_tensor_is_named() {
+    let src = fixture("bytes_memory");
+    let dir = scratch_dir("misshapen");
+    copy_dir(&src, &dir);
+    let mut params: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("params.json")).unwrap()).unwrap();
+    params["model"]["n_heads"] = Value::from(2);
+    params["model"]["dim"] = Value::from(16);
+    std::fs::write(dir.join("params.json"), params.to_string()).unwrap();
+    let line = one_line_error(&generate(&dir, "x", 2));
+    assert!(line.contains("tok_embeddings.weight") && line.contains("shape"), "{line}");
+}
