@@ -11,7 +11,9 @@ with attn_impl="sdpa" on the CPU, and its xformers embedding bag is replaced by
 torch's F.embedding_bag (the same sum) before the model is built.
 
 Each folder gets expected.json: the prompt, lingua's encoding of it with BOS (prompt_ids),
-the reference model's logits on it (prompt_logits, [len(prompt_ids), vocab] flattened),
+the reference model's logits on it (prompt_logits, [len(prompt_ids), vocab] flattened), the
+loss of predicting its next tokens (loss) with every parameter's gradient (expected_grads.pth,
+{"model": {name: grad}}; a value table shared by several layers once, its gradient summed),
 the greedy continuation of the reference model (greedy_ids: argmax over the full vocabulary
 after a full forward of the sequence so far, until EOS or max_tokens, EOS not included) and
 its text (the tokenizer's decode of greedy_ids), plus tokenizer cases (text -> ids).
@@ -162,6 +164,13 @@ def build(name, model_args, tokenizer_name, tokenizer_file, prompt, max_tokens, 
     ids = tokenizer.encode(prompt, add_bos=True, add_eos=False)
     with torch.no_grad():
         prompt_logits = model(torch.tensor([ids]), attn_impl="sdpa")[0]
+    # The loss of predicting each next prompt token and every parameter's gradient
+    # (grad.<name>, as `memlayers lm-forward` names them), saved as a torch checkpoint.
+    model.zero_grad()
+    loss = model(torch.tensor([ids[:-1]]), target=torch.tensor([ids[1:]]), attn_impl="sdpa")
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.save({"model": grads, "loss": float(loss)}, os.path.join(folder, "expected_grads.pth"))
     seq = list(ids)
     new = []
     with torch.no_grad():
@@ -178,6 +187,7 @@ def build(name, model_args, tokenizer_name, tokenizer_file, prompt, max_tokens, 
         "prompt_ids": ids,
         "greedy_ids": new,
         "prompt_logits": [round(float(x), 7) for x in prompt_logits.flatten()],
+        "loss": float(loss),
         "text": tokenizer.decode(new),
         "tokenizer_cases": [
             {"text": t, "ids": tokenizer.encode(t, add_bos=True, add_eos=True)} for t in CASES
@@ -207,6 +217,13 @@ base = {"dim": 32, "n_layers": 2, "n_heads": 4, "multiple_of": 16, "max_seqlen":
 build("bytes_memory", dict(base, productkey_args=memory), "bytes", None, "The theory of memory", 24, 1)
 build("tiktoken_dense", dict(base), "tiktoken", "tokenizer.model", "the theme then", 16, 2)
 build("sp_memory", dict(base, n_layers=3, productkey_args=dict(memory, layers="0,2")), "sp", "sp.model", "an ant ran", 16, 3)
+# The reference's other memory options: a table per memory layer; a value dimension of its own
+# with and without the SwiLU gate (a value projection either way, as mem_v_dim > 0 asks).
+build("bytes_unshared", dict(base, productkey_args=dict(memory, layers="0,1", mem_share_values=False)),
+      "bytes", None, "memory layers", 12, 14)
+build("bytes_vdim_swilu", dict(base, productkey_args=dict(memory, mem_v_dim=24)), "bytes", None, "facts", 12, 5)
+build("bytes_vdim_plain", dict(base, productkey_args=dict(memory, mem_v_dim=32, swilu_projection=False)),
+      "bytes", None, "facts", 12, 6)
 
 # A checkpoint whose pickle holds an object that is neither a tensor nor a container.
 import datetime  # noqa: E402

@@ -14,7 +14,17 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lingua").join(name)
 }
 
-const FOLDERS: [&str; 3] = ["bytes_memory", "tiktoken_dense", "sp_memory"];
+/// Made by scripts/lingua_fixtures.py: the three tokenizers; a shared value table repeated
+/// under two memory layers (sp_memory); a table per memory layer (mem_share_values: false);
+/// a value dimension of its own with and without the SwiLU gate.
+const FOLDERS: [&str; 6] = [
+    "bytes_memory",
+    "tiktoken_dense",
+    "sp_memory",
+    "bytes_unshared",
+    "bytes_vdim_swilu",
+    "bytes_vdim_plain",
+];
 
 fn expected(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
@@ -277,6 +287,7 @@ fn lm_forward_on_a_lingua_folder_matches_the_reference_logits() {
 
 #[test]
 fn train_init_fine_tunes_byte_level_lingua_models_only() {
+    use memlayers::io::TensorFile;
     let dir = scratch_dir("train-init");
     std::fs::write(dir.join("data.txt"), "the theory of memory layers. ".repeat(40)).unwrap();
     let run = |model: &str| {
@@ -298,9 +309,18 @@ fn train_init_fine_tunes_byte_level_lingua_models_only() {
             "3",
         ])
     };
-    let out = run("bytes_memory");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(dir.join("bytes_memory/checkpoint/weights.safetensors").is_file());
+    // A shared table, and a table per memory layer (two tables in the values group).
+    for model in ["bytes_memory", "bytes_unshared"] {
+        let out = run(model);
+        assert!(out.status.success(), "{model}: {}", String::from_utf8_lossy(&out.stderr));
+        let saved = TensorFile::read(&dir.join(model).join("checkpoint/weights.safetensors")).unwrap();
+        let before = read_consolidated(&fixture(model).join("consolidated.pth")).unwrap();
+        for table in ["layers.1.feed_forward.values.weight", "layers.0.feed_forward.values.weight"] {
+            if let (Ok(a), Some(b)) = (saved.get(table), before.tensors.get(table)) {
+                assert_ne!(a.data, b.data, "{model}: {table} trained");
+            }
+        }
+    }
     let line = one_line_error(&run("tiktoken_dense"));
     assert!(line.contains("byte-level"), "{line}");
 }
@@ -344,4 +364,46 @@ fn a_misshapen_tensor_is_named() {
     std::fs::write(dir.join("params.json"), params.to_string()).unwrap();
     let line = one_line_error(&generate(&dir, "x", 2));
     assert!(line.contains("tok_embeddings.weight") && line.contains("shape"), "{line}");
+}
+
+#[test]
+fn lm_forward_gradients_on_lingua_folders_match_the_reference() {
+    use memlayers::io::{HostTensor, TensorData, TensorFile};
+    for name in FOLDERS {
+        let src = fixture(name);
+        let e = expected(&src);
+        let prompt = ids(&e["prompt_ids"]);
+        let n = prompt.len() - 1;
+        let dir = scratch_dir(&format!("lm-grads-{name}"));
+        let mut input = TensorFile::default();
+        let as_i64 = |v: &[u32]| v.iter().map(|&t| t as i64).collect::<Vec<_>>();
+        input.insert("tokens", HostTensor::i64(vec![1, n], as_i64(&prompt[..n])));
+        input.insert("targets", HostTensor::i64(vec![1, n], as_i64(&prompt[1..])));
+        input.write(&dir.join("in.safetensors")).unwrap();
+        let out = memlayers(&[
+            "lm-forward",
+            "--model",
+            src.to_str().unwrap(),
+            "--input",
+            dir.join("in.safetensors").to_str().unwrap(),
+            "--output",
+            dir.join("out.safetensors").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let got = TensorFile::read(&dir.join("out.safetensors")).unwrap();
+        let f32s = |t: &HostTensor| match &t.data {
+            TensorData::F32(v) => v.clone(),
+            _ => panic!("f32 expected"),
+        };
+        let loss = f32s(got.get("loss").unwrap());
+        common::assert_close(&format!("{name} loss"), &loss, &[e["loss"].as_f64().unwrap() as f32]);
+        let want = read_consolidated(&src.join("expected_grads.pth")).unwrap();
+        assert!(!want.tensors.is_empty());
+        for (param, g) in &want.tensors {
+            let ours = got
+                .get(&format!("grad.{param}"))
+                .unwrap_or_else(|_| panic!("{name}: no grad.{param}"));
+            common::assert_close(&format!("{name} grad.{param}"), &f32s(ours), &f32s(g));
+        }
+    }
 }

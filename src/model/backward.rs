@@ -6,7 +6,7 @@
 //! value rows of each memory layer) are added into dense tables in a fixed order.
 //! Deterministic throughout.
 
-use super::blocks::{GradSink, Pass};
+use super::blocks::{GradSink, Pass, ValueTableGrad};
 use super::gpu::{Model, ModelForward};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -27,9 +27,9 @@ pub struct ModelGrads {
     by_id: Vec<wgpu::Buffer>,
     /// Under the names and in the order of `ModelWeights::named_tensors`.
     pub named: Vec<(String, wgpu::Buffer, usize)>,
-    /// With memory layers (and when asked for): a u32 per value row, 1 where some layer
-    /// read the row this step (what a lazy update touches).
-    pub values_read: Option<wgpu::Buffer>,
+    /// With memory layers (and when asked for): per value table, a u32 per row, 1 where
+    /// some layer read the row this step (what a lazy update touches).
+    pub values_read: Vec<(ParamId, wgpu::Buffer)>,
 }
 
 impl ModelGrads {
@@ -75,15 +75,16 @@ impl Model {
         let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
         let mut grads = GradSink {
             by_id: vec![None; layout.registry.len()],
-            values: self.values.as_ref().map(|pool| {
-                let g = gpu.storage("grad values", (pool.n_rows() * pool.v_dim()) as u64 * 4);
-                (g, pool.n_rows() as u64)
-            }),
-            values_read: self
+            values: self
                 .values
-                .as_ref()
-                .filter(|_| mark_values_read)
-                .map(|pool| gpu.storage("value rows read", pool.n_rows() as u64 * 4)),
+                .iter()
+                .map(|(id, pool)| ValueTableGrad {
+                    id: *id,
+                    grad: gpu.storage("grad values", (pool.n_rows() * pool.v_dim()) as u64 * 4),
+                    rows: pool.n_rows() as u64,
+                    read: mark_values_read.then(|| gpu.storage("value rows read", pool.n_rows() as u64 * 4)),
+                })
+                .collect(),
         };
         // Every RMSNorm's backward writes its per-row weight-gradient terms into its own
         // slice of `dw_rows` (the final norm first, then the blocks' last first); one batched
@@ -174,10 +175,16 @@ impl Model {
         // Embedding: one row per token, weight 1.
         let d_emb = record_token_grad(gpu, encoder, &fwd.tokens, &dh, (rows, vocab, d), None)?;
         grads.set(layout.tok_embeddings, d_emb);
-        if let (Some(id), Some((values, _))) = (layout.values, &grads.values) {
-            let values = values.clone();
-            grads.set(id, values);
+        let tables: Vec<(ParamId, wgpu::Buffer)> =
+            grads.values.iter().map(|t| (t.id, t.grad.clone())).collect();
+        for (id, g) in tables {
+            grads.set(id, g);
         }
+        let values_read = grads
+            .values
+            .iter()
+            .filter_map(|t| t.read.clone().map(|r| (t.id, r)))
+            .collect();
 
         let mut by_id = Vec::with_capacity(grads.by_id.len());
         let mut named = Vec::with_capacity(grads.by_id.len());
@@ -190,7 +197,7 @@ impl Model {
         Ok(ModelGrads {
             by_id,
             named,
-            values_read: grads.values_read,
+            values_read,
         })
     }
 }

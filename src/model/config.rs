@@ -187,11 +187,6 @@ impl LMTransformerArgs {
             if pk.mem_gated {
                 return Err(bad("productkey_args.mem_gated: true is not supported yet".into()));
             }
-            if !pk.mem_share_values {
-                return Err(bad(
-                    "productkey_args.mem_share_values: false is not supported yet".into(),
-                ));
-            }
             let mut layers = Vec::new();
             for part in pk.layers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 let l: usize = part
@@ -226,7 +221,9 @@ impl LMTransformerArgs {
                 k_dim: pk.mem_k_dim,
                 v_dim,
                 swilu: pk.swilu_projection,
-                value_proj: pk.swilu_projection || v_dim != a.dim,
+                // As the reference: a value projection whenever mem_v_dim is given (> 0), even
+                // equal to dim, or with the SwiLU gate.
+                value_proj: pk.swilu_projection || pk.mem_v_dim > 0,
                 qk_norm: false,
             };
             m.validate()?;

@@ -24,10 +24,11 @@ pub(crate) struct Residual {
 pub struct Model {
     pub config: ModelConfig,
     pub(crate) layout: ModelLayout,
-    /// One buffer per registry entry; the value table's is the pool's first buffer.
+    /// One buffer per registry entry; a value table's is its pool's first buffer.
     params: Vec<wgpu::Buffer>,
     pub(crate) residuals: Vec<Residual>,
-    pub(crate) values: Option<ValuePool>,
+    /// A pool per value table (`ModelLayout::values`).
+    pub(crate) values: Vec<(ParamId, ValuePool)>,
     pub(super) rope_cos: wgpu::Buffer,
     pub(super) rope_sin: wgpu::Buffer,
     /// The step plans of `forward` and `forward_with_cache`, by shape (most recent last).
@@ -118,17 +119,18 @@ impl Model {
     pub fn new(gpu: &Gpu, w: &ModelWeights) -> Result<Self> {
         let c = &w.config;
         let layout = w.layout.clone();
-        let values = match (&c.memory, w.values()) {
-            (Some(m), Some(v)) => Some(ValuePool::new(gpu, v, m.n_values(), m.v_dim, ValueDtype::F32)?),
-            (Some(_), None) => return Err(Error::MissingTensor(crate::memory::VALUES_NAME.into())),
-            _ => None,
-        };
+        let mut values = Vec::with_capacity(layout.values.len());
+        if let Some(m) = &c.memory {
+            for &id in &layout.values {
+                values.push((id, ValuePool::new(gpu, w.get(id), m.n_values(), m.v_dim, ValueDtype::F32)?));
+            }
+        }
         let params: Vec<wgpu::Buffer> = layout
             .registry
             .iter()
-            .map(|(id, spec)| match (&values, layout.values == Some(id)) {
-                (Some(pool), true) => pool.buffers()[0].clone(),
-                _ => gpu.upload(&spec.name, w.get(id)),
+            .map(|(id, spec)| match values.iter().find(|(table, _)| *table == id) {
+                Some((_, pool)) => pool.buffers()[0].clone(),
+                None => gpu.upload(&spec.name, w.get(id)),
             })
             .collect();
         let mut residuals = Vec::with_capacity(2 * c.n_layers);
@@ -176,9 +178,18 @@ impl Model {
         &self.params[id.0]
     }
 
-    /// Every parameter's buffer by id, for training: the value table must fit one buffer.
+    /// The pool of value table `id`.
+    pub(crate) fn pool(&self, id: ParamId) -> Result<&ValuePool> {
+        self.values
+            .iter()
+            .find(|(table, _)| *table == id)
+            .map(|(_, pool)| pool)
+            .ok_or_else(|| Error::MissingTensor(format!("value table {id:?}")))
+    }
+
+    /// Every parameter's buffer by id, for training: each value table must fit one buffer.
     pub fn trainable_params(&self) -> Result<Vec<(ParamId, wgpu::Buffer)>> {
-        if let Some(pool) = &self.values {
+        for (_, pool) in &self.values {
             if pool.buffer_count() != 1 {
                 return Err(Error::Config(format!(
                     "training needs the value table in one buffer; it takes {} here",

@@ -21,16 +21,18 @@ pub struct ModelLayout {
     pub registry: Registry,
     pub tok_embeddings: ParamId,
     pub layers: Vec<LayerParams>,
-    /// The value table the memory layers share, declared under the first memory layer.
-    pub values: Option<ParamId>,
+    /// The value tables, each declared under the first memory layer that reads it: one
+    /// shared by all memory layers (lingua's `mem_share_values`, its default), or one per
+    /// memory layer.
+    pub values: Vec<ParamId>,
     pub norm: ParamId,
     pub output: ParamId,
 }
 
 impl ModelLayout {
     /// Declares every parameter of `c` in lingua's state-dict order: the embedding, then per
-    /// layer the attention block, both norms and the feed-forward block (the shared value
-    /// table under the first memory layer), then the final norm and the output layer.
+    /// layer the attention block, both norms and the feed-forward block (a value table first
+    /// in the memory layer that first reads it), then the final norm and the output layer.
     pub fn new(c: &ModelConfig) -> Result<Self> {
         let mut r = Registry::default();
         let std = c
@@ -40,7 +42,8 @@ impl ModelLayout {
             .unwrap_or(1.0 / (c.dim as f32).sqrt());
         let tok_embeddings = r.normal_weight("tok_embeddings.weight", vec![c.vocab, c.dim], std);
         let mut layers = Vec::with_capacity(c.n_layers);
-        let mut values = None;
+        let mut values: Vec<ParamId> = Vec::new();
+        let shared = c.args.productkey_args.mem_share_values;
         for l in 0..c.n_layers {
             let prefix = format!("layers.{l}.");
             let norm = |r: &mut Registry, name: &str| {
@@ -51,16 +54,20 @@ impl ModelLayout {
             let ffn_norm = norm(&mut r, "ffn_norm.weight");
             let feed_forward = match (&c.memory, c.is_memory_layer(l)) {
                 (Some(m), true) => {
-                    let p = MemoryParams::declare(&mut r, &prefix, m)?;
-                    if values.is_none() {
-                        values = Some(r.declare(
-                            format!("{prefix}feed_forward.{}", crate::memory::VALUES_NAME),
-                            vec![m.n_values(), m.v_dim],
-                            Init::Normal(1.0 / (m.v_dim as f32).sqrt()),
-                            Group::Values,
-                        ));
-                    }
-                    FeedForwardParams::Memory(p)
+                    let table = match values.first() {
+                        Some(&table) if shared => table,
+                        _ => {
+                            let table = r.declare(
+                                format!("{prefix}feed_forward.{}", crate::memory::VALUES_NAME),
+                                vec![m.n_values(), m.v_dim],
+                                Init::Normal(1.0 / (m.v_dim as f32).sqrt()),
+                                Group::Values,
+                            );
+                            values.push(table);
+                            table
+                        }
+                    };
+                    FeedForwardParams::Memory(MemoryParams::declare(&mut r, &prefix, m, table)?)
                 }
                 _ => FeedForwardParams::Dense(DenseParams::declare(&mut r, &prefix, c, std)),
             };
@@ -84,7 +91,7 @@ impl ModelLayout {
     }
 
     /// The parameters in the order the reference initialisation draws them: per layer the
-    /// feed-forward block, then the attention block; then the value table, the embedding,
+    /// feed-forward block, then the attention block; then the value tables, the embedding,
     /// the final norm and the output layer. (Norms start at one and draw nothing.)
     pub fn init_order(&self) -> Vec<ParamId> {
         let mut order = Vec::with_capacity(self.registry.len());
@@ -93,7 +100,7 @@ impl ModelLayout {
             let a = &l.attention;
             order.extend([l.attention_norm, a.wq, a.wk, a.wv, a.wo, l.ffn_norm]);
         }
-        order.extend(self.values);
+        order.extend(self.values.iter().copied());
         order.extend([self.tok_embeddings, self.norm, self.output]);
         debug_assert_eq!(order.len(), self.registry.len());
         order

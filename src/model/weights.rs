@@ -40,7 +40,7 @@ impl ModelWeights {
         &self.tensors[id.0]
     }
 
-    /// Every parameter under its lingua name with its shape, in registry order; the shared
+    /// Every parameter under its lingua name with its shape, in registry order; a shared
     /// value table once, under the first memory layer (`layers.<first>.feed_forward.values.weight`).
     pub fn named_tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
         self.layout
@@ -67,9 +67,9 @@ impl ModelWeights {
         Ok(MemoryWeights::from_named(m, tensors))
     }
 
-    /// The value table the memory layers share.
+    /// The value table the memory layers share (the first one, when each has its own).
     pub fn values(&self) -> Option<&[f32]> {
-        self.layout.values.map(|id| self.get(id))
+        self.layout.values.first().map(|&id| self.get(id))
     }
 
     /// Weights for `config` read from `file` (lingua names, any float dtype); every tensor
@@ -112,7 +112,7 @@ impl ModelWeights {
         file
     }
 
-    /// Parameter count (the value table counted once).
+    /// Parameter count (a shared value table counted once).
     pub fn parameter_count(&self) -> usize {
         self.layout.registry.specs().iter().map(|s| s.len()).sum()
     }
@@ -121,7 +121,7 @@ impl ModelWeights {
     /// projections.
     pub fn memory_parameter_count(&self) -> usize {
         let r = &self.layout.registry;
-        let mut ids: Vec<ParamId> = self.layout.values.into_iter().collect();
+        let mut ids: Vec<ParamId> = self.layout.values.clone();
         for l in &self.layout.layers {
             if let FeedForwardParams::Memory(m) = &l.feed_forward {
                 ids.extend(m.local().map(|(_, id)| id));

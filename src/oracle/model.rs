@@ -77,7 +77,7 @@ pub fn forward_cpu_with_selections(
             }
             FeedForwardParams::Memory(p) => {
                 let m = w.memory_weights(p).expect("memory layers have a configuration");
-                let values = w.values().expect("memory layers need the value table");
+                let values = w.get(p.values);
                 let (out, lookup) = reference::memory_forward(
                     &f,
                     &super::memory_params(&m, values),

@@ -275,7 +275,8 @@ impl Trainer {
                 m: &p.m,
                 v: &p.v,
             };
-            match (&grads.values_read, t.lazy_values) {
+            let read = grads.values_read.iter().find(|(id, _)| *id == p.id).map(|(_, r)| r);
+            match (read, t.lazy_values) {
                 (Some(mask), true) => {
                     let v_dim = self.model.config.memory.as_ref().map_or(1, |m| m.v_dim);
                     let rows = (p.len / v_dim) as u32;

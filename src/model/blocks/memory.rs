@@ -1,5 +1,6 @@
 //! The memory block: a product-key memory layer (`crate::memory`) in place of a layer's
-//! feed-forward, `h += memory(x)`, reading the value table all memory layers share.
+//! feed-forward, `h += memory(x)`, reading a value table of the model (shared by all memory
+//! layers, or its own).
 
 use super::{GradSink, Pass};
 use crate::error::{Error, Result};
@@ -7,15 +8,17 @@ use crate::kernels::ops::record_add;
 use crate::memory::{parameters, MemoryActivations, MemoryConfig, MemoryLayer};
 use crate::params::{ParamId, Registry};
 
-/// A memory layer's own parameters (the value table is the model's, shared).
+/// A memory layer's own parameters, and the value table it reads (the model's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryParams {
     /// `(reference name within the layer, id)`, in `memory::parameters` order.
     ids: Vec<(&'static str, ParamId)>,
+    pub values: ParamId,
 }
 
 impl MemoryParams {
-    pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &MemoryConfig) -> Result<Self> {
+    /// Declares the layer's own parameters; it reads value table `values`.
+    pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &MemoryConfig, values: ParamId) -> Result<Self> {
         c.validate()?;
         let ids = parameters(c)
             .into_iter()
@@ -29,7 +32,7 @@ impl MemoryParams {
                 (name, id)
             })
             .collect();
-        Ok(MemoryParams { ids })
+        Ok(MemoryParams { ids, values })
     }
 
     /// Every parameter with its name within the layer.
@@ -68,11 +71,7 @@ impl MemoryBlock {
         x: &wgpu::Buffer,
         h: &wgpu::Buffer,
     ) -> Result<MemoryActivations> {
-        let pool = p
-            .model
-            .values
-            .as_ref()
-            .expect("a model with memory layers has a pool");
+        let pool = p.model.pool(self.params.values)?;
         let (acts, added) = self
             .layer
             .record_forward_into(p.gpu, encoder, pool, x, p.rows(), Some(h))?;
@@ -93,11 +92,7 @@ impl MemoryBlock {
         dx: &wgpu::Buffer,
         grads: &mut GradSink,
     ) -> Result<()> {
-        let pool = p
-            .model
-            .values
-            .as_ref()
-            .expect("a model with memory layers has a pool");
+        let pool = p.model.pool(self.params.values)?;
         let g = self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?;
         let bytes = p.rows() as u64 * p.model.config.dim as u64 * 4;
         p.gpu.copy(encoder, (&g.x, 0), (dx, 0), bytes);
@@ -108,13 +103,10 @@ impl MemoryBlock {
                 .ok_or_else(|| Error::MissingTensor(name.into()))?;
             grads.set(id, grad.clone());
         }
-        let (values, n_rows) = grads
-            .values
-            .as_ref()
-            .expect("a model with memory layers has a value gradient");
-        g.values.record_scatter_add(p.gpu, encoder, values, *n_rows)?;
-        if let Some(read) = &grads.values_read {
-            g.values.record_mark(p.gpu, encoder, read, *n_rows)?;
+        let table = grads.value_table(self.params.values)?;
+        g.values.record_scatter_add(p.gpu, encoder, &table.grad, table.rows)?;
+        if let Some(read) = &table.read {
+            g.values.record_mark(p.gpu, encoder, read, table.rows)?;
         }
         Ok(())
     }

@@ -87,15 +87,29 @@ impl Pass<'_> {
 /// Gradients of one backward pass, by parameter identity.
 pub(crate) struct GradSink {
     pub by_id: Vec<Option<wgpu::Buffer>>,
-    /// The shared value table's gradient (summed over memory layers) and its row count.
-    pub values: Option<(wgpu::Buffer, u64)>,
-    /// A u32 per value row, 1 where some layer read it (when asked for).
-    pub values_read: Option<wgpu::Buffer>,
+    /// Every value table's gradient, summed over the memory layers that read it.
+    pub values: Vec<ValueTableGrad>,
+}
+
+/// A value table's gradient (zeroed, then added into by each memory layer reading it).
+pub(crate) struct ValueTableGrad {
+    pub id: ParamId,
+    pub grad: wgpu::Buffer,
+    pub rows: u64,
+    /// A u32 per row, 1 where some layer read it (when asked for: the lazy update's rows).
+    pub read: Option<wgpu::Buffer>,
 }
 
 impl GradSink {
     pub fn set(&mut self, id: ParamId, grad: wgpu::Buffer) {
         self.by_id[id.0] = Some(grad);
+    }
+
+    pub fn value_table(&self, id: ParamId) -> Result<&ValueTableGrad> {
+        self.values
+            .iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| crate::error::Error::MissingTensor(format!("grad of value table {id:?}")))
     }
 }
 
