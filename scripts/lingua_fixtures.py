@@ -224,6 +224,9 @@ build("bytes_unshared", dict(base, productkey_args=dict(memory, layers="0,1", me
 build("bytes_vdim_swilu", dict(base, productkey_args=dict(memory, mem_v_dim=24)), "bytes", None, "facts", 12, 5)
 build("bytes_vdim_plain", dict(base, productkey_args=dict(memory, mem_v_dim=32, swilu_projection=False)),
       "bytes", None, "facts", 12, 6)
+# mem_gated: the output times sigmoid(gating(x)), in two memory layers sharing a table.
+build("bytes_gated", dict(base, n_layers=3, productkey_args=dict(memory, layers="0,2", mem_gated=True)),
+      "bytes", None, "gates", 12, 7)
 
 # A checkpoint whose pickle holds an object that is neither a tensor nor a container.
 import datetime  # noqa: E402

@@ -21,8 +21,14 @@ fn config_norm(swilu: bool, v_dim: usize, qk_norm: bool) -> MemoryConfig {
         v_dim,
         swilu,
         value_proj: swilu || v_dim != 6,
+        gated: false,
         qk_norm,
     }
+}
+
+/// mem_gated: the output times sigmoid(gating(x)).
+fn gated(c: MemoryConfig) -> MemoryConfig {
+    MemoryConfig { gated: true, ..c }
 }
 
 /// Which tensor of the layer a finite difference perturbs.
@@ -37,6 +43,8 @@ enum Param {
     SwiluB,
     ProjW,
     ProjB,
+    GateW,
+    GateB,
 }
 
 impl Param {
@@ -57,20 +65,25 @@ impl Param {
             Param::SwiluB => &mut w.swilu.as_mut().unwrap().1,
             Param::ProjW => &mut w.value_proj.as_mut().unwrap().0,
             Param::ProjB => &mut w.value_proj.as_mut().unwrap().1,
+            Param::GateW => &mut w.gating.as_mut().unwrap().0,
+            Param::GateB => &mut w.gating.as_mut().unwrap().1,
         }
     }
 }
 
 #[test]
 fn reference_backward_matches_finite_differences() {
-    for (swilu, v_dim, qk_norm) in [
-        (true, 6, false),
-        (false, 6, false),
-        (false, 5, false),
-        (true, 6, true),
-        (false, 6, true),
+    for (swilu, v_dim, qk_norm, with_gate) in [
+        (true, 6, false, false),
+        (false, 6, false, false),
+        (false, 5, false, false),
+        (true, 6, true, false),
+        (false, 6, true, false),
+        (true, 6, false, true),
+        (false, 5, false, true),
     ] {
         let c = config_norm(swilu, v_dim, qk_norm);
+        let c = if with_gate { gated(c) } else { c };
         let mut rng = Rng::new(31 + v_dim as u64);
         let mut w = MemoryWeights::init(&c, &mut rng).unwrap();
         let mut values = MemoryWeights::init_values(&c, &mut rng);
@@ -94,6 +107,9 @@ fn reference_backward_matches_finite_differences() {
         if c.value_proj {
             params.extend([Param::ProjW, Param::ProjB]);
         }
+        if c.gated {
+            params.extend([Param::GateW, Param::GateB]);
+        }
         let mut checked = 0;
         for param in params {
             let analytic: &[f32] = match param {
@@ -106,6 +122,8 @@ fn reference_backward_matches_finite_differences() {
                 Param::SwiluB => &grads.swilu.as_ref().unwrap().1,
                 Param::ProjW => &grads.value_proj.as_ref().unwrap().0,
                 Param::ProjB => &grads.value_proj.as_ref().unwrap().1,
+                Param::GateW => &grads.gating.as_ref().unwrap().0,
+                Param::GateB => &grads.gating.as_ref().unwrap().1,
             };
             let analytic = analytic.to_vec();
             // Every value row a token read, and random coordinates elsewhere.
@@ -114,6 +132,7 @@ fn reference_backward_matches_finite_differences() {
                     .filter(|&i| analytic[i] != 0.0)
                     .take(40)
                     .collect(),
+                Param::GateB => vec![0],
                 _ => (0..12)
                     .map(|_| rng.below(analytic.len() as u64) as usize)
                     .collect(),
@@ -165,6 +184,8 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
         (config(true, 6), 5),
         (config(false, 6), 7),
         (config(false, 5), 3),
+        (gated(config(true, 6)), 5),
+        (gated(config(false, 5)), 6),
         (
             MemoryConfig {
                 d: 24,
@@ -175,6 +196,7 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
                 v_dim: 24,
                 swilu: true,
                 value_proj: true,
+                gated: false,
                 qk_norm: false,
             },
             37,
@@ -189,6 +211,7 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
                 v_dim: 33,
                 swilu: false,
                 value_proj: false,
+                gated: false,
                 qk_norm: false,
             },
             70,
@@ -203,6 +226,7 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
                 v_dim: 16,
                 swilu: true,
                 value_proj: true,
+                gated: false,
                 qk_norm: false,
             },
             9,
@@ -254,6 +278,11 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
             assert_close(&what("value_proj w"), &read(w, ww.len()), ww);
             assert_close(&what("value_proj b"), &read(b, wb.len()), wb);
         }
+        if let (Some((w, b)), Some((ww, wb))) = (&grads.gating, &want.gating) {
+            assert_close(&what("gating w"), &read(w, ww.len()), ww);
+            assert_close(&what("gating b"), &read(b, wb.len()), wb);
+        }
+        assert_eq!(grads.gating.is_some(), want.gating.is_some());
         assert_eq!(grads.swilu.is_some(), want.swilu.is_some());
         assert_eq!(grads.value_proj.is_some(), want.value_proj.is_some());
         // The value gradient assembled from what the GPU computed (dy per token, the selected
@@ -287,6 +316,7 @@ fn gpu_backward_is_bit_identical_across_runs() {
         v_dim: 20,
         swilu: true,
         value_proj: true,
+        gated: false,
         qk_norm: false,
     };
     let rows = 40; // 144 slots, 1280 bag entries: many slots are read by several tokens

@@ -40,6 +40,7 @@ fn config() -> MemoryConfig {
         v_dim: 24,
         swilu: true,
         value_proj: true,
+        gated: false,
         qk_norm: false,
     }
 }

@@ -16,14 +16,15 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Made by scripts/lingua_fixtures.py: the three tokenizers; a shared value table repeated
 /// under two memory layers (sp_memory); a table per memory layer (mem_share_values: false);
-/// a value dimension of its own with and without the SwiLU gate.
-const FOLDERS: [&str; 6] = [
+/// a value dimension of its own with and without the SwiLU gate; mem_gated.
+const FOLDERS: [&str; 7] = [
     "bytes_memory",
     "tiktoken_dense",
     "sp_memory",
     "bytes_unshared",
     "bytes_vdim_swilu",
     "bytes_vdim_plain",
+    "bytes_gated",
 ];
 
 fn expected(dir: &Path) -> Value {
@@ -169,7 +170,8 @@ fn export_lingua_round_trips() {
         }
         // Everything but the repeated value tables, which are written once.
         let repeated = before.tensors.len() - after.tensors.len();
-        assert_eq!(repeated, if name == "sp_memory" { 1 } else { 0 }, "{name}");
+        let shared_by_two = ["sp_memory", "bytes_gated"].contains(&name);
+        assert_eq!(repeated, shared_by_two as usize, "{name}");
         let e = expected(&src);
         let gen = generate(&out_dir, e["prompt"].as_str().unwrap(), e["max_tokens"].as_u64().unwrap());
         assert!(gen.status.success(), "{name}: {}", String::from_utf8_lossy(&gen.stderr));

@@ -119,6 +119,14 @@ pub fn load_memory(file: &TensorFile, knn: usize, qk_norm: bool) -> Result<Memor
     } else {
         None
     };
+    let gating = if has(memory::GATING_W) {
+        Some((
+            get(memory::GATING_W, &[Some(1), Some(d)])?,
+            get(memory::GATING_B, &[Some(1)])?,
+        ))
+    } else {
+        None
+    };
     let config = MemoryConfig {
         d,
         heads,
@@ -128,6 +136,7 @@ pub fn load_memory(file: &TensorFile, knn: usize, qk_norm: bool) -> Result<Memor
         v_dim,
         swilu: swilu.is_some(),
         value_proj: value_proj.is_some(),
+        gated: gating.is_some(),
         qk_norm,
     };
     config.validate()?;
@@ -137,6 +146,7 @@ pub fn load_memory(file: &TensorFile, knn: usize, qk_norm: bool) -> Result<Memor
         keys: get(memory::KEYS, &[Some(k_rows), Some(half)])?,
         swilu,
         value_proj,
+        gating,
         config,
     };
     let values = get(memory::VALUES_NAME, &[Some(n_values), Some(v_dim)])?;

@@ -9,6 +9,7 @@ pub mod normalize;
 pub mod ops;
 pub mod product_topk;
 pub mod radix_sort;
+pub mod row_gate;
 pub mod swilu_backward;
 pub mod value_grads;
 
@@ -32,6 +33,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("product_topk.wgsl", product_topk::SOURCE),
     ("product_topk_lanes.wgsl", product_topk::LANES_SOURCE),
     ("radix_sort.wgsl", radix_sort::SOURCE),
+    ("row_gate.wgsl", row_gate::SOURCE),
     ("swilu_backward.wgsl", swilu_backward::SOURCE),
     ("value_grads.wgsl", value_grads::SOURCE),
 ];

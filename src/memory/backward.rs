@@ -21,6 +21,7 @@ use crate::kernels::embedding_bag::WeightGrads;
 use crate::kernels::linear::{gemm, Batched, Linear};
 use crate::kernels::normalize;
 use crate::kernels::product_topk::ProductTopKBackward;
+use crate::kernels::row_gate;
 use crate::kernels::swilu_backward::SwiluBackward;
 use crate::kernels::value_grads::{SparseRows, ValueGrads};
 use crate::kernels::MAX_GRID_ROWS;
@@ -33,6 +34,7 @@ pub struct MemoryGrads {
     pub keys: wgpu::Buffer,
     pub swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    pub gating: Option<(wgpu::Buffer, wgpu::Buffer)>,
     /// The shared value table's gradient from this layer: one row per slot read.
     pub values: SparseRows,
     /// dL/d(bag output) `[rows, v_dim]` and dL/dw per bag entry `[rows, heads * knn]`: what
@@ -46,7 +48,9 @@ impl MemoryGrads {
     pub fn named(&self, config: &super::MemoryConfig) -> Vec<(&'static str, &wgpu::Buffer)> {
         use super::layer::{by_name, parameters};
         let fields = (&self.query_w, &self.query_b, &self.keys);
-        let buffer = |name: &str| by_name(name, fields, self.swilu.as_ref(), self.value_proj.as_ref());
+        let buffer = |name: &str| {
+            by_name(name, fields, (self.swilu.as_ref(), self.value_proj.as_ref(), self.gating.as_ref()))
+        };
         parameters(config)
             .into_iter()
             .filter_map(|(name, _, _)| Some((name, buffer(name)?)))
@@ -77,6 +81,23 @@ impl MemoryLayer {
         );
         let f32s = |label: &str, n: u64| gpu.storage(label, n * 4);
         let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
+        // mem_gated: out = sigmoid(g) * ungated with g = x Wg^T + bg; the rest of the
+        // backward starts from dL/d(ungated).
+        let gate_grads = match (&self.gating, &acts.gate) {
+            (Some(_), Some((logits, ungated))) => {
+                let out_dim = c.out_dim() as u32;
+                let (d_ungated, dg) = (f32s("grad ungated output", rows as u64 * out_dim as u64), f32s("grad gate", rows as u64));
+                row_gate::record_backward(gpu, encoder, (logits, ungated, d_out), (&d_ungated, &dg), (rows, out_dim))?;
+                Some((d_ungated, dg))
+            }
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "memory backward: activations without the gate (not from this layer's forward)".into(),
+                ))
+            }
+        };
+        let d_out = gate_grads.as_ref().map_or(d_out, |(d_ungated, _)| d_ungated);
 
         // value_proj: out = h Wo^T + bo.
         let h = acts.gated.as_ref().unwrap_or(&acts.bag);
@@ -343,6 +364,16 @@ impl MemoryLayer {
             (rows, d, qw),
             swilu.is_some(),
         )?;
+        let gating = match (&self.gating, &gate_grads) {
+            (Some((gw, _)), Some((_, dg))) => {
+                let (dgw, dgb) = (f32s("grad gating.weight", d as u64), f32s("grad gating.bias", 1));
+                gemm(gpu, encoder, "grad gating.weight", (dg, true), (x, true), &dgw, (1, d, rows), false)?;
+                gemm(gpu, encoder, "grad gating.bias", (&ones, false), (dg, true), &dgb, (1, 1, rows), false)?;
+                gemm(gpu, encoder, "grad input (gating)", (dg, false), (gw, true), &dx, (rows, d, 1), true)?;
+                Some((dgw, dgb))
+            }
+            _ => None,
+        };
         Ok(MemoryGrads {
             x: dx,
             query_w: dwq,
@@ -350,6 +381,7 @@ impl MemoryLayer {
             keys: dkeys,
             swilu,
             value_proj,
+            gating,
             values,
             bag_out: dy,
             bag_weights: d_weights,

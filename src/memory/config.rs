@@ -18,8 +18,11 @@ pub struct MemoryConfig {
     pub v_dim: usize,
     /// Memory+: `value_proj(bag * silu(swilu_projection(x)))`.
     pub swilu: bool,
-    /// Whether `value_proj` exists (always with swilu; plain PKM only when v_dim != d).
+    /// Whether `value_proj` exists (with swilu, or when the reference's mem_v_dim is given).
     pub value_proj: bool,
+    /// lingua's `mem_gated`: the output times `sigmoid(gating(x))` (`gating.weight [1, d]`,
+    /// `gating.bias [1]`).
+    pub gated: bool,
     /// Normalise query and key halves before scoring (paper 3.1.4; not in the released code).
     pub qk_norm: bool,
 }
@@ -36,6 +39,7 @@ impl MemoryConfig {
             v_dim: d,
             swilu: true,
             value_proj: true,
+            gated: false,
             qk_norm: false,
         }
     }

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::EmbeddingBag;
 use crate::kernels::linear::{Gate, Linear};
+use crate::kernels::row_gate;
 use crate::params::Init;
 use crate::rng::Rng;
 
@@ -25,6 +26,8 @@ pub struct MemoryWeights {
     pub swilu: Option<(Vec<f32>, Vec<f32>)>,
     /// `value_proj.weight [d, v_dim]`, `.bias [d]`
     pub value_proj: Option<(Vec<f32>, Vec<f32>)>,
+    /// `gating.weight [1, d]`, `.bias [1]` (mem_gated)
+    pub gating: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Reference parameter names of one layer (values live in the pool, see `VALUES_NAME`).
@@ -36,6 +39,8 @@ pub const SWILU_W: &str = "swilu_projection.weight";
 pub const SWILU_B: &str = "swilu_projection.bias";
 pub const VALUE_PROJ_W: &str = "value_proj.weight";
 pub const VALUE_PROJ_B: &str = "value_proj.bias";
+pub const GATING_W: &str = "gating.weight";
+pub const GATING_B: &str = "gating.bias";
 
 /// The layer's parameters (the value table excluded: it lives in the pool) with their
 /// reference names, shapes and initialisation (REFERENCE.md section 1 table), in the order
@@ -62,16 +67,23 @@ pub fn parameters(c: &MemoryConfig) -> Vec<(&'static str, Vec<usize>, Init)> {
         p.push((VALUE_PROJ_W, vec![c.d, c.v_dim], Init::Normal(proj_std)));
         p.push((VALUE_PROJ_B, vec![c.d], Init::Normal(proj_std)));
     }
+    if c.gated {
+        // nn.Linear(d, 1): the weight re-drawn normal d^-1/2, the bias torch's default.
+        p.push((GATING_W, vec![1, c.d], Init::Normal(proj_std)));
+        p.push((GATING_B, vec![1], Init::Symmetric(linear_default)));
+    }
     p
 }
+
+/// A layer's optional (weight, bias) pairs: swilu_projection, value_proj, gating.
+pub(crate) type OptionalPairs<'a, T> = (Option<&'a (T, T)>, Option<&'a (T, T)>, Option<&'a (T, T)>);
 
 /// The tensor called `name` (a name of `parameters`) among a layer's tensors laid out as
 /// its fields: weights, their GPU buffers, or their gradients.
 pub(crate) fn by_name<'a, T>(
     name: &str,
     (query_w, query_b, keys): (&'a T, &'a T, &'a T),
-    swilu: Option<&'a (T, T)>,
-    value_proj: Option<&'a (T, T)>,
+    (swilu, value_proj, gating): OptionalPairs<'a, T>,
 ) -> Option<&'a T> {
     Some(match name {
         QUERY_W => query_w,
@@ -81,6 +93,8 @@ pub(crate) fn by_name<'a, T>(
         SWILU_B => &swilu?.1,
         VALUE_PROJ_W => &value_proj?.0,
         VALUE_PROJ_B => &value_proj?.1,
+        GATING_W => &gating?.0,
+        GATING_B => &gating?.1,
         _ => return None,
     })
 }
@@ -107,6 +121,7 @@ impl MemoryWeights {
             keys: Vec::new(),
             swilu: config.swilu.then(Default::default),
             value_proj: config.value_proj.then(Default::default),
+            gating: config.gated.then(Default::default),
         };
         for (name, data) in tensors {
             if let Some(field) = w.field_mut(name) {
@@ -125,6 +140,8 @@ impl MemoryWeights {
             SWILU_B => &mut self.swilu.as_mut()?.1,
             VALUE_PROJ_W => &mut self.value_proj.as_mut()?.0,
             VALUE_PROJ_B => &mut self.value_proj.as_mut()?.1,
+            GATING_W => &mut self.gating.as_mut()?.0,
+            GATING_B => &mut self.gating.as_mut()?.1,
             _ => return None,
         })
     }
@@ -141,7 +158,8 @@ impl MemoryWeights {
     pub fn named_tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
         let fields = (&self.query_w, &self.query_b, &self.keys);
         let field = |name: &str| -> &[f32] {
-            by_name(name, fields, self.swilu.as_ref(), self.value_proj.as_ref()).map_or(&[], |v| v)
+            by_name(name, fields, (self.swilu.as_ref(), self.value_proj.as_ref(), self.gating.as_ref()))
+                .map_or(&[], |v| v)
         };
         parameters(&self.config)
             .into_iter()
@@ -158,6 +176,7 @@ pub struct MemoryLayer {
     pub(super) keys: wgpu::Buffer,
     pub(super) swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub(super) value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    pub(super) gating: Option<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 /// Buffers one forward pass writes (kept for inspection and for the backward pass).
@@ -175,6 +194,8 @@ pub struct MemoryActivations {
     /// only).
     pub gated: Option<wgpu::Buffer>,
     pub swilu_input: Option<wgpu::Buffer>,
+    /// mem_gated: the gate's logits `[rows]` and the output before the gate `[rows, out_dim]`.
+    pub gate: Option<(wgpu::Buffer, wgpu::Buffer)>,
     /// `[rows, out_dim]` the layer's output (from `record_forward_into` with a residual it
     /// was added to: that residual).
     pub out: wgpu::Buffer,
@@ -235,13 +256,16 @@ impl MemoryLayer {
             keys: take(KEYS)?,
             swilu: pair(config.swilu, &mut take, SWILU_W, SWILU_B)?,
             value_proj: pair(config.value_proj, &mut take, VALUE_PROJ_W, VALUE_PROJ_B)?,
+            gating: pair(config.gated, &mut take, GATING_W, GATING_B)?,
         })
     }
 
     /// The layer's parameter buffers with their reference names, in `parameters` order.
     pub fn param_buffers(&self) -> Vec<(&'static str, &wgpu::Buffer)> {
         let fields = (&self.query_w, &self.query_b, &self.keys);
-        let buffer = |name: &str| by_name(name, fields, self.swilu.as_ref(), self.value_proj.as_ref());
+        let buffer = |name: &str| {
+            by_name(name, fields, (self.swilu.as_ref(), self.value_proj.as_ref(), self.gating.as_ref()))
+        };
         parameters(&self.config)
             .into_iter()
             .filter_map(|(name, _, _)| Some((name, buffer(name)?)))
@@ -348,9 +372,11 @@ impl MemoryLayer {
             None => (None, None),
         };
         let hidden = gated.as_ref().unwrap_or(&bag);
+        // With mem_gated the projection's output is gated before it can join the residual.
+        let residual_in_proj = residual.filter(|_| self.gating.is_none());
         let (out, added) = match &self.value_proj {
             Some((wo, bo)) => {
-                let out = match residual {
+                let out = match residual_in_proj {
                     Some(r) => r.clone(),
                     None => gpu.scratch("memory out", rows as u64 * d as u64 * 4),
                 };
@@ -365,12 +391,45 @@ impl MemoryLayer {
                     n: d,
                     k: v,
                     batched: None,
-                    accumulate: residual.is_some(),
+                    accumulate: residual_in_proj.is_some(),
                 }
                 .record(gpu, encoder)?;
-                (out, residual.is_some())
+                (out, residual_in_proj.is_some())
             }
             None => (hidden.clone(), false),
+        };
+        // mem_gated: out = sigmoid(x Wg^T + bg) * out, into the residual when there is one.
+        let (out, added, gate) = match &self.gating {
+            Some((gw, gb)) => {
+                let logits = gpu.scratch("gate logits", rows as u64 * 4);
+                Linear {
+                    label: "gating",
+                    x,
+                    w: gw,
+                    bias: Some(gb),
+                    gate: None,
+                    y: &logits,
+                    m: rows,
+                    n: 1,
+                    k: d,
+                    batched: None,
+                    accumulate: false,
+                }
+                .record(gpu, encoder)?;
+                let target = match residual {
+                    Some(r) => r.clone(),
+                    None => gpu.scratch("gated memory out", rows as u64 * c.out_dim() as u64 * 4),
+                };
+                row_gate::record_forward(
+                    gpu,
+                    encoder,
+                    (&logits, &out, &target),
+                    (rows, c.out_dim() as u32),
+                    residual.is_some(),
+                )?;
+                (target, residual.is_some(), Some((logits, out)))
+            }
+            None => (out, added, None),
         };
         let acts = MemoryActivations {
             rows,
@@ -381,6 +440,7 @@ impl MemoryLayer {
             bag,
             gated,
             swilu_input,
+            gate,
             out,
         };
         Ok((acts, added))

@@ -184,9 +184,6 @@ impl LMTransformerArgs {
             if pk.peer_variant {
                 return Err(bad("productkey_args.peer_variant: true is not supported".into()));
             }
-            if pk.mem_gated {
-                return Err(bad("productkey_args.mem_gated: true is not supported yet".into()));
-            }
             let mut layers = Vec::new();
             for part in pk.layers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 let l: usize = part
@@ -224,6 +221,7 @@ impl LMTransformerArgs {
                 // As the reference: a value projection whenever mem_v_dim is given (> 0), even
                 // equal to dim, or with the SwiLU gate.
                 value_proj: pk.swilu_projection || pk.mem_v_dim > 0,
+                gated: pk.mem_gated,
                 qk_norm: false,
             };
             m.validate()?;

@@ -20,6 +20,7 @@ pub fn memory_params<'a>(w: &'a MemoryWeights, values: &'a [f32]) -> MemoryParam
         values,
         swilu: w.swilu.as_ref().map(|(w, b)| (&w[..], &b[..])),
         value_proj: w.value_proj.as_ref().map(|(w, b)| (&w[..], &b[..])),
+        gating: w.gating.as_ref().map(|(w, b)| (&w[..], &b[..])),
     }
 }
 

@@ -17,6 +17,7 @@ pub struct MemoryGradsRef {
     pub values: Vec<f32>,
     pub swilu: Option<(Vec<f32>, Vec<f32>)>,
     pub value_proj: Option<(Vec<f32>, Vec<f32>)>,
+    pub gating: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// d silu(g) / dg.
@@ -67,6 +68,31 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
         keys: vec![0.0; p.keys.len()],
         values: vec![0.0; p.values.len()],
         ..Default::default()
+    };
+    // mem_gated: out = sigmoid(z) * ungated, z = x Wg^T + bg.
+    let ungated = match p.value_proj {
+        Some((wo, bo)) => linear(&h, wo, Some(bo), rows, bo.len(), v),
+        None => h.clone(),
+    };
+    let gated_d_out;
+    let d_out = match p.gating {
+        Some((gw, gb)) => {
+            let cols = ungated.len() / rows;
+            let z = linear(x, gw, Some(gb), rows, 1, dm);
+            let (d_ungated, dz) = ops::row_gate_backward(&z, &ungated, d_out, cols);
+            let (mut dgw, mut dgb) = (vec![0f32; dm], vec![0f32; 1]);
+            for r in 0..rows {
+                dgb[0] += dz[r];
+                for k in 0..dm {
+                    dgw[k] += dz[r] * x[r * dm + k];
+                    out.x[r * dm + k] += dz[r] * gw[k];
+                }
+            }
+            out.gating = Some((dgw, dgb));
+            gated_d_out = d_ungated;
+            &gated_d_out[..]
+        }
+        None => d_out,
     };
     // value_proj: out = h Wo^T + bo.
     let dh = match p.value_proj {

@@ -189,6 +189,8 @@ pub struct MemoryParamsRef<'a> {
     pub swilu: Option<(&'a [f32], &'a [f32])>,
     /// `value_proj.weight [d, v_dim]`, `.bias`.
     pub value_proj: Option<(&'a [f32], &'a [f32])>,
+    /// `gating.weight [1, d]`, `.bias [1]` (mem_gated): the output times sigmoid(gating(x)).
+    pub gating: Option<(&'a [f32], &'a [f32])>,
 }
 
 /// The whole layer on `x [rows, d]`: returns `(out [rows, d'], lookup)`.
@@ -211,6 +213,10 @@ pub fn memory_forward(x: &[f32], p: &MemoryParamsRef, dims: LookupDims) -> (Vec<
     let out = match p.value_proj {
         Some((wo, bo)) => linear(&hidden, wo, Some(bo), rows, bo.len(), v_dim),
         None => hidden,
+    };
+    let out = match p.gating {
+        Some((gw, gb)) => ops::row_gate(&linear(x, gw, Some(gb), rows, 1, d), &out, out.len() / rows),
+        None => out,
     };
     (out, lk)
 }

@@ -182,3 +182,27 @@ pub fn cross_entropy(logits: &[f32], targets: &[u32], vocab: usize) -> (f32, Vec
     }
     (loss / rows as f32, grad)
 }
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// `y[r, c] = sigmoid(g[r]) * x[r, c]` (lingua's mem_gated).
+pub fn row_gate(g: &[f32], x: &[f32], cols: usize) -> Vec<f32> {
+    x.iter().enumerate().map(|(i, &v)| sigmoid(g[i / cols]) * v).collect()
+}
+
+/// The backward of `row_gate` for `dy`: `(dx, dg)`.
+pub fn row_gate_backward(g: &[f32], x: &[f32], dy: &[f32], cols: usize) -> (Vec<f32>, Vec<f32>) {
+    let dx = row_gate(g, dy, cols);
+    let dg = g
+        .iter()
+        .enumerate()
+        .map(|(r, &gr)| {
+            let s = sigmoid(gr);
+            let dot: f32 = (0..cols).map(|c| dy[r * cols + c] * x[r * cols + c]).sum();
+            s * (1.0 - s) * dot
+        })
+        .collect();
+    (dx, dg)
+}

@@ -124,6 +124,7 @@ pub fn config(
         v_dim,
         swilu,
         value_proj: swilu || v_dim != d,
+        gated: false,
         qk_norm: false,
     }
 }
