@@ -140,10 +140,17 @@ impl LMTransformerArgs {
             )));
         }
         if let Some(w) = a.sliding_window {
-            return Err(bad(format!("sliding_window ({w}) is not supported; use null")));
+            return Err(bad(format!(
+                "sliding_window ({w}) is not supported: the reference runs it only with xformers attention, \
+which lingua's generator does not use; use null"
+            )));
         }
         if a.weight_tying {
-            return Err(bad("weight_tying: true is not supported yet".into()));
+            return Err(bad(
+                "weight_tying: true is not supported: the reference's own code path fails with it \
+(LMTransformer has no `embeddings`); use false"
+                    .into(),
+            ));
         }
         let n_heads = match (a.n_heads, a.head_dim) {
             (Some(h), _) => h,
@@ -182,7 +189,7 @@ impl LMTransformerArgs {
         let pk = &a.productkey_args;
         let (memory_layers, memory) = if pk.is_enabled {
             if pk.peer_variant {
-                return Err(bad("productkey_args.peer_variant: true is not supported".into()));
+                return Err(bad("productkey_args.peer_variant: true (PEER) is not supported yet".into()));
             }
             let mut layers = Vec::new();
             for part in pk.layers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
