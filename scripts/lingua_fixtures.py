@@ -130,8 +130,11 @@ def build(name, model_args, tokenizer_name, tokenizer_file, prompt, max_tokens, 
     # What lingua's mp_parallelize does with mem_share_values: every later memory layer
     # holds the first one's table, so the state dict repeats it under each (aliases).
     for m in model.modules():
-        if isinstance(m, HashingMemory) and m.values is None and m.mem_share_values:
-            m.values = HashingMemory.VALUES
+        if isinstance(m, HashingMemory) and not m.original and m.mem_share_values:
+            if m.use_peer_variant:
+                m.values_u, m.values_v = HashingMemory.VALUES
+            else:
+                m.values = HashingMemory.VALUES
     model = model.float().eval()
     # Larger weights than the reference's init, so that logits are far from ties.
     with torch.no_grad():
@@ -227,6 +230,10 @@ build("bytes_vdim_plain", dict(base, productkey_args=dict(memory, mem_v_dim=32, 
 # mem_gated: the output times sigmoid(gating(x)), in two memory layers sharing a table.
 build("bytes_gated", dict(base, n_layers=3, productkey_args=dict(memory, layers="0,2", mem_gated=True)),
       "bytes", None, "gates", 12, 7)
+# PEER (peer_variant): values_u and values_v shared by two memory layers; its swilu_projection
+# and value_proj exist unused, as in the reference.
+build("bytes_peer", dict(base, n_layers=3, productkey_args=dict(memory, layers="0,2", peer_variant=True)),
+      "bytes", None, "experts", 12, 8)
 
 # A checkpoint whose pickle holds an object that is neither a tensor nor a container.
 import datetime  # noqa: E402

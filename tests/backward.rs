@@ -22,6 +22,7 @@ fn config_norm(swilu: bool, v_dim: usize, qk_norm: bool) -> MemoryConfig {
         swilu,
         value_proj: swilu || v_dim != 6,
         gated: false,
+        peer: false,
         qk_norm,
     }
 }
@@ -197,6 +198,7 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
                 swilu: true,
                 value_proj: true,
                 gated: false,
+                peer: false,
                 qk_norm: false,
             },
             37,
@@ -212,6 +214,7 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
                 swilu: false,
                 value_proj: false,
                 gated: false,
+                peer: false,
                 qk_norm: false,
             },
             70,
@@ -227,6 +230,7 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
                 swilu: true,
                 value_proj: true,
                 gated: false,
+                peer: false,
                 qk_norm: false,
             },
             9,
@@ -317,6 +321,7 @@ fn gpu_backward_is_bit_identical_across_runs() {
         swilu: true,
         value_proj: true,
         gated: false,
+        peer: false,
         qk_norm: false,
     };
     let rows = 40; // 144 slots, 1280 bag entries: many slots are read by several tokens
@@ -350,4 +355,117 @@ fn gpu_backward_is_bit_identical_across_runs() {
         all
     };
     assert_eq!(run(), run());
+}
+
+/// PEER (peer_variant): the oracle against finite differences, and the GPU against the oracle.
+#[test]
+fn peer_backward_matches_finite_differences_and_the_gpu() {
+    let g = gpu();
+    for (i, gate) in [false, true].into_iter().enumerate() {
+        let c = MemoryConfig {
+            peer: true,
+            gated: gate,
+            ..config(true, 6)
+        };
+        let mut rng = Rng::new(90 + i as u64);
+        let w = MemoryWeights::init(&c, &mut rng).unwrap();
+        let mut u = MemoryWeights::init_values(&c, &mut rng);
+        let mut v = MemoryWeights::init_values(&c, &mut rng);
+        let rows = 4;
+        let mut x = rng.vec_normal(rows * c.d, 1.0);
+        let r = rng.vec_normal(rows * c.d, 1.0);
+        let dims = memlayers::oracle::lookup_dims(&c, rows);
+        let loss = |u: &[f32], v: &[f32], x: &[f32]| -> (f64, Vec<u32>) {
+            let (out, lk) = memory_forward(x, &peer_params(&w, u, v), dims);
+            (out.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum(), lk.indices)
+        };
+        let want = memory_backward(&x, &peer_params(&w, &u, &v), dims, &r);
+        let (_, base) = loss(&u, &v, &x);
+        let mut checked = 0;
+        for which in 0..3 {
+            let analytic = match which {
+                0 => want.x.clone(),
+                1 => want.values_u.clone().unwrap(),
+                _ => want.values.clone(),
+            };
+            let picks: Vec<usize> = if which == 0 {
+                (0..analytic.len()).collect()
+            } else {
+                (0..analytic.len()).filter(|&k| analytic[k] != 0.0).take(30).collect()
+            };
+            for k in picks {
+                let eps = 1e-2f32;
+                let mut eval = |delta: f32| {
+                    let t = match which {
+                        0 => &mut x,
+                        1 => &mut u,
+                        _ => &mut v,
+                    };
+                    t[k] += delta;
+                    let out = loss(&u, &v, &x);
+                    let t = match which {
+                        0 => &mut x,
+                        1 => &mut u,
+                        _ => &mut v,
+                    };
+                    t[k] -= delta;
+                    out
+                };
+                let (plus, s1) = eval(eps);
+                let (minus, s2) = eval(-eps);
+                if s1 != base || s2 != base {
+                    continue;
+                }
+                let fd = ((plus - minus) / (2.0 * eps as f64)) as f32;
+                let a = analytic[k];
+                assert!(
+                    (fd - a).abs() <= 2e-3 + 2e-2 * a.abs(),
+                    "PEER gate={gate} tensor {which}[{k}]: analytic {a} vs finite difference {fd}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "too few coordinates checked: {checked}");
+
+        // The GPU against the oracle.
+        let layer = MemoryLayer::new(g, &w).unwrap();
+        let pool_u = ValuePool::new(g, &u, c.n_values(), c.v_dim, ValueDtype::F32).unwrap();
+        let pool_v = ValuePool::new(g, &v, c.n_values(), c.v_dim, ValueDtype::F32).unwrap();
+        let (xb, db) = (g.upload("x", &x), g.upload("d_out", &r));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        let (acts, _) = layer
+            .record_forward_peer(g, &mut enc, (&pool_u, &pool_v), &xb, rows as u32, None)
+            .unwrap();
+        let grads = layer
+            .record_backward_peer(g, &mut enc, (&pool_u, &pool_v), &xb, &acts, &db)
+            .unwrap();
+        g.queue.submit([enc.finish()]);
+        let read = |b: &wgpu::Buffer, n: usize| g.read_f32_blocking(b, n).unwrap();
+        let (out, _) = memory_forward(&x, &peer_params(&w, &u, &v), dims);
+        assert_close("PEER output", &read(&acts.out, out.len()), &out);
+        assert_close("PEER grad x", &read(&grads.x, want.x.len()), &want.x);
+        assert_close("PEER grad query_w", &read(&grads.query_w, want.query_w.len()), &want.query_w);
+        assert_close("PEER grad keys", &read(&grads.keys, want.keys.len()), &want.keys);
+        let dense = |rows: &memlayers::kernels::value_grads::SparseRows| {
+            pollster::block_on(rows.to_dense(g, c.n_values())).unwrap()
+        };
+        assert_close("PEER grad values_v", &dense(&grads.values), &want.values);
+        assert_close("PEER grad values_u", &dense(grads.values_u.as_ref().unwrap()), want.values_u.as_ref().unwrap());
+        if let (Some((gw, gb)), Some((ww, wb))) = (&grads.gating, &want.gating) {
+            assert_close("PEER grad gating w", &read(gw, ww.len()), ww);
+            assert_close("PEER grad gating b", &read(gb, wb.len()), wb);
+        }
+    }
+}
+
+/// The oracle's view of a PEER layer: tables values_u and values_v.
+fn peer_params<'a>(
+    w: &'a MemoryWeights,
+    u: &'a [f32],
+    v: &'a [f32],
+) -> memlayers::reference::MemoryParamsRef<'a> {
+    memlayers::reference::MemoryParamsRef {
+        values_u: Some(u),
+        ..memlayers::oracle::memory_params(w, v)
+    }
 }

@@ -41,6 +41,7 @@ fn config() -> MemoryConfig {
         swilu: true,
         value_proj: true,
         gated: false,
+        peer: false,
         qk_norm: false,
     }
 }

@@ -16,8 +16,8 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Made by scripts/lingua_fixtures.py: the three tokenizers; a shared value table repeated
 /// under two memory layers (sp_memory); a table per memory layer (mem_share_values: false);
-/// a value dimension of its own with and without the SwiLU gate; mem_gated.
-const FOLDERS: [&str; 7] = [
+/// a value dimension of its own with and without the SwiLU gate; mem_gated; PEER.
+const FOLDERS: [&str; 8] = [
     "bytes_memory",
     "tiktoken_dense",
     "sp_memory",
@@ -25,6 +25,7 @@ const FOLDERS: [&str; 7] = [
     "bytes_vdim_swilu",
     "bytes_vdim_plain",
     "bytes_gated",
+    "bytes_peer",
 ];
 
 fn expected(dir: &Path) -> Value {
@@ -170,8 +171,13 @@ fn export_lingua_round_trips() {
         }
         // Everything but the repeated value tables, which are written once.
         let repeated = before.tensors.len() - after.tensors.len();
-        let shared_by_two = ["sp_memory", "bytes_gated"].contains(&name);
-        assert_eq!(repeated, shared_by_two as usize, "{name}");
+        // Tables repeated by a second memory layer: one, PEER's two.
+        let repeated_tables = match name {
+            "sp_memory" | "bytes_gated" => 1,
+            "bytes_peer" => 2,
+            _ => 0,
+        };
+        assert_eq!(repeated, repeated_tables, "{name}");
         let e = expected(&src);
         let gen = generate(&out_dir, e["prompt"].as_str().unwrap(), e["max_tokens"].as_u64().unwrap());
         assert!(gen.status.success(), "{name}: {}", String::from_utf8_lossy(&gen.stderr));
@@ -311,13 +317,19 @@ fn train_init_fine_tunes_byte_level_lingua_models_only() {
             "3",
         ])
     };
-    // A shared table, and a table per memory layer (two tables in the values group).
-    for model in ["bytes_memory", "bytes_unshared"] {
+    // A shared table, a table per memory layer (two tables in the values group), gated
+    // layers, PEER (two shared tables).
+    for model in ["bytes_memory", "bytes_unshared", "bytes_gated", "bytes_peer"] {
         let out = run(model);
         assert!(out.status.success(), "{model}: {}", String::from_utf8_lossy(&out.stderr));
         let saved = TensorFile::read(&dir.join(model).join("checkpoint/weights.safetensors")).unwrap();
         let before = read_consolidated(&fixture(model).join("consolidated.pth")).unwrap();
-        for table in ["layers.1.feed_forward.values.weight", "layers.0.feed_forward.values.weight"] {
+        for table in [
+            "layers.1.feed_forward.values.weight",
+            "layers.0.feed_forward.values.weight",
+            "layers.0.feed_forward.values_u.weight",
+            "layers.0.feed_forward.values_v.weight",
+        ] {
             if let (Ok(a), Some(b)) = (saved.get(table), before.tensors.get(table)) {
                 assert_ne!(a.data, b.data, "{model}: {table} trained");
             }

@@ -57,7 +57,7 @@ fn unsupported_or_bad_settings_are_errors() {
             "weight_tying",
         ),
         (
-            r#"{"vocab_size": 256, "n_heads": 8, "productkey_args": {"is_enabled": true, "layers": "1", "peer_variant": true}}"#,
+            r#"{"vocab_size": 256, "n_heads": 8, "productkey_args": {"is_enabled": true, "layers": "1", "peer_variant": true, "mem_v_dim": 32}}"#,
             "peer_variant",
         ),
         (

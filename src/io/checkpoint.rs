@@ -137,6 +137,7 @@ pub fn load_memory(file: &TensorFile, knn: usize, qk_norm: bool) -> Result<Memor
         swilu: swilu.is_some(),
         value_proj: value_proj.is_some(),
         gated: gating.is_some(),
+        peer: false,
         qk_norm,
     };
     config.validate()?;

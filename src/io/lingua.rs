@@ -206,30 +206,28 @@ fn state_dict(
     Ok(file)
 }
 
-/// The names under which a lingua state dict repeats the shared value table: every memory
-/// layer after the first (`mp_parallelize` aliases one table into each). `first` is the
-/// name the table is kept under.
-pub fn aliased_value_tables(file: &TensorFile, first: &str) -> Vec<String> {
-    let suffix = ".feed_forward.values.weight";
-    file.tensors
+/// Removes the repeats of a shared value table (`table`: `values.weight`, or PEER's
+/// `values_u.weight` / `values_v.weight`) from `file`, keeping it under memory layer
+/// `first` and checking that each repeat equals it (a lingua run aliases one table into
+/// every memory layer).
+pub fn merge_aliased_values(file: &mut TensorFile, first: usize, table: &str) -> Result<()> {
+    let kept = format!("layers.{first}.feed_forward.{table}");
+    let suffix = format!(".feed_forward.{table}");
+    let repeats: Vec<String> = file
+        .tensors
         .keys()
-        .filter(|k| k.ends_with(suffix) && k.as_str() != first)
+        .filter(|k| k.ends_with(&suffix) && **k != kept)
         .cloned()
-        .collect()
-}
-
-/// Removes the repeated value tables of a shared pool from `file`, checking that each equals
-/// the table under `first` (a lingua run aliases one table into every memory layer).
-pub fn merge_aliased_values(file: &mut TensorFile, first: &str) -> Result<()> {
-    for name in aliased_value_tables(file, first) {
-        let same = match (file.tensors.get(first), file.tensors.get(&name)) {
+        .collect();
+    for name in repeats {
+        let same = match (file.tensors.get(&kept), file.tensors.get(&name)) {
             (Some(a), Some(b)) => a.shape == b.shape && a.data == b.data,
             _ => false,
         };
         if !same {
             return Err(Error::tensor(
                 &name,
-                format!("the same table as `{first}` (mem_share_values: one pool shared by every memory layer)"),
+                format!("the same table as `{kept}` (mem_share_values: one pool shared by every memory layer)"),
                 "a different table",
             ));
         }
@@ -251,7 +249,10 @@ pub fn model_weights(
         config.memory_layers.first(),
         params.model.productkey_args.mem_share_values,
     ) {
-        merge_aliased_values(&mut tensors, &format!("layers.{first}.feed_forward.values.weight"))?;
+        use crate::memory::{VALUES_NAME, VALUES_U_NAME, VALUES_V_NAME};
+        for table in [VALUES_NAME, VALUES_U_NAME, VALUES_V_NAME] {
+            merge_aliased_values(&mut tensors, first, table)?;
+        }
     }
     crate::model::ModelWeights::from_tensors(&config, &tensors).map_err(|e| Error::Format(format!("{source}: {e}")))
 }

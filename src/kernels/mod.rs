@@ -7,6 +7,7 @@ pub mod embedding_grad;
 pub mod linear;
 pub mod normalize;
 pub mod ops;
+pub mod peer;
 pub mod product_topk;
 pub mod radix_sort;
 pub mod row_gate;
@@ -30,6 +31,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("linear.wgsl", linear::SOURCE),
     ("linear_subgroup.wgsl", linear::SUBGROUP_SOURCE),
     ("normalize.wgsl", normalize::SOURCE),
+    ("peer.wgsl", peer::SOURCE),
     ("product_topk.wgsl", product_topk::SOURCE),
     ("product_topk_lanes.wgsl", product_topk::LANES_SOURCE),
     ("radix_sort.wgsl", radix_sort::SOURCE),

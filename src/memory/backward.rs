@@ -17,11 +17,11 @@ use super::lookup::SCORE_BLOCK_BYTES;
 use super::pool::ValuePool;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::embedding_bag::WeightGrads;
+use crate::kernels::embedding_bag::{EmbeddingBag, WeightGrads};
 use crate::kernels::linear::{gemm, Batched, Linear};
 use crate::kernels::normalize;
 use crate::kernels::product_topk::ProductTopKBackward;
-use crate::kernels::row_gate;
+use crate::kernels::{peer, row_gate};
 use crate::kernels::swilu_backward::SwiluBackward;
 use crate::kernels::value_grads::{SparseRows, ValueGrads};
 use crate::kernels::MAX_GRID_ROWS;
@@ -35,8 +35,11 @@ pub struct MemoryGrads {
     pub swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub gating: Option<(wgpu::Buffer, wgpu::Buffer)>,
-    /// The shared value table's gradient from this layer: one row per slot read.
+    /// The shared value table's gradient from this layer: one row per slot read (PEER: the
+    /// values_v table's).
     pub values: SparseRows,
+    /// PEER: the values_u table's gradient, alike.
+    pub values_u: Option<SparseRows>,
     /// dL/d(bag output) `[rows, v_dim]` and dL/dw per bag entry `[rows, heads * knn]`: what
     /// the value gradient is made of (`dV[slot] += w * dy[row]`).
     pub bag_out: wgpu::Buffer,
@@ -70,6 +73,37 @@ impl MemoryLayer {
         acts: &MemoryActivations,
         d_out: &wgpu::Buffer,
     ) -> Result<MemoryGrads> {
+        if self.config.peer {
+            return Err(Error::Config("a PEER layer reads two tables: record_backward_peer".into()));
+        }
+        self.backward(gpu, encoder, (None, pool), x, acts, d_out)
+    }
+
+    /// The backward of `record_forward_peer` (pools `(values_u, values_v)`).
+    pub fn record_backward_peer(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        (pool_u, pool_v): (&ValuePool, &ValuePool),
+        x: &wgpu::Buffer,
+        acts: &MemoryActivations,
+        d_out: &wgpu::Buffer,
+    ) -> Result<MemoryGrads> {
+        if !self.config.peer {
+            return Err(Error::Config("record_backward_peer on a layer that is not PEER".into()));
+        }
+        self.backward(gpu, encoder, (Some(pool_u), pool_v), x, acts, d_out)
+    }
+
+    fn backward(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        (pool_u, pool): (Option<&ValuePool>, &ValuePool),
+        x: &wgpu::Buffer,
+        acts: &MemoryActivations,
+        d_out: &wgpu::Buffer,
+    ) -> Result<MemoryGrads> {
         let c = &self.config;
         let rows = acts.rows;
         let (d, v, qw) = (c.d as u32, c.v_dim as u32, (c.heads * c.k_dim) as u32);
@@ -99,9 +133,13 @@ impl MemoryLayer {
         };
         let d_out = gate_grads.as_ref().map_or(d_out, |(d_ungated, _)| d_ungated);
 
-        // value_proj: out = h Wo^T + bo.
+        // value_proj: out = h Wo^T + bo. (PEER's projections exist unused: zero gradients.)
         let h = acts.gated.as_ref().unwrap_or(&acts.bag);
         let (dh, value_proj) = match &self.value_proj {
+            Some(_) if c.peer => (
+                d_out.clone(),
+                Some((f32s("grad value_proj.weight", (d * v) as u64), f32s("grad value_proj.bias", d as u64))),
+            ),
             Some((wo, _)) => {
                 let (dwo, dbo, dh) = (
                     f32s("grad value_proj.weight", (d * v) as u64),
@@ -145,6 +183,13 @@ impl MemoryLayer {
         // swilu: h = y * silu(g), g = x W1^T + b1 (kept by the forward).
         let dx = f32s("grad input", rows as u64 * d as u64);
         let (dy, swilu) = match (&self.swilu, &acts.swilu_input) {
+            (Some(_), _) if c.peer => (
+                dh,
+                Some((
+                    f32s("grad swilu_projection.weight", (v * d) as u64),
+                    f32s("grad swilu_projection.bias", v as u64),
+                )),
+            ),
             (Some((w1, _)), Some(g)) => {
                 let n = rows as u64 * v as u64;
                 let (dy, dg) = (f32s("grad bag", n), f32s("grad g", n));
@@ -200,30 +245,82 @@ impl MemoryLayer {
                 ))
             }
         };
-        // The bag: dL/dw per entry.
+        // The bag: dL/dw per entry, and the value gradient.
         let bag = heads * knn;
-        let d_weights = f32s("grad bag weights", rows as u64 * bag as u64);
+        let entries = rows * bag;
         let chunks = pool.chunks();
-        WeightGrads {
-            rows,
-            bag,
-            indices: &acts.indices,
-            values: &chunks,
-            dy: &dy,
-            grad_weights: &d_weights,
-        }
-        .record(gpu, encoder)?;
-        let values = ValueGrads {
-            rows,
-            bag,
-            v_dim: v,
-            n_values: c.n_values() as u32,
-            max_per_slot: rows * heads,
-            indices: &acts.indices,
-            weights: &acts.weights,
-            dy: &dy,
-        }
-        .record(gpu, encoder)?;
+        let bag_grads = |encoder: &mut wgpu::CommandEncoder, weights: &wgpu::Buffer, dy: &wgpu::Buffer, v_dim: u32| {
+            ValueGrads {
+                rows,
+                bag,
+                v_dim,
+                n_values: c.n_values() as u32,
+                max_per_slot: rows * heads,
+                indices: &acts.indices,
+                weights,
+                dy,
+            }
+            .record(gpu, encoder)
+        };
+        let (d_weights, values, values_u) = match (pool_u, &acts.peer) {
+            // PEER: a_i = w_i gelu(s_i), s_i = <x, u_i>; the bag sums a_i v_i.
+            (Some(pool_u), Some((dots, activations))) => {
+                let d_act = f32s("grad PEER activations", entries as u64);
+                WeightGrads {
+                    rows,
+                    bag,
+                    indices: &acts.indices,
+                    values: &chunks,
+                    dy: &dy,
+                    grad_weights: &d_act,
+                }
+                .record(gpu, encoder)?;
+                let (d_weights, d_dots) = (
+                    f32s("grad bag weights", entries as u64),
+                    f32s("grad PEER scores", entries as u64),
+                );
+                peer::record_backward(
+                    gpu,
+                    encoder,
+                    (dots, &acts.weights, &d_act),
+                    (&d_weights, &d_dots),
+                    entries,
+                )?;
+                let values = bag_grads(encoder, activations, &dy, v)?;
+                let values_u = bag_grads(encoder, &d_dots, x, d)?;
+                // dL/dx = sum_i dL/ds_i u_i: a bag of values_u rows.
+                EmbeddingBag {
+                    rows,
+                    bag,
+                    indices: &acts.indices,
+                    weights: &d_dots,
+                    values: &pool_u.chunks(),
+                    out: &dx,
+                    workgroup_size: None,
+                    columns_per_invocation: None,
+                }
+                .record(gpu, encoder)?;
+                (d_weights, values, Some(values_u))
+            }
+            (None, None) => {
+                let d_weights = f32s("grad bag weights", entries as u64);
+                WeightGrads {
+                    rows,
+                    bag,
+                    indices: &acts.indices,
+                    values: &chunks,
+                    dy: &dy,
+                    grad_weights: &d_weights,
+                }
+                .record(gpu, encoder)?;
+                (d_weights, bag_grads(encoder, &acts.weights, &dy, v)?, None)
+            }
+            _ => {
+                return Err(Error::Config(
+                    "memory backward: PEER activations and tables do not match the layer".into(),
+                ))
+            }
+        };
         // Softmax and product sums into dense sub-key score gradients, then query and keys.
         let halves = 2 * heads;
         let row_bytes = halves as u64 * n_keys as u64 * 4;
@@ -362,7 +459,8 @@ impl MemoryLayer {
             (&self.query_w, true),
             &dx,
             (rows, d, qw),
-            swilu.is_some(),
+            // dx was written by the swilu or the PEER input gradient, if any.
+            swilu.is_some() && !c.peer || values_u.is_some(),
         )?;
         let gating = match (&self.gating, &gate_grads) {
             (Some((gw, _)), Some((_, dg))) => {
@@ -383,6 +481,7 @@ impl MemoryLayer {
             value_proj,
             gating,
             values,
+            values_u,
             bag_out: dy,
             bag_weights: d_weights,
         })

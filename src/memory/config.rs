@@ -23,6 +23,10 @@ pub struct MemoryConfig {
     /// lingua's `mem_gated`: the output times `sigmoid(gating(x))` (`gating.weight [1, d]`,
     /// `gating.bias [1]`).
     pub gated: bool,
+    /// lingua's `peer_variant` (PEER): two tables `values_u`, `values_v` (`[n_values, d]`)
+    /// and output `sum_i w_i * gelu(<x, u_i>) * v_i` over the selected rows; swilu and
+    /// value_proj, when configured, exist but are not used (as in the reference).
+    pub peer: bool,
     /// Normalise query and key halves before scoring (paper 3.1.4; not in the released code).
     pub qk_norm: bool,
 }
@@ -40,6 +44,7 @@ impl MemoryConfig {
             swilu: true,
             value_proj: true,
             gated: false,
+            peer: false,
             qk_norm: false,
         }
     }
@@ -62,6 +67,9 @@ impl MemoryConfig {
         let bad = |m: String| Err(Error::Config(m));
         if c.d == 0 || c.v_dim == 0 || c.heads == 0 {
             return bad(format!("d, v_dim and heads must be positive: {c:?}"));
+        }
+        if c.peer && c.v_dim != c.d {
+            return bad(format!("PEER needs v_dim = d ({}), found {}", c.d, c.v_dim));
         }
         if c.swilu && !c.value_proj {
             return bad("swilu_projection needs value_proj".into());
@@ -103,6 +111,10 @@ impl MemoryConfig {
             self.v_dim as f64,
         );
         let mut f = 2.0 * d * h * kd + 2.0 * h * nk * kd + 2.0 * h * k * v;
+        if self.peer {
+            // <x, u_i> per selected row, then the bag of v rows: no projections.
+            return f + 2.0 * h * k * d;
+        }
         if self.swilu {
             f += 2.0 * d * v + v;
         }

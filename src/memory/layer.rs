@@ -6,9 +6,9 @@ use super::lookup::{record_lookup, LookupShape};
 use super::pool::ValuePool;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::embedding_bag::EmbeddingBag;
+use crate::kernels::embedding_bag::{EmbeddingBag, WeightGrads};
 use crate::kernels::linear::{Gate, Linear};
-use crate::kernels::row_gate;
+use crate::kernels::{peer, row_gate};
 use crate::params::Init;
 use crate::rng::Rng;
 
@@ -35,6 +35,10 @@ pub const QUERY_W: &str = "query_proj.query_mlps.0.weight";
 pub const QUERY_B: &str = "query_proj.query_mlps.0.bias";
 pub const KEYS: &str = "keys";
 pub const VALUES_NAME: &str = "values.weight";
+/// PEER's two tables (`peer_variant`): the input is dotted with `values_u` rows, the bag sums
+/// `values_v` rows.
+pub const VALUES_U_NAME: &str = "values_u.weight";
+pub const VALUES_V_NAME: &str = "values_v.weight";
 pub const SWILU_W: &str = "swilu_projection.weight";
 pub const SWILU_B: &str = "swilu_projection.bias";
 pub const VALUE_PROJ_W: &str = "value_proj.weight";
@@ -196,6 +200,8 @@ pub struct MemoryActivations {
     pub swilu_input: Option<wgpu::Buffer>,
     /// mem_gated: the gate's logits `[rows]` and the output before the gate `[rows, out_dim]`.
     pub gate: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// PEER: `<x, u_i>` and the activations `w_i * gelu(<x, u_i>)` per bag entry.
+    pub peer: Option<(wgpu::Buffer, wgpu::Buffer)>,
     /// `[rows, out_dim]` the layer's output (from `record_forward_into` with a residual it
     /// was added to: that residual).
     pub out: wgpu::Buffer,
@@ -299,13 +305,48 @@ impl MemoryLayer {
         rows: u32,
         residual: Option<&wgpu::Buffer>,
     ) -> Result<(MemoryActivations, bool)> {
+        if self.config.peer {
+            return Err(Error::Config("a PEER layer reads two tables: record_forward_peer".into()));
+        }
+        self.record_any(gpu, encoder, (None, pool), x, rows, residual)
+    }
+
+    /// PEER's forward (`peer_variant`): `out = sum_i w_i * gelu(<x, u_i>) * v_i` over the
+    /// selected rows of `pools = (values_u, values_v)`; added into `residual` like
+    /// `record_forward_into`.
+    pub fn record_forward_peer(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        (pool_u, pool_v): (&ValuePool, &ValuePool),
+        x: &wgpu::Buffer,
+        rows: u32,
+        residual: Option<&wgpu::Buffer>,
+    ) -> Result<(MemoryActivations, bool)> {
+        if !self.config.peer {
+            return Err(Error::Config("record_forward_peer on a layer that is not PEER".into()));
+        }
+        self.record_any(gpu, encoder, (Some(pool_u), pool_v), x, rows, residual)
+    }
+
+    fn record_any(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        (pool_u, pool): (Option<&ValuePool>, &ValuePool),
+        x: &wgpu::Buffer,
+        rows: u32,
+        residual: Option<&wgpu::Buffer>,
+    ) -> Result<(MemoryActivations, bool)> {
         let c = &self.config;
-        if pool.v_dim() != c.v_dim || pool.n_rows() != c.n_values() {
-            return Err(Error::tensor(
-                "values.weight",
-                format!("[{}, {}]", c.n_values(), c.v_dim),
-                format!("[{}, {}]", pool.n_rows(), pool.v_dim()),
-            ));
+        for (name, p) in [(VALUES_NAME, Some(pool)), (VALUES_U_NAME, pool_u)] {
+            if let Some(p) = p.filter(|p| p.v_dim() != c.v_dim || p.n_rows() != c.n_values()) {
+                return Err(Error::tensor(
+                    name,
+                    format!("[{}, {}]", c.n_values(), c.v_dim),
+                    format!("[{}, {}]", p.n_rows(), p.v_dim()),
+                ));
+            }
         }
         let (d, qw, v) = (c.d as u32, (c.heads * c.k_dim) as u32, c.v_dim as u32);
         let query = gpu.scratch("query", rows as u64 * qw as u64 * 4);
@@ -334,19 +375,48 @@ impl MemoryLayer {
         };
         let found = record_lookup(gpu, encoder, shape, &query, &self.keys)?;
         let (indices, scores, weights) = (found.indices, found.scores, found.weights);
+        let entries = rows * (c.heads * c.knn) as u32;
+        // PEER: each selected row's weight times gelu(<x, u_i>), the input dotted with the
+        // values_u rows (the bag's weight-gradient kernel computes exactly those dots).
+        let peer = match pool_u {
+            Some(pool_u) => {
+                let (dots, activations) = (
+                    gpu.scratch("PEER scores", entries as u64 * 4),
+                    gpu.scratch("PEER activations", entries as u64 * 4),
+                );
+                WeightGrads {
+                    rows,
+                    bag: (c.heads * c.knn) as u32,
+                    indices: &indices,
+                    values: &pool_u.chunks(),
+                    dy: x,
+                    grad_weights: &dots,
+                }
+                .record(gpu, encoder)?;
+                peer::record_forward(gpu, encoder, (&dots, &weights, &activations), entries)?;
+                Some((dots, activations))
+            }
+            None => None,
+        };
         let chunks = pool.chunks();
         EmbeddingBag {
             rows,
             bag: (c.heads * c.knn) as u32,
             indices: &indices,
-            weights: &weights,
+            weights: peer.as_ref().map_or(&weights, |(_, a)| a),
             values: &chunks,
             out: &bag,
             workgroup_size: None,
             columns_per_invocation: None,
         }
         .record(gpu, encoder)?;
-        let (gated, swilu_input) = match &self.swilu {
+        // PEER has no projections (swilu and value_proj exist unused, as in the reference).
+        let (swilu, value_proj) = if c.peer {
+            (None, None)
+        } else {
+            (self.swilu.as_ref(), self.value_proj.as_ref())
+        };
+        let (gated, swilu_input) = match swilu {
             Some((w1, b1)) => {
                 let gated = gpu.scratch("gated", rows as u64 * v as u64 * 4);
                 let input = gpu.scratch("swilu pre-activation", rows as u64 * v as u64 * 4);
@@ -374,7 +444,7 @@ impl MemoryLayer {
         let hidden = gated.as_ref().unwrap_or(&bag);
         // With mem_gated the projection's output is gated before it can join the residual.
         let residual_in_proj = residual.filter(|_| self.gating.is_none());
-        let (out, added) = match &self.value_proj {
+        let (out, added) = match value_proj {
             Some((wo, bo)) => {
                 let out = match residual_in_proj {
                     Some(r) => r.clone(),
@@ -441,6 +511,7 @@ impl MemoryLayer {
             gated,
             swilu_input,
             gate,
+            peer,
             out,
         };
         Ok((acts, added))

@@ -188,8 +188,11 @@ which lingua's generator does not use; use null"
         let hidden = a.multiple_of * hidden.div_ceil(a.multiple_of);
         let pk = &a.productkey_args;
         let (memory_layers, memory) = if pk.is_enabled {
-            if pk.peer_variant {
-                return Err(bad("productkey_args.peer_variant: true (PEER) is not supported yet".into()));
+            if pk.peer_variant && pk.mem_v_dim > 0 {
+                return Err(bad(format!(
+                    "productkey_args.peer_variant needs mem_v_dim -1 (the model's dim), found {} (the reference asserts it)",
+                    pk.mem_v_dim
+                )));
             }
             let mut layers = Vec::new();
             for part in pk.layers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -229,6 +232,7 @@ which lingua's generator does not use; use null"
                 // equal to dim, or with the SwiLU gate.
                 value_proj: pk.swilu_projection || pk.mem_v_dim > 0,
                 gated: pk.mem_gated,
+                peer: pk.peer_variant,
                 qk_norm: false,
             };
             m.validate()?;

@@ -54,20 +54,31 @@ impl ModelLayout {
             let ffn_norm = norm(&mut r, "ffn_norm.weight");
             let feed_forward = match (&c.memory, c.is_memory_layer(l)) {
                 (Some(m), true) => {
-                    let table = match values.first() {
-                        Some(&table) if shared => table,
-                        _ => {
-                            let table = r.declare(
-                                format!("{prefix}feed_forward.{}", crate::memory::VALUES_NAME),
-                                vec![m.n_values(), m.v_dim],
-                                Init::Normal(1.0 / (m.v_dim as f32).sqrt()),
-                                Group::Values,
-                            );
-                            values.push(table);
-                            table
-                        }
+                    // The value tables (PEER: values_u, values_v), declared by the first memory
+                    // layer that reads them.
+                    let names: &[&str] = if m.peer {
+                        &[crate::memory::VALUES_U_NAME, crate::memory::VALUES_V_NAME]
+                    } else {
+                        &[crate::memory::VALUES_NAME]
                     };
-                    FeedForwardParams::Memory(MemoryParams::declare(&mut r, &prefix, m, table)?)
+                    let tables: Vec<ParamId> = if shared && !values.is_empty() {
+                        values[..names.len()].to_vec()
+                    } else {
+                        let declared: Vec<ParamId> = names
+                            .iter()
+                            .map(|name| {
+                                r.declare(
+                                    format!("{prefix}feed_forward.{name}"),
+                                    vec![m.n_values(), m.v_dim],
+                                    Init::Normal(1.0 / (m.v_dim as f32).sqrt()),
+                                    Group::Values,
+                                )
+                            })
+                            .collect();
+                        values.extend(&declared);
+                        declared
+                    };
+                    FeedForwardParams::Memory(MemoryParams::declare(&mut r, &prefix, m, &tables)?)
                 }
                 _ => FeedForwardParams::Dense(DenseParams::declare(&mut r, &prefix, c, std)),
             };

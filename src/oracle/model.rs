@@ -78,11 +78,11 @@ pub fn forward_cpu_with_selections(
             FeedForwardParams::Memory(p) => {
                 let m = w.memory_weights(p).expect("memory layers have a configuration");
                 let values = w.get(p.values);
-                let (out, lookup) = reference::memory_forward(
-                    &f,
-                    &super::memory_params(&m, values),
-                    super::lookup_dims(&m.config, rows),
-                );
+                let params = reference::MemoryParamsRef {
+                    values_u: p.values_u.map(|u| w.get(u)),
+                    ..super::memory_params(&m, values)
+                };
+                let (out, lookup) = reference::memory_forward(&f, &params, super::lookup_dims(&m.config, rows));
                 selections.extend(lookup.indices);
                 out
             }

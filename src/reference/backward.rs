@@ -18,6 +18,8 @@ pub struct MemoryGradsRef {
     pub swilu: Option<(Vec<f32>, Vec<f32>)>,
     pub value_proj: Option<(Vec<f32>, Vec<f32>)>,
     pub gating: Option<(Vec<f32>, Vec<f32>)>,
+    /// PEER: `[n_values, d]`, dense.
+    pub values_u: Option<Vec<f32>>,
 }
 
 /// d silu(g) / dg.
@@ -55,7 +57,11 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
     // Forward, keeping what the backward needs.
     let q = linear(x, p.query_w, Some(p.query_b), rows, qw, dm);
     let lk = lookup(&q, p.keys, d);
-    let y = embedding_bag(&lk.indices, &lk.weights, p.values, rows, bag, v);
+    let peer = p.values_u.map(|u| (u, peer_activations(x, u, &lk, rows, bag, dm)));
+    let y = match &peer {
+        Some((_, (_, act))) => embedding_bag(&lk.indices, act, p.values, rows, bag, v),
+        None => embedding_bag(&lk.indices, &lk.weights, p.values, rows, bag, v),
+    };
     let g = p.swilu.map(|(w1, b1)| linear(x, w1, Some(b1), rows, v, dm));
     let h = match &g {
         Some(g) => silu_gate(&y, g),
@@ -67,6 +73,7 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
         query_b: vec![0.0; qw],
         keys: vec![0.0; p.keys.len()],
         values: vec![0.0; p.values.len()],
+        values_u: p.values_u.map(|u| vec![0.0; u.len()]),
         ..Default::default()
     };
     // mem_gated: out = sigmoid(z) * ungated, z = x Wg^T + bg.
@@ -151,12 +158,26 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
                 .map(|j| {
                     let slot = lk.indices[e0 + j] as usize;
                     let vr = &p.values[slot * v..(slot + 1) * v];
+                    // PEER: the bag weighs v rows by a = w gelu(s), s = <x, u>.
+                    let weight = peer.as_ref().map_or(lk.weights[e0 + j], |(_, (_, act))| act[e0 + j]);
                     let mut dot = 0f32;
                     for c in 0..v {
                         dot += dy[r * v + c] * vr[c];
-                        out.values[slot * v + c] += lk.weights[e0 + j] * dy[r * v + c];
+                        out.values[slot * v + c] += weight * dy[r * v + c];
                     }
-                    dot
+                    match &peer {
+                        Some((u, (dots, _))) => {
+                            let s = dots[e0 + j];
+                            let ds = dot * lk.weights[e0 + j] * ops::gelu_grad(s);
+                            let du = out.values_u.as_mut().expect("PEER has a values_u gradient");
+                            for c in 0..dm {
+                                du[slot * dm + c] += ds * x[r * dm + c];
+                                out.x[r * dm + c] += ds * u[slot * dm + c];
+                            }
+                            dot * ops::gelu(s)
+                        }
+                        None => dot,
+                    }
                 })
                 .collect();
             let wsum: f32 = (0..d.knn).map(|j| lk.weights[e0 + j] * dw[j]).sum();

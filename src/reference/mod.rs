@@ -191,6 +191,21 @@ pub struct MemoryParamsRef<'a> {
     pub value_proj: Option<(&'a [f32], &'a [f32])>,
     /// `gating.weight [1, d]`, `.bias [1]` (mem_gated): the output times sigmoid(gating(x)).
     pub gating: Option<(&'a [f32], &'a [f32])>,
+    /// PEER (`peer_variant`): `values_u.weight [n_values, d]`; `values` is then `values_v`,
+    /// and the output `sum_i w_i gelu(<x, u_i>) v_i` (no projections).
+    pub values_u: Option<&'a [f32]>,
+}
+
+/// PEER's activation per bag entry: `w_e * gelu(<x_row, u_slot>)`, with the dots.
+pub fn peer_activations(x: &[f32], u: &[f32], lk: &LookupOut, rows: usize, bag: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+    let dots: Vec<f32> = (0..rows * bag)
+        .map(|e| {
+            let (r, slot) = (e / bag, lk.indices[e] as usize);
+            (0..d).map(|c| x[r * d + c] * u[slot * d + c]).sum()
+        })
+        .collect();
+    let act = dots.iter().zip(&lk.weights).map(|(&s, &w)| w * ops::gelu(s)).collect();
+    (dots, act)
 }
 
 /// The whole layer on `x [rows, d]`: returns `(out [rows, d'], lookup)`.
@@ -198,14 +213,12 @@ pub fn memory_forward(x: &[f32], p: &MemoryParamsRef, dims: LookupDims) -> (Vec<
     let (rows, d, v_dim) = (dims.rows, p.d, p.v_dim);
     let q = linear(x, p.query_w, Some(p.query_b), rows, dims.heads * dims.k_dim, d);
     let lk = lookup(&q, p.keys, dims);
-    let bag = embedding_bag(
-        &lk.indices,
-        &lk.weights,
-        p.values,
-        rows,
-        dims.heads * dims.knn,
-        v_dim,
-    );
+    let bag_len = dims.heads * dims.knn;
+    let weights = match p.values_u {
+        Some(u) => peer_activations(x, u, &lk, rows, bag_len, d).1,
+        None => lk.weights.clone(),
+    };
+    let bag = embedding_bag(&lk.indices, &weights, p.values, rows, bag_len, v_dim);
     let hidden = match p.swilu {
         Some((w1, b1)) => silu_gate(&bag, &linear(x, w1, Some(b1), rows, v_dim, d)),
         None => bag,

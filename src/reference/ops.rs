@@ -206,3 +206,38 @@ pub fn row_gate_backward(g: &[f32], x: &[f32], dy: &[f32], cols: usize) -> (Vec<
         .collect();
     (dx, dg)
 }
+
+/// erf in f64: its Maclaurin series below 2.5, the continued fraction of erfc above.
+pub fn erf(x: f64) -> f64 {
+    let z = x.abs();
+    let r = if z < 2.5 {
+        let (mut term, mut sum, mut n) = (z, z, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -z * z / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(z) = exp(-z^2) / sqrt(pi) * 1 / (z + 1/2 / (z + 1 / (z + 3/2 / (z + ...))))
+        let mut f = z;
+        for k in (1..60).rev() {
+            f = z + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-z * z).exp() / std::f64::consts::PI.sqrt() / f
+    };
+    r.copysign(x)
+}
+
+/// The exact GELU, `x * Phi(x)`, and its derivative.
+pub fn gelu(x: f32) -> f32 {
+    let x = x as f64;
+    (x * 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2))) as f32
+}
+
+pub fn gelu_grad(x: f32) -> f32 {
+    let x = x as f64;
+    let cdf = 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+    let density = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    (cdf + x * density) as f32
+}

@@ -125,6 +125,7 @@ pub fn config(
         swilu,
         value_proj: swilu || v_dim != d,
         gated: false,
+        peer: false,
         qk_norm: false,
     }
 }

@@ -8,17 +8,21 @@ use crate::kernels::ops::record_add;
 use crate::memory::{parameters, MemoryActivations, MemoryConfig, MemoryLayer};
 use crate::params::{ParamId, Registry};
 
-/// A memory layer's own parameters, and the value table it reads (the model's).
+/// A memory layer's own parameters, and the value tables it reads (the model's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryParams {
     /// `(reference name within the layer, id)`, in `memory::parameters` order.
     ids: Vec<(&'static str, ParamId)>,
+    /// The table the bag sums (`values.weight`; PEER: `values_v.weight`).
     pub values: ParamId,
+    /// PEER: the table the input is dotted with (`values_u.weight`).
+    pub values_u: Option<ParamId>,
 }
 
 impl MemoryParams {
-    /// Declares the layer's own parameters; it reads value table `values`.
-    pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &MemoryConfig, values: ParamId) -> Result<Self> {
+    /// Declares the layer's own parameters; it reads value tables `tables` (`[values]`, or
+    /// PEER's `[values_u, values_v]`).
+    pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &MemoryConfig, tables: &[ParamId]) -> Result<Self> {
         c.validate()?;
         let ids = parameters(c)
             .into_iter()
@@ -32,7 +36,12 @@ impl MemoryParams {
                 (name, id)
             })
             .collect();
-        Ok(MemoryParams { ids, values })
+        let (values, values_u) = match tables {
+            [values] => (*values, None),
+            [u, v] => (*v, Some(*u)),
+            _ => return Err(Error::Config(format!("a memory layer reads 1 or 2 tables, not {}", tables.len()))),
+        };
+        Ok(MemoryParams { ids, values, values_u })
     }
 
     /// Every parameter with its name within the layer.
@@ -72,9 +81,16 @@ impl MemoryBlock {
         h: &wgpu::Buffer,
     ) -> Result<MemoryActivations> {
         let pool = p.model.pool(self.params.values)?;
-        let (acts, added) = self
-            .layer
-            .record_forward_into(p.gpu, encoder, pool, x, p.rows(), Some(h))?;
+        let (acts, added) = match self.params.values_u {
+            Some(u) => {
+                let pools = (p.model.pool(u)?, pool);
+                self.layer
+                    .record_forward_peer(p.gpu, encoder, pools, x, p.rows(), Some(h))?
+            }
+            None => self
+                .layer
+                .record_forward_into(p.gpu, encoder, pool, x, p.rows(), Some(h))?,
+        };
         if !added {
             record_add(p.gpu, encoder, &acts.out, h, p.rows() * p.model.config.dim as u32)?;
         }
@@ -93,7 +109,13 @@ impl MemoryBlock {
         grads: &mut GradSink,
     ) -> Result<()> {
         let pool = p.model.pool(self.params.values)?;
-        let g = self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?;
+        let g = match self.params.values_u {
+            Some(u) => {
+                let pools = (p.model.pool(u)?, pool);
+                self.layer.record_backward_peer(p.gpu, encoder, pools, x, acts, dh)?
+            }
+            None => self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?,
+        };
         let bytes = p.rows() as u64 * p.model.config.dim as u64 * 4;
         p.gpu.copy(encoder, (&g.x, 0), (dx, 0), bytes);
         for (name, grad) in g.named(&self.layer.config) {
@@ -103,10 +125,14 @@ impl MemoryBlock {
                 .ok_or_else(|| Error::MissingTensor(name.into()))?;
             grads.set(id, grad.clone());
         }
-        let table = grads.value_table(self.params.values)?;
-        g.values.record_scatter_add(p.gpu, encoder, &table.grad, table.rows)?;
-        if let Some(read) = &table.read {
-            g.values.record_mark(p.gpu, encoder, read, table.rows)?;
+        let tables = [(self.params.values, Some(&g.values)), (self.params.values_u.unwrap_or(self.params.values), g.values_u.as_ref())];
+        for (id, rows) in tables {
+            let Some(rows) = rows else { continue };
+            let table = grads.value_table(id)?;
+            rows.record_scatter_add(p.gpu, encoder, &table.grad, table.rows)?;
+            if let Some(read) = &table.read {
+                rows.record_mark(p.gpu, encoder, read, table.rows)?;
+            }
         }
         Ok(())
     }
