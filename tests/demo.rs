@@ -218,6 +218,8 @@ fn demo_end_to_end_in_miniature() {
         "--sweep",
         "--sweep-n-keys",
         "8,12",
+        "--models",
+        "all",
         "--out",
         out.to_str().unwrap(),
     ];
@@ -227,7 +229,7 @@ fn demo_end_to_end_in_miniature() {
     assert!(o.status.success(), "demo failed: {stderr}");
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    for model in ["dense", "memory"] {
+    for model in ["dense", "memory", "peer"] {
         let r = &results[model];
         let recall = r["recall"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall), "{model} recall {recall}");
@@ -252,6 +254,14 @@ fn demo_end_to_end_in_miniature() {
         results["memory"]["flops_per_token"].as_f64().unwrap(),
     );
     assert!((fm - fd).abs() <= 0.1 * fd, "FLOPs not matched: {fd} vs {fm}");
+    let fp = results["peer"]["flops_per_token"].as_f64().unwrap();
+    assert!((fp - fd).abs() <= 0.1 * fd, "PEER FLOPs not matched: {fd} vs {fp}");
+    // PEER's tables: n_keys / sqrt(2) sub-keys per half (8 -> 6), but at least knn (8).
+    let (pm, mm) = (
+        results["peer"]["memory_values"].as_u64().unwrap(),
+        results["memory"]["memory_values"].as_u64().unwrap(),
+    );
+    assert_eq!((pm, mm), (8 * 8, 8 * 8));
     assert_eq!(results["dense_lr_sweep"].as_array().unwrap().len(), 2);
     assert_eq!(results["sweep"].as_array().unwrap().len(), 2);
     assert!(results["memory"]["memory_params"].as_u64().unwrap() > 0);
@@ -268,6 +278,14 @@ fn demo_end_to_end_in_miniature() {
         stdout.contains("recall") && stdout.contains("FLOPs/token"),
         "{stdout}"
     );
+}
+
+#[test]
+fn demo_rejects_unknown_models() {
+    let o = memlayers(&["demo", "--models", "dense,moe", "--out", "/nonexistent/x"]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("moe") && !stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

@@ -83,6 +83,12 @@ pub struct Args {
     /// [cpu: 16,32,64,90, gpu: 64,96,128,181]
     #[arg(long, value_delimiter = ',')]
     pub sweep_n_keys: Option<Vec<usize>>,
+    /// The models compared, among dense, peer and memory (or "all"); dense always runs (its
+    /// learning-rate sweep sets the others' rate). PEER reads n_keys / sqrt(2) sub-keys per
+    /// half (at least knn), so that its two tables hold as many values as the memory's one [cpu:
+    /// dense,memory, gpu: all]. (moe is not implemented yet.)
+    #[arg(long, value_delimiter = ',')]
+    pub models: Option<Vec<String>>,
 }
 
 /// The demo's settings: a preset with the user's flags applied.
@@ -106,6 +112,8 @@ pub struct Settings {
     pub eval_every: u32,
     pub sweep: bool,
     pub sweep_n_keys: Vec<usize>,
+    /// Models besides dense, in training order: "memory", "peer".
+    pub models: Vec<&'static str>,
 }
 
 impl Args {
@@ -154,7 +162,37 @@ impl Args {
                 .sweep_n_keys
                 .clone()
                 .unwrap_or_else(|| pick(gpu, vec![16, 32, 64, 90], vec![64, 96, 128, 181])),
+            models: match &self.models {
+                Some(list) => {
+                    let all = list.iter().any(|m| m == "all");
+                    ["memory", "peer"]
+                        .into_iter()
+                        .filter(|m| all || list.iter().any(|l| l == m))
+                        .collect()
+                }
+                None => pick(gpu, vec!["memory"], vec!["memory", "peer"]),
+            },
         }
+    }
+
+    /// Errors for model names the demo does not know.
+    pub fn check_models(&self) -> Result<()> {
+        for m in self.models.iter().flatten() {
+            match m.as_str() {
+                "dense" | "memory" | "peer" | "all" => {}
+                "moe" => {
+                    return Err(Error::Config(
+                        "--models moe: the mixture-of-experts model is not implemented yet".into(),
+                    ))
+                }
+                other => {
+                    return Err(Error::Config(format!(
+                        "--models {other}: the demo's models are dense, peer and memory (or all)"
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -198,6 +236,16 @@ impl Run {
 }
 
 fn model_args(a: &Settings, n_keys: Option<usize>) -> LMTransformerArgs {
+    shaped_args(a, n_keys, false)
+}
+
+/// PEER's sub-keys per half: its two tables hold about as many values as the memory's one
+/// (and each head still finds its knn).
+fn peer_n_keys(n_keys: usize, knn: usize) -> usize {
+    (((n_keys as f64) / 2f64.sqrt()).round() as usize).max(knn).max(2)
+}
+
+fn shaped_args(a: &Settings, n_keys: Option<usize>, peer: bool) -> LMTransformerArgs {
     DemoModel {
         dim: a.dim,
         layers: a.layers,
@@ -208,6 +256,7 @@ fn model_args(a: &Settings, n_keys: Option<usize>) -> LMTransformerArgs {
             heads: a.mem_heads,
             knn: a.mem_knn,
             k_dim: a.mem_k_dim,
+            peer,
         }),
     }
     .args()
@@ -302,8 +351,9 @@ fn check_flops(dense: &ModelConfig, memory: &ModelConfig, seq: usize) -> Result<
     let (fd, fm) = (dense.flops_per_token(seq), memory.flops_per_token(seq));
     let diff = (fm - fd) / fd;
     if diff.abs() > FLOPS_TOLERANCE {
+        let kind = if memory.memory.as_ref().is_some_and(|m| m.peer) { "PEER" } else { "memory" };
         return Err(Error::Config(format!(
-            "FLOPs per token not matched: dense {:.0}, memory {:.0} ({:+.1}%, limit {:.0}%); \
+            "FLOPs per token not matched: dense {:.0}, {kind} {:.0} ({:+.1}%, limit {:.0}%); \
              change --n-keys, --mem-heads, --mem-k-dim or --mem-knn",
             fd,
             fm,
@@ -335,6 +385,7 @@ fn table(runs: &[&Run]) {
 
 pub fn run(args: &Args) -> Result<()> {
     let total = Instant::now();
+    args.check_models()?;
     let gpu = Gpu::new_blocking()?;
     let a = &args.settings(gpu.adapter_info());
     let kb = match &a.facts {
@@ -360,9 +411,21 @@ pub fn run(args: &Args) -> Result<()> {
         ));
     }
     let dense_args = model_args(a, None);
-    let memory_args = model_args(a, Some(a.n_keys));
-    let (dense_config, memory_config) = (dense_args.resolve()?, memory_args.resolve()?);
-    let diff = check_flops(&dense_config, &memory_config, a.seq)?;
+    let dense_config = dense_args.resolve()?;
+    // The models besides dense, each within FLOPS_TOLERANCE of its FLOPs per token.
+    let mut others = Vec::new();
+    for &name in &a.models {
+        let args = match name {
+            "peer" => shaped_args(a, Some(peer_n_keys(a.n_keys, a.mem_knn)), true),
+            _ => model_args(a, Some(a.n_keys)),
+        };
+        let config = args.resolve()?;
+        let diff = check_flops(&dense_config, &config, a.seq)?;
+        others.push((name, args, config.flops_per_token(a.seq), diff));
+    }
+    if a.sweep && !a.models.contains(&"memory") {
+        return Err(Error::Config("--sweep varies the memory model: include memory in --models".into()));
+    }
     let sweep_args: Vec<LMTransformerArgs> = match a.sweep {
         true => a.sweep_n_keys.iter().map(|&n| model_args(a, Some(n))).collect(),
         false => Vec::new(),
@@ -385,16 +448,18 @@ pub fn run(args: &Args) -> Result<()> {
         kb.longest(),
         kb.guessing_recall()
     );
+    let others_flops: String = others
+        .iter()
+        .map(|(name, _, flops, diff)| format!(", {name} {flops:.0} ({:+.1}%)", 100.0 * diff))
+        .collect();
     println!(
-        "adapter {}, preset {}; {} steps of {} x {} tokens per model; FLOPs/token dense {:.0}, memory {:.0} ({:+.1}%)",
+        "adapter {}, preset {}; {} steps of {} x {} tokens per model; FLOPs/token dense {:.0}{others_flops}",
         gpu.adapter_name(),
         a.preset,
         a.steps,
         a.batch,
         a.seq,
         dense_config.flops_per_token(a.seq),
-        memory_config.flops_per_token(a.seq),
-        100.0 * diff
     );
     println!("dense learning-rate sweep: {:?}", a.lrs);
     let mut best: Option<(Run, Trainer)> = None;
@@ -421,38 +486,31 @@ pub fn run(args: &Args) -> Result<()> {
     dense.label = format!("dense (lr {:.0e})", dense.lr);
     save_model(&gpu, &a.out.join("dense"), &dense, &dense_trainer)?;
     drop(dense_trainer);
-    let (mut memory, memory_trainer) = train(
-        &gpu,
-        a,
-        format!("memory lr {:.0e}", dense.lr),
-        memory_args,
-        dense.lr,
-        &kb,
-        &sample,
-    )?;
-    memory.label = format!(
-        "memory ({}K values)",
-        memory.config.memory.as_ref().map_or(0, |m| m.n_values()) / 1024
-    );
-    save_model(&gpu, &a.out.join("memory"), &memory, &memory_trainer)?;
-    drop(memory_trainer);
+    // The other models at the dense model's best rate (their value tables at 10x).
+    let mut runs: Vec<(&str, Run)> = Vec::new();
+    for (name, args, _, _) in others {
+        let (mut run, trainer) = train(&gpu, a, format!("{name} lr {:.0e}", dense.lr), args, dense.lr, &kb, &sample)?;
+        let values = run.config.memory.as_ref().map_or(0, |m| m.n_values() * if m.peer { 2 } else { 1 });
+        run.label = format!("{} ({}K values)", if name == "peer" { "PEER" } else { "memory" }, (values + 512) / 1024);
+        save_model(&gpu, &a.out.join(name), &run, &trainer)?;
+        runs.push((name, run));
+    }
+    let memory = runs.iter().find(|(n, _)| *n == "memory").map(|(_, r)| r);
 
     let mut sweep = Vec::new();
     for s in sweep_args {
         let n_keys = s.productkey_args.mem_n_keys;
         let label = format!("memory {}x{} values", n_keys, n_keys);
-        let run = if n_keys == a.n_keys {
-            None // the main memory model is this point
-        } else {
-            Some(train(&gpu, a, label, s, dense.lr, &kb, &sample)?.0)
+        let run = match memory.filter(|_| n_keys == a.n_keys) {
+            Some(_) => None, // the main memory model is this point
+            None => Some(train(&gpu, a, label, s, dense.lr, &kb, &sample)?.0),
         };
-        let r = run.as_ref().unwrap_or(&memory);
+        let r = run.as_ref().or(memory).expect("the sweep trains or reuses a memory model");
         sweep.push((n_keys, r.memory_params, r.flops, r.recall));
     }
 
     let mut results = json!({
         "dense": dense.json(a),
-        "memory": memory.json(a),
         "dense_lr_sweep": lr_sweep,
         "facts": kb.facts.len(),
         "preset": a.preset,
@@ -462,10 +520,17 @@ pub fn run(args: &Args) -> Result<()> {
         "seed": a.seed,
         "adapter": gpu.adapter_name(),
     });
-    let curves = [&dense, &memory].map(|r| Series {
-        label: format!("{} recall {:.2}", r.label, r.recall),
-        points: r.curve.iter().map(|&(s, v)| (s as f64, v as f64)).collect(),
-    });
+    for (name, run) in &runs {
+        results[*name] = run.json(a);
+    }
+    let all: Vec<&Run> = std::iter::once(&dense).chain(runs.iter().map(|(_, r)| r)).collect();
+    let curves: Vec<Series> = all
+        .iter()
+        .map(|r| Series {
+            label: format!("{} recall {:.2}", r.label, r.recall),
+            points: r.curve.iter().map(|&(s, v)| (s as f64, v as f64)).collect(),
+        })
+        .collect();
     line_chart(
         &a.out.join("recall.png"),
         &format!("Facts recalled, {} facts, matched FLOPs/token", kb.facts.len()),
@@ -513,7 +578,7 @@ pub fn run(args: &Args) -> Result<()> {
             .unwrap_or_default()
             .as_bytes(),
     )?;
-    table(&[&dense, &memory]);
+    table(&all);
     if !sweep.is_empty() {
         println!(
             "\nmemory size sweep (same FLOPs/token within {:.0}%):",
@@ -529,12 +594,16 @@ pub fn run(args: &Args) -> Result<()> {
             );
         }
     }
+    let ratios: Vec<String> = runs
+        .iter()
+        .map(|(name, r)| match dense.recall > 0.0 {
+            true => format!("{name} / dense recall: {:.1}x", r.recall / dense.recall),
+            false => format!("{name} recall {:.3} (dense recalled nothing)", r.recall),
+        })
+        .collect();
     println!(
-        "\nmemory / dense recall: {}; total {}; wrote {}",
-        match dense.recall > 0.0 {
-            true => format!("{:.1}x", memory.recall / dense.recall),
-            false => "dense recalled nothing".into(),
-        },
+        "\n{}; total {}; wrote {}",
+        if ratios.is_empty() { "dense only".into() } else { ratios.join(", ") },
         duration(total.elapsed().as_secs_f64()),
         a.out.display()
     );

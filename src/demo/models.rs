@@ -1,6 +1,6 @@
 //! The demo's models and training recipe, shared by `memlayers demo` and the web page: a
-//! small byte-level lingua transformer whose last block's feed-forward is either dense
-//! (SwiGLU) or a Memory+ layer, trained with the reference recipe (values at 10x the lr).
+//! small byte-level lingua transformer whose last block's feed-forward is dense (SwiGLU), a
+//! Memory+ layer or a PEER layer, trained with the reference recipe (values at 10x the lr).
 
 use crate::model::{LMTransformerArgs, ProductKeyArgs};
 use crate::train::TrainConfig;
@@ -12,6 +12,8 @@ pub struct MemoryShape {
     pub heads: usize,
     pub knn: usize,
     pub k_dim: usize,
+    /// PEER (`peer_variant`, no projections) instead of Memory+.
+    pub peer: bool,
 }
 
 /// A demo model: width, depth, context (the training rows' length), init seed, and the
@@ -49,6 +51,9 @@ impl DemoModel {
                 mem_heads: mem.heads,
                 mem_knn: mem.knn,
                 mem_k_dim: mem.k_dim,
+                peer_variant: mem.peer,
+                // PEER uses no projections; the reference would create them unused.
+                swilu_projection: !mem.peer,
                 ..Default::default()
             };
         }

@@ -33,6 +33,7 @@ pub const PAGE_MODEL: DemoModel = DemoModel {
         heads: 2,
         knn: 8,
         k_dim: 32,
+        peer: false,
     }),
 };
 const BATCH: usize = 16;
