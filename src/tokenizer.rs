@@ -145,6 +145,13 @@ impl Tokenizer {
         if n == 0 {
             return Err(Error::Format(format!("{source}: no ranks")));
         }
+        // Byte-pair encoding starts from single bytes: each needs a rank (found by fuzzing:
+        // tiktoken-rs panics without them).
+        if let Some(b) = (0..=255u8).find(|b| !ranks.contains_key(&vec![*b])) {
+            return Err(Error::Format(format!(
+                "{source}: byte 0x{b:02x} has no rank; a tiktoken file ranks all 256 single bytes"
+            )));
+        }
         if let Some(&max) = seen.iter().max() {
             if max >= n {
                 return Err(Error::Format(format!(
