@@ -622,6 +622,23 @@ fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
             println!("{name}: this adapter's variants / workgroup variants: {x:.2}x");
         }
     }
+    // The demo's gpu-preset models (`memlayers demo --preset gpu`), on GPUs only (minutes of a
+    // CPU adapter's time).
+    println!("\nthe demo's gpu preset, batch 128 x 48 tokens, {} timed steps each", o.iters);
+    if gpu.adapter_info().is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu) {
+        println!("  skipped on a CPU adapter");
+        return Ok(());
+    }
+    let base =
+        r#""dim": 64, "n_layers": 2, "n_heads": 2, "vocab_size": 256, "multiple_of": 32, "max_seqlen": 48"#;
+    let memory = r#", "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 128, "mem_heads": 4, "mem_knn": 16, "mem_k_dim": 32}"#;
+    for (name, json) in [
+        ("dense", format!("{{{base}}}")),
+        ("memory", format!("{{{base}{memory}}}")),
+    ] {
+        let r = train_run(gpu, &json, false, (128, 48), o.iters)?;
+        print_train_run(name, &r);
+    }
     Ok(())
 }
 
