@@ -93,7 +93,7 @@ fn reference_backward_matches_finite_differences() {
         let r = rng.vec_normal(rows * c.out_dim(), 1.0); // dL/d out
         let dims = memlayers::oracle::lookup_dims(&w.config, rows);
         let loss = |w: &MemoryWeights, values: &[f32], x: &[f32]| -> (f64, Vec<u32>) {
-            let (out, lk) = memory_forward(x, &memlayers::oracle::memory_params(&w, values), dims);
+            let (out, lk) = memory_forward(x, &memlayers::oracle::memory_params(w, values), dims);
             (
                 out.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum(),
                 lk.indices,

@@ -44,6 +44,7 @@ fn linear_variants() -> [&'static Gpu; 2] {
     [gpu(), other_linear_gpu()]
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_linear(
     g: &Gpu,
     x: &[f32],

@@ -4,7 +4,7 @@ use memlayers::reference::ops::*;
 use memlayers::rng::Rng;
 
 /// Checks `analytic` = d <f(x), r> / dx at a few coordinates by central differences.
-fn check(name: &str, x: &mut Vec<f32>, analytic: &[f32], mut f: impl FnMut(&[f32]) -> f64, rng: &mut Rng) {
+fn check(name: &str, x: &mut [f32], analytic: &[f32], mut f: impl FnMut(&[f32]) -> f64, rng: &mut Rng) {
     for _ in 0..16 {
         let i = rng.below(x.len() as u64) as usize;
         let eps = 1e-2f32;

@@ -234,7 +234,7 @@ pub struct Rope<'a> {
 impl Rope<'_> {
     /// The pairs of a tensor with `heads` heads, checked against `x` and `y`.
     fn check(&self, gpu: &Gpu, heads: u32, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<u64> {
-        if self.head_dim % 2 != 0 || self.seq == 0 || heads == 0 || self.batch == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.seq == 0 || heads == 0 || self.batch == 0 {
             return Err(Error::Config(format!(
                 "rope: head_dim {} must be even",
                 self.head_dim
@@ -376,7 +376,7 @@ impl Attention<'_> {
             || a.heads == 0
             || a.kv_heads == 0
             || a.head_dim == 0
-            || a.heads % a.kv_heads != 0
+            || !a.heads.is_multiple_of(a.kv_heads)
         {
             return Err(Error::Config(format!(
                 "attention: heads ({}) must be a positive multiple of kv_heads ({})",

@@ -154,11 +154,11 @@ which lingua's generator does not use; use null"
         }
         let n_heads = match (a.n_heads, a.head_dim) {
             (Some(h), _) => h,
-            (None, Some(hd)) if hd > 0 && a.dim % hd == 0 => a.dim / hd,
+            (None, Some(hd)) if hd > 0 && a.dim.is_multiple_of(hd) => a.dim / hd,
             _ => return Err(bad("set n_heads (or head_dim dividing dim)".into())),
         };
         let head_dim = a.head_dim.unwrap_or(a.dim / n_heads.max(1));
-        if n_heads == 0 || head_dim == 0 || n_heads * head_dim != a.dim || head_dim % 2 != 0 {
+        if n_heads == 0 || head_dim == 0 || n_heads * head_dim != a.dim || !head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "n_heads ({n_heads}) x head_dim ({head_dim}) must equal dim ({}), head_dim even",
                 a.dim

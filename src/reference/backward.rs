@@ -182,8 +182,8 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
                 .collect();
             let wsum: f32 = (0..d.knn).map(|j| lk.weights[e0 + j] * dw[j]).sum();
             let qo = r * qw + hd * d.k_dim;
-            for j in 0..d.knn {
-                let ds = lk.weights[e0 + j] * (dw[j] - wsum);
+            for (j, &dwj) in dw.iter().enumerate() {
+                let ds = lk.weights[e0 + j] * (dwj - wsum);
                 let slot = lk.indices[e0 + j] as usize;
                 for (p_half, key) in [(0, slot / d.n_keys), (1, slot % d.n_keys)] {
                     let krow = ((hd * 2 + p_half) * d.n_keys + key) * half;

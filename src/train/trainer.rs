@@ -183,6 +183,7 @@ impl Trainer {
     /// Records one step on `tokens`/`targets` (`[batch, seq]`, u32, checked against the
     /// vocabulary by the caller; targets may be `IGNORE_TARGET`, and `counted` is the number
     /// of the others: the loss is their mean) and returns the per-row losses' buffer.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_step(
         &mut self,
         gpu: &Gpu,
