@@ -262,6 +262,11 @@ fn demo_end_to_end_in_miniature() {
         results["memory"]["memory_values"].as_u64().unwrap(),
     );
     assert_eq!((pm, mm), (8 * 8, 8 * 8));
+    // Each memory model is saved with its slot counts over training rows.
+    for model in ["memory", "peer"] {
+        assert!(out.join(model).join("slot_counts.safetensors").is_file(), "{model}");
+    }
+    assert!(!out.join("dense").join("slot_counts.safetensors").exists());
     assert_eq!(results["dense_lr_sweep"].as_array().unwrap().len(), 2);
     assert_eq!(results["sweep"].as_array().unwrap().len(), 2);
     assert!(results["memory"]["memory_params"].as_u64().unwrap() > 0);

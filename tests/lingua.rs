@@ -323,6 +323,7 @@ fn train_init_fine_tunes_byte_level_lingua_models_only() {
         let out = run(model);
         assert!(out.status.success(), "{model}: {}", String::from_utf8_lossy(&out.stderr));
         let saved = TensorFile::read(&dir.join(model).join("checkpoint/weights.safetensors")).unwrap();
+        assert!(dir.join(model).join("checkpoint/slot_counts.safetensors").is_file(), "{model}: slot counts");
         let before = read_consolidated(&fixture(model).join("consolidated.pth")).unwrap();
         for table in [
             "layers.1.feed_forward.values.weight",
@@ -420,4 +421,60 @@ fn lm_forward_gradients_on_lingua_folders_match_the_reference() {
             common::assert_close(&format!("{name} grad.{param}"), &f32s(ours), &f32s(g));
         }
     }
+}
+
+/// Slot counts (the background statistics of sparse memory fine-tuning): every read of every
+/// position and head counted, as the CPU oracle selects them; `slot-stats` writes them for a
+/// lingua folder.
+#[test]
+fn slot_counts_match_the_oracle_and_slot_stats_writes_them() {
+    use memlayers::io::{TensorData, TensorFile};
+    use memlayers::model::{Model, SlotCounts};
+    let src = fixture("bytes_unshared");
+    let file = read_consolidated(&src.join("consolidated.pth")).unwrap();
+    let params = LinguaParams::parse(&std::fs::read_to_string(src.join("params.json")).unwrap(), "params.json").unwrap();
+    let weights = memlayers::io::lingua::model_weights(&params, file, "fixture").unwrap();
+    let c = weights.config.clone();
+    let m = c.memory.clone().unwrap();
+    let (rows, seq) = (3, 20);
+    let mut rng = memlayers::rng::Rng::new(4);
+    let tokens: Vec<u32> = (0..rows * seq).map(|_| rng.below(256) as u32).collect();
+    let g = common::gpu();
+    let model = Model::new(g, &weights).unwrap();
+    let counts = pollster::block_on(SlotCounts::measure(&model, g, &tokens, seq, 2)).unwrap();
+    let (_, selections) = memlayers::oracle::forward_cpu_with_selections(&weights, &tokens, rows, seq);
+    let per_layer = rows * seq * m.heads * m.knn;
+    assert_eq!(counts.tokens, (rows * seq) as u64);
+    assert_eq!(counts.layers.len(), c.memory_layers.len());
+    for (i, (layer, got)) in counts.layers.iter().enumerate() {
+        let mut want = vec![0u64; m.n_values()];
+        for &s in &selections[i * per_layer..(i + 1) * per_layer] {
+            want[s as usize] += 1;
+        }
+        assert_eq!(got.iter().sum::<u64>(), per_layer as u64, "layer {layer}: every read counted");
+        // Near-tied scores may pick another slot on the GPU (tests/common's selection rule).
+        let differ: u64 = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).sum();
+        assert!(differ as usize <= per_layer / 50, "layer {layer}: {differ} of {per_layer} reads differ");
+    }
+    // The command writes them, per memory layer.
+    let dir = scratch_dir("slot-stats");
+    std::fs::write(dir.join("text.txt"), "memory layers remember facts. ".repeat(30)).unwrap();
+    let out = memlayers(&[
+        "slot-stats",
+        "--model",
+        src.to_str().unwrap(),
+        "--data",
+        dir.join("text.txt").to_str().unwrap(),
+        "--out",
+        dir.join("slots.safetensors").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved = TensorFile::read(&dir.join("slots.safetensors")).unwrap();
+    for layer in &c.memory_layers {
+        let t = saved.get(&format!("layers.{layer}.feed_forward.slot_counts")).unwrap();
+        assert_eq!(t.shape, vec![m.n_values()]);
+        let TensorData::I64(v) = &t.data else { panic!("i64 counts") };
+        assert!(v.iter().sum::<i64>() > 0);
+    }
+    assert!(saved.get("tokens").is_ok());
 }

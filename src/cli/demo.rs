@@ -12,7 +12,7 @@ use super::plot::{line_chart, Series};
 use super::progress::Progress;
 use memlayers::demo::{recall, train_config, training_batch, DemoModel, Fact, KnowledgeBase, MemoryShape};
 use memlayers::io::write_atomic;
-use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights};
+use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights, SlotCounts, SLOT_COUNTS_FILE};
 use memlayers::rng::Rng;
 use memlayers::train::Trainer;
 use memlayers::{Error, Gpu, Result};
@@ -347,6 +347,24 @@ fn save_model(gpu: &Gpu, dir: &Path, run: &Run, trainer: &Trainer) -> Result<()>
         .write(&dir.join("weights.safetensors"))
 }
 
+/// With memory layers: how often each slot is read over a sample of the training rows
+/// (`slot_counts.safetensors` beside the model; what `teach` ranks slots against).
+fn save_slot_counts(gpu: &Gpu, dir: &Path, a: &Settings, kb: &KnowledgeBase, trainer: &Trainer) -> Result<()> {
+    if trainer.model.config.memory.is_none() {
+        return Ok(());
+    }
+    let mut rng = Rng::new(a.seed ^ 0x5107);
+    let mut tokens = Vec::new();
+    for _ in 0..SLOT_COUNT_BATCHES {
+        tokens.extend(training_batch(&kb.facts, &mut rng, a.batch, a.seq).0);
+    }
+    let counts = pollster::block_on(SlotCounts::measure(&trainer.model, gpu, &tokens, a.seq, a.batch))?;
+    counts.to_tensors().write(&dir.join(SLOT_COUNTS_FILE))
+}
+
+/// Training batches whose slot reads are counted for a saved memory model.
+const SLOT_COUNT_BATCHES: usize = 8;
+
 fn check_flops(dense: &ModelConfig, memory: &ModelConfig, seq: usize) -> Result<f64> {
     let (fd, fm) = (dense.flops_per_token(seq), memory.flops_per_token(seq));
     let diff = (fm - fd) / fd;
@@ -493,6 +511,7 @@ pub fn run(args: &Args) -> Result<()> {
         let values = run.config.memory.as_ref().map_or(0, |m| m.n_values() * if m.peer { 2 } else { 1 });
         run.label = format!("{} ({}K values)", if name == "peer" { "PEER" } else { "memory" }, (values + 512) / 1024);
         save_model(&gpu, &a.out.join(name), &run, &trainer)?;
+        save_slot_counts(&gpu, &a.out.join(name), a, &kb, &trainer)?;
         runs.push((name, run));
     }
     let memory = runs.iter().find(|(n, _)| *n == "memory").map(|(_, r)| r);

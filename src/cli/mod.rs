@@ -9,6 +9,7 @@ mod memory_forward;
 mod model_dir;
 mod plot;
 mod progress;
+mod slot_stats;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,8 @@ enum Command {
     Generate(generate::Args),
     /// Write a model as a lingua consolidated folder (consolidated.pth, params.json).
     ExportLingua(export_lingua::Args),
+    /// Count how often each memory slot is read over a text (slot_counts.safetensors).
+    SlotStats(slot_stats::Args),
     /// Benchmark the forward pass: tokens/s, GPU time per kernel, matmul GFLOP/s, and the
     /// embedding bag's bandwidth next to a plain copy's on the same adapter.
     #[cfg(feature = "bench")]
@@ -78,6 +81,7 @@ pub fn run() -> Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::ExportLingua(args) => export_lingua::run(&args),
+        Command::SlotStats(args) => slot_stats::run(&args),
         #[cfg(feature = "bench")]
         Command::Bench {
             train,

@@ -3,7 +3,7 @@
 
 use super::progress::Progress;
 use memlayers::io::{write_atomic, TensorFile};
-use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights, SlotCounts, SLOT_COUNTS_FILE};
 use memlayers::rng::Rng;
 use memlayers::train::{ByteData, TrainConfig, Trainer};
 use memlayers::{Error, Gpu, Result};
@@ -68,11 +68,21 @@ pub fn checkpoint_dir(dir: &Path) -> PathBuf {
     }
 }
 
-fn save(out: &Path, args: &LMTransformerArgs, t: &Trainer, gpu: &Gpu, rng: &Rng) -> Result<()> {
+fn save(
+    out: &Path,
+    args: &LMTransformerArgs,
+    t: &Trainer,
+    gpu: &Gpu,
+    rng: &Rng,
+    slots: Option<&SlotCounts>,
+) -> Result<()> {
     let tmp = out.join(".checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     write_atomic(&tmp.join("config.json"), args.to_json().as_bytes())?;
+    if let Some(slots) = slots {
+        slots.to_tensors().write(&tmp.join(SLOT_COUNTS_FILE))?;
+    }
     t.weights_blocking(gpu)?.write(&tmp.join("weights.safetensors"))?;
     t.optimizer_state_blocking(gpu)?
         .write(&tmp.join("optimizer.safetensors"))?;
@@ -87,6 +97,23 @@ fn save(out: &Path, args: &LMTransformerArgs, t: &Trainer, gpu: &Gpu, rng: &Rng)
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
+
+/// With memory layers: how often each slot is read over a fixed sample of the training text
+/// (saved with each checkpoint; what sparse memory fine-tuning ranks slots against).
+fn slot_counts(model: &Model, gpu: &Gpu, data: &ByteData, batch: usize, seq: usize) -> Result<Option<SlotCounts>> {
+    if model.config.memory.is_none() {
+        return Ok(None);
+    }
+    let mut rng = Rng::new(0x5107);
+    let mut tokens = Vec::new();
+    for _ in 0..SLOT_COUNT_BATCHES {
+        tokens.extend(ByteData::sample(&data.train, &mut rng, batch, seq).0);
+    }
+    pollster::block_on(SlotCounts::measure(model, gpu, &tokens, seq, batch)).map(Some)
+}
+
+/// Training batches whose slot reads are counted at a checkpoint.
+const SLOT_COUNT_BATCHES: usize = 8;
 
 fn held_out_loss(model: &Model, gpu: &Gpu, data: &ByteData, batch: usize, seq: usize) -> Result<f32> {
     let mut rng = Rng::new(0xE7A1);
@@ -199,7 +226,8 @@ pub fn run(a: &Args) -> Result<()> {
                 "step {}: held-out loss {eval:.4}; checkpoint saved",
                 trainer.step
             ));
-            save(&a.out, &model_args, &trainer, &gpu, &rng)?;
+            let slots = slot_counts(&trainer.model, &gpu, &data, a.batch, a.seq)?;
+            save(&a.out, &model_args, &trainer, &gpu, &rng, slots.as_ref())?;
         }
     }
     progress.finish(format!("step {}", trainer.step));

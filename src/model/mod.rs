@@ -7,6 +7,7 @@ pub mod blocks;
 mod config;
 mod gpu;
 mod layout;
+mod slot_stats;
 mod weights;
 
 pub use backward::{record_token_grad, ModelGrads};
@@ -14,4 +15,5 @@ pub use blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams};
 pub use config::{LMTransformerArgs, ModelConfig, ProductKeyArgs};
 pub use gpu::{KvCache, Model, ModelForward};
 pub use layout::{LayerParams, ModelLayout};
+pub use slot_stats::{SlotCounts, SLOT_COUNTS_FILE};
 pub use weights::ModelWeights;
