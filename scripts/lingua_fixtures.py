@@ -8,7 +8,7 @@ reference model and tokenizers produce on them.
 REFERENCE_REPO is a checkout of facebookresearch/memory; torch, numpy, sentencepiece and
 tiktoken must be importable. xformers and CUDA are not needed: the reference's attention runs
 with attn_impl="sdpa" on the CPU, and its xformers embedding bag is replaced by
-torch's F.embedding_bag (the same sum) before the model is built.
+torch's F.embedding_bag (the same sum) before the model is built (scripts/lingua_reference.py).
 
 Each folder gets expected.json: the prompt, lingua's encoding of it with BOS (prompt_ids),
 the reference model's logits on it (prompt_logits, [len(prompt_ids), vocab] flattened), the
@@ -22,27 +22,13 @@ import base64
 import json
 import os
 import sys
-import types
 
 import torch
-import torch.nn.functional as F
+
+from lingua_reference import share_value_tables, use_checkout
 
 ref, out = sys.argv[1], sys.argv[2]
-sys.path.insert(0, ref)
-
-# The reference imports xformers at module level; only names are needed on this path.
-xf = types.ModuleType("xformers")
-xf_ops = types.ModuleType("xformers.ops")
-xf_ops.fmha = types.SimpleNamespace(attn_bias=types.SimpleNamespace())
-xf_ops.AttentionBias = object
-xf.ops = xf_ops
-sys.modules["xformers"] = xf
-sys.modules["xformers.ops"] = xf_ops
-xeb = types.ModuleType("lingua.product_key.xformer_embeddingbag")
-xeb.xformers_embedding_bag = lambda indices, weight, per_sample_weights, mode: F.embedding_bag(
-    indices, weight, per_sample_weights=per_sample_weights, mode=mode
-)
-sys.modules["lingua.product_key.xformer_embeddingbag"] = xeb
+use_checkout(ref)
 
 from apps.main.transformer import LMTransformer, LMTransformerArgs  # noqa: E402
 from lingua.args import dataclass_from_dict  # noqa: E402
@@ -127,14 +113,8 @@ def build(name, model_args, tokenizer_name, tokenizer_file, prompt, max_tokens, 
     HashingMemory.VALUES = None
     model = LMTransformer(args)
     model.init_weights() if hasattr(model, "init_weights") else model.reset_parameters()
-    # What lingua's mp_parallelize does with mem_share_values: every later memory layer
-    # holds the first one's table, so the state dict repeats it under each (aliases).
-    for m in model.modules():
-        if isinstance(m, HashingMemory) and not m.original and m.mem_share_values:
-            if m.use_peer_variant:
-                m.values_u, m.values_v = HashingMemory.VALUES
-            else:
-                m.values = HashingMemory.VALUES
+    # As lingua's mp_parallelize: the state dict repeats a shared table under each layer.
+    share_value_tables(model)
     model = model.float().eval()
     # Larger weights than the reference's init, so that logits are far from ties.
     with torch.no_grad():

@@ -255,31 +255,39 @@ fn bad_lingua_input_gets_one_line_errors() {
     assert!(!out_dir.join("x").exists(), "a failed export leaves no folder");
 }
 
+/// `memlayers lm-forward --model src` on one row of `tokens` (and `targets`, if any); the
+/// output file's tensors.
+fn lm_forward(src: &Path, scratch: &str, tokens: &[u32], targets: Option<&[u32]>) -> memlayers::io::TensorFile {
+    use memlayers::io::{HostTensor, TensorFile};
+    let dir = scratch_dir(scratch);
+    let row = |v: &[u32]| HostTensor::i64(vec![1, v.len()], v.iter().map(|&t| t as i64).collect());
+    let mut input = TensorFile::default();
+    input.insert("tokens", row(tokens));
+    if let Some(t) = targets {
+        input.insert("targets", row(t));
+    }
+    input.write(&dir.join("in.safetensors")).unwrap();
+    let out = memlayers(&[
+        "lm-forward",
+        "--model",
+        src.to_str().unwrap(),
+        "--input",
+        dir.join("in.safetensors").to_str().unwrap(),
+        "--output",
+        dir.join("out.safetensors").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{scratch}: {}", String::from_utf8_lossy(&out.stderr));
+    TensorFile::read(&dir.join("out.safetensors")).unwrap()
+}
+
 #[test]
 fn lm_forward_on_a_lingua_folder_matches_the_reference_logits() {
-    use memlayers::io::{HostTensor, TensorData, TensorFile};
+    use memlayers::io::TensorData;
     for name in FOLDERS {
         let src = fixture(name);
         let e = expected(&src);
         let prompt = ids(&e["prompt_ids"]);
-        let dir = scratch_dir(&format!("lm-forward-{name}"));
-        let mut input = TensorFile::default();
-        input.insert(
-            "tokens",
-            HostTensor::i64(vec![1, prompt.len()], prompt.iter().map(|&t| t as i64).collect()),
-        );
-        input.write(&dir.join("in.safetensors")).unwrap();
-        let out = memlayers(&[
-            "lm-forward",
-            "--model",
-            src.to_str().unwrap(),
-            "--input",
-            dir.join("in.safetensors").to_str().unwrap(),
-            "--output",
-            dir.join("out.safetensors").to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let got = TensorFile::read(&dir.join("out.safetensors")).unwrap();
+        let got = lm_forward(&src, &format!("lm-forward-{name}"), &prompt, None);
         let TensorData::F32(logits) = &got.get("logits").unwrap().data else {
             panic!("f32 logits")
         };
@@ -383,29 +391,13 @@ fn a_misshapen_tensor_is_named() {
 
 #[test]
 fn lm_forward_gradients_on_lingua_folders_match_the_reference() {
-    use memlayers::io::{HostTensor, TensorData, TensorFile};
+    use memlayers::io::{HostTensor, TensorData};
     for name in FOLDERS {
         let src = fixture(name);
         let e = expected(&src);
         let prompt = ids(&e["prompt_ids"]);
         let n = prompt.len() - 1;
-        let dir = scratch_dir(&format!("lm-grads-{name}"));
-        let mut input = TensorFile::default();
-        let as_i64 = |v: &[u32]| v.iter().map(|&t| t as i64).collect::<Vec<_>>();
-        input.insert("tokens", HostTensor::i64(vec![1, n], as_i64(&prompt[..n])));
-        input.insert("targets", HostTensor::i64(vec![1, n], as_i64(&prompt[1..])));
-        input.write(&dir.join("in.safetensors")).unwrap();
-        let out = memlayers(&[
-            "lm-forward",
-            "--model",
-            src.to_str().unwrap(),
-            "--input",
-            dir.join("in.safetensors").to_str().unwrap(),
-            "--output",
-            dir.join("out.safetensors").to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let got = TensorFile::read(&dir.join("out.safetensors")).unwrap();
+        let got = lm_forward(&src, &format!("lm-grads-{name}"), &prompt[..n], Some(&prompt[1..]));
         let f32s = |t: &HostTensor| match &t.data {
             TensorData::F32(v) => v.clone(),
             _ => panic!("f32 expected"),

@@ -262,27 +262,28 @@ impl MemoryLayer {
             }
             .record(gpu, encoder)
         };
+        // dL/d(each entry's bag weight): <dy_row, V[slot]>.
+        let d_bag_weights = f32s("grad bag weights", entries as u64);
+        WeightGrads {
+            rows,
+            bag,
+            indices: &acts.indices,
+            values: &chunks,
+            dy: &dy,
+            grad_weights: &d_bag_weights,
+        }
+        .record(gpu, encoder)?;
         let (d_weights, values, values_u) = match (pool_u, &acts.peer) {
-            // PEER: a_i = w_i gelu(s_i), s_i = <x, u_i>; the bag sums a_i v_i.
+            // PEER: the bag weight is a_i = w_i gelu(s_i), s_i = <x, u_i>.
             (Some(pool_u), Some((dots, activations))) => {
-                let d_act = f32s("grad PEER activations", entries as u64);
-                WeightGrads {
-                    rows,
-                    bag,
-                    indices: &acts.indices,
-                    values: &chunks,
-                    dy: &dy,
-                    grad_weights: &d_act,
-                }
-                .record(gpu, encoder)?;
                 let (d_weights, d_dots) = (
-                    f32s("grad bag weights", entries as u64),
+                    f32s("grad softmax weights", entries as u64),
                     f32s("grad PEER scores", entries as u64),
                 );
                 peer::record_backward(
                     gpu,
                     encoder,
-                    (dots, &acts.weights, &d_act),
+                    (dots, &acts.weights, &d_bag_weights),
                     (&d_weights, &d_dots),
                     entries,
                 )?;
@@ -302,19 +303,7 @@ impl MemoryLayer {
                 .record(gpu, encoder)?;
                 (d_weights, values, Some(values_u))
             }
-            (None, None) => {
-                let d_weights = f32s("grad bag weights", entries as u64);
-                WeightGrads {
-                    rows,
-                    bag,
-                    indices: &acts.indices,
-                    values: &chunks,
-                    dy: &dy,
-                    grad_weights: &d_weights,
-                }
-                .record(gpu, encoder)?;
-                (d_weights, bag_grads(encoder, &acts.weights, &dy, v)?, None)
-            }
+            (None, None) => (d_bag_weights, bag_grads(encoder, &acts.weights, &dy, v)?, None),
             _ => {
                 return Err(Error::Config(
                     "memory backward: PEER activations and tables do not match the layer".into(),
@@ -459,8 +448,9 @@ impl MemoryLayer {
             (&self.query_w, true),
             &dx,
             (rows, d, qw),
-            // dx was written by the swilu or the PEER input gradient, if any.
-            swilu.is_some() && !c.peer || values_u.is_some(),
+            // dx was written by the swilu gate's (not PEER's unused one) or PEER's input
+            // gradient, if any.
+            values_u.is_some() || (swilu.is_some() && !c.peer),
         )?;
         let gating = match (&self.gating, &gate_grads) {
             (Some((gw, _)), Some((_, dg))) => {
