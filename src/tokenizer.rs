@@ -120,7 +120,9 @@ impl Tokenizer {
 
     fn tiktoken(data: &[u8], source: &str) -> Result<Self> {
         let bad = |line: usize, what: &str| {
-            Error::Format(format!("{source}: line {line}: {what} (a tiktoken file has `base64(token) rank` lines)"))
+            Error::Format(format!(
+                "{source}: line {line}: {what} (a tiktoken file has `base64(token) rank` lines)"
+            ))
         };
         let text = std::str::from_utf8(data).map_err(|_| bad(0, "not UTF-8 text"))?;
         let mut ranks: HashMap<Vec<u8>, u32> = HashMap::new();
@@ -168,8 +170,12 @@ impl Tokenizer {
                 specials.insert(format!("<|reserved_special_token_{i}|>"), n + i);
             }
         }
-        let bpe = tiktoken_rs::CoreBPE::new(ranks.into_iter().collect(), specials.into_iter().collect(), TIKTOKEN_PATTERN)
-            .map_err(|e| Error::Format(format!("{source}: {e}")))?;
+        let bpe = tiktoken_rs::CoreBPE::new(
+            ranks.into_iter().collect(),
+            specials.into_iter().collect(),
+            TIKTOKEN_PATTERN,
+        )
+        .map_err(|e| Error::Format(format!("{source}: {e}")))?;
         Ok(Tokenizer {
             inner: Inner::Tiktoken(Box::new(bpe)),
             n_words: n as usize + 256,
@@ -186,7 +192,9 @@ impl Tokenizer {
         let id = |v: Option<usize>, what: &str| -> Result<u32> {
             match v {
                 Some(i) if i < n_words => Ok(i as u32),
-                _ => Err(bad(format!("the model has no {what} piece (lingua adds BOS and EOS)"))),
+                _ => Err(bad(format!(
+                    "the model has no {what} piece (lingua adds BOS and EOS)"
+                ))),
             }
         };
         let (bos_id, eos_id) = (id(sp.bos_id(), "BOS")?, id(sp.eos_id(), "EOS")?);

@@ -377,7 +377,10 @@ fn peer_backward_matches_finite_differences_and_the_gpu() {
         let dims = memlayers::oracle::lookup_dims(&c, rows);
         let loss = |u: &[f32], v: &[f32], x: &[f32]| -> (f64, Vec<u32>) {
             let (out, lk) = memory_forward(x, &peer_params(&w, u, v), dims);
-            (out.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum(), lk.indices)
+            (
+                out.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum(),
+                lk.indices,
+            )
         };
         let want = memory_backward(&x, &peer_params(&w, &u, &v), dims, &r);
         let (_, base) = loss(&u, &v, &x);
@@ -391,7 +394,10 @@ fn peer_backward_matches_finite_differences_and_the_gpu() {
             let picks: Vec<usize> = if which == 0 {
                 (0..analytic.len()).collect()
             } else {
-                (0..analytic.len()).filter(|&k| analytic[k] != 0.0).take(30).collect()
+                (0..analytic.len())
+                    .filter(|&k| analytic[k] != 0.0)
+                    .take(30)
+                    .collect()
             };
             for k in picks {
                 let eps = 1e-2f32;
@@ -444,13 +450,21 @@ fn peer_backward_matches_finite_differences_and_the_gpu() {
         let (out, _) = memory_forward(&x, &peer_params(&w, &u, &v), dims);
         assert_close("PEER output", &read(&acts.out, out.len()), &out);
         assert_close("PEER grad x", &read(&grads.x, want.x.len()), &want.x);
-        assert_close("PEER grad query_w", &read(&grads.query_w, want.query_w.len()), &want.query_w);
+        assert_close(
+            "PEER grad query_w",
+            &read(&grads.query_w, want.query_w.len()),
+            &want.query_w,
+        );
         assert_close("PEER grad keys", &read(&grads.keys, want.keys.len()), &want.keys);
         let dense = |rows: &memlayers::kernels::value_grads::SparseRows| {
             pollster::block_on(rows.to_dense(g, c.n_values())).unwrap()
         };
         assert_close("PEER grad values_v", &dense(&grads.values), &want.values);
-        assert_close("PEER grad values_u", &dense(grads.values_u.as_ref().unwrap()), want.values_u.as_ref().unwrap());
+        assert_close(
+            "PEER grad values_u",
+            &dense(grads.values_u.as_ref().unwrap()),
+            want.values_u.as_ref().unwrap(),
+        );
         if let (Some((gw, gb)), Some((ww, wb))) = (&grads.gating, &want.gating) {
             assert_close("PEER grad gating w", &read(gw, ww.len()), ww);
             assert_close("PEER grad gating b", &read(gb, wb.len()), wb);

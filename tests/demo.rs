@@ -255,7 +255,10 @@ fn demo_end_to_end_in_miniature() {
     );
     assert!((fm - fd).abs() <= 0.1 * fd, "FLOPs not matched: {fd} vs {fm}");
     let fp = results["peer"]["flops_per_token"].as_f64().unwrap();
-    assert!((fp - fd).abs() <= 0.1 * fd, "PEER FLOPs not matched: {fd} vs {fp}");
+    assert!(
+        (fp - fd).abs() <= 0.1 * fd,
+        "PEER FLOPs not matched: {fd} vs {fp}"
+    );
     // PEER's tables: n_keys / sqrt(2) sub-keys per half (8 -> 6), but at least knn (8).
     let (pm, mm) = (
         results["peer"]["memory_values"].as_u64().unwrap(),
@@ -264,7 +267,10 @@ fn demo_end_to_end_in_miniature() {
     assert_eq!((pm, mm), (8 * 8, 8 * 8));
     // Each memory model is saved with its slot counts over training rows.
     for model in ["memory", "peer"] {
-        assert!(out.join(model).join("slot_counts.safetensors").is_file(), "{model}");
+        assert!(
+            out.join(model).join("slot_counts.safetensors").is_file(),
+            "{model}"
+        );
     }
     assert!(!out.join("dense").join("slot_counts.safetensors").exists());
     assert_eq!(results["dense_lr_sweep"].as_array().unwrap().len(), 2);

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lingua").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lingua")
+        .join(name)
 }
 
 /// Made by scripts/lingua_fixtures.py: the three tokenizers; a shared value table repeated
@@ -33,7 +35,11 @@ fn expected(dir: &Path) -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -81,7 +87,11 @@ fn one_line_error(out: &Output) -> String {
 }
 
 fn tokenizer_of(dir: &Path) -> Tokenizer {
-    let params = LinguaParams::parse(&std::fs::read_to_string(dir.join("params.json")).unwrap(), "params.json").unwrap();
+    let params = LinguaParams::parse(
+        &std::fs::read_to_string(dir.join("params.json")).unwrap(),
+        "params.json",
+    )
+    .unwrap();
     let data = match &params.tokenizer.path {
         // The fixtures name a path on the training cluster; the file is beside.
         Some(p) => std::fs::read(dir.join(Path::new(p).file_name().unwrap())).unwrap(),
@@ -106,7 +116,11 @@ fn tokenizers_encode_and_decode_as_the_reference() {
         );
         for case in e["tokenizer_cases"].as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
-            assert_eq!(t.encode(text, true, true).unwrap(), ids(&case["ids"]), "{name}: {text:?}");
+            assert_eq!(
+                t.encode(text, true, true).unwrap(),
+                ids(&case["ids"]),
+                "{name}: {text:?}"
+            );
         }
         assert_eq!(
             t.decode(&ids(&e["greedy_ids"])).unwrap(),
@@ -121,8 +135,16 @@ fn generate_equals_the_reference_greedy_continuation() {
     for name in FOLDERS {
         let dir = fixture(name);
         let e = expected(&dir);
-        let out = generate(&dir, e["prompt"].as_str().unwrap(), e["max_tokens"].as_u64().unwrap());
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = generate(
+            &dir,
+            e["prompt"].as_str().unwrap(),
+            e["max_tokens"].as_u64().unwrap(),
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             format!("{}\n", e["text"].as_str().unwrap()),
@@ -163,7 +185,11 @@ fn export_lingua_round_trips() {
             "--out",
             out_dir.to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let before = read_consolidated(&src.join("consolidated.pth")).unwrap();
         let after = read_consolidated(&out_dir.join("consolidated.pth")).unwrap();
         for (k, t) in &after.tensors {
@@ -179,9 +205,20 @@ fn export_lingua_round_trips() {
         };
         assert_eq!(repeated, repeated_tables, "{name}");
         let e = expected(&src);
-        let gen = generate(&out_dir, e["prompt"].as_str().unwrap(), e["max_tokens"].as_u64().unwrap());
-        assert!(gen.status.success(), "{name}: {}", String::from_utf8_lossy(&gen.stderr));
-        assert_eq!(String::from_utf8_lossy(&gen.stdout), format!("{}\n", e["text"].as_str().unwrap()));
+        let gen = generate(
+            &out_dir,
+            e["prompt"].as_str().unwrap(),
+            e["max_tokens"].as_u64().unwrap(),
+        );
+        assert!(
+            gen.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&gen.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&gen.stdout),
+            format!("{}\n", e["text"].as_str().unwrap())
+        );
     }
 }
 
@@ -257,7 +294,12 @@ fn bad_lingua_input_gets_one_line_errors() {
 
 /// `memlayers lm-forward --model src` on one row of `tokens` (and `targets`, if any); the
 /// output file's tensors.
-fn lm_forward(src: &Path, scratch: &str, tokens: &[u32], targets: Option<&[u32]>) -> memlayers::io::TensorFile {
+fn lm_forward(
+    src: &Path,
+    scratch: &str,
+    tokens: &[u32],
+    targets: Option<&[u32]>,
+) -> memlayers::io::TensorFile {
     use memlayers::io::{HostTensor, TensorFile};
     let dir = scratch_dir(scratch);
     let row = |v: &[u32]| HostTensor::i64(vec![1, v.len()], v.iter().map(|&t| t as i64).collect());
@@ -276,7 +318,11 @@ fn lm_forward(src: &Path, scratch: &str, tokens: &[u32], targets: Option<&[u32]>
         "--output",
         dir.join("out.safetensors").to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{scratch}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{scratch}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     TensorFile::read(&dir.join("out.safetensors")).unwrap()
 }
 
@@ -329,9 +375,18 @@ fn train_init_fine_tunes_byte_level_lingua_models_only() {
     // layers, PEER (two shared tables).
     for model in ["bytes_memory", "bytes_unshared", "bytes_gated", "bytes_peer"] {
         let out = run(model);
-        assert!(out.status.success(), "{model}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let saved = TensorFile::read(&dir.join(model).join("checkpoint/weights.safetensors")).unwrap();
-        assert!(dir.join(model).join("checkpoint/slot_counts.safetensors").is_file(), "{model}: slot counts");
+        assert!(
+            dir.join(model)
+                .join("checkpoint/slot_counts.safetensors")
+                .is_file(),
+            "{model}: slot counts"
+        );
         let before = read_consolidated(&fixture(model).join("consolidated.pth")).unwrap();
         for table in [
             "layers.1.feed_forward.values.weight",
@@ -353,7 +408,8 @@ fn half_precision_and_strided_tensors_read_as_f32() {
     // Written by torch.save (scripts/fuzz_seeds.py): bf16 ones, an f16 table aliased under two
     // names, and an f32 matrix with its transpose (a strided view of the same storage).
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/consolidated_pth/model.pth");
-    let file = memlayers::io::lingua::read_consolidated_bytes(std::fs::read(&path).unwrap(), "model.pth").unwrap();
+    let file =
+        memlayers::io::lingua::read_consolidated_bytes(std::fs::read(&path).unwrap(), "model.pth").unwrap();
     let f32s = |name: &str| match &file.tensors[name].data {
         memlayers::io::TensorData::F32(v) => (file.tensors[name].shape.clone(), v.clone()),
         _ => panic!("{name}: f32 expected"),
@@ -371,8 +427,14 @@ fn half_precision_and_strided_tensors_read_as_f32() {
     let (_, a) = f32s("layers.0.feed_forward.values.weight");
     let (_, b) = f32s("layers.1.feed_forward.values.weight");
     assert_eq!(a, b);
-    assert!(a.iter().all(|&x| half::f16::from_f32(x).to_f32() == x), "f16 values exactly");
-    assert_eq!(file.tensors["layers.0.feed_forward.values.weight"].stored_as, "F16");
+    assert!(
+        a.iter().all(|&x| half::f16::from_f32(x).to_f32() == x),
+        "f16 values exactly"
+    );
+    assert_eq!(
+        file.tensors["layers.0.feed_forward.values.weight"].stored_as,
+        "F16"
+    );
 }
 
 #[test]
@@ -386,7 +448,10 @@ fn a_misshapen_tensor_is_named() {
     params["model"]["dim"] = Value::from(16);
     std::fs::write(dir.join("params.json"), params.to_string()).unwrap();
     let line = one_line_error(&generate(&dir, "x", 2));
-    assert!(line.contains("tok_embeddings.weight") && line.contains("shape"), "{line}");
+    assert!(
+        line.contains("tok_embeddings.weight") && line.contains("shape"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -397,13 +462,22 @@ fn lm_forward_gradients_on_lingua_folders_match_the_reference() {
         let e = expected(&src);
         let prompt = ids(&e["prompt_ids"]);
         let n = prompt.len() - 1;
-        let got = lm_forward(&src, &format!("lm-grads-{name}"), &prompt[..n], Some(&prompt[1..]));
+        let got = lm_forward(
+            &src,
+            &format!("lm-grads-{name}"),
+            &prompt[..n],
+            Some(&prompt[1..]),
+        );
         let f32s = |t: &HostTensor| match &t.data {
             TensorData::F32(v) => v.clone(),
             _ => panic!("f32 expected"),
         };
         let loss = f32s(got.get("loss").unwrap());
-        common::assert_close(&format!("{name} loss"), &loss, &[e["loss"].as_f64().unwrap() as f32]);
+        common::assert_close(
+            &format!("{name} loss"),
+            &loss,
+            &[e["loss"].as_f64().unwrap() as f32],
+        );
         let want = read_consolidated(&src.join("expected_grads.pth")).unwrap();
         assert!(!want.tensors.is_empty());
         for (param, g) in &want.tensors {
@@ -424,7 +498,11 @@ fn slot_counts_match_the_oracle_and_slot_stats_writes_them() {
     use memlayers::model::{Model, SlotCounts};
     let src = fixture("bytes_unshared");
     let file = read_consolidated(&src.join("consolidated.pth")).unwrap();
-    let params = LinguaParams::parse(&std::fs::read_to_string(src.join("params.json")).unwrap(), "params.json").unwrap();
+    let params = LinguaParams::parse(
+        &std::fs::read_to_string(src.join("params.json")).unwrap(),
+        "params.json",
+    )
+    .unwrap();
     let weights = memlayers::io::lingua::model_weights(&params, file, "fixture").unwrap();
     let c = weights.config.clone();
     let m = c.memory.clone().unwrap();
@@ -443,10 +521,17 @@ fn slot_counts_match_the_oracle_and_slot_stats_writes_them() {
         for &s in &selections[i * per_layer..(i + 1) * per_layer] {
             want[s as usize] += 1;
         }
-        assert_eq!(got.iter().sum::<u64>(), per_layer as u64, "layer {layer}: every read counted");
+        assert_eq!(
+            got.iter().sum::<u64>(),
+            per_layer as u64,
+            "layer {layer}: every read counted"
+        );
         // Near-tied scores may pick another slot on the GPU (tests/common's selection rule).
         let differ: u64 = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).sum();
-        assert!(differ as usize <= per_layer / 50, "layer {layer}: {differ} of {per_layer} reads differ");
+        assert!(
+            differ as usize <= per_layer / 50,
+            "layer {layer}: {differ} of {per_layer} reads differ"
+        );
     }
     // The command writes them, per memory layer.
     let dir = scratch_dir("slot-stats");
@@ -463,9 +548,13 @@ fn slot_counts_match_the_oracle_and_slot_stats_writes_them() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let saved = TensorFile::read(&dir.join("slots.safetensors")).unwrap();
     for layer in &c.memory_layers {
-        let t = saved.get(&format!("layers.{layer}.feed_forward.slot_counts")).unwrap();
+        let t = saved
+            .get(&format!("layers.{layer}.feed_forward.slot_counts"))
+            .unwrap();
         assert_eq!(t.shape, vec![m.n_values()]);
-        let TensorData::I64(v) = &t.data else { panic!("i64 counts") };
+        let TensorData::I64(v) = &t.data else {
+            panic!("i64 counts")
+        };
         assert!(v.iter().sum::<i64>() > 0);
     }
     assert!(saved.get("tokens").is_ok());

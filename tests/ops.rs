@@ -379,7 +379,6 @@ fn embedding_grad_matches_oracle() {
     }
 }
 
-
 #[test]
 fn row_gate_matches_oracle() {
     use memlayers::kernels::row_gate;
@@ -392,7 +391,10 @@ fn row_gate_matches_oracle() {
         let y0 = rng.vec_normal(rows * cols, 1.0);
         let (gb, xb, dyb) = (g.upload("g", &logits), g.upload("x", &x), g.upload("dy", &dy));
         let (y, y_acc) = (g.storage("y", (rows * cols * 4) as u64), g.upload("y0", &y0));
-        let (dx, dg) = (g.storage("dx", (rows * cols * 4) as u64), g.storage("dg", (rows * 4) as u64));
+        let (dx, dg) = (
+            g.storage("dx", (rows * cols * 4) as u64),
+            g.storage("dg", (rows * 4) as u64),
+        );
         let shape = (rows as u32, cols as u32);
         submit(|e| {
             row_gate::record_forward(g, e, (&gb, &xb, &y), shape, false).unwrap();
@@ -401,11 +403,23 @@ fn row_gate_matches_oracle() {
         });
         let want = ops::row_gate(&logits, &x, cols);
         let what = |s: &str| format!("row gate {s} {rows}x{cols}");
-        assert_close(&what("forward"), &g.read_f32_blocking(&y, rows * cols).unwrap(), &want);
+        assert_close(
+            &what("forward"),
+            &g.read_f32_blocking(&y, rows * cols).unwrap(),
+            &want,
+        );
         let added: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
-        assert_close(&what("accumulate"), &g.read_f32_blocking(&y_acc, rows * cols).unwrap(), &added);
+        assert_close(
+            &what("accumulate"),
+            &g.read_f32_blocking(&y_acc, rows * cols).unwrap(),
+            &added,
+        );
         let (want_dx, want_dg) = ops::row_gate_backward(&logits, &x, &dy, cols);
-        assert_close(&what("dx"), &g.read_f32_blocking(&dx, rows * cols).unwrap(), &want_dx);
+        assert_close(
+            &what("dx"),
+            &g.read_f32_blocking(&dx, rows * cols).unwrap(),
+            &want_dx,
+        );
         assert_close(&what("dg"), &g.read_f32_blocking(&dg, rows).unwrap(), &want_dg);
     }
 }

@@ -2,7 +2,9 @@
 
 mod common;
 use common::{assert_close, gpu};
-use memlayers::kernels::adamw::{record_clip, record_dense_step, record_sparse_step, AdamWState, AdamWStep, Clip};
+use memlayers::kernels::adamw::{
+    record_clip, record_dense_step, record_sparse_step, AdamWState, AdamWStep, Clip,
+};
 use memlayers::kernels::value_grads::SparseRows;
 use memlayers::reference::adamw as oracle;
 use memlayers::rng::Rng;
@@ -62,7 +64,19 @@ fn dense_adamw_with_clipping_matches_oracle_over_steps() {
                 m: &b[1],
                 v: &b[2],
             };
-            record_dense_step(g, &mut enc, &state, &gbufs[i], sizes[i] as u64, Clip { factors: &clip, group: 0 }, step(t).0).unwrap();
+            record_dense_step(
+                g,
+                &mut enc,
+                &state,
+                &gbufs[i],
+                sizes[i] as u64,
+                Clip {
+                    factors: &clip,
+                    group: 0,
+                },
+                step(t).0,
+            )
+            .unwrap();
         }
         g.queue.submit([enc.finish()]);
         let refs: Vec<&[f32]> = grads.iter().map(|x| &x[..]).collect();
@@ -121,7 +135,19 @@ fn lazy_row_update_touches_only_listed_rows() {
         m: &bufs[1],
         v: &bufs[2],
     };
-    record_sparse_step(g, &mut enc, &state, rows as u64, &sparse, Clip { factors: &clip, group: 0 }, step(1).0).unwrap();
+    record_sparse_step(
+        g,
+        &mut enc,
+        &state,
+        rows as u64,
+        &sparse,
+        Clip {
+            factors: &clip,
+            group: 0,
+        },
+        step(1).0,
+    )
+    .unwrap();
     g.queue.submit([enc.finish()]);
     for (i, &r) in listed.iter().enumerate() {
         let s = r as usize * v_dim..(r as usize + 1) * v_dim;
@@ -205,7 +231,12 @@ fn clip_factors_of_several_groups_in_one_recording_match_separate_ones() {
         .collect();
     let bufs: Vec<Vec<wgpu::Buffer>> = data
         .iter()
-        .map(|group| group.iter().map(|x| g.upload("g", &if x.is_empty() { vec![0.0] } else { x.clone() })).collect())
+        .map(|group| {
+            group
+                .iter()
+                .map(|x| g.upload("g", &if x.is_empty() { vec![0.0] } else { x.clone() }))
+                .collect()
+        })
         .collect();
     let lists: Vec<Vec<(&wgpu::Buffer, u64)>> = bufs
         .iter()
@@ -224,9 +255,20 @@ fn clip_factors_of_several_groups_in_one_recording_match_separate_ones() {
     let together = g.read_f32_blocking(&together, groups.len()).unwrap();
     for (i, group) in data.iter().enumerate() {
         let alone = g.read_f32_blocking(&apart[i], 1).unwrap()[0];
-        assert_eq!(together[i].to_bits(), alone.to_bits(), "group {i}: one recording vs its own");
+        assert_eq!(
+            together[i].to_bits(),
+            alone.to_bits(),
+            "group {i}: one recording vs its own"
+        );
         let refs: Vec<&[f32]> = group.iter().map(|x| &x[..]).collect();
-        assert_close(&format!("clip factor {i}"), &together[i..i + 1], &[oracle::clip_factor(&refs, max_norm)]);
+        assert_close(
+            &format!("clip factor {i}"),
+            &together[i..i + 1],
+            &[oracle::clip_factor(&refs, max_norm)],
+        );
     }
-    assert!(together.iter().any(|&f| f < 1.0) && together.contains(&1.0), "{together:?}");
+    assert!(
+        together.iter().any(|&f| f < 1.0) && together.contains(&1.0),
+        "{together:?}"
+    );
 }

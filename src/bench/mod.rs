@@ -624,8 +624,14 @@ fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
     }
     // The demo's gpu-preset models (`memlayers demo --preset gpu`), on GPUs only (minutes of a
     // CPU adapter's time).
-    println!("\nthe demo's gpu preset, batch 128 x 48 tokens, {} timed steps each", o.iters);
-    if gpu.adapter_info().is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu) {
+    println!(
+        "\nthe demo's gpu preset, batch 128 x 48 tokens, {} timed steps each",
+        o.iters
+    );
+    if gpu
+        .adapter_info()
+        .is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
+    {
         println!("  skipped on a CPU adapter");
         return Ok(());
     }

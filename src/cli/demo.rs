@@ -349,7 +349,13 @@ fn save_model(gpu: &Gpu, dir: &Path, run: &Run, trainer: &Trainer) -> Result<()>
 
 /// With memory layers: how often each slot is read over a sample of the training rows
 /// (`slot_counts.safetensors` beside the model; what `teach` ranks slots against).
-fn save_slot_counts(gpu: &Gpu, dir: &Path, a: &Settings, kb: &KnowledgeBase, trainer: &Trainer) -> Result<()> {
+fn save_slot_counts(
+    gpu: &Gpu,
+    dir: &Path,
+    a: &Settings,
+    kb: &KnowledgeBase,
+    trainer: &Trainer,
+) -> Result<()> {
     if trainer.model.config.memory.is_none() {
         return Ok(());
     }
@@ -369,7 +375,11 @@ fn check_flops(dense: &ModelConfig, memory: &ModelConfig, seq: usize) -> Result<
     let (fd, fm) = (dense.flops_per_token(seq), memory.flops_per_token(seq));
     let diff = (fm - fd) / fd;
     if diff.abs() > FLOPS_TOLERANCE {
-        let kind = if memory.memory.as_ref().is_some_and(|m| m.peer) { "PEER" } else { "memory" };
+        let kind = if memory.memory.as_ref().is_some_and(|m| m.peer) {
+            "PEER"
+        } else {
+            "memory"
+        };
         return Err(Error::Config(format!(
             "FLOPs per token not matched: dense {:.0}, {kind} {:.0} ({:+.1}%, limit {:.0}%); \
              change --n-keys, --mem-heads, --mem-k-dim or --mem-knn",
@@ -442,7 +452,9 @@ pub fn run(args: &Args) -> Result<()> {
         others.push((name, args, config.flops_per_token(a.seq), diff));
     }
     if a.sweep && !a.models.contains(&"memory") {
-        return Err(Error::Config("--sweep varies the memory model: include memory in --models".into()));
+        return Err(Error::Config(
+            "--sweep varies the memory model: include memory in --models".into(),
+        ));
     }
     let sweep_args: Vec<LMTransformerArgs> = match a.sweep {
         true => a.sweep_n_keys.iter().map(|&n| model_args(a, Some(n))).collect(),
@@ -507,9 +519,25 @@ pub fn run(args: &Args) -> Result<()> {
     // The other models at the dense model's best rate (their value tables at 10x).
     let mut runs: Vec<(&str, Run)> = Vec::new();
     for (name, args, _, _) in others {
-        let (mut run, trainer) = train(&gpu, a, format!("{name} lr {:.0e}", dense.lr), args, dense.lr, &kb, &sample)?;
-        let values = run.config.memory.as_ref().map_or(0, |m| m.n_values() * if m.peer { 2 } else { 1 });
-        run.label = format!("{} ({}K values)", if name == "peer" { "PEER" } else { "memory" }, (values + 512) / 1024);
+        let (mut run, trainer) = train(
+            &gpu,
+            a,
+            format!("{name} lr {:.0e}", dense.lr),
+            args,
+            dense.lr,
+            &kb,
+            &sample,
+        )?;
+        let values = run
+            .config
+            .memory
+            .as_ref()
+            .map_or(0, |m| m.n_values() * if m.peer { 2 } else { 1 });
+        run.label = format!(
+            "{} ({}K values)",
+            if name == "peer" { "PEER" } else { "memory" },
+            (values + 512) / 1024
+        );
         save_model(&gpu, &a.out.join(name), &run, &trainer)?;
         save_slot_counts(&gpu, &a.out.join(name), a, &kb, &trainer)?;
         runs.push((name, run));
@@ -524,7 +552,10 @@ pub fn run(args: &Args) -> Result<()> {
             Some(_) => None, // the main memory model is this point
             None => Some(train(&gpu, a, label, s, dense.lr, &kb, &sample)?.0),
         };
-        let r = run.as_ref().or(memory).expect("the sweep trains or reuses a memory model");
+        let r = run
+            .as_ref()
+            .or(memory)
+            .expect("the sweep trains or reuses a memory model");
         sweep.push((n_keys, r.memory_params, r.flops, r.recall));
     }
 
@@ -542,7 +573,9 @@ pub fn run(args: &Args) -> Result<()> {
     for (name, run) in &runs {
         results[*name] = run.json(a);
     }
-    let all: Vec<&Run> = std::iter::once(&dense).chain(runs.iter().map(|(_, r)| r)).collect();
+    let all: Vec<&Run> = std::iter::once(&dense)
+        .chain(runs.iter().map(|(_, r)| r))
+        .collect();
     let curves: Vec<Series> = all
         .iter()
         .map(|r| Series {
@@ -622,7 +655,11 @@ pub fn run(args: &Args) -> Result<()> {
         .collect();
     println!(
         "\n{}; total {}; wrote {}",
-        if ratios.is_empty() { "dense only".into() } else { ratios.join(", ") },
+        if ratios.is_empty() {
+            "dense only".into()
+        } else {
+            ratios.join(", ")
+        },
         duration(total.elapsed().as_secs_f64()),
         a.out.display()
     );

@@ -107,7 +107,15 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
     let model = Model::new(&gpu, &model_dir.weights)?;
     let mut rng = Rng::new(a.seed);
     let mut pick_next = |logits: &[f32]| pick(logits, a.temperature, a.top_p, &mut rng);
-    let ids = generate_ids(&gpu, &model, config, &prompt, a.max_tokens, tokenizer.eos_id, &mut pick_next)?;
+    let ids = generate_ids(
+        &gpu,
+        &model,
+        config,
+        &prompt,
+        a.max_tokens,
+        tokenizer.eos_id,
+        &mut pick_next,
+    )?;
     eprintln!(
         "{} tokenizer: prompt {} tokens (with BOS), {} new",
         tokenizer.kind().name(),

@@ -107,6 +107,7 @@ data.tokenizer.path ({}), and a file of that name beside the checkpoint ({})",
             beside.map_or("no name to look for".into(), |b| b.display().to_string()),
         )));
     };
-    let data = std::fs::read(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
+    let data =
+        std::fs::read(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
     Tokenizer::from_bytes(spec.kind, &data, &path.display().to_string())
 }

@@ -100,7 +100,13 @@ fn save(
 
 /// With memory layers: how often each slot is read over a fixed sample of the training text
 /// (saved with each checkpoint; what sparse memory fine-tuning ranks slots against).
-fn slot_counts(model: &Model, gpu: &Gpu, data: &ByteData, batch: usize, seq: usize) -> Result<Option<SlotCounts>> {
+fn slot_counts(
+    model: &Model,
+    gpu: &Gpu,
+    data: &ByteData,
+    batch: usize,
+    seq: usize,
+) -> Result<Option<SlotCounts>> {
     if model.config.memory.is_none() {
         return Ok(None);
     }

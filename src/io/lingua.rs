@@ -35,13 +35,12 @@ impl LinguaParams {
     /// Parses params.json text; `source` names the file in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self> {
         let bad = |what: String| Error::Format(format!("{source}: {what}"));
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON ({e})")))?;
         let model = v
             .get("model")
             .ok_or_else(|| bad("no \"model\" section (lingua's LMTransformerArgs)".into()))?;
-        let model: LMTransformerArgs = serde_json::from_value(model.clone())
-            .map_err(|e| bad(format!("\"model\" section: {e}")))?;
+        let model: LMTransformerArgs =
+            serde_json::from_value(model.clone()).map_err(|e| bad(format!("\"model\" section: {e}")))?;
         let tokenizer = v.pointer("/data/tokenizer");
         let name = tokenizer
             .and_then(|t| t.get("name"))
@@ -150,7 +149,10 @@ pub fn read_consolidated(path: &Path) -> Result<TensorFile> {
 
 /// `read_consolidated` of a file's bytes (the web page, which has no file system).
 pub fn read_consolidated_bytes(bytes: Vec<u8>, source: &str) -> Result<TensorFile> {
-    state_dict(pytorch_reader::PytorchReader::from_bytes(bytes, Some("model")), source)
+    state_dict(
+        pytorch_reader::PytorchReader::from_bytes(bytes, Some("model")),
+        source,
+    )
 }
 
 fn state_dict(
@@ -160,8 +162,11 @@ fn state_dict(
     use super::tensors::{HostTensor, TensorData};
     use pytorch_reader::DType;
     let bad = |what: String| Error::Format(format!("{source}: {what}"));
-    let reader =
-        reader.map_err(|e| bad(format!("not a readable torch checkpoint with a \"model\" state dict ({e})")))?;
+    let reader = reader.map_err(|e| {
+        bad(format!(
+            "not a readable torch checkpoint with a \"model\" state dict ({e})"
+        ))
+    })?;
     let mut file = TensorFile::default();
     let mut names: Vec<String> = reader.keys();
     names.sort();
@@ -170,7 +175,9 @@ fn state_dict(
         let bytes = t.read().map_err(|e| bad(e.to_string()))?;
         let chunks = |n: usize| bytes.chunks_exact(n);
         let data: Vec<f32> = match t.dtype() {
-            DType::F32 => chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            DType::F32 => chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
             DType::F16 => chunks(2)
                 .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
                 .collect(),
@@ -187,7 +194,11 @@ fn state_dict(
             }
         };
         if data.len() != t.num_elements() {
-            return Err(bad(format!("tensor `{name}`: {} bytes for shape {:?}", bytes.len(), t.shape())));
+            return Err(bad(format!(
+                "tensor `{name}`: {} bytes for shape {:?}",
+                bytes.len(),
+                t.shape()
+            )));
         }
         file.insert(
             name,
@@ -227,7 +238,9 @@ pub fn merge_aliased_values(file: &mut TensorFile, first: usize, table: &str) ->
         if !same {
             return Err(Error::tensor(
                 &name,
-                format!("the same table as `{kept}` (mem_share_values: one pool shared by every memory layer)"),
+                format!(
+                    "the same table as `{kept}` (mem_share_values: one pool shared by every memory layer)"
+                ),
                 "a different table",
             ));
         }
@@ -254,5 +267,6 @@ pub fn model_weights(
             merge_aliased_values(&mut tensors, first, table)?;
         }
     }
-    crate::model::ModelWeights::from_tensors(&config, &tensors).map_err(|e| Error::Format(format!("{source}: {e}")))
+    crate::model::ModelWeights::from_tensors(&config, &tensors)
+        .map_err(|e| Error::Format(format!("{source}: {e}")))
 }

@@ -135,7 +135,11 @@ pub fn write_state_dict<W: Write + Seek>(
     let zip_err = |e: zip::result::ZipError| Error::Format(format!("writing the torch zip: {e}"));
     for (name, shape, data) in tensors {
         if shape.iter().product::<usize>() != data.len() {
-            return Err(Error::tensor(name, format!("{shape:?}"), format!("{} elements", data.len())));
+            return Err(Error::tensor(
+                name,
+                format!("{shape:?}"),
+                format!("{} elements", data.len()),
+            ));
         }
     }
     let mut zip = zip::ZipWriter::new(out);
@@ -150,7 +154,8 @@ pub fn write_state_dict<W: Write + Seek>(
     zip.start_file(format!("{archive}/data.pkl"), options(pickle.len()))
         .map_err(zip_err)?;
     zip.write_all(&pickle)?;
-    zip.start_file(format!("{archive}/byteorder"), options(6)).map_err(zip_err)?;
+    zip.start_file(format!("{archive}/byteorder"), options(6))
+        .map_err(zip_err)?;
     zip.write_all(b"little")?;
     for (i, (_, _, data)) in tensors.iter().enumerate() {
         let bytes: &[u8] = bytemuck::cast_slice(data);
@@ -158,7 +163,8 @@ pub fn write_state_dict<W: Write + Seek>(
             .map_err(zip_err)?;
         zip.write_all(bytes)?;
     }
-    zip.start_file(format!("{archive}/version"), options(2)).map_err(zip_err)?;
+    zip.start_file(format!("{archive}/version"), options(2))
+        .map_err(zip_err)?;
     zip.write_all(b"3\n")?;
     zip.finish().map_err(zip_err)?;
     Ok(())

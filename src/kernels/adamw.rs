@@ -76,7 +76,10 @@ pub fn record_clip(
     max_norm: f32,
 ) -> Result<wgpu::Buffer> {
     if groups.is_empty() || groups.len() > MAX_GRID_DIM as usize {
-        return Err(Error::Config(format!("gradient clipping: {} groups", groups.len())));
+        return Err(Error::Config(format!(
+            "gradient clipping: {} groups",
+            groups.len()
+        )));
     }
     // Every non-empty buffer in group order, with where its partial sums start; and each
     // group's range of partial sums.

@@ -34,7 +34,11 @@ pub fn record_embedding_grad(
             "embedding gradient: vocabulary {vocab} x dim {dim} exceeds one dispatch"
         )));
     }
-    check_loop_budget("embedding gradient", rows as u64 + 2 * IDS as u64, "the batch's rows")?;
+    check_loop_budget(
+        "embedding gradient",
+        rows as u64 + 2 * IDS as u64,
+        "the batch's rows",
+    )?;
     check_buffer(gpu, "embedding gradient ids", ids, rows as u64)?;
     check_buffer(gpu, "embedding gradient dy", dy, rows as u64 * dim as u64)?;
     check_buffer(gpu, "embedding gradient", grad, vocab as u64 * dim as u64)?;

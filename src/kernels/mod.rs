@@ -145,7 +145,10 @@ mod tests {
                 .subgroup_operations(naga::valid::SubgroupOperationSet::all())
                 .validate(&module)
                 .unwrap();
-            let has_wg = module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some("WG"));
+            let has_wg = module
+                .overrides
+                .iter()
+                .any(|(_, o)| o.name.as_deref() == Some("WG"));
             let widths: &[f64] = if has_wg { &[8.0, 16.0, 32.0, 64.0] } else { &[0.0] };
             for &wg in widths {
                 let mut constants = naga::back::PipelineConstants::default();
@@ -159,8 +162,9 @@ mod tests {
                     fake_missing_bindings: true,
                     ..Default::default()
                 };
-                let (metal, _) = msl::write_string(&module, &info, &msl_options, &msl::PipelineOptions::default())
-                    .unwrap_or_else(|e| panic!("{name} WG={wg}: MSL: {e:?}"));
+                let (metal, _) =
+                    msl::write_string(&module, &info, &msl_options, &msl::PipelineOptions::default())
+                        .unwrap_or_else(|e| panic!("{name} WG={wg}: MSL: {e:?}"));
                 let hlsl_options = hlsl::Options {
                     shader_model: hlsl::ShaderModel::V6_0,
                     fake_missing_bindings: true,
@@ -180,7 +184,10 @@ mod tests {
                 // The subgroup GEMM's shuffles reach each back end as its own intrinsic.
                 if *name == "linear_subgroup.wgsl" {
                     assert!(metal.contains("simd_shuffle"), "{name}: MSL without simd_shuffle");
-                    assert!(text.contains("WaveReadLaneAt"), "{name}: HLSL without WaveReadLaneAt");
+                    assert!(
+                        text.contains("WaveReadLaneAt"),
+                        "{name}: HLSL without WaveReadLaneAt"
+                    );
                 }
                 translated += 1;
             }

@@ -42,12 +42,21 @@ pub fn record_backward(
     n: u32,
 ) -> Result<()> {
     check(n)?;
-    for (name, b) in [("PEER scores", s), ("PEER weights", w), ("PEER grad", g), ("PEER dw", dw), ("PEER ds", ds)] {
+    for (name, b) in [
+        ("PEER scores", s),
+        ("PEER weights", w),
+        ("PEER grad", g),
+        ("PEER dw", dw),
+        ("PEER ds", ds),
+    ] {
         check_buffer(gpu, name, b, n as u64)?;
     }
     let params = gpu.uniform("PEER params", &[n, 0, 0, 0]);
     let pipeline = gpu.pipeline_entry("peer", SOURCE, "backward", &[]);
-    let bind = gpu.bind_at(&pipeline, &[(0, &params), (1, s), (2, w), (4, g), (5, dw), (6, ds)]);
+    let bind = gpu.bind_at(
+        &pipeline,
+        &[(0, &params), (1, s), (2, w), (4, g), (5, dw), (6, ds)],
+    );
     let (x, y) = grid(n.div_ceil(64));
     gpu.run(encoder, "peer_gelu_backward", &pipeline, &bind, (x, y, 1));
     Ok(())

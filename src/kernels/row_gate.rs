@@ -52,7 +52,10 @@ pub fn record_backward(
     check_buffer(gpu, "row gate logit gradient", dg, rows as u64)?;
     let params = gpu.uniform("row gate params", &[rows, cols, 0, 0]);
     let pipeline = gpu.pipeline_entry("row_gate", SOURCE, "backward", &[]);
-    let bind = gpu.bind_at(&pipeline, &[(0, &params), (1, g), (2, x), (3, dx), (4, dy), (5, dg)]);
+    let bind = gpu.bind_at(
+        &pipeline,
+        &[(0, &params), (1, g), (2, x), (3, dx), (4, dy), (5, dg)],
+    );
     let (gx, gy) = grid(rows.div_ceil(64));
     gpu.run(encoder, "row_gate_backward", &pipeline, &bind, (gx, gy, 1));
     Ok(())

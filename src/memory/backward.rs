@@ -21,10 +21,10 @@ use crate::kernels::embedding_bag::{EmbeddingBag, WeightGrads};
 use crate::kernels::linear::{gemm, Batched, Linear};
 use crate::kernels::normalize;
 use crate::kernels::product_topk::ProductTopKBackward;
-use crate::kernels::{peer, row_gate};
 use crate::kernels::swilu_backward::SwiluBackward;
 use crate::kernels::value_grads::{SparseRows, ValueGrads};
 use crate::kernels::MAX_GRID_ROWS;
+use crate::kernels::{peer, row_gate};
 
 /// Gradient buffers of one backward pass, laid out as the parameters.
 pub struct MemoryGrads {
@@ -52,7 +52,15 @@ impl MemoryGrads {
         use super::layer::{by_name, parameters};
         let fields = (&self.query_w, &self.query_b, &self.keys);
         let buffer = |name: &str| {
-            by_name(name, fields, (self.swilu.as_ref(), self.value_proj.as_ref(), self.gating.as_ref()))
+            by_name(
+                name,
+                fields,
+                (
+                    self.swilu.as_ref(),
+                    self.value_proj.as_ref(),
+                    self.gating.as_ref(),
+                ),
+            )
         };
         parameters(config)
             .into_iter()
@@ -74,7 +82,9 @@ impl MemoryLayer {
         d_out: &wgpu::Buffer,
     ) -> Result<MemoryGrads> {
         if self.config.peer {
-            return Err(Error::Config("a PEER layer reads two tables: record_backward_peer".into()));
+            return Err(Error::Config(
+                "a PEER layer reads two tables: record_backward_peer".into(),
+            ));
         }
         self.backward(gpu, encoder, (None, pool), x, acts, d_out)
     }
@@ -90,7 +100,9 @@ impl MemoryLayer {
         d_out: &wgpu::Buffer,
     ) -> Result<MemoryGrads> {
         if !self.config.peer {
-            return Err(Error::Config("record_backward_peer on a layer that is not PEER".into()));
+            return Err(Error::Config(
+                "record_backward_peer on a layer that is not PEER".into(),
+            ));
         }
         self.backward(gpu, encoder, (Some(pool_u), pool_v), x, acts, d_out)
     }
@@ -120,8 +132,17 @@ impl MemoryLayer {
         let gate_grads = match (&self.gating, &acts.gate) {
             (Some(_), Some((logits, ungated))) => {
                 let out_dim = c.out_dim() as u32;
-                let (d_ungated, dg) = (f32s("grad ungated output", rows as u64 * out_dim as u64), f32s("grad gate", rows as u64));
-                row_gate::record_backward(gpu, encoder, (logits, ungated, d_out), (&d_ungated, &dg), (rows, out_dim))?;
+                let (d_ungated, dg) = (
+                    f32s("grad ungated output", rows as u64 * out_dim as u64),
+                    f32s("grad gate", rows as u64),
+                );
+                row_gate::record_backward(
+                    gpu,
+                    encoder,
+                    (logits, ungated, d_out),
+                    (&d_ungated, &dg),
+                    (rows, out_dim),
+                )?;
                 Some((d_ungated, dg))
             }
             (None, _) => None,
@@ -138,7 +159,10 @@ impl MemoryLayer {
         let (dh, value_proj) = match &self.value_proj {
             Some(_) if c.peer => (
                 d_out.clone(),
-                Some((f32s("grad value_proj.weight", (d * v) as u64), f32s("grad value_proj.bias", d as u64))),
+                Some((
+                    f32s("grad value_proj.weight", (d * v) as u64),
+                    f32s("grad value_proj.bias", d as u64),
+                )),
             ),
             Some((wo, _)) => {
                 let (dwo, dbo, dh) = (
@@ -182,86 +206,87 @@ impl MemoryLayer {
         };
         // swilu: h = y * silu(g), g = x W1^T + b1 (kept by the forward).
         let dx = f32s("grad input", rows as u64 * d as u64);
-        let (dy, swilu) = match (&self.swilu, &acts.swilu_input) {
-            (Some(_), _) if c.peer => (
-                dh,
-                Some((
-                    f32s("grad swilu_projection.weight", (v * d) as u64),
-                    f32s("grad swilu_projection.bias", v as u64),
-                )),
-            ),
-            (Some((w1, _)), Some(g)) => {
-                let n = rows as u64 * v as u64;
-                let (dy, dg) = (f32s("grad bag", n), f32s("grad g", n));
-                SwiluBackward {
-                    len: n as u32,
-                    dh: &dh,
-                    y: &acts.bag,
-                    g,
-                    dy: &dy,
-                    dg: &dg,
+        let (dy, swilu) =
+            match (&self.swilu, &acts.swilu_input) {
+                (Some(_), _) if c.peer => (
+                    dh,
+                    Some((
+                        f32s("grad swilu_projection.weight", (v * d) as u64),
+                        f32s("grad swilu_projection.bias", v as u64),
+                    )),
+                ),
+                (Some((w1, _)), Some(g)) => {
+                    let n = rows as u64 * v as u64;
+                    let (dy, dg) = (f32s("grad bag", n), f32s("grad g", n));
+                    SwiluBackward {
+                        len: n as u32,
+                        dh: &dh,
+                        y: &acts.bag,
+                        g,
+                        dy: &dy,
+                        dg: &dg,
+                    }
+                    .record(gpu, encoder)?;
+                    let (dw1, db1) = (
+                        f32s("grad swilu_projection.weight", (v * d) as u64),
+                        f32s("grad swilu_projection.bias", v as u64),
+                    );
+                    gemm(
+                        gpu,
+                        encoder,
+                        "grad swilu_projection.weight",
+                        (&dg, true),
+                        (x, true),
+                        &dw1,
+                        (v, d, rows),
+                        false,
+                    )?;
+                    gemm(
+                        gpu,
+                        encoder,
+                        "grad swilu_projection.bias",
+                        (&ones, false),
+                        (&dg, true),
+                        &db1,
+                        (1, v, rows),
+                        false,
+                    )?;
+                    gemm(
+                        gpu,
+                        encoder,
+                        "grad input (swilu)",
+                        (&dg, false),
+                        (w1, true),
+                        &dx,
+                        (rows, d, v),
+                        false,
+                    )?;
+                    (dy, Some((dw1, db1)))
                 }
-                .record(gpu, encoder)?;
-                let (dw1, db1) = (
-                    f32s("grad swilu_projection.weight", (v * d) as u64),
-                    f32s("grad swilu_projection.bias", v as u64),
-                );
-                gemm(
-                    gpu,
-                    encoder,
-                    "grad swilu_projection.weight",
-                    (&dg, true),
-                    (x, true),
-                    &dw1,
-                    (v, d, rows),
-                    false,
-                )?;
-                gemm(
-                    gpu,
-                    encoder,
-                    "grad swilu_projection.bias",
-                    (&ones, false),
-                    (&dg, true),
-                    &db1,
-                    (1, v, rows),
-                    false,
-                )?;
-                gemm(
-                    gpu,
-                    encoder,
-                    "grad input (swilu)",
-                    (&dg, false),
-                    (w1, true),
-                    &dx,
-                    (rows, d, v),
-                    false,
-                )?;
-                (dy, Some((dw1, db1)))
-            }
-            (None, _) => (dh, None),
-            (Some(_), None) => {
-                return Err(Error::Config(
-                    "memory backward: activations without the swilu input (not from this layer's forward)".into(),
-                ))
-            }
-        };
+                (None, _) => (dh, None),
+                (Some(_), None) => return Err(Error::Config(
+                    "memory backward: activations without the swilu input (not from this layer's forward)"
+                        .into(),
+                )),
+            };
         // The bag: dL/dw per entry, and the value gradient.
         let bag = heads * knn;
         let entries = rows * bag;
         let chunks = pool.chunks();
-        let bag_grads = |encoder: &mut wgpu::CommandEncoder, weights: &wgpu::Buffer, dy: &wgpu::Buffer, v_dim: u32| {
-            ValueGrads {
-                rows,
-                bag,
-                v_dim,
-                n_values: c.n_values() as u32,
-                max_per_slot: rows * heads,
-                indices: &acts.indices,
-                weights,
-                dy,
-            }
-            .record(gpu, encoder)
-        };
+        let bag_grads =
+            |encoder: &mut wgpu::CommandEncoder, weights: &wgpu::Buffer, dy: &wgpu::Buffer, v_dim: u32| {
+                ValueGrads {
+                    rows,
+                    bag,
+                    v_dim,
+                    n_values: c.n_values() as u32,
+                    max_per_slot: rows * heads,
+                    indices: &acts.indices,
+                    weights,
+                    dy,
+                }
+                .record(gpu, encoder)
+            };
         // dL/d(each entry's bag weight): <dy_row, V[slot]>.
         let d_bag_weights = f32s("grad bag weights", entries as u64);
         WeightGrads {
@@ -455,9 +480,36 @@ impl MemoryLayer {
         let gating = match (&self.gating, &gate_grads) {
             (Some((gw, _)), Some((_, dg))) => {
                 let (dgw, dgb) = (f32s("grad gating.weight", d as u64), f32s("grad gating.bias", 1));
-                gemm(gpu, encoder, "grad gating.weight", (dg, true), (x, true), &dgw, (1, d, rows), false)?;
-                gemm(gpu, encoder, "grad gating.bias", (&ones, false), (dg, true), &dgb, (1, 1, rows), false)?;
-                gemm(gpu, encoder, "grad input (gating)", (dg, false), (gw, true), &dx, (rows, d, 1), true)?;
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad gating.weight",
+                    (dg, true),
+                    (x, true),
+                    &dgw,
+                    (1, d, rows),
+                    false,
+                )?;
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad gating.bias",
+                    (&ones, false),
+                    (dg, true),
+                    &dgb,
+                    (1, 1, rows),
+                    false,
+                )?;
+                gemm(
+                    gpu,
+                    encoder,
+                    "grad input (gating)",
+                    (dg, false),
+                    (gw, true),
+                    &dx,
+                    (rows, d, 1),
+                    true,
+                )?;
                 Some((dgw, dgb))
             }
             _ => None,

@@ -162,8 +162,16 @@ impl MemoryWeights {
     pub fn named_tensors(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
         let fields = (&self.query_w, &self.query_b, &self.keys);
         let field = |name: &str| -> &[f32] {
-            by_name(name, fields, (self.swilu.as_ref(), self.value_proj.as_ref(), self.gating.as_ref()))
-                .map_or(&[], |v| v)
+            by_name(
+                name,
+                fields,
+                (
+                    self.swilu.as_ref(),
+                    self.value_proj.as_ref(),
+                    self.gating.as_ref(),
+                ),
+            )
+            .map_or(&[], |v| v)
         };
         parameters(&self.config)
             .into_iter()
@@ -270,7 +278,15 @@ impl MemoryLayer {
     pub fn param_buffers(&self) -> Vec<(&'static str, &wgpu::Buffer)> {
         let fields = (&self.query_w, &self.query_b, &self.keys);
         let buffer = |name: &str| {
-            by_name(name, fields, (self.swilu.as_ref(), self.value_proj.as_ref(), self.gating.as_ref()))
+            by_name(
+                name,
+                fields,
+                (
+                    self.swilu.as_ref(),
+                    self.value_proj.as_ref(),
+                    self.gating.as_ref(),
+                ),
+            )
         };
         parameters(&self.config)
             .into_iter()
@@ -306,7 +322,9 @@ impl MemoryLayer {
         residual: Option<&wgpu::Buffer>,
     ) -> Result<(MemoryActivations, bool)> {
         if self.config.peer {
-            return Err(Error::Config("a PEER layer reads two tables: record_forward_peer".into()));
+            return Err(Error::Config(
+                "a PEER layer reads two tables: record_forward_peer".into(),
+            ));
         }
         self.record_any(gpu, encoder, (None, pool), x, rows, residual)
     }
@@ -324,7 +342,9 @@ impl MemoryLayer {
         residual: Option<&wgpu::Buffer>,
     ) -> Result<(MemoryActivations, bool)> {
         if !self.config.peer {
-            return Err(Error::Config("record_forward_peer on a layer that is not PEER".into()));
+            return Err(Error::Config(
+                "record_forward_peer on a layer that is not PEER".into(),
+            ));
         }
         self.record_any(gpu, encoder, (Some(pool_u), pool_v), x, rows, residual)
     }

@@ -10,8 +10,8 @@ use super::blocks::{GradSink, Pass, ValueTableGrad};
 use super::gpu::{Model, ModelForward};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::linear::{gemm, Batched, Linear, MAX_K_PER_DISPATCH};
 use crate::kernels::embedding_grad::record_embedding_grad;
+use crate::kernels::linear::{gemm, Batched, Linear, MAX_K_PER_DISPATCH};
 use crate::kernels::value_grads::ValueGrads;
 use crate::params::ParamId;
 
@@ -275,8 +275,7 @@ pub fn record_token_grad(
     (rows, vocab, d): (u32, u32, u32),
     dense: Option<bool>,
 ) -> Result<wgpu::Buffer> {
-    let small = rows <= DENSE_TOKEN_GRAD_MAX_ROWS
-        && rows as u64 * vocab as u64 <= DENSE_TOKEN_GRAD_MAX_WORK;
+    let small = rows <= DENSE_TOKEN_GRAD_MAX_ROWS && rows as u64 * vocab as u64 <= DENSE_TOKEN_GRAD_MAX_WORK;
     if dense.unwrap_or(small) {
         let grad = gpu.scratch("grad tok_embeddings", vocab as u64 * d as u64 * 4);
         record_embedding_grad(gpu, encoder, tokens, dh, &grad, (rows, vocab, d))?;

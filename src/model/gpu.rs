@@ -122,7 +122,10 @@ impl Model {
         let mut values = Vec::with_capacity(layout.values.len());
         if let Some(m) = &c.memory {
             for &id in &layout.values {
-                values.push((id, ValuePool::new(gpu, w.get(id), m.n_values(), m.v_dim, ValueDtype::F32)?));
+                values.push((
+                    id,
+                    ValuePool::new(gpu, w.get(id), m.n_values(), m.v_dim, ValueDtype::F32)?,
+                ));
             }
         }
         let params: Vec<wgpu::Buffer> = layout

@@ -40,7 +40,11 @@ impl SlotCounts {
         let per_row = m.heads * m.knn;
         let mut counts = SlotCounts {
             tokens: tokens.len() as u64,
-            layers: c.memory_layers.iter().map(|&l| (l, vec![0u64; m.n_values()])).collect(),
+            layers: c
+                .memory_layers
+                .iter()
+                .map(|&l| (l, vec![0u64; m.n_values()]))
+                .collect(),
         };
         for chunk in tokens.chunks(batch * seq) {
             let rows = chunk.len() / seq;

@@ -19,8 +19,16 @@ pub fn memory_params<'a>(w: &'a MemoryWeights, values: &'a [f32]) -> MemoryParam
         keys: &w.keys,
         values,
         // PEER's projections exist but are not used (as in the reference).
-        swilu: w.swilu.as_ref().filter(|_| !w.config.peer).map(|(w, b)| (&w[..], &b[..])),
-        value_proj: w.value_proj.as_ref().filter(|_| !w.config.peer).map(|(w, b)| (&w[..], &b[..])),
+        swilu: w
+            .swilu
+            .as_ref()
+            .filter(|_| !w.config.peer)
+            .map(|(w, b)| (&w[..], &b[..])),
+        value_proj: w
+            .value_proj
+            .as_ref()
+            .filter(|_| !w.config.peer)
+            .map(|(w, b)| (&w[..], &b[..])),
         gating: w.gating.as_ref().map(|(w, b)| (&w[..], &b[..])),
         values_u: None,
     }

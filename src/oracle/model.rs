@@ -82,7 +82,8 @@ pub fn forward_cpu_with_selections(
                     values_u: p.values_u.map(|u| w.get(u)),
                     ..super::memory_params(&m, values)
                 };
-                let (out, lookup) = reference::memory_forward(&f, &params, super::lookup_dims(&m.config, rows));
+                let (out, lookup) =
+                    reference::memory_forward(&f, &params, super::lookup_dims(&m.config, rows));
                 selections.extend(lookup.indices);
                 out
             }

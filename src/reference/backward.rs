@@ -57,7 +57,9 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
     // Forward, keeping what the backward needs.
     let q = linear(x, p.query_w, Some(p.query_b), rows, qw, dm);
     let lk = lookup(&q, p.keys, d);
-    let peer = p.values_u.map(|u| (u, peer_activations(x, u, &lk, rows, bag, dm)));
+    let peer = p
+        .values_u
+        .map(|u| (u, peer_activations(x, u, &lk, rows, bag, dm)));
     let y = match &peer {
         Some((_, (_, act))) => embedding_bag(&lk.indices, act, p.values, rows, bag, v),
         None => embedding_bag(&lk.indices, &lk.weights, p.values, rows, bag, v),
@@ -159,7 +161,9 @@ pub fn memory_backward(x: &[f32], p: &MemoryParamsRef, d: LookupDims, d_out: &[f
                     let slot = lk.indices[e0 + j] as usize;
                     let vr = &p.values[slot * v..(slot + 1) * v];
                     // PEER: the bag weighs v rows by a = w gelu(s), s = <x, u>.
-                    let weight = peer.as_ref().map_or(lk.weights[e0 + j], |(_, (_, act))| act[e0 + j]);
+                    let weight = peer
+                        .as_ref()
+                        .map_or(lk.weights[e0 + j], |(_, (_, act))| act[e0 + j]);
                     let mut dot = 0f32;
                     for c in 0..v {
                         dot += dy[r * v + c] * vr[c];

@@ -197,14 +197,25 @@ pub struct MemoryParamsRef<'a> {
 }
 
 /// PEER's activation per bag entry: `w_e * gelu(<x_row, u_slot>)`, with the dots.
-pub fn peer_activations(x: &[f32], u: &[f32], lk: &LookupOut, rows: usize, bag: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+pub fn peer_activations(
+    x: &[f32],
+    u: &[f32],
+    lk: &LookupOut,
+    rows: usize,
+    bag: usize,
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let dots: Vec<f32> = (0..rows * bag)
         .map(|e| {
             let (r, slot) = (e / bag, lk.indices[e] as usize);
             (0..d).map(|c| x[r * d + c] * u[slot * d + c]).sum()
         })
         .collect();
-    let act = dots.iter().zip(&lk.weights).map(|(&s, &w)| w * ops::gelu(s)).collect();
+    let act = dots
+        .iter()
+        .zip(&lk.weights)
+        .map(|(&s, &w)| w * ops::gelu(s))
+        .collect();
     (dots, act)
 }
 

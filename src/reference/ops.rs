@@ -189,7 +189,10 @@ fn sigmoid(v: f32) -> f32 {
 
 /// `y[r, c] = sigmoid(g[r]) * x[r, c]` (lingua's mem_gated).
 pub fn row_gate(g: &[f32], x: &[f32], cols: usize) -> Vec<f32> {
-    x.iter().enumerate().map(|(i, &v)| sigmoid(g[i / cols]) * v).collect()
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| sigmoid(g[i / cols]) * v)
+        .collect()
 }
 
 /// The backward of `row_gate` for `dy`: `(dx, dg)`.

@@ -227,8 +227,7 @@ impl Trainer {
         let values: Vec<&ParamState> = self.params.iter().filter(|p| p.values).collect();
         let value_grads: Vec<(&wgpu::Buffer, u64)> =
             values.iter().map(|p| (grads.grad(p.id), p.len as u64)).collect();
-        let flat_grad: Vec<(&wgpu::Buffer, u64)> =
-            self.flat.iter().map(|f| (&f.grad, f.len)).collect();
+        let flat_grad: Vec<(&wgpu::Buffer, u64)> = self.flat.iter().map(|f| (&f.grad, f.len)).collect();
         if let Some(flat) = &self.flat {
             for p in self.params.iter().filter(|p| !p.values) {
                 gpu.copy(
@@ -276,7 +275,11 @@ impl Trainer {
                 m: &p.m,
                 v: &p.v,
             };
-            let read = grads.values_read.iter().find(|(id, _)| *id == p.id).map(|(_, r)| r);
+            let read = grads
+                .values_read
+                .iter()
+                .find(|(id, _)| *id == p.id)
+                .map(|(_, r)| r);
             match (read, t.lazy_values) {
                 (Some(mask), true) => {
                     let v_dim = self.model.config.memory.as_ref().map_or(1, |m| m.v_dim);

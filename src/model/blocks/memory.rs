@@ -22,7 +22,12 @@ pub struct MemoryParams {
 impl MemoryParams {
     /// Declares the layer's own parameters; it reads value tables `tables` (`[values]`, or
     /// PEER's `[values_u, values_v]`).
-    pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &MemoryConfig, tables: &[ParamId]) -> Result<Self> {
+    pub(crate) fn declare(
+        r: &mut Registry,
+        prefix: &str,
+        c: &MemoryConfig,
+        tables: &[ParamId],
+    ) -> Result<Self> {
         c.validate()?;
         let ids = parameters(c)
             .into_iter()
@@ -39,9 +44,18 @@ impl MemoryParams {
         let (values, values_u) = match tables {
             [values] => (*values, None),
             [u, v] => (*v, Some(*u)),
-            _ => return Err(Error::Config(format!("a memory layer reads 1 or 2 tables, not {}", tables.len()))),
+            _ => {
+                return Err(Error::Config(format!(
+                    "a memory layer reads 1 or 2 tables, not {}",
+                    tables.len()
+                )))
+            }
         };
-        Ok(MemoryParams { ids, values, values_u })
+        Ok(MemoryParams {
+            ids,
+            values,
+            values_u,
+        })
     }
 
     /// Every parameter with its name within the layer.
@@ -112,7 +126,8 @@ impl MemoryBlock {
         let g = match self.params.values_u {
             Some(u) => {
                 let pools = (p.model.pool(u)?, pool);
-                self.layer.record_backward_peer(p.gpu, encoder, pools, x, acts, dh)?
+                self.layer
+                    .record_backward_peer(p.gpu, encoder, pools, x, acts, dh)?
             }
             None => self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?,
         };
@@ -125,7 +140,13 @@ impl MemoryBlock {
                 .ok_or_else(|| Error::MissingTensor(name.into()))?;
             grads.set(id, grad.clone());
         }
-        let tables = [(self.params.values, Some(&g.values)), (self.params.values_u.unwrap_or(self.params.values), g.values_u.as_ref())];
+        let tables = [
+            (self.params.values, Some(&g.values)),
+            (
+                self.params.values_u.unwrap_or(self.params.values),
+                g.values_u.as_ref(),
+            ),
+        ];
         for (id, rows) in tables {
             let Some(rows) = rows else { continue };
             let table = grads.value_table(id)?;

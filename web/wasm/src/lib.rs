@@ -9,9 +9,9 @@
 use memlayers::demo::{self, DemoModel, Fact, KnowledgeBase, MemoryShape};
 use memlayers::io::lingua::{self, LinguaParams};
 use memlayers::io::TensorFile;
-use memlayers::tokenizer::TokenizerKind;
 use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
 use memlayers::rng::Rng;
+use memlayers::tokenizer::TokenizerKind;
 use memlayers::train::Trainer;
 use memlayers::{Gpu, MemoryConfig, ValueDtype};
 use serde_json::json;
