@@ -24,6 +24,7 @@ pub mod oracle;
 pub mod params;
 pub mod reference;
 pub mod rng;
+pub mod teach;
 pub mod tokenizer;
 pub mod train;
 

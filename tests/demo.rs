@@ -273,6 +273,87 @@ fn demo_end_to_end_in_miniature() {
         );
     }
     assert!(!out.join("dense").join("slot_counts.safetensors").exists());
+    // Teaching the saved models two new people: every method on the memory model, and
+    // sparse memory fine-tuning of PEER's two tables.
+    for (model, compare) in [("memory", true), ("peer", false)] {
+        let taught = out.join(format!("taught-{model}"));
+        let mut args: Vec<String> = [
+            "teach",
+            "--model",
+            out.join(model).to_str().unwrap(),
+            "--new-people",
+            "2",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--slots",
+            "8",
+            "--out",
+            taught.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        if compare {
+            args.push("--compare".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t = memlayers(&args);
+        assert!(
+            t.status.success(),
+            "teach {model}: {}",
+            String::from_utf8_lossy(&t.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(taught.join("teach.json")).unwrap()).unwrap();
+        assert_eq!(report["method"], "sparse-memory");
+        assert_eq!(report["steps"].as_u64(), Some(4));
+        // The demo's facts, saved with the model, are the old facts: the same recall.
+        let before = report["old_recall_before"].as_f64().unwrap();
+        assert!(
+            (before - results[model]["recall"].as_f64().unwrap()).abs() < 1e-6,
+            "{model}: {before}"
+        );
+        for key in [
+            "new_recall",
+            "old_recall_after",
+            "old_loss_before",
+            "old_loss_after",
+        ] {
+            assert!(report[key].as_f64().is_some_and(f64::is_finite), "{model}: {key}");
+        }
+        assert!(
+            report["rows_updated_per_step"].as_f64().unwrap()
+                <= 8.0 * if model == "peer" { 2.0 } else { 1.0 }
+        );
+        let methods: Vec<&str> = report["compare"]
+            .as_array()
+            .map(|a| a.iter().map(|r| r["method"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            methods,
+            if compare {
+                vec!["sparse-memory", "memory", "full"]
+            } else {
+                vec![]
+            }
+        );
+        let png = std::fs::read(taught.join("forgetting.png")).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        // The taught model holds the old facts and the new ones, and generates.
+        let facts = std::fs::read_to_string(taught.join("model").join("facts.tsv")).unwrap();
+        assert_eq!(facts.lines().count(), 5 * 4 + 2 * 4);
+        let g = memlayers(&[
+            "generate",
+            "--model",
+            taught.join("model").to_str().unwrap(),
+            "--prompt",
+            "Ab ",
+            "--max-tokens",
+            "3",
+        ]);
+        assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    }
     assert_eq!(results["dense_lr_sweep"].as_array().unwrap().len(), 2);
     assert_eq!(results["sweep"].as_array().unwrap().len(), 2);
     assert!(results["memory"]["memory_params"].as_u64().unwrap() > 0);

@@ -511,12 +511,13 @@ fn slot_counts_match_the_oracle_and_slot_stats_writes_them() {
     let tokens: Vec<u32> = (0..rows * seq).map(|_| rng.below(256) as u32).collect();
     let g = common::gpu();
     let model = Model::new(g, &weights).unwrap();
-    let counts = pollster::block_on(SlotCounts::measure(&model, g, &tokens, seq, 2)).unwrap();
+    let counts = pollster::block_on(SlotCounts::measure(&model, g, &tokens, None, seq, 2)).unwrap();
     let (_, selections) = memlayers::oracle::forward_cpu_with_selections(&weights, &tokens, rows, seq);
     let per_layer = rows * seq * m.heads * m.knn;
     assert_eq!(counts.tokens, (rows * seq) as u64);
     assert_eq!(counts.layers.len(), c.memory_layers.len());
-    for (i, (layer, got)) in counts.layers.iter().enumerate() {
+    for (i, l) in counts.layers.iter().enumerate() {
+        let (layer, got) = (l.layer, &l.reads);
         let mut want = vec![0u64; m.n_values()];
         for &s in &selections[i * per_layer..(i + 1) * per_layer] {
             want[s as usize] += 1;
@@ -533,6 +534,48 @@ fn slot_counts_match_the_oracle_and_slot_stats_writes_them() {
             "layer {layer}: {differ} of {per_layer} reads differ"
         );
     }
+    // With targets, only the positions with a target count (every third here), and the
+    // counts read back from their tensors.
+    let targets: Vec<u32> = (0..rows * seq)
+        .map(|i| {
+            if i % 3 == 0 {
+                7
+            } else {
+                memlayers::kernels::ops::IGNORE_TARGET
+            }
+        })
+        .collect();
+    let at_targets =
+        pollster::block_on(SlotCounts::measure(&model, g, &tokens, Some(&targets), seq, 2)).unwrap();
+    assert_eq!(at_targets.tokens, (rows * seq).div_ceil(3) as u64);
+    let per_position = m.heads * m.knn;
+    assert_eq!(at_targets.batches, 2);
+    for (i, l) in at_targets.layers.iter().enumerate() {
+        let (layer, got) = (l.layer, &l.reads);
+        let mut want = vec![0u64; m.n_values()];
+        let layer_reads = &selections[i * per_layer..(i + 1) * per_layer];
+        for (p, read) in layer_reads.chunks(per_position).enumerate() {
+            if p % 3 == 0 {
+                read.iter().for_each(|&s| want[s as usize] += 1);
+            }
+        }
+        let differ: u64 = got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).sum();
+        assert!(
+            differ as usize <= per_layer / 50,
+            "layer {layer} at targets: {differ} reads differ"
+        );
+        assert_eq!(got.iter().sum::<u64>(), want.iter().sum::<u64>());
+        // Two batches (of two rows, then one): a slot is in at most both, and in at least one
+        // exactly when it was read.
+        for (r, (&b, &c)) in l.batches.iter().zip(got).enumerate() {
+            assert!(
+                b <= 2 && (b > 0) == (c > 0),
+                "layer {layer} slot {r}: {b} batches, {c} reads"
+            );
+        }
+    }
+    let back = SlotCounts::from_tensors(&at_targets.to_tensors(), &c.memory_layers, m.n_values()).unwrap();
+    assert_eq!(back, at_targets);
     // The command writes them, per memory layer.
     let dir = scratch_dir("slot-stats");
     std::fs::write(dir.join("text.txt"), "memory layers remember facts. ".repeat(30)).unwrap();

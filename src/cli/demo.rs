@@ -339,16 +339,19 @@ fn train(
     Ok((run, trainer))
 }
 
-fn save_model(gpu: &Gpu, dir: &Path, run: &Run, trainer: &Trainer) -> Result<()> {
+/// The model, and the facts it learned (`teach` measures forgetting on them).
+fn save_model(gpu: &Gpu, dir: &Path, run: &Run, trainer: &Trainer, kb: &KnowledgeBase) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     write_atomic(&dir.join("config.json"), run.args.to_json().as_bytes())?;
+    write_atomic(&dir.join(super::teach::FACTS_FILE), kb.to_tsv().as_bytes())?;
     trainer
         .weights_blocking(gpu)?
         .write(&dir.join("weights.safetensors"))
 }
 
-/// With memory layers: how often each slot is read over a sample of the training rows
-/// (`slot_counts.safetensors` beside the model; what `teach` ranks slots against).
+/// With memory layers: how often each slot is read over a sample of the training rows, at
+/// the answers (where the loss is; `slot_counts.safetensors` beside the model: what `teach`
+/// ranks slots against).
 fn save_slot_counts(
     gpu: &Gpu,
     dir: &Path,
@@ -360,16 +363,25 @@ fn save_slot_counts(
         return Ok(());
     }
     let mut rng = Rng::new(a.seed ^ 0x5107);
-    let mut tokens = Vec::new();
+    let (mut tokens, mut targets) = (Vec::new(), Vec::new());
     for _ in 0..SLOT_COUNT_BATCHES {
-        tokens.extend(training_batch(&kb.facts, &mut rng, a.batch, a.seq).0);
+        let (x, y) = training_batch(&kb.facts, &mut rng, a.batch, a.seq);
+        tokens.extend(x);
+        targets.extend(y);
     }
-    let counts = pollster::block_on(SlotCounts::measure(&trainer.model, gpu, &tokens, a.seq, a.batch))?;
+    let counts = pollster::block_on(SlotCounts::measure(
+        &trainer.model,
+        gpu,
+        &tokens,
+        Some(&targets),
+        a.seq,
+        a.batch,
+    ))?;
     counts.to_tensors().write(&dir.join(SLOT_COUNTS_FILE))
 }
 
 /// Training batches whose slot reads are counted for a saved memory model.
-const SLOT_COUNT_BATCHES: usize = 8;
+const SLOT_COUNT_BATCHES: usize = 32;
 
 fn check_flops(dense: &ModelConfig, memory: &ModelConfig, seq: usize) -> Result<f64> {
     let (fd, fm) = (dense.flops_per_token(seq), memory.flops_per_token(seq));
@@ -514,7 +526,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let (mut dense, dense_trainer) = best.expect("at least one learning rate");
     dense.label = format!("dense (lr {:.0e})", dense.lr);
-    save_model(&gpu, &a.out.join("dense"), &dense, &dense_trainer)?;
+    save_model(&gpu, &a.out.join("dense"), &dense, &dense_trainer, &kb)?;
     drop(dense_trainer);
     // The other models at the dense model's best rate (their value tables at 10x).
     let mut runs: Vec<(&str, Run)> = Vec::new();
@@ -538,7 +550,7 @@ pub fn run(args: &Args) -> Result<()> {
             if name == "peer" { "PEER" } else { "memory" },
             (values + 512) / 1024
         );
-        save_model(&gpu, &a.out.join(name), &run, &trainer)?;
+        save_model(&gpu, &a.out.join(name), &run, &trainer, &kb)?;
         save_slot_counts(&gpu, &a.out.join(name), a, &kb, &trainer)?;
         runs.push((name, run));
     }

@@ -10,6 +10,7 @@ mod model_dir;
 mod plot;
 mod progress;
 mod slot_stats;
+mod teach;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,9 @@ enum Command {
     ExportLingua(export_lingua::Args),
     /// Count how often each memory slot is read over a text (slot_counts.safetensors).
     SlotStats(slot_stats::Args),
+    /// Teach a model new facts (sparse memory fine-tuning, or the baselines) and measure what
+    /// it forgets.
+    Teach(teach::Args),
     /// Benchmark the forward pass: tokens/s, GPU time per kernel, matmul GFLOP/s, and the
     /// embedding bag's bandwidth next to a plain copy's on the same adapter.
     #[cfg(feature = "bench")]
@@ -82,6 +86,7 @@ pub fn run() -> Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::ExportLingua(args) => export_lingua::run(&args),
         Command::SlotStats(args) => slot_stats::run(&args),
+        Command::Teach(args) => teach::run(&args),
         #[cfg(feature = "bench")]
         Command::Bench {
             train,

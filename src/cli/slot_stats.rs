@@ -44,7 +44,14 @@ pub fn run(a: &Args) -> Result<()> {
     }
     let gpu = Gpu::new_blocking()?;
     let model = Model::new(&gpu, &model_dir.weights)?;
-    let counts = pollster::block_on(SlotCounts::measure(&model, &gpu, &ids[..rows * seq], seq, 16))?;
+    let counts = pollster::block_on(SlotCounts::measure(
+        &model,
+        &gpu,
+        &ids[..rows * seq],
+        None,
+        seq,
+        16,
+    ))?;
     let out = a.out.clone().unwrap_or_else(|| a.model.join(SLOT_COUNTS_FILE));
     counts.to_tensors().write(&out)?;
     eprintln!("{} tokens counted", counts.tokens);

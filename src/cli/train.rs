@@ -115,7 +115,7 @@ fn slot_counts(
     for _ in 0..SLOT_COUNT_BATCHES {
         tokens.extend(ByteData::sample(&data.train, &mut rng, batch, seq).0);
     }
-    pollster::block_on(SlotCounts::measure(model, gpu, &tokens, seq, batch)).map(Some)
+    pollster::block_on(SlotCounts::measure(model, gpu, &tokens, None, seq, batch)).map(Some)
 }
 
 /// Training batches whose slot reads are counted at a checkpoint.

@@ -85,27 +85,60 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// For each fact, whether greedy decoding of its prompt yields exactly its answer.
-pub async fn recalled(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<Vec<bool>> {
+/// What a model makes of some facts: for each, whether greedy decoding of its prompt yields
+/// exactly its answer; and the mean cross-entropy over every answer byte.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FactScores {
+    pub recalled: Vec<bool>,
+    pub loss: f32,
+}
+
+impl FactScores {
+    /// The fraction of facts recalled exactly.
+    pub fn recall(&self) -> f32 {
+        self.recalled.iter().filter(|&&h| h).count() as f32 / self.recalled.len().max(1) as f32
+    }
+}
+
+/// Scores `facts` (see `FactScores`), one forward pass per 256 facts.
+pub async fn score(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<FactScores> {
     const CHUNK: usize = 256;
     let vocab = model.config.vocab;
-    let mut out = Vec::with_capacity(facts.len());
+    let mut recalled = Vec::with_capacity(facts.len());
+    let (mut loss, mut counted) = (0f64, 0usize);
     for chunk in facts.chunks(CHUNK) {
         let (tokens, targets, seq) = recall_rows(chunk);
         let (logits, _) = model.forward(gpu, &tokens, None, chunk.len(), seq).await?;
         for r in 0..chunk.len() {
-            out.push((0..seq).all(|i| {
+            let mut hit = true;
+            for i in 0..seq {
                 let t = targets[r * seq + i];
+                if t == IGNORE_TARGET {
+                    continue;
+                }
                 let at = (r * seq + i) * vocab;
-                t == IGNORE_TARGET || argmax(&logits[at..at + vocab]) == t
-            }));
+                let row = &logits[at..at + vocab];
+                hit &= argmax(row) == t;
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+                let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+                loss += max + sum.ln() - row[t as usize] as f64;
+                counted += 1;
+            }
+            recalled.push(hit);
         }
     }
-    Ok(out)
+    Ok(FactScores {
+        recalled,
+        loss: (loss / counted.max(1) as f64) as f32,
+    })
+}
+
+/// For each fact, whether greedy decoding of its prompt yields exactly its answer.
+pub async fn recalled(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<Vec<bool>> {
+    Ok(score(model, gpu, facts).await?.recalled)
 }
 
 /// The fraction of `facts` recalled exactly (see `recalled`).
 pub async fn recall(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<f32> {
-    let hits = recalled(model, gpu, facts).await?;
-    Ok(hits.iter().filter(|&&h| h).count() as f32 / hits.len().max(1) as f32)
+    Ok(score(model, gpu, facts).await?.recall())
 }

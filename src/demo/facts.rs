@@ -106,6 +106,43 @@ impl KnowledgeBase {
         KnowledgeBase { facts }
     }
 
+    /// `subjects` fictional people as `synthetic` draws them from `seed`, none of whom is a
+    /// subject of `known` (new people to teach a model about).
+    pub fn new_people(subjects: usize, seed: u64, known: &KnowledgeBase) -> Self {
+        let taken: std::collections::BTreeSet<&str> =
+            known.facts.iter().map(|f| f.subject.as_str()).collect();
+        let mut drawn = subjects;
+        loop {
+            let kb = KnowledgeBase::synthetic(drawn, seed);
+            let mut people = Vec::new();
+            let mut facts = Vec::new();
+            for f in kb.facts {
+                if taken.contains(f.subject.as_str()) {
+                    continue;
+                }
+                if people.last() != Some(&f.subject) {
+                    if people.len() == subjects {
+                        break;
+                    }
+                    people.push(f.subject.clone());
+                }
+                facts.push(f);
+            }
+            if people.len() == subjects {
+                return KnowledgeBase { facts };
+            }
+            drawn += subjects - people.len() + 8;
+        }
+    }
+
+    /// The facts as TSV text (`parse_tsv` reads it back).
+    pub fn to_tsv(&self) -> String {
+        self.facts
+            .iter()
+            .map(|f| format!("{}\t{}\t{}\n", f.subject, f.relation, f.object))
+            .collect()
+    }
+
     /// Facts from TSV text: one fact a line, `subject<TAB>relation<TAB>object`; blank lines
     /// and lines starting with `#` are skipped. Every bad line is reported with its number
     /// (up to ten in the message): a wrong field count, an empty field, a field with a

@@ -11,6 +11,7 @@ pub mod peer;
 pub mod product_topk;
 pub mod radix_sort;
 pub mod row_gate;
+pub mod sgd;
 pub mod swilu_backward;
 pub mod value_grads;
 
@@ -36,6 +37,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("product_topk_lanes.wgsl", product_topk::LANES_SOURCE),
     ("radix_sort.wgsl", radix_sort::SOURCE),
     ("row_gate.wgsl", row_gate::SOURCE),
+    ("sgd.wgsl", sgd::SOURCE),
     ("swilu_backward.wgsl", swilu_backward::SOURCE),
     ("value_grads.wgsl", value_grads::SOURCE),
 ];

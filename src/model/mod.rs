@@ -15,5 +15,5 @@ pub use blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams};
 pub use config::{LMTransformerArgs, ModelConfig, ProductKeyArgs};
 pub use gpu::{KvCache, Model, ModelForward};
 pub use layout::{LayerParams, ModelLayout};
-pub use slot_stats::{SlotCounts, SLOT_COUNTS_FILE};
+pub use slot_stats::{LayerSlotCounts, SlotCounts, SLOT_COUNTS_FILE};
 pub use weights::ModelWeights;

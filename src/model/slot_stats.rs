@@ -1,13 +1,16 @@
 //! How often each memory slot is read over some text: the background statistics that sparse
 //! memory fine-tuning ranks slots against (Lin et al., "Continual Learning via Sparse Memory
-//! Finetuning", 2025), saved beside a model as `slot_counts.safetensors`: per memory layer
-//! `layers.<l>.feed_forward.slot_counts` (`[n_values]`, i64: reads by any position and head),
-//! and `tokens` (`[1]`: the positions counted). Sum the layers of a shared pool for its counts.
+//! Finetuning", 2025), saved beside a model as `slot_counts.safetensors`. Per memory layer:
+//! `layers.<l>.feed_forward.slot_counts` (`[n_values]`, i64: reads by any position counted and
+//! any head) and `layers.<l>.feed_forward.slot_batches` (`[n_values]`, i64: in how many of the
+//! background batches the slot was read: its document frequency, which the paper's IDF uses);
+//! and `tokens`, `batches` (`[1]`: the positions and batches counted). The positions counted
+//! are those the training loss is on: every position of text, the answers of the demo's facts.
 
 use super::gpu::Model;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::io::{HostTensor, TensorFile};
+use crate::io::{HostTensor, TensorData, TensorFile};
 
 /// The file name beside a model's weights.
 pub const SLOT_COUNTS_FILE: &str = "slot_counts.safetensors";
@@ -16,14 +19,34 @@ pub const SLOT_COUNTS_FILE: &str = "slot_counts.safetensors";
 #[derive(Clone, Debug, PartialEq)]
 pub struct SlotCounts {
     pub tokens: u64,
-    /// `(layer, reads per slot)`, in layer order.
-    pub layers: Vec<(usize, Vec<u64>)>,
+    /// Background batches (forward passes of `measure`'s `batch` rows).
+    pub batches: u64,
+    /// In layer order.
+    pub layers: Vec<LayerSlotCounts>,
+}
+
+/// One memory layer's counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSlotCounts {
+    pub layer: usize,
+    /// Reads per slot.
+    pub reads: Vec<u64>,
+    /// Batches that read the slot at least once.
+    pub batches: Vec<u64>,
 }
 
 impl SlotCounts {
     /// Counts the slots `model` reads on `tokens` (`rows * seq` ids, rows of `seq`), `batch`
-    /// rows per forward.
-    pub async fn measure(model: &Model, gpu: &Gpu, tokens: &[u32], seq: usize, batch: usize) -> Result<Self> {
+    /// rows per forward, at every position, or with `targets` (as many) at the positions whose
+    /// target is not `IGNORE_TARGET`.
+    pub async fn measure(
+        model: &Model,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: Option<&[u32]>,
+        seq: usize,
+        batch: usize,
+    ) -> Result<Self> {
         let c = &model.config;
         let m = c
             .memory
@@ -37,24 +60,48 @@ impl SlotCounts {
             )));
         }
         c.check_ids("tokens", tokens)?;
+        if targets.is_some_and(|t| t.len() != tokens.len()) {
+            return Err(Error::Config(format!(
+                "slot counts: {} tokens but {} targets",
+                tokens.len(),
+                targets.map_or(0, <[u32]>::len)
+            )));
+        }
+        let counted = |i: usize| targets.is_none_or(|t| t[i] != crate::kernels::ops::IGNORE_TARGET);
         let per_row = m.heads * m.knn;
         let mut counts = SlotCounts {
-            tokens: tokens.len() as u64,
+            tokens: (0..tokens.len()).filter(|&i| counted(i)).count() as u64,
+            batches: tokens.len().div_ceil(batch * seq) as u64,
             layers: c
                 .memory_layers
                 .iter()
-                .map(|&l| (l, vec![0u64; m.n_values()]))
+                .map(|&layer| LayerSlotCounts {
+                    layer,
+                    reads: vec![0; m.n_values()],
+                    batches: vec![0; m.n_values()],
+                })
                 .collect(),
         };
-        for chunk in tokens.chunks(batch * seq) {
+        for (k, chunk) in tokens.chunks(batch * seq).enumerate() {
+            let first = k * batch * seq;
             let rows = chunk.len() / seq;
             let tb = gpu.upload("slot count tokens", chunk);
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             let fwd = model.record_forward(gpu, &mut encoder, &tb, rows as u32, seq as u32)?;
             gpu.queue.submit([encoder.finish()]);
-            for ((_, acts), (_, layer_counts)) in fwd.memory_lookups().into_iter().zip(&mut counts.layers) {
-                for slot in gpu.read_u32(&acts.indices, chunk.len() * per_row).await? {
-                    layer_counts[slot as usize] += 1;
+            for ((_, acts), layer) in fwd.memory_lookups().into_iter().zip(&mut counts.layers) {
+                let slots = gpu.read_u32(&acts.indices, chunk.len() * per_row).await?;
+                let mut in_batch = vec![false; m.n_values()];
+                for (i, read) in slots.chunks(per_row).enumerate() {
+                    if counted(first + i) {
+                        for &slot in read {
+                            layer.reads[slot as usize] += 1;
+                            in_batch[slot as usize] = true;
+                        }
+                    }
+                }
+                for (b, read) in layer.batches.iter_mut().zip(in_batch) {
+                    *b += read as u64;
                 }
             }
         }
@@ -63,21 +110,56 @@ impl SlotCounts {
 
     pub fn to_tensors(&self) -> TensorFile {
         let mut file = TensorFile::default();
-        file.insert("tokens", HostTensor::i64(vec![1], vec![self.tokens as i64]));
-        for (layer, c) in &self.layers {
-            file.insert(
-                format!("layers.{layer}.feed_forward.slot_counts"),
-                HostTensor::i64(vec![c.len()], c.iter().map(|&v| v as i64).collect()),
-            );
+        let ints = |v: &[u64]| HostTensor::i64(vec![v.len()], v.iter().map(|&c| c as i64).collect());
+        file.insert("tokens", ints(&[self.tokens]));
+        file.insert("batches", ints(&[self.batches]));
+        for l in &self.layers {
+            let prefix = format!("layers.{}.feed_forward.", l.layer);
+            file.insert(format!("{prefix}slot_counts"), ints(&l.reads));
+            file.insert(format!("{prefix}slot_batches"), ints(&l.batches));
         }
         file
+    }
+
+    /// Reads the counts `to_tensors` wrote for a model whose memory layers are `layers`, each
+    /// with `n_values` slots.
+    pub fn from_tensors(file: &TensorFile, layers: &[usize], n_values: usize) -> Result<Self> {
+        let ints = |name: &str, len: usize| -> Result<Vec<u64>> {
+            let t = file.get(name)?;
+            match &t.data {
+                TensorData::I64(v) if t.shape == [len] && v.iter().all(|&c| c >= 0) => {
+                    Ok(v.iter().map(|&c| c as u64).collect())
+                }
+                _ => Err(Error::tensor(
+                    name,
+                    format!("[{len}] non-negative i64"),
+                    format!("{:?} {}", t.shape, t.stored_as),
+                )),
+            }
+        };
+        Ok(SlotCounts {
+            tokens: ints("tokens", 1)?[0],
+            batches: ints("batches", 1)?[0],
+            layers: layers
+                .iter()
+                .map(|&layer| {
+                    let prefix = format!("layers.{layer}.feed_forward.");
+                    Ok(LayerSlotCounts {
+                        layer,
+                        reads: ints(&format!("{prefix}slot_counts"), n_values)?,
+                        batches: ints(&format!("{prefix}slot_batches"), n_values)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
     }
 
     /// One line per layer: slots read at least once, and the most-read slot's share.
     pub fn summary(&self) -> Vec<String> {
         self.layers
             .iter()
-            .map(|(layer, c)| {
+            .map(|l| {
+                let (layer, c) = (l.layer, &l.reads);
                 let (read, total) = (c.iter().filter(|&&v| v > 0).count(), c.iter().sum::<u64>());
                 let top = c.iter().max().copied().unwrap_or(0);
                 format!(

@@ -5,4 +5,4 @@ mod data;
 mod trainer;
 
 pub use data::ByteData;
-pub use trainer::{TrainConfig, Trainer};
+pub use trainer::{TrainConfig, Trainer, ValueOptimizer};

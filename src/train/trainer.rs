@@ -30,6 +30,22 @@ pub struct TrainConfig {
     /// Update only the value rows read in a step (their moments and weight decay included),
     /// instead of the whole table as the reference does.
     pub lazy_values: bool,
+    /// Update the value tables only: every other parameter stays as it is (the memory
+    /// methods of `teach`).
+    pub freeze_weights: bool,
+    /// The value tables' optimiser.
+    pub value_optimizer: ValueOptimizer,
+}
+
+/// How the value tables are updated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ValueOptimizer {
+    /// AdamW, as every other parameter (the reference).
+    #[default]
+    AdamW,
+    /// Plain SGD (`p -= lr * clip * g`), on the rows of a row mask only: what sparse memory
+    /// fine-tuning updates with.
+    Sgd,
 }
 
 impl Default for TrainConfig {
@@ -46,6 +62,8 @@ impl Default for TrainConfig {
             weight_decay: 0.1,
             clip: 1.0,
             lazy_values: false,
+            freeze_weights: false,
+            value_optimizer: ValueOptimizer::AdamW,
         }
     }
 }
@@ -104,6 +122,9 @@ pub struct Trainer {
     plan: StepPlan,
     /// The last submitted step's per-row losses, their count and the number of targets.
     last_loss: Option<(wgpu::Buffer, usize, usize)>,
+    /// Row masks (one u32 per row, non-zero: update) of value tables: each step updates only
+    /// these rows of these tables (set by `set_value_rows`).
+    value_rows: Option<Vec<(ParamId, Vec<u32>)>>,
 }
 
 impl Trainer {
@@ -177,7 +198,32 @@ impl Trainer {
             flat,
             plan: StepPlan::new(),
             last_loss: None,
+            value_rows: None,
         })
+    }
+
+    /// The rows of each value table (`(table, one u32 per row)`, non-zero: update) that the
+    /// following steps update, with `TrainConfig::value_optimizer`; None: the rows
+    /// `lazy_values` says. Every value table must be listed.
+    pub fn set_value_rows(&mut self, rows: Option<Vec<(ParamId, Vec<u32>)>>) -> Result<()> {
+        if let Some(rows) = &rows {
+            for p in self.params.iter().filter(|p| p.values) {
+                let n = p.shape.first().copied().unwrap_or(0);
+                match rows.iter().find(|(id, _)| *id == p.id) {
+                    Some((_, mask)) if mask.len() == n => {}
+                    Some((_, mask)) => {
+                        return Err(Error::tensor(
+                            &p.name,
+                            format!("a mask of {n} rows"),
+                            format!("{} rows", mask.len()),
+                        ))
+                    }
+                    None => return Err(Error::Config(format!("value rows: no mask for {}", p.name))),
+                }
+            }
+        }
+        self.value_rows = rows;
+        Ok(())
     }
 
     /// Records one step on `tokens`/`targets` (`[batch, seq]`, u32, checked against the
@@ -227,8 +273,10 @@ impl Trainer {
         let values: Vec<&ParamState> = self.params.iter().filter(|p| p.values).collect();
         let value_grads: Vec<(&wgpu::Buffer, u64)> =
             values.iter().map(|p| (grads.grad(p.id), p.len as u64)).collect();
-        let flat_grad: Vec<(&wgpu::Buffer, u64)> = self.flat.iter().map(|f| (&f.grad, f.len)).collect();
-        if let Some(flat) = &self.flat {
+        // Frozen weights: the flat group is neither clipped (its factor comes out 1) nor updated.
+        let flat = self.flat.as_ref().filter(|_| !t.freeze_weights);
+        let flat_grad: Vec<(&wgpu::Buffer, u64)> = flat.iter().map(|f| (&f.grad, f.len)).collect();
+        if let Some(flat) = flat {
             for p in self.params.iter().filter(|p| !p.values) {
                 gpu.copy(
                     encoder,
@@ -243,7 +291,7 @@ impl Trainer {
             factors: &clips,
             group,
         };
-        if let Some(flat) = &self.flat {
+        if let Some(flat) = flat {
             let state = AdamWState {
                 param: &flat.master,
                 m: &flat.m,
@@ -280,22 +328,47 @@ impl Trainer {
                 .iter()
                 .find(|(id, _)| *id == p.id)
                 .map(|(_, r)| r);
-            match (read, t.lazy_values) {
-                (Some(mask), true) => {
-                    let v_dim = self.model.config.memory.as_ref().map_or(1, |m| m.v_dim);
-                    let rows = (p.len / v_dim) as u32;
-                    record_masked_step(
-                        gpu,
-                        encoder,
-                        &state,
-                        g,
-                        mask,
-                        (rows, v_dim as u32),
-                        clip(1),
-                        step(t.value_lr),
-                    )?
+            let taught = self
+                .value_rows
+                .as_ref()
+                .and_then(|rows| rows.iter().find(|(id, _)| *id == p.id))
+                .map(|(_, mask)| gpu.upload("value rows updated", mask));
+            let mask = match (&taught, read, t.lazy_values) {
+                (Some(mask), _, _) => Some(mask),
+                (None, Some(read), true) => Some(read),
+                _ => None,
+            };
+            let v_dim = p.shape.get(1).copied().unwrap_or(1);
+            let rows = (p.len / v_dim.max(1)) as u32;
+            match (mask, t.value_optimizer) {
+                (Some(mask), ValueOptimizer::AdamW) => record_masked_step(
+                    gpu,
+                    encoder,
+                    &state,
+                    g,
+                    mask,
+                    (rows, v_dim as u32),
+                    clip(1),
+                    step(t.value_lr),
+                )?,
+                (Some(mask), ValueOptimizer::Sgd) => crate::kernels::sgd::record_masked_step(
+                    gpu,
+                    encoder,
+                    &p.param,
+                    g,
+                    mask,
+                    (rows, v_dim as u32),
+                    clip(1),
+                    t.value_lr,
+                )?,
+                (None, ValueOptimizer::AdamW) => {
+                    record_dense_step(gpu, encoder, &state, g, p.len as u64, clip(1), step(t.value_lr))?
                 }
-                _ => record_dense_step(gpu, encoder, &state, g, p.len as u64, clip(1), step(t.value_lr))?,
+                (None, ValueOptimizer::Sgd) => {
+                    return Err(Error::Config(
+                        "plain SGD updates listed value rows only: set value rows or lazy_values".into(),
+                    ))
+                }
             }
         }
         Ok(loss)

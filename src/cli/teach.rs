@@ -1,0 +1,415 @@
+//! `memlayers teach`: continue training a model on new facts and measure what it forgets.
+//! Recall of the new facts, recall and answer loss of the model's original facts before and
+//! after; with `--compare`, every method on the same new facts and `forgetting.png` (old-fact
+//! recall against new-fact recall along training: the Pareto picture of Lin et al. 2025).
+
+use super::plot::{line_chart, Series};
+use super::progress::Progress;
+use memlayers::demo::{score, training_batch, Fact, KnowledgeBase};
+use memlayers::io::{write_atomic, TensorFile};
+use memlayers::model::{ModelWeights, SlotCounts, SLOT_COUNTS_FILE};
+use memlayers::rng::Rng;
+use memlayers::teach::{Method, TeachConfig, Teacher};
+use memlayers::train::ValueOptimizer;
+use memlayers::{Error, Gpu, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The facts file `memlayers demo` saves beside each model (the model's original facts).
+pub const FACTS_FILE: &str = "facts.tsv";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model folder from `memlayers demo` or `memlayers train` (byte-level).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The new facts: subject<TAB>relation<TAB>object lines (the demo's format).
+    #[arg(long, conflicts_with = "new_people")]
+    pub facts: Option<PathBuf>,
+    /// Instead of --facts: this many new fictional people (4 facts each, none of them in the
+    /// old facts), drawn from --seed; written to OUT/new_facts.tsv.
+    #[arg(long)]
+    pub new_people: Option<usize>,
+    /// Output folder: the taught model, teach.json, forgetting.png.
+    #[arg(long, default_value = "teach-out")]
+    pub out: PathBuf,
+    /// sparse-memory (the TF-IDF-ranked value rows the batch reads), memory (every value row
+    /// the batch reads) or full (every parameter).
+    #[arg(long, default_value = "sparse-memory", value_parser = ["sparse-memory", "memory", "full"])]
+    pub method: String,
+    /// Value rows updated per step and table (sparse-memory).
+    #[arg(long, default_value_t = DEFAULT_SLOTS)]
+    pub slots: usize,
+    /// Teaching steps.
+    #[arg(long, default_value_t = 150)]
+    pub steps: u32,
+    /// Learning rate [sparse-memory and memory: SGD 1.0 or AdamW 1e-2 on the value rows;
+    /// full: 1e-3, the value tables at 10x].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// The value rows' optimiser in the memory methods.
+    #[arg(long, default_value = "sgd", value_parser = ["sgd", "adamw"])]
+    pub optimizer: String,
+    /// Rows of the model's context per step (facts packed whole).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// The model's original facts, for the forgetting measures [MODEL/facts.tsv, which
+    /// `memlayers demo` writes].
+    #[arg(long)]
+    pub old: Option<PathBuf>,
+    /// Run every method on the same new facts (the taught model saved is --method's) and draw
+    /// forgetting.png.
+    #[arg(long)]
+    pub compare: bool,
+    /// Seed of the data order (and of --new-people).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Recall of the new facts and of a sample of the old ones every this many steps.
+    #[arg(long, default_value_t = 10)]
+    pub eval_every: u32,
+}
+
+/// Rows a sparse-memory step updates per table. A batch of 16 rows of the demo's facts reads
+/// about 1,000 to 2,000 distinct rows of a 4,096-row table at its answer positions; the paper
+/// updated a few hundred to thousands of a million-slot memory. 256 keeps to the rows most
+/// specific to the batch while leaving enough of them to carry its facts (see the issue notes
+/// for the sweep).
+const DEFAULT_SLOTS: usize = 256;
+
+/// Old facts in the recall sample evaluated along training (all at the start and the end).
+const CURVE_SAMPLE: usize = 400;
+
+fn read_facts(path: &Path) -> Result<KnowledgeBase> {
+    KnowledgeBase::parse_tsv(
+        &std::fs::read_to_string(path)
+            .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
+    )
+}
+
+/// One method's run.
+struct Taught {
+    method: Method,
+    config: TeachConfig,
+    new_recall: f32,
+    old_recall: f32,
+    old_loss: f32,
+    /// `(step, new recall, old recall on the sample)`.
+    curve: Vec<(u32, f32, f32)>,
+    rows_per_step: f64,
+    seconds: f64,
+    weights: TensorFile,
+}
+
+struct Before {
+    new_recall: f32,
+    old_recall: f32,
+    old_loss: f32,
+    sample_recall: f32,
+}
+
+impl Taught {
+    fn json(&self, before: &Before) -> Value {
+        json!({
+            "method": self.method.name(),
+            "steps": self.config.steps,
+            "lr": self.config.lr,
+            "optimizer": match (self.method, self.config.optimizer) {
+                (Method::Full, _) | (_, ValueOptimizer::AdamW) => "adamw",
+                (_, ValueOptimizer::Sgd) => "sgd",
+            },
+            "slots": (self.method == Method::SparseMemory).then_some(self.config.slots),
+            "rows_updated_per_step": self.rows_per_step,
+            "new_recall_before": before.new_recall,
+            "new_recall": self.new_recall,
+            "old_recall_before": before.old_recall,
+            "old_recall_after": self.old_recall,
+            "old_loss_before": before.old_loss,
+            "old_loss_after": self.old_loss,
+            "wall_seconds": self.seconds,
+            "curve": self.curve.iter().map(|&(s, n, o)| json!({"step": s, "new_recall": n, "old_recall_sample": o})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The old-fact recall (sample) when the new-fact recall first reached `level`.
+    fn old_recall_at(&self, level: f32) -> Option<f32> {
+        self.curve.iter().find(|c| c.1 >= level).map(|c| c.2)
+    }
+}
+
+fn teach_config(a: &Args, method: Method) -> Result<TeachConfig> {
+    let optimizer = match a.optimizer.as_str() {
+        "adamw" => ValueOptimizer::AdamW,
+        _ => ValueOptimizer::Sgd,
+    };
+    let lr = a.lr.unwrap_or(match (method, optimizer) {
+        (Method::Full, _) => 1e-3,
+        (_, ValueOptimizer::Sgd) => 1.0,
+        (_, ValueOptimizer::AdamW) => 1e-2,
+    });
+    if a.steps == 0 || a.batch == 0 || a.eval_every == 0 || !(lr > 0.0) {
+        return Err(Error::Config(
+            "teach: --steps, --batch, --eval-every and --lr must be positive".into(),
+        ));
+    }
+    Ok(TeachConfig {
+        method,
+        slots: a.slots,
+        steps: a.steps,
+        lr,
+        optimizer,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn teach(
+    gpu: &Gpu,
+    a: &Args,
+    config: TeachConfig,
+    weights: &ModelWeights,
+    background: Option<&SlotCounts>,
+    new: &[Fact],
+    old: &[Fact],
+    sample: &[Fact],
+    before: &Before,
+) -> Result<Taught> {
+    let seq = weights.config.max_seqlen;
+    let method = config.method;
+    let mut teacher = Teacher::new(gpu, weights, config.clone(), background)?;
+    let mut rng = Rng::new(a.seed ^ 0x7EAC);
+    let started = Instant::now();
+    let mut curve = vec![(0, before.new_recall, before.sample_recall)];
+    let mut rows = 0usize;
+    let mut progress = Progress::new(method.name(), config.steps as u64);
+    let eval = |t: &Teacher, facts: &[Fact]| pollster::block_on(score(&t.trainer.model, gpu, facts));
+    while teacher.trainer.step < config.steps {
+        let (x, y) = training_batch(new, &mut rng, a.batch, seq);
+        let loss = teacher.step_blocking(gpu, &x, &y, a.batch, seq)?;
+        if !loss.is_finite() {
+            return Err(Error::Config(format!(
+                "teach {}: the loss diverged by step {} (lr {})",
+                method.name(),
+                teacher.trainer.step,
+                config.lr
+            )));
+        }
+        rows += teacher.rows_updated;
+        let step = teacher.trainer.step;
+        if step % a.eval_every == 0 || step == config.steps {
+            let (n, o) = (eval(&teacher, new)?.recall(), eval(&teacher, sample)?.recall());
+            curve.push((step, n, o));
+            progress.update(
+                step as u64,
+                format!("loss {loss:.3} new recall {n:.2} old recall {o:.2}"),
+            );
+        }
+    }
+    let new_recall = curve.last().map_or(0.0, |c| c.1);
+    let old_scores = eval(&teacher, old)?;
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish(format!(
+        "new recall {new_recall:.3}, old recall {:.3} | {seconds:.0}s",
+        old_scores.recall()
+    ));
+    Ok(Taught {
+        method,
+        new_recall,
+        old_recall: old_scores.recall(),
+        old_loss: old_scores.loss,
+        curve,
+        rows_per_step: rows as f64 / config.steps as f64,
+        seconds,
+        weights: teacher.trainer.weights_blocking(gpu)?,
+        config,
+    })
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let total = Instant::now();
+    let method = Method::parse(&a.method)?;
+    let (args, file) = super::model_dir::load_memlayers(&a.model)?;
+    let config = args.resolve()?;
+    let weights = ModelWeights::from_tensors(&config, &file)?;
+    if config.vocab < 256 {
+        return Err(Error::Config(format!(
+            "teach works on byte-level models (vocab_size >= 256); this one has {}",
+            config.vocab
+        )));
+    }
+    let model_dir = super::train::checkpoint_dir(&a.model);
+    let old_path = a.old.clone().unwrap_or_else(|| model_dir.join(FACTS_FILE));
+    if !old_path.is_file() {
+        return Err(Error::Config(format!(
+            "the model's original facts: {} does not exist (memlayers demo writes it; give --old FILE.tsv)",
+            old_path.display()
+        )));
+    }
+    let old = read_facts(&old_path)?;
+    std::fs::create_dir_all(&a.out)?;
+    let new = match (&a.facts, a.new_people) {
+        (Some(path), _) => read_facts(path)?,
+        (None, Some(n)) if n > 0 => {
+            let kb = KnowledgeBase::new_people(n, a.seed ^ 0x4E3E, &old);
+            write_atomic(&a.out.join("new_facts.tsv"), kb.to_tsv().as_bytes())?;
+            kb
+        }
+        _ => {
+            return Err(Error::Config(
+                "teach: give --facts NEW.tsv or --new-people N".into(),
+            ))
+        }
+    };
+    let seq = config.max_seqlen;
+    let longest = new.longest().max(old.longest());
+    if longest + 1 > seq {
+        return Err(Error::Config(format!(
+            "the longest fact has {longest} bytes; this model's context is {seq} (at least {} needed)",
+            longest + 1
+        )));
+    }
+    let counts_path = model_dir.join(SLOT_COUNTS_FILE);
+    let background = match counts_path.is_file() {
+        true => {
+            let m = config.memory.as_ref();
+            Some(SlotCounts::from_tensors(
+                &TensorFile::read(&counts_path)?,
+                &config.memory_layers,
+                m.map_or(0, |m| m.n_values()),
+            )?)
+        }
+        false => None,
+    };
+    let methods: Vec<Method> = match a.compare {
+        true => std::iter::once(method)
+            .chain(Method::ALL.into_iter().filter(|&m| m != method))
+            .collect(),
+        false => vec![method],
+    };
+    let configs: Vec<TeachConfig> = methods
+        .iter()
+        .map(|&m| teach_config(a, m))
+        .collect::<Result<_>>()?;
+    let gpu = Gpu::new_blocking()?;
+    let mut sample = old.facts.clone();
+    let mut rng = Rng::new(a.seed ^ 0x5A3E);
+    for i in (1..sample.len()).rev() {
+        sample.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    sample.truncate(CURVE_SAMPLE);
+    let before = {
+        let model = memlayers::model::Model::new(&gpu, &weights)?;
+        let eval = |facts: &[Fact]| pollster::block_on(score(&model, &gpu, facts));
+        let old_scores = eval(&old.facts)?;
+        Before {
+            new_recall: eval(&new.facts)?.recall(),
+            old_recall: old_scores.recall(),
+            old_loss: old_scores.loss,
+            sample_recall: eval(&sample)?.recall(),
+        }
+    };
+    println!(
+        "{} new facts, {} old facts; adapter {}; before: new recall {:.3}, old recall {:.3}, old answer loss {:.3}",
+        new.facts.len(),
+        old.facts.len(),
+        gpu.adapter_name(),
+        before.new_recall,
+        before.old_recall,
+        before.old_loss
+    );
+    let mut runs = Vec::new();
+    for config in configs {
+        runs.push(teach(
+            &gpu,
+            a,
+            config,
+            &weights,
+            background.as_ref(),
+            &new.facts,
+            &old.facts,
+            &sample,
+            &before,
+        )?);
+    }
+    // The taught model (--method's), with its facts: the old and the new.
+    let chosen = &runs[0];
+    let out_model = a.out.join("model");
+    std::fs::create_dir_all(&out_model)?;
+    write_atomic(&out_model.join("config.json"), args.to_json().as_bytes())?;
+    chosen.weights.write(&out_model.join("weights.safetensors"))?;
+    let mut all = old.clone();
+    all.facts.extend(new.facts.iter().cloned());
+    write_atomic(&out_model.join(FACTS_FILE), all.to_tsv().as_bytes())?;
+    if counts_path.is_file() {
+        std::fs::copy(&counts_path, out_model.join(SLOT_COUNTS_FILE))?;
+    }
+    let mut result = chosen.json(&before);
+    if a.compare {
+        result["compare"] = Value::Array(runs.iter().map(|r| r.json(&before)).collect());
+    }
+    write_atomic(
+        &a.out.join("teach.json"),
+        serde_json::to_string_pretty(&result)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|r| Series {
+            label: format!(
+                "{} (new {:.2}, old {:.2})",
+                r.method.name(),
+                r.new_recall,
+                r.old_recall
+            ),
+            points: r.curve.iter().map(|&(_, n, o)| (n as f64, o as f64)).collect(),
+        })
+        .collect();
+    line_chart(
+        &a.out.join("forgetting.png"),
+        &format!("Teaching {} new facts: what each method forgets", new.facts.len()),
+        "new-fact recall",
+        "old-fact recall (sample)",
+        &series,
+        false,
+    )?;
+    println!(
+        "\n{:<14} {:>6} {:>10} {:>10} {:>18} {:>16} {:>7}",
+        "method", "steps", "rows/step", "new recall", "old recall", "old answer loss", "time"
+    );
+    for r in &runs {
+        println!(
+            "{:<14} {:>6} {:>10.0} {:>10.3} {:>8.3} -> {:<6.3} {:>7.3} -> {:<6.3} {:>6.0}s",
+            r.method.name(),
+            r.config.steps,
+            r.rows_per_step,
+            r.new_recall,
+            before.old_recall,
+            r.old_recall,
+            before.old_loss,
+            r.old_loss,
+            r.seconds
+        );
+    }
+    if a.compare {
+        let level = chosen.new_recall.min(0.9);
+        let at: Vec<String> = runs
+            .iter()
+            .map(|r| match r.old_recall_at(level) {
+                Some(o) => format!("{} {o:.3}", r.method.name()),
+                None => format!("{} never got there", r.method.name()),
+            })
+            .collect();
+        println!(
+            "\nold-fact recall (sample, {:.3} before) when new-fact recall first reached {level:.2}: {}",
+            before.sample_recall,
+            at.join(", ")
+        );
+    }
+    println!(
+        "\nkept {:.0}% of the old-fact recall; total {:.0}s; wrote {}",
+        100.0 * chosen.old_recall / before.old_recall.max(1e-6),
+        total.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}

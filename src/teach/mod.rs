@@ -1,0 +1,240 @@
+//! Teaching a trained model new facts without forgetting the old ones: sparse memory
+//! fine-tuning (Lin et al., "Continual Learning via Sparse Memory Finetuning", 2025) and its
+//! baselines. Platform-independent: `memlayers teach` drives it natively.
+//!
+//! Methods:
+//! - `sparse-memory`: each step updates only the `slots` value rows the batch reads that rank
+//!   highest by TF-IDF against the model's background reads (`slots.rs`); every other
+//!   parameter is frozen.
+//! - `memory`: every value row the batch reads; every other parameter frozen.
+//! - `full`: every parameter (AdamW, the value tables at 10x the rate as in training): the
+//!   baseline that forgets.
+//!
+//! Reads are counted at the positions the loss is on (the answers' bytes): a row read only
+//! elsewhere gets no gradient from a memory layer in the last block (the demo's), so ranking
+//! it would spend the budget on a row that cannot move. No weight decay while teaching:
+//! decaying the rows of old facts would be forgetting by regularisation, not by learning.
+
+mod slots;
+
+pub use slots::{rank_rows, table_readers, Background};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::ops::IGNORE_TARGET;
+use crate::model::{ModelWeights, SlotCounts};
+use crate::params::ParamId;
+use crate::train::{TrainConfig, Trainer, ValueOptimizer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    SparseMemory,
+    Memory,
+    Full,
+}
+
+impl Method {
+    pub const ALL: [Method; 3] = [Method::SparseMemory, Method::Memory, Method::Full];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::SparseMemory => "sparse-memory",
+            Method::Memory => "memory",
+            Method::Full => "full",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Method::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {
+            Error::Config(format!(
+                "teaching method {name:?}: use sparse-memory, memory or full"
+            ))
+        })
+    }
+}
+
+/// How a model is taught.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeachConfig {
+    pub method: Method,
+    /// Value rows updated per step per table (`sparse-memory`).
+    pub slots: usize,
+    pub steps: u32,
+    /// The value rows' learning rate (memory methods); every parameter's (`full`, whose value
+    /// tables get 10x it).
+    pub lr: f32,
+    /// The value rows' optimiser in the memory methods (`full` uses AdamW throughout).
+    pub optimizer: ValueOptimizer,
+}
+
+impl TeachConfig {
+    /// The trainer's configuration: a constant learning rate, no weight decay, and for the
+    /// memory methods frozen weights.
+    pub fn train_config(&self) -> TrainConfig {
+        let full = self.method == Method::Full;
+        TrainConfig {
+            steps: self.steps,
+            lr: self.lr,
+            warmup: 0,
+            lr_min_ratio: 1.0,
+            value_lr: if full { 10.0 * self.lr } else { self.lr },
+            weight_decay: 0.0,
+            freeze_weights: !full,
+            value_optimizer: if full {
+                ValueOptimizer::AdamW
+            } else {
+                self.optimizer
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// A model being taught.
+pub struct Teacher {
+    pub trainer: Trainer,
+    pub config: TeachConfig,
+    background: Option<Background>,
+    readers: Vec<(ParamId, Vec<usize>)>,
+    /// Value rows the last step updated, over every table (0 for `full`).
+    pub rows_updated: usize,
+}
+
+impl Teacher {
+    /// `background`: the model's slot counts over its original data (required by
+    /// `sparse-memory`).
+    pub fn new(
+        gpu: &Gpu,
+        weights: &ModelWeights,
+        config: TeachConfig,
+        background: Option<&SlotCounts>,
+    ) -> Result<Self> {
+        let memory = weights.config.memory.is_some();
+        if config.method != Method::Full && !memory {
+            return Err(Error::Config(format!(
+                "teach --method {}: the model has no memory layers (use --method full)",
+                config.method.name()
+            )));
+        }
+        if config.method == Method::SparseMemory && background.is_none() {
+            return Err(Error::Config(
+                "teach --method sparse-memory ranks rows against the model's background slot counts \
+(slot_counts.safetensors; make them with memlayers slot-stats)"
+                    .into(),
+            ));
+        }
+        if config.method == Method::SparseMemory && config.slots == 0 {
+            return Err(Error::Config("teach: --slots must be positive".into()));
+        }
+        let trainer = Trainer::new(gpu, weights, config.train_config())?;
+        let layout = trainer.model.layout();
+        let background = match (config.method, background) {
+            (Method::SparseMemory, Some(counts)) => Some(Background::new(layout, counts)?),
+            _ => None,
+        };
+        let readers = table_readers(layout);
+        Ok(Teacher {
+            trainer,
+            config,
+            background,
+            readers,
+            rows_updated: 0,
+        })
+    }
+
+    /// How often each row of each value table is read at the positions with a target
+    /// (`tokens`, `targets`: `[batch, seq]`).
+    pub async fn rows_read(
+        &self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Vec<(ParamId, Vec<u32>)>> {
+        let model = &self.trainer.model;
+        let m = model
+            .config
+            .memory
+            .as_ref()
+            .ok_or_else(|| Error::Config("rows read: the model has no memory layers".into()))?;
+        model.config.check_ids("tokens", tokens)?;
+        if tokens.len() != batch * seq || targets.len() != batch * seq {
+            return Err(Error::tensor(
+                "tokens",
+                format!("[{batch}, {seq}]"),
+                format!("{} ids", tokens.len()),
+            ));
+        }
+        let per_position = m.heads * m.knn;
+        let tb = gpu.upload("teach tokens", tokens);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let fwd = model.record_forward(gpu, &mut encoder, &tb, batch as u32, seq as u32)?;
+        gpu.queue.submit([encoder.finish()]);
+        let mut reads: Vec<(ParamId, Vec<u32>)> = self
+            .readers
+            .iter()
+            .map(|(id, _)| (*id, vec![0u32; m.n_values()]))
+            .collect();
+        for (layer, acts) in fwd.memory_lookups() {
+            let slots = gpu.read_u32(&acts.indices, tokens.len() * per_position).await?;
+            for (position, read) in slots.chunks(per_position).enumerate() {
+                if targets[position] == IGNORE_TARGET {
+                    continue;
+                }
+                for ((_, readers), (_, counts)) in self.readers.iter().zip(reads.iter_mut()) {
+                    if readers.contains(&layer) {
+                        for &slot in read {
+                            counts[slot as usize] += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(reads)
+    }
+
+    /// One teaching step on `tokens`/`targets` (`[batch, seq]`, loss on the targets that are
+    /// not `IGNORE_TARGET`); returns the step's loss. The memory methods first run the batch
+    /// forward to find the rows it reads.
+    pub async fn step(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<f32> {
+        if self.config.method != Method::Full {
+            let top = (self.config.method == Method::SparseMemory).then_some(self.config.slots);
+            let masks: Vec<(ParamId, Vec<u32>)> = self
+                .rows_read(gpu, tokens, targets, batch, seq)
+                .await?
+                .into_iter()
+                .map(|(id, reads)| {
+                    let idf = self.background.as_ref().and_then(|b| b.of(id));
+                    (id, rank_rows(&reads, idf, top))
+                })
+                .collect();
+            self.rows_updated = masks
+                .iter()
+                .map(|(_, m)| m.iter().filter(|&&x| x != 0).count())
+                .sum();
+            self.trainer.set_value_rows(Some(masks))?;
+        }
+        self.trainer.step(gpu, tokens, targets, batch, seq).await
+    }
+
+    /// `step`, waited for (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn step_blocking(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<f32> {
+        pollster::block_on(self.step(gpu, tokens, targets, batch, seq))
+    }
+}
