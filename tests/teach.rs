@@ -8,7 +8,7 @@ use memlayers::io::TensorFile;
 use memlayers::model::{LMTransformerArgs, LayerSlotCounts, ModelWeights, SlotCounts};
 use memlayers::params::Group;
 use memlayers::rng::Rng;
-use memlayers::teach::{rank_rows, table_readers, Background, Method, TeachConfig, Teacher};
+use memlayers::teach::{rank_rows, table_readers, Background, Method, ReadsAt, TeachConfig, Teacher};
 use memlayers::train::ValueOptimizer;
 
 const SEQ: usize = 32;
@@ -58,6 +58,7 @@ fn config(method: Method, optimizer: ValueOptimizer) -> TeachConfig {
             1e-2
         },
         optimizer,
+        reads_at: ReadsAt::Answers,
     }
 }
 
@@ -83,7 +84,7 @@ fn step_changes_only_the_chosen_rows(
     let mut teacher = Teacher::new(g, &w, config(method, optimizer), Some(&counts)).unwrap();
     let before = teacher.trainer.weights_blocking(g).unwrap();
     let (x, y) = training_batch(&facts(), &mut Rng::new(2), BATCH, SEQ);
-    let reads = pollster::block_on(teacher.rows_read(g, &x, &y, BATCH, SEQ)).unwrap();
+    let reads = pollster::block_on(teacher.rows_read(g, (&x, &y), (BATCH, SEQ), ReadsAt::Answers)).unwrap();
     let bg = Background::new(&w.layout, &counts).unwrap();
     let top = (method == Method::SparseMemory).then_some(6);
     let masks: Vec<_> = reads
@@ -152,7 +153,7 @@ fn rows_are_counted_at_answer_positions_only_and_tables_sum_their_layers() {
         .iter()
         .filter(|&&t| t != memlayers::kernels::ops::IGNORE_TARGET)
         .count();
-    let reads = pollster::block_on(teacher.rows_read(g, &x, &y, BATCH, SEQ)).unwrap();
+    let reads = pollster::block_on(teacher.rows_read(g, (&x, &y), (BATCH, SEQ), ReadsAt::Answers)).unwrap();
     let m = w.config.memory.as_ref().unwrap();
     // One shared table read by two layers: every answer position reads heads * knn rows in each.
     assert_eq!(reads.len(), 1);
@@ -232,4 +233,33 @@ fn teaching_refuses_what_it_cannot_do() {
     .unwrap();
     let e = Teacher::new(g, &dense, config(Method::Memory, ValueOptimizer::Sgd), None);
     assert!(e.err().unwrap().to_string().contains("no memory layers"));
+}
+
+#[test]
+fn reads_at_mistakes_count_only_the_answer_bytes_the_model_gets_wrong() {
+    let g = gpu();
+    let w = weights(false, true);
+    let teacher = Teacher::new(g, &w, config(Method::Memory, ValueOptimizer::Sgd), None).unwrap();
+    let (x, mut y) = training_batch(&facts(), &mut Rng::new(2), BATCH, SEQ);
+    let (logits, _) = pollster::block_on(teacher.trainer.model.forward(g, &x, None, BATCH, SEQ)).unwrap();
+    let vocab = w.config.vocab;
+    let argmax = |i: usize| memlayers::demo::argmax(&logits[i * vocab..(i + 1) * vocab]);
+    // Every other answer byte becomes what the model already predicts there.
+    let ignore = memlayers::kernels::ops::IGNORE_TARGET;
+    let answers: Vec<usize> = (0..y.len()).filter(|&i| y[i] != ignore).collect();
+    for &i in answers.iter().step_by(2) {
+        y[i] = argmax(i);
+    }
+    let wrong = answers.iter().filter(|&&i| argmax(i) != y[i]).count();
+    assert!(wrong > 0 && wrong < answers.len(), "{wrong} of {}", answers.len());
+    let m = w.config.memory.as_ref().unwrap();
+    let total = |at| -> u64 {
+        let reads = pollster::block_on(teacher.rows_read(g, (&x, &y), (BATCH, SEQ), at)).unwrap();
+        reads[0].1.iter().map(|&c| c as u64).sum()
+    };
+    assert_eq!(total(ReadsAt::Mistakes), (wrong * m.heads * m.knn * 2) as u64);
+    assert_eq!(
+        total(ReadsAt::Answers),
+        (answers.len() * m.heads * m.knn * 2) as u64
+    );
 }

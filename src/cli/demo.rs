@@ -602,6 +602,7 @@ pub fn run(args: &Args) -> Result<()> {
         "recall (exact greedy answer)",
         &curves,
         false,
+        false,
     )?;
     if !sweep.is_empty() {
         results["sweep"] = Value::Array(
@@ -633,6 +634,7 @@ pub fn run(args: &Args) -> Result<()> {
                 },
             ],
             true,
+            false,
         )?;
     }
     results["total_seconds"] = json!(total.elapsed().as_secs_f64());

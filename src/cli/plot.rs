@@ -31,12 +31,14 @@ fn tick(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
         format!("{x:.0}")
     } else {
-        format!("{x}")
+        let t = format!("{x:.3}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
 /// Draws `series` (y in [0, 1]) against x into a 960x600 PNG at `path`; `log_x` for a
-/// logarithmic x axis (memory sizes).
+/// logarithmic x axis (memory sizes); the legend in the upper left, or the lower left with
+/// `legend_low` (curves that fall from the upper left).
 pub fn line_chart(
     path: &Path,
     title: &str,
@@ -44,6 +46,7 @@ pub fn line_chart(
     y_label: &str,
     series: &[Series],
     log_x: bool,
+    legend_low: bool,
 ) -> Result<()> {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     REGISTERED.call_once(|| {
@@ -92,7 +95,11 @@ pub fn line_chart(
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(if legend_low {
+                    SeriesLabelPosition::LowerLeft
+                } else {
+                    SeriesLabelPosition::UpperLeft
+                })
                 .label_font((FAMILY, 20))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)

@@ -10,7 +10,8 @@
 //! - `full`: every parameter (AdamW, the value tables at 10x the rate as in training): the
 //!   baseline that forgets.
 //!
-//! Reads are counted at the positions the loss is on (the answers' bytes): a row read only
+//! Reads are counted at the positions the loss is on (the answers' bytes), and by default for
+//! `sparse-memory` only at those the model still gets wrong (`ReadsAt`): a row read only
 //! elsewhere gets no gradient from a memory layer in the last block (the demo's), so ranking
 //! it would spend the budget on a row that cannot move. No weight decay while teaching:
 //! decaying the rows of old facts would be forgetting by regularisation, not by learning.
@@ -19,6 +20,7 @@ mod slots;
 
 pub use slots::{rank_rows, table_readers, Background};
 
+use crate::demo::argmax;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::ops::IGNORE_TARGET;
@@ -65,6 +67,21 @@ pub struct TeachConfig {
     pub lr: f32,
     /// The value rows' optimiser in the memory methods (`full` uses AdamW throughout).
     pub optimizer: ValueOptimizer,
+    /// Where `sparse-memory` counts a batch's reads (`memory` updates every row read at the
+    /// answers).
+    pub reads_at: ReadsAt,
+}
+
+/// The positions whose reads a teaching step counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadsAt {
+    /// Every answer byte (the loss's positions).
+    Answers,
+    /// The answer bytes the model still gets wrong (its argmax is not the byte): rows read
+    /// only where the answer is already right need no change, and leaving them alone
+    /// spares the old facts that read them. A batch the model already answers updates
+    /// nothing.
+    Mistakes,
 }
 
 impl TeachConfig {
@@ -142,15 +159,14 @@ impl Teacher {
         })
     }
 
-    /// How often each row of each value table is read at the positions with a target
+    /// How often each row of each value table is read at the positions `at` says
     /// (`tokens`, `targets`: `[batch, seq]`).
     pub async fn rows_read(
         &self,
         gpu: &Gpu,
-        tokens: &[u32],
-        targets: &[u32],
-        batch: usize,
-        seq: usize,
+        (tokens, targets): (&[u32], &[u32]),
+        (batch, seq): (usize, usize),
+        at: ReadsAt,
     ) -> Result<Vec<(ParamId, Vec<u32>)>> {
         let model = &self.trainer.model;
         let m = model
@@ -171,6 +187,19 @@ impl Teacher {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let fwd = model.record_forward(gpu, &mut encoder, &tb, batch as u32, seq as u32)?;
         gpu.queue.submit([encoder.finish()]);
+        let counted: Vec<bool> = match at {
+            ReadsAt::Answers => targets.iter().map(|&t| t != IGNORE_TARGET).collect(),
+            ReadsAt::Mistakes => {
+                let vocab = model.config.vocab;
+                let logits = gpu.read_f32(&fwd.logits, tokens.len() * vocab).await?;
+                (0..tokens.len())
+                    .map(|i| {
+                        targets[i] != IGNORE_TARGET
+                            && argmax(&logits[i * vocab..(i + 1) * vocab]) != targets[i]
+                    })
+                    .collect()
+            }
+        };
         let mut reads: Vec<(ParamId, Vec<u32>)> = self
             .readers
             .iter()
@@ -179,7 +208,7 @@ impl Teacher {
         for (layer, acts) in fwd.memory_lookups() {
             let slots = gpu.read_u32(&acts.indices, tokens.len() * per_position).await?;
             for (position, read) in slots.chunks(per_position).enumerate() {
-                if targets[position] == IGNORE_TARGET {
+                if !counted[position] {
                     continue;
                 }
                 for ((_, readers), (_, counts)) in self.readers.iter().zip(reads.iter_mut()) {
@@ -206,9 +235,15 @@ impl Teacher {
         seq: usize,
     ) -> Result<f32> {
         if self.config.method != Method::Full {
-            let top = (self.config.method == Method::SparseMemory).then_some(self.config.slots);
+            let sparse = self.config.method == Method::SparseMemory;
+            let top = sparse.then_some(self.config.slots);
+            let at = if sparse {
+                self.config.reads_at
+            } else {
+                ReadsAt::Answers
+            };
             let masks: Vec<(ParamId, Vec<u32>)> = self
-                .rows_read(gpu, tokens, targets, batch, seq)
+                .rows_read(gpu, (tokens, targets), (batch, seq), at)
                 .await?
                 .into_iter()
                 .map(|(id, reads)| {

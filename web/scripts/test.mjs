@@ -1,7 +1,7 @@
 // `npm test`: builds the page, trains a tiny model natively (`memlayers demo`), serves the
 // page on 127.0.0.1 and drives Debian's Chromium (WebGPU on SwiftShader) with playwright-core:
 // the adapter shows; a short training runs with its chart; Stop stops; a question gets an
-// answer and a heatmap; a bad model file gets an error and the page lives on; the native
+// answer and a heatmap; a taught fact is learned and asked back; a bad model file gets an error and the page lives on; the native
 // model loads and answers; without WebGPU the page says so. Saves a screenshot of the page in
 // web/test-results/. Exits non-zero on the first failed check.
 import { execFileSync } from "node:child_process";
@@ -32,6 +32,17 @@ execFileSync("cargo", [
 ], {
   cwd: root, stdio: ["ignore", "ignore", "inherit"],
   // Vulkan (lavapipe without a GPU), as scripts/env.sh sets it for the native commands.
+  env: { WGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: tmpdir(), ...process.env },
+});
+
+// A native model of the page's shape that knows the page's facts (10 people, seed 0), to teach.
+const trained = mkdtempSync(join(tmpdir(), "memlayers-web-trained-"));
+execFileSync("cargo", [
+  "run", "--quiet", "--", "demo", "--out", trained, "--subjects", "10", "--steps", "300",
+  "--eval-every", "100", "--batch", "16", "--seq", "48", "--dim", "32", "--layers", "2",
+  "--n-keys", "32", "--mem-heads", "2", "--mem-knn", "8", "--mem-k-dim", "32", "--lrs", "1e-2",
+], {
+  cwd: root, stdio: ["ignore", "ignore", "inherit"],
   env: { WGPU_BACKEND: "vulkan", XDG_RUNTIME_DIR: tmpdir(), ...process.env },
 });
 
@@ -117,6 +128,29 @@ try {
   await page.click("#ask");
   await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
   check((await page.getAttribute("#heatmap", "data-heads")) === "4", "native model's heatmap: 4 heads");
+
+  // A model that knows the facts, taught one more: sparse memory fine-tuning learns it, the
+  // other facts' recall is reported, and the question gets the new fact back.
+  await page.evaluate(() => delete document.getElementById("load-status").dataset.loaded);
+  await page.setInputFiles("#files", [join(trained, "memory", "config.json"), join(trained, "memory", "weights.safetensors")]);
+  await page.waitForSelector("#load-status[data-loaded='1'], #load-status.error", { timeout: T });
+  await page.fill("#teach-subject", "Quorvina");
+  await page.fill("#teach-relation", "lives in");
+  await page.fill("#teach-object", "Lisbon");
+  await page.click("#teach");
+  await page.waitForSelector("#teach-status[data-taught]", { timeout: T });
+  const taught = await page.textContent("#teach-status");
+  check((await page.getAttribute("#teach-status", "data-taught")) === "1" &&
+    /^Learned in \d+ steps .* Recall of the other facts: \d\.\d\d before, \d\.\d\d after/.test(taught),
+    `fact taught: ${taught.trim()}`);
+  const before = Number((/(\d\.\d\d) before/.exec(taught) || [])[1]);
+  check(before >= 0.9, `the loaded model knew the page's facts before (recall ${before})`);
+  await page.evaluate(() => delete document.getElementById("answer").dataset.answered);
+  await page.click("#ask");
+  await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
+  const back = await page.textContent("#answer");
+  check(/Quorvina lives in → “Lisbon\.” +✓ correct/.test(back), `taught fact asked back: ${back.trim()}`);
+  await page.screenshot({ path: join(results, "page.png"), fullPage: true });
 
   check(errors.length === 0, `no page errors${errors.length ? ": " + errors.join(" | ") : ""}`);
 

@@ -1,5 +1,6 @@
 // The page: WebGPU check, training with a live chart, questions with a heatmap of the memory
-// reads, loading a natively trained model, and the forward benchmark. All model work happens
+// reads, teaching a new fact (sparse memory fine-tuning), loading a natively trained model,
+// and the forward benchmark. All model work happens
 // in the memlayers library (pkg/, built from web/wasm); this file only drives it.
 //
 // URL parameters (used by the tests): subjects (built-in people, 4 facts each), steps, eval
@@ -73,7 +74,10 @@ async function main() {
     o.value = s;
     $("subjects").append(o);
   }
-  for (const r of relations) $("relation").append(new Option(r, r));
+  for (const r of relations) {
+    $("relation").append(new Option(r, r));
+    $("relations").append(new Option(r, r));
+  }
   $("subject").value = subjects[0];
   $("app").hidden = false;
   wire();
@@ -220,6 +224,42 @@ function heat(t) {
   return `rgb(${mix(240, 16)}, ${mix(244, 52)}, ${mix(255, 140)})`;
 }
 
+// --- teaching --------------------------------------------------------------------------
+const TEACH_MAX_STEPS = 200;
+
+async function teach() {
+  const subject = $("teach-subject").value.trim(), relation = $("teach-relation").value.trim();
+  const object = $("teach-object").value.trim();
+  $("teach").disabled = true;
+  delete $("teach-status").dataset.taught;
+  setStatus($("teach-status"), `Teaching “${subject} ${relation} ${object}.”…`);
+  try {
+    const started = performance.now();
+    const r = JSON.parse(await exclusive(() => demo.teach(subject, relation, object, TEACH_MAX_STEPS)));
+    const secs = ((performance.now() - started) / 1000).toFixed(1);
+    const outcome = r.learned ? `Learned in ${r.steps} steps` : `Not learned after ${r.steps} steps`;
+    setStatus($("teach-status"),
+      `${outcome} (${secs} s, ${Math.round(r.rows_per_step)} memory rows updated a step). ` +
+      `Recall of the other facts: ${r.old_recall_before.toFixed(2)} before, ${r.old_recall_after.toFixed(2)} after. ` +
+      "Ask it above.", r.learned ? "ok" : "");
+    // The fact can now be asked back.
+    if (![...$("relation").options].some((o) => o.value === relation)) $("relation").append(new Option(relation, relation));
+    if (![...$("subjects").options].some((o) => o.value === subject)) {
+      const o = document.createElement("option");
+      o.value = subject;
+      $("subjects").append(o);
+    }
+    $("subject").value = subject;
+    $("relation").value = relation;
+    $("teach-status").dataset.taught = r.learned ? "1" : "0";
+  } catch (e) {
+    setStatus($("teach-status"), "Could not teach: " + message(e), "error");
+    $("teach-status").dataset.taught = "failed";
+  } finally {
+    $("teach").disabled = false;
+  }
+}
+
 // --- loading a native model -------------------------------------------------------------
 async function load(fileList) {
   const files = [...fileList];
@@ -267,6 +307,7 @@ function wire() {
   $("train").onclick = train;
   $("stop").onclick = () => { stopRequested = true; };
   $("ask").onclick = ask;
+  $("teach").onclick = teach;
   $("bench").onclick = bench;
   $("files").onchange = (e) => load(e.target.files);
   const drop = $("drop");

@@ -9,10 +9,11 @@
 use memlayers::demo::{self, DemoModel, Fact, KnowledgeBase, MemoryShape};
 use memlayers::io::lingua::{self, LinguaParams};
 use memlayers::io::TensorFile;
-use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights, SlotCounts};
 use memlayers::rng::Rng;
+use memlayers::teach::{Method, ReadsAt, TeachConfig, Teacher};
 use memlayers::tokenizer::TokenizerKind;
-use memlayers::train::Trainer;
+use memlayers::train::{Trainer, ValueOptimizer};
 use memlayers::{Gpu, MemoryConfig, ValueDtype};
 use serde_json::json;
 use std::cell::{RefCell, RefMut};
@@ -40,17 +41,28 @@ const BATCH: usize = 16;
 /// Recall is measured on at most this many facts while training.
 const RECALL_SAMPLE: usize = 200;
 const MAX_ANSWER_BYTES: usize = 24;
+/// Teaching one fact: sparse memory fine-tuning with `memlayers teach`'s defaults, at most
+/// this many value rows a step; recall of the fact checked every `TEACH_CHECK_EVERY` steps.
+const TEACH_SLOTS: usize = 256;
+const TEACH_CHECK_EVERY: u32 = 5;
+/// Rows a teaching step packs with the one fact.
+const TEACH_BATCH: usize = 4;
+/// Background batches (of `BATCH` rows of the facts) whose reads rank the rows to teach.
+const BACKGROUND_BATCHES: usize = 8;
 
 enum Net {
     Training(Box<Trainer>),
-    Loaded(Model),
+    Loaded(Box<Model>, Box<ModelWeights>),
+    /// A model being taught new facts (from either of the others).
+    Taught(Box<Teacher>),
 }
 
 impl Net {
     fn model(&self) -> &Model {
         match self {
             Net::Training(t) => &t.model,
-            Net::Loaded(m) => m,
+            Net::Loaded(m, _) => m,
+            Net::Taught(t) => &t.trainer.model,
         }
     }
 }
@@ -274,6 +286,117 @@ impl Demo {
         })
     }
 
+    /// Teaches the model one fact with sparse memory fine-tuning (only the value rows most
+    /// specific to the fact change; `memlayers teach`'s recipe), for at most `max_steps` steps,
+    /// stopping once the model answers it. The fact then joins the facts (replacing the
+    /// object of the same subject and relation). Resolves to JSON `{"learned", "steps",
+    /// "rows_per_step", "old_recall_before", "old_recall_after"}` (old recall: on the recall
+    /// sample of the other facts).
+    pub fn teach(
+        &self,
+        subject: String,
+        relation: String,
+        object: String,
+        max_steps: u32,
+    ) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut guard = lock(&state)?;
+            let State { gpu, kb, net, .. } = &mut *guard;
+            let net = net
+                .as_mut()
+                .ok_or_else(|| err("no model yet: train or load one"))?;
+            let fact = Fact {
+                subject: subject.trim().to_string(),
+                relation: relation.trim().to_string(),
+                object: object.trim().to_string(),
+            };
+            if fact.subject.is_empty() || fact.relation.is_empty() || fact.object.is_empty() {
+                return Err(err("a fact needs a subject, a relation and an object"));
+            }
+            let seq = net.model().config.max_seqlen;
+            if fact.sentence_len() + 1 > seq {
+                return Err(err(format!(
+                    "the fact has {} bytes; this model reads at most {}",
+                    fact.sentence_len(),
+                    seq - 1
+                )));
+            }
+            let same = |f: &Fact| f.subject == fact.subject && f.relation == fact.relation;
+            let n = kb.facts.len().min(RECALL_SAMPLE);
+            let old: Vec<Fact> = kb.facts[..n].iter().filter(|f| !same(f)).cloned().collect();
+            let before = demo::recall(net.model(), gpu, &old).await.map_err(err)?;
+            if !matches!(net, Net::Taught(_)) {
+                let weights = match &*net {
+                    Net::Training(t) => {
+                        ModelWeights::from_tensors(&t.model.config, &t.weights(gpu).await.map_err(err)?)
+                            .map_err(err)?
+                    }
+                    Net::Loaded(_, w) => (**w).clone(),
+                    Net::Taught(_) => unreachable!("checked above"),
+                };
+                if weights.config.memory.is_none() {
+                    return Err(err("this model has no memory layer to teach"));
+                }
+                // The background: the model's reads at the answers of the facts it knows.
+                let mut rng = Rng::new(0x5107);
+                let (mut tokens, mut targets) = (Vec::new(), Vec::new());
+                for _ in 0..BACKGROUND_BATCHES {
+                    let (x, y) = demo::training_batch(&kb.facts, &mut rng, BATCH, seq);
+                    tokens.extend(x);
+                    targets.extend(y);
+                }
+                let counts = SlotCounts::measure(net.model(), gpu, &tokens, Some(&targets), seq, BATCH)
+                    .await
+                    .map_err(err)?;
+                let config = TeachConfig {
+                    method: Method::SparseMemory,
+                    slots: TEACH_SLOTS,
+                    steps: max_steps.max(1),
+                    lr: 2e-2,
+                    optimizer: ValueOptimizer::AdamW,
+                    reads_at: ReadsAt::Mistakes,
+                };
+                *net = Net::Taught(Box::new(
+                    Teacher::new(gpu, &weights, config, Some(&counts)).map_err(err)?,
+                ));
+            }
+            let Net::Taught(teacher) = net else {
+                unreachable!("made above")
+            };
+            let mut rng = Rng::new(0x7EAC);
+            let one = [fact.clone()];
+            let (mut steps, mut rows, mut learned) = (0u32, 0usize, false);
+            while steps < max_steps && !learned {
+                for _ in 0..TEACH_CHECK_EVERY.min(max_steps - steps) {
+                    let (x, y) = demo::training_batch(&one, &mut rng, TEACH_BATCH, seq);
+                    teacher.step(gpu, &x, &y, TEACH_BATCH, seq).await.map_err(err)?;
+                    rows += teacher.rows_updated;
+                    steps += 1;
+                }
+                learned = demo::recalled(&teacher.trainer.model, gpu, &one)
+                    .await
+                    .map_err(err)?[0];
+            }
+            let after = demo::recall(&teacher.trainer.model, gpu, &old)
+                .await
+                .map_err(err)?;
+            match kb.facts.iter_mut().find(|f| same(f)) {
+                Some(f) => f.object = fact.object.clone(),
+                None => kb.facts.push(fact),
+            }
+            Ok(json!({
+                "learned": learned,
+                "steps": steps,
+                "rows_per_step": rows as f64 / steps.max(1) as f64,
+                "old_recall_before": before,
+                "old_recall_after": after,
+            })
+            .to_string()
+            .into())
+        })
+    }
+
     /// Loads a model saved by the native CLI (`memlayers demo` or `train`): its config.json
     /// text and weights.safetensors bytes. Resolves to the model's description as JSON;
     /// rejects with a message naming what is wrong.
@@ -287,9 +410,10 @@ impl Demo {
         let file = TensorFile::from_bytes(&weights, "weights.safetensors").map_err(err)?;
         let w = ModelWeights::from_tensors(&config, &file).map_err(err)?;
         let model = Model::new(&st.gpu, &w).map_err(err)?;
-        st.net = Some(Net::Loaded(model));
+        let description = describe(&w, 0);
+        st.net = Some(Net::Loaded(Box::new(model), Box::new(w)));
         st.args = Some(args);
-        Ok(describe(&w, 0))
+        Ok(description)
     }
 
     /// Loads a lingua consolidated folder with the bytes tokenizer: its params.json text and
@@ -307,9 +431,10 @@ impl Demo {
         let tensors = lingua::read_consolidated_bytes(consolidated, "consolidated.pth").map_err(err)?;
         let w = lingua::model_weights(&params, tensors, "consolidated.pth").map_err(err)?;
         let model = Model::new(&st.gpu, &w).map_err(err)?;
-        st.net = Some(Net::Loaded(model));
+        let description = describe(&w, 0);
+        st.net = Some(Net::Loaded(Box::new(model), Box::new(w)));
         st.args = Some(params.model);
-        Ok(describe(&w, 0))
+        Ok(description)
     }
 
     /// The memory layer's forward on this adapter: `memlayers bench`'s small configuration
