@@ -373,6 +373,64 @@ fn demo_end_to_end_in_miniature() {
 }
 
 #[test]
+fn demo_plans_a_facts_file_to_its_budget() {
+    // --facts without --steps: the memory sized to the facts, rows of about three facts, and
+    // the steps from step times measured in the run, within the budget.
+    let dir = scratch_dir("plan");
+    let facts: String = (0..40)
+        .map(|i| format!("Person{i}\tlikes\tthing{}\n", i % 7))
+        .collect();
+    std::fs::write(dir.join("facts.tsv"), facts).unwrap();
+    let out = dir.join("out");
+    let started = std::time::Instant::now();
+    let o = memlayers(&[
+        "demo",
+        "--facts",
+        dir.join("facts.tsv").to_str().unwrap(),
+        "--budget",
+        "0.1",
+        "--dim",
+        "32",
+        "--mem-heads",
+        "2",
+        "--mem-knn",
+        "8",
+        "--lrs",
+        "1e-2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("plan for 40 facts in 0.1 min"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let plan = &results["plan"];
+    // sqrt(4 x 40) rounds up to 13, raised to the smallest planned memory (16 sub-keys).
+    assert_eq!(plan["n_keys"].as_u64(), Some(16));
+    let steps = plan["steps"].as_u64().unwrap();
+    assert!(steps >= 10, "{plan}");
+    for model in ["dense", "memory"] {
+        assert_eq!(results[model]["steps"].as_u64(), Some(steps));
+    }
+    // Three average sentences (22.75 bytes with their newline) need 69 bytes: rows of 80, and
+    // as many tokens a step as the preset's 32 rows of 48.
+    assert_eq!(results["seq"].as_u64(), Some(80));
+    assert_eq!(results["batch"].as_u64(), Some(32 * 48 / 80));
+    let seconds: Vec<f64> = plan["seconds_per_step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["seconds"].as_f64().unwrap())
+        .collect();
+    assert_eq!(seconds.len(), 2);
+    // Planned to 85% of 6 s from the measured step times (a debug build times its own steps).
+    let planned: f64 = steps as f64 * seconds.iter().sum::<f64>();
+    assert!(planned <= 0.85 * 6.0 + 0.1, "{planned} s planned");
+    assert!(started.elapsed().as_secs_f64() < 120.0);
+}
+
+#[test]
 fn demo_rejects_unknown_models() {
     let o = memlayers(&["demo", "--models", "dense,moe", "--out", "/nonexistent/x"]);
     assert!(!o.status.success());

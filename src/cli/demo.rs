@@ -30,8 +30,14 @@ pub struct Args {
     pub preset: String,
     /// Your own facts instead of the built-in ones: one fact a line,
     /// subject<TAB>relation<TAB>object. Prompts are "subject relation ", answers "object.".
+    /// The demo then sizes the memory to the facts and the steps to --budget (flags given
+    /// explicitly are kept).
     #[arg(long)]
     pub facts: Option<PathBuf>,
+    /// With --facts: minutes the whole run should take; the steps are planned from step times
+    /// measured on this adapter in the first steps [10].
+    #[arg(long, default_value_t = 10.0)]
+    pub budget: f64,
     /// Output directory: results.json, recall.png, the trained models (dense/, memory/).
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
@@ -194,6 +200,113 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// Memory values per fact that `--facts` plans for: the cpu preset's 4,096 values hold 1,000
+/// facts at recall 0.8.
+const VALUES_PER_FACT: f64 = 4.0;
+/// Facts a training row holds (on average) when `--facts` plans the row length.
+const FACTS_PER_ROW: f64 = 3.0;
+/// Steps timed per model when planning (after `PLAN_WARMUP` untimed ones).
+const PLAN_TIMED: u32 = 8;
+const PLAN_WARMUP: u32 = 3;
+/// The share of the budget planned for training steps; the rest is evaluation, saving and the
+/// planning itself.
+const PLAN_TRAINING_SHARE: f64 = 0.85;
+
+/// What `--facts` planned, printed before training and saved in results.json.
+struct Plan {
+    seconds_per_step: Vec<(String, f64)>,
+    budget_seconds: f64,
+    views_per_fact: f64,
+}
+
+/// With `--facts`: a memory of about `VALUES_PER_FACT` values a fact (n_keys, and the widest
+/// key width in 32, 16, 8 that keeps the FLOPs matched), then as many steps as the budget
+/// allows at the step times measured here, the same for every model. Settings the user gave
+/// explicitly stay.
+fn plan_for_facts(gpu: &Gpu, a: &mut Settings, args: &Args, kb: &KnowledgeBase) -> Result<Plan> {
+    // Rows of about three facts (fewer pad bytes than one or two long facts in 48), at the
+    // same tokens per step.
+    let mean = kb.facts.iter().map(|f| f.sentence_len() + 1).sum::<usize>() as f64 / kb.facts.len() as f64;
+    if args.seq.is_none() {
+        let seq = ((FACTS_PER_ROW * mean).ceil() as usize)
+            .max(kb.longest() + 1)
+            .max(a.seq)
+            .next_multiple_of(16);
+        if args.batch.is_none() {
+            a.batch = (a.batch * a.seq / seq).max(1);
+        }
+        a.seq = seq;
+    }
+    let dense = model_args(a, None).resolve()?;
+    if args.n_keys.is_none() {
+        let want = (VALUES_PER_FACT * kb.facts.len() as f64).sqrt().ceil() as usize;
+        a.n_keys = want.clamp(a.mem_knn.max(16), 1024);
+        let widths: Vec<usize> = match args.mem_k_dim {
+            Some(k) => vec![k],
+            None => vec![32, 16, 8],
+        };
+        'fit: loop {
+            for &k in &widths {
+                a.mem_k_dim = k;
+                if check_flops(&dense, &model_args(a, Some(a.n_keys)).resolve()?, a.seq).is_ok() {
+                    break 'fit;
+                }
+            }
+            if a.n_keys <= a.mem_knn.max(16) {
+                break; // the FLOPs check below says what to change
+            }
+            a.n_keys -= a.n_keys.div_ceil(16);
+        }
+    }
+    let mut rng = Rng::new(a.seed ^ 0x71E);
+    let mut seconds_per_step = Vec::new();
+    let mut time = |label: String, args: LMTransformerArgs, lr: f32| -> Result<f64> {
+        let config = args.resolve()?;
+        let mut trainer = Trainer::new(
+            gpu,
+            &ModelWeights::init(&config)?,
+            train_config(100, lr, config.memory.is_some()),
+        )?;
+        let mut started = Instant::now();
+        for step in 0..PLAN_WARMUP + PLAN_TIMED {
+            if step == PLAN_WARMUP {
+                trainer.last_loss_blocking(gpu)?;
+                started = Instant::now();
+            }
+            let (x, y) = training_batch(&kb.facts, &mut rng, a.batch, a.seq);
+            trainer.submit_step(gpu, &x, &y, a.batch, a.seq)?;
+        }
+        trainer.last_loss_blocking(gpu)?;
+        let t = started.elapsed().as_secs_f64() / PLAN_TIMED as f64;
+        seconds_per_step.push((label, t));
+        Ok(t)
+    };
+    let mut per_step = time("dense".into(), model_args(a, None), a.lrs[0])? * a.lrs.len() as f64;
+    for &name in &a.models {
+        let args = match name {
+            "peer" => shaped_args(a, Some(peer_n_keys(a.n_keys, a.mem_knn)), true),
+            _ => model_args(a, Some(a.n_keys)),
+        };
+        per_step += time(name.into(), args, a.lrs[0])?;
+    }
+    let budget_seconds = args.budget * 60.0;
+    if args.steps.is_none() {
+        let steps = (budget_seconds * PLAN_TRAINING_SHARE / per_step) as u32;
+        a.steps = (steps / 10 * 10).max(10);
+    }
+    if args.eval_every.is_none() {
+        a.eval_every = (a.steps / 8).max(1);
+    }
+    // Facts packed per row: the row's length over the mean sentence and its newline.
+    let views_per_fact =
+        a.steps as f64 * a.batch as f64 * (a.seq as f64 / mean).floor().max(1.0) / kb.facts.len() as f64;
+    Ok(Plan {
+        seconds_per_step,
+        budget_seconds,
+        views_per_fact,
+    })
 }
 
 /// Facts in the recall sample evaluated during training (all facts at the end).
@@ -427,24 +540,39 @@ pub fn run(args: &Args) -> Result<()> {
     let total = Instant::now();
     args.check_models()?;
     let gpu = Gpu::new_blocking()?;
-    let a = &args.settings(gpu.adapter_info());
-    let kb = match &a.facts {
+    let mut settings = args.settings(gpu.adapter_info());
+    let kb = match &settings.facts {
         Some(path) => KnowledgeBase::parse_tsv(
             &std::fs::read_to_string(path)
                 .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
         )?,
-        None => KnowledgeBase::synthetic(a.subjects, a.seed),
+        None => KnowledgeBase::synthetic(settings.subjects, settings.seed),
     };
     if kb.facts.is_empty() {
         return Err(Error::Config("no facts: --subjects must be positive".into()));
     }
-    if kb.longest() + 1 > a.seq {
+    if !(args.budget.is_finite() && args.budget > 0.0) {
+        return Err(Error::Config(
+            "--budget must be a positive number of minutes".into(),
+        ));
+    }
+    if settings.lrs.is_empty() || settings.batch == 0 || settings.layers == 0 {
+        return Err(Error::Config(
+            "--lrs, --batch and --layers must be non-empty/positive".into(),
+        ));
+    }
+    if kb.longest() + 1 > settings.seq {
         return Err(Error::Config(format!(
             "the longest fact has {} bytes; --seq must be at least {}",
             kb.longest(),
             kb.longest() + 1
         )));
     }
+    let plan = match settings.facts.is_some() {
+        true => Some(plan_for_facts(&gpu, &mut settings, args, &kb)?),
+        false => None,
+    };
+    let a = &settings;
     if a.lrs.is_empty() || a.steps == 0 || a.batch == 0 || a.layers == 0 || a.eval_every == 0 {
         return Err(Error::Config(
             "--lrs, --steps, --batch, --layers and --eval-every must be non-empty/positive".into(),
@@ -503,6 +631,26 @@ pub fn run(args: &Args) -> Result<()> {
         a.seq,
         dense_config.flops_per_token(a.seq),
     );
+    if let Some(plan) = &plan {
+        let times: Vec<String> = plan
+            .seconds_per_step
+            .iter()
+            .map(|(m, t)| format!("{m} {:.0} ms", 1e3 * t))
+            .collect();
+        println!(
+            "plan for {} facts in {:.1} min: memory {}^2 = {} values (key width {}), {} steps of {} rows of {} (each fact seen about {:.0} times); measured per step: {}",
+            kb.facts.len(),
+            plan.budget_seconds / 60.0,
+            a.n_keys,
+            a.n_keys * a.n_keys,
+            a.mem_k_dim,
+            a.steps,
+            a.batch,
+            a.seq,
+            plan.views_per_fact,
+            times.join(", ")
+        );
+    }
     println!("dense learning-rate sweep: {:?}", a.lrs);
     let mut best: Option<(Run, Trainer)> = None;
     let mut lr_sweep = Vec::new();
@@ -636,6 +784,16 @@ pub fn run(args: &Args) -> Result<()> {
             true,
             false,
         )?;
+    }
+    if let Some(plan) = &plan {
+        results["plan"] = json!({
+            "budget_seconds": plan.budget_seconds,
+            "seconds_per_step": plan.seconds_per_step.iter().map(|(m, t)| json!({"model": m, "seconds": t})).collect::<Vec<_>>(),
+            "steps": a.steps,
+            "n_keys": a.n_keys,
+            "mem_k_dim": a.mem_k_dim,
+            "views_per_fact": plan.views_per_fact,
+        });
     }
     results["total_seconds"] = json!(total.elapsed().as_secs_f64());
     write_atomic(
