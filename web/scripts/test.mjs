@@ -1,7 +1,7 @@
 // `npm test`: builds the page, trains a tiny model natively (`memlayers demo`), serves the
 // page on 127.0.0.1 and drives Debian's Chromium (WebGPU on SwiftShader) with playwright-core:
-// the adapter shows; a short training runs with its chart; Stop stops; a question gets an
-// answer and a heatmap; a taught fact is learned and asked back; a bad model file gets an error and the page lives on; the native
+// the adapter shows; a short training of the memory and the dense model runs with both
+// recall curves; Stop stops; a question gets both models' answers and a heatmap; a taught fact is learned and asked back; a bad model file gets an error and the page lives on; the native
 // model loads and answers; without WebGPU the page says so. Saves a screenshot of the page in
 // web/test-results/. Exits non-zero on the first failed check.
 import { execFileSync } from "node:child_process";
@@ -69,13 +69,16 @@ try {
   const status = await page.textContent("#train-status");
   check(/^done at step 6/.test(status), `training finished: ${status.trim()}`);
   check((await page.getAttribute("#chart", "data-points")) === "6", "chart has a point per step");
+  check((await page.getAttribute("#chart", "data-recall-series")) === "2", "chart has the memory and the dense recall curves");
+  check(/recall \d\.\d\d \(dense \d\.\d\d\)/.test(status), "both models' recall reported");
 
   // A question: the answer and one heatmap row per memory head (the page model: 2 heads, knn 8).
   await page.selectOption("#relation", { index: 1 });
   await page.click("#ask");
   await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
   const answer = await page.textContent("#answer");
-  check(/→ “.+”/.test(answer), `answer shown: ${answer.trim()}`);
+  check(/→ memory “.+” [✓✗] · dense “.+” [✓✗]/.test(answer) && (await page.getAttribute("#answer", "data-models")) === "2",
+    `both models' answers shown: ${answer.trim()}`);
   check((await page.getAttribute("#heatmap", "data-heads")) === "2", "heatmap: one row per memory head (2)");
   check((await page.getAttribute("#heatmap", "data-cells")) === "16", "heatmap: knn cells per head (2 x 8)");
   await page.screenshot({ path: join(results, "page.png"), fullPage: true });
@@ -149,7 +152,7 @@ try {
   await page.click("#ask");
   await page.waitForSelector("#answer[data-answered='1']", { timeout: T });
   const back = await page.textContent("#answer");
-  check(/Quorvina lives in → “Lisbon\.” +✓ correct/.test(back), `taught fact asked back: ${back.trim()}`);
+  check(/Quorvina lives in → “Lisbon\.” ✓/.test(back), `taught fact asked back: ${back.trim()}`);
   await page.screenshot({ path: join(results, "page.png"), fullPage: true });
 
   check(errors.length === 0, `no page errors${errors.length ? ": " + errors.join(" | ") : ""}`);

@@ -90,7 +90,13 @@ function message(e) {
 
 // --- training ---------------------------------------------------------------------------
 let stopRequested = false;
-let curve = { loss: [], recall: [] };
+let curve = { loss: [], recall: [], denseRecall: [] };
+
+async function recallNow(step) {
+  const r = JSON.parse(await exclusive(() => demo.recall()));
+  curve.recall.push([step, r.memory]);
+  if (r.dense !== null) curve.denseRecall.push([step, r.dense]);
+}
 
 async function train() {
   const steps = Math.max(1, Math.floor(Number($("steps").value)));
@@ -98,36 +104,34 @@ async function train() {
   $("train").disabled = true;
   $("stop").disabled = false;
   stopRequested = false;
-  curve = { loss: [], recall: [] };
+  curve = { loss: [], recall: [], denseRecall: [] };
   document.body.dataset.training = "running";
   try {
     const info = JSON.parse(await exclusive(() => demo.new_model(steps, lr)));
+    $("models-summary").textContent =
+      `Memory model: ${info.params.toLocaleString()} params (${info.memory.values} memory values), ` +
+      `${Math.round(info.flops_per_token).toLocaleString()} FLOPs/token. Dense model beside it: ` +
+      `${info.dense.params.toLocaleString()} params, ${Math.round(info.dense.flops_per_token).toLocaleString()} ` +
+      "FLOPs/token. Both see the same batches.";
     const started = performance.now();
-    const r0 = await exclusive(() => demo.recall());
-    curve.recall.push([0, r0]);
+    await recallNow(0);
     let step = 0, loss = NaN;
     while (!stopRequested && step < steps) {
       const r = JSON.parse(await exclusive(() => demo.train(1)));
       step = r.step;
       loss = r.loss;
       curve.loss.push([step, loss]);
-      if (step % EVAL_EVERY === 0 || step === steps) {
-        curve.recall.push([step, await exclusive(() => demo.recall())]);
-      }
-      const rec = curve.recall[curve.recall.length - 1][1];
+      if (step % EVAL_EVERY === 0 || step === steps) await recallNow(step);
       const secs = (performance.now() - started) / 1000;
-      setStatus($("train-status"),
-        `step ${step}/${steps}  loss ${loss.toFixed(3)}  recall ${rec.toFixed(2)}  ` +
-        `(${info.params.toLocaleString()} params, ${info.memory.values} memory values; ${secs.toFixed(0)} s)`);
+      setStatus($("train-status"), `step ${step}/${steps}  loss ${loss.toFixed(3)}  ${recallText()}  (${secs.toFixed(0)} s)`);
       drawChart();
     }
     if (stopRequested && curve.recall[curve.recall.length - 1][0] !== step) {
-      curve.recall.push([step, await exclusive(() => demo.recall())]);
+      await recallNow(step);
       drawChart();
     }
-    const rec = curve.recall[curve.recall.length - 1][1];
     setStatus($("train-status"),
-      `${stopRequested ? "stopped" : "done"} at step ${step}: loss ${loss.toFixed(3)}, recall ${rec.toFixed(2)}`, "ok");
+      `${stopRequested ? "stopped" : "done"} at step ${step}: loss ${loss.toFixed(3)}, ${recallText()}`, "ok");
     document.body.dataset.training = "done";
   } catch (e) {
     setStatus($("train-status"), "Training failed: " + message(e), "error");
@@ -136,6 +140,11 @@ async function train() {
     $("train").disabled = false;
     $("stop").disabled = true;
   }
+}
+
+function recallText() {
+  const last = (pts) => pts[pts.length - 1][1].toFixed(2);
+  return `recall ${last(curve.recall)}` + (curve.denseRecall.length ? ` (dense ${last(curve.denseRecall)})` : "");
 }
 
 function drawChart() {
@@ -153,16 +162,20 @@ function drawChart() {
   g.fillText("step", W / 2, H - 8);
   g.fillText("0", L - 4, H - B + 14);
   g.fillText(String(steps), W - R - 20, H - B + 14);
-  g.fillStyle = "#d1495b"; g.fillText(`loss (max ${maxLoss.toFixed(2)})`, L + 6, T + 14);
-  g.fillStyle = "#1b5fbf"; g.fillText("recall (0–1)", W - R - 80, T + 14);
-  const line = (pts, y, color) => {
-    g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
+  g.fillStyle = "#d1495b"; g.fillText(`memory loss (max ${maxLoss.toFixed(2)})`, L + 6, T + 14);
+  g.fillStyle = "#1b5fbf"; g.fillText("memory recall", W - R - 170, T + 14);
+  g.fillStyle = "#888"; g.fillText("dense recall", W - R - 80, T + 14);
+  const line = (pts, y, color, dash = []) => {
+    g.strokeStyle = color; g.lineWidth = 2; g.setLineDash(dash); g.beginPath();
     pts.forEach(([s, v], i) => (i ? g.lineTo(x(s), y(v)) : g.moveTo(x(s), y(v))));
     g.stroke();
+    g.setLineDash([]);
   };
   line(curve.loss, yLoss, "#d1495b");
+  line(curve.denseRecall, yRec, "#888", [6, 4]);
   line(curve.recall, yRec, "#1b5fbf");
   c.dataset.points = String(curve.loss.length);
+  c.dataset.recallSeries = String(curve.denseRecall.length ? 2 : 1);
 }
 
 // --- asking -----------------------------------------------------------------------------
@@ -171,9 +184,12 @@ async function ask() {
   setStatus($("answer"), "…");
   try {
     const r = JSON.parse(await exclusive(() => demo.ask(subject, relation)));
-    let verdict = "";
-    if (r.expected !== null) verdict = r.answer === r.expected ? "  ✓ correct" : `  ✗ (the fact: “${r.expected}”)`;
-    setStatus($("answer"), `${r.prompt}→ “${r.answer}”${verdict}`, r.answer === r.expected ? "ok" : "");
+    const mark = (a) => (r.expected === null ? "" : a === r.expected ? " ✓" : " ✗");
+    let text = `${r.prompt}→ “${r.answer}”${mark(r.answer)}`;
+    if (r.dense_answer !== null) text = `${r.prompt}→ memory “${r.answer}”${mark(r.answer)} · dense “${r.dense_answer}”${mark(r.dense_answer)}`;
+    if (r.expected !== null) text += r.answer === r.expected ? "  (correct)" : `  (the fact: “${r.expected}”)`;
+    setStatus($("answer"), text, r.answer === r.expected ? "ok" : "");
+    $("answer").dataset.models = r.dense_answer === null ? "1" : "2";
     drawHeatmap(r.reads);
     $("answer").dataset.answered = "1";
   } catch (e) {

@@ -71,6 +71,9 @@ struct State {
     gpu: Gpu,
     kb: KnowledgeBase,
     net: Option<Net>,
+    /// The dense model trained beside the page's memory model (same facts, batches, steps and
+    /// FLOPs per token within 10%); None for loaded models.
+    dense: Option<Box<Trainer>>,
     args: Option<LMTransformerArgs>,
     rng: Rng,
 }
@@ -113,6 +116,7 @@ impl Demo {
                 gpu,
                 kb: KnowledgeBase::synthetic(subjects.max(1) as usize, 0),
                 net: None,
+                dense: None,
                 args: None,
                 rng: Rng::new(0xDA7A),
             })),
@@ -189,34 +193,58 @@ impl Demo {
         Ok(serde_json::to_string(&rows).expect("strings serialise"))
     }
 
-    /// A fresh memory model (`PAGE_MODEL`) with the demo's recipe for `steps` steps at `lr`
-    /// (values at 10x). Returns the model's description as JSON.
+    /// A fresh memory model (`PAGE_MODEL`) and beside it the same model with a dense
+    /// feed-forward block (`PAGE_MODEL` without memory), with the demo's recipe for `steps`
+    /// steps at `lr` (the memory's values at 10x). Returns the memory model's description as
+    /// JSON, with `dense` (the dense model's) and both models' `flops_per_token`.
     pub fn new_model(&self, steps: u32, lr: f32) -> Result<String, JsValue> {
         let mut st = lock(&self.state)?;
         let args = PAGE_MODEL.args();
         let config = args.resolve().map_err(err)?;
         let weights = ModelWeights::init(&config).map_err(err)?;
         let trainer = Trainer::new(&st.gpu, &weights, demo::train_config(steps, lr, true)).map_err(err)?;
+        let dense_args = DemoModel {
+            memory: None,
+            ..PAGE_MODEL
+        }
+        .args();
+        let dense_config = dense_args.resolve().map_err(err)?;
+        let dense_weights = ModelWeights::init(&dense_config).map_err(err)?;
+        let dense =
+            Trainer::new(&st.gpu, &dense_weights, demo::train_config(steps, lr, false)).map_err(err)?;
         st.net = Some(Net::Training(Box::new(trainer)));
+        st.dense = Some(Box::new(dense));
         st.args = Some(args);
         st.rng = Rng::new(0xDA7A);
-        Ok(describe(&weights, steps))
+        let mut info: serde_json::Value = serde_json::from_str(&describe(&weights, steps)).expect("json");
+        info["flops_per_token"] = json!(config.flops_per_token(PAGE_MODEL.seq));
+        info["dense"] = json!({
+            "params": dense_weights.parameter_count(),
+            "flops_per_token": dense_config.flops_per_token(PAGE_MODEL.seq),
+        });
+        Ok(info.to_string())
     }
 
-    /// Trains for up to `steps` steps (fewer at the end of the schedule). Resolves to JSON
-    /// `{"step", "steps", "loss"}` (loss: mean of the last step's answer bytes).
+    /// Trains for up to `steps` steps (fewer at the end of the schedule), the dense model on
+    /// the same batches. Resolves to JSON `{"step", "steps", "loss", "dense_loss"}` (loss: mean
+    /// of the last step's answer bytes).
     pub fn train(&self, steps: u32) -> js_sys::Promise {
         let state = self.state.clone();
         future_to_promise(async move {
             let mut guard = lock(&state)?;
             let State {
-                gpu, kb, net, rng, ..
+                gpu,
+                kb,
+                net,
+                dense,
+                rng,
+                ..
             } = &mut *guard;
             let Some(Net::Training(trainer)) = net else {
                 return Err(err("no model in training: start one first"));
             };
             let total = trainer.config.steps;
-            let mut loss = f32::NAN;
+            let (mut loss, mut dense_loss) = (f32::NAN, None);
             for _ in 0..steps {
                 if trainer.step >= total {
                     break;
@@ -226,30 +254,40 @@ impl Demo {
                     .step(gpu, &x, &y, BATCH, PAGE_MODEL.seq)
                     .await
                     .map_err(err)?;
+                if let Some(d) = dense {
+                    dense_loss = Some(d.step(gpu, &x, &y, BATCH, PAGE_MODEL.seq).await.map_err(err)?);
+                }
             }
-            Ok(json!({"step": trainer.step, "steps": total, "loss": loss})
-                .to_string()
-                .into())
+            Ok(
+                json!({"step": trainer.step, "steps": total, "loss": loss, "dense_loss": dense_loss})
+                    .to_string()
+                    .into(),
+            )
         })
     }
 
-    /// Exact greedy recall on (a sample of) the facts, in [0, 1].
+    /// Exact greedy recall on (a sample of) the facts, in [0, 1]: JSON `{"memory", "dense"}`
+    /// (the model's, and the dense model's or null).
     pub fn recall(&self) -> js_sys::Promise {
         let state = self.state.clone();
         future_to_promise(async move {
             let st = lock(&state)?;
             let net = st.net.as_ref().ok_or_else(|| err("no model yet"))?;
             let n = st.kb.facts.len().min(RECALL_SAMPLE);
-            let r = demo::recall(net.model(), &st.gpu, &st.kb.facts[..n])
-                .await
-                .map_err(err)?;
-            Ok(JsValue::from_f64(r as f64))
+            let facts = &st.kb.facts[..n];
+            let r = demo::recall(net.model(), &st.gpu, facts).await.map_err(err)?;
+            let dense = match &st.dense {
+                Some(d) => Some(demo::recall(&d.model, &st.gpu, facts).await.map_err(err)?),
+                None => None,
+            };
+            Ok(json!({"memory": r, "dense": dense}).to_string().into())
         })
     }
 
-    /// Asks the model: resolves to JSON `{"prompt", "answer", "expected", "reads": [{"layer",
-    /// "head", "slots", "weights"}]}` (the reads: every memory head's top-k at the prompt's
-    /// last position; `expected` is the known object, or null).
+    /// Asks the model: resolves to JSON `{"prompt", "answer", "dense_answer", "expected",
+    /// "reads": [{"layer", "head", "slots", "weights"}]}` (the reads: every memory head's top-k
+    /// at the prompt's last position; `dense_answer`: the dense model's, or null; `expected`
+    /// is the known object, or null).
     pub fn ask(&self, subject: String, relation: String) -> js_sys::Promise {
         let state = self.state.clone();
         future_to_promise(async move {
@@ -267,6 +305,15 @@ impl Demo {
             let answer = demo::ask(net.model(), &st.gpu, &prompt, MAX_ANSWER_BYTES)
                 .await
                 .map_err(err)?;
+            let dense_answer = match &st.dense {
+                Some(d) => Some(
+                    demo::ask(&d.model, &st.gpu, &prompt, MAX_ANSWER_BYTES)
+                        .await
+                        .map_err(err)?
+                        .text,
+                ),
+                None => None,
+            };
             let expected = st
                 .kb
                 .facts
@@ -279,7 +326,7 @@ impl Demo {
                 .map(|r| json!({"layer": r.layer, "head": r.head, "slots": r.slots, "weights": r.weights}))
                 .collect();
             Ok(
-                json!({"prompt": prompt, "answer": answer.text, "expected": expected, "reads": reads})
+                json!({"prompt": prompt, "answer": answer.text, "dense_answer": dense_answer, "expected": expected, "reads": reads})
                     .to_string()
                     .into(),
             )
@@ -412,6 +459,7 @@ impl Demo {
         let model = Model::new(&st.gpu, &w).map_err(err)?;
         let description = describe(&w, 0);
         st.net = Some(Net::Loaded(Box::new(model), Box::new(w)));
+        st.dense = None;
         st.args = Some(args);
         Ok(description)
     }
@@ -433,6 +481,7 @@ impl Demo {
         let model = Model::new(&st.gpu, &w).map_err(err)?;
         let description = describe(&w, 0);
         st.net = Some(Net::Loaded(Box::new(model), Box::new(w)));
+        st.dense = None;
         st.args = Some(params.model);
         Ok(description)
     }
