@@ -4,6 +4,7 @@
 
 pub mod adamw;
 mod backward;
+pub mod moe;
 pub mod ops;
 pub use backward::{l2_normalize_backward, memory_backward, silu_grad, MemoryGradsRef};
 
