@@ -5,6 +5,7 @@ pub mod adamw;
 pub mod embedding_bag;
 pub mod embedding_grad;
 pub mod linear;
+pub mod moe;
 pub mod normalize;
 pub mod ops;
 pub mod peer;
@@ -31,6 +32,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("embedding_grad.wgsl", embedding_grad::SOURCE),
     ("linear.wgsl", linear::SOURCE),
     ("linear_subgroup.wgsl", linear::SUBGROUP_SOURCE),
+    ("moe.wgsl", moe::SOURCE),
     ("normalize.wgsl", normalize::SOURCE),
     ("peer.wgsl", peer::SOURCE),
     ("product_topk.wgsl", product_topk::SOURCE),

@@ -74,7 +74,7 @@ fn top_k(p: &[f32], k: usize) -> Vec<u32> {
     order
 }
 
-fn expert<'a>(w: &'a [f32], e: usize, rows: usize, cols: usize) -> &'a [f32] {
+fn expert(w: &[f32], e: usize, rows: usize, cols: usize) -> &[f32] {
     &w[e * rows * cols..(e + 1) * rows * cols]
 }
 
@@ -176,14 +176,14 @@ pub fn moe_backward(
         let p = &fwd.probs[t * n_e..(t + 1) * n_e];
         // dL/d gate of each chosen expert, and the experts' own gradients.
         let mut d_gate = vec![0f32; k];
-        for slot in 0..k {
+        for (slot, d_gate) in d_gate.iter_mut().enumerate() {
             let e = fwd.chosen[t * k + slot] as usize;
             let at = (t * k + slot) * h;
             let (u1, u3) = (&fwd.a1[at..at + h], &fwd.a3[at..at + h]);
             let act: Vec<f32> = u1.iter().zip(u3).map(|(&p1, &p3)| silu(p1) * p3).collect();
             let w2e = expert(w.w2, e, d, h);
             let out = linear(&act, w2e, None, 1, d, h);
-            d_gate[slot] = (0..d).map(|c| dyt[c] * out[c]).sum();
+            *d_gate = dyt.iter().zip(&out).map(|(a, b)| a * b).sum();
             let gate = fwd.gates[t * k + slot];
             let d_out: Vec<f32> = dyt.iter().map(|&v| gate * v).collect();
             let mut d_act = vec![0f32; h];
@@ -196,10 +196,10 @@ pub fn moe_backward(
             for j in 0..h {
                 let da1 = d_act[j] * u3[j] * silu_grad(u1[j]);
                 let da3 = d_act[j] * silu(u1[j]);
-                for i in 0..d {
+                for (i, &xi) in xt.iter().enumerate() {
                     let at_w = e * h * d + j * d + i;
-                    g.w1[at_w] += da1 * xt[i];
-                    g.w3[at_w] += da3 * xt[i];
+                    g.w1[at_w] += da1 * xi;
+                    g.w3[at_w] += da3 * xi;
                     g.dx[t * d + i] += da1 * w.w1[at_w] + da3 * w.w3[at_w];
                 }
             }
@@ -219,8 +219,8 @@ pub fn moe_backward(
         let dot: f32 = (0..n_e).map(|e| p[e] * dp[e]).sum();
         for e in 0..n_e {
             let dl = p[e] * (dp[e] - dot);
-            for i in 0..d {
-                g.router[e * d + i] += dl * xt[i];
+            for (i, &xi) in xt.iter().enumerate() {
+                g.router[e * d + i] += dl * xi;
                 g.dx[t * d + i] += dl * w.router[e * d + i];
             }
         }
