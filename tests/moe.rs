@@ -4,13 +4,15 @@
 
 mod common;
 use common::{assert_close, gpu};
-use memlayers::kernels::moe::{record_combine, record_hidden, record_route, MoeDims};
+use memlayers::kernels::moe::{
+    record_backward, record_combine, record_hidden, record_route, MoeActs, MoeDims, MoeWeightBuffers,
+};
 use memlayers::reference::linear;
-use memlayers::reference::moe::{moe_forward, MoeShape, MoeWeightsRef};
+use memlayers::reference::moe::{moe_backward, moe_forward, MoeShape, MoeWeightsRef};
 use memlayers::rng::Rng;
 
 #[test]
-fn moe_forward_kernels_match_the_reference() {
+fn moe_forward_and_backward_kernels_match_the_reference() {
     let g = gpu();
     for (tokens, dim, hidden, experts, top_k, seed) in [
         (1usize, 1usize, 1usize, 1usize, 1usize, 1u64),
@@ -25,24 +27,22 @@ fn moe_forward_kernels_match_the_reference() {
         let w1 = rng.vec_normal(experts * hidden * dim, 0.3);
         let w3 = rng.vec_normal(experts * hidden * dim, 0.3);
         let w2 = rng.vec_normal(experts * dim * hidden, 0.3);
+        let dy = rng.vec_normal(tokens * dim, 1.0);
         let shape = MoeShape {
             dim,
             hidden,
             experts,
             top_k,
         };
-        let want = moe_forward(
-            &x,
-            tokens,
-            MoeWeightsRef {
-                router: &router,
-                w1: &w1,
-                w3: &w3,
-                w2: &w2,
-            },
-            shape,
-            0.0,
-        );
+        let weights = MoeWeightsRef {
+            router: &router,
+            w1: &w1,
+            w3: &w3,
+            w2: &w2,
+        };
+        let coef = 0.5 + 0.1 * seed as f32;
+        let want = moe_forward(&x, tokens, weights, shape, coef);
+        let want_grads = moe_backward(&x, tokens, weights, shape, &want, &dy, coef);
         let d = MoeDims {
             tokens: tokens as u32,
             dim: dim as u32,
@@ -68,6 +68,21 @@ fn moe_forward_kernels_match_the_reference() {
         record_route(g, &mut enc, d, &logits, (&probs, &chosen, &gates)).unwrap();
         record_hidden(g, &mut enc, d, (&xb, &w1b, &w3b, &chosen), (&a1, &a3)).unwrap();
         record_combine(g, &mut enc, d, (&a1, &a3, &chosen, &gates), &w2b, &y).unwrap();
+        let (dyb, routerb) = (g.upload("dy", &dy), g.upload("router", &router));
+        let acts = MoeActs {
+            probs: &probs,
+            chosen: &chosen,
+            gates: &gates,
+            a1: &a1,
+            a3: &a3,
+        };
+        let wb = MoeWeightBuffers {
+            router: &routerb,
+            w1: &w1b,
+            w3: &w3b,
+            w2: &w2b,
+        };
+        let grads = record_backward(g, &mut enc, d, coef, (&xb, &dyb), acts, wb).unwrap();
         g.queue.submit([enc.finish()]);
         let case = format!("{tokens} tokens, dim {dim}, hidden {hidden}, {experts} experts, top {top_k}");
         assert_close(
@@ -99,6 +114,37 @@ fn moe_forward_kernels_match_the_reference() {
             &format!("y ({case})"),
             &g.read_f32_blocking(&y, tokens * dim).unwrap(),
             &want.y,
+        );
+        let read = |b: &wgpu::Buffer, n: usize| g.read_f32_blocking(b, n).unwrap();
+        assert_close(
+            &format!("aux loss ({case})"),
+            &read(&grads.aux_loss, 1),
+            &[want.aux_loss],
+        );
+        assert_close(
+            &format!("dx ({case})"),
+            &read(&grads.dx, tokens * dim),
+            &want_grads.dx,
+        );
+        assert_close(
+            &format!("d router ({case})"),
+            &read(&grads.router, experts * dim),
+            &want_grads.router,
+        );
+        assert_close(
+            &format!("d w1 ({case})"),
+            &read(&grads.w1, w1.len()),
+            &want_grads.w1,
+        );
+        assert_close(
+            &format!("d w3 ({case})"),
+            &read(&grads.w3, w3.len()),
+            &want_grads.w3,
+        );
+        assert_close(
+            &format!("d w2 ({case})"),
+            &read(&grads.w2, w2.len()),
+            &want_grads.w2,
         );
     }
 }

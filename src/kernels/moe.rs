@@ -1,8 +1,11 @@
-//! `moe.wgsl`: a mixture-of-experts feed-forward block's forward (routing, the chosen
-//! experts' hidden activations, the gated combination), checked against
-//! `reference::moe::moe_forward`. The model does not use it yet (issue 15): the backward and
-//! the block come next.
+//! `moe.wgsl`: a mixture-of-experts feed-forward block, forward (routing, the chosen experts'
+//! hidden activations, the gated combination) and backward (every weight's gradient, the
+//! input's, and the load-balancing loss), checked against `reference::moe`. The backward
+//! groups the token-expert assignments by expert with the stable radix sort, so each
+//! expert's weight gradients sum its own assignments in order. The model does not use the
+//! block yet (issue 15).
 
+use super::radix_sort::record_sort;
 use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Gpu};
@@ -27,7 +30,8 @@ struct Params {
     hidden: u32,
     experts: u32,
     top_k: u32,
-    _pad: [u32; 3],
+    aux_coef: f32,
+    _pad: [u32; 2],
 }
 
 impl MoeDims {
@@ -70,7 +74,8 @@ impl MoeDims {
             hidden,
             experts,
             top_k,
-            _pad: [0; 3],
+            aux_coef: 0.0,
+            _pad: [0; 2],
         })
     }
 }
@@ -178,4 +183,228 @@ pub fn record_combine(
         d.tokens as u64 * d.dim as u64,
     );
     Ok(())
+}
+
+/// The forward's buffers the backward reads (`record_route`'s and `record_hidden`'s outputs).
+#[derive(Clone, Copy)]
+pub struct MoeActs<'a> {
+    pub probs: &'a wgpu::Buffer,
+    pub chosen: &'a wgpu::Buffer,
+    pub gates: &'a wgpu::Buffer,
+    pub a1: &'a wgpu::Buffer,
+    pub a3: &'a wgpu::Buffer,
+}
+
+/// The block's weights: `router [experts, dim]`, `w1`, `w3 [experts, hidden, dim]`, `w2
+/// [experts, dim, hidden]`.
+#[derive(Clone, Copy)]
+pub struct MoeWeightBuffers<'a> {
+    pub router: &'a wgpu::Buffer,
+    pub w1: &'a wgpu::Buffer,
+    pub w3: &'a wgpu::Buffer,
+    pub w2: &'a wgpu::Buffer,
+}
+
+/// The backward's results: the gradients of `sum(dy * y) + aux_loss`, and the load-balancing
+/// loss itself (`aux_loss`, one f32, already times its coefficient).
+pub struct MoeGradBuffers {
+    pub dx: wgpu::Buffer,
+    pub router: wgpu::Buffer,
+    pub w1: wgpu::Buffer,
+    pub w3: wgpu::Buffer,
+    pub w2: wgpu::Buffer,
+    pub aux_loss: wgpu::Buffer,
+}
+
+/// Records the backward of the block on `x [tokens, dim]` given its output's gradient `dy`
+/// and the load-balancing coefficient `aux_coef`.
+pub fn record_backward(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    d: MoeDims,
+    aux_coef: f32,
+    (x, dy): (&wgpu::Buffer, &wgpu::Buffer),
+    acts: MoeActs,
+    w: MoeWeightBuffers,
+) -> Result<MoeGradBuffers> {
+    let p = Params {
+        aux_coef,
+        ..d.check()?
+    };
+    let (tokens, dim, hidden, experts, k) = (
+        d.tokens as u64,
+        d.dim as u64,
+        d.hidden as u64,
+        d.experts as u64,
+        d.top_k as u64,
+    );
+    let picks = tokens * k;
+    for (what, n) in [
+        ("moe grad_gate", dim * hidden),
+        ("moe expert gradients", picks),
+        ("moe grad_logits", experts * (2 * k + 4)),
+        ("moe grad_x", k * hidden + experts),
+        ("moe grad_router", tokens),
+        ("moe aux_loss", experts * tokens),
+    ] {
+        check_loop_budget(what, n, "its loop")?;
+    }
+    check_buffer(gpu, "moe input", x, tokens * dim)?;
+    check_buffer(gpu, "moe output gradient", dy, tokens * dim)?;
+    check_buffer(gpu, "router probabilities", acts.probs, tokens * experts)?;
+    check_buffer(gpu, "chosen experts", acts.chosen, picks)?;
+    check_buffer(gpu, "expert gates", acts.gates, picks)?;
+    check_buffer(gpu, "a1", acts.a1, picks * hidden)?;
+    check_buffer(gpu, "a3", acts.a3, picks * hidden)?;
+    check_buffer(gpu, "router", w.router, experts * dim)?;
+    for (name, b) in [("w1", w.w1), ("w3", w.w3), ("w2", w.w2)] {
+        check_buffer(gpu, name, b, experts * hidden * dim)?;
+    }
+    let f32s = |label: &str, n: u64| gpu.storage(label, n * 4);
+    let (da1, da3) = (f32s("moe da1", picks * hidden), f32s("moe da3", picks * hidden));
+    run(
+        gpu,
+        encoder,
+        ("grad_act", "moe_grad_act"),
+        &p,
+        &[
+            (3, acts.chosen),
+            (4, acts.gates),
+            (8, acts.a1),
+            (9, acts.a3),
+            (10, w.w2),
+            (12, dy),
+            (13, &da1),
+            (14, &da3),
+        ],
+        picks * hidden,
+    );
+    let d_gate = f32s("moe gate gradients", picks);
+    run(
+        gpu,
+        encoder,
+        ("grad_gate", "moe_grad_gate"),
+        &p,
+        &[
+            (3, acts.chosen),
+            (8, acts.a1),
+            (9, acts.a3),
+            (10, w.w2),
+            (12, dy),
+            (15, &d_gate),
+        ],
+        picks,
+    );
+    // The assignments grouped by expert, in assignment order within each.
+    let ids: Vec<u32> = (0..picks as u32).collect();
+    let ids = gpu.upload("moe assignment ids", &ids);
+    let key_bits = (u32::BITS - (d.experts - 1).leading_zeros()).max(1);
+    let sorted = record_sort(gpu, encoder, acts.chosen, &ids, picks as u32, key_bits)?;
+    let offsets = gpu.storage("moe expert offsets", (experts + 1) * 4);
+    run(
+        gpu,
+        encoder,
+        ("segments", "moe_segments"),
+        &p,
+        &[(17, &sorted.keys), (18, &offsets)],
+        experts + 1,
+    );
+    let weights = experts * hidden * dim;
+    let (dw1, dw3, dw2) = (
+        f32s("grad w1", weights),
+        f32s("grad w3", weights),
+        f32s("grad w2", weights),
+    );
+    run(
+        gpu,
+        encoder,
+        ("grad_w13", "moe_grad_w13"),
+        &p,
+        &[
+            (5, x),
+            (13, &da1),
+            (14, &da3),
+            (16, &sorted.values),
+            (18, &offsets),
+            (19, &dw1),
+            (20, &dw3),
+        ],
+        weights,
+    );
+    run(
+        gpu,
+        encoder,
+        ("grad_w2", "moe_grad_w2"),
+        &p,
+        &[
+            (4, acts.gates),
+            (8, acts.a1),
+            (9, acts.a3),
+            (12, dy),
+            (16, &sorted.values),
+            (18, &offsets),
+            (21, &dw2),
+        ],
+        weights,
+    );
+    let dlogits = f32s("router logit gradients", tokens * experts);
+    run(
+        gpu,
+        encoder,
+        ("grad_logits", "moe_grad_logits"),
+        &p,
+        &[
+            (2, acts.probs),
+            (3, acts.chosen),
+            (4, acts.gates),
+            (15, &d_gate),
+            (18, &offsets),
+            (22, &dlogits),
+        ],
+        tokens,
+    );
+    let dx = f32s("moe input gradient", tokens * dim);
+    run(
+        gpu,
+        encoder,
+        ("grad_x", "moe_grad_x"),
+        &p,
+        &[
+            (3, acts.chosen),
+            (6, w.w1),
+            (7, w.w3),
+            (13, &da1),
+            (14, &da3),
+            (22, &dlogits),
+            (23, w.router),
+            (24, &dx),
+        ],
+        tokens * dim,
+    );
+    let router = f32s("grad router", experts * dim);
+    run(
+        gpu,
+        encoder,
+        ("grad_router", "moe_grad_router"),
+        &p,
+        &[(5, x), (22, &dlogits), (25, &router)],
+        experts * dim,
+    );
+    let aux_loss = f32s("moe load-balancing loss", 1);
+    run(
+        gpu,
+        encoder,
+        ("aux_loss", "moe_aux_loss"),
+        &p,
+        &[(2, acts.probs), (18, &offsets), (26, &aux_loss)],
+        1,
+    );
+    Ok(MoeGradBuffers {
+        dx,
+        router,
+        w1: dw1,
+        w3: dw3,
+        w2: dw2,
+        aux_loss,
+    })
 }
