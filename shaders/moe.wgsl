@@ -5,7 +5,7 @@
 //            first, ties to the lower index) and their probabilities renormalised over the
 //            chosen ones
 //   hidden:  per (assignment, hidden unit): a1 = w1[e] x, a3 = w3[e] x
-//   combine: per (token, column): y = sum over slots, in order, of gate * w2[e] (silu(a1) a3)
+//   combine: per (token, column): y (+)= sum over slots, in order, of gate * w2[e] (silu(a1) a3)
 // Backward (dy: the output's gradient; the assignments sorted by expert, stably, give each
 // expert a segment `offsets[e] .. offsets[e + 1]` of `sorted`, in assignment order):
 //   grad_act:    per (assignment, hidden unit): da1, da3 through w2, the gate and the SwiGLU
@@ -27,7 +27,7 @@ struct Params {
     experts: u32,
     top_k: u32,
     aux_coef: f32,
-    _pad1: u32,
+    accumulate: u32, // combine: add into y instead of writing it
     _pad2: u32,
 }
 
@@ -171,6 +171,9 @@ fn combine(
             o = fma(silu(a1[at]) * a3[at], w2[w + j], o);
         }
         out += gates[assignment] * o;
+    }
+    if (p.accumulate != 0u) {
+        out += y[i];
     }
     y[i] = out;
 }

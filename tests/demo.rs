@@ -229,7 +229,7 @@ fn demo_end_to_end_in_miniature() {
     assert!(o.status.success(), "demo failed: {stderr}");
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    for model in ["dense", "memory", "peer"] {
+    for model in ["dense", "memory", "peer", "moe"] {
         let r = &results[model];
         let recall = r["recall"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall), "{model} recall {recall}");
@@ -254,11 +254,24 @@ fn demo_end_to_end_in_miniature() {
         results["memory"]["flops_per_token"].as_f64().unwrap(),
     );
     assert!((fm - fd).abs() <= 0.1 * fd, "FLOPs not matched: {fd} vs {fm}");
-    let fp = results["peer"]["flops_per_token"].as_f64().unwrap();
-    assert!(
-        (fp - fd).abs() <= 0.1 * fd,
-        "PEER FLOPs not matched: {fd} vs {fp}"
+    for model in ["peer", "moe"] {
+        let f = results[model]["flops_per_token"].as_f64().unwrap();
+        assert!(
+            (f - fd).abs() <= 0.1 * fd,
+            "{model} FLOPs not matched: {fd} vs {f}"
+        );
+    }
+    // MoE: top 2 of experts of half the dense width; enough of them for about the memory
+    // model's parameters (the memory layer's), the dense model's learning-rate sweep.
+    let moe = &results["moe"]["model"]["moe_args"];
+    assert_eq!(moe["top_k"].as_u64(), Some(2));
+    assert!(moe["n_experts"].as_u64().unwrap() >= 2, "{moe}");
+    let (pm, pe) = (
+        results["memory"]["params"].as_f64().unwrap(),
+        results["moe"]["params"].as_f64().unwrap(),
     );
+    assert!((pe - pm).abs() <= 0.25 * pm, "MoE params {pe} vs memory {pm}");
+    assert!(!out.join("moe").join("slot_counts.safetensors").exists());
     // PEER's tables: n_keys / sqrt(2) sub-keys per half (8 -> 6), but at least knn (8).
     let (pm, mm) = (
         results["peer"]["memory_values"].as_u64().unwrap(),
@@ -432,10 +445,15 @@ fn demo_plans_a_facts_file_to_its_budget() {
 
 #[test]
 fn demo_rejects_unknown_models() {
-    let o = memlayers(&["demo", "--models", "dense,moe", "--out", "/nonexistent/x"]);
+    let o = memlayers(&["demo", "--models", "dense,mamba", "--out", "/nonexistent/x"]);
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("moe") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("mamba")
+            && stderr.contains("dense, moe, peer and memory")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ fn weights(json: &str) -> ModelWeights {
 }
 
 #[test]
-fn model_forward_matches_oracle_dense_and_memory() {
+fn model_forward_matches_oracle_dense_memory_and_moe() {
     let g = gpu();
     let configs = [
         r#"{"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 50, "multiple_of": 16, "max_seqlen": 16}"#,
@@ -21,6 +21,11 @@ fn model_forward_matches_oracle_dense_and_memory() {
             "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 10, "mem_heads": 2, "mem_knn": 4, "mem_k_dim": 8}}"#,
         r#"{"dim": 16, "n_layers": 4, "n_heads": 2, "n_kv_heads": 1, "vocab_size": 20, "multiple_of": 8, "max_seqlen": 8, "seed": 3,
             "productkey_args": {"is_enabled": true, "layers": "0,2", "mem_n_keys": 6, "mem_heads": 1, "mem_knn": 3, "mem_k_dim": 4, "swilu_projection": false}}"#,
+        r#"{"dim": 24, "n_layers": 3, "n_heads": 3, "vocab_size": 37, "multiple_of": 8, "max_seqlen": 32, "seed": 4,
+            "moe_args": {"layers": "0,2", "n_experts": 5, "top_k": 2, "hidden_dim": 12}}"#,
+        r#"{"dim": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 20, "multiple_of": 8, "max_seqlen": 8, "seed": 7,
+            "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 6, "mem_heads": 1, "mem_knn": 3, "mem_k_dim": 4},
+            "moe_args": {"layers": "0", "n_experts": 3, "top_k": 1, "hidden_dim": 9}}"#,
     ];
     let mut rng = Rng::new(9);
     for json in configs {
@@ -102,6 +107,10 @@ fn model_backward_matches_finite_differences() {
         r#"{"dim": 16, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 13, "multiple_of": 8, "max_seqlen": 8, "seed": 5}"#,
         r#"{"dim": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 11, "multiple_of": 8, "max_seqlen": 8, "seed": 6,
             "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 6, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#,
+        // The loss here is the cross-entropy alone: no load-balancing term (its gradient is
+        // checked against the reference in tests/moe.rs).
+        r#"{"dim": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 11, "multiple_of": 8, "max_seqlen": 8, "seed": 8,
+            "moe_args": {"layers": "1", "n_experts": 4, "top_k": 2, "hidden_dim": 8, "aux_loss_coef": 0.0}}"#,
     ];
     for json in configs {
         let mut w = weights(json);
@@ -161,7 +170,7 @@ fn model_backward_matches_finite_differences() {
                 let (minus, s2) = loss(&w);
                 param_mut(&mut w, name)[i] = old;
                 if s1 != base_sel || s2 != base_sel {
-                    continue; // a memory top-k changed: not differentiable there
+                    continue; // a memory top-k or an expert choice changed: not differentiable there
                 }
                 let fd = ((plus - minus) / (2.0 * eps as f64)) as f32;
                 let a = analytic[i];

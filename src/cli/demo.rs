@@ -10,7 +10,9 @@
 
 use super::plot::{line_chart, Series};
 use super::progress::Progress;
-use memlayers::demo::{recall, train_config, training_batch, DemoModel, Fact, KnowledgeBase, MemoryShape};
+use memlayers::demo::{
+    recall, train_config, training_batch, DemoModel, Fact, KnowledgeBase, MemoryShape, MoeShape,
+};
 use memlayers::io::write_atomic;
 use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights, SlotCounts, SLOT_COUNTS_FILE};
 use memlayers::rng::Rng;
@@ -89,10 +91,11 @@ pub struct Args {
     /// [cpu: 16,32,64,90, gpu: 64,96,128,181]
     #[arg(long, value_delimiter = ',')]
     pub sweep_n_keys: Option<Vec<usize>>,
-    /// The models compared, among dense, peer and memory (or "all"); dense always runs (its
-    /// learning-rate sweep sets the others' rate). PEER reads n_keys / sqrt(2) sub-keys per
-    /// half (at least knn), so that its two tables hold as many values as the memory's one [cpu:
-    /// dense,memory, gpu: all]. (moe is not implemented yet.)
+    /// The models compared, among dense, moe, peer and memory (or "all"); dense always runs
+    /// (its learning-rate sweep sets the memory models' rate; moe gets the sweep too). PEER
+    /// reads n_keys / sqrt(2) sub-keys per half (at least knn), so that its two tables hold as
+    /// many values as the memory's one; MoE has top-2 experts of half the dense width, as many
+    /// as give it the memory layer's parameters [cpu: dense,memory, gpu: all].
     #[arg(long, value_delimiter = ',')]
     pub models: Option<Vec<String>>,
 }
@@ -118,7 +121,7 @@ pub struct Settings {
     pub eval_every: u32,
     pub sweep: bool,
     pub sweep_n_keys: Vec<usize>,
-    /// Models besides dense, in training order: "memory", "peer".
+    /// Models besides dense, in training order: "memory", "peer", "moe".
     pub models: Vec<&'static str>,
 }
 
@@ -171,12 +174,12 @@ impl Args {
             models: match &self.models {
                 Some(list) => {
                     let all = list.iter().any(|m| m == "all");
-                    ["memory", "peer"]
+                    ["memory", "peer", "moe"]
                         .into_iter()
                         .filter(|m| all || list.iter().any(|l| l == m))
                         .collect()
                 }
-                None => pick(gpu, vec!["memory"], vec!["memory", "peer"]),
+                None => pick(gpu, vec!["memory"], vec!["memory", "peer", "moe"]),
             },
         }
     }
@@ -185,15 +188,10 @@ impl Args {
     pub fn check_models(&self) -> Result<()> {
         for m in self.models.iter().flatten() {
             match m.as_str() {
-                "dense" | "memory" | "peer" | "all" => {}
-                "moe" => {
-                    return Err(Error::Config(
-                        "--models moe: the mixture-of-experts model is not implemented yet".into(),
-                    ))
-                }
+                "dense" | "memory" | "peer" | "moe" | "all" => {}
                 other => {
                     return Err(Error::Config(format!(
-                        "--models {other}: the demo's models are dense, peer and memory (or all)"
+                        "--models {other}: the demo's models are dense, moe, peer and memory (or all)"
                     )))
                 }
             }
@@ -285,11 +283,8 @@ fn plan_for_facts(gpu: &Gpu, a: &mut Settings, args: &Args, kb: &KnowledgeBase) 
     };
     let mut per_step = time("dense".into(), model_args(a, None), a.lrs[0])? * a.lrs.len() as f64;
     for &name in &a.models {
-        let args = match name {
-            "peer" => shaped_args(a, Some(peer_n_keys(a.n_keys, a.mem_knn)), true),
-            _ => model_args(a, Some(a.n_keys)),
-        };
-        per_step += time(name.into(), args, a.lrs[0])?;
+        let sweeps = if name == "moe" { a.lrs.len() as f64 } else { 1.0 };
+        per_step += time(name.into(), other_args(a, name)?, a.lrs[0])? * sweeps;
     }
     let budget_seconds = args.budget * 60.0;
     if args.steps.is_none() {
@@ -371,8 +366,61 @@ fn shaped_args(a: &Settings, n_keys: Option<usize>, peer: bool) -> LMTransformer
             k_dim: a.mem_k_dim,
             peer,
         }),
+        moe: None,
     }
     .args()
+}
+
+/// Experts a token reads in the MoE model.
+const MOE_TOP_K: usize = 2;
+
+/// The MoE model: the top 2 of experts half the dense block's width (so its active FLOPs per
+/// token are the dense block's, plus the router), and as many experts as give its
+/// feed-forward block the parameters of the memory model's (the memory layer's), fewer if the
+/// router's FLOPs would break the tolerance.
+fn moe_args(a: &Settings) -> Result<LMTransformerArgs> {
+    let dense = model_args(a, None).resolve()?;
+    let memory = model_args(a, Some(a.n_keys)).resolve()?;
+    let count = |c: &ModelConfig| -> Result<usize> {
+        Ok(memlayers::model::ModelLayout::new(c)?
+            .registry
+            .specs()
+            .iter()
+            .map(|s| s.len())
+            .sum())
+    };
+    let target = count(&memory)?.saturating_sub(count(&dense)?) + 3 * dense.dim * dense.hidden;
+    let hidden = dense.hidden.div_ceil(MOE_TOP_K);
+    let per_expert = 3 * dense.dim * hidden + dense.dim;
+    let mut experts = ((target as f64 / per_expert as f64).round() as usize).max(MOE_TOP_K);
+    loop {
+        let args = DemoModel {
+            dim: a.dim,
+            layers: a.layers,
+            seq: a.seq,
+            seed: a.seed,
+            memory: None,
+            moe: Some(MoeShape {
+                experts,
+                top_k: MOE_TOP_K,
+                hidden,
+            }),
+        }
+        .args();
+        if experts <= MOE_TOP_K || check_flops(&dense, &args.resolve()?, a.seq).is_ok() {
+            return Ok(args);
+        }
+        experts -= 1;
+    }
+}
+
+/// The arguments of one of the models besides dense.
+fn other_args(a: &Settings, name: &str) -> Result<LMTransformerArgs> {
+    Ok(match name {
+        "peer" => shaped_args(a, Some(peer_n_keys(a.n_keys, a.mem_knn)), true),
+        "moe" => moe_args(a)?,
+        _ => model_args(a, Some(a.n_keys)),
+    })
 }
 
 /// Steps between two reads of the training loss (each read waits for the GPU).
@@ -500,10 +548,10 @@ fn check_flops(dense: &ModelConfig, memory: &ModelConfig, seq: usize) -> Result<
     let (fd, fm) = (dense.flops_per_token(seq), memory.flops_per_token(seq));
     let diff = (fm - fd) / fd;
     if diff.abs() > FLOPS_TOLERANCE {
-        let kind = if memory.memory.as_ref().is_some_and(|m| m.peer) {
-            "PEER"
-        } else {
-            "memory"
+        let kind = match (&memory.memory, &memory.moe) {
+            (Some(m), _) if m.peer => "PEER",
+            (_, Some(_)) => "MoE",
+            _ => "memory",
         };
         return Err(Error::Config(format!(
             "FLOPs per token not matched: dense {:.0}, {kind} {:.0} ({:+.1}%, limit {:.0}%); \
@@ -583,10 +631,7 @@ pub fn run(args: &Args) -> Result<()> {
     // The models besides dense, each within FLOPS_TOLERANCE of its FLOPs per token.
     let mut others = Vec::new();
     for &name in &a.models {
-        let args = match name {
-            "peer" => shaped_args(a, Some(peer_n_keys(a.n_keys, a.mem_knn)), true),
-            _ => model_args(a, Some(a.n_keys)),
-        };
+        let args = other_args(a, name)?;
         let config = args.resolve()?;
         let diff = check_flops(&dense_config, &config, a.seq)?;
         others.push((name, args, config.flops_per_token(a.seq), diff));
@@ -676,28 +721,46 @@ pub fn run(args: &Args) -> Result<()> {
     dense.label = format!("dense (lr {:.0e})", dense.lr);
     save_model(&gpu, &a.out.join("dense"), &dense, &dense_trainer, &kb)?;
     drop(dense_trainer);
-    // The other models at the dense model's best rate (their value tables at 10x).
+    // The memory models at the dense model's best rate (their value tables at 10x); the MoE
+    // model gets the learning-rate sweep, as the dense one.
     let mut runs: Vec<(&str, Run)> = Vec::new();
     for (name, args, _, _) in others {
-        let (mut run, trainer) = train(
-            &gpu,
-            a,
-            format!("{name} lr {:.0e}", dense.lr),
-            args,
-            dense.lr,
-            &kb,
-            &sample,
-        )?;
-        let values = run
-            .config
-            .memory
-            .as_ref()
-            .map_or(0, |m| m.n_values() * if m.peer { 2 } else { 1 });
-        run.label = format!(
-            "{} ({}K values)",
-            if name == "peer" { "PEER" } else { "memory" },
-            (values + 512) / 1024
-        );
+        let lrs = if name == "moe" {
+            a.lrs.clone()
+        } else {
+            vec![dense.lr]
+        };
+        let mut best: Option<(Run, Trainer)> = None;
+        for lr in lrs {
+            let (run, trainer) = train(
+                &gpu,
+                a,
+                format!("{name} lr {lr:.0e}"),
+                args.clone(),
+                lr,
+                &kb,
+                &sample,
+            )?;
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| (run.recall, -run.loss) > (b.recall, -b.loss))
+            {
+                best = Some((run, trainer));
+            }
+        }
+        let (mut run, trainer) = best.expect("at least one learning rate");
+        run.label = match (&run.config.memory, &run.config.moe) {
+            (Some(m), _) => {
+                let values = m.n_values() * if m.peer { 2 } else { 1 };
+                format!(
+                    "{} ({}K values)",
+                    if m.peer { "PEER" } else { "memory" },
+                    (values + 512) / 1024
+                )
+            }
+            (_, Some(m)) => format!("MoE ({} x top {}, lr {:.0e})", m.experts, m.top_k, run.lr),
+            _ => name.to_string(),
+        };
         save_model(&gpu, &a.out.join(name), &run, &trainer, &kb)?;
         save_slot_counts(&gpu, &a.out.join(name), a, &kb, &trainer)?;
         runs.push((name, run));

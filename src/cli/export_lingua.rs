@@ -23,6 +23,12 @@ pub struct Args {
 
 pub fn run(a: &Args) -> Result<()> {
     let model_dir = super::model_dir::load(&a.model)?;
+    if !model_dir.args.moe_args.is_disabled() {
+        return Err(Error::Config(
+            "export-lingua: this model has mixture-of-experts layers (moe_args, a memlayers extension), which lingua cannot load"
+                .into(),
+        ));
+    }
     let mut params = match &model_dir.lingua {
         Some((params, _)) => params.clone(),
         // memlayers' checkpoints read bytes as ids 0-255: lingua's bytes tokenizer.

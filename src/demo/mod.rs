@@ -10,4 +10,4 @@ mod models;
 pub use ask::{ask, Answer, MemoryRead};
 pub use data::{argmax, recall, recall_rows, recalled, score, training_batch, FactScores};
 pub use facts::{Fact, KnowledgeBase};
-pub use models::{train_config, DemoModel, MemoryShape, VOCAB};
+pub use models::{train_config, DemoModel, MemoryShape, MoeShape, VOCAB};

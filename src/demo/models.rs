@@ -2,7 +2,7 @@
 //! small byte-level lingua transformer whose last block's feed-forward is dense (SwiGLU), a
 //! Memory+ layer or a PEER layer, trained with the reference recipe (values at 10x the lr).
 
-use crate::model::{LMTransformerArgs, ProductKeyArgs};
+use crate::model::{LMTransformerArgs, MoeArgs, ProductKeyArgs};
 use crate::train::TrainConfig;
 
 /// The memory layer's shape in a demo model.
@@ -16,8 +16,18 @@ pub struct MemoryShape {
     pub peer: bool,
 }
 
+/// The mixture of experts' shape in a demo model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MoeShape {
+    pub experts: usize,
+    pub top_k: usize,
+    /// Each expert's hidden width.
+    pub hidden: usize,
+}
+
 /// A demo model: width, depth, context (the training rows' length), init seed, and the
-/// memory that replaces the last block's feed-forward (None: the dense model).
+/// memory or the mixture of experts that replaces the last block's feed-forward (neither:
+/// the dense model).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DemoModel {
     pub dim: usize,
@@ -25,6 +35,7 @@ pub struct DemoModel {
     pub seq: usize,
     pub seed: u64,
     pub memory: Option<MemoryShape>,
+    pub moe: Option<MoeShape>,
 }
 
 /// Byte-level: every token is a byte.
@@ -57,12 +68,22 @@ impl DemoModel {
                 ..Default::default()
             };
         }
+        if let Some(moe) = self.moe {
+            m.moe_args = MoeArgs {
+                layers: (self.layers - 1).to_string(),
+                n_experts: moe.experts,
+                top_k: moe.top_k,
+                hidden_dim: moe.hidden,
+                ..Default::default()
+            };
+        }
         m
     }
 }
 
 /// The recipe: `steps` steps at `lr` with a tenth of them warm-up, and for memory models the
-/// value table at the reference's 10x lr (REFERENCE.md section 4).
+/// value table at the reference's 10x lr (REFERENCE.md section 4). Mixture-of-experts models
+/// have no value table: everything at `lr`.
 pub fn train_config(steps: u32, lr: f32, memory: bool) -> TrainConfig {
     TrainConfig {
         steps,

@@ -2,8 +2,8 @@
 //! hidden activations, the gated combination) and backward (every weight's gradient, the
 //! input's, and the load-balancing loss), checked against `reference::moe`. The backward
 //! groups the token-expert assignments by expert with the stable radix sort, so each
-//! expert's weight gradients sum its own assignments in order. The model does not use the
-//! block yet (issue 15).
+//! expert's weight gradients sum its own assignments in order. The model's block is
+//! `model::blocks::moe`.
 
 use super::radix_sort::record_sort;
 use super::{check_buffer, check_loop_budget};
@@ -31,7 +31,8 @@ struct Params {
     experts: u32,
     top_k: u32,
     aux_coef: f32,
-    _pad: [u32; 2],
+    accumulate: u32,
+    _pad: u32,
 }
 
 impl MoeDims {
@@ -75,7 +76,8 @@ impl MoeDims {
             experts,
             top_k,
             aux_coef: 0.0,
-            _pad: [0; 2],
+            accumulate: 0,
+            _pad: 0,
         })
     }
 }
@@ -156,17 +158,20 @@ pub fn record_hidden(
     Ok(())
 }
 
-/// `y [tokens, dim]`: the gate-weighted sum over each token's chosen experts, in order, of
-/// `w2[e] (silu(a1) * a3)`, with `w2 [experts, dim, hidden]`.
+/// `y [tokens, dim]` (added to it with `accumulate`): the gate-weighted sum over each token's
+/// chosen experts, in order, of `w2[e] (silu(a1) * a3)`, with `w2 [experts, dim, hidden]`.
 pub fn record_combine(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
     d: MoeDims,
     (a1, a3, chosen, gates): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
     w2: &wgpu::Buffer,
-    y: &wgpu::Buffer,
+    (y, accumulate): (&wgpu::Buffer, bool),
 ) -> Result<()> {
-    let p = d.check()?;
+    let p = Params {
+        accumulate: accumulate as u32,
+        ..d.check()?
+    };
     let picks = d.tokens as u64 * d.top_k as u64;
     check_buffer(gpu, "a1", a1, picks * d.hidden as u64)?;
     check_buffer(gpu, "a3", a3, picks * d.hidden as u64)?;
@@ -205,10 +210,9 @@ pub struct MoeWeightBuffers<'a> {
     pub w2: &'a wgpu::Buffer,
 }
 
-/// The backward's results: the gradients of `sum(dy * y) + aux_loss`, and the load-balancing
-/// loss itself (`aux_loss`, one f32, already times its coefficient).
+/// The backward's results: the weights' gradients of `sum(dy * y) + aux_loss`, and the
+/// load-balancing loss itself (`aux_loss`, one f32, already times its coefficient).
 pub struct MoeGradBuffers {
-    pub dx: wgpu::Buffer,
     pub router: wgpu::Buffer,
     pub w1: wgpu::Buffer,
     pub w3: wgpu::Buffer,
@@ -217,7 +221,9 @@ pub struct MoeGradBuffers {
 }
 
 /// Records the backward of the block on `x [tokens, dim]` given its output's gradient `dy`
-/// and the load-balancing coefficient `aux_coef`.
+/// and the load-balancing coefficient `aux_coef`: the input's gradient into `dx`, and the
+/// weights' (returned).
+#[allow(clippy::too_many_arguments)]
 pub fn record_backward(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
@@ -226,6 +232,7 @@ pub fn record_backward(
     (x, dy): (&wgpu::Buffer, &wgpu::Buffer),
     acts: MoeActs,
     w: MoeWeightBuffers,
+    dx: &wgpu::Buffer,
 ) -> Result<MoeGradBuffers> {
     let p = Params {
         aux_coef,
@@ -251,6 +258,7 @@ pub fn record_backward(
     }
     check_buffer(gpu, "moe input", x, tokens * dim)?;
     check_buffer(gpu, "moe output gradient", dy, tokens * dim)?;
+    check_buffer(gpu, "moe input gradient", dx, tokens * dim)?;
     check_buffer(gpu, "router probabilities", acts.probs, tokens * experts)?;
     check_buffer(gpu, "chosen experts", acts.chosen, picks)?;
     check_buffer(gpu, "expert gates", acts.gates, picks)?;
@@ -363,7 +371,6 @@ pub fn record_backward(
         ],
         tokens,
     );
-    let dx = f32s("moe input gradient", tokens * dim);
     run(
         gpu,
         encoder,
@@ -400,7 +407,6 @@ pub fn record_backward(
         1,
     );
     Ok(MoeGradBuffers {
-        dx,
         router,
         w1: dw1,
         w3: dw3,

@@ -45,6 +45,67 @@ impl Default for ProductKeyArgs {
     }
 }
 
+/// Mixture-of-experts feed-forward blocks: a memlayers extension of lingua's arguments (lingua
+/// has no MoE; `moe_args` is written only when `layers` is set). Each listed layer's
+/// feed-forward block becomes `n_experts` SwiGLU experts of width `hidden_dim` behind a linear
+/// router, `top_k` of them per token with renormalised weights, trained with the Switch
+/// load-balancing loss times `aux_loss_coef`. Checkpoint names, per layer:
+/// `layers.<l>.feed_forward.router.weight [n_experts, dim]`,
+/// `layers.<l>.feed_forward.experts.w1 [n_experts, hidden_dim, dim]`, `experts.w3` (the same
+/// shape) and `experts.w2 [n_experts, dim, hidden_dim]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MoeArgs {
+    /// Comma-separated layer indices; empty: no MoE.
+    pub layers: String,
+    pub n_experts: usize,
+    pub top_k: usize,
+    /// Each expert's hidden width; 0: the dense block's hidden width divided by top_k (the
+    /// dense block's FLOPs per token).
+    pub hidden_dim: usize,
+    pub aux_loss_coef: f64,
+}
+
+impl Default for MoeArgs {
+    fn default() -> Self {
+        MoeArgs {
+            layers: String::new(),
+            n_experts: 8,
+            top_k: 2,
+            hidden_dim: 0,
+            aux_loss_coef: 0.01,
+        }
+    }
+}
+
+impl MoeArgs {
+    pub fn is_disabled(&self) -> bool {
+        self.layers.trim().is_empty()
+    }
+}
+
+/// A resolved mixture-of-experts block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub experts: usize,
+    pub top_k: usize,
+    pub hidden: usize,
+    pub aux_loss_coef: f32,
+}
+
+impl MoeConfig {
+    /// Multiply-adds x 2 per token: the router, and top_k SwiGLU experts.
+    pub fn flops_per_token(&self, dim: usize) -> f64 {
+        let (d, e, k, h) = (
+            dim as f64,
+            self.experts as f64,
+            self.top_k as f64,
+            self.hidden as f64,
+        );
+        2.0 * d * e + k * 2.0 * 3.0 * d * h
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LMTransformerArgs {
@@ -65,6 +126,8 @@ pub struct LMTransformerArgs {
     pub sliding_window: Option<usize>,
     pub seed: u64,
     pub productkey_args: ProductKeyArgs,
+    #[serde(skip_serializing_if = "MoeArgs::is_disabled")]
+    pub moe_args: MoeArgs,
 }
 
 impl Default for LMTransformerArgs {
@@ -87,6 +150,7 @@ impl Default for LMTransformerArgs {
             sliding_window: None,
             seed: 42,
             productkey_args: ProductKeyArgs::default(),
+            moe_args: MoeArgs::default(),
         }
     }
 }
@@ -109,6 +173,9 @@ pub struct ModelConfig {
     pub memory_layers: Vec<usize>,
     /// The memory layers' configuration (all share one value table).
     pub memory: Option<MemoryConfig>,
+    /// Layers whose feed-forward block is a mixture of experts, in order.
+    pub moe_layers: Vec<usize>,
+    pub moe: Option<MoeConfig>,
 }
 
 fn bad(m: String) -> Error {
@@ -194,22 +261,7 @@ which lingua's generator does not use; use null"
                     pk.mem_v_dim
                 )));
             }
-            let mut layers = Vec::new();
-            for part in pk.layers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let l: usize = part
-                    .parse()
-                    .map_err(|_| bad(format!("productkey_args.layers: `{part}` is not a layer index")))?;
-                if l >= a.n_layers {
-                    return Err(bad(format!(
-                        "productkey_args.layers: {l} is not below n_layers ({})",
-                        a.n_layers
-                    )));
-                }
-                if !layers.contains(&l) {
-                    layers.push(l);
-                }
-            }
-            layers.sort();
+            let layers = parse_layers("productkey_args.layers", &pk.layers, a.n_layers)?;
             if layers.is_empty() {
                 return Err(bad(
                     "productkey_args.layers is empty while is_enabled is true".into()
@@ -240,6 +292,40 @@ which lingua's generator does not use; use null"
         } else {
             (Vec::new(), None)
         };
+        let moe_args = &a.moe_args;
+        let (moe_layers, moe) = if moe_args.is_disabled() {
+            (Vec::new(), None)
+        } else {
+            let layers = parse_layers("moe_args.layers", &moe_args.layers, a.n_layers)?;
+            if let Some(l) = layers.iter().find(|l| memory_layers.contains(l)) {
+                return Err(bad(format!(
+                    "layer {l} is in both productkey_args.layers and moe_args.layers"
+                )));
+            }
+            let (e, k) = (moe_args.n_experts, moe_args.top_k);
+            if e == 0 || k == 0 || k > e {
+                return Err(bad(format!(
+                    "moe_args: top_k ({k}) must be in 1..=n_experts ({e})"
+                )));
+            }
+            if !(moe_args.aux_loss_coef.is_finite() && moe_args.aux_loss_coef >= 0.0) {
+                return Err(bad(format!(
+                    "moe_args.aux_loss_coef must be a non-negative number, found {}",
+                    moe_args.aux_loss_coef
+                )));
+            }
+            let width = match moe_args.hidden_dim {
+                0 => hidden.div_ceil(k),
+                h => h,
+            };
+            let m = MoeConfig {
+                experts: e,
+                top_k: k,
+                hidden: width,
+                aux_loss_coef: moe_args.aux_loss_coef as f32,
+            };
+            (layers, Some(m))
+        };
         Ok(ModelConfig {
             args: a.clone(),
             dim: a.dim,
@@ -254,13 +340,39 @@ which lingua's generator does not use; use null"
             rope_theta: a.rope_theta as f32,
             memory_layers,
             memory,
+            moe_layers,
+            moe,
         })
     }
+}
+
+/// The layer indices of a comma-separated list (`field` names it in errors), each below
+/// `n_layers`, sorted and without repeats.
+fn parse_layers(field: &str, text: &str, n_layers: usize) -> Result<Vec<usize>> {
+    let mut layers = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let l: usize = part
+            .parse()
+            .map_err(|_| bad(format!("{field}: `{part}` is not a layer index")))?;
+        if l >= n_layers {
+            return Err(bad(format!("{field}: {l} is not below n_layers ({n_layers})")));
+        }
+        if !layers.contains(&l) {
+            layers.push(l);
+        }
+    }
+    layers.sort();
+    Ok(layers)
 }
 
 impl ModelConfig {
     pub fn is_memory_layer(&self, layer: usize) -> bool {
         self.memory_layers.contains(&layer)
+    }
+
+    /// The mixture-of-experts configuration of `layer`, if its block is one.
+    pub fn moe_at(&self, layer: usize) -> Option<&MoeConfig> {
+        self.moe.as_ref().filter(|_| self.moe_layers.contains(&layer))
     }
 
     /// Errors unless every id in `ids` (the tensor called `name`) is below vocab_size.
@@ -300,8 +412,9 @@ impl ModelConfig {
         let mut total = 0.0;
         for l in 0..self.n_layers {
             total += attn_proj + attn_core;
-            total += match (&self.memory, self.is_memory_layer(l)) {
-                (Some(m), true) => m.flops_per_token(),
+            total += match (&self.memory, self.is_memory_layer(l), self.moe_at(l)) {
+                (Some(m), true, _) => m.flops_per_token(),
+                (_, _, Some(moe)) => moe.flops_per_token(self.dim),
                 _ => ffn,
             };
         }

@@ -145,6 +145,7 @@ impl Model {
             });
             let block = match &l.feed_forward {
                 FeedForwardParams::Dense(p) => Block::Dense(p.clone()),
+                FeedForwardParams::Moe(p) => Block::Moe(p.clone()),
                 FeedForwardParams::Memory(p) => {
                     let m = c.memory.as_ref().expect("memory layers have a configuration");
                     let block = MemoryBlock::new(p, m, |id| params[id.0].clone())

@@ -1,7 +1,7 @@
 //! Where every parameter of a transformer is: its blocks declare their parameters into one
 //! registry (`crate::params`).
 
-use super::blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams};
+use super::blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams, MoeParams};
 use super::config::ModelConfig;
 use crate::error::Result;
 use crate::params::{Group, Init, ParamId, Registry};
@@ -80,7 +80,10 @@ impl ModelLayout {
                     };
                     FeedForwardParams::Memory(MemoryParams::declare(&mut r, &prefix, m, &tables)?)
                 }
-                _ => FeedForwardParams::Dense(DenseParams::declare(&mut r, &prefix, c, std)),
+                _ => match c.moe_at(l) {
+                    Some(m) => FeedForwardParams::Moe(MoeParams::declare(&mut r, &prefix, c, m, std)),
+                    None => FeedForwardParams::Dense(DenseParams::declare(&mut r, &prefix, c, std)),
+                },
             };
             layers.push(LayerParams {
                 attention_norm,

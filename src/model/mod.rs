@@ -11,8 +11,8 @@ mod slot_stats;
 mod weights;
 
 pub use backward::{record_token_grad, ModelGrads};
-pub use blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams};
-pub use config::{LMTransformerArgs, ModelConfig, ProductKeyArgs};
+pub use blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams, MoeParams};
+pub use config::{LMTransformerArgs, ModelConfig, MoeArgs, MoeConfig, ProductKeyArgs};
 pub use gpu::{KvCache, Model, ModelForward};
 pub use layout::{LayerParams, ModelLayout};
 pub use slot_stats::{LayerSlotCounts, SlotCounts, SLOT_COUNTS_FILE};

@@ -9,8 +9,9 @@ pub fn forward_cpu(w: &ModelWeights, tokens: &[u32], batch: usize, seq: usize) -
     forward_cpu_with_selections(w, tokens, batch, seq).0
 }
 
-/// `forward_cpu`, and every memory layer's selected slots in order (a fingerprint of the
-/// non-differentiable choices, for finite-difference checks).
+/// `forward_cpu`, and every memory layer's selected slots and mixture-of-experts layer's
+/// chosen experts in order (a fingerprint of the non-differentiable choices, for
+/// finite-difference checks).
 pub fn forward_cpu_with_selections(
     w: &ModelWeights,
     tokens: &[u32],
@@ -86,6 +87,23 @@ pub fn forward_cpu_with_selections(
                     reference::memory_forward(&f, &params, super::lookup_dims(&m.config, rows));
                 selections.extend(lookup.indices);
                 out
+            }
+            FeedForwardParams::Moe(p) => {
+                let weights = reference::moe::MoeWeightsRef {
+                    router: w.get(p.router),
+                    w1: w.get(p.w1),
+                    w3: w.get(p.w3),
+                    w2: w.get(p.w2),
+                };
+                let shape = reference::moe::MoeShape {
+                    dim: d,
+                    hidden: p.config.hidden,
+                    experts: p.config.experts,
+                    top_k: p.config.top_k,
+                };
+                let out = reference::moe::moe_forward(&f, rows, weights, shape, p.config.aux_loss_coef);
+                selections.extend(out.chosen);
+                out.y
             }
         };
         h.iter_mut().zip(&ffn).for_each(|(x, y)| *x += y);

@@ -1,5 +1,6 @@
 //! The transformer's blocks. A layer is two pre-norm residual blocks, `h += f(norm(h))`: the
-//! attention block, then a feed-forward block (dense SwiGLU or a memory layer). Each block is
+//! attention block, then a feed-forward block (dense SwiGLU, a memory layer or a mixture of
+//! experts). Each block is
 //! one type in its own file that declares its parameters into the registry and records its
 //! forward and backward; the model's forward and backward are loops over blocks
 //! (`model::gpu`, `model::backward`), and the norms around them are the model's.
@@ -10,14 +11,17 @@
 mod attention;
 mod dense;
 mod memory;
+mod moe;
 
 pub use attention::AttentionParams;
 pub use dense::DenseParams;
 pub use memory::MemoryParams;
+pub use moe::MoeParams;
 
 pub(crate) use attention::AttentionActs;
 pub(crate) use dense::DenseActs;
 pub(crate) use memory::MemoryBlock;
+pub(crate) use moe::MoeBlockActs;
 
 use super::gpu::{KvCache, Model};
 use crate::error::Result;
@@ -30,6 +34,7 @@ use crate::params::ParamId;
 pub enum FeedForwardParams {
     Dense(DenseParams),
     Memory(MemoryParams),
+    Moe(MoeParams),
 }
 
 impl FeedForwardParams {
@@ -38,6 +43,7 @@ impl FeedForwardParams {
         match self {
             FeedForwardParams::Dense(p) => vec![p.w1, p.w2, p.w3],
             FeedForwardParams::Memory(p) => p.local().map(|(_, id)| id).collect(),
+            FeedForwardParams::Moe(p) => vec![p.router, p.w1, p.w2, p.w3],
         }
     }
 }
@@ -47,6 +53,7 @@ pub(crate) enum Block {
     Attention(AttentionParams),
     Dense(DenseParams),
     Memory(Box<MemoryBlock>),
+    Moe(MoeParams),
 }
 
 /// What a block's forward leaves for its backward.
@@ -54,6 +61,7 @@ pub(crate) enum BlockActs {
     Attention(AttentionActs),
     Dense(DenseActs),
     Memory(Box<MemoryActivations>),
+    Moe(MoeBlockActs),
 }
 
 /// What every block's forward sees: the model, the batch's shape, and where it is.
@@ -126,6 +134,7 @@ impl Block {
             Block::Attention(a) => BlockActs::Attention(a.record_forward(p, encoder, x, h)?),
             Block::Dense(d) => BlockActs::Dense(d.record_forward(p, encoder, x, h)?),
             Block::Memory(m) => BlockActs::Memory(Box::new(m.record_forward(p, encoder, x, h)?)),
+            Block::Moe(m) => BlockActs::Moe(m.record_forward(p, encoder, x, h)?),
         })
     }
 
@@ -152,6 +161,7 @@ impl Block {
             (Block::Memory(m), BlockActs::Memory(acts)) => {
                 m.record_backward(p, encoder, x, acts, dh, dx, grads)
             }
+            (Block::Moe(m), BlockActs::Moe(acts)) => m.record_backward(p, encoder, x, acts, dh, dx, grads),
             _ => unreachable!("activations come from the same block"),
         }
     }

@@ -36,6 +36,7 @@ pub const PAGE_MODEL: DemoModel = DemoModel {
         k_dim: 32,
         peer: false,
     }),
+    moe: None,
 };
 const BATCH: usize = 16;
 /// Recall is measured on at most this many facts while training.
