@@ -384,7 +384,7 @@ pub fn record_backward(
             (14, &da3),
             (22, &dlogits),
             (23, w.router),
-            (24, &dx),
+            (24, dx),
         ],
         tokens * dim,
     );
