@@ -103,7 +103,8 @@ struct Taught {
     curve: Vec<(u32, f32, f32)>,
     rows_per_step: f64,
     seconds: f64,
-    weights: TensorFile,
+    /// The taught weights, read back for the run that is saved only.
+    weights: Option<TensorFile>,
 }
 
 struct Before {
@@ -185,6 +186,7 @@ fn teach(
     old: &[Fact],
     sample: &[Fact],
     before: &Before,
+    keep_weights: bool,
 ) -> Result<Taught> {
     let seq = weights.config.max_seqlen;
     let method = config.method;
@@ -195,6 +197,7 @@ fn teach(
     let mut rows = 0usize;
     let mut progress = Progress::new(method.name(), config.steps as u64);
     let eval = |t: &Teacher, facts: &[Fact]| pollster::block_on(score(&t.trainer.model, gpu, facts));
+    let both: Vec<Fact> = new.iter().chain(sample).cloned().collect();
     while teacher.trainer.step < config.steps {
         let (x, y) = training_batch(new, &mut rng, a.batch, seq);
         let loss = teacher.step_blocking(gpu, &x, &y, a.batch, seq)?;
@@ -209,7 +212,10 @@ fn teach(
         rows += teacher.rows_updated;
         let step = teacher.trainer.step;
         if step % a.eval_every == 0 || step == config.steps {
-            let (n, o) = (eval(&teacher, new)?.recall(), eval(&teacher, sample)?.recall());
+            // One pass over both sets: the new facts, then the old sample.
+            let hits = eval(&teacher, &both)?.recalled;
+            let share = |h: &[bool]| h.iter().filter(|&&x| x).count() as f32 / h.len().max(1) as f32;
+            let (n, o) = (share(&hits[..new.len()]), share(&hits[new.len()..]));
             curve.push((step, n, o));
             progress.update(
                 step as u64,
@@ -232,7 +238,10 @@ fn teach(
         curve,
         rows_per_step: rows as f64 / config.steps as f64,
         seconds,
-        weights: teacher.trainer.weights_blocking(gpu)?,
+        weights: match keep_weights {
+            true => Some(teacher.trainer.weights_blocking(gpu)?),
+            false => None,
+        },
         config,
     })
 }
@@ -330,7 +339,7 @@ pub fn run(a: &Args) -> Result<()> {
         before.old_loss
     );
     let mut runs = Vec::new();
-    for config in configs {
+    for (i, config) in configs.into_iter().enumerate() {
         runs.push(teach(
             &gpu,
             a,
@@ -341,6 +350,7 @@ pub fn run(a: &Args) -> Result<()> {
             &old.facts,
             &sample,
             &before,
+            i == 0,
         )?);
     }
     // The taught model (--method's), with its facts: the old and the new.
@@ -348,7 +358,11 @@ pub fn run(a: &Args) -> Result<()> {
     let out_model = a.out.join("model");
     std::fs::create_dir_all(&out_model)?;
     write_atomic(&out_model.join("config.json"), args.to_json().as_bytes())?;
-    chosen.weights.write(&out_model.join("weights.safetensors"))?;
+    chosen
+        .weights
+        .as_ref()
+        .expect("the first run keeps its weights")
+        .write(&out_model.join("weights.safetensors"))?;
     let mut all = old.clone();
     all.facts.extend(new.facts.iter().cloned());
     write_atomic(&out_model.join(FACTS_FILE), all.to_tsv().as_bytes())?;
