@@ -49,7 +49,7 @@ pub struct Args {
     #[arg(long)]
     pub lr: Option<f32>,
     /// The value rows' optimiser in the memory methods (AdamW forgot a little less than SGD
-    /// at the same new-fact recall here, unlike in the paper: see the README).
+    /// at the same new-fact recall here, unlike in the paper: docs/results.md).
     #[arg(long, default_value = "adamw", value_parser = ["adamw", "sgd"])]
     pub optimizer: String,
     /// Where sparse-memory counts the batch's reads: at the answer bytes the model still gets
@@ -78,8 +78,8 @@ pub struct Args {
 /// Rows a sparse-memory step updates per table. A batch of 16 rows of the demo's facts reads
 /// about 1,000 to 2,000 distinct rows of a 4,096-row table at its answer positions; the paper
 /// updated a few hundred to thousands of a million-slot memory. 256 keeps to the rows most
-/// specific to the batch while leaving enough of them to carry its facts (see the issue notes
-/// for the sweep).
+/// specific to the batch while leaving enough of them to carry its facts (the sweep:
+/// docs/results.md).
 const DEFAULT_SLOTS: usize = 256;
 
 /// Old facts in the recall sample evaluated along training (all at the start and the end).
