@@ -3,7 +3,7 @@
 
 mod common;
 use common::gpu;
-use memlayers::demo::{argmax, recalled, training_batch, Fact, KnowledgeBase};
+use memlayers::demo::{argmax, recalled, training_batch, Fact, FactScores, KnowledgeBase};
 use memlayers::kernels::ops::IGNORE_TARGET;
 use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
 use memlayers::rng::Rng;
@@ -60,9 +60,12 @@ fn tsv_bad_lines_are_reported_with_their_numbers() {
     let e = err("Ada\tborn in\tLondon\nAda\tborn in\n\nBob\t\tParis\nAda\tborn in\tParis\nX\t y\tz\n");
     assert!(e.contains("line 2: expected 3 tab-separated fields"), "{e}");
     assert!(e.contains("line 4: the relation"), "{e}");
-    assert!(e.contains("line 5:") && e.contains("(line 1)"), "{e}");
     assert!(e.contains("line 6: the relation"), "{e}");
-    assert!(!e.contains("line 1:") && !e.contains("line 3:"), "{e}");
+    // Line 5 gives a second answer to line 1's question: allowed (see the next test).
+    assert!(
+        !e.contains("line 1:") && !e.contains("line 3:") && !e.contains("line 5:"),
+        "{e}"
+    );
     let many: String = (0..15).map(|i| format!("only{i}\n")).collect();
     let e = err(&many);
     assert!(
@@ -71,6 +74,52 @@ fn tsv_bad_lines_are_reported_with_their_numbers() {
     );
     assert!(err("").contains("no facts"));
     assert!(err("# nothing\n\n").contains("no facts"));
+}
+
+/// A knowledge graph's many-valued relations: a (subject, relation) with several objects is
+/// one question with several right answers; recall and guessing count questions.
+#[test]
+fn questions_with_several_answers_count_once() {
+    let kb = KnowledgeBase::parse_tsv(
+        "Ada\tknows\tBo\nAda\tknows\tCy\nBo\tknows\tCy\nCy\tknows\tAda\nAda\tknows\tBo\nAda\tlikes\tfigs\n",
+    )
+    .unwrap();
+    assert_eq!(kb.facts.len(), 5, "the repeated fact is kept once");
+    assert_eq!(KnowledgeBase::question_ids(&kb.facts), vec![0, 0, 1, 2, 3]);
+    assert_eq!(kb.questions(), 4);
+    // "knows": Cy answers two of its three questions, Bo and Ada one each; "likes": figs 1/1.
+    assert_eq!(kb.guessing_recall(), 3.0 / 4.0);
+    let scores = |recalled: Vec<bool>| FactScores {
+        recalled,
+        question: KnowledgeBase::question_ids(&kb.facts),
+        loss: 0.0,
+    };
+    // Ada's "knows" question is answered when either of its answers is the greedy one.
+    assert_eq!(scores(vec![false, true, false, false, true]).recall(), 0.5);
+    assert_eq!(scores(vec![true, false, true, true, true]).recall(), 1.0);
+    assert_eq!(scores(vec![false, false, true, true, true]).recall(), 0.75);
+    assert_eq!(scores(vec![false, true, false, false, true]).recall_of(0..2), 1.0);
+    assert_eq!(
+        scores(vec![false, true, false, false, true]).recall_of(2..5),
+        1.0 / 3.0
+    );
+    // Samples take whole questions; with one answer each, a sample of facts.
+    for seed in 0..20 {
+        let sample = kb.sample_questions(2, seed);
+        let ids: std::collections::BTreeSet<_> = sample.iter().map(|f| f.prompt()).collect();
+        assert_eq!(ids.len(), 2);
+        for f in &kb.facts {
+            assert_eq!(
+                ids.contains(&f.prompt()),
+                sample.contains(f),
+                "seed {seed}: {f:?}"
+            );
+        }
+    }
+    assert_eq!(kb.sample_questions(10, 1).len(), 5);
+    let people = KnowledgeBase::synthetic(50, 3);
+    assert_eq!(people.questions(), 200);
+    assert_eq!(people.sample_questions(30, 9).len(), 30);
 }
 
 #[test]

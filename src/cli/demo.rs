@@ -31,8 +31,9 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "gpu"])]
     pub preset: String,
     /// Your own facts instead of the built-in ones: one fact a line,
-    /// subject<TAB>relation<TAB>object. Prompts are "subject relation ", answers "object.".
-    /// The demo then sizes the memory to the facts and the steps to --budget (flags given
+    /// subject<TAB>relation<TAB>object. Prompts are "subject relation ", answers "object.";
+    /// a prompt with several objects is one question that any of them answers. The demo
+    /// then sizes the memory to the facts and the steps to --budget (flags given
     /// explicitly are kept).
     #[arg(long)]
     pub facts: Option<PathBuf>,
@@ -650,14 +651,13 @@ pub fn run(args: &Args) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out)?;
     // A fixed sample for the recall curve (the final recall is over every fact).
-    let mut sample = kb.facts.clone();
-    let mut rng = Rng::new(a.seed ^ 0x5A3E);
-    for i in (1..sample.len()).rev() {
-        sample.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    sample.truncate(CURVE_SAMPLE);
+    let sample = kb.sample_questions(CURVE_SAMPLE, a.seed ^ 0x5A3E);
+    let questions = match kb.questions() {
+        q if q == kb.facts.len() => String::new(),
+        q => format!(" as {q} questions (a question's any answer counts)"),
+    };
     println!(
-        "{} facts ({} subjects), longest {} bytes; recall by guessing each relation's commonest object: {:.3}",
+        "{} facts{questions} ({} subjects), longest {} bytes; recall by guessing each relation's commonest object: {:.3}",
         kb.facts.len(),
         kb.facts.iter().map(|f| &f.subject).collect::<std::collections::BTreeSet<_>>().len(),
         kb.longest(),
@@ -786,6 +786,7 @@ pub fn run(args: &Args) -> Result<()> {
         "dense": dense.json(a),
         "dense_lr_sweep": lr_sweep,
         "facts": kb.facts.len(),
+        "questions": kb.questions(),
         "preset": a.preset,
         "guessing_recall": kb.guessing_recall(),
         "batch": a.batch,

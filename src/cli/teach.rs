@@ -213,9 +213,11 @@ fn teach(
         let step = teacher.trainer.step;
         if step % a.eval_every == 0 || step == config.steps {
             // One pass over both sets: the new facts, then the old sample.
-            let hits = eval(&teacher, &both)?.recalled;
-            let share = |h: &[bool]| h.iter().filter(|&&x| x).count() as f32 / h.len().max(1) as f32;
-            let (n, o) = (share(&hits[..new.len()]), share(&hits[new.len()..]));
+            let scores = eval(&teacher, &both)?;
+            let (n, o) = (
+                scores.recall_of(0..new.len()),
+                scores.recall_of(new.len()..both.len()),
+            );
             curve.push((step, n, o));
             progress.update(
                 step as u64,
@@ -312,12 +314,7 @@ pub fn run(a: &Args) -> Result<()> {
         .map(|&m| teach_config(a, m))
         .collect::<Result<_>>()?;
     let gpu = Gpu::new_blocking()?;
-    let mut sample = old.facts.clone();
-    let mut rng = Rng::new(a.seed ^ 0x5A3E);
-    for i in (1..sample.len()).rev() {
-        sample.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    sample.truncate(CURVE_SAMPLE);
+    let sample = old.sample_questions(CURVE_SAMPLE, a.seed ^ 0x5A3E);
     let before = {
         let model = memlayers::model::Model::new(&gpu, &weights)?;
         let eval = |facts: &[Fact]| pollster::block_on(score(&model, &gpu, facts));

@@ -11,7 +11,7 @@
 //! decoding would leave the answer). So one forward pass over every fact at position 0
 //! decides every prompt exactly.
 
-use super::facts::Fact;
+use super::facts::{Fact, KnowledgeBase};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::ops::IGNORE_TARGET;
@@ -86,17 +86,31 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// What a model makes of some facts: for each, whether greedy decoding of its prompt yields
-/// exactly its answer; and the mean cross-entropy over every answer byte.
+/// exactly its answer, and its question (`KnowledgeBase::question_ids`); and the mean
+/// cross-entropy over every answer byte.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FactScores {
     pub recalled: Vec<bool>,
+    pub question: Vec<usize>,
     pub loss: f32,
 }
 
 impl FactScores {
-    /// The fraction of facts recalled exactly.
+    /// The fraction of questions answered right: greedy decoding yields one of the question's
+    /// answers (filtered Hits@1 in knowledge-graph terms). With one answer per question, the
+    /// fraction of facts recalled exactly.
     pub fn recall(&self) -> f32 {
-        self.recalled.iter().filter(|&&h| h).count() as f32 / self.recalled.len().max(1) as f32
+        self.recall_of(0..self.recalled.len())
+    }
+
+    /// `recall` over the questions of the facts in `range` (the facts of a question must not
+    /// straddle its ends).
+    pub fn recall_of(&self, range: std::ops::Range<usize>) -> f32 {
+        let mut answered = std::collections::HashMap::<usize, bool>::new();
+        for i in range {
+            *answered.entry(self.question[i]).or_default() |= self.recalled[i];
+        }
+        answered.values().filter(|&&h| h).count() as f32 / answered.len().max(1) as f32
     }
 }
 
@@ -129,6 +143,7 @@ pub async fn score(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<FactScore
     }
     Ok(FactScores {
         recalled,
+        question: KnowledgeBase::question_ids(facts),
         loss: (loss / counted.max(1) as f64) as f32,
     })
 }
@@ -138,7 +153,7 @@ pub async fn recalled(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<Vec<bo
     Ok(score(model, gpu, facts).await?.recalled)
 }
 
-/// The fraction of `facts` recalled exactly (see `recalled`).
+/// The fraction of the questions of `facts` answered right (see `FactScores::recall`).
 pub async fn recall(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<f32> {
     Ok(score(model, gpu, facts).await?.recall())
 }

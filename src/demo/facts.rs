@@ -146,12 +146,13 @@ impl KnowledgeBase {
     /// Facts from TSV text: one fact a line, `subject<TAB>relation<TAB>object`; blank lines
     /// and lines starting with `#` are skipped. Every bad line is reported with its number
     /// (up to ten in the message): a wrong field count, an empty field, a field with a
-    /// line break or surrounding spaces, or a (subject, relation) given twice with different
-    /// objects (the prompt would have two answers).
+    /// line break or surrounding spaces. A (subject, relation) given with several objects is
+    /// one question with several right answers (a knowledge graph's many-valued relations);
+    /// the same fact twice is kept once.
     pub fn parse_tsv(text: &str) -> Result<Self> {
         let mut facts = Vec::new();
         let mut problems = Vec::new();
-        let mut seen = std::collections::HashMap::<(String, String), (usize, String)>::new();
+        let mut seen = std::collections::HashSet::<(String, String, String)>::new();
         for (i, line) in text.lines().enumerate() {
             let number = i + 1;
             if line.trim().is_empty() || line.starts_with('#') {
@@ -180,17 +181,8 @@ impl KnowledgeBase {
                 relation: fields[1].into(),
                 object: fields[2].into(),
             };
-            let key = (fact.subject.clone(), fact.relation.clone());
-            match seen.get(&key) {
-                Some((first, object)) if *object != fact.object => problems.push(format!(
-                    "line {number}: {:?} {:?} already has the object {object:?} (line {first})",
-                    key.0, key.1
-                )),
-                Some(_) => {} // the same fact twice: kept once
-                None => {
-                    seen.insert(key, (number, fact.object.clone()));
-                    facts.push(fact);
-                }
+            if seen.insert((fact.subject.clone(), fact.relation.clone(), fact.object.clone())) {
+                facts.push(fact);
             }
         }
         if !problems.is_empty() {
@@ -214,18 +206,58 @@ impl KnowledgeBase {
         self.facts.iter().map(Fact::sentence_len).max().unwrap_or(0)
     }
 
-    /// The recall of answering each relation with its commonest object: what a model scores
-    /// that learned the object pools but no fact.
+    /// For each fact, the index of its question: facts with the same prompt (subject and
+    /// relation) share one, numbered in order of first appearance.
+    pub fn question_ids(facts: &[Fact]) -> Vec<usize> {
+        let mut ids = std::collections::HashMap::<String, usize>::new();
+        facts
+            .iter()
+            .map(|f| {
+                let next = ids.len();
+                *ids.entry(f.prompt()).or_insert(next)
+            })
+            .collect()
+    }
+
+    /// The number of distinct questions (prompts).
+    pub fn questions(&self) -> usize {
+        Self::question_ids(&self.facts)
+            .into_iter()
+            .max()
+            .map_or(0, |m| m + 1)
+    }
+
+    /// The facts of `n` questions drawn uniformly at random from `seed` (every answer of
+    /// each, question by question; all of them when there are fewer). With one answer per
+    /// question, `n` random facts.
+    pub fn sample_questions(&self, n: usize, seed: u64) -> Vec<Fact> {
+        let ids = Self::question_ids(&self.facts);
+        let mut answers = vec![Vec::new(); ids.iter().max().map_or(0, |m| m + 1)];
+        for (fact, &q) in self.facts.iter().zip(&ids) {
+            answers[q].push(fact.clone());
+        }
+        let mut rng = Rng::new(seed);
+        for i in (1..answers.len()).rev() {
+            answers.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        answers.into_iter().take(n).flatten().collect()
+    }
+
+    /// The recall of answering each relation with the object that answers most of its
+    /// questions: what a model scores that learned the object pools but no fact.
     pub fn guessing_recall(&self) -> f32 {
         let mut counts = std::collections::BTreeMap::<(&str, &str), usize>::new();
+        let mut asked = std::collections::BTreeSet::<(&str, &str, &str)>::new();
         for f in &self.facts {
-            *counts.entry((&f.relation, &f.object)).or_default() += 1;
+            if asked.insert((&f.subject, &f.relation, &f.object)) {
+                *counts.entry((&f.relation, &f.object)).or_default() += 1;
+            }
         }
         let mut best = std::collections::BTreeMap::<&str, usize>::new();
         for ((relation, _), n) in counts {
             let b = best.entry(relation).or_default();
             *b = (*b).max(n);
         }
-        best.values().sum::<usize>() as f32 / self.facts.len().max(1) as f32
+        best.values().sum::<usize>() as f32 / self.questions().max(1) as f32
     }
 }
