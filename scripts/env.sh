@@ -41,6 +41,19 @@ if [ "$(uname -s)" = "Linux" ]; then
             DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers >/dev/null
         fi
     fi
+    # Mesa's EGL and GL driver: the tests also run a subset on wgpu's GL back end (llvmpipe),
+    # from the same Mesa as lavapipe.
+    if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' && command -v apt-get >/dev/null; then
+        echo "memlayers: installing Mesa's EGL and GL driver (libegl-mesa0 libgl1-mesa-dri) for the GL back end" >&2
+        SUDO=""
+        [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        release=()
+        if compgen -G '/etc/apt/sources.list.d/memlayers-bookworm-backports.list' >/dev/null; then
+            release=(-t bookworm-backports)
+        fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${release[@]}" libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null
+    fi
     # Vulkan, so a missing driver fails loudly instead of falling back to GL.
     export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
     # Mesa's window-system layer complains when this is unset (headless machines, CI).

@@ -135,13 +135,15 @@ mod tests {
 
     /// Every WGSL file, with its override constants at their defaults and at every
     /// workgroup width the code picks, translates through naga's Metal (MSL 2.1, for simd
-    /// groups), HLSL (shader model 6.0, for wave operations) and SPIR-V (1.3) back ends: a
-    /// construct one back end rejects fails here, on machines that cannot run that back end.
+    /// groups), HLSL (shader model 6.0, for wave operations), SPIR-V (1.3) and GLSL (ES 3.1,
+    /// what wgpu's GL back end asks for compute; every entry point, except the subgroup
+    /// variants, which GL adapters never get) back ends: a construct one back end rejects
+    /// fails here, on machines that cannot run that back end.
     #[test]
-    fn every_shader_translates_to_msl_hlsl_and_spirv() {
-        use naga::back::{hlsl, msl, pipeline_constants::process_overrides, spv};
+    fn every_shader_translates_to_msl_hlsl_spirv_and_glsl() {
+        use naga::back::{glsl, hlsl, msl, pipeline_constants::process_overrides, spv};
         let caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32 | naga::valid::Capabilities::SUBGROUP;
-        let mut translated = 0;
+        let (mut translated, mut glsl_entry_points) = (0, 0);
         for (name, source) in super::ALL_SHADERS {
             let module = naga::front::wgsl::parse_str(source).unwrap();
             let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
@@ -185,6 +187,19 @@ mod tests {
                 };
                 spv::write_vec(&module, &info, &spv_options, None)
                     .unwrap_or_else(|e| panic!("{name} WG={wg}: SPIR-V: {e:?}"));
+                let subgroups = source.contains("subgroupShuffle");
+                for ep in module.entry_points.iter().filter(|_| !subgroups) {
+                    let pipeline = glsl::PipelineOptions {
+                        shader_stage: naga::ShaderStage::Compute,
+                        entry_point: ep.name.clone(),
+                        multiview: None,
+                    };
+                    let (options, mut gl) = (glsl::Options::default(), String::new());
+                    glsl::Writer::new(&mut gl, &module, &info, &options, &pipeline, Default::default())
+                        .and_then(|mut w| w.write())
+                        .unwrap_or_else(|e| panic!("{name} {} WG={wg}: GLSL: {e:?}", ep.name));
+                    glsl_entry_points += 1;
+                }
                 // The subgroup GEMM's shuffles reach each back end as its own intrinsic.
                 if *name == "linear_subgroup.wgsl" {
                     assert!(metal.contains("simd_shuffle"), "{name}: MSL without simd_shuffle");
@@ -197,5 +212,6 @@ mod tests {
             }
         }
         assert!(translated >= super::ALL_SHADERS.len());
+        assert!(glsl_entry_points >= super::ALL_SHADERS.len());
     }
 }
