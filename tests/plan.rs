@@ -148,6 +148,59 @@ fn planned_equals_unplanned(lazy_values: bool) {
     }
 }
 
+/// A step in two submissions (`submit_gradients`, then `submit_update`: what teaching does to
+/// pick the rows to update from the step's own forward) equals a whole step bit for bit, with
+/// value rows set or not, and after its first creates no buffer and no bind group.
+#[test]
+fn split_steps_equal_whole_steps_bit_for_bit_and_allocate_nothing() {
+    let g = own_gpu();
+    let config = TrainConfig {
+        steps: 6,
+        lr: 3e-3,
+        warmup: 2,
+        value_lr: 1e-2,
+        ..Default::default()
+    };
+    let mut whole = Trainer::new(&g, &weights(), config.clone()).unwrap();
+    let mut split = Trainer::new(&g, &weights(), config).unwrap();
+    let values = split.model.layout().values.clone();
+    let mut rng = Rng::new(13);
+    let mut before = None;
+    for step in 0..6 {
+        let (x, y) = batch(&mut rng, 4 * 16);
+        // From step 3 on, only the even rows of each value table.
+        if step == 3 {
+            let masks: Vec<_> = values
+                .iter()
+                .map(|&id| {
+                    let rows = whole.model.layout().registry.spec(id).shape[0];
+                    (id, (0..rows).map(|r| (r % 2 == 0) as u32).collect::<Vec<u32>>())
+                })
+                .collect();
+            whole.set_value_rows(Some(masks.clone())).unwrap();
+            split.set_value_rows(Some(masks)).unwrap();
+        }
+        if step == 4 {
+            before = Some(g.counts());
+        }
+        let want = whole.step_blocking(&g, &x, &y, 4, 16).unwrap();
+        split.submit_gradients(&g, &x, &y, 4, 16).unwrap();
+        split.submit_update(&g).unwrap();
+        let got = split.last_loss_blocking(&g).unwrap();
+        assert_eq!(want.to_bits(), got.to_bits(), "loss at step {step}");
+    }
+    // Steps 4 and 5 of both trainers, after each one's first step with value rows.
+    nothing_created("split and whole steps", g.counts() - before.unwrap());
+    let (a, b) = (
+        whole.weights_blocking(&g).unwrap(),
+        split.weights_blocking(&g).unwrap(),
+    );
+    for (name, t) in &a.tensors {
+        assert!(t.data == b.tensors[name].data, "{name} differs");
+    }
+    assert!(split.submit_update(&g).is_err(), "an update without gradients");
+}
+
 /// Forwards through the model's plans (scratch buffers left dirty by the last forward, a
 /// shape change in between) give the logits and loss of forwards with fresh buffers.
 #[test]

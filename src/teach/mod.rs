@@ -24,7 +24,7 @@ use crate::demo::argmax;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::ops::IGNORE_TARGET;
-use crate::model::{ModelWeights, SlotCounts};
+use crate::model::{ModelForward, ModelWeights, SlotCounts};
 use crate::params::ParamId;
 use crate::train::{TrainConfig, Trainer, ValueOptimizer};
 
@@ -169,11 +169,6 @@ impl Teacher {
         at: ReadsAt,
     ) -> Result<Vec<(ParamId, Vec<u32>)>> {
         let model = &self.trainer.model;
-        let m = model
-            .config
-            .memory
-            .as_ref()
-            .ok_or_else(|| Error::Config("rows read: the model has no memory layers".into()))?;
         model.config.check_ids("tokens", tokens)?;
         if tokens.len() != batch * seq || targets.len() != batch * seq {
             return Err(Error::tensor(
@@ -182,17 +177,35 @@ impl Teacher {
                 format!("{} ids", tokens.len()),
             ));
         }
-        let per_position = m.heads * m.knn;
         let tb = gpu.upload("teach tokens", tokens);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let fwd = model.record_forward(gpu, &mut encoder, &tb, batch as u32, seq as u32)?;
         gpu.queue.submit([encoder.finish()]);
+        self.count_reads(gpu, &fwd, targets, at).await
+    }
+
+    /// `rows_read` from a forward already submitted (`fwd`, over the rows `targets` belong to).
+    async fn count_reads(
+        &self,
+        gpu: &Gpu,
+        fwd: &ModelForward,
+        targets: &[u32],
+        at: ReadsAt,
+    ) -> Result<Vec<(ParamId, Vec<u32>)>> {
+        let model = &self.trainer.model;
+        let m = model
+            .config
+            .memory
+            .as_ref()
+            .ok_or_else(|| Error::Config("rows read: the model has no memory layers".into()))?;
+        let per_position = m.heads * m.knn;
+        let positions = targets.len();
         let counted: Vec<bool> = match at {
             ReadsAt::Answers => targets.iter().map(|&t| t != IGNORE_TARGET).collect(),
             ReadsAt::Mistakes => {
                 let vocab = model.config.vocab;
-                let logits = gpu.read_f32(&fwd.logits, tokens.len() * vocab).await?;
-                (0..tokens.len())
+                let logits = gpu.read_f32(&fwd.logits, positions * vocab).await?;
+                (0..positions)
                     .map(|i| {
                         targets[i] != IGNORE_TARGET
                             && argmax(&logits[i * vocab..(i + 1) * vocab]) != targets[i]
@@ -206,7 +219,7 @@ impl Teacher {
             .map(|(id, _)| (*id, vec![0u32; m.n_values()]))
             .collect();
         for (layer, acts) in fwd.memory_lookups() {
-            let slots = gpu.read_u32(&acts.indices, tokens.len() * per_position).await?;
+            let slots = gpu.read_u32(&acts.indices, positions * per_position).await?;
             for (position, read) in slots.chunks(per_position).enumerate() {
                 if !counted[position] {
                     continue;
@@ -224,8 +237,9 @@ impl Teacher {
     }
 
     /// One teaching step on `tokens`/`targets` (`[batch, seq]`, loss on the targets that are
-    /// not `IGNORE_TARGET`); returns the step's loss. The memory methods first run the batch
-    /// forward to find the rows it reads.
+    /// not `IGNORE_TARGET`); returns the step's loss. The memory methods submit the forward
+    /// and backward, read which rows the forward read, and then submit the update of the
+    /// chosen rows.
     pub async fn step(
         &mut self,
         gpu: &Gpu,
@@ -234,30 +248,33 @@ impl Teacher {
         batch: usize,
         seq: usize,
     ) -> Result<f32> {
-        if self.config.method != Method::Full {
-            let sparse = self.config.method == Method::SparseMemory;
-            let top = sparse.then_some(self.config.slots);
-            let at = if sparse {
-                self.config.reads_at
-            } else {
-                ReadsAt::Answers
-            };
-            let masks: Vec<(ParamId, Vec<u32>)> = self
-                .rows_read(gpu, (tokens, targets), (batch, seq), at)
-                .await?
-                .into_iter()
-                .map(|(id, reads)| {
-                    let idf = self.background.as_ref().and_then(|b| b.of(id));
-                    (id, rank_rows(&reads, idf, top))
-                })
-                .collect();
-            self.rows_updated = masks
-                .iter()
-                .map(|(_, m)| m.iter().filter(|&&x| x != 0).count())
-                .sum();
-            self.trainer.set_value_rows(Some(masks))?;
+        if self.config.method == Method::Full {
+            return self.trainer.step(gpu, tokens, targets, batch, seq).await;
         }
-        self.trainer.step(gpu, tokens, targets, batch, seq).await
+        let sparse = self.config.method == Method::SparseMemory;
+        let top = sparse.then_some(self.config.slots);
+        let at = if sparse {
+            self.config.reads_at
+        } else {
+            ReadsAt::Answers
+        };
+        let fwd = self.trainer.submit_gradients(gpu, tokens, targets, batch, seq)?;
+        let masks: Vec<(ParamId, Vec<u32>)> = self
+            .count_reads(gpu, &fwd, targets, at)
+            .await?
+            .into_iter()
+            .map(|(id, reads)| {
+                let idf = self.background.as_ref().and_then(|b| b.of(id));
+                (id, rank_rows(&reads, idf, top))
+            })
+            .collect();
+        self.rows_updated = masks
+            .iter()
+            .map(|(_, m)| m.iter().filter(|&&x| x != 0).count())
+            .sum();
+        self.trainer.set_value_rows(Some(masks))?;
+        self.trainer.submit_update(gpu)?;
+        self.trainer.last_loss(gpu).await
     }
 
     /// `step`, waited for (native).

@@ -11,7 +11,7 @@ use crate::kernels::adamw::{
     record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, Clip, CLIP_BLOCK,
 };
 use crate::kernels::ops::CrossEntropy;
-use crate::model::{Model, ModelWeights};
+use crate::model::{Model, ModelForward, ModelGrads, ModelWeights};
 use crate::params::{Group, ParamId};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +120,10 @@ pub struct Trainer {
     flat: Option<FlatGroup>,
     /// The buffers and bind groups of a step, kept from one step to the next.
     plan: StepPlan,
+    /// The buffers and bind groups of `submit_update`'s half of a step.
+    update_plan: StepPlan,
+    /// The gradients `submit_gradients` recorded, waiting for `submit_update`.
+    pending: Option<ModelGrads>,
     /// The last submitted step's per-row losses, their count and the number of targets.
     last_loss: Option<(wgpu::Buffer, usize, usize)>,
     /// Row masks (one u32 per row, non-zero: update) of value tables: each step updates only
@@ -197,6 +201,8 @@ impl Trainer {
             params,
             flat,
             plan: StepPlan::new(),
+            update_plan: StepPlan::new(),
+            pending: None,
             last_loss: None,
             value_rows: None,
         })
@@ -240,6 +246,22 @@ impl Trainer {
         seq: u32,
         counted: u32,
     ) -> Result<wgpu::Buffer> {
+        let (loss, _, grads) = self.record_gradients(gpu, encoder, tokens, targets, (batch, seq), counted)?;
+        self.record_update(gpu, encoder, &grads)?;
+        Ok(loss)
+    }
+
+    /// The first half of `record_step`: the forward, the loss and the backward. Returns the
+    /// per-row losses, the forward's activations and the gradients.
+    fn record_gradients(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        tokens: &wgpu::Buffer,
+        targets: &wgpu::Buffer,
+        (batch, seq): (u32, u32),
+        counted: u32,
+    ) -> Result<(wgpu::Buffer, ModelForward, ModelGrads)> {
         let c = &self.model.config;
         let fwd = self.model.record_forward(gpu, encoder, tokens, batch, seq)?;
         let rows = fwd.rows;
@@ -258,6 +280,17 @@ impl Trainer {
         let grads =
             self.model
                 .record_backward_with(gpu, encoder, &fwd, &d_logits, self.config.lazy_values)?;
+        Ok((loss, fwd, grads))
+    }
+
+    /// The second half of `record_step`: clipping and the optimiser's update from `grads`
+    /// (the step count advances here).
+    fn record_update(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        grads: &ModelGrads,
+    ) -> Result<()> {
         self.step += 1;
         let t = &self.config;
         let step = |lr| AdamWStep {
@@ -371,7 +404,7 @@ impl Trainer {
                 }
             }
         }
-        Ok(loss)
+        Ok(())
     }
 
     /// One step, submitted, returning the mean loss over the targets that are not
@@ -421,6 +454,65 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<()> {
+        let counted = self.check_inputs(tokens, targets, batch, seq)?;
+        let mut plan = std::mem::take(&mut self.plan);
+        let loss = gpu.record_planned(&mut plan, encoder, |encoder| {
+            let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
+            self.record_step(gpu, encoder, &tb, &gb, batch as u32, seq as u32, counted as u32)
+        });
+        self.plan = plan;
+        self.last_loss = Some((loss?, batch * seq, counted));
+        Ok(())
+    }
+
+    /// A step in two submissions, for callers that choose the value rows to update from the
+    /// step's own forward (teaching): this one submits the forward, the loss and the backward
+    /// and returns the forward's activations (they belong to the step plan: read what is
+    /// needed before the next step); `submit_update` then submits the update. The same
+    /// arithmetic as `submit_step`, without running the forward twice.
+    pub fn submit_gradients(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<ModelForward> {
+        let counted = self.check_inputs(tokens, targets, batch, seq)?;
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut plan = std::mem::take(&mut self.plan);
+        let recorded = gpu.record_planned(&mut plan, &mut encoder, |encoder| {
+            let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
+            self.record_gradients(gpu, encoder, &tb, &gb, (batch as u32, seq as u32), counted as u32)
+        });
+        self.plan = plan;
+        let (loss, fwd, grads) = recorded?;
+        gpu.queue.submit([encoder.finish()]);
+        self.last_loss = Some((loss, batch * seq, counted));
+        self.pending = Some(grads);
+        Ok(fwd)
+    }
+
+    /// Submits the update of the step `submit_gradients` began, with the value rows set by
+    /// then (`set_value_rows`).
+    pub fn submit_update(&mut self, gpu: &Gpu) -> Result<()> {
+        let grads = self
+            .pending
+            .take()
+            .ok_or_else(|| Error::Config("submit_update: no gradients submitted".into()))?;
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let mut plan = std::mem::take(&mut self.update_plan);
+        let recorded = gpu.record_planned(&mut plan, &mut encoder, |encoder| {
+            self.record_update(gpu, encoder, &grads)
+        });
+        self.update_plan = plan;
+        recorded?;
+        gpu.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Checks a step's inputs; returns the number of targets counted.
+    fn check_inputs(&self, tokens: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<usize> {
         for (name, ids) in [("tokens", tokens), ("targets", targets)] {
             if ids.len() != batch * seq {
                 return Err(Error::tensor(
@@ -435,18 +527,10 @@ impl Trainer {
                 self.model.config.check_targets(name, ids)?;
             }
         }
-        let counted = targets
+        Ok(targets
             .iter()
             .filter(|&&t| t != crate::kernels::ops::IGNORE_TARGET)
-            .count();
-        let mut plan = std::mem::take(&mut self.plan);
-        let loss = gpu.record_planned(&mut plan, encoder, |encoder| {
-            let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
-            self.record_step(gpu, encoder, &tb, &gb, batch as u32, seq as u32, counted as u32)
-        });
-        self.plan = plan;
-        self.last_loss = Some((loss?, batch * seq, counted));
-        Ok(())
+            .count())
     }
 
     /// The mean loss of the last submitted step (waits for it).
