@@ -455,14 +455,29 @@ impl Trainer {
         seq: usize,
     ) -> Result<()> {
         let counted = self.check_inputs(tokens, targets, batch, seq)?;
+        let loss = self.record_planned_inputs(gpu, encoder, (tokens, targets), |t, encoder, tb, gb| {
+            t.record_step(gpu, encoder, tb, gb, batch as u32, seq as u32, counted as u32)
+        })?;
+        self.last_loss = Some((loss, batch * seq, counted));
+        Ok(())
+    }
+
+    /// Runs `record` through the step plan, with `tokens` and `targets` written into the
+    /// plan's input buffers.
+    fn record_planned_inputs<R>(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        (tokens, targets): (&[u32], &[u32]),
+        record: impl FnOnce(&mut Self, &mut wgpu::CommandEncoder, &wgpu::Buffer, &wgpu::Buffer) -> Result<R>,
+    ) -> Result<R> {
         let mut plan = std::mem::take(&mut self.plan);
-        let loss = gpu.record_planned(&mut plan, encoder, |encoder| {
+        let recorded = gpu.record_planned(&mut plan, encoder, |encoder| {
             let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
-            self.record_step(gpu, encoder, &tb, &gb, batch as u32, seq as u32, counted as u32)
+            record(self, encoder, &tb, &gb)
         });
         self.plan = plan;
-        self.last_loss = Some((loss?, batch * seq, counted));
-        Ok(())
+        recorded
     }
 
     /// A step in two submissions, for callers that choose the value rows to update from the
@@ -480,13 +495,10 @@ impl Trainer {
     ) -> Result<ModelForward> {
         let counted = self.check_inputs(tokens, targets, batch, seq)?;
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let mut plan = std::mem::take(&mut self.plan);
-        let recorded = gpu.record_planned(&mut plan, &mut encoder, |encoder| {
-            let (tb, gb) = (gpu.upload("tokens", tokens), gpu.upload("targets", targets));
-            self.record_gradients(gpu, encoder, &tb, &gb, (batch as u32, seq as u32), counted as u32)
-        });
-        self.plan = plan;
-        let (loss, fwd, grads) = recorded?;
+        let (loss, fwd, grads) =
+            self.record_planned_inputs(gpu, &mut encoder, (tokens, targets), |t, encoder, tb, gb| {
+                t.record_gradients(gpu, encoder, tb, gb, (batch as u32, seq as u32), counted as u32)
+            })?;
         gpu.queue.submit([encoder.finish()]);
         self.last_loss = Some((loss, batch * seq, counted));
         self.pending = Some(grads);
