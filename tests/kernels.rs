@@ -2,8 +2,9 @@
 
 mod common;
 use common::{assert_close, assert_same_selection, gpu};
+use memlayers::gpu::{GemmKernel, GemmTile, Tuning};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
-use memlayers::kernels::linear::{Batched, Gate, Linear};
+use memlayers::kernels::linear::{choice, Batched, Gate, Linear};
 use memlayers::kernels::product_topk::{
     lanes_loop_iterations, loop_iterations, workgroup_for, ProductTopK, TopKKernel,
 };
@@ -14,16 +15,42 @@ use memlayers::rng::Rng;
 use memlayers::Gpu;
 use std::sync::OnceLock;
 
-/// The test adapter with the other linear kernel than its tuning picks (tiled against
-/// subgroup), so both variants run on every adapter that has subgroups.
-fn other_linear_gpu() -> &'static Gpu {
-    static OTHER: OnceLock<Gpu> = OnceLock::new();
-    OTHER.get_or_init(|| {
-        let mut other = Gpu::new_blocking().unwrap();
-        let mut tuning = other.tuning();
-        tuning.gemm_subgroup = !tuning.gemm_subgroup;
-        other.set_tuning(tuning);
-        other
+/// The test adapter once per GEMM kernel it can run (the subgroup kernel where it has
+/// subgroups of 8 or more lanes, and every candidate tile shape of the tiled kernel that its
+/// tuning allows), each fixed by its tuning (no timed trial), so every variant runs on every
+/// adapter.
+fn linear_variants() -> &'static [Gpu] {
+    static VARIANTS: OnceLock<Vec<Gpu>> = OnceLock::new();
+    VARIANTS.get_or_init(|| {
+        let mut candidates = choice::candidates(gpu());
+        if gpu().adapter_info().is_some_and(|i| i.backend == wgpu::Backend::Gl) {
+            // GL's llvmpipe compiles a tile shape in 20-80 s (holding the GL context, which
+            // other threads give up on after 6 s): only the kernel this adapter runs here; the
+            // Vulkan pass runs every shape, and naga's GLSL translation covers them all.
+            eprintln!("GL back end: only the GEMM kernel this adapter uses runs here");
+            candidates.retain(|k| *k == choice::kernel(gpu()) || *k == GemmKernel::Tiled(GemmTile::DEFAULT));
+            candidates.truncate(1);
+        }
+        let left_out = GemmTile::CANDIDATES.len() + usize::from(gpu().has_subgroup_gemm()) - candidates.len();
+        if left_out > 0 {
+            eprintln!(
+                "{left_out} GEMM tile shape(s) beyond this adapter's {} invocations are not run here (gpu::Tuning::gemm_max_invocations)",
+                gpu().tuning().gemm_max_invocations
+            );
+        }
+        candidates
+            .into_iter()
+            .map(|kernel| {
+                let mut g = Gpu::new_blocking().unwrap();
+                let tuning = Tuning {
+                    gemm: kernel,
+                    gemm_trial: false,
+                    ..g.tuning()
+                };
+                g.set_tuning(tuning);
+                g
+            })
+            .collect()
     })
 }
 
@@ -38,10 +65,6 @@ fn other_split_k_gpu() -> &'static Gpu {
         other.set_tuning(tuning);
         other
     })
-}
-
-fn linear_variants() -> [&'static Gpu; 2] {
-    [gpu(), other_linear_gpu()]
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -149,7 +172,7 @@ fn linear_every_transpose_case_matches_oracle() {
 fn linear_transposes(g: &Gpu) {
     // The backward's products: dX = dY W (w stored [k, n]) and dW = dY^T X (both transposed).
     let mut rng = Rng::new(23);
-    for &(m, n, k) in &[(1, 1, 1), (7, 5, 3), (65, 70, 33), (130, 17, 200)] {
+    for &(m, n, k) in &[(1, 1, 1), (7, 5, 3), (65, 70, 33), (130, 17, 200), (64, 36, 40)] {
         for (xt, wt) in [(false, false), (false, true), (true, false), (true, true)] {
             let x = rng.vec_symmetric(m * k, 1.0); // op(x) = [m, k]
             let w = rng.vec_symmetric(n * k, 1.0); // op(w) = [n, k]
@@ -189,8 +212,129 @@ fn linear_transposes(g: &Gpu) {
 }
 
 #[test]
+fn linear_sixteen_byte_loads_at_the_edges_match_oracle() {
+    // Operands contiguous along their rows (x_row = 1, as in dW = dY^T X) or along k with
+    // 4-aligned strides take 16-byte loads in the tiled kernel; quads that cross the edge of
+    // the operand (m, n or k not a multiple of 4) and misaligned offsets take the scalar path.
+    let mut rng = Rng::new(37);
+    // (m, n, k, row-contiguous storage, padded leading dimension, offset)
+    for &(m, n, k, rows_contiguous, lead, offset) in &[
+        (30, 18, 13, true, 32, 4),
+        (9, 11, 13, false, 16, 0),
+        (9, 11, 13, false, 16, 1),
+        (66, 70, 21, true, 72, 0),
+        (5, 7, 24, false, 24, 8),
+    ] {
+        let x = rng.vec_symmetric(m * k, 1.0);
+        let w = rng.vec_symmetric(n * k, 1.0);
+        let want = reference::linear(&x, &w, None, m, n, k);
+        // x[r, c] stored at offset + r * lead + c (rows contiguous: [k, lead] with r the
+        // column) and likewise w, the leading dimension padded with garbage.
+        let store = |a: &[f32], rows: usize| -> (Vec<f32>, u32, u32) {
+            let outer = if rows_contiguous { k } else { rows };
+            let mut buf = vec![7.5f32; offset + outer * lead];
+            for r in 0..rows {
+                for c in 0..k {
+                    let at = if rows_contiguous {
+                        c * lead + r
+                    } else {
+                        r * lead + c
+                    };
+                    buf[offset + at] = a[r * k + c];
+                }
+            }
+            let (row, kk) = if rows_contiguous {
+                (1, lead as u32)
+            } else {
+                (lead as u32, 1)
+            };
+            (buf, row, kk)
+        };
+        let (xs, x_row, x_k) = store(&x, m);
+        let (ws, w_row, w_k) = store(&w, n);
+        for g in linear_variants() {
+            let (xb, wb, yb) = (
+                g.upload("x", &xs),
+                g.upload("w", &ws),
+                g.storage("y", (m * n * 4) as u64),
+            );
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            Linear {
+                label: "linear",
+                x: &xb,
+                w: &wb,
+                bias: None,
+                gate: None,
+                y: &yb,
+                m: m as u32,
+                n: n as u32,
+                k: k as u32,
+                batched: Some(Batched {
+                    batch: 1,
+                    x_offset: offset as u32,
+                    x_batch: 0,
+                    x_row,
+                    x_k,
+                    w_offset: offset as u32,
+                    w_batch: 0,
+                    w_row,
+                    w_k,
+                    y_offset: 0,
+                    y_batch: 0,
+                    y_row: n as u32,
+                }),
+                accumulate: false,
+            }
+            .record(g, &mut enc)
+            .unwrap();
+            g.queue.submit([enc.finish()]);
+            let got = g.read_f32_blocking(&yb, m * n).unwrap();
+            assert_close(
+                &format!(
+                    "{} {m}x{n}x{k} rows_contiguous={rows_contiguous} lead={lead} offset={offset}",
+                    choice::kernel(g)
+                ),
+                &got,
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn gemm_choice_is_timed_once_then_read_from_the_cache() {
+    let g = gpu();
+    let dir = std::env::temp_dir().join(format!("memlayers-gemm-choice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("gemm-kernels.json");
+    let candidates = choice::candidates(g);
+    let timed = choice::choose(g, Some(&path)).unwrap();
+    assert!(candidates.contains(&timed), "{timed} is no candidate");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let entries: std::collections::HashMap<String, String> = serde_json::from_str(&text).unwrap();
+    assert_eq!(entries.len(), 1, "{text}");
+    let (key, value) = entries.iter().next().unwrap();
+    assert_eq!(value, &timed.to_string());
+    // A cached choice is taken as it stands (no trial could pick each candidate in turn)...
+    for want in &candidates {
+        let one = std::collections::HashMap::from([(key.clone(), want.to_string())]);
+        std::fs::write(&path, serde_json::to_string(&one).unwrap()).unwrap();
+        assert_eq!(&choice::choose(g, Some(&path)).unwrap(), want);
+    }
+    // ... and one this build does not know is timed again and replaced.
+    let stale = std::collections::HashMap::from([(key.clone(), "tiled 24x8x8".to_string())]);
+    std::fs::write(&path, serde_json::to_string(&stale).unwrap()).unwrap();
+    let again = choice::choose(g, Some(&path)).unwrap();
+    assert!(candidates.contains(&again));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains(&again.to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn linear_split_k_matches_oracle() {
-    for g in linear_variants().into_iter().chain([other_split_k_gpu()]) {
+    for g in linear_variants().iter().chain([other_split_k_gpu()]) {
         linear_split_k(g);
     }
 }
@@ -240,15 +384,18 @@ fn linear_split_k(g: &Gpu) {
 
 #[test]
 fn linear_variants_agree_bit_for_bit() {
-    // The tiled and the subgroup kernel sum each output in the same order with fma, so they
-    // must agree exactly, over plain, gated, accumulating, transposed, batched and split-k
+    // Every kernel and tile shape sums each output in the same order with fma, so they must
+    // agree exactly, over plain, gated, accumulating, transposed, batched and split-k
     // products (the batched case is the sub-key scoring's layout: strided query slices).
-    let [a, b] = linear_variants();
-    if a.subgroup_min_size() < 8 {
-        eprintln!("this adapter has no subgroups of 8 or more lanes: only the tiled kernel runs here");
-    } else {
-        assert_ne!(a.uses_subgroup_gemm(), b.uses_subgroup_gemm());
+    let variants = linear_variants();
+    if gpu().subgroup_min_size() < 8 {
+        eprintln!("this adapter has no subgroups of 8 or more lanes: the subgroup kernel does not run here");
     }
+    let gl = gpu()
+        .adapter_info()
+        .is_some_and(|i| i.backend == wgpu::Backend::Gl);
+    assert!(gl || variants.len() >= GemmTile::CANDIDATES.len() - 1);
+    let (a, others) = variants.split_first().unwrap();
     let mut rng = Rng::new(31);
     for &(m, n, k, xt, wt, batch) in &[
         (1, 1, 1, false, false, 1),
@@ -298,20 +445,22 @@ fn linear_variants_agree_bit_for_bit() {
         for (with_bias, with_gate, accumulate) in
             [(false, false, false), (plain, plain, false), (false, false, true)]
         {
-            let (ya, yb) = (
-                run(a, with_bias, with_gate, accumulate),
-                run(b, with_bias, with_gate, accumulate),
-            );
-            let differ = ya
-                .iter()
-                .zip(&yb)
-                .filter(|(p, q)| p.to_bits() != q.to_bits())
-                .count();
-            assert_eq!(
-                differ, 0,
-                "{m}x{n}x{k} xt={xt} wt={wt} batch={batch} bias={with_bias} gate={with_gate} accumulate={accumulate}: \
-{differ} outputs differ between the tiled and the subgroup kernel"
-            );
+            let ya = run(a, with_bias, with_gate, accumulate);
+            for b in others {
+                let yb = run(b, with_bias, with_gate, accumulate);
+                let differ = ya
+                    .iter()
+                    .zip(&yb)
+                    .filter(|(p, q)| p.to_bits() != q.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{m}x{n}x{k} xt={xt} wt={wt} batch={batch} bias={with_bias} gate={with_gate} accumulate={accumulate}: \
+{differ} outputs differ between {} and {}",
+                    choice::kernel(a),
+                    choice::kernel(b)
+                );
+            }
         }
     }
 }

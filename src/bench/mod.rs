@@ -17,7 +17,7 @@ pub mod fma_peak;
 pub const SHADERS: &[(&str, &str)] = &[("copy.wgsl", copy::SOURCE), ("fma_peak.wgsl", fma_peak::SOURCE)];
 
 use crate::error::Result;
-use crate::gpu::{Gpu, KernelTiming};
+use crate::gpu::{GemmKernel, GemmTile, Gpu, KernelTiming};
 use crate::kernels;
 use crate::memory::{ForwardWorkload, MemoryConfig, ValueDtype, ValuePool};
 use crate::rng::Rng;
@@ -160,24 +160,28 @@ fn timed(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<V
     }
 }
 
-/// GFLOP/s of one product `[m, k] x [n, k]^T` with the kernel this tuning picks.
-fn gemm_gflops(gpu: &Gpu, (m, n, k): (u32, u32, u32), iters: usize) -> Result<f64> {
+/// GFLOP/s of one product `[m, k] x [n, k]^T` with `kernel`.
+fn gemm_gflops(gpu: &Gpu, kernel: GemmKernel, (m, n, k): (u32, u32, u32), iters: usize) -> Result<f64> {
     let mut rng = Rng::new(5);
     let x = gpu.upload("gemm x", &rng.vec_symmetric((m * k) as usize, 1.0));
     let w = gpu.upload("gemm w", &rng.vec_symmetric((n * k) as usize, 1.0));
     let y = gpu.storage("gemm y", m as u64 * n as u64 * 4);
+    let product = kernels::linear::Linear {
+        label: "gemm",
+        x: &x,
+        w: &w,
+        bias: None,
+        gate: None,
+        y: &y,
+        m,
+        n,
+        k,
+        batched: None,
+        accumulate: false,
+    };
     let run = || -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        kernels::linear::gemm(
-            gpu,
-            &mut enc,
-            "gemm",
-            (&x, false),
-            (&w, false),
-            &y,
-            (m, n, k),
-            false,
-        )?;
+        product.record_with(gpu, &mut enc, kernel)?;
         gpu.queue.submit([enc.finish()]);
         wait(gpu)
     };
@@ -186,48 +190,41 @@ fn gemm_gflops(gpu: &Gpu, (m, n, k): (u32, u32, u32), iters: usize) -> Result<f6
     Ok(2.0 * m as f64 * n as f64 * k as f64 / seconds / 1e9)
 }
 
-/// The linear kernels side by side on this adapter, in this run: the workgroup-tiled one and,
-/// where the device has subgroups of 8 or more lanes, the subgroup one.
-fn gemm_comparison(gpu: &mut Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
-    let chosen = gpu.tuning();
+/// Every GEMM kernel and tile shape this adapter can run, side by side in this run, as
+/// GFLOP/s and as a share of the multiply-add ceiling, and the one linear layers use here.
+fn gemm_comparison(gpu: &Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
     let shapes: &[(u32, u32, u32)] = if o.quick {
         &[(o.tokens as u32, 512, 256)]
     } else {
         &[(o.tokens as u32, 512, 256), (o.tokens as u32, 2048, 1024)]
     };
+    let in_use = kernels::linear::choice::kernel(gpu);
     for &shape in shapes {
-        let mut line = format!("linear {} x {} x {} (m x n x k):", shape.0, shape.1, shape.2);
-        let mut tiled = f64::NAN;
-        for subgroup in [false, true] {
-            gpu.set_tuning(crate::gpu::Tuning {
-                gemm_subgroup: subgroup,
-                ..chosen
-            });
-            if subgroup && !gpu.uses_subgroup_gemm() {
-                line += " subgroup kernel n/a (no subgroups of 8+ lanes)";
-                continue;
+        println!("linear {} x {} x {} (m x n x k):", shape.0, shape.1, shape.2);
+        let (mut default, mut used) = (f64::NAN, f64::NAN);
+        for kernel in kernels::linear::choice::candidates(gpu) {
+            let gflops = gemm_gflops(gpu, kernel, shape, o.iters)?;
+            if kernel == GemmKernel::Tiled(GemmTile::DEFAULT) {
+                default = gflops;
             }
-            let gflops = gemm_gflops(gpu, shape, o.iters)?;
-            let of_ceiling = 100.0 * gflops / fma_gflops;
-            if subgroup {
-                line += &format!(
-                    " subgroup {gflops:.1} GFLOP/s = {of_ceiling:.0}% ({:.2}x tiled)",
-                    gflops / tiled
-                );
-            } else {
-                tiled = gflops;
-                line += &format!(" tiled {gflops:.1} GFLOP/s = {of_ceiling:.0}%,");
+            if kernel == in_use {
+                used = gflops;
             }
+            println!(
+                "  {:<20} {gflops:>8.1} GFLOP/s = {:>3.0}% of the ceiling{}",
+                kernel.to_string(),
+                100.0 * gflops / fma_gflops,
+                if kernel == in_use { "  (in use)" } else { "" }
+            );
         }
-        println!("{line}");
+        println!("  in use against the default tile: {:.2}x", used / default);
     }
-    gpu.set_tuning(chosen);
     println!(
-        "  in use on this adapter: {}\n",
-        if gpu.uses_subgroup_gemm() {
-            "subgroup"
+        "  in use on this adapter: {in_use} ({})\n",
+        if gpu.tuning().gemm_trial {
+            "timed trial"
         } else {
-            "tiled"
+            "fixed by the tuning"
         }
     );
     Ok(())
@@ -661,7 +658,7 @@ pub fn run(o: &Options) -> Result<()> {
     println!(
         "multiply-adds on registers (the arithmetic ceiling; GEMM percentages are of this): {fma_gflops:.1} GFLOP/s\n"
     );
-    gemm_comparison(&mut gpu, o, fma_gflops)?;
+    gemm_comparison(&gpu, o, fma_gflops)?;
     let paper = MemoryConfig::memory_plus(1024);
     let small = MemoryConfig {
         n_keys: 128,

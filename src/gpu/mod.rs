@@ -58,11 +58,22 @@ pub struct Tuning {
     /// instead of a workgroup per row: on CPU adapters the workgroup variant spends its time
     /// in barriers and idle lanes (measured 2-4x slower there).
     pub attention_rows: bool,
-    /// Linear layers through `linear_subgroup.wgsl` (32-row blocks per invocation that share
-    /// x through subgroup broadcasts, no workgroup memory) instead of the workgroup-tiled
-    /// `linear.wgsl`, where the device has subgroups of 8 or more lanes. For CPU adapters,
-    /// which run a subgroup as one SIMD stream; GPUs keep the tiled kernel.
-    pub gemm_subgroup: bool,
+    /// The kernel of linear layers where no timed trial decides (`gemm_trial` off, or no
+    /// clock to time with, as in browsers): `Subgroup` for CPU adapters, which run a
+    /// subgroup as one SIMD stream (it needs subgroups of 8 or more lanes, and falls back to
+    /// the default tile without them); the default tile for GPUs.
+    pub gemm: GemmKernel,
+    /// Choose the linear layers' kernel by a short timed trial of every candidate at first
+    /// use, remembered per adapter and driver (`kernels::linear::choice`). On for GPUs; off
+    /// for CPU adapters, where compiling the candidates alone takes about a minute (lavapipe
+    /// on 2 cores: 6-10 s a tile shape, 20-80 s on GL's llvmpipe) and the subgroup kernel
+    /// runs 3x faster than any tile (`memlayers bench` times them all).
+    pub gemm_trial: bool,
+    /// The largest workgroup among the GEMM tiles the trial considers: 256 (WebGPU's limit)
+    /// except on Mesa's GL llvmpipe, where a 256-invocation tile never finished (measured:
+    /// killed after 40 s on an 8 x 8 x 8 product that takes a millisecond at 128; Vulkan's
+    /// lavapipe runs it in milliseconds).
+    pub gemm_max_invocations: u32,
     /// RMSNorm with one row per invocation (`rmsnorm.wgsl`'s `*_rows` entry points, bit-identical)
     /// instead of a workgroup per row with two barriers: for CPU adapters, where those
     /// workgroups cost more than the arithmetic.
@@ -85,7 +96,9 @@ impl Tuning {
         bag_workgroup: 64,
         bag_columns_per_invocation: 1,
         attention_rows: false,
-        gemm_subgroup: false,
+        gemm: GemmKernel::Tiled(GemmTile::DEFAULT),
+        gemm_trial: true,
+        gemm_max_invocations: 256,
         norm_rows: false,
         bag_rows: false,
         split_k: true,
@@ -96,7 +109,9 @@ impl Tuning {
         bag_workgroup: 16,
         bag_columns_per_invocation: 4,
         attention_rows: true,
-        gemm_subgroup: true,
+        gemm: GemmKernel::Subgroup,
+        gemm_trial: false,
+        gemm_max_invocations: 256,
         norm_rows: true,
         bag_rows: true,
         split_k: false,
@@ -104,9 +119,139 @@ impl Tuning {
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {
         if info.device_type == wgpu::DeviceType::Cpu {
-            Tuning::CPU
+            Tuning {
+                gemm_max_invocations: if info.backend == wgpu::Backend::Gl {
+                    128
+                } else {
+                    256
+                },
+                ..Tuning::CPU
+            }
         } else {
             Tuning::GPU
+        }
+    }
+}
+
+/// A linear layer's kernel: `linear_subgroup.wgsl`, or `linear.wgsl` with a tile shape.
+/// Results are the same bit for bit with every kernel (tested); only speed differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmKernel {
+    Subgroup,
+    Tiled(GemmTile),
+}
+
+/// The register-tiled GEMM's shape: a workgroup of `wg_m x wg_n` invocations, each with an
+/// 8 x 8 block of outputs, so an output tile of `8 wg_m x 8 wg_n`; `depth` k values per
+/// (double-buffered) workgroup stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmTile {
+    pub wg_m: u32,
+    pub wg_n: u32,
+    pub depth: u32,
+}
+
+impl GemmTile {
+    /// 64 x 64 outputs, 64 invocations, 8 k values a stage: what timing-free GPUs run.
+    pub const DEFAULT: GemmTile = GemmTile {
+        wg_m: 8,
+        wg_n: 8,
+        depth: 8,
+    };
+    /// Every shape the timed trial considers (all inside WebGPU's default limits: at most 256
+    /// invocations and 16 KiB of workgroup memory).
+    pub const CANDIDATES: [GemmTile; 6] = [
+        GemmTile {
+            wg_m: 4,
+            wg_n: 4,
+            depth: 8,
+        },
+        GemmTile::DEFAULT,
+        GemmTile {
+            wg_m: 8,
+            wg_n: 8,
+            depth: 16,
+        },
+        GemmTile {
+            wg_m: 16,
+            wg_n: 8,
+            depth: 8,
+        },
+        GemmTile {
+            wg_m: 8,
+            wg_n: 16,
+            depth: 8,
+        },
+        GemmTile {
+            wg_m: 16,
+            wg_n: 16,
+            depth: 8,
+        },
+    ];
+    pub fn rows(self) -> u32 {
+        8 * self.wg_m
+    }
+    pub fn columns(self) -> u32 {
+        8 * self.wg_n
+    }
+    pub fn invocations(self) -> u32 {
+        self.wg_m * self.wg_n
+    }
+    /// Bytes of workgroup memory: two stages of both operands' tiles.
+    pub fn workgroup_bytes(self) -> u32 {
+        2 * self.depth * (self.rows() + self.columns()) * 4
+    }
+    /// Whether the shader's load scheme fits this shape: each invocation brings whole quads
+    /// (4 elements) of both stage tiles, at most four of each.
+    pub fn is_valid(self) -> bool {
+        let quads = |wg: u32| {
+            wg > 0 && (2 * self.depth).is_multiple_of(wg) && (1..=4).contains(&(2 * self.depth / wg))
+        };
+        self.depth.is_multiple_of(4)
+            && quads(self.wg_m)
+            && quads(self.wg_n)
+            && self.invocations() <= REQUIRED_INVOCATIONS
+            && self.workgroup_bytes() <= REQUIRED_WORKGROUP_STORAGE
+    }
+}
+
+impl std::fmt::Display for GemmKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GemmKernel::Subgroup => write!(f, "subgroup"),
+            GemmKernel::Tiled(t) => write!(f, "tiled {}x{}x{}", t.rows(), t.columns(), t.depth),
+        }
+    }
+}
+
+impl std::str::FromStr for GemmKernel {
+    type Err = Error;
+    /// Reads what `Display` writes: `subgroup` or `tiled RxCxD` (R = 8 wg_m, C = 8 wg_n).
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "subgroup" {
+            return Ok(GemmKernel::Subgroup);
+        }
+        let bad = || Error::Config(format!("GEMM kernel {s:?}: expected `subgroup` or `tiled RxCxD`"));
+        let dims: Vec<u32> = s
+            .strip_prefix("tiled ")
+            .ok_or_else(bad)?
+            .split('x')
+            .map(|d| d.parse().map_err(|_| bad()))
+            .collect::<Result<_>>()?;
+        match dims[..] {
+            [r, c, depth] if r % 8 == 0 && c % 8 == 0 => {
+                let tile = GemmTile {
+                    wg_m: r / 8,
+                    wg_n: c / 8,
+                    depth,
+                };
+                if tile.is_valid() {
+                    Ok(GemmKernel::Tiled(tile))
+                } else {
+                    Err(bad())
+                }
+            }
+            _ => Err(bad()),
         }
     }
 }
@@ -132,6 +277,8 @@ pub struct Gpu {
     staging: Mutex<Vec<wgpu::Buffer>>,
     /// Bound where a kernel's optional output is absent (`unused_output`).
     unused_output: std::sync::OnceLock<wgpu::Buffer>,
+    /// Bound where a kernel's optional input is absent (`unused_input`).
+    unused_input: std::sync::OnceLock<wgpu::Buffer>,
 }
 
 /// A compute pass that outlives the borrow of its encoder (the encoder stays locked until it
@@ -403,6 +550,7 @@ impl Gpu {
             open_pass: Mutex::new(None),
             staging: Mutex::new(Vec::new()),
             unused_output: std::sync::OnceLock::new(),
+            unused_input: std::sync::OnceLock::new(),
         }
     }
 
@@ -421,6 +569,19 @@ impl Gpu {
     }
 
     /// Buffers and bind groups created and dispatches recorded so far.
+    /// A 16-byte storage buffer, made once, to bind where a kernel's optional input is
+    /// absent or too small for its view (the kernel then never reads it).
+    pub fn unused_input(&self) -> &wgpu::Buffer {
+        self.unused_input.get_or_init(|| {
+            self.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("unused optional input"),
+                size: 16,
+                usage: STORAGE_USAGE,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
     pub fn counts(&self) -> Counts {
         Counts {
             buffers: self.created.buffers.load(Ordering::Relaxed),
@@ -557,6 +718,11 @@ impl Gpu {
     /// The first error the device reported since the last call, as an `Error::Device`.
     /// Every read-back calls this, so results computed by rejected work never come back
     /// looking valid.
+    /// Whether the device reported an error that no read-back has taken yet.
+    pub(crate) fn device_error_pending(&self) -> bool {
+        self.device_error.lock().unwrap().is_some()
+    }
+
     pub fn take_device_error(&self) -> Result<()> {
         match self.device_error.lock().unwrap().take() {
             Some(e) => Err(Error::Device(format!("the GPU rejected work: {e}"))),
@@ -577,10 +743,9 @@ impl Gpu {
         }
     }
 
-    /// Whether linear layers run `linear_subgroup.wgsl`: chosen by the tuning, and possible
-    /// only with subgroups of at least 8 lanes.
-    pub fn uses_subgroup_gemm(&self) -> bool {
-        self.tuning.gemm_subgroup && self.subgroup_min_size() >= 8
+    /// Whether this device can run `linear_subgroup.wgsl`: subgroups of at least 8 lanes.
+    pub fn has_subgroup_gemm(&self) -> bool {
+        self.subgroup_min_size() >= 8
     }
 
     /// Overrides the per-adapter kernel variants (e.g. a host app that knows its device is a

@@ -252,4 +252,25 @@ impl Gpu {
         plan.slots = slots;
         result
     }
+
+    /// Runs `f` as if no step plan were recording and no profiling were on (work of the
+    /// library's own that a recording may trigger, such as the timed trial of the GEMM
+    /// kernels): what `f` creates and dispatches stays out of the plan and the profile.
+    pub(crate) fn outside_plan<R>(&self, f: impl FnOnce() -> R) -> R {
+        let plan = {
+            let mut active = self.active_plan.lock().unwrap();
+            if active.as_ref().is_some_and(|p| p.serves_this_thread()) {
+                active.take()
+            } else {
+                None
+            }
+        };
+        let profiler = self.profiler.lock().unwrap().take();
+        let result = f();
+        *self.profiler.lock().unwrap() = profiler;
+        if plan.is_some() {
+            *self.active_plan.lock().unwrap() = plan;
+        }
+        result
+    }
 }

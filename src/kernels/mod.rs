@@ -92,10 +92,49 @@ pub(crate) fn check_buffer(gpu: &Gpu, name: &str, buffer: &wgpu::Buffer, elems: 
 
 #[cfg(test)]
 mod tests {
+    /// The override constants each shader is checked with: its defaults, every workgroup
+    /// width the code picks (`WG`), and every GEMM tile shape (`WG_M`, `WG_N`, `TK`).
+    fn override_sets(module: &naga::Module) -> Vec<Vec<(&'static str, f64)>> {
+        let has = |name: &str| {
+            module
+                .overrides
+                .iter()
+                .any(|(_, o)| o.name.as_deref() == Some(name))
+        };
+        let mut sets = vec![Vec::new()];
+        if has("WG") {
+            sets.extend([8.0, 16.0, 32.0, 64.0].map(|wg| vec![("WG", wg)]));
+        }
+        if has("WG_M") {
+            sets.extend(crate::gpu::GemmTile::CANDIDATES.map(|t| {
+                vec![
+                    ("WG_M", t.wg_m as f64),
+                    ("WG_N", t.wg_n as f64),
+                    ("TK", t.depth as f64),
+                ]
+            }));
+        }
+        sets
+    }
+
+    fn validate(name: &str, module: &naga::Module) -> naga::valid::ModuleInfo {
+        // unpack2x16float is core WGSL; naga files it under this capability, which wgpu
+        // grants on every WebGPU-conformant backend.
+        // Subgroup operations: only in variants used where the device has the feature.
+        let caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32 | naga::valid::Capabilities::SUBGROUP;
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+            .validate(module)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+    }
+
     /// Every WGSL file parses and validates with naga (the same front end wgpu uses natively),
-    /// and stays within WebGPU's default workgroup limits.
+    /// and stays within WebGPU's default workgroup limits with every set of override
+    /// constants the code uses.
     #[test]
     fn every_shader_parses_and_validates() {
+        use naga::back::pipeline_constants::process_overrides;
         #[cfg(all(feature = "bench", not(target_arch = "wasm32")))]
         let yardsticks = crate::bench::SHADERS;
         #[cfg(not(all(feature = "bench", not(target_arch = "wasm32"))))]
@@ -103,33 +142,29 @@ mod tests {
         for (name, source) in super::ALL_SHADERS.iter().chain(yardsticks) {
             let module = naga::front::wgsl::parse_str(source)
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-            // unpack2x16float is core WGSL; naga files it under this capability, which wgpu
-            // grants on every WebGPU-conformant backend.
-            // Subgroup operations: only in variants used where the device has the feature.
-            let caps =
-                naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32 | naga::valid::Capabilities::SUBGROUP;
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-            for ep in &module.entry_points {
-                let invocations: u32 = ep.workgroup_size.iter().product();
+            let info = validate(name, &module);
+            for set in override_sets(&module) {
+                let constants = set.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                let (module, _) = process_overrides(&module, &info, None, &constants)
+                    .unwrap_or_else(|e| panic!("{name} {set:?}: overrides: {e:?}"));
+                for ep in &module.entry_points {
+                    let invocations: u32 = ep.workgroup_size.iter().product();
+                    assert!(
+                        invocations <= 256,
+                        "{name} {set:?}: {invocations} invocations per workgroup"
+                    );
+                }
+                let workgroup_bytes: u32 = module
+                    .global_variables
+                    .iter()
+                    .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+                    .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
+                    .sum();
                 assert!(
-                    invocations <= 256,
-                    "{name}: {invocations} invocations per workgroup"
+                    workgroup_bytes <= 16384,
+                    "{name} {set:?}: {workgroup_bytes} B of workgroup memory"
                 );
             }
-            let workgroup_bytes: u32 = module
-                .global_variables
-                .iter()
-                .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
-                .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
-                .sum();
-            assert!(
-                workgroup_bytes <= 16384,
-                "{name}: {workgroup_bytes} B of workgroup memory"
-            );
         }
     }
 
@@ -142,27 +177,15 @@ mod tests {
     #[test]
     fn every_shader_translates_to_msl_hlsl_spirv_and_glsl() {
         use naga::back::{glsl, hlsl, msl, pipeline_constants::process_overrides, spv};
-        let caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32 | naga::valid::Capabilities::SUBGROUP;
         let (mut translated, mut glsl_entry_points) = (0, 0);
         for (name, source) in super::ALL_SHADERS {
             let module = naga::front::wgsl::parse_str(source).unwrap();
-            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
-                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
-                .validate(&module)
-                .unwrap();
-            let has_wg = module
-                .overrides
-                .iter()
-                .any(|(_, o)| o.name.as_deref() == Some("WG"));
-            let widths: &[f64] = if has_wg { &[8.0, 16.0, 32.0, 64.0] } else { &[0.0] };
-            for &wg in widths {
-                let mut constants = naga::back::PipelineConstants::default();
-                if wg > 0.0 {
-                    constants.insert("WG".to_string(), wg);
-                }
+            let info = validate(name, &module);
+            for set in override_sets(&module) {
+                let wg = format!("{set:?}");
+                let constants = set.iter().map(|(k, v)| (k.to_string(), *v)).collect();
                 let (module, info) = process_overrides(&module, &info, None, &constants)
-                    .unwrap_or_else(|e| panic!("{name} WG={wg}: overrides: {e:?}"));
+                    .unwrap_or_else(|e| panic!("{name} {wg}: overrides: {e:?}"));
                 let msl_options = msl::Options {
                     lang_version: (2, 1),
                     fake_missing_bindings: true,
@@ -170,7 +193,7 @@ mod tests {
                 };
                 let (metal, _) =
                     msl::write_string(&module, &info, &msl_options, &msl::PipelineOptions::default())
-                        .unwrap_or_else(|e| panic!("{name} WG={wg}: MSL: {e:?}"));
+                        .unwrap_or_else(|e| panic!("{name} {wg}: MSL: {e:?}"));
                 let hlsl_options = hlsl::Options {
                     shader_model: hlsl::ShaderModel::V6_0,
                     fake_missing_bindings: true,
@@ -180,13 +203,13 @@ mod tests {
                 let hlsl_pipeline = hlsl::PipelineOptions::default();
                 hlsl::Writer::new(&mut text, &hlsl_options, &hlsl_pipeline)
                     .write(&module, &info, None)
-                    .unwrap_or_else(|e| panic!("{name} WG={wg}: HLSL: {e:?}"));
+                    .unwrap_or_else(|e| panic!("{name} {wg}: HLSL: {e:?}"));
                 let spv_options = spv::Options {
                     lang_version: (1, 3),
                     ..Default::default()
                 };
                 spv::write_vec(&module, &info, &spv_options, None)
-                    .unwrap_or_else(|e| panic!("{name} WG={wg}: SPIR-V: {e:?}"));
+                    .unwrap_or_else(|e| panic!("{name} {wg}: SPIR-V: {e:?}"));
                 let subgroups = source.contains("subgroupShuffle");
                 for ep in module.entry_points.iter().filter(|_| !subgroups) {
                     let pipeline = glsl::PipelineOptions {
@@ -197,7 +220,7 @@ mod tests {
                     let (options, mut gl) = (glsl::Options::default(), String::new());
                     glsl::Writer::new(&mut gl, &module, &info, &options, &pipeline, Default::default())
                         .and_then(|mut w| w.write())
-                        .unwrap_or_else(|e| panic!("{name} {} WG={wg}: GLSL: {e:?}", ep.name));
+                        .unwrap_or_else(|e| panic!("{name} {} {wg}: GLSL: {e:?}", ep.name));
                     glsl_entry_points += 1;
                 }
                 // The subgroup GEMM's shuffles reach each back end as its own intrinsic.

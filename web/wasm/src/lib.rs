@@ -169,7 +169,13 @@ impl Demo {
                         "bag_wg" => tuning.bag_workgroup = n,
                         "bag_columns" => tuning.bag_columns_per_invocation = n,
                         "attention_rows" => tuning.attention_rows = n != 0,
-                        "gemm_subgroup" => tuning.gemm_subgroup = n != 0,
+                        "gemm_subgroup" => {
+                            tuning.gemm = if n != 0 {
+                                memlayers::gpu::GemmKernel::Subgroup
+                            } else {
+                                memlayers::gpu::GemmKernel::Tiled(memlayers::gpu::GemmTile::DEFAULT)
+                            }
+                        }
                         "topk_lanes" => tuning.topk_per_invocation = n != 0,
                         "norm_rows" => tuning.norm_rows = n != 0,
                         "bag_rows" => tuning.bag_rows = n != 0,

@@ -1,19 +1,23 @@
 //! `linear.wgsl`: y = x w^T (+ bias) (then optionally y = gate * silu(y)), batched and
-//! strided so that it also computes the sub-key scores of every (head, half).
+//! strided so that it also computes the sub-key scores of every (head, half). Which kernel
+//! and tile shape run is decided per adapter by `choice`.
+
+pub mod choice;
 
 use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, MAX_GRID_DIM};
+use crate::gpu::{GemmKernel, GemmTile, Gpu, MAX_GRID_DIM};
 
 pub const SOURCE: &str = concat!(
-    include_str!("../../shaders/linear_common.wgsl"),
-    include_str!("../../shaders/linear.wgsl")
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear.wgsl")
 );
 pub const SUBGROUP_SOURCE: &str = concat!(
-    include_str!("../../shaders/linear_common.wgsl"),
-    include_str!("../../shaders/linear_subgroup.wgsl")
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear_subgroup.wgsl")
 );
-const TILE: u32 = 64;
+/// Output tile edge that split-K counts tiles in, and `reduce_split`'s workgroup width.
+const SPLIT_TILE: u32 = 64;
 /// `linear_subgroup.wgsl` as this target's WGSL front end accepts it: browsers require the
 /// `enable subgroups;` directive, which naga 30 (native) rejects as unimplemented.
 fn subgroup_source() -> std::borrow::Cow<'static, str> {
@@ -34,9 +38,68 @@ const SUBGROUP_COLUMNS: u32 = 4;
 const SPLIT_TARGET_WORKGROUPS: u32 = 64;
 /// The shortest k range worth a workgroup of its own.
 const MIN_SPLIT_K: u32 = 256;
-/// The longest k range one dispatch may reduce within the loop budget (k / 8 steps of 17
-/// iterations, plus the stores).
-pub const MAX_K_PER_DISPATCH: u32 = ((LOOP_BUDGET as u32 - 64) / 17) * 8;
+/// The longest k range one dispatch of any GEMM kernel may reduce within the loop budget.
+pub const MAX_K_PER_DISPATCH: u32 = {
+    let mut least = subgroup_max_k();
+    let mut i = 0;
+    while i < GemmTile::CANDIDATES.len() {
+        let k = tiled_max_k(GemmTile::CANDIDATES[i]);
+        if k < least {
+            least = k;
+        }
+        i += 1;
+    }
+    least
+};
+
+/// Loop iterations per invocation of the subgroup kernel: 17 per 8 k values, plus the stores.
+const fn subgroup_iterations(k: u32) -> u64 {
+    k.div_ceil(8) as u64 * 17 + 64
+}
+
+/// Loop iterations per invocation of the tiled kernel, from above: per stage of `depth` k
+/// values, each quad's load and store (a loop of 4 each), and the multiply loop; then the
+/// stores.
+const fn tiled_iterations(tile: GemmTile, k: u32) -> u64 {
+    let quads = 2 * tile.depth / tile.wg_n + 2 * tile.depth / tile.wg_m;
+    let per_stage = 10 * quads + tile.depth + 1;
+    (k.div_ceil(tile.depth) + 1) as u64 * per_stage as u64 + 64
+}
+
+const fn subgroup_max_k() -> u32 {
+    ((LOOP_BUDGET as u32 - 64) / 17) * 8
+}
+
+const fn tiled_max_k(tile: GemmTile) -> u32 {
+    let quads = 2 * tile.depth / tile.wg_n + 2 * tile.depth / tile.wg_m;
+    let per_stage = 10 * quads + tile.depth + 1;
+    ((LOOP_BUDGET as u32 - 64) / per_stage - 1) * tile.depth
+}
+
+/// The longest k range one dispatch of `kernel` may reduce within the loop budget.
+pub fn max_k_per_dispatch(kernel: GemmKernel) -> u32 {
+    match kernel {
+        GemmKernel::Subgroup => subgroup_max_k(),
+        GemmKernel::Tiled(tile) => tiled_max_k(tile),
+    }
+}
+
+/// How the tiled kernel loads an operand's quads (`linear.wgsl`'s QUAD_*): one 16-byte load
+/// where the operand runs contiguously along k (1) or along its rows (2) and every offset is
+/// a multiple of 4 elements, else element by element (0). The vec4 view of a buffer needs at
+/// least 16 bytes.
+fn quad_mode(buffer: &wgpu::Buffer, offset: u32, batch: u32, row: u32, k: u32) -> u32 {
+    let aligned = |v: u32| v.is_multiple_of(4);
+    if buffer.size() < 16 || !aligned(offset) || !aligned(batch) {
+        0
+    } else if k == 1 && aligned(row) {
+        1
+    } else if row == 1 && aligned(k) {
+        2
+    } else {
+        0
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -140,24 +203,45 @@ impl Linear<'_> {
     /// How many k ranges this product's reduction is split into (1: not split). Only single
     /// products without bias or gate split; reductions longer than one dispatch's loop
     /// budget always do.
-    fn splits(&self, gpu: &Gpu) -> u32 {
+    fn splits(&self, gpu: &Gpu, kernel: GemmKernel) -> u32 {
         let l = self.layout();
         if l.batch != 1 || self.bias.is_some() || self.gate.is_some() || self.m > MAX_GRID_DIM {
             return 1;
         }
-        let tiles = self.m.div_ceil(TILE) * self.n.div_ceil(TILE);
+        let tiles = self.m.div_ceil(SPLIT_TILE) * self.n.div_ceil(SPLIT_TILE);
         let for_parallelism = if gpu.tuning().split_k {
             (SPLIT_TARGET_WORKGROUPS / tiles).min(self.k / MIN_SPLIT_K)
         } else {
             1
         };
-        for_parallelism.max(self.k.div_ceil(MAX_K_PER_DISPATCH)).max(1)
+        for_parallelism
+            .max(self.k.div_ceil(max_k_per_dispatch(kernel)))
+            .max(1)
     }
 
+    /// Records the product with the kernel this adapter's tuning picks (`choice::kernel`).
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
-        let splits = self.splits(gpu);
+        self.record_with(gpu, encoder, choice::kernel(gpu))
+    }
+
+    /// Records the product with `kernel` (the subgroup kernel only where the device has
+    /// subgroups of 8 or more lanes; else the default tile).
+    pub fn record_with(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: GemmKernel,
+    ) -> Result<()> {
+        let kernel = match kernel {
+            GemmKernel::Subgroup if !gpu.has_subgroup_gemm() => GemmKernel::Tiled(GemmTile::DEFAULT),
+            GemmKernel::Tiled(tile) if !tile.is_valid() => {
+                return Err(Error::Config(format!("linear: invalid tile {tile:?}")))
+            }
+            k => k,
+        };
+        let splits = self.splits(gpu, kernel);
         if splits <= 1 {
-            return self.record_unsplit(gpu, encoder);
+            return self.record_unsplit(gpu, encoder, kernel);
         }
         let l = self.layout();
         check_buffer(
@@ -196,9 +280,9 @@ impl Linear<'_> {
             }),
             accumulate: false,
         };
-        part(full, chunk, 0, 0).record_unsplit(gpu, encoder)?;
+        part(full, chunk, 0, 0).record_unsplit(gpu, encoder, kernel)?;
         if rest > 0 {
-            part(1, rest, full * chunk, full * mn).record_unsplit(gpu, encoder)?;
+            part(1, rest, full * chunk, full * mn).record_unsplit(gpu, encoder, kernel)?;
         }
         let pipeline = gpu.pipeline_entry("linear_reduce_split", SOURCE, "reduce_split", &[]);
         let params = gpu.uniform(
@@ -219,12 +303,17 @@ impl Linear<'_> {
             self.label,
             &pipeline,
             &bind,
-            (self.n.div_ceil(TILE), self.m, 1),
+            (self.n.div_ceil(SPLIT_TILE), self.m, 1),
         );
         Ok(())
     }
 
-    fn record_unsplit(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+    fn record_unsplit(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: GemmKernel,
+    ) -> Result<()> {
         let (m, n, k) = (self.m as u64, self.n as u64, self.k as u64);
         let l = self.layout();
         if m == 0 || n == 0 || k == 0 || l.batch == 0 {
@@ -233,14 +322,26 @@ impl Linear<'_> {
                 l.batch
             )));
         }
-        if self.m.div_ceil(TILE) > MAX_GRID_DIM
-            || self.n.div_ceil(TILE) > MAX_GRID_DIM
-            || l.batch > MAX_GRID_DIM
-        {
+        // Output rows and columns per workgroup; a kernel whose grid would not fit falls back
+        // to the default tile (as wide as any dispatch ever needed before tiles were chosen).
+        let extent = |k: GemmKernel| match k {
+            GemmKernel::Subgroup => (SUBGROUP_ROWS, SUBGROUP_COLUMNS * 8),
+            GemmKernel::Tiled(t) => (t.rows(), t.columns()),
+        };
+        let fits = |k: GemmKernel| {
+            let (rows, cols) = extent(k);
+            self.m.div_ceil(rows) <= MAX_GRID_DIM && self.n.div_ceil(cols) <= MAX_GRID_DIM
+        };
+        let kernel = if fits(kernel) {
+            kernel
+        } else {
+            GemmKernel::Tiled(GemmTile::DEFAULT)
+        };
+        if !fits(kernel) || l.batch > MAX_GRID_DIM {
             return Err(Error::Config(format!(
                 "linear: {m} x {n} outputs x {} batches exceed one dispatch ({} rows or columns at most)",
                 l.batch,
-                MAX_GRID_DIM as u64 * TILE as u64
+                MAX_GRID_DIM as u64 * GemmTile::DEFAULT.rows() as u64
             )));
         }
         if (self.bias.is_some() || self.gate.is_some()) && (l.batch != 1 || l.y_row != self.n) {
@@ -248,8 +349,11 @@ impl Linear<'_> {
                 "linear: bias and gate need one dense [m, n] output".into(),
             ));
         }
-        // Per k step of 8: one loader pass of 8 and a compute loop of 8; then 16 stores of 4.
-        check_loop_budget("linear", self.k.div_ceil(8) as u64 * 17 + 64, &format!("k = {k}"))?;
+        let iterations = match kernel {
+            GemmKernel::Subgroup => subgroup_iterations(self.k),
+            GemmKernel::Tiled(tile) => tiled_iterations(tile, self.k),
+        };
+        check_loop_budget("linear", iterations, &format!("k = {k}"))?;
         let last = |off: u32, batch: u32, row: u32, rows: u64, cols: u64| {
             off as u64 + (l.batch as u64 - 1) * batch as u64 + (rows - 1) * row as u64 + cols
         };
@@ -279,24 +383,33 @@ impl Linear<'_> {
         // workgroup (fewer for narrow outputs, so that small products still spread over the
         // cores; a power of two, so few pipelines get compiled, and at least 8, the lanes
         // that share x).
-        let subgroup_columns = if gpu.uses_subgroup_gemm() && self.m.div_ceil(SUBGROUP_ROWS) <= MAX_GRID_DIM {
-            Some(self.n.div_ceil(SUBGROUP_COLUMNS).next_power_of_two().clamp(8, 64))
-        } else {
-            None
-        };
-        let (pipeline, grid) = match subgroup_columns {
-            Some(wg) => (
-                gpu.pipeline("linear_subgroup", &subgroup_source(), &[("WG", wg as f64)]),
+        let mut quads = 0;
+        let (pipeline, grid) = match kernel {
+            GemmKernel::Subgroup => {
+                let wg = self.n.div_ceil(SUBGROUP_COLUMNS).next_power_of_two().clamp(8, 64);
                 (
-                    self.n.div_ceil(wg * SUBGROUP_COLUMNS),
-                    self.m.div_ceil(SUBGROUP_ROWS),
-                ),
-            ),
-            None => (
-                gpu.pipeline("linear", SOURCE, &[]),
-                (self.n.div_ceil(TILE), self.m.div_ceil(TILE)),
-            ),
+                    gpu.pipeline("linear_subgroup", &subgroup_source(), &[("WG", wg as f64)]),
+                    (
+                        self.n.div_ceil(wg * SUBGROUP_COLUMNS),
+                        self.m.div_ceil(SUBGROUP_ROWS),
+                    ),
+                )
+            }
+            GemmKernel::Tiled(tile) => {
+                quads = quad_mode(self.x, l.x_offset, l.x_batch, l.x_row, l.x_k) << 16
+                    | quad_mode(self.w, l.w_offset, l.w_batch, l.w_row, l.w_k) << 18;
+                let constants = [
+                    ("WG_M", tile.wg_m as f64),
+                    ("WG_N", tile.wg_n as f64),
+                    ("TK", tile.depth as f64),
+                ];
+                (
+                    gpu.pipeline("linear", SOURCE, &constants),
+                    (self.n.div_ceil(tile.columns()), self.m.div_ceil(tile.rows())),
+                )
+            }
         };
+        let flags = flags | quads;
         let params = gpu.uniform(
             "linear params",
             &Params {
@@ -323,7 +436,25 @@ impl Linear<'_> {
         let bias = self.bias.unwrap_or(self.x);
         let gate = self.gate.map_or(self.x, |g| g.by);
         let keep = keep_input.unwrap_or(gpu.unused_output());
-        let bind = gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y, keep]);
+        let bind = match kernel {
+            GemmKernel::Subgroup => gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y, keep]),
+            GemmKernel::Tiled(_) => {
+                // The operands' vec4 views; a buffer too small for one is never read through
+                // it (quad mode 0), and a placeholder stands in.
+                let view = |b: &'_ wgpu::Buffer| {
+                    if b.size() >= 16 {
+                        b.clone()
+                    } else {
+                        gpu.unused_input().clone()
+                    }
+                };
+                let (x4, w4) = (view(self.x), view(self.w));
+                gpu.bind(
+                    &pipeline,
+                    &[&params, self.x, self.w, bias, gate, self.y, keep, &x4, &w4],
+                )
+            }
+        };
         gpu.run(encoder, self.label, &pipeline, &bind, (grid.0, grid.1, l.batch));
         Ok(())
     }
