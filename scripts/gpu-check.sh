@@ -71,6 +71,8 @@ run() {
   local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
   [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
   export WGPU_BACKEND=${WGPU_BACKEND:-vulkan} PYTHONUNBUFFERED=1
+  # The GEMM kernels' timed trial runs afresh and its choice comes back with the figures.
+  export MEMLAYERS_CACHE_DIR=$out
   local ml="$dir/bin/memlayers" started=$SECONDS
   "$ml" info > "$out/info.txt" 2>&1
   echo "== adapter"; grep -i -m3 "pick\|adapter" "$out/info.txt"

@@ -36,10 +36,12 @@ for name, body in re.findall(r"== test (\S+)\n(.*?)(?=\n== test |\Z)", tests, re
 b = r["bench"]
 b["copy_gbs"] = num(r"plain copy kernel: ([\d.]+) GB/s", bench)
 b["fma_gflops"] = num(r"arithmetic ceiling[^:]*: ([\d.]+) GFLOP/s", bench)
-b["linear"] = [
-    {"shape": m.group(1), "tiled_gflops": float(m.group(2)), "subgroup_gflops": float(m.group(3)) if m.group(3) else None}
-    for m in re.finditer(r"linear (\d+ x \d+ x \d+) \(m x n x k\): tiled ([\d.]+) GFLOP/s(?:[^\n]*?subgroup ([\d.]+) GFLOP/s)?", bench)
-]
+b["linear"] = []
+for m in re.finditer(r"linear (\d+ x \d+ x \d+) \(m x n x k\):\n((?:  .*\n?)*)", bench):
+    kernels = {k.group(1): float(k.group(2)) for k in re.finditer(r"^  (subgroup|tiled \S+)\s+([\d.]+) GFLOP/s", m.group(2), re.M)}
+    used = re.search(r"^  (subgroup|tiled \S+)\s+[\d.]+ GFLOP/s.*\(in use\)", m.group(2), re.M)
+    b["linear"].append({"shape": m.group(1), "gflops": kernels, "in_use": used.group(1) if used else None})
+b["gemm_in_use"] = (re.search(r"in use on this adapter: (.*)", bench) or [None, None])[1]
 sections = re.split(r"\n(?=(?:small|paper) d=)", bench)
 b["configs"] = []
 for sec in sections[1:]:
@@ -84,9 +86,13 @@ print(f"tests: {sum(v.get('passed', 0) for v in r['tests'].values())} passed in 
       + (f"; NOT OK: {failed}" if failed else ""))
 fma, copy = b["fma_gflops"], b["copy_gbs"]
 for lin in b["linear"]:
-    best = max(x for x in [lin["tiled_gflops"], lin["subgroup_gflops"]] if x is not None)
+    if not lin["gflops"]:
+        continue
+    best_kernel, best = max(lin["gflops"].items(), key=lambda kv: kv[1])
+    used = lin["in_use"]
     if fma:
-        print(f"GEMM {lin['shape']}: {best:.1f} GFLOP/s = {100 * best / fma:.0f}% of the f32 multiply-add ceiling (target >= 50%)")
+        print(f"GEMM {lin['shape']}: best {best_kernel} {best:.1f} GFLOP/s = {100 * best / fma:.0f}% of the f32 multiply-add ceiling (target >= 50%); "
+              f"in use: {used} ({lin['gflops'].get(used, float('nan')):.1f})")
 for c in b["configs"]:
     line = f"{c['config']}: {c['tokens_per_s']:.0f} tokens/s; bag {c['bag_gbs']} GB/s = {c['bag_of_copy']}% of copy (target >= 90%)"
     for tr in c["torch"]:
