@@ -5,7 +5,9 @@ The same semantics as ../shared/REFERENCE.md section 1 (and the reference code):
 with bias, per-head sub-key scores, top-k of each half, top-k of the k x k candidates, softmax in
 f32, one embedding bag over heads*k value rows, Memory+ gating. Tokens/s of the whole forward,
 synchronised, at the paper configuration (d=1024, heads=4, n_keys=1024, knn=32, k_dim=512) and at
-`memlayers bench`'s small one, on every device torch sees (CPU, and CUDA when present).
+`memlayers bench`'s small one, on every device torch sees (CPU, and CUDA when present): with
+f32 values, f16 values, and on CUDA the whole layer in bfloat16 (16-bit GEMM inputs, f32
+accumulation: what `memlayers bench` compares its f16-input GEMMs on matrix units with).
 
     python3 scripts/torch_memory_forward_bench.py [--tokens 512] [--iters 20]
 """
@@ -18,8 +20,10 @@ import torch.nn.functional as F
 
 def make_layer(d, heads, n_keys, knn, k_dim, device, value_dtype):
     g = torch.Generator().manual_seed(0)
+    # bfloat16 values: every weight in bfloat16 too.
+    weights = torch.bfloat16 if value_dtype == torch.bfloat16 else torch.float32
     def rand(*shape, std):
-        return (torch.randn(*shape, generator=g) * std).to(device)
+        return (torch.randn(*shape, generator=g) * std).to(device, weights)
     n = n_keys * n_keys
     return dict(
         wq=rand(heads * k_dim, d, std=d ** -0.5), bq=rand(heads * k_dim, std=0.02),
@@ -46,13 +50,13 @@ def forward(p, x):
     w = torch.softmax(scores.float(), dim=-1)
     y = F.embedding_bag(slots.view(t, heads * knn), p["values"],
                         per_sample_weights=w.view(t, heads * knn).to(p["values"].dtype),
-                        mode="sum").float()
+                        mode="sum").to(x.dtype)
     return F.linear(y * F.silu(F.linear(x, p["w1"], p["b1"])), p["wo"], p["bo"])
 
 
 def bench(device, name, cfg, tokens, iters, value_dtype):
     p = make_layer(*cfg, device=device, value_dtype=value_dtype)
-    x = torch.randn(tokens, cfg[0], device=device)
+    x = torch.randn(tokens, cfg[0], device=device).to(p["wq"].dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         for _ in range(3):
@@ -78,8 +82,8 @@ def main():
         print("cuda:", torch.cuda.get_device_name(0))
     for device in devices:
         for name, cfg in configs.items():
-            for dtype in (torch.float32, torch.float16):
-                if device.type == "cpu" and dtype == torch.float16:
+            for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                if device.type == "cpu" and dtype != torch.float32:
                     continue
                 bench(device, name, cfg, args.tokens, args.iters, dtype)
 

@@ -2,7 +2,7 @@
 
 mod common;
 use common::{assert_close, assert_same_selection, gpu};
-use memlayers::gpu::{GemmKernel, GemmTile, Tuning};
+use memlayers::gpu::{GemmKernel, GemmPrecision, GemmTile, Tuning};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use memlayers::kernels::linear::{choice, Batched, Gate, Linear};
 use memlayers::kernels::product_topk::{
@@ -297,6 +297,92 @@ fn linear_sixteen_byte_loads_at_the_edges_match_oracle() {
                 &got,
                 &want,
             );
+        }
+    }
+}
+
+#[test]
+fn f16_input_gemms_run_on_matrix_units_and_match_the_oracle_on_rounded_inputs() {
+    // Under GemmPrecision::F16Inputs the linear layers run on the adapter's cooperative
+    // matrices: the operands rounded to the matrices' input type, products summed in f32 in
+    // the hardware's order. The oracle gets the same rounded operands, so the suite's one
+    // tolerance holds. Without matrix units the setting must leave the exact path in place.
+    let mut g = Gpu::new_blocking().unwrap();
+    g.set_gemm_precision(GemmPrecision::F16Inputs);
+    let Some(config) = g.matrix_config() else {
+        eprintln!(
+            "this adapter has no cooperative matrices: f16-input GEMMs run the exact f32 path here \
+(the matrix-unit kernel is validated and translated by naga in kernels::tests; the GPU check runs it)"
+        );
+        assert_eq!(choice::kernel(&g), choice::kernel(gpu()));
+        let mut rng = Rng::new(41);
+        let (m, n, k) = (33, 17, 40);
+        let (x, w) = (rng.vec_symmetric(m * k, 1.0), rng.vec_symmetric(n * k, 1.0));
+        let (exact, _) = run_linear(gpu(), &x, &w, None, None, m, n, k);
+        let (f16_inputs, _) = run_linear(&g, &x, &w, None, None, m, n, k);
+        assert!(exact
+            .iter()
+            .zip(&f16_inputs)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        return;
+    };
+    assert_eq!(choice::kernel(&g), GemmKernel::Matrix(config));
+    let round = |v: &[f32]| -> Vec<f32> {
+        if config.f16_inputs {
+            v.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect()
+        } else {
+            v.to_vec()
+        }
+    };
+    let mut rng = Rng::new(43);
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (7, 5, 3),
+        (63, 65, 17),
+        (130, 33, 129),
+        (200, 256, 96),
+        (64, 64, 64),
+    ] {
+        let (x, w, b) = (
+            rng.vec_symmetric(m * k, 1.0),
+            rng.vec_symmetric(n * k, 1.0),
+            rng.vec_symmetric(n, 1.0),
+        );
+        let want = reference::linear(&round(&x), &round(&w), Some(&b), m, n, k);
+        let gate = rng.vec_symmetric(m * n, 2.0);
+        let (plain, _) = run_linear(&g, &x, &w, Some(&b), None, m, n, k);
+        assert_close(&format!("{config:?} {m}x{n}x{k}"), &plain, &want);
+        let (gated, kept) = run_linear(&g, &x, &w, Some(&b), Some(&gate), m, n, k);
+        assert_close(
+            &format!("{config:?} gated {m}x{n}x{k}"),
+            &gated,
+            &reference::silu_gate(&gate, &want),
+        );
+        assert_close(&format!("{config:?} kept {m}x{n}x{k}"), &kept.unwrap(), &want);
+        for (xt, wt) in [(false, true), (true, false), (true, true)] {
+            let want = reference::linear(&round(&x), &round(&w), None, m, n, k);
+            let xs = if xt { transpose(&x, m, k) } else { x.clone() };
+            let ws = if wt { transpose(&w, n, k) } else { w.clone() };
+            let (xb, wb, yb) = (
+                g.upload("x", &xs),
+                g.upload("w", &ws),
+                g.storage("y", (m * n * 4) as u64),
+            );
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            memlayers::kernels::linear::gemm(
+                &g,
+                &mut enc,
+                "linear",
+                (&xb, xt),
+                (&wb, wt),
+                &yb,
+                (m as u32, n as u32, k as u32),
+                false,
+            )
+            .unwrap();
+            g.queue.submit([enc.finish()]);
+            let got = g.read_f32_blocking(&yb, m * n).unwrap();
+            assert_close(&format!("{config:?} {m}x{n}x{k} xt={xt} wt={wt}"), &got, &want);
         }
     }
 }

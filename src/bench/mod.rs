@@ -17,7 +17,7 @@ pub mod fma_peak;
 pub const SHADERS: &[(&str, &str)] = &[("copy.wgsl", copy::SOURCE), ("fma_peak.wgsl", fma_peak::SOURCE)];
 
 use crate::error::Result;
-use crate::gpu::{GemmKernel, GemmTile, Gpu, KernelTiming};
+use crate::gpu::{GemmKernel, GemmPrecision, GemmTile, Gpu, KernelTiming};
 use crate::kernels;
 use crate::memory::{ForwardWorkload, MemoryConfig, ValueDtype, ValuePool};
 use crate::rng::Rng;
@@ -202,7 +202,8 @@ fn gemm_comparison(gpu: &Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
     for &shape in shapes {
         println!("linear {} x {} x {} (m x n x k):", shape.0, shape.1, shape.2);
         let (mut default, mut used) = (f64::NAN, f64::NAN);
-        for kernel in kernels::linear::choice::candidates(gpu) {
+        let matrix = gpu.matrix_config().map(GemmKernel::Matrix);
+        for kernel in kernels::linear::choice::candidates(gpu).into_iter().chain(matrix) {
             let gflops = gemm_gflops(gpu, kernel, shape, o.iters)?;
             if kernel == GemmKernel::Tiled(GemmTile::DEFAULT) {
                 default = gflops;
@@ -214,7 +215,11 @@ fn gemm_comparison(gpu: &Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
                 "  {:<20} {gflops:>8.1} GFLOP/s = {:>3.0}% of the ceiling{}",
                 kernel.to_string(),
                 100.0 * gflops / fma_gflops,
-                if kernel == in_use { "  (in use)" } else { "" }
+                match kernel {
+                    _ if kernel == in_use => "  (in use)",
+                    GemmKernel::Matrix(_) => "  (f16-input GEMMs)",
+                    _ => "",
+                }
             );
         }
         println!("  in use against the default tile: {:.2}x", used / default);
@@ -671,9 +676,26 @@ pub fn run(o: &Options) -> Result<()> {
         configs.push(("paper d=1024 n_keys=1024 knn=32 k_dim=512", paper.clone()));
     }
     let torch = torch_tokens_per_s(o.tokens, o.iters.min(5));
+    // f32 and f16 values with the exact GEMMs; and where the adapter has matrix units, f16
+    // values with f16-input GEMMs on them (compared with PyTorch's bfloat16 layer).
+    let mut variants = vec![
+        (ValueDtype::F32, GemmPrecision::F32),
+        (ValueDtype::F16, GemmPrecision::F32),
+    ];
+    match gpu.matrix_config() {
+        Some(_) => variants.push((ValueDtype::F16, GemmPrecision::F16Inputs)),
+        None => println!(
+            "f16-input GEMMs on matrix units: not measured (this adapter has no cooperative matrices)\n"
+        ),
+    }
     for (name, c) in &configs {
-        for dtype in [ValueDtype::F32, ValueDtype::F16] {
-            let r = bench_config(&gpu, name, c, dtype, o)?;
+        for &(dtype, precision) in &variants {
+            gpu.set_gemm_precision(precision);
+            let mut r = bench_config(&gpu, name, c, dtype, o)?;
+            gpu.set_gemm_precision(GemmPrecision::F32);
+            if precision == GemmPrecision::F16Inputs {
+                r.name += " GEMMs-f16-inputs";
+            }
             println!(
                 "{} (heads {}, {} values, {} MFLOP/token)",
                 r.name,
@@ -739,10 +761,10 @@ pub fn run(o: &Options) -> Result<()> {
             );
             let (config, dtype_name) = (
                 if c == &paper { "paper" } else { "small" },
-                if dtype == ValueDtype::F32 {
-                    "float32"
-                } else {
-                    "float16"
+                match (dtype, precision) {
+                    (_, GemmPrecision::F16Inputs) => "bfloat16",
+                    (ValueDtype::F32, _) => "float32",
+                    _ => "float16",
                 },
             );
             match &torch {

@@ -139,6 +139,80 @@ impl Tuning {
 pub enum GemmKernel {
     Subgroup,
     Tiled(GemmTile),
+    /// `linear_matrix.wgsl` on the adapter's matrix units: only under
+    /// `GemmPrecision::F16Inputs` (its results differ from the others by the inputs' rounding).
+    Matrix(MatrixConfig),
+}
+
+/// The linear layers' arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// f32 inputs, f32 accumulation in increasing k: the exact path, the same bit for bit on
+    /// every kernel and tile shape.
+    #[default]
+    F32,
+    /// Inputs rounded to the matrix units' type (f16, or f32 where the adapter offers only
+    /// f32 x f32), accumulation in f32, on cooperative matrices where the adapter has them
+    /// (`Gpu::matrix_config`); elsewhere the f32 path.
+    F16Inputs,
+}
+
+/// A cooperative-matrix configuration the matrix-unit GEMM runs: square matrices of `edge`
+/// (8 or 16), f16 or f32 inputs, f32 accumulators, on subgroups of `subgroup` invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatrixConfig {
+    pub edge: u32,
+    pub f16_inputs: bool,
+    pub subgroup: u32,
+}
+
+impl MatrixConfig {
+    /// The configuration this crate uses among the adapter's: 16 x 16 x 16 with f16 inputs
+    /// and f32 accumulators (what NVIDIA, AMD and Intel offer), else 8 x 8 x 8 in f32 (Apple).
+    /// Needs subgroups of one fixed size, which the kernel's layout assumes.
+    pub fn pick(
+        properties: &[wgpu::CooperativeMatrixProperties],
+        features: wgpu::Features,
+        info: &wgpu::AdapterInfo,
+    ) -> Option<MatrixConfig> {
+        use wgpu::CooperativeScalarType as S;
+        if !features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SUBGROUP)
+            || info.subgroup_min_size != info.subgroup_max_size
+            || !(8..=64).contains(&info.subgroup_min_size)
+        {
+            return None;
+        }
+        let has = |edge: u32, ab: S| {
+            properties.iter().any(|p| {
+                p.m_size == edge
+                    && p.n_size == edge
+                    && p.k_size == edge
+                    && p.ab_type == ab
+                    && p.cr_type == S::F32
+            })
+        };
+        let subgroup = info.subgroup_min_size;
+        if features.contains(wgpu::Features::SHADER_F16) && has(16, S::F16) {
+            Some(MatrixConfig {
+                edge: 16,
+                f16_inputs: true,
+                subgroup,
+            })
+        } else if has(8, S::F32) {
+            Some(MatrixConfig {
+                edge: 8,
+                f16_inputs: false,
+                subgroup,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Output rows (and columns) of one workgroup: 2 x 2 subgroups of 2 x 2 matrices.
+    pub fn tile(self) -> u32 {
+        4 * self.edge
+    }
 }
 
 /// The register-tiled GEMM's shape: a workgroup of `wg_m x wg_n` invocations, each with an
@@ -220,6 +294,12 @@ impl std::fmt::Display for GemmKernel {
         match self {
             GemmKernel::Subgroup => write!(f, "subgroup"),
             GemmKernel::Tiled(t) => write!(f, "tiled {}x{}x{}", t.rows(), t.columns(), t.depth),
+            GemmKernel::Matrix(c) => write!(
+                f,
+                "matrix units {0}x{0} {1}",
+                c.edge,
+                if c.f16_inputs { "f16" } else { "f32" }
+            ),
         }
     }
 }
@@ -279,6 +359,10 @@ pub struct Gpu {
     unused_output: std::sync::OnceLock<wgpu::Buffer>,
     /// Bound where a kernel's optional input is absent (`unused_input`).
     unused_input: std::sync::OnceLock<wgpu::Buffer>,
+    /// The linear layers' arithmetic (`set_gemm_precision`).
+    gemm_precision: GemmPrecision,
+    /// The matrix units' configuration, where the adapter has them and this `Gpu` enabled them.
+    matrix: Option<MatrixConfig>,
 }
 
 /// A compute pass that outlives the borrow of its encoder (the encoder stays locked until it
@@ -474,18 +558,57 @@ impl Gpu {
         }
         .using_alignment(a.clone());
         // Optional: timestamp queries (only the benchmark uses them) and subgroups (kernel
-        // variants that have a fallback).
-        let required_features =
+        // variants that have a fallback); cooperative matrices (and f16 for them) where the
+        // matrix-unit GEMM can run, which it does only under `GemmPrecision::F16Inputs`.
+        let info = adapter.get_info();
+        let matrix = MatrixConfig::pick(
+            &adapter.cooperative_matrix_properties(),
+            adapter.features(),
+            &info,
+        );
+        let mut required_features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
+        if let Some(m) = matrix {
+            required_features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            if m.f16_inputs {
+                required_features |= wgpu::Features::SHADER_F16;
+            }
+        }
+        let request = |features: wgpu::Features, experimental: bool| {
+            adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("memlayers"),
-                required_features,
-                required_limits,
+                required_features: features,
+                required_limits: required_limits.clone(),
+                // Safety: the one experimental feature ever requested is cooperative
+                // matrices, used by one kernel (`linear_matrix.wgsl`), only when the caller
+                // asks for f16-input GEMMs; the GPU check tests it against the oracle.
+                experimental_features: if experimental {
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 ..Default::default()
             })
-            .await
-            .map_err(|e| Error::Device(format!("request_device failed: {e}")))?;
+        };
+        // A device with the matrix units if the adapter grants them, else one without.
+        let mut matrix = matrix;
+        let granted = match matrix {
+            Some(_) => request(required_features, true).await.ok(),
+            None => None,
+        };
+        let (device, queue) = match granted {
+            Some(pair) => pair,
+            None => {
+                matrix = None;
+                request(
+                    required_features
+                        - (wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16),
+                    false,
+                )
+                .await
+                .map_err(|e| Error::Device(format!("request_device failed: {e}")))?
+            }
+        };
         let mut gpu = Self::from_device(device, queue);
         // Validation errors become `Error::Device` at the next read-back instead of a panic
         // (native wgpu's default) or a console warning and silently skipped work (browsers).
@@ -496,8 +619,9 @@ impl Gpu {
                 *slot = Some(e.to_string());
             }
         }));
-        gpu.tuning = Tuning::for_adapter(&adapter.get_info());
-        gpu.info = Some(adapter.get_info());
+        gpu.tuning = Tuning::for_adapter(&info);
+        gpu.info = Some(info);
+        gpu.matrix = matrix;
         Ok(gpu)
     }
 
@@ -551,6 +675,8 @@ impl Gpu {
             staging: Mutex::new(Vec::new()),
             unused_output: std::sync::OnceLock::new(),
             unused_input: std::sync::OnceLock::new(),
+            gemm_precision: GemmPrecision::F32,
+            matrix: None,
         }
     }
 
@@ -746,6 +872,21 @@ impl Gpu {
     /// Whether this device can run `linear_subgroup.wgsl`: subgroups of at least 8 lanes.
     pub fn has_subgroup_gemm(&self) -> bool {
         self.subgroup_min_size() >= 8
+    }
+
+    /// The linear layers' arithmetic: `F32` (the default, exact) or `F16Inputs` (matrix units
+    /// where the adapter has them).
+    pub fn set_gemm_precision(&mut self, precision: GemmPrecision) {
+        self.gemm_precision = precision;
+    }
+
+    pub fn gemm_precision(&self) -> GemmPrecision {
+        self.gemm_precision
+    }
+
+    /// The matrix units' configuration the f16-input GEMM runs on, if this device has one.
+    pub fn matrix_config(&self) -> Option<MatrixConfig> {
+        self.matrix
     }
 
     /// Overrides the per-adapter kernel variants (e.g. a host app that knows its device is a

@@ -3,11 +3,12 @@
 //! of every candidate at first use (a few hundred milliseconds on a CPU adapter, less on a
 //! GPU), remembered per adapter, driver and kernel source, in memory for the process and in a
 //! small JSON file (`cache_file`) for the next one. Where there is no clock to wait on (the
-//! browser) or the tuning turns the trial off, the tuning's fixed `gemm` runs.
+//! browser) or the tuning turns the trial off, the tuning's fixed `gemm` runs. Under
+//! `GemmPrecision::F16Inputs`, the matrix units run where the adapter has them.
 
 use super::Linear;
 use crate::error::{Error, Result};
-use crate::gpu::{GemmKernel, GemmTile, Gpu};
+use crate::gpu::{GemmKernel, GemmPrecision, GemmTile, Gpu};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,6 +19,11 @@ static CHOSEN: Mutex<Option<HashMap<String, GemmKernel>>> = Mutex::new(None);
 /// The kernel linear layers run on `gpu`: the tuning's fixed choice, or the timed trial's
 /// (from memory, the cache file, or a trial run now).
 pub fn kernel(gpu: &Gpu) -> GemmKernel {
+    if gpu.gemm_precision() == GemmPrecision::F16Inputs {
+        if let Some(config) = gpu.matrix_config() {
+            return GemmKernel::Matrix(config);
+        }
+    }
     let fixed = gpu.tuning().gemm;
     if !gpu.tuning().gemm_trial || cfg!(target_arch = "wasm32") {
         return fixed;

@@ -6,7 +6,7 @@ pub mod choice;
 
 use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
-use crate::gpu::{GemmKernel, GemmTile, Gpu, MAX_GRID_DIM};
+use crate::gpu::{GemmKernel, GemmTile, Gpu, MatrixConfig, MAX_GRID_DIM};
 
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/linear_common.wgsl"),
@@ -16,6 +16,26 @@ pub const SUBGROUP_SOURCE: &str = concat!(
     include_str!("../../../shaders/linear_common.wgsl"),
     include_str!("../../../shaders/linear_subgroup.wgsl")
 );
+const MATRIX_SOURCE: &str = concat!(
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear_matrix.wgsl")
+);
+
+/// `linear_matrix.wgsl` for `config`: the `enable` directives and the matrix types it runs on.
+pub fn matrix_source(config: MatrixConfig) -> String {
+    let (input, f16) = if config.f16_inputs {
+        ("f16", "enable f16;\n")
+    } else {
+        ("f32", "")
+    };
+    let t = config.edge;
+    format!(
+        "{f16}enable wgpu_cooperative_matrix;\nalias In = {input};\nconst T: u32 = {t}u;\n\
+         alias MatA = coop_mat{t}x{t}<{input}, A>;\nalias MatB = coop_mat{t}x{t}<{input}, B>;\n\
+         alias MatC = coop_mat{t}x{t}<f32, C>;\n{MATRIX_SOURCE}"
+    )
+}
+
 /// Output tile edge that split-K counts tiles in, and `reduce_split`'s workgroup width.
 const SPLIT_TILE: u32 = 64;
 /// `linear_subgroup.wgsl` as this target's WGSL front end accepts it: browsers require the
@@ -81,6 +101,8 @@ pub fn max_k_per_dispatch(kernel: GemmKernel) -> u32 {
     match kernel {
         GemmKernel::Subgroup => subgroup_max_k(),
         GemmKernel::Tiled(tile) => tiled_max_k(tile),
+        // Matrix units exist only on GPUs, whose drivers do not stop long loops.
+        GemmKernel::Matrix(_) => u32::MAX,
     }
 }
 
@@ -237,6 +259,11 @@ impl Linear<'_> {
             GemmKernel::Tiled(tile) if !tile.is_valid() => {
                 return Err(Error::Config(format!("linear: invalid tile {tile:?}")))
             }
+            GemmKernel::Matrix(config) if gpu.matrix_config() != Some(config) => {
+                return Err(Error::Adapter(format!(
+                    "linear: this device has no matrix units of {config:?}"
+                )))
+            }
             k => k,
         };
         let splits = self.splits(gpu, kernel);
@@ -327,6 +354,7 @@ impl Linear<'_> {
         let extent = |k: GemmKernel| match k {
             GemmKernel::Subgroup => (SUBGROUP_ROWS, SUBGROUP_COLUMNS * 8),
             GemmKernel::Tiled(t) => (t.rows(), t.columns()),
+            GemmKernel::Matrix(c) => (c.tile(), c.tile()),
         };
         let fits = |k: GemmKernel| {
             let (rows, cols) = extent(k);
@@ -352,6 +380,7 @@ impl Linear<'_> {
         let iterations = match kernel {
             GemmKernel::Subgroup => subgroup_iterations(self.k),
             GemmKernel::Tiled(tile) => tiled_iterations(tile, self.k),
+            GemmKernel::Matrix(_) => 0,
         };
         check_loop_budget("linear", iterations, &format!("k = {k}"))?;
         let last = |off: u32, batch: u32, row: u32, rows: u64, cols: u64| {
@@ -408,6 +437,18 @@ impl Linear<'_> {
                     (self.n.div_ceil(tile.columns()), self.m.div_ceil(tile.rows())),
                 )
             }
+            GemmKernel::Matrix(config) => {
+                let name = if config.f16_inputs {
+                    "linear_matrix_f16"
+                } else {
+                    "linear_matrix_f32"
+                };
+                let constants = [("SG", config.subgroup as f64)];
+                (
+                    gpu.pipeline(name, &matrix_source(config), &constants),
+                    (self.n.div_ceil(config.tile()), self.m.div_ceil(config.tile())),
+                )
+            }
         };
         let flags = flags | quads;
         let params = gpu.uniform(
@@ -437,7 +478,9 @@ impl Linear<'_> {
         let gate = self.gate.map_or(self.x, |g| g.by);
         let keep = keep_input.unwrap_or(gpu.unused_output());
         let bind = match kernel {
-            GemmKernel::Subgroup => gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y, keep]),
+            GemmKernel::Subgroup | GemmKernel::Matrix(_) => {
+                gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y, keep])
+            }
             GemmKernel::Tiled(_) => {
                 // The operands' vec4 views; a buffer too small for one is never read through
                 // it (quad mode 0), and a placeholder stands in.
