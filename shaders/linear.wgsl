@@ -24,7 +24,7 @@
 // and 2 TK / WG_M of the w tile per stage. Where an operand is contiguous along k (x_k = 1)
 // or along its rows (x_row = 1) with every offset a multiple of 4 (flags VEC_*), a quad
 // that lies inside the operand is one 16-byte load through the vec4 view of the same
-// buffer; otherwise (and at the edges) four bounds-checked scalar loads.
+// buffer; otherwise (and at the edges, and for f16 weights) four bounds-checked scalar loads.
 //
 // The k-sum runs in increasing k with fma, with zeros past k_len, the same order for every
 // element and every tile shape: deterministic, bit for bit equal to linear_subgroup.wgsl,
@@ -40,7 +40,7 @@ const QUAD_ALONG_ROWS: u32 = 2u;
 const MAX_QUADS: u32 = 4u;
 
 @group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read> w4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> w4: array<vec4<u32>>; // f32 weights only
 
 // Two stages of each operand: xs[stage][kk][row / 4][row % 4], 2 WG_M vec4s per k value.
 var<workgroup> xs: array<vec4<f32>, 4u * TK * WG_M>;
@@ -87,7 +87,7 @@ fn load_w_quad(base: u32, row: u32, k: u32, along_k: bool) -> vec4<f32> {
     if (mode != QUAD_SCALAR) {
         let inside = select(row + 3u < p.n && k < p.k_len, row < p.n && k + 3u < p.k_len, along_k);
         if (inside) {
-            return w4[(base + row * p.w_row + k * p.w_k) / 4u];
+            return bitcast<vec4<f32>>(w4[(base + row * p.w_row + k * p.w_k) / 4u]);
         }
     }
     var v = vec4<f32>(0.0);
@@ -95,7 +95,7 @@ fn load_w_quad(base: u32, row: u32, k: u32, along_k: bool) -> vec4<f32> {
         let r = select(row + j, row, along_k);
         let kk = select(k, k + j, along_k);
         if (r < p.n && kk < p.k_len) {
-            v[j] = w[base + r * p.w_row + kk * p.w_k];
+            v[j] = w_at_index(base + r * p.w_row + kk * p.w_k);
         }
     }
     return v;

@@ -27,11 +27,24 @@ const FLAG_ACCUMULATE: u32 = 4u;
 const FLAG_KEEP_PRE: u32 = 8u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+// The weights' bits: f32 words, or with W_F16 two f16 values per word (element i in half
+// i % 2 of word i / 2, as `unpack2x16float` reads them; no `shader-f16` needed). Read through
+// `w_at_index`.
+@group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> aux: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<storage, read_write> pre: array<f32>;
+
+override W_F16: bool = false;
+
+// Weight element i (an index into the f32 view of the weights) as f32.
+fn w_at_index(i: u32) -> f32 {
+    if (W_F16) {
+        return unpack2x16float(w[i >> 1u])[i & 1u];
+    }
+    return bitcast<f32>(w[i]);
+}
 
 // Writes output (b, row, c) = v after the epilogue: + bias[c], then gate * silu(.) (its
 // input kept in `pre` with KEEP_PRE), then + what y holds (ACCUMULATE). The caller checks row < m and c < n.

@@ -33,7 +33,7 @@ fn x_at(base: u32, row: u32, k: u32) -> In {
 
 fn w_at(base: u32, col: u32, k: u32) -> In {
     if (col < p.n && k < p.k_len) {
-        return In(w[base + col * p.w_row + k * p.w_k]);
+        return In(w_at_index(base + col * p.w_row + k * p.w_k));
     }
     return In(0.0);
 }

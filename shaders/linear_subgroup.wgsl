@@ -45,7 +45,7 @@ fn load_x4(base: u32, r0: u32, k: u32) -> vec4<f32> {
 // w at (column, k) as a splat, zero outside the operand. `base` is the column's start,
 // clamped to a real column, and k is clamped too, so every lane loads unmasked.
 fn w_at(base: u32, column_ok: bool, k: u32) -> vec4<f32> {
-    let v = w[base + min(k, p.k_len - 1u) * p.w_k];
+    let v = w_at_index(base + min(k, p.k_len - 1u) * p.w_k);
     return vec4<f32>(select(0.0, v, column_ok && k < p.k_len));
 }
 

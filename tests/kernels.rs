@@ -91,6 +91,7 @@ fn run_linear(
         label: "linear",
         x: &xb,
         w: &wb,
+        w_f16: false,
         bias: bb.as_ref(),
         gate: gb.as_ref().map(|by| Gate {
             by,
@@ -189,6 +190,7 @@ fn linear_transposes(g: &Gpu) {
                 label: "linear",
                 x: &xb,
                 w: &wb,
+                w_f16: false,
                 bias: None,
                 gate: None,
                 y: &yb,
@@ -263,6 +265,7 @@ fn linear_sixteen_byte_loads_at_the_edges_match_oracle() {
                 label: "linear",
                 x: &xb,
                 w: &wb,
+                w_f16: false,
                 bias: None,
                 gate: None,
                 y: &yb,
@@ -296,6 +299,64 @@ fn linear_sixteen_byte_loads_at_the_edges_match_oracle() {
                 ),
                 &got,
                 &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn f16_weights_give_what_their_rounded_f32_values_give_bit_for_bit() {
+    // Weights stored as f16 (two a word, `pack_f16`) are widened exactly and summed in the
+    // same order: every kernel and tile shape gives the bits of the f32 product with the
+    // rounded weights, plain, transposed (the weight read along its rows) and split over k.
+    let mut rng = Rng::new(47);
+    for g in linear_variants() {
+        for &(m, n, k, wt) in &[
+            (1, 1, 1, false),
+            (33, 9, 13, false),
+            (64, 70, 40, true),
+            (5, 7, 3000, false),
+        ] {
+            let x = rng.vec_symmetric(m * k, 1.0);
+            let w = rng.vec_symmetric(n * k, 1.0);
+            let rounded: Vec<f32> = w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+            let ws = if wt { transpose(&w, n, k) } else { w.clone() };
+            let rs = if wt {
+                transpose(&rounded, n, k)
+            } else {
+                rounded.clone()
+            };
+            let run = |weights: &wgpu::Buffer, w_f16: bool| {
+                let (xb, yb) = (g.upload("x", &x), g.storage("y", (m * n * 4) as u64));
+                let mut enc = g.device.create_command_encoder(&Default::default());
+                Linear {
+                    label: "linear",
+                    x: &xb,
+                    w: weights,
+                    w_f16,
+                    bias: None,
+                    gate: None,
+                    y: &yb,
+                    m: m as u32,
+                    n: n as u32,
+                    k: k as u32,
+                    batched: Some(Batched::dense(m as u32, n as u32, k as u32, false, wt)),
+                    accumulate: false,
+                }
+                .record(g, &mut enc)
+                .unwrap();
+                g.queue.submit([enc.finish()]);
+                g.read_f32_blocking(&yb, m * n).unwrap()
+            };
+            let half = run(
+                &g.upload("w f16", &memlayers::kernels::linear::pack_f16(&ws)),
+                true,
+            );
+            let exact = run(&g.upload("w rounded", &rs), false);
+            assert!(
+                half.iter().zip(&exact).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} {m}x{n}x{k} wt={wt}: f16 weights differ from their rounded f32 values",
+                choice::kernel(g)
             );
         }
     }
@@ -510,6 +571,7 @@ fn linear_variants_agree_bit_for_bit() {
                 label: "linear",
                 x: &xb,
                 w: &wb,
+                w_f16: false,
                 bias: with_bias.then_some(&bb),
                 gate: with_gate.then_some(Gate {
                     by: &gb,

@@ -233,3 +233,69 @@ fn token_gradient_paths_agree_bit_for_bit() {
         assert_eq!(got[0], got[1], "token gradient {rows} rows, vocab {vocab}, d {d}");
     }
 }
+
+/// A model with f16 GEMM weights (`Model::use_f16_weights`) computes, bit for bit, what the
+/// same model computes with f32 weights that are those f16 values: the kernels widen each
+/// weight exactly and sum in the same order. Also in decoding with a KV cache, on a dense
+/// model and on one with a memory layer (whose own weights stay f32), and training refuses it.
+#[test]
+fn f16_weights_compute_exactly_what_their_rounded_f32_weights_do() {
+    let g = gpu();
+    for json in [
+        r#"{"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 50, "multiple_of": 16, "max_seqlen": 16}"#,
+        r#"{"dim": 24, "n_layers": 2, "n_heads": 3, "vocab_size": 37, "multiple_of": 8, "max_seqlen": 16, "seed": 5,
+            "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 10, "mem_heads": 2, "mem_knn": 4, "mem_k_dim": 8}}"#,
+    ] {
+        let w = weights(json);
+        let mut rounded = w.clone();
+        let gemm_weight = |name: &str| {
+            name == "output.weight"
+                || name.contains(".attention.w")
+                || [".feed_forward.w1.", ".feed_forward.w2.", ".feed_forward.w3."]
+                    .iter()
+                    .any(|p| name.contains(p))
+        };
+        let names: Vec<String> = w.named_tensors().into_iter().map(|(n, _, _)| n).collect();
+        let mut changed = 0;
+        for name in names.iter().filter(|n| gemm_weight(n)) {
+            for v in param_mut(&mut rounded, name) {
+                *v = half::f16::from_f32(*v).to_f32();
+            }
+            changed += 1;
+        }
+        assert!(changed >= 7, "{json}: {changed} GEMM weights found by name");
+        let mut half_model = Model::new(g, &w).unwrap();
+        half_model.use_f16_weights(g, &w).unwrap();
+        assert!(half_model.uses_f16_weights());
+        let exact_model = Model::new(g, &rounded).unwrap();
+        let c = &w.config;
+        let tokens: Vec<u32> = (0..12u32).map(|i| (i * 7 + 3) % c.vocab as u32).collect();
+        let (a, _) = pollster::block_on(half_model.forward(g, &tokens, None, 2, 6)).unwrap();
+        let (b, _) = pollster::block_on(exact_model.forward(g, &tokens, None, 2, 6)).unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{json}: logits differ"
+        );
+        // and not what the f32 weights give (the rounding is real)
+        let (f32_logits, _) =
+            pollster::block_on(Model::new(g, &w).unwrap().forward(g, &tokens, None, 2, 6)).unwrap();
+        assert!(a.iter().zip(&f32_logits).any(|(x, y)| x != y));
+        let (mut ca, mut cb) = (half_model.new_cache(g), exact_model.new_cache(g));
+        for &t in &tokens[..6] {
+            let sa = pollster::block_on(half_model.forward_with_cache(g, &[t], &mut ca)).unwrap();
+            let sb = pollster::block_on(exact_model.forward_with_cache(g, &[t], &mut cb)).unwrap();
+            assert!(
+                sa.iter().zip(&sb).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{json}: decoding differs"
+            );
+        }
+    }
+    let w = weights(
+        r#"{"dim": 16, "n_layers": 1, "n_heads": 2, "vocab_size": 20, "multiple_of": 8, "max_seqlen": 8}"#,
+    );
+    let mut trainer = memlayers::train::Trainer::new(g, &w, Default::default()).unwrap();
+    trainer.model.use_f16_weights(g, &w).unwrap();
+    assert!(trainer
+        .submit_gradients(g, &[1, 2, 3, 4], &[2, 3, 4, 5], 1, 4)
+        .is_err());
+}

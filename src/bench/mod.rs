@@ -170,6 +170,7 @@ fn gemm_gflops(gpu: &Gpu, kernel: GemmKernel, (m, n, k): (u32, u32, u32), iters:
         label: "gemm",
         x: &x,
         w: &w,
+        w_f16: false,
         bias: None,
         gate: None,
         y: &y,
@@ -231,6 +232,39 @@ fn gemm_comparison(gpu: &Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
         } else {
             "fixed by the tuning"
         }
+    );
+    Ok(())
+}
+
+/// Decoding one token at a time (batch 1, KV cache) with a dense transformer of 4 layers of
+/// width 1024 (50 MB of f32 weights, each read once a token): f32 weights against f16
+/// (`Model::use_f16_weights`), in the same run.
+fn f16_weights_decoding(gpu: &Gpu) -> Result<()> {
+    let json = r#"{"dim": 1024, "n_layers": 4, "n_heads": 8, "vocab_size": 256, "multiple_of": 256, "max_seqlen": 64}"#;
+    let config = crate::model::LMTransformerArgs::from_json(json)?.resolve()?;
+    let weights = crate::model::ModelWeights::init(&config)?;
+    let mut rates = Vec::new();
+    for f16 in [false, true] {
+        let mut model = crate::model::Model::new(gpu, &weights)?;
+        if f16 {
+            model.use_f16_weights(gpu, &weights)?;
+        }
+        let mut cache = model.new_cache(gpu);
+        let (warm, timed) = (4, 24);
+        let mut start = Instant::now();
+        for i in 0..warm + timed {
+            if i == warm {
+                start = Instant::now();
+            }
+            pollster::block_on(model.forward_with_cache(gpu, &[(i * 37 % 256) as u32], &mut cache))?;
+        }
+        rates.push(timed as f64 / start.elapsed().as_secs_f64());
+    }
+    println!(
+        "decoding, 4 x 1024 dense model, batch 1: f32 weights {:.1} tokens/s, f16 weights {:.1} tokens/s ({:.2}x)\n",
+        rates[0],
+        rates[1],
+        rates[1] / rates[0]
     );
     Ok(())
 }
@@ -664,6 +698,9 @@ pub fn run(o: &Options) -> Result<()> {
         "multiply-adds on registers (the arithmetic ceiling; GEMM percentages are of this): {fma_gflops:.1} GFLOP/s\n"
     );
     gemm_comparison(&gpu, o, fma_gflops)?;
+    if !o.quick {
+        f16_weights_decoding(&gpu)?;
+    }
     let paper = MemoryConfig::memory_plus(1024);
     let small = MemoryConfig {
         n_keys: 128,

@@ -32,6 +32,26 @@ pub struct Args {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Store the attention, feed-forward and output weights as f16 (half their memory and
+    /// traffic; sums stay f32; memory layers keep f32).
+    #[arg(long)]
+    pub f16_weights: bool,
+    /// Linear layers with f16 inputs on the adapter's matrix units, where it has them.
+    #[arg(long)]
+    pub f16_gemm_inputs: bool,
+}
+
+/// The device and the model as `a` asks for them.
+fn load(a: &Args, weights: &memlayers::model::ModelWeights) -> Result<(Gpu, Model)> {
+    let mut gpu = Gpu::new_blocking()?;
+    if a.f16_gemm_inputs {
+        gpu.set_gemm_precision(memlayers::gpu::GemmPrecision::F16Inputs);
+    }
+    let mut model = Model::new(&gpu, weights)?;
+    if a.f16_weights {
+        model.use_f16_weights(&gpu, weights)?;
+    }
+    Ok((gpu, model))
 }
 
 /// The next token from `logits`: argmax (lowest id on ties) at temperature 0, else a draw
@@ -103,8 +123,7 @@ pub fn generate_ids(
 fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Tokenizer) -> Result<()> {
     let config = model_dir.config();
     let prompt = tokenizer.encode(&a.prompt, true, false)?;
-    let gpu = Gpu::new_blocking()?;
-    let model = Model::new(&gpu, &model_dir.weights)?;
+    let (gpu, model) = load(a, &model_dir.weights)?;
     let mut rng = Rng::new(a.seed);
     let mut pick_next = |logits: &[f32]| pick(logits, a.temperature, a.top_p, &mut rng);
     let ids = generate_ids(
@@ -143,8 +162,7 @@ pub fn run(a: &Args) -> Result<()> {
             "generate works on byte-level models (vocab_size >= 256)".into(),
         ));
     }
-    let gpu = Gpu::new_blocking()?;
-    let model = Model::new(&gpu, weights)?;
+    let (gpu, model) = load(a, weights)?;
     let mut tokens: Vec<u32> = a.prompt.bytes().map(|b| b as u32).collect();
     if tokens.is_empty() {
         return Err(Error::Config("--prompt is empty".into()));

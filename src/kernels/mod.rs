@@ -105,6 +105,9 @@ mod tests {
         if has("WG") {
             sets.extend([8.0, 16.0, 32.0, 64.0].map(|wg| vec![("WG", wg)]));
         }
+        if has("W_F16") {
+            sets.push(vec![("W_F16", 1.0)]);
+        }
         if has("WG_M") {
             sets.extend(crate::gpu::GemmTile::CANDIDATES.map(|t| {
                 vec![
@@ -257,14 +260,17 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{config:?}: {}", e.emit_to_string(&source)));
             let caps = naga::valid::Capabilities::COOPERATIVE_MATRIX
                 | naga::valid::Capabilities::SHADER_FLOAT16
+                | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
                 | naga::valid::Capabilities::SUBGROUP;
             let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
                 .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
                 .subgroup_operations(naga::valid::SubgroupOperationSet::all())
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{config:?}: {e:?}"));
-            for sg in [32.0, 64.0] {
-                let constants = [("SG".to_string(), sg)].into_iter().collect();
+            for (sg, w_f16) in [(32.0, 0.0), (64.0, 1.0)] {
+                let constants = [("SG".to_string(), sg), ("W_F16".to_string(), w_f16)]
+                    .into_iter()
+                    .collect();
                 let (module, info) = process_overrides(&module, &info, None, &constants)
                     .unwrap_or_else(|e| panic!("{config:?} SG={sg}: overrides: {e:?}"));
                 let invocations: u32 = module.entry_points[0].workgroup_size.iter().product();

@@ -110,6 +110,7 @@ pub fn record_lookup(
             label: "subkey_scores",
             x: query,
             w: keys,
+            w_f16: false,
             bias: None,
             gate: None,
             y: &scores,

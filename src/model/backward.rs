@@ -220,6 +220,7 @@ fn norm_weight_grads(
             label: "grad norm weights",
             x: ones,
             w: dw_rows,
+            w_f16: false,
             bias: None,
             gate: None,
             y: &sums,

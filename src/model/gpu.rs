@@ -33,6 +33,9 @@ pub struct Model {
     pub(super) rope_sin: wgpu::Buffer,
     /// The step plans of `forward` and `forward_with_cache`, by shape (most recent last).
     plans: std::sync::Mutex<Vec<(PlanKey, StepPlan)>>,
+    /// f16 copies of the GEMM weights by parameter id, two values a word
+    /// (`kernels::linear::pack_f16`), once `use_f16_weights` made them.
+    half_weights: Vec<Option<wgpu::Buffer>>,
 }
 
 /// The shape a step plan of the model serves: batch, seq, with targets, with a KV cache.
@@ -104,6 +107,7 @@ pub(crate) fn linear<'a>(
         label: "linear",
         x,
         w,
+        w_f16: false,
         bias: None,
         gate: None,
         y,
@@ -169,6 +173,7 @@ impl Model {
             rope_cos: gpu.upload("rope cos", &cos),
             rope_sin: gpu.upload("rope sin", &sin),
             plans: Default::default(),
+            half_weights: Vec::new(),
         })
     }
 
@@ -180,6 +185,52 @@ impl Model {
     /// The buffer of parameter `id`.
     pub fn param(&self, id: ParamId) -> &wgpu::Buffer {
         &self.params[id.0]
+    }
+
+    /// Stores the GEMM weights of attention, the dense feed-forward blocks and the output head
+    /// as f16 (from `weights`, the model's own), and has every forward read those: half the
+    /// weight memory and traffic of those layers, products still summed in f32 (each weight
+    /// rounded to the nearest f16). For inference (`forward`, `generate`): training updates
+    /// the f32 weights and refuses such a model. Memory layers, mixture-of-experts blocks and
+    /// the embedding keep f32.
+    pub fn use_f16_weights(&mut self, gpu: &Gpu, weights: &ModelWeights) -> Result<()> {
+        if weights.layout.registry.len() != self.layout.registry.len()
+            || weights.config.dim != self.config.dim
+        {
+            return Err(Error::Config(
+                "use_f16_weights: the weights are not this model's".into(),
+            ));
+        }
+        let mut ids = vec![self.layout.output];
+        for l in &self.layout.layers {
+            let a = &l.attention;
+            ids.extend([a.wq, a.wk, a.wv, a.wo]);
+            if let FeedForwardParams::Dense(d) = &l.feed_forward {
+                ids.extend([d.w1, d.w2, d.w3]);
+            }
+        }
+        let mut half = vec![None; self.layout.registry.len()];
+        for id in ids {
+            let name = format!("{} (f16)", self.layout.registry.spec(id).name);
+            half[id.0] = Some(gpu.upload(&name, &crate::kernels::linear::pack_f16(weights.get(id))));
+        }
+        self.half_weights = half;
+        // Plans recorded so far bound the f32 weights.
+        self.plans.lock().unwrap().clear();
+        Ok(())
+    }
+
+    /// Whether forwards read f16 GEMM weights (`use_f16_weights`).
+    pub fn uses_f16_weights(&self) -> bool {
+        !self.half_weights.is_empty()
+    }
+
+    /// The buffer a forward GEMM reads for weight `id`, and whether it holds f16.
+    pub(crate) fn gemm_weight(&self, id: ParamId) -> (&wgpu::Buffer, bool) {
+        match self.half_weights.get(id.0).and_then(Option::as_ref) {
+            Some(half) => (half, true),
+            None => (&self.params[id.0], false),
+        }
     }
 
     /// The pool of value table `id`.
@@ -384,12 +435,11 @@ impl Model {
         self.norm(rows, self.layout.norm, &h, &final_rstd)
             .record_forward(gpu, encoder, &final_normed)?;
         let logits = f32s("logits", rows * c.vocab as u32);
-        linear(
-            &final_normed,
-            self.param(self.layout.output),
-            &logits,
-            (rows, c.vocab as u32, d),
-        )
+        let (w, w_f16) = self.gemm_weight(self.layout.output);
+        Linear {
+            w_f16,
+            ..linear(&final_normed, w, &logits, (rows, c.vocab as u32, d))
+        }
         .record(gpu, encoder)?;
         Ok(ModelForward {
             batch,

@@ -493,6 +493,11 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<ModelForward> {
+        if self.model.uses_f16_weights() {
+            return Err(Error::Config(
+                "training updates the f32 weights: a model with f16 weights (`Model::use_f16_weights`) is for inference".into(),
+            ));
+        }
         let counted = self.check_inputs(tokens, targets, batch, seq)?;
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let (loss, fwd, grads) =

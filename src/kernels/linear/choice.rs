@@ -120,6 +120,7 @@ pub fn time_candidates(gpu: &Gpu) -> Result<Vec<(GemmKernel, f64)>> {
             label: "gemm trial",
             x: &xb,
             w: &wb,
+            w_f16: false,
             bias: None,
             gate: None,
             y: &yb,

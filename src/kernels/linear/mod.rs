@@ -36,6 +36,21 @@ pub fn matrix_source(config: MatrixConfig) -> String {
     )
 }
 
+/// `values` as f16, two per 4-byte word (element i in the low half of word i / 2 when i is
+/// even, the high half when odd), as a weight of `Linear { w_f16: true }` reads them.
+pub fn pack_f16(values: &[f32]) -> Vec<u32> {
+    values
+        .chunks(2)
+        .map(|pair| {
+            let lo = half::f16::from_f32(pair[0]).to_bits() as u32;
+            let hi = pair
+                .get(1)
+                .map_or(0, |&v| half::f16::from_f32(v).to_bits() as u32);
+            lo | hi << 16
+        })
+        .collect()
+}
+
 /// Output tile edge that split-K counts tiles in, and `reduce_split`'s workgroup width.
 const SPLIT_TILE: u32 = 64;
 /// `linear_subgroup.wgsl` as this target's WGSL front end accepts it: browsers require the
@@ -205,6 +220,8 @@ pub struct Linear<'a> {
     pub label: &'static str,
     pub x: &'a wgpu::Buffer,
     pub w: &'a wgpu::Buffer,
+    /// `w` holds f16 values, two per 4-byte word (`pack_f16`), instead of f32.
+    pub w_f16: bool,
     pub bias: Option<&'a wgpu::Buffer>,
     pub gate: Option<Gate<'a>>,
     pub y: &'a wgpu::Buffer,
@@ -288,6 +305,7 @@ impl Linear<'_> {
             label: self.label,
             x: self.x,
             w: self.w,
+            w_f16: self.w_f16,
             bias: None,
             gate: None,
             y: &partial,
@@ -392,7 +410,13 @@ impl Linear<'_> {
             self.x,
             last(l.x_offset, l.x_batch, l.x_row, m, k),
         )?;
-        check_buffer(gpu, "linear.weight", self.w, last(0, l.w_batch, self.k, n, k))?;
+        let w_elems = last(0, l.w_batch, self.k, n, k);
+        check_buffer(
+            gpu,
+            "linear.weight",
+            self.w,
+            if self.w_f16 { w_elems.div_ceil(2) } else { w_elems },
+        )?;
         check_buffer(gpu, "linear.y", self.y, last(0, l.y_batch, l.y_row, m, n))?;
         if let Some(b) = self.bias {
             check_buffer(gpu, "linear.bias", b, n)?;
@@ -413,11 +437,21 @@ impl Linear<'_> {
         // cores; a power of two, so few pipelines get compiled, and at least 8, the lanes
         // that share x).
         let mut quads = 0;
+        let with_w_f16 = |mut constants: Vec<(&'static str, f64)>| {
+            if self.w_f16 {
+                constants.push(("W_F16", 1.0));
+            }
+            constants
+        };
         let (pipeline, grid) = match kernel {
             GemmKernel::Subgroup => {
                 let wg = self.n.div_ceil(SUBGROUP_COLUMNS).next_power_of_two().clamp(8, 64);
                 (
-                    gpu.pipeline("linear_subgroup", &subgroup_source(), &[("WG", wg as f64)]),
+                    gpu.pipeline(
+                        "linear_subgroup",
+                        &subgroup_source(),
+                        &with_w_f16(vec![("WG", wg as f64)]),
+                    ),
                     (
                         self.n.div_ceil(wg * SUBGROUP_COLUMNS),
                         self.m.div_ceil(SUBGROUP_ROWS),
@@ -425,13 +459,17 @@ impl Linear<'_> {
                 )
             }
             GemmKernel::Tiled(tile) => {
-                quads = quad_mode(self.x, l.x_offset, l.x_batch, l.x_row, l.x_k) << 16
-                    | quad_mode(self.w, l.w_offset, l.w_batch, l.w_row, l.w_k) << 18;
-                let constants = [
+                let w_quads = if self.w_f16 {
+                    0
+                } else {
+                    quad_mode(self.w, l.w_offset, l.w_batch, l.w_row, l.w_k)
+                };
+                quads = quad_mode(self.x, l.x_offset, l.x_batch, l.x_row, l.x_k) << 16 | w_quads << 18;
+                let constants = with_w_f16(vec![
                     ("WG_M", tile.wg_m as f64),
                     ("WG_N", tile.wg_n as f64),
                     ("TK", tile.depth as f64),
-                ];
+                ]);
                 (
                     gpu.pipeline("linear", SOURCE, &constants),
                     (self.n.div_ceil(tile.columns()), self.m.div_ceil(tile.rows())),
@@ -443,7 +481,7 @@ impl Linear<'_> {
                 } else {
                     "linear_matrix_f32"
                 };
-                let constants = [("SG", config.subgroup as f64)];
+                let constants = with_w_f16(vec![("SG", config.subgroup as f64)]);
                 (
                     gpu.pipeline(name, &matrix_source(config), &constants),
                     (self.n.div_ceil(config.tile()), self.m.div_ceil(config.tile())),
@@ -520,6 +558,7 @@ pub fn gemm(
         label,
         x,
         w,
+        w_f16: false,
         bias: None,
         gate: None,
         y,

@@ -6,7 +6,6 @@ use crate::error::Result;
 use crate::kernels::linear::{gemm, Linear};
 use crate::kernels::ops::Rope;
 use crate::model::config::ModelConfig;
-use crate::model::gpu::linear;
 use crate::params::{ParamId, Registry};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -67,9 +66,9 @@ impl AttentionParams {
             p.f32s("attention", rows * qd),
             p.f32s("lse", rows * c.n_heads as u32),
         );
-        linear(x, p.param(self.wq), &q, (rows, qd, d)).record(gpu, encoder)?;
-        linear(x, p.param(self.wk), &k, (rows, kvd, d)).record(gpu, encoder)?;
-        linear(x, p.param(self.wv), &v, (rows, kvd, d)).record(gpu, encoder)?;
+        p.linear(x, self.wq, &q, (rows, qd, d)).record(gpu, encoder)?;
+        p.linear(x, self.wk, &k, (rows, kvd, d)).record(gpu, encoder)?;
+        p.linear(x, self.wv, &v, (rows, kvd, d)).record(gpu, encoder)?;
         // Queries and keys rotated in one dispatch.
         Rope {
             pos0,
@@ -91,7 +90,7 @@ impl AttentionParams {
         }
         Linear {
             accumulate: true,
-            ..linear(&attn, p.param(self.wo), h, (rows, d, qd))
+            ..p.linear(&attn, self.wo, h, (rows, d, qd))
         }
         .record(gpu, encoder)?;
         Ok(AttentionActs {

@@ -5,7 +5,6 @@ use crate::error::Result;
 use crate::kernels::linear::{gemm, Gate, Linear};
 use crate::kernels::swilu_backward::SwiluBackward;
 use crate::model::config::ModelConfig;
-use crate::model::gpu::linear;
 use crate::params::{ParamId, Registry};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -47,18 +46,18 @@ impl DenseParams {
         let (d, hidden) = (p.model.config.dim as u32, p.model.config.hidden as u32);
         let (u, g) = (p.f32s("w3 x", rows * hidden), p.f32s("w1 x", rows * hidden));
         let gated = p.f32s("swiglu", rows * hidden);
-        linear(x, p.param(self.w3), &u, (rows, hidden, d)).record(gpu, encoder)?;
+        p.linear(x, self.w3, &u, (rows, hidden, d)).record(gpu, encoder)?;
         Linear {
             gate: Some(Gate {
                 by: &u,
                 keep_input: Some(&g),
             }),
-            ..linear(x, p.param(self.w1), &gated, (rows, hidden, d))
+            ..p.linear(x, self.w1, &gated, (rows, hidden, d))
         }
         .record(gpu, encoder)?;
         Linear {
             accumulate: true,
-            ..linear(&gated, p.param(self.w2), h, (rows, d, hidden))
+            ..p.linear(&gated, self.w2, h, (rows, d, hidden))
         }
         .record(gpu, encoder)?;
         Ok(DenseActs { u, g, gated })

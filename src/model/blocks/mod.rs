@@ -26,6 +26,7 @@ pub(crate) use moe::MoeBlockActs;
 use super::gpu::{KvCache, Model};
 use crate::error::Result;
 use crate::gpu::Gpu;
+use crate::kernels::linear::Linear;
 use crate::memory::MemoryActivations;
 use crate::params::ParamId;
 
@@ -89,6 +90,22 @@ impl Pass<'_> {
 
     pub fn param(&self, id: ParamId) -> &wgpu::Buffer {
         self.model.param(id)
+    }
+
+    /// A forward GEMM `y [m, n] = x w^T` with weight `id`, reading its f16 copy where the
+    /// model has one (`Model::use_f16_weights`).
+    pub fn linear<'b>(
+        &'b self,
+        x: &'b wgpu::Buffer,
+        id: ParamId,
+        y: &'b wgpu::Buffer,
+        shape: (u32, u32, u32),
+    ) -> Linear<'b> {
+        let (w, w_f16) = self.model.gemm_weight(id);
+        Linear {
+            w_f16,
+            ..crate::model::gpu::linear(x, w, y, shape)
+        }
     }
 }
 
