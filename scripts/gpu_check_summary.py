@@ -38,9 +38,15 @@ b["copy_gbs"] = num(r"plain copy kernel: ([\d.]+) GB/s", bench)
 b["fma_gflops"] = num(r"arithmetic ceiling[^:]*: ([\d.]+) GFLOP/s", bench)
 b["linear"] = []
 for m in re.finditer(r"linear (\d+ x \d+ x \d+) \(m x n x k\):\n((?:  .*\n?)*)", bench):
-    kernels = {k.group(1): float(k.group(2)) for k in re.finditer(r"^  (subgroup|tiled \S+|matrix units \S+ \S+)\s+([\d.]+) GFLOP/s", m.group(2), re.M)}
-    used = re.search(r"^  (subgroup|tiled \S+|matrix units \S+ \S+)\s+[\d.]+ GFLOP/s.*\(in use\)", m.group(2), re.M)
+    kernels = {k.group(1): float(k.group(2)) for k in re.finditer(r"^  (subgroup|tiled \S+)\s+([\d.]+) GFLOP/s", m.group(2), re.M)}
+    used = re.search(r"^  (subgroup|tiled \S+)\s+[\d.]+ GFLOP/s.*\(in use\)", m.group(2), re.M)
     b["linear"].append({"shape": m.group(1), "gflops": kernels, "in_use": used.group(1) if used else None})
+b["matrix_units"] = [
+    {"shape": m.group(1), "kernel": m.group(2), "gflops": float(m.group(3)) if m.group(3) else None, "failed": m.group(4)}
+    for m in re.finditer(r"matrix units: linear (\d+ x \d+ x \d+) on (.*?): (?:([\d.]+) GFLOP/s|failed \((.*)\))", bench)
+]
+dec = re.search(r"decoding, (.*?): f32 weights ([\d.]+) tokens/s, f16 weights ([\d.]+) tokens/s", bench)
+b["decoding"] = {"model": dec.group(1), "f32_weights_tokens_per_s": float(dec.group(2)), "f16_weights_tokens_per_s": float(dec.group(3))} if dec else None
 b["gemm_in_use"] = (re.search(r"in use on this adapter: (.*)", bench) or [None, None])[1]
 sections = re.split(r"\n(?=(?:small|paper) d=)", bench)
 b["configs"] = []
@@ -88,17 +94,18 @@ fma, copy = b["fma_gflops"], b["copy_gbs"]
 for lin in b["linear"]:
     if not lin["gflops"]:
         continue
-    matrix = {k: v for k, v in lin["gflops"].items() if k.startswith("matrix")}
-    for k, v in matrix.items():
-        print(f"GEMM {lin['shape']} on {k} inputs: {v:.1f} GFLOP/s (target >= 30% of the chip's f16 tensor peak)")
-    exact = {k: v for k, v in lin["gflops"].items() if not k.startswith("matrix")}
-    if not exact:
-        continue
-    best_kernel, best = max(exact.items(), key=lambda kv: kv[1])
+    best_kernel, best = max(lin["gflops"].items(), key=lambda kv: kv[1])
     used = lin["in_use"]
     if fma:
         print(f"GEMM {lin['shape']}: best {best_kernel} {best:.1f} GFLOP/s = {100 * best / fma:.0f}% of the f32 multiply-add ceiling (target >= 50%); "
               f"in use: {used} ({lin['gflops'].get(used, float('nan')):.1f})")
+if b["decoding"]:
+    d = b["decoding"]
+    print(f"decoding ({d['model']}): f16 weights {d['f16_weights_tokens_per_s'] / d['f32_weights_tokens_per_s']:.2f}x of f32 weights")
+for mu in b["matrix_units"]:
+    print(f"GEMM {mu['shape']} on {mu['kernel']}: " + (f"{mu['gflops']:.1f} GFLOP/s (target >= 30% of the chip's f16 tensor peak)" if mu["gflops"] else f"FAILED ({mu['failed']})"))
+if not b["matrix_units"]:
+    print("GEMM on matrix units: not measured (" + ("no cooperative matrices on this adapter" if "no cooperative matrices" in bench else "no figure") + ")")
 for c in b["configs"]:
     line = f"{c['config']}: {c['tokens_per_s']:.0f} tokens/s; bag {c['bag_gbs']} GB/s = {c['bag_of_copy']}% of copy (target >= 90%)"
     for tr in c["torch"]:

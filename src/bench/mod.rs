@@ -203,8 +203,7 @@ fn gemm_comparison(gpu: &Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
     for &shape in shapes {
         println!("linear {} x {} x {} (m x n x k):", shape.0, shape.1, shape.2);
         let (mut default, mut used) = (f64::NAN, f64::NAN);
-        let matrix = gpu.matrix_config().map(GemmKernel::Matrix);
-        for kernel in kernels::linear::choice::candidates(gpu).into_iter().chain(matrix) {
+        for kernel in kernels::linear::choice::candidates(gpu) {
             let gflops = gemm_gflops(gpu, kernel, shape, o.iters)?;
             if kernel == GemmKernel::Tiled(GemmTile::DEFAULT) {
                 default = gflops;
@@ -216,11 +215,7 @@ fn gemm_comparison(gpu: &Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
                 "  {:<20} {gflops:>8.1} GFLOP/s = {:>3.0}% of the ceiling{}",
                 kernel.to_string(),
                 100.0 * gflops / fma_gflops,
-                match kernel {
-                    _ if kernel == in_use => "  (in use)",
-                    GemmKernel::Matrix(_) => "  (f16-input GEMMs)",
-                    _ => "",
-                }
+                if kernel == in_use { "  (in use)" } else { "" }
             );
         }
         println!("  in use against the default tile: {:.2}x", used / default);
@@ -234,6 +229,31 @@ fn gemm_comparison(gpu: &Gpu, o: &Options, fma_gflops: f64) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// The GEMM on the adapter's matrix units (f16 inputs), on the comparison's shapes; run after
+/// the exact figures (an experimental feature: a failure is reported, not fatal).
+fn matrix_gemm_figures(gpu: &Gpu, o: &Options) {
+    let Some(config) = gpu.matrix_config() else {
+        return;
+    };
+    let kernel = GemmKernel::Matrix(config);
+    let shapes: &[(u32, u32, u32)] = if o.quick {
+        &[(o.tokens as u32, 512, 256)]
+    } else {
+        &[
+            (o.tokens as u32, 512, 256),
+            (o.tokens as u32, 2048, 1024),
+            (4096, 4096, 4096),
+        ]
+    };
+    for &(m, n, k) in shapes {
+        match gemm_gflops(gpu, kernel, (m, n, k), o.iters).and_then(|g| gpu.take_device_error().map(|_| g)) {
+            Ok(gflops) => println!("matrix units: linear {m} x {n} x {k} on {kernel}: {gflops:.1} GFLOP/s"),
+            Err(e) => println!("matrix units: linear {m} x {n} x {k} on {kernel}: failed ({e})"),
+        }
+    }
+    println!();
 }
 
 /// Decoding one token at a time (batch 1, KV cache) with a dense transformer of 4 layers of
@@ -725,11 +745,32 @@ pub fn run(o: &Options) -> Result<()> {
             "f16-input GEMMs on matrix units: not measured (this adapter has no cooperative matrices)\n"
         ),
     }
-    for (name, c) in &configs {
-        for &(dtype, precision) in &variants {
+    // The exact variants of every configuration first (config by config); then the matrix
+    // units' (an experimental feature: a failure there is reported and costs no other figure).
+    let mut runs: Vec<_> = configs
+        .iter()
+        .flat_map(|c| variants.iter().map(move |&v| (c, v)))
+        .collect();
+    runs.sort_by_key(|(_, (_, precision))| *precision == GemmPrecision::F16Inputs);
+    let mut matrix_gemms_done = false;
+    for ((name, c), (dtype, precision)) in runs {
+        if precision == GemmPrecision::F16Inputs && !matrix_gemms_done {
+            matrix_gemm_figures(&gpu, o);
+            matrix_gemms_done = true;
+        }
+        {
             gpu.set_gemm_precision(precision);
-            let mut r = bench_config(&gpu, name, c, dtype, o)?;
+            let result = bench_config(&gpu, name, c, dtype, o);
             gpu.set_gemm_precision(GemmPrecision::F32);
+            let mut r = match result {
+                Ok(r) => r,
+                Err(e) if precision == GemmPrecision::F16Inputs => {
+                    println!("{name} {dtype:?} GEMMs-f16-inputs: failed on the matrix units ({e})\n");
+                    let _ = gpu.take_device_error();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if precision == GemmPrecision::F16Inputs {
                 r.name += " GEMMs-f16-inputs";
             }
