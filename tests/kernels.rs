@@ -19,6 +19,14 @@ use std::sync::OnceLock;
 /// subgroups of 8 or more lanes, and every candidate tile shape of the tiled kernel that its
 /// tuning allows), each fixed by its tuning (no timed trial), so every variant runs on every
 /// adapter.
+/// A linear variant's kernel, as test messages name it.
+fn variant_name(g: &Gpu) -> String {
+    match g.tuning().gemm_narrow_rows {
+        0 => choice::kernel(g).to_string(),
+        rows => format!("{} (narrow up to {rows} rows)", choice::kernel(g)),
+    }
+}
+
 fn linear_variants() -> &'static [Gpu] {
     static VARIANTS: OnceLock<Vec<Gpu>> = OnceLock::new();
     VARIANTS.get_or_init(|| {
@@ -38,6 +46,19 @@ fn linear_variants() -> &'static [Gpu] {
                 gpu().tuning().gemm_max_invocations
             );
         }
+        // The narrow kernel for products of at most 4 rows, with the default tile for larger.
+        let narrow = gpu().tuning().gemm_narrow_rows.max(4);
+        let narrow_gpu = {
+            let mut g = Gpu::new_blocking().unwrap();
+            let tuning = Tuning {
+                gemm: GemmKernel::Tiled(GemmTile::DEFAULT),
+                gemm_trial: false,
+                gemm_narrow_rows: narrow,
+                ..g.tuning()
+            };
+            g.set_tuning(tuning);
+            g
+        };
         candidates
             .into_iter()
             .map(|kernel| {
@@ -45,11 +66,13 @@ fn linear_variants() -> &'static [Gpu] {
                 let tuning = Tuning {
                     gemm: kernel,
                     gemm_trial: false,
+                    gemm_narrow_rows: 0,
                     ..g.tuning()
                 };
                 g.set_tuning(tuning);
                 g
             })
+            .chain([narrow_gpu])
             .collect()
     })
 }
@@ -295,7 +318,7 @@ fn linear_sixteen_byte_loads_at_the_edges_match_oracle() {
             assert_close(
                 &format!(
                     "{} {m}x{n}x{k} rows_contiguous={rows_contiguous} lead={lead} offset={offset}",
-                    choice::kernel(g)
+                    variant_name(g)
                 ),
                 &got,
                 &want,
@@ -356,7 +379,7 @@ fn f16_weights_give_what_their_rounded_f32_values_give_bit_for_bit() {
             assert!(
                 half.iter().zip(&exact).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{} {m}x{n}x{k} wt={wt}: f16 weights differ from their rounded f32 values",
-                choice::kernel(g)
+                variant_name(g)
             );
         }
     }
@@ -546,6 +569,9 @@ fn linear_variants_agree_bit_for_bit() {
     let mut rng = Rng::new(31);
     for &(m, n, k, xt, wt, batch) in &[
         (1, 1, 1, false, false, 1),
+        (1, 300, 64, false, false, 1),
+        (4, 70, 37, false, true, 1),
+        (3, 9, 13, true, false, 1),
         (33, 9, 13, false, false, 1),
         (100, 70, 129, false, true, 1),
         (64, 64, 64, true, false, 1),
@@ -605,8 +631,8 @@ fn linear_variants_agree_bit_for_bit() {
                     differ, 0,
                     "{m}x{n}x{k} xt={xt} wt={wt} batch={batch} bias={with_bias} gate={with_gate} accumulate={accumulate}: \
 {differ} outputs differ between {} and {}",
-                    choice::kernel(a),
-                    choice::kernel(b)
+                    variant_name(a),
+                    variant_name(b)
                 );
             }
         }

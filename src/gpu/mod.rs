@@ -74,6 +74,11 @@ pub struct Tuning {
     /// killed after 40 s on an 8 x 8 x 8 product that takes a millisecond at 128; Vulkan's
     /// lavapipe runs it in milliseconds).
     pub gemm_max_invocations: u32,
+    /// Products of at most this many rows (decoding one token at a time) run
+    /// `linear_narrow.wgsl`, one invocation per output column, on CPU adapters (4), where the
+    /// other kernels' 32- and 64-row blocks would leave all but one row idle; 0 on GPUs,
+    /// whose tiles read the weights coalesced.
+    pub gemm_narrow_rows: u32,
     /// RMSNorm with one row per invocation (`rmsnorm.wgsl`'s `*_rows` entry points, bit-identical)
     /// instead of a workgroup per row with two barriers: for CPU adapters, where those
     /// workgroups cost more than the arithmetic.
@@ -99,6 +104,7 @@ impl Tuning {
         gemm: GemmKernel::Tiled(GemmTile::DEFAULT),
         gemm_trial: true,
         gemm_max_invocations: 256,
+        gemm_narrow_rows: 0,
         norm_rows: false,
         bag_rows: false,
         split_k: true,
@@ -112,6 +118,7 @@ impl Tuning {
         gemm: GemmKernel::Subgroup,
         gemm_trial: false,
         gemm_max_invocations: 256,
+        gemm_narrow_rows: 4,
         norm_rows: true,
         bag_rows: true,
         split_k: false,
@@ -139,6 +146,9 @@ impl Tuning {
 pub enum GemmKernel {
     Subgroup,
     Tiled(GemmTile),
+    /// `linear_narrow.wgsl`: one invocation per output column for products of at most 4 rows
+    /// (`Tuning::gemm_narrow_rows`).
+    Narrow,
     /// `linear_matrix.wgsl` on the adapter's matrix units: only under
     /// `GemmPrecision::F16Inputs` (its results differ from the others by the inputs' rounding).
     Matrix(MatrixConfig),
@@ -294,6 +304,7 @@ impl std::fmt::Display for GemmKernel {
         match self {
             GemmKernel::Subgroup => write!(f, "subgroup"),
             GemmKernel::Tiled(t) => write!(f, "tiled {}x{}x{}", t.rows(), t.columns(), t.depth),
+            GemmKernel::Narrow => write!(f, "narrow"),
             GemmKernel::Matrix(c) => write!(
                 f,
                 "matrix units {0}x{0} {1}",

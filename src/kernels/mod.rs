@@ -32,6 +32,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("embedding_grad.wgsl", embedding_grad::SOURCE),
     ("linear.wgsl", linear::SOURCE),
     ("linear_subgroup.wgsl", linear::SUBGROUP_SOURCE),
+    ("linear_narrow.wgsl", linear::NARROW_SOURCE),
     ("moe.wgsl", moe::SOURCE),
     ("normalize.wgsl", normalize::SOURCE),
     ("peer.wgsl", peer::SOURCE),

@@ -16,6 +16,13 @@ pub const SUBGROUP_SOURCE: &str = concat!(
     include_str!("../../../shaders/linear_common.wgsl"),
     include_str!("../../../shaders/linear_subgroup.wgsl")
 );
+pub const NARROW_SOURCE: &str = concat!(
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear_narrow.wgsl")
+);
+/// Invocations per workgroup of `linear_narrow.wgsl`, one per output column.
+const NARROW_WORKGROUP: u32 = 64;
+
 const MATRIX_SOURCE: &str = concat!(
     include_str!("../../../shaders/linear_common.wgsl"),
     include_str!("../../../shaders/linear_matrix.wgsl")
@@ -116,6 +123,7 @@ pub fn max_k_per_dispatch(kernel: GemmKernel) -> u32 {
     match kernel {
         GemmKernel::Subgroup => subgroup_max_k(),
         GemmKernel::Tiled(tile) => tiled_max_k(tile),
+        GemmKernel::Narrow => ((LOOP_BUDGET as u32 - 16) / 5) * 4,
         // Matrix units exist only on GPUs, whose drivers do not stop long loops.
         GemmKernel::Matrix(_) => u32::MAX,
     }
@@ -258,9 +266,12 @@ impl Linear<'_> {
             .max(1)
     }
 
-    /// Records the product with the kernel this adapter's tuning picks (`choice::kernel`).
+    /// Records the product with the kernel this adapter's tuning picks (`choice::kernel`), or
+    /// for products of few rows, `linear_narrow.wgsl` where the tuning says so.
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
-        self.record_with(gpu, encoder, choice::kernel(gpu))
+        let kernel = choice::kernel(gpu);
+        let narrow = self.m <= gpu.tuning().gemm_narrow_rows && !matches!(kernel, GemmKernel::Matrix(_));
+        self.record_with(gpu, encoder, if narrow { GemmKernel::Narrow } else { kernel })
     }
 
     /// Records the product with `kernel` (the subgroup kernel only where the device has
@@ -372,6 +383,7 @@ impl Linear<'_> {
         let extent = |k: GemmKernel| match k {
             GemmKernel::Subgroup => (SUBGROUP_ROWS, SUBGROUP_COLUMNS * 8),
             GemmKernel::Tiled(t) => (t.rows(), t.columns()),
+            GemmKernel::Narrow => (4, NARROW_WORKGROUP),
             GemmKernel::Matrix(c) => (c.tile(), c.tile()),
         };
         let fits = |k: GemmKernel| {
@@ -398,6 +410,7 @@ impl Linear<'_> {
         let iterations = match kernel {
             GemmKernel::Subgroup => subgroup_iterations(self.k),
             GemmKernel::Tiled(tile) => tiled_iterations(tile, self.k),
+            GemmKernel::Narrow => self.k as u64 / 4 * 5 + 16,
             GemmKernel::Matrix(_) => 0,
         };
         check_loop_budget("linear", iterations, &format!("k = {k}"))?;
@@ -475,6 +488,31 @@ impl Linear<'_> {
                     (self.n.div_ceil(tile.columns()), self.m.div_ceil(tile.rows())),
                 )
             }
+            GemmKernel::Narrow => {
+                if self.m > 4 {
+                    return Err(Error::Config(format!(
+                        "linear: the narrow kernel takes at most 4 rows, not {m}"
+                    )));
+                }
+                let w_quads = if self.w_f16 {
+                    let aligned = |v: u32| v.is_multiple_of(8);
+                    let rows_aligned =
+                        aligned(l.w_offset) && aligned(l.w_batch) && aligned(l.w_row) && l.w_k == 1;
+                    if rows_aligned && self.w.size() >= 16 {
+                        3
+                    } else {
+                        0
+                    }
+                } else {
+                    quad_mode(self.w, l.w_offset, l.w_batch, l.w_row, l.w_k)
+                };
+                quads = w_quads << 18;
+                let constants = with_w_f16(vec![("WG", NARROW_WORKGROUP as f64)]);
+                (
+                    gpu.pipeline("linear_narrow", NARROW_SOURCE, &constants),
+                    (self.n.div_ceil(NARROW_WORKGROUP), 1),
+                )
+            }
             GemmKernel::Matrix(config) => {
                 let name = if config.f16_inputs {
                     "linear_matrix_f16"
@@ -518,6 +556,26 @@ impl Linear<'_> {
         let bind = match kernel {
             GemmKernel::Subgroup | GemmKernel::Matrix(_) => {
                 gpu.bind(&pipeline, &[&params, self.x, self.w, bias, gate, self.y, keep])
+            }
+            GemmKernel::Narrow => {
+                let w4 = if self.w.size() >= 16 {
+                    self.w
+                } else {
+                    gpu.unused_input()
+                };
+                gpu.bind_at(
+                    &pipeline,
+                    &[
+                        (0, &params),
+                        (1, self.x),
+                        (2, self.w),
+                        (3, bias),
+                        (4, gate),
+                        (5, self.y),
+                        (6, keep),
+                        (8, w4),
+                    ],
+                )
             }
             GemmKernel::Tiled(_) => {
                 // The operands' vec4 views; a buffer too small for one is never read through
