@@ -186,6 +186,37 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         .collect()
 }
 
+/// One product `y [m, n]` on `g` through `layout`, x uploaded as given, w a buffer (f16 pairs
+/// when `w_f16`); returns y.
+fn run_product(
+    g: &Gpu,
+    x: &[f32],
+    (w, w_f16): (&wgpu::Buffer, bool),
+    (m, n, k): (usize, usize, usize),
+    layout: Batched,
+) -> Vec<f32> {
+    let (xb, yb) = (g.upload("x", x), g.storage("y", (m * n * 4) as u64));
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    Linear {
+        label: "linear",
+        x: &xb,
+        w,
+        w_f16,
+        bias: None,
+        gate: None,
+        y: &yb,
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        batched: Some(layout),
+        accumulate: false,
+    }
+    .record(g, &mut enc)
+    .unwrap();
+    g.queue.submit([enc.finish()]);
+    g.read_f32_blocking(&yb, m * n).unwrap()
+}
+
 #[test]
 fn linear_every_transpose_case_matches_oracle() {
     for g in linear_variants() {
@@ -203,30 +234,8 @@ fn linear_transposes(g: &Gpu) {
             let want = reference::linear(&x, &w, None, m, n, k);
             let xs = if xt { transpose(&x, m, k) } else { x.clone() };
             let ws = if wt { transpose(&w, n, k) } else { w.clone() };
-            let (xb, wb, yb) = (
-                g.upload("x", &xs),
-                g.upload("w", &ws),
-                g.storage("y", (m * n * 4) as u64),
-            );
-            let mut enc = g.device.create_command_encoder(&Default::default());
-            Linear {
-                label: "linear",
-                x: &xb,
-                w: &wb,
-                w_f16: false,
-                bias: None,
-                gate: None,
-                y: &yb,
-                m: m as u32,
-                n: n as u32,
-                k: k as u32,
-                batched: Some(Batched::dense(m as u32, n as u32, k as u32, xt, wt)),
-                accumulate: false,
-            }
-            .record(g, &mut enc)
-            .unwrap();
-            g.queue.submit([enc.finish()]);
-            let got = g.read_f32_blocking(&yb, m * n).unwrap();
+            let layout = Batched::dense(m as u32, n as u32, k as u32, xt, wt);
+            let got = run_product(g, &xs, (&g.upload("w", &ws), false), (m, n, k), layout);
             assert_close(
                 &format!("linear {m}x{n}x{k} x_transposed={xt} w_transposed={wt}"),
                 &got,
@@ -278,43 +287,21 @@ fn linear_sixteen_byte_loads_at_the_edges_match_oracle() {
         let (xs, x_row, x_k) = store(&x, m);
         let (ws, w_row, w_k) = store(&w, n);
         for g in linear_variants() {
-            let (xb, wb, yb) = (
-                g.upload("x", &xs),
-                g.upload("w", &ws),
-                g.storage("y", (m * n * 4) as u64),
-            );
-            let mut enc = g.device.create_command_encoder(&Default::default());
-            Linear {
-                label: "linear",
-                x: &xb,
-                w: &wb,
-                w_f16: false,
-                bias: None,
-                gate: None,
-                y: &yb,
-                m: m as u32,
-                n: n as u32,
-                k: k as u32,
-                batched: Some(Batched {
-                    batch: 1,
-                    x_offset: offset as u32,
-                    x_batch: 0,
-                    x_row,
-                    x_k,
-                    w_offset: offset as u32,
-                    w_batch: 0,
-                    w_row,
-                    w_k,
-                    y_offset: 0,
-                    y_batch: 0,
-                    y_row: n as u32,
-                }),
-                accumulate: false,
-            }
-            .record(g, &mut enc)
-            .unwrap();
-            g.queue.submit([enc.finish()]);
-            let got = g.read_f32_blocking(&yb, m * n).unwrap();
+            let layout = Batched {
+                batch: 1,
+                x_offset: offset as u32,
+                x_batch: 0,
+                x_row,
+                x_k,
+                w_offset: offset as u32,
+                w_batch: 0,
+                w_row,
+                w_k,
+                y_offset: 0,
+                y_batch: 0,
+                y_row: n as u32,
+            };
+            let got = run_product(g, &xs, (&g.upload("w", &ws), false), (m, n, k), layout);
             assert_close(
                 &format!(
                     "{} {m}x{n}x{k} rows_contiguous={rows_contiguous} lead={lead} offset={offset}",
@@ -349,28 +336,9 @@ fn f16_weights_give_what_their_rounded_f32_values_give_bit_for_bit() {
             } else {
                 rounded.clone()
             };
-            let run = |weights: &wgpu::Buffer, w_f16: bool| {
-                let (xb, yb) = (g.upload("x", &x), g.storage("y", (m * n * 4) as u64));
-                let mut enc = g.device.create_command_encoder(&Default::default());
-                Linear {
-                    label: "linear",
-                    x: &xb,
-                    w: weights,
-                    w_f16,
-                    bias: None,
-                    gate: None,
-                    y: &yb,
-                    m: m as u32,
-                    n: n as u32,
-                    k: k as u32,
-                    batched: Some(Batched::dense(m as u32, n as u32, k as u32, false, wt)),
-                    accumulate: false,
-                }
-                .record(g, &mut enc)
-                .unwrap();
-                g.queue.submit([enc.finish()]);
-                g.read_f32_blocking(&yb, m * n).unwrap()
-            };
+            let layout = Batched::dense(m as u32, n as u32, k as u32, false, wt);
+            let run =
+                |weights: &wgpu::Buffer, w_f16: bool| run_product(g, &x, (weights, w_f16), (m, n, k), layout);
             let half = run(
                 &g.upload("w f16", &memlayers::kernels::linear::pack_f16(&ws)),
                 true,
