@@ -250,6 +250,9 @@ fn f16_weights_compute_exactly_what_their_rounded_f32_weights_do() {
         let mut rounded = w.clone();
         let gemm_weight = |name: &str| {
             name == "output.weight"
+                || name.ends_with("query_proj.query_mlps.0.weight")
+                || name.ends_with("swilu_projection.weight")
+                || name.ends_with("value_proj.weight")
                 || name.contains(".attention.w")
                 || [".feed_forward.w1.", ".feed_forward.w2.", ".feed_forward.w3."]
                     .iter()

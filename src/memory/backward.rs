@@ -116,6 +116,11 @@ impl MemoryLayer {
         acts: &MemoryActivations,
         d_out: &wgpu::Buffer,
     ) -> Result<MemoryGrads> {
+        if self.uses_f16_weights() {
+            return Err(Error::Config(
+                "the backward reads the f32 weights: a layer with f16 weights (`use_f16_weights`) is for inference".into(),
+            ));
+        }
         let c = &self.config;
         let rows = acts.rows;
         let (d, v, qw) = (c.d as u32, c.v_dim as u32, (c.heads * c.k_dim) as u32);

@@ -189,6 +189,15 @@ pub struct MemoryLayer {
     pub(super) swilu: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub(super) value_proj: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub(super) gating: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// f16 copies of the projections' weights, once `use_f16_weights` made them.
+    pub(super) half: Option<HalfProjections>,
+}
+
+/// The projections' weights as f16, two a word (`kernels::linear::pack_f16`).
+pub(super) struct HalfProjections {
+    query_w: wgpu::Buffer,
+    swilu_w: Option<wgpu::Buffer>,
+    value_w: Option<wgpu::Buffer>,
 }
 
 /// Buffers one forward pass writes (kept for inspection and for the backward pass).
@@ -271,7 +280,34 @@ impl MemoryLayer {
             swilu: pair(config.swilu, &mut take, SWILU_W, SWILU_B)?,
             value_proj: pair(config.value_proj, &mut take, VALUE_PROJ_W, VALUE_PROJ_B)?,
             gating: pair(config.gated, &mut take, GATING_W, GATING_B)?,
+            half: None,
         })
+    }
+
+    /// Stores the query, SwiGLU and value projections' weights as f16 (from `w`, this
+    /// layer's own) for the forward to read: half their memory and traffic, sums still in
+    /// f32. The keys stay f32 (their scores decide the top-k), as do the values (`ValuePool`
+    /// has its own f16) and the gate. For inference: the backward refuses such a layer.
+    pub fn use_f16_weights(&mut self, gpu: &Gpu, w: &MemoryWeights) -> Result<()> {
+        if w.config != self.config {
+            return Err(Error::Config(
+                "use_f16_weights: the weights are not this layer's".into(),
+            ));
+        }
+        let pack = |name: &str, data: &[f32]| {
+            gpu.upload(&format!("{name} (f16)"), &crate::kernels::linear::pack_f16(data))
+        };
+        self.half = Some(HalfProjections {
+            query_w: pack(QUERY_W, &w.query_w),
+            swilu_w: w.swilu.as_ref().map(|(w1, _)| pack(SWILU_W, w1)),
+            value_w: w.value_proj.as_ref().map(|(wo, _)| pack(VALUE_PROJ_W, wo)),
+        });
+        Ok(())
+    }
+
+    /// Whether the forward reads f16 projection weights (`use_f16_weights`).
+    pub fn uses_f16_weights(&self) -> bool {
+        self.half.is_some()
     }
 
     /// The layer's parameter buffers with their reference names, in `parameters` order.
@@ -371,11 +407,12 @@ impl MemoryLayer {
         let (d, qw, v) = (c.d as u32, (c.heads * c.k_dim) as u32, c.v_dim as u32);
         let query = gpu.scratch("query", rows as u64 * qw as u64 * 4);
         let bag = gpu.scratch("bag", rows as u64 * v as u64 * 4);
+        let half = self.half.as_ref();
         Linear {
             label: "query_proj",
             x,
-            w: &self.query_w,
-            w_f16: false,
+            w: half.map_or(&self.query_w, |h| &h.query_w),
+            w_f16: half.is_some(),
             bias: Some(&self.query_b),
             gate: None,
             y: &query,
@@ -441,11 +478,12 @@ impl MemoryLayer {
             Some((w1, b1)) => {
                 let gated = gpu.scratch("gated", rows as u64 * v as u64 * 4);
                 let input = gpu.scratch("swilu pre-activation", rows as u64 * v as u64 * 4);
+                let half_w1 = half.and_then(|h| h.swilu_w.as_ref());
                 Linear {
                     label: "swilu_projection+gate",
                     x,
-                    w: w1,
-                    w_f16: false,
+                    w: half_w1.unwrap_or(w1),
+                    w_f16: half_w1.is_some(),
                     bias: Some(b1),
                     gate: Some(Gate {
                         by: &bag,
@@ -472,11 +510,12 @@ impl MemoryLayer {
                     Some(r) => r.clone(),
                     None => gpu.scratch("memory out", rows as u64 * d as u64 * 4),
                 };
+                let half_wo = half.and_then(|h| h.value_w.as_ref());
                 Linear {
                     label: "value_proj",
                     x: hidden,
-                    w: wo,
-                    w_f16: false,
+                    w: half_wo.unwrap_or(wo),
+                    w_f16: half_wo.is_some(),
                     bias: Some(bo),
                     gate: None,
                     y: &out,

@@ -187,12 +187,13 @@ impl Model {
         &self.params[id.0]
     }
 
-    /// Stores the GEMM weights of attention, the dense feed-forward blocks and the output head
-    /// as f16 (from `weights`, the model's own), and has every forward read those: half the
-    /// weight memory and traffic of those layers, products still summed in f32 (each weight
-    /// rounded to the nearest f16). For inference (`forward`, `generate`): training updates
-    /// the f32 weights and refuses such a model. Memory layers, mixture-of-experts blocks and
-    /// the embedding keep f32.
+    /// Stores the GEMM weights of attention, the dense feed-forward blocks, the memory layers'
+    /// projections and the output head as f16 (from `weights`, the model's own), and has
+    /// every forward read those: half the weight memory and traffic of those layers, products
+    /// still summed in f32 (each weight rounded to the nearest f16). For inference
+    /// (`forward`, `generate`): training updates the f32 weights and refuses such a model.
+    /// The memory layers' keys and values, mixture-of-experts blocks and the embedding keep
+    /// f32 (a value table has its own f16 option, `ValueDtype::F16`).
     pub fn use_f16_weights(&mut self, gpu: &Gpu, weights: &ModelWeights) -> Result<()> {
         if weights.layout.registry.len() != self.layout.registry.len()
             || weights.config.dim != self.config.dim
@@ -207,6 +208,12 @@ impl Model {
             ids.extend([a.wq, a.wk, a.wv, a.wo]);
             if let FeedForwardParams::Dense(d) = &l.feed_forward {
                 ids.extend([d.w1, d.w2, d.w3]);
+            }
+        }
+        for r in &mut self.residuals {
+            if let Block::Memory(block) = &mut r.block {
+                let memory = weights.memory_weights(&block.params)?;
+                block.layer.use_f16_weights(gpu, &memory)?;
             }
         }
         let mut half = vec![None; self.layout.registry.len()];
