@@ -440,6 +440,38 @@ fn f16_input_gemms_run_on_matrix_units_and_match_the_oracle_on_rounded_inputs() 
 }
 
 #[test]
+fn a_device_with_the_trial_on_asks_it_once_and_runs_its_choice() {
+    // The trial's path as GPUs take it (CPU adapters keep it off): candidates limited to the
+    // smallest tile and the subgroup kernel, so that it compiles two kernels here.
+    let mut g = Gpu::new_blocking().unwrap();
+    let tuning = Tuning {
+        gemm_trial: true,
+        gemm_max_invocations: 16,
+        gemm_narrow_rows: 0,
+        ..g.tuning()
+    };
+    g.set_tuning(tuning);
+    let chosen = choice::kernel(&g);
+    assert!(choice::candidates(&g).contains(&chosen), "{chosen}");
+    assert_eq!(choice::kernel(&g), chosen);
+    let mut rng = Rng::new(53);
+    let (m, n, k) = (37, 29, 41);
+    let (x, w) = (rng.vec_symmetric(m * k, 1.0), rng.vec_symmetric(n * k, 1.0));
+    let got = run_product(
+        &g,
+        &x,
+        (&g.upload("w", &w), false),
+        (m, n, k),
+        Batched::dense(m as u32, n as u32, k as u32, false, false),
+    );
+    assert_close(
+        &format!("{chosen} {m}x{n}x{k}"),
+        &got,
+        &reference::linear(&x, &w, None, m, n, k),
+    );
+}
+
+#[test]
 fn gemm_choice_is_timed_once_then_read_from_the_cache() {
     let g = gpu();
     let dir = std::env::temp_dir().join(format!("memlayers-gemm-choice-{}", std::process::id()));

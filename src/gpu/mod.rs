@@ -374,6 +374,9 @@ pub struct Gpu {
     gemm_precision: GemmPrecision,
     /// The matrix units' configuration, where the adapter has them and this `Gpu` enabled them.
     matrix: Option<MatrixConfig>,
+    /// The GEMM kernel the timed trial chose for this device, once asked
+    /// (`kernels::linear::choice::kernel`; cleared by `set_tuning`).
+    pub(crate) timed_gemm: std::sync::OnceLock<GemmKernel>,
 }
 
 /// A compute pass that outlives the borrow of its encoder (the encoder stays locked until it
@@ -688,6 +691,7 @@ impl Gpu {
             unused_input: std::sync::OnceLock::new(),
             gemm_precision: GemmPrecision::F32,
             matrix: None,
+            timed_gemm: std::sync::OnceLock::new(),
         }
     }
 
@@ -904,6 +908,7 @@ impl Gpu {
     /// CPU implementation).
     pub fn set_tuning(&mut self, tuning: Tuning) {
         self.tuning = tuning;
+        self.timed_gemm = std::sync::OnceLock::new();
     }
 
     /// The adapter's description, when this `Gpu` chose the adapter itself.
