@@ -301,4 +301,7 @@ fn f16_weights_compute_exactly_what_their_rounded_f32_weights_do() {
     assert!(trainer
         .submit_gradients(g, &[1, 2, 3, 4], &[2, 3, 4, 5], 1, 4)
         .is_err());
+    assert!(trainer
+        .submit_step(g, &[1, 2, 3, 4], &[2, 3, 4, 5], 1, 4)
+        .is_err());
 }

@@ -493,11 +493,6 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<ModelForward> {
-        if self.model.uses_f16_weights() {
-            return Err(Error::Config(
-                "training updates the f32 weights: a model with f16 weights (`Model::use_f16_weights`) is for inference".into(),
-            ));
-        }
         let counted = self.check_inputs(tokens, targets, batch, seq)?;
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let (loss, fwd, grads) =
@@ -529,7 +524,14 @@ impl Trainer {
     }
 
     /// Checks a step's inputs; returns the number of targets counted.
+    /// Checks a step's inputs (and that the model trains: f16 weights are for inference);
+    /// returns how many targets count towards the loss.
     fn check_inputs(&self, tokens: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<usize> {
+        if self.model.uses_f16_weights() {
+            return Err(Error::Config(
+                "training updates the f32 weights: a model with f16 weights (`Model::use_f16_weights`) is for inference".into(),
+            ));
+        }
         for (name, ids) in [("tokens", tokens), ("targets", targets)] {
             if ids.len() != batch * seq {
                 return Err(Error::tensor(
