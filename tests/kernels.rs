@@ -415,25 +415,8 @@ fn f16_input_gemms_run_on_matrix_units_and_match_the_oracle_on_rounded_inputs() 
             let want = reference::linear(&round(&x), &round(&w), None, m, n, k);
             let xs = if xt { transpose(&x, m, k) } else { x.clone() };
             let ws = if wt { transpose(&w, n, k) } else { w.clone() };
-            let (xb, wb, yb) = (
-                g.upload("x", &xs),
-                g.upload("w", &ws),
-                g.storage("y", (m * n * 4) as u64),
-            );
-            let mut enc = g.device.create_command_encoder(&Default::default());
-            memlayers::kernels::linear::gemm(
-                &g,
-                &mut enc,
-                "linear",
-                (&xb, xt),
-                (&wb, wt),
-                &yb,
-                (m as u32, n as u32, k as u32),
-                false,
-            )
-            .unwrap();
-            g.queue.submit([enc.finish()]);
-            let got = g.read_f32_blocking(&yb, m * n).unwrap();
+            let layout = Batched::dense(m as u32, n as u32, k as u32, xt, wt);
+            let got = run_product(&g, &xs, (&g.upload("w", &ws), false), (m, n, k), layout);
             assert_close(&format!("{config:?} {m}x{n}x{k} xt={xt} wt={wt}"), &got, &want);
         }
     }

@@ -257,8 +257,8 @@ mod tests {
                 subgroup: 32,
             };
             let source = super::linear::matrix_source(config);
-            let module = naga::front::wgsl::parse_str(&source)
-                .unwrap_or_else(|e| panic!("{config:?}: {}", e.emit_to_string(&source)));
+            let module = naga::front::wgsl::parse_str(source)
+                .unwrap_or_else(|e| panic!("{config:?}: {}", e.emit_to_string(source)));
             let caps = naga::valid::Capabilities::COOPERATIVE_MATRIX
                 | naga::valid::Capabilities::SHADER_FLOAT16
                 | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32

@@ -29,7 +29,14 @@ const MATRIX_SOURCE: &str = concat!(
 );
 
 /// `linear_matrix.wgsl` for `config`: the `enable` directives and the matrix types it runs on.
-pub fn matrix_source(config: MatrixConfig) -> String {
+/// Built once per configuration (the two that exist); recordings look it up.
+pub fn matrix_source(config: MatrixConfig) -> &'static str {
+    static SOURCES: [std::sync::OnceLock<String>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    SOURCES[config.f16_inputs as usize].get_or_init(|| build_matrix_source(config))
+}
+
+fn build_matrix_source(config: MatrixConfig) -> String {
     let (input, f16) = if config.f16_inputs {
         ("f16", "enable f16;\n")
     } else {
@@ -521,7 +528,7 @@ impl Linear<'_> {
                 };
                 let constants = with_w_f16(vec![("SG", config.subgroup as f64)]);
                 (
-                    gpu.pipeline(name, &matrix_source(config), &constants),
+                    gpu.pipeline(name, matrix_source(config), &constants),
                     (self.n.div_ceil(config.tile()), self.m.div_ceil(config.tile())),
                 )
             }
