@@ -185,30 +185,103 @@ fn rope_pair_equals_two_single_rotations() {
     }
 }
 
+/// This adapter's device with the attention kernel picked by hand: a workgroup per row
+/// (GPUs), a row per invocation (CPU adapters), or a row per invocation reading its keys a
+/// subgroup at a time (CPU adapters with subgroups; without them this runs the rows).
+fn attention_device(rows: bool, lanes: bool) -> Gpu {
+    let mut g = Gpu::new_blocking().unwrap();
+    let mut tuning = g.tuning();
+    tuning.attention_rows = rows;
+    tuning.attention_lanes = lanes;
+    g.set_tuning(tuning);
+    g
+}
+
+fn subgroup_lanes_note(g: &Gpu) {
+    if g.subgroup_min_size() < 8 {
+        println!(
+            "this adapter has no subgroups of 8 lanes (min size {}): attention_lanes.wgsl not run here",
+            g.subgroup_min_size()
+        );
+    }
+}
+
 #[test]
 fn attention_matches_oracle() {
-    // Both variants on this adapter: a workgroup per row (GPUs) and a row per invocation
-    // (CPU adapters), whichever the adapter's tuning picks by default.
-    let mut other = Gpu::new_blocking().unwrap();
-    let mut tuning = other.tuning();
-    tuning.attention_rows = !tuning.attention_rows;
-    other.set_tuning(tuning);
-    for g in [gpu(), &other] {
+    let lanes = attention_device(true, true);
+    subgroup_lanes_note(&lanes);
+    for g in [
+        &attention_device(false, false),
+        &attention_device(true, false),
+        &lanes,
+    ] {
         attention_cases(g);
     }
 }
 
+const ATTENTION_SHAPES: &[(usize, usize, usize, usize, usize)] = &[
+    (1, 1, 1, 1, 1),
+    (2, 5, 4, 2, 6),
+    (1, 70, 2, 2, 16),
+    (3, 9, 6, 1, 10),
+    (1, 130, 4, 4, 8),
+    (2, 33, 3, 3, 128),
+    (1, 300, 4, 2, 40),
+];
+
+/// Attention's forward and backward on `g` for random inputs: (inputs q, k, v, d_out;
+/// outputs out, lse, dq, dk, dv).
+fn attention_run(g: &Gpu, rng: &mut Rng, batch: usize, a: AttentionDims) -> ([Vec<f32>; 4], [Vec<f32>; 5]) {
+    let (seq, heads, hd) = (a.seq, a.heads, a.head_dim);
+    let (qn, kvn) = (seq * heads * hd, seq * a.kv_heads * hd);
+    let q = rng.vec_normal(batch * qn, 1.0);
+    let k = rng.vec_normal(batch * kvn, 1.0);
+    let v = rng.vec_normal(batch * kvn, 1.0);
+    let d_out = rng.vec_normal(batch * qn, 1.0);
+    let (qb, kb, vb, db) = (
+        g.upload("q", &q),
+        g.upload("k", &k),
+        g.upload("v", &v),
+        g.upload("do", &d_out),
+    );
+    let (ob, lb) = (
+        g.storage("o", (batch * qn * 4) as u64),
+        g.storage("lse", (batch * seq * heads * 4) as u64),
+    );
+    let (dqb, dkb, dvb) = (
+        g.storage("dq", (batch * qn * 4) as u64),
+        g.storage("dk", (batch * kvn * 4) as u64),
+        g.storage("dv", (batch * kvn * 4) as u64),
+    );
+    let att = Attention {
+        batch: batch as u32,
+        seq: seq as u32,
+        heads: heads as u32,
+        kv_heads: a.kv_heads as u32,
+        head_dim: hd as u32,
+        q: &qb,
+        k: &kb,
+        v: &vb,
+        out: &ob,
+        lse: &lb,
+    };
+    let mut e = g.device.create_command_encoder(&Default::default());
+    att.record_forward(g, &mut e).unwrap();
+    att.record_backward(g, &mut e, &db, &dqb, &dkb, &dvb).unwrap();
+    g.queue.submit([e.finish()]);
+    let outputs = [
+        g.read_f32_blocking(&ob, batch * qn).unwrap(),
+        g.read_f32_blocking(&lb, batch * seq * heads).unwrap(),
+        g.read_f32_blocking(&dqb, batch * qn).unwrap(),
+        g.read_f32_blocking(&dkb, batch * kvn).unwrap(),
+        g.read_f32_blocking(&dvb, batch * kvn).unwrap(),
+    ];
+    ([q, k, v, d_out], outputs)
+}
+
 fn attention_cases(g: &Gpu) {
     let mut rng = Rng::new(3);
-    for &(batch, seq, heads, kv_heads, hd) in &[
-        (1, 1, 1, 1, 1),
-        (2, 5, 4, 2, 6),
-        (1, 70, 2, 2, 16),
-        (3, 9, 6, 1, 10),
-        (1, 130, 4, 4, 8),
-        (2, 33, 3, 3, 128),
-        (1, 300, 4, 2, 40),
-    ] {
+    for &(batch, seq, heads, kv_heads, hd) in ATTENTION_SHAPES {
         let a = AttentionDims {
             seq,
             heads,
@@ -216,47 +289,7 @@ fn attention_cases(g: &Gpu) {
             head_dim: hd,
         };
         let (qn, kvn) = (seq * heads * hd, seq * kv_heads * hd);
-        let q = rng.vec_normal(batch * qn, 1.0);
-        let k = rng.vec_normal(batch * kvn, 1.0);
-        let v = rng.vec_normal(batch * kvn, 1.0);
-        let d_out = rng.vec_normal(batch * qn, 1.0);
-        let (qb, kb, vb, db) = (
-            g.upload("q", &q),
-            g.upload("k", &k),
-            g.upload("v", &v),
-            g.upload("do", &d_out),
-        );
-        let (ob, lb) = (
-            g.storage("o", (batch * qn * 4) as u64),
-            g.storage("lse", (batch * seq * heads * 4) as u64),
-        );
-        let (dqb, dkb, dvb) = (
-            g.storage("dq", (batch * qn * 4) as u64),
-            g.storage("dk", (batch * kvn * 4) as u64),
-            g.storage("dv", (batch * kvn * 4) as u64),
-        );
-        let att = Attention {
-            batch: batch as u32,
-            seq: seq as u32,
-            heads: heads as u32,
-            kv_heads: kv_heads as u32,
-            head_dim: hd as u32,
-            q: &qb,
-            k: &kb,
-            v: &vb,
-            out: &ob,
-            lse: &lb,
-        };
-        let mut e = g.device.create_command_encoder(&Default::default());
-        att.record_forward(g, &mut e).unwrap();
-        att.record_backward(g, &mut e, &db, &dqb, &dkb, &dvb).unwrap();
-        g.queue.submit([e.finish()]);
-        let (out, dq, dk, dv) = (
-            g.read_f32_blocking(&ob, batch * qn).unwrap(),
-            g.read_f32_blocking(&dqb, batch * qn).unwrap(),
-            g.read_f32_blocking(&dkb, batch * kvn).unwrap(),
-            g.read_f32_blocking(&dvb, batch * kvn).unwrap(),
-        );
+        let ([q, k, v, d_out], [out, _, dq, dk, dv]) = attention_run(g, &mut rng, batch, a);
         for b in 0..batch {
             let (qs, ks) = (b * qn..(b + 1) * qn, b * kvn..(b + 1) * kvn);
             let what = format!("attention batch {b} of {a:?}, {:?}", g.tuning());
@@ -273,6 +306,71 @@ fn attention_cases(g: &Gpu) {
             assert_close(&format!("dk {what}"), &dk[ks.clone()], &wk);
             assert_close(&format!("dv {what}"), &dv[ks], &wv);
         }
+    }
+}
+
+/// The two row variants give the same bits: forward, backward and a decoding forward over
+/// a longer key/value cache, on odd sequence lengths and head widths (lanes past a sequence's
+/// end, elements past a row's last multiple of 8).
+#[test]
+fn attention_lanes_equal_rows_bit_for_bit() {
+    let (rows, lanes) = (attention_device(true, false), attention_device(true, true));
+    subgroup_lanes_note(&lanes);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let names = ["out", "lse", "dq", "dk", "dv"];
+    for &(batch, seq, heads, kv_heads, hd) in ATTENTION_SHAPES
+        .iter()
+        .chain(&[(2, 48, 1, 1, 32), (1, 17, 8, 2, 12)])
+    {
+        let a = AttentionDims {
+            seq,
+            heads,
+            kv_heads,
+            head_dim: hd,
+        };
+        let (_, want) = attention_run(&rows, &mut Rng::new(seq as u64), batch, a);
+        let (_, got) = attention_run(&lanes, &mut Rng::new(seq as u64), batch, a);
+        for (name, (w, g)) in names.iter().zip(want.iter().zip(&got)) {
+            assert_eq!(bits(w), bits(g), "{name} of {batch} x {a:?}");
+        }
+    }
+    // Decoding: `seq` new queries against `kv_len` cached positions.
+    let mut rng = Rng::new(9);
+    for &(seq, kv_len, heads, kv_heads, hd) in &[
+        (1, 1, 2, 1, 8),
+        (1, 37, 4, 2, 20),
+        (3, 40, 2, 2, 16),
+        (9, 23, 1, 1, 5),
+    ] {
+        let q = rng.vec_normal(2 * seq * heads * hd, 1.0);
+        let k = rng.vec_normal(2 * kv_len * kv_heads * hd, 1.0);
+        let v = rng.vec_normal(2 * kv_len * kv_heads * hd, 1.0);
+        let run = |g: &Gpu| {
+            let (qb, kb, vb) = (g.upload("q", &q), g.upload("k", &k), g.upload("v", &v));
+            let ob = g.storage("o", (q.len() * 4) as u64);
+            let lb = g.storage("lse", (2 * seq * heads * 4) as u64);
+            let att = Attention {
+                batch: 2,
+                seq: seq as u32,
+                heads: heads as u32,
+                kv_heads: kv_heads as u32,
+                head_dim: hd as u32,
+                q: &qb,
+                k: &kb,
+                v: &vb,
+                out: &ob,
+                lse: &lb,
+            };
+            let mut e = g.device.create_command_encoder(&Default::default());
+            att.record_decode(g, &mut e, kv_len as u32).unwrap();
+            g.queue.submit([e.finish()]);
+            bits(&g.read_f32_blocking(&ob, q.len()).unwrap())
+        };
+        assert_eq!(
+            run(&rows),
+            run(&lanes),
+            "decoding {seq} queries over {kv_len} positions, heads {heads}/{kv_heads}, hd {hd}"
+        );
     }
 }
 

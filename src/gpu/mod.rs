@@ -58,6 +58,11 @@ pub struct Tuning {
     /// instead of a workgroup per row: on CPU adapters the workgroup variant spends its time
     /// in barriers and idle lanes (measured 2-4x slower there).
     pub attention_rows: bool,
+    /// Of the row variants, the one whose eight lanes read each key, value and query row
+    /// together, share it through subgroup shuffles and keep rows in registers
+    /// (`attention_lanes.wgsl`, head_dim <= 32, bit-identical to `attention_rows.wgsl`): for
+    /// CPU adapters with subgroups of 8 or more, where every storage load runs lane by lane.
+    pub attention_lanes: bool,
     /// The kernel of linear layers where no timed trial decides (`gemm_trial` off, or no
     /// clock to time with, as in browsers): `Subgroup` for CPU adapters, which run a
     /// subgroup as one SIMD stream (it needs subgroups of 8 or more lanes, and falls back to
@@ -101,6 +106,7 @@ impl Tuning {
         bag_workgroup: 64,
         bag_columns_per_invocation: 1,
         attention_rows: false,
+        attention_lanes: false,
         gemm: GemmKernel::Tiled(GemmTile::DEFAULT),
         gemm_trial: true,
         gemm_max_invocations: 256,
@@ -115,6 +121,7 @@ impl Tuning {
         bag_workgroup: 16,
         bag_columns_per_invocation: 4,
         attention_rows: true,
+        attention_lanes: true,
         gemm: GemmKernel::Subgroup,
         gemm_trial: false,
         gemm_max_invocations: 256,

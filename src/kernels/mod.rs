@@ -24,6 +24,7 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("adamw.wgsl", adamw::SOURCE),
     ("attention.wgsl", ops::ATTENTION),
     ("attention_rows.wgsl", ops::ATTENTION_ROWS),
+    ("attention_lanes.wgsl", ops::ATTENTION_LANES),
     ("cross_entropy.wgsl", ops::CROSS_ENTROPY),
     ("elementwise.wgsl", ops::ELEMENTWISE),
     ("rmsnorm.wgsl", ops::RMSNORM),
@@ -44,6 +45,17 @@ pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("swilu_backward.wgsl", swilu_backward::SOURCE),
     ("value_grads.wgsl", value_grads::SOURCE),
 ];
+
+/// A shader that uses subgroup operations, as this target's WGSL front end accepts it:
+/// browsers require the `enable subgroups;` directive, which naga 30 (native) rejects as
+/// unimplemented.
+pub(crate) fn with_subgroups(source: &'static str) -> std::borrow::Cow<'static, str> {
+    if cfg!(target_arch = "wasm32") {
+        format!("enable subgroups;\n{source}").into()
+    } else {
+        source.into()
+    }
+}
 
 /// Loop iterations one invocation may run, summed over all its loops.
 ///

@@ -17,6 +17,10 @@ pub const ATTENTION_ROWS: &str = concat!(
     include_str!("../../shaders/attention_common.wgsl"),
     include_str!("../../shaders/attention_rows.wgsl")
 );
+pub const ATTENTION_LANES: &str = concat!(
+    include_str!("../../shaders/attention_common.wgsl"),
+    include_str!("../../shaders/attention_lanes.wgsl")
+);
 pub const CROSS_ENTROPY: &str = include_str!("../../shaders/cross_entropy.wgsl");
 pub const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 
@@ -341,6 +345,42 @@ struct AttentionParams {
     q_offset: u32,
 }
 
+/// The attention kernels: a workgroup per row (`attention.wgsl`, GPUs), an invocation per row
+/// (`attention_rows.wgsl`, CPU adapters), or an invocation per row with eight rows of a head
+/// reading their keys together through subgroup shuffles (`attention_lanes.wgsl`, CPU
+/// adapters with subgroups). All three give the same results; the row variants bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AttentionKernel {
+    Workgroups,
+    Rows,
+    Lanes,
+}
+
+impl AttentionKernel {
+    fn pipeline(self, gpu: &Gpu, entry: &str) -> wgpu::ComputePipeline {
+        match self {
+            AttentionKernel::Workgroups => gpu.pipeline_entry("attention", ATTENTION, entry, &[]),
+            AttentionKernel::Rows => gpu.pipeline_entry("attention_rows", ATTENTION_ROWS, entry, &[]),
+            AttentionKernel::Lanes => gpu.pipeline_entry(
+                "attention_lanes",
+                &super::with_subgroups(ATTENTION_LANES),
+                entry,
+                &[],
+            ),
+        }
+    }
+
+    /// Workgroups for `rows_per_position` rows (heads, or kv heads for `backward_kv`) at each
+    /// of `seq` positions of `batch` sequences.
+    fn workgroups(self, batch: u32, rows_per_position: u32, seq: u32) -> u32 {
+        match self {
+            AttentionKernel::Workgroups => batch * seq * rows_per_position,
+            AttentionKernel::Rows => (batch * seq * rows_per_position).div_ceil(16),
+            AttentionKernel::Lanes => batch * rows_per_position * seq.div_ceil(8),
+        }
+    }
+}
+
 /// Causal grouped-query attention over `batch` sequences: `q [batch, seq, heads, hd]`,
 /// `k, v [batch, seq, kv_heads, hd]`, `out` like q, `lse [batch, seq, heads]`.
 /// With a KV cache (`record_decode`), `k, v` hold `kv_len` positions and the `seq` query
@@ -415,16 +455,20 @@ impl Attention<'_> {
         Ok(gpu.uniform("attention params", &params))
     }
 
-    /// The kernel variant for this shape on `gpu`: (pipeline name, source, rows per
-    /// workgroup). The row variant keeps a row in private arrays (head_dim <= 128) and runs
-    /// every key of a row in one invocation, within the loop budget.
-    fn variant(&self, gpu: &Gpu, kv_len: u32) -> (&'static str, &'static str, u32) {
+    /// The kernel variant for this shape on `gpu`. The row variants keep a row in private
+    /// arrays (head_dim <= 128) and run every key of a row in one invocation, within the loop
+    /// budget; of those, the one reading rows a subgroup at a time and keeping them in
+    /// registers needs subgroups of 8 and head_dim <= 32.
+    fn variant(&self, gpu: &Gpu, kv_len: u32) -> AttentionKernel {
         let (hd, group) = (self.head_dim as u64, (self.heads / self.kv_heads.max(1)) as u64);
         let iterations = group * kv_len as u64 * (2 * hd + 2) + 4 * hd;
-        if gpu.tuning().attention_rows && hd <= 128 && iterations <= LOOP_BUDGET {
-            ("attention_rows", ATTENTION_ROWS, 16)
+        let tuning = gpu.tuning();
+        if !tuning.attention_rows || hd > 128 || iterations > LOOP_BUDGET {
+            AttentionKernel::Workgroups
+        } else if tuning.attention_lanes && hd <= 32 && gpu.subgroup_min_size() >= 8 {
+            AttentionKernel::Lanes
         } else {
-            ("attention", ATTENTION, 1)
+            AttentionKernel::Rows
         }
     }
 
@@ -440,8 +484,8 @@ impl Attention<'_> {
         label: &'static str,
     ) -> Result<()> {
         let params = self.params_with_cache(gpu, kv_len)?;
-        let (name, source, per_group) = self.variant(gpu, kv_len);
-        let pipeline = gpu.pipeline_entry(name, source, "forward", &[]);
+        let kernel = self.variant(gpu, kv_len);
+        let pipeline = kernel.pipeline(gpu, "forward");
         let bind = gpu.bind_at(
             &pipeline,
             &[
@@ -459,7 +503,7 @@ impl Attention<'_> {
             label,
             &pipeline,
             &[&bind],
-            (self.batch * self.seq * self.heads).div_ceil(per_group),
+            kernel.workgroups(self.batch, self.heads, self.seq),
         );
         Ok(())
     }
@@ -498,8 +542,8 @@ impl Attention<'_> {
             (6, d_out),
             (7, &row_dot),
         ];
-        let (name, source, per_group) = self.variant(gpu, self.seq);
-        let bq = gpu.pipeline_entry(name, source, "backward_q", &[]);
+        let kernel = self.variant(gpu, self.seq);
+        let bq = kernel.pipeline(gpu, "backward_q");
         let mut with_out = shared.to_vec();
         with_out.push((4, self.out));
         let bind0 = gpu.bind_at(&bq, &with_out);
@@ -510,9 +554,9 @@ impl Attention<'_> {
             "attention_backward_q",
             &bq,
             &[&bind0, &bind1],
-            rows.div_ceil(per_group),
+            kernel.workgroups(self.batch, self.heads, self.seq),
         );
-        let bkv = gpu.pipeline_entry(name, source, "backward_kv", &[]);
+        let bkv = kernel.pipeline(gpu, "backward_kv");
         let bind0 = gpu.bind_at(&bkv, &shared);
         let bind1 = gpu.bind_group(&bkv, 1, &[(1, dk), (2, dv)]);
         dispatch(
@@ -521,7 +565,7 @@ impl Attention<'_> {
             "attention_backward_kv",
             &bkv,
             &[&bind0, &bind1],
-            (self.batch * self.seq * self.kv_heads).div_ceil(per_group),
+            kernel.workgroups(self.batch, self.kv_heads, self.seq),
         );
         Ok(())
     }

@@ -67,16 +67,6 @@ pub fn pack_f16(values: &[f32]) -> Vec<u32> {
 
 /// Output tile edge that split-K counts tiles in, and `reduce_split`'s workgroup width.
 const SPLIT_TILE: u32 = 64;
-/// `linear_subgroup.wgsl` as this target's WGSL front end accepts it: browsers require the
-/// `enable subgroups;` directive, which naga 30 (native) rejects as unimplemented.
-fn subgroup_source() -> std::borrow::Cow<'static, str> {
-    if cfg!(target_arch = "wasm32") {
-        format!("enable subgroups;\n{SUBGROUP_SOURCE}").into()
-    } else {
-        SUBGROUP_SOURCE.into()
-    }
-}
-
 /// Rows, and columns, per invocation of `linear_subgroup.wgsl`.
 const SUBGROUP_ROWS: u32 = 32;
 const SUBGROUP_COLUMNS: u32 = 4;
@@ -469,7 +459,7 @@ impl Linear<'_> {
                 (
                     gpu.pipeline(
                         "linear_subgroup",
-                        &subgroup_source(),
+                        &super::with_subgroups(SUBGROUP_SOURCE),
                         &with_w_f16(vec![("WG", wg as f64)]),
                     ),
                     (
