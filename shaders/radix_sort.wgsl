@@ -125,3 +125,51 @@ fn scatter(
         }
     }
 }
+
+// `histogram` and `scatter` for CPU adapters, where a workgroup's lanes run as one SIMD
+// stream: an invocation per block, through its pairs in order (8 blocks a workgroup). No
+// workgroup memory, atomics or barriers, and each pair costs its few loads and stores instead
+// of `scatter`'s comparison with every pair before it in the block. The same counts and the
+// same output, pair for pair.
+@compute @workgroup_size(8)
+fn histogram_serial(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let block = (wg.y * nwg.x + wg.x) * 8u + lid;
+    if (block >= p.num_blocks) {
+        return;
+    }
+    var hist: array<u32, 256>;
+    let end = min(block * BLOCK + BLOCK, p.n);
+    for (var i = block * BLOCK; i < end; i++) {
+        hist[digit(keys_in[i])] += 1u;
+    }
+    for (var d = 0u; d < 256u; d++) {
+        counts[d * p.num_blocks + block] = hist[d];
+    }
+}
+
+// Each pair goes to its (digit, block)'s next position, counted up in `counts` itself (only
+// this block's invocation touches its column of counts).
+@compute @workgroup_size(8)
+fn scatter_serial(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let block = (wg.y * nwg.x + wg.x) * 8u + lid;
+    if (block >= p.num_blocks) {
+        return;
+    }
+    let end = min(block * BLOCK + BLOCK, p.n);
+    for (var i = block * BLOCK; i < end; i++) {
+        let key = keys_in[i];
+        let at = digit(key) * p.num_blocks + block;
+        let dest = counts[at];
+        counts[at] = dest + 1u;
+        keys_out[dest] = key;
+        values_out[dest] = values_in[i];
+    }
+}

@@ -29,6 +29,8 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> dense: array<f32>;
 // mark_rows: 1 at every listed slot (idempotent writes: the same result in any order).
 @group(0) @binding(10) var<storage, read_write> row_mask: array<u32>;
+// reduce_quads: dy again, 16 bytes at a time (v_dim a multiple of 4).
+@group(0) @binding(11) var<storage, read> dy4: array<vec4<f32>>;
 
 fn starts_run(i: u32) -> bool {
     return i == 0u || sorted_slots[i] != sorted_slots[i - 1u];
@@ -71,6 +73,47 @@ fn reduce(
                 acc = fma(weights[e], dy[(e / p.bag) * p.v_dim + col], acc);
             }
             out_rows[run * p.v_dim + col] = acc;
+        }
+    }
+}
+
+// `reduce` for CPU adapters, which run a workgroup's lanes as one SIMD stream and every
+// storage load lane by lane: 8 invocations of 4 adjacent columns each (32 columns a
+// workgroup, blocks along z) and 16-byte loads of dy, so an entry costs 8 lanes 4 loads
+// instead of 32 lanes 4 loads. Every column sums the same products in the same order as
+// `reduce`: the same bits.
+@compute @workgroup_size(8)
+fn reduce_quads(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let first = (wg.y * nwg.x + wg.x) * ENTRIES_PER_GROUP;
+    let end = min(first + ENTRIES_PER_GROUP, p.n);
+    let quads = p.v_dim / 4u;
+    let quad = wg.z * 8u + lid;
+    let col = quad * 4u;
+    let loaded = min(quad, quads - 1u); // lanes past the row load its last quad, store nothing
+    for (var i = first; i < end; i++) {
+        if (!starts_run(i)) {
+            continue;
+        }
+        let slot = sorted_slots[i];
+        let run = run_ids[i];
+        if (wg.z == 0u && lid == 0u) {
+            out_slots[run] = slot;
+        }
+        var acc = vec4<f32>(0.0);
+        for (var at = i; at < p.n && sorted_slots[at] == slot; at++) {
+            let e = sorted_entries[at];
+            acc = fma(vec4<f32>(weights[e]), dy4[(e / p.bag) * quads + loaded], acc);
+        }
+        if (col < p.v_dim) {
+            let base = run * p.v_dim + col;
+            out_rows[base] = acc.x;
+            out_rows[base + 1u] = acc.y;
+            out_rows[base + 2u] = acc.z;
+            out_rows[base + 3u] = acc.w;
         }
     }
 }

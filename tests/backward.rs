@@ -169,11 +169,13 @@ fn reference_backward_matches_finite_differences() {
 
 #[test]
 fn gpu_backward_matches_oracle() {
-    // Both product top-k kernels (per invocation and per workgroup), whichever the adapter's
-    // tuning picks first.
+    // Both product top-k kernels (per invocation and per workgroup) and both value-gradient
+    // reductions (a column or 4 columns an invocation), whichever the adapter's tuning picks
+    // first.
     let mut other = memlayers::Gpu::new_blocking().unwrap();
     let mut tuning = other.tuning();
     tuning.topk_per_invocation = !tuning.topk_per_invocation;
+    tuning.value_grad_quads = !tuning.value_grad_quads;
     other.set_tuning(tuning);
     for g in [gpu(), &other] {
         backward_matches_oracle_on(g);
@@ -305,6 +307,72 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
         assert_close(&what("values (from dy)"), &dv, &want.values);
         let sparse = pollster::block_on(grads.values.to_dense(g, c.n_values())).unwrap();
         assert_close(&what("values"), &sparse, &want.values);
+    }
+}
+
+/// The value gradient's two reductions give the same bits, and the oracle's sums (to rounding:
+/// adapters may compile `fma` as a multiply and an add):
+/// random bags over few slots (long runs) and many, row widths that are and are not multiples
+/// of 4 and of 32.
+#[test]
+fn value_gradient_reductions_agree_bit_for_bit() {
+    use memlayers::kernels::value_grads::ValueGrads;
+    let device = |quads: bool| {
+        let mut g = memlayers::Gpu::new_blocking().unwrap();
+        let mut tuning = g.tuning();
+        tuning.value_grad_quads = quads;
+        g.set_tuning(tuning);
+        g
+    };
+    let (columns, quads) = (device(false), device(true));
+    let mut rng = Rng::new(21);
+    for &(rows, bag, v_dim, n_values) in &[
+        (1, 1, 4, 1),
+        (7, 3, 12, 5),
+        (50, 16, 32, 4096),
+        (33, 8, 36, 40),
+        (20, 5, 33, 9),
+        (64, 4, 256, 300),
+        (300, 2, 8, 3),
+    ] {
+        let n = rows * bag;
+        let indices: Vec<u32> = (0..n).map(|_| rng.below(n_values as u64) as u32).collect();
+        let weights = rng.vec_normal(n, 1.0);
+        let dy = rng.vec_normal(rows * v_dim, 1.0);
+        let mut want = vec![0f32; n_values * v_dim];
+        for (e, &slot) in indices.iter().enumerate() {
+            for c in 0..v_dim {
+                let at = slot as usize * v_dim + c;
+                want[at] = weights[e].mul_add(dy[(e / bag) * v_dim + c], want[at]);
+            }
+        }
+        let run = |g: &memlayers::Gpu| {
+            let (ib, wb, db) = (
+                g.upload("indices", &indices),
+                g.upload("weights", &weights),
+                g.upload("dy", &dy),
+            );
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            let sparse = ValueGrads {
+                rows: rows as u32,
+                bag: bag as u32,
+                v_dim: v_dim as u32,
+                n_values: n_values as u32,
+                max_per_slot: n as u32,
+                indices: &ib,
+                weights: &wb,
+                dy: &db,
+            }
+            .record(g, &mut enc)
+            .unwrap();
+            g.queue.submit([enc.finish()]);
+            pollster::block_on(sparse.to_dense(g, n_values)).unwrap()
+        };
+        let (a, b) = (run(&columns), run(&quads));
+        let what = format!("{rows} rows x bag {bag}, v_dim {v_dim}, {n_values} slots");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&a), bits(&b), "{what}: the two reductions");
+        assert_close(&what, &a, &want);
     }
 }
 

@@ -952,7 +952,18 @@ fn loop_budget_holds_for_every_supported_shape() {
 
 #[test]
 fn radix_sort_is_stable_and_matches_std() {
-    let g = gpu();
+    // Both variants: a workgroup per block of pairs (GPUs) and an invocation per block (CPU
+    // adapters).
+    for per_invocation in [false, true] {
+        let mut g = memlayers::Gpu::new_blocking().unwrap();
+        let mut tuning = g.tuning();
+        tuning.sort_per_invocation = per_invocation;
+        g.set_tuning(tuning);
+        radix_sort_cases(&g);
+    }
+}
+
+fn radix_sort_cases(g: &memlayers::Gpu) {
     let mut rng = Rng::new(61);
     for &(n, key_bits, distinct) in &[
         (1u32, 1u32, 1u64),
@@ -975,7 +986,7 @@ fn radix_sort_is_stable_and_matches_std() {
         let got_k = g.read_u32_blocking(&sorted.keys, n as usize).unwrap();
         let got_v = g.read_u32_blocking(&sorted.values, n as usize).unwrap();
         let got: Vec<(u32, u32)> = got_k.into_iter().zip(got_v).collect();
-        assert_eq!(got, want, "n = {n}, key_bits = {key_bits}");
+        assert_eq!(got, want, "n = {n}, key_bits = {key_bits}, {:?}", g.tuning());
     }
 }
 

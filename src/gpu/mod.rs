@@ -97,6 +97,15 @@ pub struct Tuning {
     /// handful of tiles already fill; the split there costs a second dispatch (the partials'
     /// sum) and buys nothing. Reductions longer than one dispatch's loop budget split always.
     pub split_k: bool,
+    /// The value gradient's per-slot reduction with 4 columns an invocation and 16-byte loads
+    /// (`value_grads.wgsl`'s `reduce_quads`, bit-identical; where v_dim is a multiple of 4)
+    /// instead of a column each: for CPU adapters, where every storage load runs lane by lane.
+    pub value_grad_quads: bool,
+    /// The radix sort's histogram and scatter with an invocation per block of pairs, in
+    /// order (`radix_sort.wgsl`'s `*_serial`, the same output) instead of a workgroup per
+    /// block: for CPU adapters, where the workgroup scatter's rank (a comparison with every
+    /// earlier pair of the block) and its barriers cost more than the pairs' own loads.
+    pub sort_per_invocation: bool,
 }
 
 impl Tuning {
@@ -114,6 +123,8 @@ impl Tuning {
         norm_rows: false,
         bag_rows: false,
         split_k: true,
+        value_grad_quads: false,
+        sort_per_invocation: false,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 8,
@@ -129,6 +140,8 @@ impl Tuning {
         norm_rows: true,
         bag_rows: true,
         split_k: false,
+        value_grad_quads: true,
+        sort_per_invocation: true,
     };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {

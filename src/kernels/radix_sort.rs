@@ -68,8 +68,14 @@ pub fn record_sort(
     check_buffer(gpu, "sort.keys", keys, n as u64)?;
     check_buffer(gpu, "sort.values", values, n as u64)?;
     let num_blocks = n.div_ceil(BLOCK);
-    let histogram = gpu.pipeline_entry("radix_sort", SOURCE, "histogram", &[]);
-    let scatter = gpu.pipeline_entry("radix_sort", SOURCE, "scatter", &[]);
+    // CPU adapters: an invocation per block (`*_serial`), 8 blocks a workgroup.
+    let serial = gpu.tuning().sort_per_invocation;
+    let (histogram, scatter, groups) = match serial {
+        true => ("histogram_serial", "scatter_serial", num_blocks.div_ceil(8)),
+        false => ("histogram", "scatter", num_blocks),
+    };
+    let histogram = gpu.pipeline_entry("radix_sort", SOURCE, histogram, &[]);
+    let scatter = gpu.pipeline_entry("radix_sort", SOURCE, scatter, &[]);
     let counts = gpu.storage("sort counts", 256 * num_blocks as u64 * 4);
     let total = gpu.storage("sort total", 4);
     let bufs = [
@@ -83,7 +89,7 @@ pub fn record_sort(
         },
     ];
     let passes = key_bits.div_ceil(8).max(1);
-    let (x, y) = grid(num_blocks);
+    let (x, y) = grid(groups);
     for pass_index in 0..passes {
         let (src_keys, src_values) = if pass_index == 0 {
             (keys, values)

@@ -187,20 +187,24 @@ impl ValueGrads<'_> {
             gpu.run(encoder, "value_grad_runs", &starts, &bind, (x, y, 1));
         }
         record_scan(gpu, encoder, &run_ids, n, &out.count)?;
-        let reduce = gpu.pipeline_entry("value_grads", SOURCE, "reduce", &[]);
-        let bind = gpu.bind_at(
-            &reduce,
-            &[
-                (0, &params),
-                (1, &sorted.keys),
-                (2, &sorted.values),
-                (3, &run_ids),
-                (4, self.weights),
-                (5, self.dy),
-                (6, &out.slots),
-                (7, &out.rows),
-            ],
-        );
+        // CPU adapters: 4 columns an invocation, 16-byte loads of dy (`reduce_quads`).
+        let quads = gpu.tuning().value_grad_quads && self.v_dim.is_multiple_of(4);
+        let (entry, column_blocks) = match quads {
+            true => ("reduce_quads", self.v_dim.div_ceil(32)),
+            false => ("reduce", column_blocks),
+        };
+        let reduce = gpu.pipeline_entry("value_grads", SOURCE, entry, &[]);
+        let mut bindings = vec![
+            (0, &params),
+            (1, &sorted.keys),
+            (2, &sorted.values),
+            (3, &run_ids),
+            (4, self.weights),
+            (6, &out.slots),
+            (7, &out.rows),
+        ];
+        bindings.push(if quads { (11, self.dy) } else { (5, self.dy) });
+        let bind = gpu.bind_at(&reduce, &bindings);
         let (x, y) = grid(n.div_ceil(ENTRIES_PER_GROUP));
         gpu.run(
             encoder,
