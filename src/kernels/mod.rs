@@ -239,8 +239,8 @@ mod tests {
                         .unwrap_or_else(|e| panic!("{name} {} {wg}: GLSL: {e:?}", ep.name));
                     glsl_entry_points += 1;
                 }
-                // The subgroup GEMM's shuffles reach each back end as its own intrinsic.
-                if *name == "linear_subgroup.wgsl" {
+                // The subgroup variants' shuffles reach each back end as its own intrinsic.
+                if subgroups {
                     assert!(metal.contains("simd_shuffle"), "{name}: MSL without simd_shuffle");
                     assert!(
                         text.contains("WaveReadLaneAt"),
