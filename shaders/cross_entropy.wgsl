@@ -76,3 +76,40 @@ fn main(
         loss[row] = select(lse - logits[base + min(t, p.vocab - 1u)], 0.0, t == IGNORE);
     }
 }
+
+// `main` with one row per invocation and no barriers, for CPU adapters (where `main`'s 64
+// invocations a row spend their time in barriers): the same partial sums in the same order
+// (partial v sums the columns v, v + 64, ... in turn; the row's sum adds partials 0 to 63 in
+// turn), so the same bits.
+@compute @workgroup_size(16)
+fn rows(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = (wg.y * nwg.x + wg.x) * 16u + lid;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.vocab;
+    var m = -0x1.fffffep+127f;
+    for (var c = 0u; c < p.vocab; c++) {
+        m = max(m, logits[base + c]);
+    }
+    var total = 0.0;
+    for (var v = 0u; v < WG; v++) {
+        var s = 0.0;
+        for (var c = v; c < p.vocab; c += WG) {
+            s += exp(logits[base + c] - m);
+        }
+        total += s;
+    }
+    let lse = m + log(total);
+    let t = targets[row];
+    let counted = select(1.0, 0.0, t == IGNORE);
+    for (var c = 0u; c < p.vocab; c++) {
+        let onehot = select(0.0, 1.0, c == t);
+        grad[base + c] = (exp(logits[base + c] - lse) - onehot) * p.scale * counted;
+    }
+    loss[row] = select(lse - logits[base + min(t, p.vocab - 1u)], 0.0, t == IGNORE);
+}

@@ -135,7 +135,8 @@ fn rope_matches_oracle_at_far_positions() {
 }
 
 /// Queries and keys rotated in one dispatch equal two single rotations, bit for bit, in
-/// both directions, over odd shapes and batches.
+/// both directions, over odd shapes and batches (head widths of 2 and 6 take the pair
+/// dispatch's pair-at-a-time path, 8 and 16 its two-pairs-at-a-time one).
 #[test]
 fn rope_pair_equals_two_single_rotations() {
     let g = gpu();
@@ -377,15 +378,25 @@ fn attention_lanes_equal_rows_bit_for_bit() {
 #[test]
 fn cross_entropy_matches_oracle() {
     // Every fourth target (and the last row's) ignored where the row count allows: those rows
-    // must get zero loss and gradient, and the mean is over the others.
-    let g = gpu();
+    // must get zero loss and gradient, and the mean is over the others. Both kernels: 64
+    // invocations a row (GPUs) and a row per invocation (CPU adapters), the same bits.
+    let device = |rows: bool| {
+        let mut g = Gpu::new_blocking().unwrap();
+        let mut tuning = g.tuning();
+        tuning.cross_entropy_rows = rows;
+        g.set_tuning(tuning);
+        g
+    };
+    let devices = [device(false), device(true)];
     let mut rng = Rng::new(4);
     for &(rows, vocab, ignore) in &[
         (1, 1, false),
         (3, 11, false),
         (3, 11, true),
         (64, 259, true),
+        (37, 300, false),
         (5, 5000, true),
+        (2, 17_000, false),
     ] {
         let logits = rng.vec_normal(rows * vocab, 3.0);
         let targets: Vec<u32> = (0..rows)
@@ -395,12 +406,15 @@ fn cross_entropy_matches_oracle() {
             })
             .collect();
         let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count();
-        let (lb, tb) = (g.upload("logits", &logits), g.upload("targets", &targets));
-        let (lossb, gb) = (
-            g.storage("loss", (rows * 4) as u64),
-            g.storage("grad", (rows * vocab * 4) as u64),
-        );
-        submit(|e| {
+        let (loss, grad) = ops::cross_entropy(&logits, &targets, vocab);
+        let mut bits = Vec::new();
+        for g in &devices {
+            let (lb, tb) = (g.upload("logits", &logits), g.upload("targets", &targets));
+            let (lossb, gb) = (
+                g.storage("loss", (rows * 4) as u64),
+                g.storage("grad", (rows * vocab * 4) as u64),
+            );
+            let mut e = g.device.create_command_encoder(&Default::default());
             CrossEntropy {
                 rows: rows as u32,
                 vocab: vocab as u32,
@@ -410,26 +424,35 @@ fn cross_entropy_matches_oracle() {
                 loss: &lossb,
                 grad: &gb,
             }
-            .record(g, e)
-            .unwrap()
-        });
-        let (loss, grad) = ops::cross_entropy(&logits, &targets, vocab);
-        let per_row = g.read_f32_blocking(&lossb, rows).unwrap();
-        for (r, &t) in targets.iter().enumerate() {
-            if t == IGNORE_TARGET {
-                assert_eq!(per_row[r], 0.0, "ignored row {r} has a loss");
-                assert!(grad[r * vocab..(r + 1) * vocab].iter().all(|&x| x == 0.0));
+            .record(g, &mut e)
+            .unwrap();
+            g.queue.submit([e.finish()]);
+            let what = format!("cross-entropy {rows}x{vocab} ignore={ignore}, {:?}", g.tuning());
+            let per_row = g.read_f32_blocking(&lossb, rows).unwrap();
+            let got = g.read_f32_blocking(&gb, rows * vocab).unwrap();
+            for (r, &t) in targets.iter().enumerate() {
+                if t == IGNORE_TARGET {
+                    assert_eq!(per_row[r], 0.0, "{what}: ignored row {r} has a loss");
+                    assert!(got[r * vocab..(r + 1) * vocab].iter().all(|&x| x == 0.0));
+                }
             }
+            assert_close(
+                &format!("mean loss, {what}"),
+                &[per_row.iter().sum::<f32>() / counted as f32],
+                &[loss],
+            );
+            assert_close(&what, &got, &grad);
+            bits.push(
+                per_row
+                    .iter()
+                    .chain(&got)
+                    .map(|x| x.to_bits())
+                    .collect::<Vec<u32>>(),
+            );
         }
-        assert_close(
-            "mean loss",
-            &[per_row.iter().sum::<f32>() / counted as f32],
-            &[loss],
-        );
-        assert_close(
-            &format!("cross-entropy grad {rows}x{vocab} ignore={ignore}"),
-            &g.read_f32_blocking(&gb, rows * vocab).unwrap(),
-            &grad,
+        assert!(
+            bits[0] == bits[1],
+            "cross-entropy {rows}x{vocab}: the two kernels differ"
         );
     }
 }
@@ -519,5 +542,63 @@ fn row_gate_matches_oracle() {
             &want_dx,
         );
         assert_close(&what("dg"), &g.read_f32_blocking(&dg, rows).unwrap(), &want_dg);
+    }
+}
+
+/// The SwiGLU backward, `dy = dh silu(g)` and `dg = dh y silu'(g)`, against the formula, and
+/// its two paths (4 elements an invocation where the length is a multiple of 4, else 1)
+/// against each other bit for bit: the first 4n elements of a length 4n + 1 run take the
+/// scalar path over the same inputs.
+#[test]
+fn swilu_backward_matches_formula_on_both_paths() {
+    use memlayers::kernels::swilu_backward::SwiluBackward;
+    let g = gpu();
+    let mut rng = Rng::new(12);
+    for quads in [1usize, 3, 64, 1000] {
+        let len = 4 * quads + 1;
+        let (dh, y, gate) = (
+            rng.vec_normal(len, 1.0),
+            rng.vec_normal(len, 1.0),
+            rng.vec_normal(len, 3.0),
+        );
+        let run = |n: usize| {
+            let (dhb, yb, gb) = (
+                g.upload("dh", &dh[..n]),
+                g.upload("y", &y[..n]),
+                g.upload("g", &gate[..n]),
+            );
+            let (dyb, dgb) = (g.storage("dy", (n * 4) as u64), g.storage("dg", (n * 4) as u64));
+            submit(|e| {
+                SwiluBackward {
+                    len: n as u32,
+                    dh: &dhb,
+                    y: &yb,
+                    g: &gb,
+                    dy: &dyb,
+                    dg: &dgb,
+                }
+                .record(g, e)
+                .unwrap()
+            });
+            (
+                g.read_f32_blocking(&dyb, n).unwrap(),
+                g.read_f32_blocking(&dgb, n).unwrap(),
+            )
+        };
+        let (dy4, dg4) = run(len - 1);
+        let (dy1, dg1) = run(len);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&dy4), bits(&dy1[..len - 1]), "dy, {len} elements");
+        assert_eq!(bits(&dg4), bits(&dg1[..len - 1]), "dg, {len} elements");
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let want_dy: Vec<f32> = (0..len).map(|i| dh[i] * gate[i] * sigmoid(gate[i])).collect();
+        let want_dg: Vec<f32> = (0..len)
+            .map(|i| {
+                let s = sigmoid(gate[i]);
+                dh[i] * y[i] * s * (1.0 + gate[i] * (1.0 - s))
+            })
+            .collect();
+        assert_close(&format!("dy, {len} elements"), &dy1, &want_dy);
+        assert_close(&format!("dg, {len} elements"), &dg1, &want_dg);
     }
 }

@@ -106,6 +106,10 @@ pub struct Tuning {
     /// block: for CPU adapters, where the workgroup scatter's rank (a comparison with every
     /// earlier pair of the block) and its barriers cost more than the pairs' own loads.
     pub sort_per_invocation: bool,
+    /// Cross-entropy with one row per invocation (`cross_entropy.wgsl`'s `rows`,
+    /// bit-identical) where the vocabulary fits one invocation's loop budget, instead of 64
+    /// invocations a row with five barriers: for CPU adapters.
+    pub cross_entropy_rows: bool,
 }
 
 impl Tuning {
@@ -125,6 +129,7 @@ impl Tuning {
         split_k: true,
         value_grad_quads: false,
         sort_per_invocation: false,
+        cross_entropy_rows: false,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 8,
@@ -142,6 +147,7 @@ impl Tuning {
         split_k: false,
         value_grad_quads: true,
         sort_per_invocation: true,
+        cross_entropy_rows: true,
     };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {

@@ -307,10 +307,27 @@ impl Rope<'_> {
             return Err(Error::Config(format!("rope: {total} pairs in one dispatch")));
         }
         let params = gpu.uniform("rope params", &self.params(pairs, (heads2, pairs2)));
-        let pipeline = gpu.pipeline_entry("rope", ROPE, "main_pair", &[]);
-        let bind = gpu.bind_at(
-            &pipeline,
-            &[
+        // Two pairs an invocation with 16-byte loads where both pairs share a head (head_dim
+        // a multiple of 4).
+        let vec4 = self.head_dim.is_multiple_of(4);
+        let pipeline = gpu.pipeline_entry(
+            "rope",
+            ROPE,
+            if vec4 { "main_pair_vec4" } else { "main_pair" },
+            &[],
+        );
+        let bindings: [(u32, &wgpu::Buffer); 7] = if vec4 {
+            [
+                (0, &params),
+                (7, x),
+                (11, self.cos),
+                (12, self.sin),
+                (8, y),
+                (9, x2),
+                (10, y2),
+            ]
+        } else {
+            [
                 (0, &params),
                 (1, x),
                 (2, self.cos),
@@ -318,15 +335,17 @@ impl Rope<'_> {
                 (4, y),
                 (5, x2),
                 (6, y2),
-            ],
-        );
+            ]
+        };
+        let bind = gpu.bind_at(&pipeline, &bindings);
+        let invocations = if vec4 { total / 2 } else { total };
         dispatch(
             gpu,
             encoder,
             "rope",
             &pipeline,
             &[&bind],
-            (total as u32).div_ceil(64),
+            (invocations as u32).div_ceil(64),
         );
         Ok(())
     }
@@ -611,6 +630,8 @@ impl CrossEntropy<'_> {
             3 * (self.vocab as u64).div_ceil(64) + 128,
             "vocab",
         )?;
+        // CPU adapters: a row per invocation (`rows`) where its loops fit the budget.
+        let per_invocation = gpu.tuning().cross_entropy_rows && 3 * self.vocab as u64 + 128 <= LOOP_BUDGET;
         let params = CeParams {
             rows: self.rows,
             vocab: self.vocab,
@@ -618,12 +639,16 @@ impl CrossEntropy<'_> {
             _pad: 0,
         };
         let params = gpu.uniform("cross-entropy params", &params);
-        let pipeline = gpu.pipeline("cross_entropy", CROSS_ENTROPY, &[]);
+        let (entry, groups) = match per_invocation {
+            true => ("rows", self.rows.div_ceil(16)),
+            false => ("main", self.rows),
+        };
+        let pipeline = gpu.pipeline_entry("cross_entropy", CROSS_ENTROPY, entry, &[]);
         let bind = gpu.bind(
             &pipeline,
             &[&params, self.logits, self.targets, self.loss, self.grad],
         );
-        dispatch(gpu, encoder, "cross_entropy", &pipeline, &[&bind], self.rows);
+        dispatch(gpu, encoder, "cross_entropy", &pipeline, &[&bind], groups);
         Ok(())
     }
 }

@@ -38,7 +38,14 @@ impl SwiluBackward<'_> {
         ] {
             check_buffer(gpu, name, b, n)?;
         }
-        let pipeline = gpu.pipeline("swilu_backward", SOURCE, &[]);
+        // Four elements an invocation with 16-byte loads where the length allows.
+        let quads = self.len.is_multiple_of(4);
+        let pipeline = gpu.pipeline_entry(
+            "swilu_backward",
+            SOURCE,
+            if quads { "main_vec4" } else { "main" },
+            &[],
+        );
         let params = gpu.uniform(
             "swilu backward params",
             &Params {
@@ -46,8 +53,20 @@ impl SwiluBackward<'_> {
                 _pad: [0; 3],
             },
         );
-        let bind = gpu.bind(&pipeline, &[&params, self.dh, self.y, self.g, self.dy, self.dg]);
-        let (x, y) = grid(self.len.div_ceil(64));
+        let first = if quads { 6 } else { 1 };
+        let bind = gpu.bind_at(
+            &pipeline,
+            &[
+                (0, &params),
+                (first, self.dh),
+                (first + 1, self.y),
+                (first + 2, self.g),
+                (first + 3, self.dy),
+                (first + 4, self.dg),
+            ],
+        );
+        let invocations = if quads { self.len / 4 } else { self.len };
+        let (x, y) = grid(invocations.div_ceil(64));
         gpu.run(encoder, "swilu_backward", &pipeline, &bind, (x, y, 1));
         Ok(())
     }
