@@ -150,13 +150,13 @@ impl Demo {
     /// Overrides the kernel variants chosen for this adapter (see `memlayers::gpu::Tuning`;
     /// results do not depend on them, speed does): "cpu" or "gpu", then optionally
     /// comma-separated overrides `topk_wg=N`, `bag_wg=N`, `bag_columns=1|4`,
-    /// `attention_rows=0|1`, `attention_lanes=0|1`, `gemm_subgroup=0|1`, `topk_lanes=0|1`, `norm_rows=0|1`, `bag_rows=0|1`, e.g. "cpu,bag_columns=1".
+    /// `attention_rows=0|1`, `attention_lanes=0|1`, `value_grad_quads=0|1`, `sort_per_invocation=0|1`, `cross_entropy_rows=0|1`, `gemm_subgroup=0|1`, `topk_lanes=0|1`, `norm_rows=0|1`, `bag_rows=0|1`, e.g. "cpu,bag_columns=1".
     pub fn set_kernel_variants(&self, variants: &str) -> Result<(), JsValue> {
         let mut st = lock(&self.state)?;
         let mut tuning = st.gpu.tuning();
         for part in variants.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let bad = || {
-                err(format!("kernel variants: cannot read {part:?} (cpu, gpu, topk_wg=N, bag_wg=N, bag_columns=1|4, attention_rows=0|1, attention_lanes=0|1, gemm_subgroup=0|1, topk_lanes=0|1, norm_rows=0|1, bag_rows=0|1)"))
+                err(format!("kernel variants: cannot read {part:?} (cpu, gpu, topk_wg=N, bag_wg=N, bag_columns=1|4, attention_rows=0|1, attention_lanes=0|1, value_grad_quads=0|1, sort_per_invocation=0|1, cross_entropy_rows=0|1, gemm_subgroup=0|1, topk_lanes=0|1, norm_rows=0|1, bag_rows=0|1)"))
             };
             match part.split_once('=') {
                 None if part == "cpu" => tuning = memlayers::gpu::Tuning::CPU,
@@ -170,6 +170,9 @@ impl Demo {
                         "bag_columns" => tuning.bag_columns_per_invocation = n,
                         "attention_rows" => tuning.attention_rows = n != 0,
                         "attention_lanes" => tuning.attention_lanes = n != 0,
+                        "value_grad_quads" => tuning.value_grad_quads = n != 0,
+                        "sort_per_invocation" => tuning.sort_per_invocation = n != 0,
+                        "cross_entropy_rows" => tuning.cross_entropy_rows = n != 0,
                         "gemm_subgroup" => {
                             tuning.gemm = if n != 0 {
                                 memlayers::gpu::GemmKernel::Subgroup
