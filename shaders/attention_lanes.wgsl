@@ -45,6 +45,36 @@ fn blocks_per_sequence() -> u32 {
     return (p.seq + LANES - 1u) / LANES;
 }
 
+// The 8 positions of one sequence and head (a kv head for backward_kv) that a workgroup
+// takes: the sequence `b`, the head, the block's first position, this lane's position, and
+// the position it computes on (lanes past the sequence compute on its last one and store
+// nothing).
+struct Block {
+    b: u32,
+    head: u32,
+    first: u32,
+    position: u32,
+    row: u32,
+}
+
+fn blocks(heads: u32) -> u32 {
+    return p.batch * heads * blocks_per_sequence();
+}
+
+fn block_at(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, heads: u32) -> Block {
+    let per_sequence = blocks_per_sequence();
+    let block = block_of(wg, nwg);
+    let first = (block % per_sequence) * LANES;
+    let position = first + lid;
+    return Block(
+        block / (per_sequence * heads),
+        (block / per_sequence) % heads,
+        first,
+        position,
+        min(position, p.seq - 1u),
+    );
+}
+
 // The index of element c of the row at base, clamped into the row, and whether c is in it.
 fn element(base: u32, c: u32) -> u32 {
     return base + min(c, p.head_dim - 1u);
@@ -209,17 +239,13 @@ fn forward(
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) sg_lane: u32,
 ) {
-    let per_sequence = blocks_per_sequence();
-    let block = block_of(wg, nwg);
-    if (block >= p.batch * p.heads * per_sequence) {
+    if (block_of(wg, nwg) >= blocks(p.heads)) {
         return;
     }
-    let i0 = (block % per_sequence) * LANES;
-    let h = (block / per_sequence) % p.heads;
-    let b = block / (per_sequence * p.heads);
+    let at = block_at(wg, nwg, lid, p.heads);
+    let b = at.b; let h = at.head; let i0 = at.first;
+    let i = at.position; let row = at.row;
     let g = h / (p.heads / p.kv_heads);
-    let i = i0 + lid;
-    let row = min(i, p.seq - 1u); // lanes past the sequence compute on the last row, store nothing
     let qb = q_base(b, row, h);
     let qr = own_q(qb);
     var acc = zero_row();
@@ -254,17 +280,13 @@ fn backward_q(
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) sg_lane: u32,
 ) {
-    let per_sequence = blocks_per_sequence();
-    let block = block_of(wg, nwg);
-    if (block >= p.batch * p.heads * per_sequence) {
+    if (block_of(wg, nwg) >= blocks(p.heads)) {
         return;
     }
-    let i0 = (block % per_sequence) * LANES;
-    let h = (block / per_sequence) % p.heads;
-    let b = block / (per_sequence * p.heads);
+    let at = block_at(wg, nwg, lid, p.heads);
+    let b = at.b; let h = at.head; let i0 = at.first;
+    let i = at.position; let row = at.row;
     let g = h / (p.heads / p.kv_heads);
-    let i = i0 + lid;
-    let row = min(i, p.seq - 1u);
     let item = (b * p.seq + row) * p.heads + h;
     let qb = q_base(b, row, h);
     let qr = own_q(qb);
@@ -298,17 +320,13 @@ fn backward_kv(
     @builtin(local_invocation_index) lid: u32,
     @builtin(subgroup_invocation_id) sg_lane: u32,
 ) {
-    let per_sequence = blocks_per_sequence();
-    let block = block_of(wg, nwg);
-    if (block >= p.batch * p.kv_heads * per_sequence) {
+    if (block_of(wg, nwg) >= blocks(p.kv_heads)) {
         return;
     }
-    let j0 = (block % per_sequence) * LANES;
-    let g = (block / per_sequence) % p.kv_heads;
-    let b = block / (per_sequence * p.kv_heads);
+    let at = block_at(wg, nwg, lid, p.kv_heads);
+    let b = at.b; let g = at.head; let j0 = at.first;
+    let j = at.position; let key = at.row;
     let group = p.heads / p.kv_heads;
-    let j = j0 + lid;
-    let key = min(j, p.seq - 1u); // lanes past the sequence compute on the last key, store nothing
     let kb = kv_base(b, key, g);
     let kr = own_k(kb);
     let vr = own_v(kb);

@@ -4,10 +4,10 @@
 //
 // No workgroup memory and no barriers: on CPU adapters every barrier is a context switch
 // through the workgroup's SIMD batches, and workgroup arrays are memory like any other. Each
-// invocation owns a block of 32 rows x 4 columns (columns WG apart). The 32 x values of a
-// k step are the same for every lane, so the lanes load them together, lane l the value at
-// k0 + l for each of the 32 rows, and share them with subgroupShuffle (a register shuffle;
-// the source lane is uniform). Per 8 k values a lane does 32 loads of x and 32 of w for
+// invocation owns a block of 32 rows (16 for products of one block: ROWS) x 4 columns (columns
+// WG apart). The 32 x values of a k step are the same for every lane, so the lanes load them
+// together, lane l the value at k0 + l for each of the 32 rows, and share them with
+// subgroupShuffle (a register shuffle; the source lane is uniform). Per 8 k values a lane does 32 loads of x and 32 of w for
 // 1,024 fmas. On lavapipe, storage loads run lane by lane and dominate, so the block is as
 // large as registers allow. Measured on lavapipe (Mesa 25.0, 2 cores), 512 x 2048 x 1024:
 // 32 x 4 blocks about 10 GFLOP/s, 32 x 8 11, 32 x 1 4.8, 16 x 8 7.8, 64 x 4 6.4, the tiled
@@ -23,7 +23,10 @@
 // Browsers need `enable subgroups;` at the top, which naga 30 refuses: the Rust side prepends
 // it on wasm32 (see `kernels::linear`).
 
-const ROWS: u32 = 32u;
+// Rows per invocation: 32, or 16 for products that would otherwise be one workgroup (weight
+// gradients of narrow layers: 32 x 32 outputs over thousands of k), which then spread over
+// two cores. The same sums either way.
+override ROWS: u32 = 32u;
 const COLUMNS: u32 = 4u;
 
 // Invocations per workgroup (a multiple of 8); a workgroup covers WG * COLUMNS columns.
@@ -92,10 +95,16 @@ fn main(
         let x1 = load_x4(x_base, r + 4u, k0 + kl);
         let x2 = load_x4(x_base, r + 8u, k0 + kl);
         let x3 = load_x4(x_base, r + 12u, k0 + kl);
-        let x4 = load_x4(x_base, r + 16u, k0 + kl);
-        let x5 = load_x4(x_base, r + 20u, k0 + kl);
-        let x6 = load_x4(x_base, r + 24u, k0 + kl);
-        let x7 = load_x4(x_base, r + 28u, k0 + kl);
+        var x4 = vec4<f32>(0.0);
+        var x5 = vec4<f32>(0.0);
+        var x6 = vec4<f32>(0.0);
+        var x7 = vec4<f32>(0.0);
+        if (ROWS == 32u) {
+            x4 = load_x4(x_base, r + 16u, k0 + kl);
+            x5 = load_x4(x_base, r + 20u, k0 + kl);
+            x6 = load_x4(x_base, r + 24u, k0 + kl);
+            x7 = load_x4(x_base, r + 28u, k0 + kl);
+        }
         // k0 + j in increasing order, its x from lane j.
         for (var j = 0u; j < 8u; j++) {
             let w0 = w_at(wb0, c0 < p.n, k0 + j);
@@ -110,14 +119,16 @@ fn main(
             a20 = fma(s, w0, a20); a21 = fma(s, w1, a21); a22 = fma(s, w2, a22); a23 = fma(s, w3, a23);
             s = subgroupShuffle(x3, j);
             a30 = fma(s, w0, a30); a31 = fma(s, w1, a31); a32 = fma(s, w2, a32); a33 = fma(s, w3, a33);
-            s = subgroupShuffle(x4, j);
-            a40 = fma(s, w0, a40); a41 = fma(s, w1, a41); a42 = fma(s, w2, a42); a43 = fma(s, w3, a43);
-            s = subgroupShuffle(x5, j);
-            a50 = fma(s, w0, a50); a51 = fma(s, w1, a51); a52 = fma(s, w2, a52); a53 = fma(s, w3, a53);
-            s = subgroupShuffle(x6, j);
-            a60 = fma(s, w0, a60); a61 = fma(s, w1, a61); a62 = fma(s, w2, a62); a63 = fma(s, w3, a63);
-            s = subgroupShuffle(x7, j);
-            a70 = fma(s, w0, a70); a71 = fma(s, w1, a71); a72 = fma(s, w2, a72); a73 = fma(s, w3, a73);
+            if (ROWS == 32u) {
+                s = subgroupShuffle(x4, j);
+                a40 = fma(s, w0, a40); a41 = fma(s, w1, a41); a42 = fma(s, w2, a42); a43 = fma(s, w3, a43);
+                s = subgroupShuffle(x5, j);
+                a50 = fma(s, w0, a50); a51 = fma(s, w1, a51); a52 = fma(s, w2, a52); a53 = fma(s, w3, a53);
+                s = subgroupShuffle(x6, j);
+                a60 = fma(s, w0, a60); a61 = fma(s, w1, a61); a62 = fma(s, w2, a62); a63 = fma(s, w3, a63);
+                s = subgroupShuffle(x7, j);
+                a70 = fma(s, w0, a70); a71 = fma(s, w1, a71); a72 = fma(s, w2, a72); a73 = fma(s, w3, a73);
+            }
         }
     }
     // One store loop, not 32 inlined epilogues: LLVM compiles the unrolled form far slower.
@@ -125,7 +136,7 @@ fn main(
         a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33,
         a40, a41, a42, a43, a50, a51, a52, a53, a60, a61, a62, a63, a70, a71, a72, a73,
     );
-    for (var i = 0u; i < 32u; i++) {
+    for (var i = 0u; i < ROWS; i++) {
         store(b, r + 4u * (i / 4u), c0 + (i % 4u) * WG, acc[i]);
     }
 }

@@ -131,19 +131,27 @@ fn scatter(
 // workgroup memory, atomics or barriers, and each pair costs its few loads and stores instead
 // of `scatter`'s comparison with every pair before it in the block. The same counts and the
 // same output, pair for pair.
+// The block of an invocation of the `*_serial` entry points, and where the block's pairs end.
+fn serial_block(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wg.y * nwg.x + wg.x) * 8u + lid;
+}
+
+fn block_end(block: u32) -> u32 {
+    return min(block * BLOCK + BLOCK, p.n);
+}
+
 @compute @workgroup_size(8)
 fn histogram_serial(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let block = (wg.y * nwg.x + wg.x) * 8u + lid;
+    let block = serial_block(wg, nwg, lid);
     if (block >= p.num_blocks) {
         return;
     }
     var hist: array<u32, 256>;
-    let end = min(block * BLOCK + BLOCK, p.n);
-    for (var i = block * BLOCK; i < end; i++) {
+    for (var i = block * BLOCK; i < block_end(block); i++) {
         hist[digit(keys_in[i])] += 1u;
     }
     for (var d = 0u; d < 256u; d++) {
@@ -159,12 +167,11 @@ fn scatter_serial(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let block = (wg.y * nwg.x + wg.x) * 8u + lid;
+    let block = serial_block(wg, nwg, lid);
     if (block >= p.num_blocks) {
         return;
     }
-    let end = min(block * BLOCK + BLOCK, p.n);
-    for (var i = block * BLOCK; i < end; i++) {
+    for (var i = block * BLOCK; i < block_end(block); i++) {
         let key = keys_in[i];
         let at = digit(key) * p.num_blocks + block;
         let dest = counts[at];

@@ -230,6 +230,26 @@ const ATTENTION_SHAPES: &[(usize, usize, usize, usize, usize)] = &[
     (1, 300, 4, 2, 40),
 ];
 
+/// Attention over `batch` sequences of shape `a`, on buffers q, k, v, out, lse.
+fn attention<'a>(
+    batch: usize,
+    a: AttentionDims,
+    [q, k, v, out, lse]: [&'a wgpu::Buffer; 5],
+) -> Attention<'a> {
+    Attention {
+        batch: batch as u32,
+        seq: a.seq as u32,
+        heads: a.heads as u32,
+        kv_heads: a.kv_heads as u32,
+        head_dim: a.head_dim as u32,
+        q,
+        k,
+        v,
+        out,
+        lse,
+    }
+}
+
 /// Attention's forward and backward on `g` for random inputs: (inputs q, k, v, d_out;
 /// outputs out, lse, dq, dk, dv).
 fn attention_run(g: &Gpu, rng: &mut Rng, batch: usize, a: AttentionDims) -> ([Vec<f32>; 4], [Vec<f32>; 5]) {
@@ -254,18 +274,7 @@ fn attention_run(g: &Gpu, rng: &mut Rng, batch: usize, a: AttentionDims) -> ([Ve
         g.storage("dk", (batch * kvn * 4) as u64),
         g.storage("dv", (batch * kvn * 4) as u64),
     );
-    let att = Attention {
-        batch: batch as u32,
-        seq: seq as u32,
-        heads: heads as u32,
-        kv_heads: a.kv_heads as u32,
-        head_dim: hd as u32,
-        q: &qb,
-        k: &kb,
-        v: &vb,
-        out: &ob,
-        lse: &lb,
-    };
+    let att = attention(batch, a, [&qb, &kb, &vb, &ob, &lb]);
     let mut e = g.device.create_command_encoder(&Default::default());
     att.record_forward(g, &mut e).unwrap();
     att.record_backward(g, &mut e, &db, &dqb, &dkb, &dvb).unwrap();
@@ -350,18 +359,13 @@ fn attention_lanes_equal_rows_bit_for_bit() {
             let (qb, kb, vb) = (g.upload("q", &q), g.upload("k", &k), g.upload("v", &v));
             let ob = g.storage("o", (q.len() * 4) as u64);
             let lb = g.storage("lse", (2 * seq * heads * 4) as u64);
-            let att = Attention {
-                batch: 2,
-                seq: seq as u32,
-                heads: heads as u32,
-                kv_heads: kv_heads as u32,
-                head_dim: hd as u32,
-                q: &qb,
-                k: &kb,
-                v: &vb,
-                out: &ob,
-                lse: &lb,
+            let a = AttentionDims {
+                seq,
+                heads,
+                kv_heads,
+                head_dim: hd,
             };
+            let att = attention(2, a, [&qb, &kb, &vb, &ob, &lb]);
             let mut e = g.device.create_command_encoder(&Default::default());
             att.record_decode(g, &mut e, kv_len as u32).unwrap();
             g.queue.submit([e.finish()]);

@@ -121,6 +121,9 @@ mod tests {
         if has("W_F16") {
             sets.push(vec![("W_F16", 1.0)]);
         }
+        if has("ROWS") {
+            sets.push(vec![("ROWS", 16.0)]);
+        }
         if has("WG_M") {
             sets.extend(crate::gpu::GemmTile::CANDIDATES.map(|t| {
                 vec![

@@ -456,16 +456,24 @@ impl Linear<'_> {
         let (pipeline, grid) = match kernel {
             GemmKernel::Subgroup => {
                 let wg = self.n.div_ceil(SUBGROUP_COLUMNS).next_power_of_two().clamp(8, 64);
+                let column_blocks = self.n.div_ceil(wg * SUBGROUP_COLUMNS);
+                // A product that 32-row blocks would leave in one workgroup (on one core)
+                // takes 16-row blocks.
+                let rows = match column_blocks * self.m.div_ceil(SUBGROUP_ROWS) * l.batch {
+                    1 => SUBGROUP_ROWS / 2,
+                    _ => SUBGROUP_ROWS,
+                };
+                let mut constants = with_w_f16(vec![("WG", wg as f64)]);
+                if rows != SUBGROUP_ROWS {
+                    constants.push(("ROWS", rows as f64));
+                }
                 (
                     gpu.pipeline(
                         "linear_subgroup",
                         &super::with_subgroups(SUBGROUP_SOURCE),
-                        &with_w_f16(vec![("WG", wg as f64)]),
+                        &constants,
                     ),
-                    (
-                        self.n.div_ceil(wg * SUBGROUP_COLUMNS),
-                        self.m.div_ceil(SUBGROUP_ROWS),
-                    ),
+                    (column_blocks, self.m.div_ceil(rows)),
                 )
             }
             GemmKernel::Tiled(tile) => {
