@@ -20,8 +20,8 @@ fn rng_residual(n: usize) -> Vec<f32> {
 
 #[test]
 fn rmsnorm_matches_oracle_in_both_variants_bit_for_bit() {
-    // A workgroup per row (GPUs) and a row per invocation (CPU adapters): both against the
-    // oracle, and bit-identical to each other.
+    // A workgroup per row (GPUs) and a row per invocation (CPU adapters; 16-byte loads where
+    // d is a multiple of 4): both against the oracle, and bit-identical to each other.
     let mut other = Gpu::new_blocking().unwrap();
     let mut tuning = other.tuning();
     tuning.norm_rows = !tuning.norm_rows;
@@ -68,27 +68,31 @@ fn rmsnorm_matches_oracle_in_both_variants_bit_for_bit() {
                 .collect();
             assert_close(&what("dw"), &got_dw, &dw);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            // Accumulating into a residual gradient: exactly that gradient plus dx.
-            let residual = rng_residual(rows * d);
-            let acc = g.upload("residual grad", &residual);
-            let mut enc = g.device.create_command_encoder(&Default::default());
-            let dw_at = g.storage("dw at an offset", ((rows * d + 5) * 4) as u64);
-            norm.record_backward_into(g, &mut enc, &dyb, (&acc, true), (&dw_at, 5))
-                .unwrap();
-            g.queue.submit([enc.finish()]);
-            let summed: Vec<f32> = residual.iter().zip(&got_dx).map(|(a, b)| a + b).collect();
-            assert_eq!(
-                bits(&g.read_f32_blocking(&acc, rows * d).unwrap()),
-                bits(&summed),
-                "{}",
-                what("accumulated dx")
-            );
-            assert_eq!(
-                bits(&g.read_f32_blocking(&dw_at, rows * d + 5).unwrap()[5..]),
-                bits(&rows_dw),
-                "{}",
-                what("dw at an offset")
-            );
+            // Accumulating into a residual gradient: exactly that gradient plus dx. The per-row
+            // dw terms at an offset (a multiple of 4 or not: the 16-byte path takes only the
+            // first).
+            for offset in [5, 8] {
+                let residual = rng_residual(rows * d);
+                let acc = g.upload("residual grad", &residual);
+                let mut enc = g.device.create_command_encoder(&Default::default());
+                let dw_at = g.storage("dw at an offset", ((rows * d + offset) * 4) as u64);
+                norm.record_backward_into(g, &mut enc, &dyb, (&acc, true), (&dw_at, offset as u64))
+                    .unwrap();
+                g.queue.submit([enc.finish()]);
+                let summed: Vec<f32> = residual.iter().zip(&got_dx).map(|(a, b)| a + b).collect();
+                assert_eq!(
+                    bits(&g.read_f32_blocking(&acc, rows * d).unwrap()),
+                    bits(&summed),
+                    "{}",
+                    what("accumulated dx")
+                );
+                assert_eq!(
+                    bits(&g.read_f32_blocking(&dw_at, rows * d + offset).unwrap()[offset..]),
+                    bits(&rows_dw),
+                    "{}",
+                    what("dw at an offset")
+                );
+            }
             outputs.push((bits(&y), bits(&got_dx), bits(&rows_dw)));
         }
         assert!(

@@ -123,15 +123,22 @@ impl RmsNorm<'_> {
         let params = self.check(gpu, (false, 0))?;
         check_buffer(gpu, "rmsnorm.y", y, self.rows as u64 * self.d as u64)?;
         let rows = gpu.tuning().norm_rows;
-        let entry = if rows { "forward_rows" } else { "forward" };
+        // Rows per invocation take 16-byte loads where rows are whole 16-byte words.
+        let vec4 = rows && self.d.is_multiple_of(4);
+        let entry = match (rows, vec4) {
+            (true, true) => "forward_rows_vec4",
+            (true, false) => "forward_rows",
+            _ => "forward",
+        };
         let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, entry, &[]);
+        let v = if vec4 { 6 } else { 0 };
         let bind = gpu.bind_at(
             &pipeline,
             &[
                 (0, &params),
-                (1, self.x),
-                (2, self.weight),
-                (3, y),
+                (1 + v, self.x),
+                (2 + v, self.weight),
+                (3 + v, y),
                 (4, self.rstd),
             ],
         );
@@ -180,18 +187,24 @@ impl RmsNorm<'_> {
         check_buffer(gpu, "rmsnorm.dx", dx, n)?;
         check_buffer(gpu, "rmsnorm.dw_rows", dw_rows, dw_offset + n)?;
         let rows = gpu.tuning().norm_rows;
-        let entry = if rows { "backward_rows" } else { "backward" };
+        let vec4 = rows && self.d.is_multiple_of(4) && dw_offset.is_multiple_of(4);
+        let entry = match (rows, vec4) {
+            (true, true) => "backward_rows_vec4",
+            (true, false) => "backward_rows",
+            _ => "backward",
+        };
         let pipeline = gpu.pipeline_entry("rmsnorm", RMSNORM, entry, &[]);
+        let v = if vec4 { 6 } else { 0 };
         let bind = gpu.bind_at(
             &pipeline,
             &[
                 (0, &params),
-                (1, self.x),
-                (2, self.weight),
-                (3, dx),
+                (1 + v, self.x),
+                (2 + v, self.weight),
+                (3 + v, dx),
                 (4, self.rstd),
-                (5, dy),
-                (6, dw_rows),
+                (5 + v, dy),
+                (6 + v, dw_rows),
             ],
         );
         dispatch(
