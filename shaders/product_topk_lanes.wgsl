@@ -202,3 +202,120 @@ fn backward(
         }
     }
 }
+
+// `main` for knn <= 16, with no private arrays until the end: lavapipe indexes those lane by
+// lane at every step of a sift. The best 16 offered so far are kept in registers in rank
+// order (`Best`: four vec4 of scores and four of indices), and an offer that ranks before
+// entry j moves entries j.. down one place, all 16 at once with selects: no branches that
+// depend on the data, except skipping an offer that no lane's list takes. Same selection
+// (the same total order), so the same outputs, bit for bit.
+struct Best {
+    k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>, k3: vec4<f32>,
+    i0: vec4<u32>, i1: vec4<u32>, i2: vec4<u32>, i3: vec4<u32>,
+}
+
+// Below every real entry: -infinity and an index no entry has.
+fn empty_best() -> Best {
+    let k = vec4<f32>(bitcast<f32>(0xff800000u));
+    let i = vec4<u32>(0xffffffffu);
+    return Best(k, k, k, k, i, i, i, i);
+}
+
+fn beats(key: f32, idx: u32, k: vec4<f32>, i: vec4<u32>) -> vec4<bool> {
+    return (vec4<f32>(key) > k) | ((vec4<f32>(key) == k) & (vec4<u32>(idx) < i));
+}
+
+// The list with (key, idx) in its place (the last entry drops out).
+fn offer_best(l: Best, key: f32, idx: u32) -> Best {
+    let b0 = beats(key, idx, l.k0, l.i0);
+    let b1 = beats(key, idx, l.k1, l.i1);
+    let b2 = beats(key, idx, l.k2, l.i2);
+    let b3 = beats(key, idx, l.k3, l.i3);
+    // Each entry's predecessor, and whether the offer beat it too (then the entry takes it).
+    let p0 = vec4<bool>(false, b0.x, b0.y, b0.z);
+    let p1 = vec4<bool>(b0.w, b1.x, b1.y, b1.z);
+    let p2 = vec4<bool>(b1.w, b2.x, b2.y, b2.z);
+    let p3 = vec4<bool>(b2.w, b3.x, b3.y, b3.z);
+    let kk = vec4<f32>(key);
+    let ii = vec4<u32>(idx);
+    return Best(
+        select(select(l.k0, kk, b0), vec4<f32>(l.k0.x, l.k0.x, l.k0.y, l.k0.z), p0),
+        select(select(l.k1, kk, b1), vec4<f32>(l.k0.w, l.k1.x, l.k1.y, l.k1.z), p1),
+        select(select(l.k2, kk, b2), vec4<f32>(l.k1.w, l.k2.x, l.k2.y, l.k2.z), p2),
+        select(select(l.k3, kk, b3), vec4<f32>(l.k2.w, l.k3.x, l.k3.y, l.k3.z), p3),
+        select(select(l.i0, ii, b0), vec4<u32>(l.i0.x, l.i0.x, l.i0.y, l.i0.z), p0),
+        select(select(l.i1, ii, b1), vec4<u32>(l.i0.w, l.i1.x, l.i1.y, l.i1.z), p1),
+        select(select(l.i2, ii, b2), vec4<u32>(l.i1.w, l.i2.x, l.i2.y, l.i2.z), p2),
+        select(select(l.i3, ii, b3), vec4<u32>(l.i2.w, l.i3.x, l.i3.y, l.i3.z), p3),
+    );
+}
+
+// Offers (key, idx) unless it ranks after the 16th entry (then it would change nothing).
+fn offer_if_better(l: Best, key: f32, idx: u32) -> Best {
+    if (ranks_before(key, idx, l.k3.w, l.i3.w)) {
+        return offer_best(l, key, idx);
+    }
+    return l;
+}
+
+// Entry j (0 .. 15) of a list: its score, and its index.
+fn quad_of(l: Best, j: u32) -> vec4<f32> {
+    return select(select(l.k0, l.k1, j >= 4u), select(l.k2, l.k3, j >= 12u), j >= 8u);
+}
+
+fn best_key(l: Best, j: u32) -> f32 {
+    let q = quad_of(l, j);
+    let c = j % 4u;
+    return select(select(q.x, q.y, c == 1u), select(q.z, q.w, c == 3u), c >= 2u);
+}
+
+fn best_idx(l: Best, j: u32) -> u32 {
+    let q = select(select(l.i0, l.i1, j >= 4u), select(l.i2, l.i3, j >= 12u), j >= 8u);
+    let c = j % 4u;
+    return select(select(q.x, q.y, c == 1u), select(q.z, q.w, c == 3u), c >= 2u);
+}
+
+fn select_half_best(base: u32) -> Best {
+    var l = empty_best();
+    for (var e = 0u; e < p.n_keys; e++) {
+        l = offer_if_better(l, scores[base + e], e);
+    }
+    return l;
+}
+
+@compute @workgroup_size(INVOCATIONS)
+fn main_registers(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = item_index(wg, nwg, lid);
+    if (item >= p.rows * p.heads) {
+        return;
+    }
+    let k = p.knn;
+    let top1 = select_half_best((item * 2u) * p.n_keys);
+    let top2 = select_half_best((item * 2u + 1u) * p.n_keys);
+    // Candidate pairs: row a holds b < k / (a + 1).
+    var l = empty_best();
+    for (var a = 0u; a < k; a++) {
+        let key_a = best_key(top1, a);
+        let idx_a = best_idx(top1, a) * p.n_keys;
+        for (var b = 0u; b < k / (a + 1u); b++) {
+            l = offer_if_better(l, key_a + best_key(top2, b), idx_a + best_idx(top2, b));
+        }
+    }
+    // Softmax over the k best (entry 0 is the maximum); one fixed-order sum, as in `main`.
+    let top = best_key(l, 0u);
+    var total = 0.0;
+    for (var j = 0u; j < k; j++) {
+        total += exp(best_key(l, j) - top);
+    }
+    let o0 = (p.row0 * p.heads + item) * k;
+    for (var j = 0u; j < k; j++) {
+        let key = best_key(l, j);
+        out_indices[o0 + j] = best_idx(l, j);
+        out_scores[o0 + j] = key;
+        out_weights[o0 + j] = exp(key - top) / total;
+    }
+}

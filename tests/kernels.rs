@@ -847,7 +847,9 @@ fn product_topk_is_exact_for_every_kernel_and_workgroup_size() {
         (2, 2, 300, 128, 0),
         (1, 2, 20000, 32, 0), // long halves: wider workgroups keep the loops in budget
         (4, 1, 64, 16, 3),    // massive ties: index tie-break passes
-        (2, 2, 2000, 64, 7),  // ties and a long half
+        (5, 2, 64, 16, 0),    // the demo's shape (per invocation: the best 16 in registers)
+        (3, 3, 37, 12, 0),
+        (2, 2, 2000, 64, 7), // ties and a long half
         (1, 1, 1, 1, 0),
     ] {
         let scores: Vec<f32> = (0..rows * heads * 2 * n_keys)

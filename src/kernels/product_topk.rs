@@ -185,8 +185,10 @@ knn {} n_keys {}",
             ),
             _ => {
                 let (source, name) = lanes_source(self.knn);
+                // Up to 16 best kept in registers (`main_registers`), else heaps.
+                let entry = if self.knn <= 16 { "main_registers" } else { "main" };
                 (
-                    gpu.pipeline(&name, &source, &[]),
+                    gpu.pipeline_entry(&name, &source, entry, &[]),
                     (items as u32).div_ceil(LANES_WORKGROUP),
                 )
             }
