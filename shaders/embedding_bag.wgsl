@@ -455,3 +455,34 @@ fn weight_grads(
     }
     grad_weights[e] = dot;
 }
+
+// `weight_grads` for f32 values whose rows are whole 16-byte words (v_dim a multiple of 4):
+// the row and dy read 16 bytes at a time, the same fma chain in the same order, so the same
+// bits. CPU adapters run every load lane by lane, at about the same cost whatever its width.
+@compute @workgroup_size(64)
+fn weight_grads_vec4(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (e >= p.rows * p.bag) {
+        return;
+    }
+    let entry = decode(indices[e]);
+    if (entry == 0u) {
+        return;
+    }
+    let quads = p.v_dim / 4u;
+    let d0 = (e / p.bag) * quads;
+    var dot = 0.0;
+    for (var q = 0u; q < quads; q++) {
+        let v = bitcast<vec4<f32>>(value_quad(entry, q));
+        let dy = out4[d0 + q];
+        dot = fma(dy.x, v.x, dot);
+        dot = fma(dy.y, v.y, dot);
+        dot = fma(dy.z, v.z, dot);
+        dot = fma(dy.w, v.w, dot);
+    }
+    grad_weights[e] = dot;
+}

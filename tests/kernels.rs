@@ -737,6 +737,71 @@ fn run_bag(
     g.read_f32_blocking(&out, rows * pool.v_dim()).unwrap()
 }
 
+/// The bag's weight gradient, `<dy[r], V[slot]>` per entry, against the oracle for f32 and
+/// f16 tables split over buffers, and its 16-byte path (f32 rows of whole 16-byte words)
+/// against the 4-byte one bit for bit: the same table and dy with one more column of zeros
+/// (which adds nothing to the dot products) take the 4-byte path.
+#[test]
+fn bag_weight_gradients_match_oracle_and_their_two_paths_agree() {
+    use memlayers::kernels::embedding_bag::WeightGrads;
+    let g = gpu();
+    let mut rng = Rng::new(8);
+    // (rows, bag, table rows, v_dim, rows per chunk)
+    for &(rows, bag, n, v_dim, per_chunk) in &[
+        (3, 5, 10, 8, 10),
+        (70, 32, 500, 32, 500),
+        (5, 40, 97, 12, 7),
+        (4, 9, 30, 7, 30),
+    ] {
+        let values = rng.vec_normal(n * v_dim, 1.0);
+        let dy = rng.vec_normal(rows * v_dim, 1.0);
+        let indices: Vec<u32> = (0..rows * bag).map(|_| rng.below(n as u64) as u32).collect();
+        let run = |values: &[f32], dy: &[f32], v_dim: usize, dtype: ValueDtype| {
+            let pool = ValuePool::with_rows_per_chunk(g, values, n, v_dim, dtype, per_chunk).unwrap();
+            let chunks = pool.chunks();
+            let (ib, dyb) = (g.upload("idx", &indices), g.upload("dy", dy));
+            let gw = g.storage("grad weights", (rows * bag * 4) as u64);
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            WeightGrads {
+                rows: rows as u32,
+                bag: bag as u32,
+                indices: &ib,
+                values: &chunks,
+                dy: &dyb,
+                grad_weights: &gw,
+            }
+            .record(g, &mut enc)
+            .unwrap();
+            g.queue.submit([enc.finish()]);
+            g.read_f32_blocking(&gw, rows * bag).unwrap()
+        };
+        for dtype in [ValueDtype::F32, ValueDtype::F16] {
+            let stored = as_stored(&values, dtype);
+            let want: Vec<f32> = (0..rows * bag)
+                .map(|e| {
+                    let (row, slot) = (e / bag, indices[e] as usize);
+                    (0..v_dim)
+                        .map(|c| dy[row * v_dim + c] * stored[slot * v_dim + c])
+                        .sum()
+                })
+                .collect();
+            let what = format!("bag weight gradients rows={rows} bag={bag} n={n} v_dim={v_dim} {dtype:?}");
+            assert_close(&what, &run(&values, &dy, v_dim, dtype), &want);
+        }
+        let pad = |m: &[f32], rows: usize| -> Vec<f32> {
+            (0..rows)
+                .flat_map(|r| m[r * v_dim..(r + 1) * v_dim].iter().copied().chain([0.0]))
+                .collect()
+        };
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+        assert_eq!(
+            bits(run(&values, &dy, v_dim, ValueDtype::F32)),
+            bits(run(&pad(&values, n), &pad(&dy, rows), v_dim + 1, ValueDtype::F32)),
+            "bag weight gradients v_dim={v_dim}: the 16-byte and 4-byte paths"
+        );
+    }
+}
+
 #[test]
 fn embedding_bag_matches_oracle_f32_f16_and_split_tables() {
     let mut rng = Rng::new(7);

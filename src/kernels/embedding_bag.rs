@@ -238,7 +238,10 @@ impl WeightGrads<'_> {
         check_buffer(gpu, "bag.grad_weights", self.grad_weights, entries)?;
         check_buffer(gpu, "bag.dy", self.dy, self.rows as u64 * v.v_dim as u64)?;
         check_loop_budget("bag weight gradients", v.v_dim as u64, "v_dim")?;
-        let pipeline = gpu.pipeline_entry("embedding_bag", SOURCE, "weight_grads", &[]);
+        // f32 rows of whole 16-byte words: 16-byte loads (`weight_grads_vec4`).
+        let vec4 = !v.f16 && v.v_dim.is_multiple_of(4);
+        let entry = if vec4 { "weight_grads_vec4" } else { "weight_grads" };
+        let pipeline = gpu.pipeline_entry("embedding_bag", SOURCE, entry, &[]);
         let (x, y) = grid((entries as u32).div_ceil(64));
         let binds: Vec<wgpu::BindGroup> = (0..v.buffers.len().div_ceil(CHUNKS_PER_DISPATCH))
             .map(|d| {
