@@ -214,9 +214,10 @@ struct Best {
     i0: vec4<u32>, i1: vec4<u32>, i2: vec4<u32>, i3: vec4<u32>,
 }
 
-// Below every real entry: -infinity and an index no entry has.
+// Below every real entry: -infinity and an index no entry has. (-infinity comes from a
+// value Tint cannot fold at compile time: it rejects a constant -inf.)
 fn empty_best() -> Best {
-    let k = vec4<f32>(bitcast<f32>(0xff800000u));
+    let k = vec4<f32>(bitcast<f32>(0xff800000u | min(p.knn, 0u)));
     let i = vec4<u32>(0xffffffffu);
     return Best(k, k, k, k, i, i, i, i);
 }
