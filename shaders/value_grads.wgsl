@@ -31,6 +31,9 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> row_mask: array<u32>;
 // reduce_quads: dy again, 16 bytes at a time (v_dim a multiple of 4).
 @group(0) @binding(11) var<storage, read> dy4: array<vec4<f32>>;
+// scatter_add_vec4: the rows and the dense table 16 bytes at a time (v_dim a multiple of 4).
+@group(0) @binding(12) var<storage, read> rows4: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> dense4: array<vec4<f32>>;
 
 fn starts_run(i: u32) -> bool {
     return i == 0u || sorted_slots[i] != sorted_slots[i - 1u];
@@ -132,6 +135,22 @@ fn scatter_add(
     for (var e = (wg.y * nwg.x + wg.x) * 64u + lid; e < elements; e += stride) {
         let r = e / p.v_dim;
         dense[out_slots[r] * p.v_dim + e % p.v_dim] += out_rows[e];
+    }
+}
+
+// `scatter_add` four elements at a time (v_dim a multiple of 4): the same sums.
+@compute @workgroup_size(64)
+fn scatter_add_vec4(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let stride = nwg.x * nwg.y * 64u;
+    let quads = p.v_dim / 4u;
+    let elements = min(p.n, row_count[0]) * quads;
+    for (var e = (wg.y * nwg.x + wg.x) * 64u + lid; e < elements; e += stride) {
+        let at = out_slots[e / quads] * quads + e % quads;
+        dense4[at] = dense4[at] + rows4[e];
     }
 }
 

@@ -175,13 +175,15 @@ fn lazy_row_update_touches_only_listed_rows() {
 #[test]
 fn sparse_rows_scatter_add_matches_oracle() {
     // dense[slot] += row for the listed rows only (count <= capacity), including a capacity
-    // whose elements outnumber the capped grid, so invocations stride through several.
+    // whose elements outnumber the capped grid, so invocations stride through several; rows
+    // of whole 16-byte words take the 16-byte path.
     let g = gpu();
     let mut rng = Rng::new(8);
     for &(table_rows, capacity, count, v_dim) in &[
         (10usize, 4usize, 3usize, 5usize),
         (70, 64, 64, 64),
         (6000, 5000, 4000, 33),
+        (6000, 5000, 4000, 32), // 16-byte path, striding
     ] {
         let mut order: Vec<u32> = (0..table_rows as u32).collect();
         for i in (1..order.len()).rev() {

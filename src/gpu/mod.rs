@@ -110,6 +110,10 @@ pub struct Tuning {
     /// bit-identical) where the vocabulary fits one invocation's loop budget, instead of 64
     /// invocations a row with five barriers: for CPU adapters.
     pub cross_entropy_rows: bool,
+    /// Most workgroups of the sparse value gradient's scatter into a dense table, which
+    /// covers the rows' capacity while only the count on the GPU are listed: 2048 on GPUs;
+    /// 64 on CPU adapters, where each of the mostly idle workgroups costs a launch.
+    pub scatter_workgroups: u32,
 }
 
 impl Tuning {
@@ -130,6 +134,7 @@ impl Tuning {
         value_grad_quads: false,
         sort_per_invocation: false,
         cross_entropy_rows: false,
+        scatter_workgroups: 2048,
     };
     pub const CPU: Tuning = Tuning {
         topk_workgroup: 8,
@@ -148,6 +153,7 @@ impl Tuning {
         value_grad_quads: true,
         sort_per_invocation: true,
         cross_entropy_rows: true,
+        scatter_workgroups: 64,
     };
 
     pub fn for_adapter(info: &wgpu::AdapterInfo) -> Tuning {

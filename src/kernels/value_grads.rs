@@ -10,9 +10,6 @@ pub const SOURCE: &str = include_str!("../../shaders/value_grads.wgsl");
 
 /// Sorted entries per workgroup of `reduce` (its `ENTRIES_PER_GROUP`).
 const ENTRIES_PER_GROUP: u32 = 64;
-/// Most workgroups of `scatter_add`, which strides through the rows actually listed (their
-/// count is on the GPU; the dispatch covers the capacity).
-const SCATTER_GROUPS: u32 = 2048;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -43,8 +40,17 @@ impl SparseRows {
         n_rows: u64,
     ) -> Result<()> {
         check_buffer(gpu, "dense gradient", dense, n_rows * self.v_dim as u64)?;
-        let elements = self.capacity as u64 * self.v_dim as u64;
-        let groups = elements.div_ceil(64).min(SCATTER_GROUPS as u64) as u32;
+        // Rows of whole 16-byte words: four elements an invocation (`scatter_add_vec4`).
+        let quads = self.v_dim.is_multiple_of(4);
+        let per_invocation = if quads { 4 } else { 1 };
+        let elements = self.capacity as u64 * (self.v_dim / per_invocation) as u64;
+        // At most `Tuning::scatter_workgroups` workgroups, striding through the rows actually
+        // listed (their count is on the GPU; the dispatch covers the capacity).
+        // (and more where the loop budget needs them).
+        let groups = elements
+            .div_ceil(64)
+            .min(gpu.tuning().scatter_workgroups as u64)
+            .max(elements.div_ceil(64 * (super::LOOP_BUDGET / 2))) as u32;
         check_loop_budget(
             "scatter rows",
             elements.div_ceil(groups as u64 * 64),
@@ -57,15 +63,17 @@ impl SparseRows {
             _pad: 0,
         };
         let params = gpu.uniform("scatter params", &params);
-        let pipeline = gpu.pipeline_entry("value_grads", SOURCE, "scatter_add", &[]);
+        let entry = if quads { "scatter_add_vec4" } else { "scatter_add" };
+        let pipeline = gpu.pipeline_entry("value_grads", SOURCE, entry, &[]);
+        let (rows_at, dense_at) = if quads { (12, 13) } else { (7, 9) };
         let bind = gpu.bind_at(
             &pipeline,
             &[
                 (0, &params),
                 (6, &self.slots),
-                (7, &self.rows),
+                (rows_at, &self.rows),
                 (8, &self.count),
-                (9, dense),
+                (dense_at, dense),
             ],
         );
         let (x, y) = grid(groups);
