@@ -136,8 +136,13 @@ fn main(
         }
     }
     sort_heap();
+    write_outputs(item);
+}
 
-    // Softmax over the k best (entry 0 is the maximum); one fixed-order sum.
+// The item's outputs from heap_key/heap_idx[0, knn) in rank order: indices, scores, and the
+// softmax over them (entry 0 is the maximum; one fixed-order sum).
+fn write_outputs(item: u32) {
+    let k = p.knn;
     var total = 0.0;
     for (var j = 0u; j < k; j++) {
         total += exp(heap_key[j] - heap_key[0]);
@@ -203,7 +208,7 @@ fn backward(
     }
 }
 
-// `main` for knn <= 16, with no private arrays until the end: lavapipe indexes those lane by
+// `main` for knn <= 16, with no private arrays until its outputs (`write_outputs`): lavapipe indexes those lane by
 // lane at every step of a sift. The best 16 offered so far are kept in registers in rank
 // order (`Best`: four vec4 of scores and four of indices), and an offer that ranks before
 // entry j moves entries j.. down one place, all 16 at once with selects: no branches that
@@ -306,17 +311,9 @@ fn main_registers(
             l = offer_if_better(l, key_a + best_key(top2, b), idx_a + best_idx(top2, b));
         }
     }
-    // Softmax over the k best (entry 0 is the maximum); one fixed-order sum, as in `main`.
-    let top = best_key(l, 0u);
-    var total = 0.0;
     for (var j = 0u; j < k; j++) {
-        total += exp(best_key(l, j) - top);
+        heap_key[j] = best_key(l, j);
+        heap_idx[j] = best_idx(l, j);
     }
-    let o0 = (p.row0 * p.heads + item) * k;
-    for (var j = 0u; j < k; j++) {
-        let key = best_key(l, j);
-        out_indices[o0 + j] = best_idx(l, j);
-        out_scores[o0 + j] = key;
-        out_weights[o0 + j] = exp(key - top) / total;
-    }
+    write_outputs(item);
 }

@@ -2,7 +2,7 @@
 //! backward against the oracle.
 
 mod common;
-use common::{assert_close, gpu};
+use common::{assert_close, gpu, gpu_with};
 use memlayers::memory::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
 use memlayers::reference::{self, memory_backward, memory_forward};
 use memlayers::rng::Rng;
@@ -172,11 +172,10 @@ fn gpu_backward_matches_oracle() {
     // Both product top-k kernels (per invocation and per workgroup) and both value-gradient
     // reductions (a column or 4 columns an invocation), whichever the adapter's tuning picks
     // first.
-    let mut other = memlayers::Gpu::new_blocking().unwrap();
-    let mut tuning = other.tuning();
-    tuning.topk_per_invocation = !tuning.topk_per_invocation;
-    tuning.value_grad_quads = !tuning.value_grad_quads;
-    other.set_tuning(tuning);
+    let other = gpu_with(|t| {
+        t.topk_per_invocation = !t.topk_per_invocation;
+        t.value_grad_quads = !t.value_grad_quads;
+    });
     for g in [gpu(), &other] {
         backward_matches_oracle_on(g);
     }
@@ -317,14 +316,10 @@ fn backward_matches_oracle_on(g: &memlayers::Gpu) {
 #[test]
 fn value_gradient_reductions_agree_bit_for_bit() {
     use memlayers::kernels::value_grads::ValueGrads;
-    let device = |quads: bool| {
-        let mut g = memlayers::Gpu::new_blocking().unwrap();
-        let mut tuning = g.tuning();
-        tuning.value_grad_quads = quads;
-        g.set_tuning(tuning);
-        g
-    };
-    let (columns, quads) = (device(false), device(true));
+    let (columns, quads) = (
+        gpu_with(|t| t.value_grad_quads = false),
+        gpu_with(|t| t.value_grad_quads = true),
+    );
     let mut rng = Rng::new(21);
     for &(rows, bag, v_dim, n_values) in &[
         (1, 1, 4, 1),

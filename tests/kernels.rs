@@ -1,8 +1,8 @@
 //! Each kernel against the CPU oracle over many random shapes, odd sizes included.
 
 mod common;
-use common::{assert_close, assert_same_selection, gpu};
-use memlayers::gpu::{GemmKernel, GemmPrecision, GemmTile, Tuning};
+use common::{assert_close, assert_same_selection, gpu, gpu_with};
+use memlayers::gpu::{GemmKernel, GemmPrecision, GemmTile};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use memlayers::kernels::linear::{choice, Batched, Gate, Linear};
 use memlayers::kernels::product_topk::{
@@ -48,30 +48,17 @@ fn linear_variants() -> &'static [Gpu] {
         }
         // The narrow kernel for products of at most 4 rows, with the default tile for larger.
         let narrow = gpu().tuning().gemm_narrow_rows.max(4);
-        let narrow_gpu = {
-            let mut g = Gpu::new_blocking().unwrap();
-            let tuning = Tuning {
-                gemm: GemmKernel::Tiled(GemmTile::DEFAULT),
-                gemm_trial: false,
-                gemm_narrow_rows: narrow,
-                ..g.tuning()
-            };
-            g.set_tuning(tuning);
-            g
+        let fixed = |gemm: GemmKernel, narrow_rows: u32| {
+            gpu_with(|t| {
+                t.gemm = gemm;
+                t.gemm_trial = false;
+                t.gemm_narrow_rows = narrow_rows;
+            })
         };
+        let narrow_gpu = fixed(GemmKernel::Tiled(GemmTile::DEFAULT), narrow);
         candidates
             .into_iter()
-            .map(|kernel| {
-                let mut g = Gpu::new_blocking().unwrap();
-                let tuning = Tuning {
-                    gemm: kernel,
-                    gemm_trial: false,
-                    gemm_narrow_rows: 0,
-                    ..g.tuning()
-                };
-                g.set_tuning(tuning);
-                g
-            })
+            .map(|kernel| fixed(kernel, 0))
             .chain([narrow_gpu])
             .collect()
     })
@@ -81,13 +68,7 @@ fn linear_variants() -> &'static [Gpu] {
 /// gradients' reductions, CPU adapters do not): both paths run on every adapter.
 fn other_split_k_gpu() -> &'static Gpu {
     static OTHER: OnceLock<Gpu> = OnceLock::new();
-    OTHER.get_or_init(|| {
-        let mut other = Gpu::new_blocking().unwrap();
-        let mut tuning = other.tuning();
-        tuning.split_k = !tuning.split_k;
-        other.set_tuning(tuning);
-        other
-    })
+    OTHER.get_or_init(|| gpu_with(|t| t.split_k = !t.split_k))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -426,14 +407,11 @@ fn f16_input_gemms_run_on_matrix_units_and_match_the_oracle_on_rounded_inputs() 
 fn a_device_with_the_trial_on_asks_it_once_and_runs_its_choice() {
     // The trial's path as GPUs take it (CPU adapters keep it off): candidates limited to the
     // smallest tile and the subgroup kernel, so that it compiles two kernels here.
-    let mut g = Gpu::new_blocking().unwrap();
-    let tuning = Tuning {
-        gemm_trial: true,
-        gemm_max_invocations: 16,
-        gemm_narrow_rows: 0,
-        ..g.tuning()
-    };
-    g.set_tuning(tuning);
+    let g = gpu_with(|t| {
+        t.gemm_trial = true;
+        t.gemm_max_invocations = 16;
+        t.gemm_narrow_rows = 0;
+    });
     let chosen = choice::kernel(&g);
     assert!(choice::candidates(&g).contains(&chosen), "{chosen}");
     assert_eq!(choice::kernel(&g), chosen);
@@ -1022,11 +1000,7 @@ fn radix_sort_is_stable_and_matches_std() {
     // Both variants: a workgroup per block of pairs (GPUs) and an invocation per block (CPU
     // adapters).
     for per_invocation in [false, true] {
-        let mut g = memlayers::Gpu::new_blocking().unwrap();
-        let mut tuning = g.tuning();
-        tuning.sort_per_invocation = per_invocation;
-        g.set_tuning(tuning);
-        radix_sort_cases(&g);
+        radix_sort_cases(&gpu_with(|t| t.sort_per_invocation = per_invocation));
     }
 }
 

@@ -1,7 +1,7 @@
 //! The transformer ops on the GPU against the CPU oracle, forward and backward.
 
 mod common;
-use common::{assert_close, gpu};
+use common::{assert_close, gpu, gpu_with};
 use memlayers::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
 use memlayers::reference::ops::{self, AttentionDims};
 use memlayers::rng::Rng;
@@ -22,10 +22,7 @@ fn rng_residual(n: usize) -> Vec<f32> {
 fn rmsnorm_matches_oracle_in_both_variants_bit_for_bit() {
     // A workgroup per row (GPUs) and a row per invocation (CPU adapters; 16-byte loads where
     // d is a multiple of 4): both against the oracle, and bit-identical to each other.
-    let mut other = Gpu::new_blocking().unwrap();
-    let mut tuning = other.tuning();
-    tuning.norm_rows = !tuning.norm_rows;
-    other.set_tuning(tuning);
+    let other = gpu_with(|t| t.norm_rows = !t.norm_rows);
     let mut rng = Rng::new(1);
     for &(rows, d) in &[(1, 1), (3, 7), (17, 64), (130, 33), (5, 300), (2, 1000)] {
         let (x, w, dy) = (
@@ -194,12 +191,10 @@ fn rope_pair_equals_two_single_rotations() {
 /// (GPUs), a row per invocation (CPU adapters), or a row per invocation reading its keys a
 /// subgroup at a time (CPU adapters with subgroups; without them this runs the rows).
 fn attention_device(rows: bool, lanes: bool) -> Gpu {
-    let mut g = Gpu::new_blocking().unwrap();
-    let mut tuning = g.tuning();
-    tuning.attention_rows = rows;
-    tuning.attention_lanes = lanes;
-    g.set_tuning(tuning);
-    g
+    gpu_with(|t| {
+        t.attention_rows = rows;
+        t.attention_lanes = lanes;
+    })
 }
 
 fn subgroup_lanes_note(g: &Gpu) {
@@ -388,14 +383,7 @@ fn cross_entropy_matches_oracle() {
     // Every fourth target (and the last row's) ignored where the row count allows: those rows
     // must get zero loss and gradient, and the mean is over the others. Both kernels: 64
     // invocations a row (GPUs) and a row per invocation (CPU adapters), the same bits.
-    let device = |rows: bool| {
-        let mut g = Gpu::new_blocking().unwrap();
-        let mut tuning = g.tuning();
-        tuning.cross_entropy_rows = rows;
-        g.set_tuning(tuning);
-        g
-    };
-    let devices = [device(false), device(true)];
+    let devices = [false, true].map(|rows| gpu_with(|t| t.cross_entropy_rows = rows));
     let mut rng = Rng::new(4);
     for &(rows, vocab, ignore) in &[
         (1, 1, false),

@@ -21,3 +21,13 @@ pub fn gpu() -> &'static Gpu {
         Err(e) => panic!("GPU tests need a wgpu adapter: {e}"),
     })
 }
+
+/// A device of its own on the same adapter, its kernel variants (`gpu::Tuning`) changed by
+/// `change`: for tests that run one kernel in each of its variants.
+pub fn gpu_with(change: impl FnOnce(&mut memlayers::gpu::Tuning)) -> Gpu {
+    let mut g = Gpu::new_blocking().unwrap();
+    let mut tuning = g.tuning();
+    change(&mut tuning);
+    g.set_tuning(tuning);
+    g
+}
