@@ -29,6 +29,8 @@ pub struct Options {
     pub quick: bool,
     pub tokens: usize,
     pub iters: usize,
+    /// Print every kernel's GPU time per training step, not only the six largest shares.
+    pub all_kernels: bool,
 }
 
 /// The reference layer in plain PyTorch (`scripts/torch_memory_forward_bench.py`), run by
@@ -560,14 +562,20 @@ fn train_run(
     })
 }
 
-fn print_train_run(name: &str, r: &TrainRun) {
+fn print_train_run(name: &str, r: &TrainRun, all_kernels: bool) {
     let total: f64 = r.top.iter().map(|k| k.1).sum();
-    let top: Vec<String> = r
-        .top
-        .iter()
-        .take(6)
-        .map(|(l, s)| format!("{l} {:.0}%", 100.0 * s / total))
-        .collect();
+    let top: Vec<String> = if all_kernels {
+        r.top
+            .iter()
+            .map(|(l, s)| format!("{l} {:.2} ms", s * 1e3))
+            .collect()
+    } else {
+        r.top
+            .iter()
+            .take(6)
+            .map(|(l, s)| format!("{l} {:.0}%", 100.0 * s / total))
+            .collect()
+    };
     println!(
         "{name:<27} {:>9} params  {:>6.2} MFLOP/token  {:>8.0} training tokens/s",
         r.params,
@@ -575,8 +583,9 @@ fn print_train_run(name: &str, r: &TrainRun) {
         r.tokens_per_s
     );
     println!(
-        "  GPU time of one step: {:.0} ms; largest: {}",
+        "  GPU time of one step: {:.0} ms; {}: {}",
         total * 1e3,
+        if all_kernels { "by kernel" } else { "largest" },
         top.join(", ")
     );
     let c = r.per_step;
@@ -623,7 +632,7 @@ fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
     ];
     for (name, json, lazy_values) in runs {
         let r = train_run(gpu, &json, lazy_values, (8, 64), o.iters)?;
-        print_train_run(name, &r);
+        print_train_run(name, &r, o.all_kernels);
         results.push(r.tokens_per_s);
     }
     println!(
@@ -657,14 +666,14 @@ fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
         ("memory", format!("{{{base}{memory}}}")),
     ] {
         let r = train_run(gpu, &json, false, (32, 48), o.iters)?;
-        print_train_run(name, &r);
+        print_train_run(name, &r, o.all_kernels);
         let mut ratio = None;
         if workgroups != tuning {
             gpu.set_tuning(workgroups);
             let w = train_run(gpu, &json, false, (32, 48), o.iters);
             gpu.set_tuning(tuning);
             let w = w?;
-            print_train_run(&format!("{name}, workgroup variants"), &w);
+            print_train_run(&format!("{name}, workgroup variants"), &w, o.all_kernels);
             ratio = Some(r.tokens_per_s / w.tokens_per_s);
         }
         by_model.push((name, r.tokens_per_s, ratio));
@@ -699,7 +708,7 @@ fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
         ("memory", format!("{{{base}{memory}}}")),
     ] {
         let r = train_run(gpu, &json, false, (128, 48), o.iters)?;
-        print_train_run(name, &r);
+        print_train_run(name, &r, o.all_kernels);
     }
     Ok(())
 }

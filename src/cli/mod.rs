@@ -73,6 +73,9 @@ enum Command {
         /// Timed repetitions per configuration.
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// With --train: every kernel's GPU time per step in ms, not only the six largest shares.
+        #[arg(long)]
+        kernels: bool,
     },
 }
 
@@ -93,11 +96,13 @@ pub fn run() -> Result<()> {
             quick,
             tokens,
             iters,
+            kernels,
         } => memlayers::bench::run(&memlayers::bench::Options {
             train,
             quick,
             tokens,
             iters,
+            all_kernels: kernels,
         }),
     }
 }
