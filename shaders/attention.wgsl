@@ -22,7 +22,7 @@ var<workgroup> combined: f32;
 fn score(qb: u32, kb: u32) -> f32 {
     var dot = 0.0;
     for (var c = 0u; c < p.head_dim; c++) {
-        dot = fma(q[qb + c], k[kb + c], dot);
+        dot = fma(q[qb + c], k_at(kb + c), dot);
     }
     return dot * p.scale;
 }
@@ -68,7 +68,7 @@ fn forward(
     for (var c = lid; c < p.head_dim; c += WG) {
         var acc = 0.0;
         for (var j = 0u; j <= last; j++) {
-            acc = fma(row[j], v[kv_base(b, j, g) + c], acc);
+            acc = fma(row[j], v_at(kv_base(b, j, g) + c), acc);
         }
         out[qb + c] = acc;
     }
@@ -105,7 +105,7 @@ fn backward_q(
         let prob = exp(score(qb, kb) - l);
         var dp = 0.0;
         for (var c = 0u; c < p.head_dim; c++) {
-            dp = fma(d_out[qb + c], v[kb + c], dp);
+            dp = fma(d_out[qb + c], v_at(kb + c), dp);
         }
         row[j] = prob * (dp - big_d);
     }
@@ -113,7 +113,7 @@ fn backward_q(
     for (var c = lid; c < p.head_dim; c += WG) {
         var acc = 0.0;
         for (var j = 0u; j <= i; j++) {
-            acc = fma(row[j], k[kv_base(b, j, g) + c], acc);
+            acc = fma(row[j], k_at(kv_base(b, j, g) + c), acc);
         }
         dq[qb + c] = acc * p.scale;
     }
@@ -143,7 +143,7 @@ fn backward_kv(
             let prob = exp(score(qb, kb) - lse[at]);
             var dp = 0.0;
             for (var c = 0u; c < p.head_dim; c++) {
-                dp = fma(d_out[qb + c], v[kb + c], dp);
+                dp = fma(d_out[qb + c], v_at(kb + c), dp);
             }
             probs[i] = prob;
             row[i] = prob * (dp - row_dot[at]);

@@ -113,13 +113,13 @@ fn in_row(c: vec4<u32>) -> vec4<bool> {
 
 fn shared_k(base: u32, sg_lane: u32) -> Row {
     let c = mine(sg_lane);
-    let x = vec4<f32>(k[element(base, c.x)], k[element(base, c.y)], k[element(base, c.z)], k[element(base, c.w)]);
+    let x = vec4<f32>(k_at(element(base, c.x)), k_at(element(base, c.y)), k_at(element(base, c.z)), k_at(element(base, c.w)));
     return spread(select(vec4<f32>(0.0), x, in_row(c)), sg_lane);
 }
 
 fn shared_v(base: u32, sg_lane: u32) -> Row {
     let c = mine(sg_lane);
-    let x = vec4<f32>(v[element(base, c.x)], v[element(base, c.y)], v[element(base, c.z)], v[element(base, c.w)]);
+    let x = vec4<f32>(v_at(element(base, c.x)), v_at(element(base, c.y)), v_at(element(base, c.z)), v_at(element(base, c.w)));
     return spread(select(vec4<f32>(0.0), x, in_row(c)), sg_lane);
 }
 
@@ -153,13 +153,13 @@ fn own_q(base: u32) -> Row {
 
 fn own_k(base: u32) -> Row {
     var x: array<f32, 32>;
-    for (var c = 0u; c < p.head_dim; c++) { x[c] = k[base + c]; }
+    for (var c = 0u; c < p.head_dim; c++) { x[c] = k_at(base + c); }
     return row_from(x);
 }
 
 fn own_v(base: u32) -> Row {
     var x: array<f32, 32>;
-    for (var c = 0u; c < p.head_dim; c++) { x[c] = v[base + c]; }
+    for (var c = 0u; c < p.head_dim; c++) { x[c] = v_at(base + c); }
     return row_from(x);
 }
 

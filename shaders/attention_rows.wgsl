@@ -45,7 +45,7 @@ fn forward(
         let kb = kv_base(b, j, g);
         var dot = 0.0;
         for (var c = 0u; c < p.head_dim; c++) {
-            dot = fma(qr[c], k[kb + c], dot);
+            dot = fma(qr[c], k_at(kb + c), dot);
         }
         let s = dot * p.scale;
         let m_new = max(m, s);
@@ -53,7 +53,7 @@ fn forward(
         let w = exp(s - m_new);
         sum = sum * correction + w;
         for (var c = 0u; c < p.head_dim; c++) {
-            acc[c] = fma(w, v[kb + c], acc[c] * correction);
+            acc[c] = fma(w, v_at(kb + c), acc[c] * correction);
         }
         m = m_new;
     }
@@ -95,12 +95,12 @@ fn backward_q(
         var dot = 0.0;
         var dp = 0.0;
         for (var c = 0u; c < p.head_dim; c++) {
-            dot = fma(qr[c], k[kb + c], dot);
-            dp = fma(dor[c], v[kb + c], dp);
+            dot = fma(qr[c], k_at(kb + c), dot);
+            dp = fma(dor[c], v_at(kb + c), dp);
         }
         let ds = exp(dot * p.scale - l) * (dp - big_d);
         for (var c = 0u; c < p.head_dim; c++) {
-            acc[c] = fma(ds, k[kb + c], acc[c]);
+            acc[c] = fma(ds, k_at(kb + c), acc[c]);
         }
     }
     for (var c = 0u; c < p.head_dim; c++) {
@@ -128,8 +128,8 @@ fn backward_kv(
     var acc_k: array<f32, MAX_HD>;
     var acc_v: array<f32, MAX_HD>;
     for (var c = 0u; c < p.head_dim; c++) {
-        kr[c] = k[kb + c];
-        vr[c] = v[kb + c];
+        kr[c] = k_at(kb + c);
+        vr[c] = v_at(kb + c);
         acc_k[c] = 0.0;
         acc_v[c] = 0.0;
     }

@@ -145,23 +145,25 @@ fn train_resume_is_bit_identical_and_generate_runs() {
     let a = std::fs::read(dir.join("straight/checkpoint/weights.safetensors")).unwrap();
     let b = std::fs::read(dir.join("split/checkpoint/weights.safetensors")).unwrap();
     assert!(a == b, "resumed run differs from the uninterrupted one");
-    let gen = |seed: &str| {
-        let run = memlayers(
-            &[
-                "generate",
-                "--model",
-                "straight",
-                "--prompt",
-                "fact 1",
-                "--max-tokens",
-                "12",
-                "--seed",
-                seed,
-            ],
-            &dir,
-        );
+    let gen = |seed: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            "straight",
+            "--prompt",
+            "fact 1",
+            "--max-tokens",
+            "12",
+            "--seed",
+            seed,
+        ];
+        args.extend_from_slice(extra);
+        let run = memlayers(&args, &dir);
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
         String::from_utf8_lossy(&run.stdout).to_string()
     };
-    assert_eq!(gen("1"), gen("2"), "greedy generation ignores the seed");
+    assert_eq!(gen("1", &[]), gen("2", &[]), "greedy generation ignores the seed");
+    // Generation with an f16 KV cache runs (its decoding is checked against the f32 cache's
+    // in tests/model.rs) and ends its output with a newline, as every generation does.
+    assert!(gen("1", &["--f16-kv-cache"]).ends_with('\n'));
 }

@@ -210,6 +210,38 @@ fn kv_cache_decoding_matches_the_full_forward() {
     );
 }
 
+/// A KV cache of f16 decodes what the f32 cache decodes, up to the keys' and values'
+/// rounding to f16: a relative error of at most 2^-11 each, which moves these logits (of
+/// order 1) by well under 1e-2.
+#[test]
+fn f16_kv_cache_decodes_close_to_the_f32_cache() {
+    let g = gpu();
+    let w = weights(
+        r#"{"dim": 24, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 29, "multiple_of": 8, "max_seqlen": 12,
+            "productkey_args": {"is_enabled": true, "layers": "0", "mem_n_keys": 7, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#,
+    );
+    let model = Model::new(g, &w).unwrap();
+    let tokens: Vec<u32> = vec![3, 17, 4, 28, 0, 9, 9, 12, 5, 21, 1, 7];
+    let (mut exact, mut half) = (model.new_cache(g), model.new_cache_f16(g));
+    assert!(half.f16 && !exact.f16);
+    let mut largest = 0.0f32;
+    let mut differs = false;
+    // The prompt's first five tokens at once, then one at a time.
+    let steps = std::iter::once(&tokens[..5]).chain(tokens[5..].chunks(1));
+    for (i, chunk) in steps.enumerate() {
+        let a = pollster::block_on(model.forward_with_cache(g, chunk, &mut exact)).unwrap();
+        let b = pollster::block_on(model.forward_with_cache(g, chunk, &mut half)).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            largest = largest.max((x - y).abs());
+            differs |= x != y;
+        }
+        assert!(largest < 1e-2, "step {i}: logits differ by {largest}");
+    }
+    assert!(differs, "the rounding to f16 is real");
+    assert_eq!(half.len, 12);
+    assert!(pollster::block_on(model.forward_with_cache(g, &[1], &mut half)).is_err());
+}
+
 /// The embedding's gradient as a GEMM against one-hot rows (small vocabularies) and through
 /// the sparse sort (large ones) agree bit for bit, repeated tokens and unused ones included.
 #[test]

@@ -2,7 +2,9 @@
 
 mod common;
 use common::{assert_close, gpu, gpu_with};
-use memlayers::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
+use memlayers::kernels::ops::{
+    record_pack_f16, rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET,
+};
 use memlayers::reference::ops::{self, AttentionDims};
 use memlayers::rng::Rng;
 use memlayers::Gpu;
@@ -246,6 +248,7 @@ fn attention<'a>(
         v,
         out,
         lse,
+        kv_f16: false,
     }
 }
 
@@ -375,6 +378,145 @@ fn attention_lanes_equal_rows_bit_for_bit() {
             run(&lanes),
             "decoding {seq} queries over {kv_len} positions, heads {heads}/{kv_heads}, hd {hd}"
         );
+    }
+}
+
+/// f32 values as f16 pairs, two a word (element i in half i % 2 of word i / 2), rounded to
+/// nearest even, and the f32 values those f16s hold.
+fn f16_pairs(x: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let words = h
+        .chunks(2)
+        .map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0, |v| v.to_bits()) as u32) << 16)
+        .collect();
+    (words, h.iter().map(|v| v.to_f32()).collect())
+}
+
+/// Keys and values read as f16 pairs (a KV cache of f16) give, in every kernel variant,
+/// exactly what the f32 kernel gives for the same values widened to f32: the widening is
+/// exact and the arithmetic is f32 either way. Forward over a whole sequence and decoding.
+#[test]
+fn attention_reads_f16_keys_and_values_exactly() {
+    let devices = [
+        attention_device(false, false),
+        attention_device(true, false),
+        attention_device(true, true),
+    ];
+    subgroup_lanes_note(&devices[2]);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let mut rng = Rng::new(11);
+    // (seq, kv_len, heads, kv_heads, head_dim): seq == kv_len is a whole forward.
+    for &(seq, kv_len, heads, kv_heads, hd) in &[
+        (5, 5, 2, 1, 8),
+        (1, 37, 4, 2, 20),
+        (3, 40, 2, 2, 6),
+        (1, 1, 1, 1, 2),
+        (9, 23, 3, 1, 32),
+    ] {
+        let q = rng.vec_normal(2 * seq * heads * hd, 1.0);
+        let (k_words, k) = f16_pairs(&rng.vec_normal(2 * kv_len * kv_heads * hd, 1.0));
+        let (v_words, v) = f16_pairs(&rng.vec_normal(2 * kv_len * kv_heads * hd, 1.0));
+        let run = |g: &Gpu, f16: bool| {
+            let qb = g.upload("q", &q);
+            let (kb, vb) = if f16 {
+                (g.upload("k", &k_words), g.upload("v", &v_words))
+            } else {
+                (g.upload("k", &k), g.upload("v", &v))
+            };
+            let ob = g.storage("o", (q.len() * 4) as u64);
+            let lb = g.storage("lse", (2 * seq * heads * 4) as u64);
+            let a = AttentionDims {
+                seq,
+                heads,
+                kv_heads,
+                head_dim: hd,
+            };
+            let att = Attention {
+                kv_f16: f16,
+                ..attention(2, a, [&qb, &kb, &vb, &ob, &lb])
+            };
+            let mut e = g.device.create_command_encoder(&Default::default());
+            att.record_decode(g, &mut e, kv_len as u32).unwrap();
+            g.queue.submit([e.finish()]);
+            (
+                bits(&g.read_f32_blocking(&ob, q.len()).unwrap()),
+                bits(&g.read_f32_blocking(&lb, 2 * seq * heads).unwrap()),
+            )
+        };
+        for g in &devices {
+            assert_eq!(
+                run(g, true),
+                run(g, false),
+                "{seq} queries over {kv_len} positions, heads {heads}/{kv_heads}, hd {hd}, {:?}",
+                g.tuning()
+            );
+        }
+    }
+}
+
+/// `record_pack_f16` writes each value as one of the two f16s nearest to it (WGSL's rule;
+/// round to nearest even gives the nearer), from the given word on, and nothing else.
+#[test]
+fn pack_f16_rounds_to_a_neighbouring_f16() {
+    let g = gpu();
+    let mut rng = Rng::new(12);
+    for &(len, offset) in &[(2usize, 0u32), (130, 3), (4096, 17)] {
+        let mut x = rng.vec_normal(len, 10.0);
+        x[0] = 1.0 + 1.0 / 4096.0; // halfway between two f16s
+        let xb = g.upload("x", &x);
+        let total = offset as usize + len / 2 + 2;
+        let sentinel = vec![0xdead_beef_u32; total];
+        let packed = g.upload("packed", &sentinel);
+        let mut e = g.device.create_command_encoder(&Default::default());
+        record_pack_f16(g, &mut e, &xb, &packed, offset, len as u32).unwrap();
+        g.queue.submit([e.finish()]);
+        let words = g.read_u32_blocking(&packed, total).unwrap();
+        let o = offset as usize;
+        assert!(words[..o]
+            .iter()
+            .chain(&words[o + len / 2..])
+            .all(|&w| w == 0xdead_beef));
+        for (i, &v) in x.iter().enumerate() {
+            let got = (words[o + i / 2] >> (16 * (i % 2))) & 0xffff;
+            let nearest = half::f16::from_f32(v);
+            let (lo, hi) = if nearest.to_f32() <= v {
+                (nearest, half::f16::from_bits(next_up(nearest.to_bits())))
+            } else {
+                (half::f16::from_bits(next_down(nearest.to_bits())), nearest)
+            };
+            let got = half::f16::from_bits(got as u16);
+            assert!(
+                got.to_bits() == lo.to_bits() || got.to_bits() == hi.to_bits(),
+                "value {i} = {v}: packed {got} (bits {:#06x}), neighbours {lo} and {hi}",
+                got.to_bits()
+            );
+        }
+    }
+    assert!(record_pack_f16(
+        g,
+        &mut g.device.create_command_encoder(&Default::default()),
+        &g.upload("x", &[1.0f32; 3]),
+        &g.storage("p", 16),
+        0,
+        3
+    )
+    .is_err());
+}
+
+/// The next f16 towards +infinity and towards -infinity, by bits (finite values).
+fn next_up(bits: u16) -> u16 {
+    match bits {
+        0x8000 => 0x0001,
+        b if b & 0x8000 != 0 => b - 1,
+        b => b + 1,
+    }
+}
+
+fn next_down(bits: u16) -> u16 {
+    match bits {
+        0x0000 => 0x8001,
+        b if b & 0x8000 != 0 => b + 1,
+        b => b - 1,
     }
 }
 

@@ -3,7 +3,7 @@
 //! model's tokenizer, then decoding until EOS or `--max-tokens` new tokens, the text printed
 //! to stdout.
 
-use memlayers::model::{Model, ModelConfig};
+use memlayers::model::{KvCache, Model, ModelConfig};
 use memlayers::rng::Rng;
 use memlayers::tokenizer::Tokenizer;
 use memlayers::{Error, Gpu, Result};
@@ -39,6 +39,19 @@ pub struct Args {
     /// Linear layers with f16 inputs on the adapter's matrix units, where it has them.
     #[arg(long)]
     pub f16_gemm_inputs: bool,
+    /// Keep the KV cache's keys and values as f16 (half its memory and traffic; attention
+    /// computes in f32).
+    #[arg(long)]
+    pub f16_kv_cache: bool,
+}
+
+/// An empty KV cache of the kind `a` asks for.
+fn empty_cache(a: &Args, gpu: &Gpu, model: &Model) -> KvCache {
+    if a.f16_kv_cache {
+        model.new_cache_f16(gpu)
+    } else {
+        model.new_cache(gpu)
+    }
 }
 
 /// The device and the model as `a` asks for them.
@@ -85,11 +98,14 @@ pub fn pick(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Rng) -> u32 
     probs[n - 1].1
 }
 
-/// lingua's generation: `tokens` (the prompt with BOS) are prefilled, then one token at a
-/// time until EOS or `max_new` tokens; returns the new tokens without the EOS.
+/// lingua's generation: `tokens` (the prompt with BOS) are prefilled into `cache` (empty),
+/// then one token at a time until EOS or `max_new` tokens; returns the new tokens without
+/// the EOS.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_ids(
     gpu: &Gpu,
     model: &Model,
+    mut cache: KvCache,
     config: &ModelConfig,
     prompt: &[u32],
     max_new: usize,
@@ -105,7 +121,6 @@ pub fn generate_ids(
     // As lingua: the prompt's last max_seqlen - max_new tokens.
     let keep = config.max_seqlen - max_new;
     let mut feed = prompt[prompt.len().saturating_sub(keep)..].to_vec();
-    let mut cache = model.new_cache(gpu);
     let mut out = Vec::new();
     while out.len() < max_new {
         let logits = pollster::block_on(model.forward_with_cache(gpu, &feed, &mut cache))?;
@@ -129,6 +144,7 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
     let ids = generate_ids(
         &gpu,
         &model,
+        empty_cache(a, &gpu, &model),
         config,
         &prompt,
         a.max_tokens,
@@ -173,11 +189,11 @@ pub fn run(a: &Args) -> Result<()> {
     // Prefill the KV cache with the prompt (its last max_seqlen - 1 tokens), then decode one
     // token at a time. When the cache is full, start a new one from the last half window.
     let keep = |tokens: &[u32], n: usize| tokens[tokens.len().saturating_sub(n)..].to_vec();
-    let mut cache = model.new_cache(&gpu);
+    let mut cache = empty_cache(a, &gpu, &model);
     let mut feed = keep(&tokens, config.max_seqlen - 1);
     for _ in 0..a.max_tokens {
         if cache.len as usize + feed.len() > config.max_seqlen {
-            cache = model.new_cache(&gpu);
+            cache = empty_cache(a, &gpu, &model);
             feed = keep(&tokens, config.max_seqlen / 2);
         }
         let logits = pollster::block_on(model.forward_with_cache(&gpu, &feed, &mut cache))?;

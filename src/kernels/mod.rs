@@ -106,7 +106,8 @@ pub(crate) fn check_buffer(gpu: &Gpu, name: &str, buffer: &wgpu::Buffer, elems: 
 #[cfg(test)]
 mod tests {
     /// The override constants each shader is checked with: its defaults, every workgroup
-    /// width the code picks (`WG`), and every GEMM tile shape (`WG_M`, `WG_N`, `TK`).
+    /// width the code picks (`WG`), f16 weights and keys/values, and every GEMM tile shape
+    /// (`WG_M`, `WG_N`, `TK`).
     fn override_sets(module: &naga::Module) -> Vec<Vec<(&'static str, f64)>> {
         let has = |name: &str| {
             module
@@ -120,6 +121,9 @@ mod tests {
         }
         if has("W_F16") {
             sets.push(vec![("W_F16", 1.0)]);
+        }
+        if has("KV_F16") {
+            sets.push(vec![("KV_F16", 1.0)]);
         }
         if has("ROWS") {
             sets.push(vec![("ROWS", 16.0)]);

@@ -58,6 +58,32 @@ pub fn record_add(
     Ok(())
 }
 
+/// Records `packed[offset + i] = f16(x[2i]) | f16(x[2i + 1]) << 16` for the `len` elements
+/// of `x` (`len` even): f32 values into a buffer of f16 pairs, as `unpack2x16float` reads
+/// them, from word `offset` on. WGSL rounds each value to one of its two nearest f16s.
+pub fn record_pack_f16(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &wgpu::Buffer,
+    packed: &wgpu::Buffer,
+    offset: u32,
+    len: u32,
+) -> Result<()> {
+    if !len.is_multiple_of(2) {
+        return Err(Error::Config(format!(
+            "pack_f16: an even number of values, not {len}"
+        )));
+    }
+    let words = len / 2;
+    check_buffer(gpu, "pack_f16.x", x, len as u64)?;
+    check_buffer(gpu, "pack_f16.packed", packed, offset as u64 + words as u64)?;
+    let params = gpu.uniform("pack_f16 params", &[words, offset, 0, 0]);
+    let pipeline = gpu.pipeline_entry("elementwise", ELEMENTWISE, "pack_f16", &[]);
+    let bind = gpu.bind_at(&pipeline, &[(0, &params), (1, x), (3, packed)]);
+    dispatch(gpu, encoder, "pack_f16", &pipeline, &[&bind], words.div_ceil(64));
+    Ok(())
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct RmsParams {
@@ -389,15 +415,17 @@ enum AttentionKernel {
 }
 
 impl AttentionKernel {
-    fn pipeline(self, gpu: &Gpu, entry: &str) -> wgpu::ComputePipeline {
+    /// The pipeline of `entry`, reading keys and values as f16 pairs where `kv_f16`.
+    fn pipeline(self, gpu: &Gpu, entry: &str, kv_f16: bool) -> wgpu::ComputePipeline {
+        let constants: &[(&str, f64)] = if kv_f16 { &[("KV_F16", 1.0)] } else { &[] };
         match self {
-            AttentionKernel::Workgroups => gpu.pipeline_entry("attention", ATTENTION, entry, &[]),
-            AttentionKernel::Rows => gpu.pipeline_entry("attention_rows", ATTENTION_ROWS, entry, &[]),
+            AttentionKernel::Workgroups => gpu.pipeline_entry("attention", ATTENTION, entry, constants),
+            AttentionKernel::Rows => gpu.pipeline_entry("attention_rows", ATTENTION_ROWS, entry, constants),
             AttentionKernel::Lanes => gpu.pipeline_entry(
                 "attention_lanes",
                 &super::with_subgroups(ATTENTION_LANES),
                 entry,
-                &[],
+                constants,
             ),
         }
     }
@@ -416,7 +444,8 @@ impl AttentionKernel {
 /// Causal grouped-query attention over `batch` sequences: `q [batch, seq, heads, hd]`,
 /// `k, v [batch, seq, kv_heads, hd]`, `out` like q, `lse [batch, seq, heads]`.
 /// With a KV cache (`record_decode`), `k, v` hold `kv_len` positions and the `seq` query
-/// positions start at `kv_len - seq`.
+/// positions start at `kv_len - seq`. With `kv_f16`, `k` and `v` hold f16 pairs
+/// (`record_pack_f16`), as an f16 KV cache does; the arithmetic stays f32.
 pub struct Attention<'a> {
     pub batch: u32,
     pub seq: u32,
@@ -428,6 +457,7 @@ pub struct Attention<'a> {
     pub v: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
     pub lse: &'a wgpu::Buffer,
+    pub kv_f16: bool,
 }
 
 impl Attention<'_> {
@@ -470,8 +500,9 @@ impl Attention<'_> {
         let qn = a.batch as u64 * s * a.heads as u64 * hd;
         let kvn = a.batch as u64 * kv_len as u64 * a.kv_heads as u64 * hd;
         check_buffer(gpu, "attention.q", a.q, qn)?;
-        check_buffer(gpu, "attention.k", a.k, kvn)?;
-        check_buffer(gpu, "attention.v", a.v, kvn)?;
+        let kv_words = if a.kv_f16 { kvn.div_ceil(2) } else { kvn };
+        check_buffer(gpu, "attention.k", a.k, kv_words)?;
+        check_buffer(gpu, "attention.v", a.v, kv_words)?;
         check_buffer(gpu, "attention.out", a.out, qn)?;
         check_buffer(gpu, "attention.lse", a.lse, a.batch as u64 * s * a.heads as u64)?;
         let params = AttentionParams {
@@ -517,7 +548,7 @@ impl Attention<'_> {
     ) -> Result<()> {
         let params = self.params_with_cache(gpu, kv_len)?;
         let kernel = self.variant(gpu, kv_len);
-        let pipeline = kernel.pipeline(gpu, "forward");
+        let pipeline = kernel.pipeline(gpu, "forward", self.kv_f16);
         let bind = gpu.bind_at(
             &pipeline,
             &[
@@ -575,7 +606,7 @@ impl Attention<'_> {
             (7, &row_dot),
         ];
         let kernel = self.variant(gpu, self.seq);
-        let bq = kernel.pipeline(gpu, "backward_q");
+        let bq = kernel.pipeline(gpu, "backward_q", self.kv_f16);
         let mut with_out = shared.to_vec();
         with_out.push((4, self.out));
         let bind0 = gpu.bind_at(&bq, &with_out);
@@ -588,7 +619,7 @@ impl Attention<'_> {
             &[&bind0, &bind1],
             kernel.workgroups(self.batch, self.heads, self.seq),
         );
-        let bkv = kernel.pipeline(gpu, "backward_kv");
+        let bkv = kernel.pipeline(gpu, "backward_kv", self.kv_f16);
         let bind0 = gpu.bind_at(&bkv, &shared);
         let bind1 = gpu.bind_group(&bkv, 1, &[(1, dk), (2, dv)]);
         dispatch(

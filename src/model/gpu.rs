@@ -49,6 +49,8 @@ const KEPT_PLANS: usize = 8;
 pub struct KvCache {
     /// Positions cached.
     pub len: u32,
+    /// Keys and values stored as f16 pairs (`Model::new_cache_f16`), else f32.
+    pub f16: bool,
     k: Vec<wgpu::Buffer>,
     v: Vec<wgpu::Buffer>,
 }
@@ -303,6 +305,7 @@ impl Model {
             v,
             out,
             lse,
+            kv_f16: false,
         }
     }
 
@@ -325,10 +328,23 @@ impl Model {
 
     /// A key/value cache for one sequence of up to max_seqlen tokens.
     pub fn new_cache(&self, gpu: &Gpu) -> KvCache {
+        self.cache(gpu, false)
+    }
+
+    /// A key/value cache that stores keys and values as f16, in half the memory of
+    /// `new_cache`'s: each is rounded to f16 as it is appended (to one of its two nearest
+    /// f16s, as WGSL allows) and attention reads them back exactly, computing in f32.
+    pub fn new_cache_f16(&self, gpu: &Gpu) -> KvCache {
+        self.cache(gpu, true)
+    }
+
+    fn cache(&self, gpu: &Gpu, f16: bool) -> KvCache {
         let c = &self.config;
-        let bytes = (c.max_seqlen * c.n_kv_heads * c.head_dim * 4) as u64;
+        let values = (c.max_seqlen * c.n_kv_heads * c.head_dim) as u64;
+        let bytes = if f16 { values.div_ceil(2) * 4 } else { values * 4 };
         KvCache {
             len: 0,
+            f16,
             k: (0..c.n_layers)
                 .map(|_| gpu.storage("kv cache k", bytes))
                 .collect(),

@@ -4,7 +4,7 @@
 use super::{GradSink, Pass};
 use crate::error::Result;
 use crate::kernels::linear::{gemm, Linear};
-use crate::kernels::ops::Rope;
+use crate::kernels::ops::{record_pack_f16, Attention, Rope};
 use crate::model::config::ModelConfig;
 use crate::params::{ParamId, Registry};
 
@@ -80,12 +80,23 @@ impl AttentionParams {
                 .attention(p.batch, p.seq, &q_rot, &k_rot, &v, &attn, &lse)
                 .record_forward(gpu, encoder)?,
             Some(cache) => {
-                let (at, bytes) = (pos0 as u64 * kvd as u64 * 4, p.seq as u64 * kvd as u64 * 4);
                 let (ck, cv) = cache.layer(p.layer);
-                gpu.copy(encoder, (&k_rot, 0), (ck, at), bytes);
-                gpu.copy(encoder, (&v, 0), (cv, at), bytes);
-                m.attention(p.batch, p.seq, &q_rot, ck, cv, &attn, &lse)
-                    .record_decode(gpu, encoder, pos0 + p.seq)?;
+                let (at, len) = (pos0 * kvd, p.seq * kvd);
+                if cache.f16 {
+                    // kvd = kv_heads x head_dim is even (RoPE pairs), so every position
+                    // starts on a whole word.
+                    record_pack_f16(gpu, encoder, &k_rot, ck, at / 2, len)?;
+                    record_pack_f16(gpu, encoder, &v, cv, at / 2, len)?;
+                } else {
+                    let bytes = len as u64 * 4;
+                    gpu.copy(encoder, (&k_rot, 0), (ck, at as u64 * 4), bytes);
+                    gpu.copy(encoder, (&v, 0), (cv, at as u64 * 4), bytes);
+                }
+                Attention {
+                    kv_f16: cache.f16,
+                    ..m.attention(p.batch, p.seq, &q_rot, ck, cv, &attn, &lse)
+                }
+                .record_decode(gpu, encoder, pos0 + p.seq)?;
             }
         }
         Linear {
