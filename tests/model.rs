@@ -185,13 +185,14 @@ fn model_backward_matches_finite_differences() {
     }
 }
 
+/// A model with grouped-query attention and a memory layer, for the KV cache tests.
+const DECODING_MODEL: &str = r#"{"dim": 24, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 29, "multiple_of": 8, "max_seqlen": 12,
+    "productkey_args": {"is_enabled": true, "layers": "0", "mem_n_keys": 7, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#;
+
 #[test]
 fn kv_cache_decoding_matches_the_full_forward() {
     let g = gpu();
-    let w = weights(
-        r#"{"dim": 24, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 29, "multiple_of": 8, "max_seqlen": 12,
-            "productkey_args": {"is_enabled": true, "layers": "0", "mem_n_keys": 7, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#,
-    );
+    let w = weights(DECODING_MODEL);
     let model = Model::new(g, &w).unwrap();
     let tokens: Vec<u32> = vec![3, 17, 4, 28, 0, 9, 9, 12, 5, 21, 1, 7];
     let v = w.config.vocab;
@@ -216,10 +217,7 @@ fn kv_cache_decoding_matches_the_full_forward() {
 #[test]
 fn f16_kv_cache_decodes_close_to_the_f32_cache() {
     let g = gpu();
-    let w = weights(
-        r#"{"dim": 24, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 29, "multiple_of": 8, "max_seqlen": 12,
-            "productkey_args": {"is_enabled": true, "layers": "0", "mem_n_keys": 7, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#,
-    );
+    let w = weights(DECODING_MODEL);
     let model = Model::new(g, &w).unwrap();
     let tokens: Vec<u32> = vec![3, 17, 4, 28, 0, 9, 9, 12, 5, 21, 1, 7];
     let (mut exact, mut half) = (model.new_cache(g), model.new_cache_f16(g));

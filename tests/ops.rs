@@ -321,6 +321,35 @@ fn attention_cases(g: &Gpu) {
     }
 }
 
+/// The bits of `out` and `lse` of attention decoding 2 sequences of `a.seq` queries against
+/// `kv_len` cached positions, keys and values given as f32 values or, with `kv_f16`, f16
+/// pairs.
+fn decode<T: bytemuck::Pod>(
+    g: &Gpu,
+    a: AttentionDims,
+    kv_len: usize,
+    q: &[f32],
+    (k, v): (&[T], &[T]),
+    kv_f16: bool,
+) -> (Vec<u32>, Vec<u32>) {
+    let (qb, kb, vb) = (g.upload("q", q), g.upload("k", k), g.upload("v", v));
+    let ob = g.storage("o", (q.len() * 4) as u64);
+    let lse_len = 2 * a.seq * a.heads;
+    let lb = g.storage("lse", (lse_len * 4) as u64);
+    let att = Attention {
+        kv_f16,
+        ..attention(2, a, [&qb, &kb, &vb, &ob, &lb])
+    };
+    let mut e = g.device.create_command_encoder(&Default::default());
+    att.record_decode(g, &mut e, kv_len as u32).unwrap();
+    g.queue.submit([e.finish()]);
+    let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    (
+        bits(g.read_f32_blocking(&ob, q.len()).unwrap()),
+        bits(g.read_f32_blocking(&lb, lse_len).unwrap()),
+    )
+}
+
 /// The two row variants give the same bits: forward, backward and a decoding forward over
 /// a longer key/value cache, on odd sequence lengths and head widths (lanes past a sequence's
 /// end, elements past a row's last multiple of 8).
@@ -357,22 +386,13 @@ fn attention_lanes_equal_rows_bit_for_bit() {
         let q = rng.vec_normal(2 * seq * heads * hd, 1.0);
         let k = rng.vec_normal(2 * kv_len * kv_heads * hd, 1.0);
         let v = rng.vec_normal(2 * kv_len * kv_heads * hd, 1.0);
-        let run = |g: &Gpu| {
-            let (qb, kb, vb) = (g.upload("q", &q), g.upload("k", &k), g.upload("v", &v));
-            let ob = g.storage("o", (q.len() * 4) as u64);
-            let lb = g.storage("lse", (2 * seq * heads * 4) as u64);
-            let a = AttentionDims {
-                seq,
-                heads,
-                kv_heads,
-                head_dim: hd,
-            };
-            let att = attention(2, a, [&qb, &kb, &vb, &ob, &lb]);
-            let mut e = g.device.create_command_encoder(&Default::default());
-            att.record_decode(g, &mut e, kv_len as u32).unwrap();
-            g.queue.submit([e.finish()]);
-            bits(&g.read_f32_blocking(&ob, q.len()).unwrap())
+        let a = AttentionDims {
+            seq,
+            heads,
+            kv_heads,
+            head_dim: hd,
         };
+        let run = |g: &Gpu| decode(g, a, kv_len, &q, (&k, &v), false).0;
         assert_eq!(
             run(&rows),
             run(&lanes),
@@ -403,7 +423,6 @@ fn attention_reads_f16_keys_and_values_exactly() {
         attention_device(true, true),
     ];
     subgroup_lanes_note(&devices[2]);
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     let mut rng = Rng::new(11);
     // (seq, kv_len, heads, kv_heads, head_dim): seq == kv_len is a whole forward.
     for &(seq, kv_len, heads, kv_heads, hd) in &[
@@ -416,32 +435,15 @@ fn attention_reads_f16_keys_and_values_exactly() {
         let q = rng.vec_normal(2 * seq * heads * hd, 1.0);
         let (k_words, k) = f16_pairs(&rng.vec_normal(2 * kv_len * kv_heads * hd, 1.0));
         let (v_words, v) = f16_pairs(&rng.vec_normal(2 * kv_len * kv_heads * hd, 1.0));
-        let run = |g: &Gpu, f16: bool| {
-            let qb = g.upload("q", &q);
-            let (kb, vb) = if f16 {
-                (g.upload("k", &k_words), g.upload("v", &v_words))
-            } else {
-                (g.upload("k", &k), g.upload("v", &v))
-            };
-            let ob = g.storage("o", (q.len() * 4) as u64);
-            let lb = g.storage("lse", (2 * seq * heads * 4) as u64);
-            let a = AttentionDims {
-                seq,
-                heads,
-                kv_heads,
-                head_dim: hd,
-            };
-            let att = Attention {
-                kv_f16: f16,
-                ..attention(2, a, [&qb, &kb, &vb, &ob, &lb])
-            };
-            let mut e = g.device.create_command_encoder(&Default::default());
-            att.record_decode(g, &mut e, kv_len as u32).unwrap();
-            g.queue.submit([e.finish()]);
-            (
-                bits(&g.read_f32_blocking(&ob, q.len()).unwrap()),
-                bits(&g.read_f32_blocking(&lb, 2 * seq * heads).unwrap()),
-            )
+        let a = AttentionDims {
+            seq,
+            heads,
+            kv_heads,
+            head_dim: hd,
+        };
+        let run = |g: &Gpu, f16: bool| match f16 {
+            true => decode(g, a, kv_len, &q, (&k_words, &v_words), true),
+            false => decode(g, a, kv_len, &q, (&k, &v), false),
         };
         for g in &devices {
             assert_eq!(

@@ -258,6 +258,24 @@ fn matrix_gemm_figures(gpu: &Gpu, o: &Options) {
     println!();
 }
 
+/// Tokens/s of `timed` decoding steps (one token each) into `cache`, after `warm` untimed.
+fn decoding_rate(
+    gpu: &Gpu,
+    model: &crate::model::Model,
+    cache: &mut crate::model::KvCache,
+    warm: usize,
+    timed: usize,
+) -> Result<f64> {
+    let mut start = Instant::now();
+    for i in 0..warm + timed {
+        if i == warm {
+            start = Instant::now();
+        }
+        pollster::block_on(model.forward_with_cache(gpu, &[(i * 37 % 256) as u32], cache))?;
+    }
+    Ok(timed as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Decoding one token at a time (batch 1, KV cache) with a dense transformer of 4 layers of
 /// width 1024 (50 MB of f32 weights, each read once a token): f32 weights against f16
 /// (`Model::use_f16_weights`), in the same run.
@@ -272,15 +290,7 @@ fn f16_weights_decoding(gpu: &Gpu) -> Result<()> {
             model.use_f16_weights(gpu, &weights)?;
         }
         let mut cache = model.new_cache(gpu);
-        let (warm, timed) = (4, 24);
-        let mut start = Instant::now();
-        for i in 0..warm + timed {
-            if i == warm {
-                start = Instant::now();
-            }
-            pollster::block_on(model.forward_with_cache(gpu, &[(i * 37 % 256) as u32], &mut cache))?;
-        }
-        rates.push(timed as f64 / start.elapsed().as_secs_f64());
+        rates.push(decoding_rate(gpu, &model, &mut cache, 4, 24)?);
     }
     println!(
         "decoding, 4 x 1024 dense model, batch 1: f32 weights {:.1} tokens/s, f16 weights {:.1} tokens/s ({:.2}x)\n",
@@ -308,15 +318,7 @@ fn f16_cache_decoding(gpu: &Gpu) -> Result<()> {
             model.new_cache(gpu)
         };
         pollster::block_on(model.forward_with_cache(gpu, &prompt, &mut cache))?;
-        let (warm, timed) = (2, 16);
-        let mut start = Instant::now();
-        for i in 0..warm + timed {
-            if i == warm {
-                start = Instant::now();
-            }
-            pollster::block_on(model.forward_with_cache(gpu, &[(i * 37 % 256) as u32], &mut cache))?;
-        }
-        rates.push(timed as f64 / start.elapsed().as_secs_f64());
+        rates.push(decoding_rate(gpu, &model, &mut cache, 2, 16)?);
     }
     println!(
         "decoding at positions 960-983, 4 x 1024 dense model, batch 1: f32 KV cache {:.1} tokens/s, f16 KV cache {:.1} tokens/s ({:.2}x)\n",
