@@ -60,6 +60,13 @@ fn store(b: u32, r: u32, c: u32, v: vec4<f32>) {
     }
 }
 
+// a<g> of a0 .. a7.
+fn pick(g: u32, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>) -> vec4<f32> {
+    let lo = select(select(a0, a1, g == 1u), select(a2, a3, g == 3u), g >= 2u);
+    let hi = select(select(a4, a5, g == 5u), select(a6, a7, g == 7u), g >= 6u);
+    return select(lo, hi, g >= 4u);
+}
+
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -131,12 +138,14 @@ fn main(
             }
         }
     }
-    // One store loop, not 32 inlined epilogues: LLVM compiles the unrolled form far slower.
-    let acc = array<vec4<f32>, 32>(
-        a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33,
-        a40, a41, a42, a43, a50, a51, a52, a53, a60, a61, a62, a63, a70, a71, a72, a73,
-    );
-    for (var i = 0u; i < ROWS; i++) {
-        store(b, r + 4u * (i / 4u), c0 + (i % 4u) * WG, acc[i]);
+    // Stored a group of 4 rows at a time, the group's accumulators picked by selects on the
+    // (uniform) group index: reading them back from an array indexed in a loop runs lane by
+    // lane on CPU adapters, and 32 inlined epilogues make LLVM compile for seconds.
+    for (var g = 0u; g < ROWS / 4u; g++) {
+        let rr = r + 4u * g;
+        store(b, rr, c0, pick(g, a00, a10, a20, a30, a40, a50, a60, a70));
+        store(b, rr, c1, pick(g, a01, a11, a21, a31, a41, a51, a61, a71));
+        store(b, rr, c2, pick(g, a02, a12, a22, a32, a42, a52, a62, a72));
+        store(b, rr, c3, pick(g, a03, a13, a23, a33, a43, a53, a63, a73));
     }
 }
