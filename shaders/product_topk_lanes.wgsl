@@ -317,3 +317,125 @@ fn main_registers(
     }
     write_outputs(item);
 }
+
+// `backward` for knn <= 16 with no private arrays (lavapipe indexes those lane by lane, and
+// the backward's pairwise loops touch them k^2 times): the entries' w dw, ds and sub-key
+// indices live in vec4 registers, entries past knn hold 0 and an index no entry has, and
+// every sum adds the entries in the same order as `backward` (the masked ones add 0, which
+// changes no sum), so the outputs are the same bits.
+const NO_KEY: u32 = 0xffffffffu;
+
+// The 16 components in order: ((q0.x + q0.y) + ...) + q3.w, from 0.
+fn ordered_sum(q0: vec4<f32>, q1: vec4<f32>, q2: vec4<f32>, q3: vec4<f32>) -> f32 {
+    var s = 0.0;
+    s += q0.x; s += q0.y; s += q0.z; s += q0.w;
+    s += q1.x; s += q1.y; s += q1.z; s += q1.w;
+    s += q2.x; s += q2.y; s += q2.z; s += q2.w;
+    s += q3.x; s += q3.y; s += q3.z; s += q3.w;
+    return s;
+}
+
+// Component j (0 .. 15) of four quads.
+fn u32_at(q0: vec4<u32>, q1: vec4<u32>, q2: vec4<u32>, q3: vec4<u32>, j: u32) -> u32 {
+    let q = select(select(q0, q1, j >= 4u), select(q2, q3, j >= 12u), j >= 8u);
+    let c = j % 4u;
+    return select(select(q.x, q.y, c == 1u), select(q.z, q.w, c == 3u), c >= 2u);
+}
+
+// Entry e's weight, its w dw, and its slot (0, 0 and NO_KEY past knn).
+fn entry_weight(e0: u32, e: u32) -> f32 {
+    return select(0.0, out_weights[e0 + min(e, p.knn - 1u)], e < p.knn);
+}
+
+fn entry_wdw(e0: u32, e: u32) -> f32 {
+    let i = e0 + min(e, p.knn - 1u);
+    return select(0.0, out_weights[i] * grad_weights[i], e < p.knn);
+}
+
+fn entry_slot(e0: u32, e: u32) -> u32 {
+    return select(NO_KEY, out_indices[e0 + min(e, p.knn - 1u)], e < p.knn);
+}
+
+fn quad_weights(e0: u32, e: u32) -> vec4<f32> {
+    return vec4<f32>(entry_weight(e0, e), entry_weight(e0, e + 1u), entry_weight(e0, e + 2u), entry_weight(e0, e + 3u));
+}
+
+fn quad_wdw(e0: u32, e: u32) -> vec4<f32> {
+    return vec4<f32>(entry_wdw(e0, e), entry_wdw(e0, e + 1u), entry_wdw(e0, e + 2u), entry_wdw(e0, e + 3u));
+}
+
+fn quad_slots(e0: u32, e: u32) -> vec4<u32> {
+    return vec4<u32>(entry_slot(e0, e), entry_slot(e0, e + 1u), entry_slot(e0, e + 2u), entry_slot(e0, e + 3u));
+}
+
+// The first half's sub-key of each slot (`first`), or the second's; NO_KEY stays NO_KEY.
+fn sub_keys(s: vec4<u32>, first: bool) -> vec4<u32> {
+    let n = vec4<u32>(p.n_keys);
+    let key = select(s % n, s / n, first);
+    return select(key, vec4<u32>(NO_KEY), s == vec4<u32>(NO_KEY));
+}
+
+// ds of the entries whose sub-key is `key`, at positions >= j (else 0).
+fn matching(ds: vec4<f32>, keys: vec4<u32>, pos: vec4<u32>, key: u32, j: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), ds, (keys == vec4<u32>(key)) & (pos >= vec4<u32>(j)));
+}
+
+// Whether an entry before position j has sub-key `key`.
+fn seen(keys: vec4<u32>, pos: vec4<u32>, key: u32, j: u32) -> bool {
+    return any((keys == vec4<u32>(key)) & (pos < vec4<u32>(j)));
+}
+
+@compute @workgroup_size(INVOCATIONS)
+fn backward_registers(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = item_index(wg, nwg, lid);
+    if (item >= p.rows * p.heads) {
+        return;
+    }
+    let e0 = (p.row0 * p.heads + item) * p.knn;
+    let wd0 = quad_wdw(e0, 0u);
+    let wd1 = quad_wdw(e0, 4u);
+    let wd2 = quad_wdw(e0, 8u);
+    let wd3 = quad_wdw(e0, 12u);
+    let total = vec4<f32>(ordered_sum(wd0, wd1, wd2, wd3));
+    let ds0 = wd0 - quad_weights(e0, 0u) * total;
+    let ds1 = wd1 - quad_weights(e0, 4u) * total;
+    let ds2 = wd2 - quad_weights(e0, 8u) * total;
+    let ds3 = wd3 - quad_weights(e0, 12u) * total;
+    let s0 = quad_slots(e0, 0u);
+    let s1 = quad_slots(e0, 4u);
+    let s2 = quad_slots(e0, 8u);
+    let s3 = quad_slots(e0, 12u);
+    let a0 = sub_keys(s0, true);
+    let a1 = sub_keys(s1, true);
+    let a2 = sub_keys(s2, true);
+    let a3 = sub_keys(s3, true);
+    let b0 = sub_keys(s0, false);
+    let b1 = sub_keys(s1, false);
+    let b2 = sub_keys(s2, false);
+    let b3 = sub_keys(s3, false);
+    let p0 = vec4<u32>(0u, 1u, 2u, 3u);
+    let p1 = p0 + vec4<u32>(4u);
+    let p2 = p0 + vec4<u32>(8u);
+    let p3 = p0 + vec4<u32>(12u);
+    let g0 = item * 2u * p.n_keys;
+    for (var j = 0u; j < p.knn; j++) {
+        let a = u32_at(a0, a1, a2, a3, j);
+        let b = u32_at(b0, b1, b2, b3, j);
+        if (!(seen(a0, p0, a, j) || seen(a1, p1, a, j) || seen(a2, p2, a, j) || seen(a3, p3, a, j))) {
+            grad_scores[g0 + a] = ordered_sum(
+                matching(ds0, a0, p0, a, j), matching(ds1, a1, p1, a, j),
+                matching(ds2, a2, p2, a, j), matching(ds3, a3, p3, a, j),
+            );
+        }
+        if (!(seen(b0, p0, b, j) || seen(b1, p1, b, j) || seen(b2, p2, b, j) || seen(b3, p3, b, j))) {
+            grad_scores[g0 + p.n_keys + b] = ordered_sum(
+                matching(ds0, b0, p0, b, j), matching(ds1, b1, p1, b, j),
+                matching(ds2, b2, p2, b, j), matching(ds3, b3, p3, b, j),
+            );
+        }
+    }
+}

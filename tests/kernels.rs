@@ -6,7 +6,7 @@ use memlayers::gpu::{GemmKernel, GemmPrecision, GemmTile};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use memlayers::kernels::linear::{choice, Batched, Gate, Linear};
 use memlayers::kernels::product_topk::{
-    lanes_loop_iterations, loop_iterations, workgroup_for, ProductTopK, TopKKernel,
+    lanes_loop_iterations, loop_iterations, workgroup_for, ProductTopK, ProductTopKBackward, TopKKernel,
 };
 use memlayers::kernels::LOOP_BUDGET;
 use memlayers::memory::{as_stored, record_lookup, LookupShape, ValueDtype, ValuePool};
@@ -947,6 +947,65 @@ fn product_topk_is_exact_for_every_kernel_and_workgroup_size() {
             }
             first = Some(got);
         }
+    }
+}
+
+/// The product top-k's backward gives the same bits per workgroup (GPUs) and per invocation
+/// (CPU adapters: registers for knn <= 16, private arrays above), on real top-k outputs
+/// (entries sharing sub-keys) with rows past `row0`.
+#[test]
+fn product_topk_backward_is_the_same_in_every_kernel() {
+    let devices = [true, false].map(|per| gpu_with(|t| t.topk_per_invocation = per));
+    let mut rng = Rng::new(23);
+    for &(rows, heads, n_keys, knn) in &[
+        (6, 2, 64, 16),
+        (3, 3, 37, 7),
+        (4, 2, 300, 32),
+        (2, 1, 5, 1),
+        (5, 2, 13, 13),
+    ] {
+        let scores: Vec<f32> = (0..rows * heads * 2 * n_keys)
+            .map(|_| rng.symmetric(3.0))
+            .collect();
+        let fwd = run_product_topk(&scores, rows, heads, n_keys, knn, TopKKernel::PerInvocation);
+        let grad_weights = rng.vec_normal(fwd.weights.len(), 1.0);
+        let row0 = 1;
+        let run = |g: &Gpu| {
+            let (ib, wb, gb) = (
+                g.upload("indices", &fwd.indices),
+                g.upload("weights", &fwd.weights),
+                g.upload("grad weights", &grad_weights),
+            );
+            let n = (rows - row0) * heads * 2 * n_keys;
+            let out = g.storage("grad scores", n as u64 * 4);
+            let mut e = g.device.create_command_encoder(&Default::default());
+            ProductTopKBackward {
+                rows: (rows - row0) as u32,
+                row0: row0 as u32,
+                heads: heads as u32,
+                n_keys: n_keys as u32,
+                knn: knn as u32,
+                indices: &ib,
+                weights: &wb,
+                grad_weights: &gb,
+                grad_scores: &out,
+            }
+            .record(g, &mut e)
+            .unwrap();
+            g.queue.submit([e.finish()]);
+            g.read_u32_blocking(&out, n).unwrap()
+        };
+        let per_invocation = run(&devices[0]);
+        // (one entry: its softmax weight is 1 whatever its score, so its gradient is 0)
+        assert!(
+            knn == 1 || per_invocation.iter().any(|&b| b != 0),
+            "knn {knn}: all zero"
+        );
+        assert_eq!(
+            per_invocation,
+            run(&devices[1]),
+            "rows {rows} heads {heads} n_keys {n_keys} knn {knn}"
+        );
     }
 }
 

@@ -261,8 +261,14 @@ impl ProductTopKBackward<'_> {
         )?;
         let (pipeline, groups) = if per_invocation {
             let (source, name) = lanes_source(self.knn);
+            // Up to 16 entries in registers (`backward_registers`), else private arrays.
+            let entry = if self.knn <= 16 {
+                "backward_registers"
+            } else {
+                "backward"
+            };
             (
-                gpu.pipeline_entry(&name, &source, "backward", &[]),
+                gpu.pipeline_entry(&name, &source, entry, &[]),
                 (items as u32).div_ceil(LANES_WORKGROUP),
             )
         } else {
