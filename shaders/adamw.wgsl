@@ -6,7 +6,7 @@
 //   clip:        per parameter group (one workgroup each), the group's norm from its partial
 //                sums in order, then its clip factor
 // The updates scale the gradient by the clip factor of their group (`clip_index`).
-//   dense_step:  every element of a parameter
+//   dense_step:  every element of a parameter (dense_step_vec4: four an invocation)
 //   sparse_step: the listed rows only (the lazy update of value rows read this step): row
 //                slots[i] of param takes gradient row i of `grad`
 //   masked_step: the rows whose mask is set only, from a dense gradient (the lazy update
@@ -41,6 +41,11 @@ const BLOCK: u32 = 1024u;
 @group(0) @binding(7) var<storage, read> slots: array<u32>;
 @group(0) @binding(8) var<storage, read> count: array<u32>;
 @group(0) @binding(9) var<storage, read> grad_b: array<f32>;
+// dense_step_vec4: the same buffers as 16-byte words.
+@group(0) @binding(10) var<storage, read> grad4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> param4: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> m4: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> v4: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
 fn sum_squares(
@@ -98,6 +103,27 @@ fn dense_step(
     let i = (wg.y * nwg.x + wg.x) * 64u + lid;
     if (i < p.len) {
         update(i, grad[i]);
+    }
+}
+
+// `dense_step` four elements an invocation (len a multiple of 4), through 16-byte loads and
+// stores: the same expressions on each component, so the same bits. CPU adapters run every
+// load lane by lane, at about the cost of a 4-byte one.
+@compute @workgroup_size(64)
+fn dense_step_vec4(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let q = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (q < p.len / 4u) {
+        let g = grad4[q] * clip_factor[p.clip_index];
+        let x = param4[q] * (1.0 - p.lr * p.weight_decay);
+        let mi = p.beta1 * m4[q] + (1.0 - p.beta1) * g;
+        let vi = p.beta2 * v4[q] + (1.0 - p.beta2) * g * g;
+        m4[q] = mi;
+        v4[q] = vi;
+        param4[q] = x - p.step_size * mi / (sqrt(vi) / p.bc2_sqrt + p.eps);
     }
 }
 

@@ -333,3 +333,46 @@ fn masked_sgd_updates_only_masked_rows_with_the_clipped_gradient() {
         }
     }
 }
+
+/// The dense step four elements an invocation (lengths that are multiples of 4) gives the
+/// same bits as one element an invocation: the first 4k elements of a (4k + 1)-element
+/// parameter, which takes the one-element path, against a 4k-element one, over three steps.
+#[test]
+fn adamw_dense_step_is_the_same_four_at_a_time() {
+    let g = gpu();
+    let mut rng = Rng::new(31);
+    let n = 4 * 37;
+    let start = rng.vec_normal(n + 1, 1.0);
+    let clip = g.upload("clip factor", &[0.7f32]);
+    let state = |len: usize| {
+        [
+            g.upload("p", &start[..len]),
+            g.upload("m", &vec![0f32; len]),
+            g.upload("v", &vec![0f32; len]),
+        ]
+    };
+    let (quads, singles) = (state(n), state(n + 1));
+    for t in 1..=3 {
+        let grad = rng.vec_normal(n + 1, 3.0);
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        for (b, len) in [(&quads, n), (&singles, n + 1)] {
+            let gb = g.upload("g", &grad[..len]);
+            let s = AdamWState {
+                param: &b[0],
+                m: &b[1],
+                v: &b[2],
+            };
+            let clip = Clip {
+                factors: &clip,
+                group: 0,
+            };
+            record_dense_step(g, &mut enc, &s, &gb, len as u64, clip, step(t).0).unwrap();
+        }
+        g.queue.submit([enc.finish()]);
+        for (i, name) in ["param", "m", "v"].iter().enumerate() {
+            let a = g.read_u32_blocking(&quads[i], n).unwrap();
+            let b = g.read_u32_blocking(&singles[i], n).unwrap();
+            assert_eq!(a, b, "{name} after step {t}");
+        }
+    }
+}

@@ -168,19 +168,26 @@ pub fn record_dense_step(
         ..step.params()
     };
     let params = gpu.uniform("adamw params", &params);
-    let pipeline = gpu.pipeline_entry("adamw", SOURCE, "dense_step", &[]);
+    // Four elements an invocation where the length allows (the same bits).
+    let quads = len.is_multiple_of(4);
+    let (entry, first, per_invocation) = match quads {
+        true => ("dense_step_vec4", 10, 4),
+        false => ("dense_step", 0, 1),
+    };
+    let pipeline = gpu.pipeline_entry("adamw", SOURCE, entry, &[]);
+    let at = |scalar: u32, vec4: u32| if quads { vec4 } else { scalar };
     let bind = gpu.bind_at(
         &pipeline,
         &[
             (0, &params),
-            (1, grad),
+            (at(1, first), grad),
             (3, clip.factors),
-            (4, state.param),
-            (5, state.m),
-            (6, state.v),
+            (at(4, first + 1), state.param),
+            (at(5, first + 2), state.m),
+            (at(6, first + 3), state.v),
         ],
     );
-    let (x, y) = grid((len as u32).div_ceil(64));
+    let (x, y) = grid((len as u32).div_ceil(64 * per_invocation));
     gpu.run(encoder, "adamw", &pipeline, &bind, (x, y, 1));
     Ok(())
 }
