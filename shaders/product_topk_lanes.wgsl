@@ -276,9 +276,7 @@ fn best_key(l: Best, j: u32) -> f32 {
 }
 
 fn best_idx(l: Best, j: u32) -> u32 {
-    let q = select(select(l.i0, l.i1, j >= 4u), select(l.i2, l.i3, j >= 12u), j >= 8u);
-    let c = j % 4u;
-    return select(select(q.x, q.y, c == 1u), select(q.z, q.w, c == 3u), c >= 2u);
+    return u32_at(l.i0, l.i1, l.i2, l.i3, j);
 }
 
 fn select_half_best(base: u32) -> Best {
@@ -342,30 +340,33 @@ fn u32_at(q0: vec4<u32>, q1: vec4<u32>, q2: vec4<u32>, q3: vec4<u32>, j: u32) ->
     return select(select(q.x, q.y, c == 1u), select(q.z, q.w, c == 3u), c >= 2u);
 }
 
-// Entry e's weight, its w dw, and its slot (0, 0 and NO_KEY past knn).
-fn entry_weight(e0: u32, e: u32) -> f32 {
-    return select(0.0, out_weights[e0 + min(e, p.knn - 1u)], e < p.knn);
+// Entries e .. e + 3 of the list at e0: their positions, clamped into the list so that every
+// load stays unmasked, and which of them exist.
+fn quad_positions(e0: u32, e: u32) -> vec4<u32> {
+    return vec4<u32>(e0) + min(vec4<u32>(e) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.knn - 1u));
 }
 
-fn entry_wdw(e0: u32, e: u32) -> f32 {
-    let i = e0 + min(e, p.knn - 1u);
-    return select(0.0, out_weights[i] * grad_weights[i], e < p.knn);
+fn quad_exists(e: u32) -> vec4<bool> {
+    return vec4<u32>(e) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.knn);
 }
 
-fn entry_slot(e0: u32, e: u32) -> u32 {
-    return select(NO_KEY, out_indices[e0 + min(e, p.knn - 1u)], e < p.knn);
-}
-
+// The entries' weights, their w dw, and their slots (0, 0 and NO_KEY past knn).
 fn quad_weights(e0: u32, e: u32) -> vec4<f32> {
-    return vec4<f32>(entry_weight(e0, e), entry_weight(e0, e + 1u), entry_weight(e0, e + 2u), entry_weight(e0, e + 3u));
+    let i = quad_positions(e0, e);
+    let w = vec4<f32>(out_weights[i.x], out_weights[i.y], out_weights[i.z], out_weights[i.w]);
+    return select(vec4<f32>(0.0), w, quad_exists(e));
 }
 
 fn quad_wdw(e0: u32, e: u32) -> vec4<f32> {
-    return vec4<f32>(entry_wdw(e0, e), entry_wdw(e0, e + 1u), entry_wdw(e0, e + 2u), entry_wdw(e0, e + 3u));
+    let i = quad_positions(e0, e);
+    let dw = vec4<f32>(grad_weights[i.x], grad_weights[i.y], grad_weights[i.z], grad_weights[i.w]);
+    return select(vec4<f32>(0.0), quad_weights(e0, e) * dw, quad_exists(e));
 }
 
 fn quad_slots(e0: u32, e: u32) -> vec4<u32> {
-    return vec4<u32>(entry_slot(e0, e), entry_slot(e0, e + 1u), entry_slot(e0, e + 2u), entry_slot(e0, e + 3u));
+    let i = quad_positions(e0, e);
+    let s = vec4<u32>(out_indices[i.x], out_indices[i.y], out_indices[i.z], out_indices[i.w]);
+    return select(vec4<u32>(NO_KEY), s, quad_exists(e));
 }
 
 // The first half's sub-key of each slot (`first`), or the second's; NO_KEY stays NO_KEY.

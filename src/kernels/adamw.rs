@@ -169,22 +169,21 @@ pub fn record_dense_step(
     };
     let params = gpu.uniform("adamw params", &params);
     // Four elements an invocation where the length allows (the same bits).
-    let quads = len.is_multiple_of(4);
-    let (entry, first, per_invocation) = match quads {
-        true => ("dense_step_vec4", 10, 4),
-        false => ("dense_step", 0, 1),
+    // The bindings of grad, param, m and v in each entry point.
+    let (entry, [g, x, m, v], per_invocation) = match len.is_multiple_of(4) {
+        true => ("dense_step_vec4", [10, 11, 12, 13], 4),
+        false => ("dense_step", [1, 4, 5, 6], 1),
     };
     let pipeline = gpu.pipeline_entry("adamw", SOURCE, entry, &[]);
-    let at = |scalar: u32, vec4: u32| if quads { vec4 } else { scalar };
     let bind = gpu.bind_at(
         &pipeline,
         &[
             (0, &params),
-            (at(1, first), grad),
+            (g, grad),
             (3, clip.factors),
-            (at(4, first + 1), state.param),
-            (at(5, first + 2), state.m),
-            (at(6, first + 3), state.v),
+            (x, state.param),
+            (m, state.m),
+            (v, state.v),
         ],
     );
     let (x, y) = grid((len as u32).div_ceil(64 * per_invocation));
