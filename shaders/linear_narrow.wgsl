@@ -17,6 +17,15 @@ fn x_row(base: u32, r: u32, k: u32) -> f32 {
     return x[base + r * p.x_row + k * p.x_k];
 }
 
+// Rows 0, r1, r2, r3 at k (rows past m are row m - 1): one load where m is 1.
+fn x_rows(base: u32, r1: u32, r2: u32, r3: u32, k: u32) -> vec4<f32> {
+    let x0 = x_row(base, 0u, k);
+    if (p.m == 1u) {
+        return vec4<f32>(x0);
+    }
+    return vec4<f32>(x0, x_row(base, r1, k), x_row(base, r2, k), x_row(base, r3, k));
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = wg.z;
@@ -39,8 +48,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let q = w4[(w_base + k) / 8u];
             for (var j = 0u; j < 8u; j++) {
                 let wv = unpack2x16float(q[j / 2u])[j % 2u];
-                let xs = vec4<f32>(x_row(x_base, 0u, k + j), x_row(x_base, r1, k + j), x_row(x_base, r2, k + j), x_row(x_base, r3, k + j));
-                a = fma(xs, vec4<f32>(wv), a);
+                a = fma(x_rows(x_base, r1, r2, r3, k + j), vec4<f32>(wv), a);
             }
         }
     }
@@ -48,15 +56,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (; k + 4u <= p.k_len; k += 4u) {
             let wv = bitcast<vec4<f32>>(w4[(w_base + k) / 4u]);
             for (var j = 0u; j < 4u; j++) {
-                let xs = vec4<f32>(x_row(x_base, 0u, k + j), x_row(x_base, r1, k + j), x_row(x_base, r2, k + j), x_row(x_base, r3, k + j));
-                a = fma(xs, vec4<f32>(wv[j]), a);
+                a = fma(x_rows(x_base, r1, r2, r3, k + j), vec4<f32>(wv[j]), a);
             }
         }
     }
     for (; k < p.k_len; k++) {
         let wv = w_at_index(w_base + k * p.w_k);
-        let xs = vec4<f32>(x_row(x_base, 0u, k), x_row(x_base, r1, k), x_row(x_base, r2, k), x_row(x_base, r3, k));
-        a = fma(xs, vec4<f32>(wv), a);
+        a = fma(x_rows(x_base, r1, r2, r3, k), vec4<f32>(wv), a);
     }
     for (var r = 0u; r < min(p.m, 4u); r++) {
         write_output(b, r, c, a[r]);

@@ -86,6 +86,10 @@ fn torch_tokens_per_s(
 /// and their median.
 const HOST_SAMPLES: usize = 25;
 
+/// Steps per timing window of `bench --train`: shared machines slow down for stretches of a
+/// second or so, so besides the mean the benchmark reports the median window.
+const TRAIN_WINDOW: usize = 10;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -480,7 +484,11 @@ fn bench_config(gpu: &Gpu, name: &str, c: &MemoryConfig, dtype: ValueDtype, o: &
 /// feed-forward block replaced by a memory layer, on the same adapter, in the same run.
 /// One model's training throughput (tokens/s, wall) and where a step's GPU time goes.
 struct TrainRun {
+    /// Over all timed steps (wall clock).
     tokens_per_s: f64,
+    /// The median of the windows of `TRAIN_WINDOW` steps, and how many windows.
+    median_tokens_per_s: f64,
+    windows: usize,
     params: usize,
     flops: f64,
     top: Vec<(String, f64)>,
@@ -522,15 +530,26 @@ fn train_run(
     };
     let (x, y) = batch_of();
     trainer.step_blocking(gpu, &x, &y, batch, seq)?; // warm-up
-                                                     // Steps submitted back to back through the trainer's step plan, the loss read at the end.
+                                                     // Steps submitted back to back through the trainer's step plan, in windows of
+                                                     // TRAIN_WINDOW steps, each window's last loss read back (so each window's time is its
+                                                     // steps' own).
     let before = gpu.counts();
     let t = Instant::now();
-    for _ in 0..iters {
-        let (x, y) = batch_of();
-        trainer.submit_step(gpu, &x, &y, batch, seq)?;
+    let mut windows = Vec::new();
+    let mut done = 0;
+    while done < iters {
+        let steps = TRAIN_WINDOW.min(iters - done);
+        let w = Instant::now();
+        for _ in 0..steps {
+            let (x, y) = batch_of();
+            trainer.submit_step(gpu, &x, &y, batch, seq)?;
+        }
+        trainer.last_loss_blocking(gpu)?;
+        windows.push((steps * batch * seq) as f64 / w.elapsed().as_secs_f64());
+        done += steps;
     }
-    trainer.last_loss_blocking(gpu)?;
     let tokens_per_s = (iters * batch * seq) as f64 / t.elapsed().as_secs_f64();
+    let median_tokens_per_s = median(windows.clone());
     let per_step = (gpu.counts() - before).per(iters as u64);
     // Host time of a step (encode + submit), each submitted to an idle GPU: a submit that
     // finds the queue busy may wait for it (lavapipe's does), which is not host work.
@@ -589,6 +608,8 @@ fn train_run(
     Ok(TrainRun {
         passes,
         tokens_per_s,
+        median_tokens_per_s,
+        windows: windows.len(),
         params: weights.parameter_count(),
         flops: config.flops_per_token(seq),
         top,
@@ -619,6 +640,10 @@ fn print_train_run(name: &str, r: &TrainRun, all_kernels: bool) {
         r.params,
         r.flops / 1e6,
         r.tokens_per_s
+    );
+    println!(
+        "  median of {} windows of {TRAIN_WINDOW} steps: {:.0} training tokens/s",
+        r.windows, r.median_tokens_per_s
     );
     println!(
         "  GPU time of one step: {:.0} ms; {}: {}",
@@ -754,6 +779,12 @@ fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
 pub fn run(o: &Options) -> Result<()> {
     let mut gpu = Gpu::new_blocking()?;
     println!("adapter: {}", gpu.adapter_name());
+    if !gpu.pinned_threads().is_empty() {
+        println!(
+            "  the {} threads it started pinned to one CPU each, in turn (MEMLAYERS_PIN_CPU_THREADS=0: not)",
+            gpu.pinned_threads().len()
+        );
+    }
     if o.train {
         return train_bench(&mut gpu, o);
     }

@@ -1,6 +1,8 @@
 //! The device: adapter choice, limits and features, pipeline cache, buffers, readback and
 //! timestamp profiling. Knows nothing of memories or models.
 
+#[cfg(target_os = "linux")]
+pub mod cpu_threads;
 mod plan;
 mod profiler;
 mod readback;
@@ -409,6 +411,8 @@ pub struct Gpu {
     /// The GEMM kernel the timed trial chose for this device, once asked
     /// (`kernels::linear::choice::kernel`; cleared by `set_tuning`).
     pub(crate) timed_gemm: std::sync::OnceLock<GemmKernel>,
+    /// Threads of a CPU adapter pinned to one CPU each (`cpu_threads`; Linux).
+    pinned_threads: Vec<i32>,
 }
 
 /// A compute pass that outlives the borrow of its encoder (the encoder stays locked until it
@@ -588,6 +592,8 @@ impl Gpu {
     /// device with the limits the kernels need, raising the binding and buffer sizes to what
     /// the adapter offers so large value tables split into as few buffers as possible.
     pub async fn new() -> Result<Self> {
+        #[cfg(target_os = "linux")]
+        let threads_before = cpu_threads::thread_ids();
         let instance = instance();
         let adapter = Self::choose_adapter(&instance).await?;
         check_adapter(&adapter)?;
@@ -665,6 +671,15 @@ impl Gpu {
                 *slot = Some(e.to_string());
             }
         }));
+        #[cfg(target_os = "linux")]
+        if info.device_type == wgpu::DeviceType::Cpu && cpu_threads::enabled() {
+            let started = cpu_threads::started_unnamed(&threads_before, &cpu_threads::thread_ids());
+            gpu.pinned_threads = cpu_threads::spread(&started);
+            log::debug!(
+                "pinned the adapter's threads {:?} to one CPU each",
+                gpu.pinned_threads
+            );
+        }
         gpu.tuning = Tuning::for_adapter(&info);
         gpu.info = Some(info);
         gpu.matrix = matrix;
@@ -724,7 +739,14 @@ impl Gpu {
             gemm_precision: GemmPrecision::F32,
             matrix: None,
             timed_gemm: std::sync::OnceLock::new(),
+            pinned_threads: Vec::new(),
         }
+    }
+
+    /// The threads a CPU adapter started for this device that were pinned to one CPU each,
+    /// in creation order (`gpu::cpu_threads`; Linux only, else empty).
+    pub fn pinned_threads(&self) -> &[i32] {
+        &self.pinned_threads
     }
 
     /// A small storage buffer, made once, to bind where a kernel's optional output is
