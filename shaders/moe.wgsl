@@ -17,7 +17,8 @@
 //                load-balancing loss (coef * E * sum_e f_e P_e; through P_e) and the softmax
 //   grad_x:      per (token, column): through the chosen experts' w1, w3 and the router
 //   grad_router: per (expert, column): the router weight's gradient over the tokens in order
-//   aux_loss:    one invocation: the load-balancing loss
+//   aux_parts:   per expert: its share of the assignments times its mean probability
+//   aux_loss:    one invocation: the load-balancing loss, the parts summed in expert order
 // Every sum runs in a fixed order inside one invocation: deterministic, no atomics.
 
 struct Params {
@@ -58,6 +59,7 @@ struct Params {
 @group(0) @binding(24) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(25) var<storage, read_write> d_router: array<f32>;
 @group(0) @binding(26) var<storage, read_write> aux: array<f32>;
+@group(0) @binding(27) var<storage, read_write> aux_part: array<f32>;
 
 fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.y * nwg.x + wg.x) * 64u + lid;
@@ -397,17 +399,32 @@ fn grad_router(
     d_router[i] = g;
 }
 
+// One invocation per expert (two dispatches with `aux_loss`, so that neither loops over
+// experts x tokens, past the loop budget of CPU drivers).
+@compute @workgroup_size(64)
+fn aux_parts(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let e = (wg.y * nwg.x + wg.x) * 64u + lid;
+    if (e >= p.experts) {
+        return;
+    }
+    var mean = 0.0;
+    for (var t = 0u; t < p.tokens; t++) {
+        mean += probs[t * p.experts + e];
+    }
+    let share = f32(offsets[e + 1u] - offsets[e]) / f32(p.tokens * p.top_k);
+    aux_part[e] = share * (mean / f32(p.tokens));
+}
+
 // One invocation.
 @compute @workgroup_size(1)
 fn aux_loss() {
     var total = 0.0;
     for (var e = 0u; e < p.experts; e++) {
-        var mean = 0.0;
-        for (var t = 0u; t < p.tokens; t++) {
-            mean += probs[t * p.experts + e];
-        }
-        let share = f32(offsets[e + 1u] - offsets[e]) / f32(p.tokens * p.top_k);
-        total += share * (mean / f32(p.tokens));
+        total += aux_part[e];
     }
     aux[0] = p.aux_coef * f32(p.experts) * total;
 }

@@ -20,6 +20,9 @@ fn moe_forward_and_backward_kernels_match_the_reference() {
         (37, 32, 48, 8, 2, 3),
         (130, 33, 17, 16, 3, 4),
         (65, 16, 96, 5, 5, 5),
+        // experts x tokens past the loop budget of one invocation (the load-balancing loss
+        // sums by expert first), experts past one workgroup
+        (800, 4, 2, 70, 2, 6),
     ] {
         let mut rng = Rng::new(seed);
         let x = rng.vec_normal(tokens * dim, 1.0);

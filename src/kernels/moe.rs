@@ -252,7 +252,8 @@ pub fn record_backward(
         ("moe grad_logits", experts * (2 * k + 4)),
         ("moe grad_x", k * hidden + experts),
         ("moe grad_router", tokens),
-        ("moe aux_loss", experts * tokens),
+        ("moe aux_parts", tokens),
+        ("moe aux_loss", experts),
     ] {
         check_loop_budget(what, n, "its loop")?;
     }
@@ -397,13 +398,24 @@ pub fn record_backward(
         &[(5, x), (22, &dlogits), (25, &router)],
         experts * dim,
     );
-    let aux_loss = f32s("moe load-balancing loss", 1);
+    let (aux_parts, aux_loss) = (
+        f32s("moe load-balancing loss by expert", experts),
+        f32s("moe load-balancing loss", 1),
+    );
+    run(
+        gpu,
+        encoder,
+        ("aux_parts", "moe_aux_loss"),
+        &p,
+        &[(2, acts.probs), (18, &offsets), (27, &aux_parts)],
+        experts,
+    );
     run(
         gpu,
         encoder,
         ("aux_loss", "moe_aux_loss"),
         &p,
-        &[(2, acts.probs), (18, &offsets), (26, &aux_loss)],
+        &[(26, &aux_loss), (27, &aux_parts)],
         1,
     );
     Ok(MoeGradBuffers {
