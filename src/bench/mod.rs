@@ -711,7 +711,7 @@ fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
     // in the same run.
     let base =
         r#""dim": 32, "n_layers": 2, "n_heads": 1, "vocab_size": 256, "multiple_of": 32, "max_seqlen": 48"#;
-    let memory = r#", "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 64, "mem_heads": 2, "mem_knn": 16, "mem_k_dim": 32}"#;
+    let memory = r#", "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 96, "mem_heads": 2, "mem_knn": 16, "mem_k_dim": 20}"#;
     println!(
         "\nthe demo's cpu preset, batch 32 x 48 tokens, {} timed steps each",
         o.iters
