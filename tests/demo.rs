@@ -574,7 +574,7 @@ fn demo_presets_set_the_model_and_flags_override_them() {
     assert_eq!(cpu["memory"]["model"]["dim"], 32);
     // The cpu preset's knowledge base: 250 subjects, 4 facts each (the capacity regime that
     // 800 steps on a 2-core machine reach, README "The demo").
-    let cpu_facts = run_with(&["--preset", "cpu", "--n-keys", "16"], None);
+    let cpu_facts = run_with(&["--preset", "cpu", "--n-keys", "32"], None);
     assert_eq!(cpu_facts["facts"], 1000);
 }
 

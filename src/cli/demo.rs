@@ -92,7 +92,7 @@ pub struct Args {
     /// plot recall against memory size (sweep.png, "sweep" in results.json).
     #[arg(long)]
     pub sweep: bool,
-    /// [cpu: 16,32,64,120, gpu: 64,96,128,181]
+    /// [cpu: 32,64,96,120, gpu: 64,96,128,181]
     #[arg(long, value_delimiter = ',')]
     pub sweep_n_keys: Option<Vec<usize>>,
     /// The models compared, among dense, moe, peer and memory (or "all"); dense always runs
@@ -174,7 +174,7 @@ impl Args {
             sweep_n_keys: self
                 .sweep_n_keys
                 .clone()
-                .unwrap_or_else(|| pick(gpu, vec![16, 32, 64, 120], vec![64, 96, 128, 181])),
+                .unwrap_or_else(|| pick(gpu, vec![32, 64, 96, 120], vec![64, 96, 128, 181])),
             models: match &self.models {
                 Some(list) => {
                     let all = list.iter().any(|m| m == "all");
