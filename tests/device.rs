@@ -1,5 +1,5 @@
-//! The device: a CPU adapter's unnamed driver threads (its worker pool) are pinned to one CPU
-//! each, the process's CPUs in turn (`gpu::cpu_threads`, Linux).
+//! The device: a CPU adapter's worker pool (the last unnamed threads its driver started) is
+//! pinned one thread per CPU (`gpu::cpu_threads`, Linux).
 #![cfg(target_os = "linux")]
 
 use memlayers::gpu::cpu_threads::thread_cpus;
@@ -18,9 +18,9 @@ fn a_cpu_adapters_worker_threads_are_pinned_to_the_cpus_in_turn() {
         assert!(pinned.is_empty(), "pinned {pinned:?} on {}", gpu.adapter_name());
         return;
     }
-    // Mesa's CPU drivers start a worker per CPU (and a queue thread), none of them named.
+    // Mesa's CPU drivers start a worker per CPU, none of them named: one pinned per CPU.
     assert!(
-        pinned.len() >= cpus.len(),
+        pinned.len() == cpus.len(),
         "pinned {pinned:?}, {} CPUs, on {}",
         cpus.len(),
         gpu.adapter_name()

@@ -781,7 +781,7 @@ pub fn run(o: &Options) -> Result<()> {
     println!("adapter: {}", gpu.adapter_name());
     if !gpu.pinned_threads().is_empty() {
         println!(
-            "  the {} threads it started pinned to one CPU each, in turn (MEMLAYERS_PIN_CPU_THREADS=0: not)",
+            "  its {} worker threads pinned to one CPU each (MEMLAYERS_PIN_CPU_THREADS=0: not)",
             gpu.pinned_threads().len()
         );
     }
