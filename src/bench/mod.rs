@@ -529,10 +529,10 @@ fn train_run(
         (x, y)
     };
     let (x, y) = batch_of();
-    trainer.step_blocking(gpu, &x, &y, batch, seq)?; // warm-up
-                                                     // Steps submitted back to back through the trainer's step plan, in windows of
-                                                     // TRAIN_WINDOW steps, each window's last loss read back (so each window's time is its
-                                                     // steps' own).
+    // A warm-up step, then steps submitted back to back through the trainer's step plan, in
+    // windows of TRAIN_WINDOW steps, each window's last loss read back (so each window's time
+    // is its steps' own).
+    trainer.step_blocking(gpu, &x, &y, batch, seq)?;
     let before = gpu.counts();
     let t = Instant::now();
     let mut windows = Vec::new();

@@ -30,21 +30,23 @@ fn name(tid: i32) -> Option<String> {
 /// ones, such as llvmpipe's idle rasterizer threads, are left alone, as are threads other
 /// code started meanwhile under names of their own).
 pub(super) fn started_unnamed(before: &[i32], after: &[i32]) -> Vec<i32> {
-    let own = std::fs::read_to_string("/proc/thread-self/comm").ok();
+    let Ok(own) = std::fs::read_to_string("/proc/thread-self/comm") else {
+        return Vec::new();
+    };
     after
         .iter()
         .copied()
-        .filter(|t| before.binary_search(t).is_err() && own.is_some() && name(*t) == own)
+        .filter(|t| before.binary_search(t).is_err() && name(*t).as_ref() == Some(&own))
         .collect()
 }
 
 /// Whether pinning is on (it is unless `MEMLAYERS_PIN_CPU_THREADS=0`).
-pub(super) fn enabled() -> bool {
+pub fn enabled() -> bool {
     std::env::var("MEMLAYERS_PIN_CPU_THREADS").map_or(true, |v| v.trim() != "0")
 }
 
-/// Pins the last of `threads` (ascending), as many as the process has CPUs, to one CPU
-/// each, in turn, and returns the threads pinned: a worker pool of one thread per CPU is
+/// Pins the last of `threads` (ascending), as many as the process has CPUs, one to each
+/// CPU, and returns the threads pinned: a worker pool of one thread per CPU is
 /// started together, last (lavapipe starts one other unnamed thread first, which wakes
 /// once a dispatch and runs best unpinned: measured 64-72k -> 74-77k dense tokens/s in
 /// `bench --train`, alternated). Nothing happens with fewer than 2 CPUs.
@@ -55,8 +57,7 @@ pub(super) fn spread(threads: &[i32]) -> Vec<i32> {
     }
     let pool = &threads[threads.len().saturating_sub(cpus.len())..];
     let mut pinned = Vec::new();
-    for &tid in pool {
-        let cpu = cpus[pinned.len() % cpus.len()];
+    for (&tid, &cpu) in pool.iter().zip(&cpus) {
         // Safety: `set` is a plain bit set; `tid` is a thread of this process.
         let ok = unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
