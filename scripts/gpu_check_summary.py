@@ -49,6 +49,8 @@ dec = re.search(r"decoding, (.*?): f32 weights ([\d.]+) tokens/s, f16 weights ([
 b["decoding"] = {"model": dec.group(1), "f32_weights_tokens_per_s": float(dec.group(2)), "f16_weights_tokens_per_s": float(dec.group(3))} if dec else None
 kv = re.search(r"decoding at positions (\S+), (.*?): f32 KV cache ([\d.]+) tokens/s, f16 KV cache ([\d.]+) tokens/s", bench)
 b["decoding_long"] = {"positions": kv.group(1), "model": kv.group(2), "f32_kv_cache_tokens_per_s": float(kv.group(3)), "f16_kv_cache_tokens_per_s": float(kv.group(4))} if kv else None
+pre = re.search(r"prefill of (.*?): f32 activations ([\d.]+) tokens/s, f16 activations ([\d.]+) tokens/s", bench)
+b["prefill_f16_activations"] = {"model": pre.group(1), "f32_activations_tokens_per_s": float(pre.group(2)), "f16_activations_tokens_per_s": float(pre.group(3))} if pre else None
 b["gemm_in_use"] = (re.search(r"in use on this adapter: (.*)", bench) or [None, None])[1]
 sections = re.split(r"\n(?=(?:small|paper) d=)", bench)
 b["configs"] = []
@@ -107,6 +109,9 @@ if b["decoding"]:
 if b["decoding_long"]:
     d = b["decoding_long"]
     print(f"decoding at positions {d['positions']} ({d['model']}): f16 KV cache {d['f16_kv_cache_tokens_per_s'] / d['f32_kv_cache_tokens_per_s']:.2f}x of f32")
+if b["prefill_f16_activations"]:
+    d = b["prefill_f16_activations"]
+    print(f"prefill ({d['model']}): f16 activations {d['f16_activations_tokens_per_s'] / d['f32_activations_tokens_per_s']:.2f}x of f32")
 for mu in b["matrix_units"]:
     print(f"GEMM {mu['shape']} on {mu['kernel']}: " + (f"{mu['gflops']:.1f} GFLOP/s (target >= 30% of the chip's f16 tensor peak)" if mu["gflops"] else f"FAILED ({mu['failed']})"))
 if not b["matrix_units"]:

@@ -24,7 +24,8 @@
 // and 2 TK / WG_M of the w tile per stage. Where an operand is contiguous along k (x_k = 1)
 // or along its rows (x_row = 1) with every offset a multiple of 4 (flags VEC_*), a quad
 // that lies inside the operand is one 16-byte load through the vec4 view of the same
-// buffer; otherwise (and at the edges, and for f16 weights) four bounds-checked scalar loads.
+// buffer; otherwise (and at the edges, and for f16 weights or inputs) four bounds-checked
+// scalar loads.
 //
 // The k-sum runs in increasing k with fma, with zeros past k_len, the same order for every
 // element and every tile shape: deterministic, bit for bit equal to linear_subgroup.wgsl,
@@ -76,7 +77,7 @@ fn load_x_quad(base: u32, row: u32, k: u32, along_k: bool) -> vec4<f32> {
         let r = select(row + j, row, along_k);
         let kk = select(k, k + j, along_k);
         if (r < p.m && kk < p.k_len) {
-            v[j] = x[base + r * p.x_row + kk * p.x_k];
+            v[j] = x_at_index(base + r * p.x_row + kk * p.x_k);
         }
     }
     return v;
@@ -127,9 +128,9 @@ fn store(b: u32, r: u32, c0: u32, v: vec4<f32>) {
     if (r >= p.m) {
         return;
     }
-    for (var j = 0u; j < 4u; j++) {
+    for (var j = 0u; j < 4u; j += 2u) {
         if (c0 + j < p.n) {
-            write_output(b, r, c0 + j, v[j]);
+            write_pair(b, r, c0 + j, v[j], v[j + 1u]);
         }
     }
 }
@@ -245,23 +246,37 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }
 
 // Split-K epilogue: the product of a long reduction is computed as `k_len` partial products
-// over consecutive k ranges (batches of `main`, stored [k_len][m][n] in `x`), then summed here
-// in range order (deterministic) into y[y_offset + r * y_row + c], added to y under
-// ACCUMULATE. One invocation per output; grid (ceil(n / 64), m).
+// over consecutive k ranges (batches of `main`, stored [k_len][m][n] in `x`, f32), then summed
+// here in range order (deterministic) into y[y_offset + r * y_row + c], added to y under
+// ACCUMULATE. One invocation per output, or per pair of outputs for an f16 y (Y_F16); grid
+// (ceil(n / 64) or ceil(n / 128), m).
 @compute @workgroup_size(64)
 fn reduce_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wg.x * 64u + lid;
+    let pairs = (p.flags & FLAG_Y_F16) != 0u;
+    let c = select(1u, 2u, pairs) * (wg.x * 64u + lid);
     let r = wg.y;
     if (c >= p.n || r >= p.m) {
         return;
     }
+    let at = p.y_offset + r * p.y_row + c;
+    if (pairs) {
+        var o = vec2<f32>(0.0);
+        for (var s = 0u; s < p.k_len; s++) {
+            let i = (s * p.m + r) * p.n + c;
+            o += vec2<f32>(bitcast<f32>(x[i]), bitcast<f32>(x[i + 1u]));
+        }
+        if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+            o += unpack2x16float(y[at >> 1u]);
+        }
+        y[at >> 1u] = pack2x16float(o);
+        return;
+    }
     var o = 0.0;
     for (var s = 0u; s < p.k_len; s++) {
-        o += x[(s * p.m + r) * p.n + c];
+        o += bitcast<f32>(x[(s * p.m + r) * p.n + c]);
     }
-    let at = p.y_offset + r * p.y_row + c;
     if ((p.flags & FLAG_ACCUMULATE) != 0u) {
-        o += y[at];
+        o += bitcast<f32>(y[at]);
     }
-    y[at] = o;
+    y[at] = bitcast<u32>(o);
 }

@@ -14,7 +14,7 @@
 // and w tiles (any strides, zeros outside the operands) into workgroup memory, k contiguous,
 // so the x tile is A row-major and the w tile is B column-major. The accumulators go out
 // through a T x T staging area per subgroup, one matrix at a time, and every element through
-// the common epilogue (bias, gate, accumulate, bounds).
+// the common epilogue (bias, gate, accumulate, bounds, f16 outputs).
 
 override SG_M: u32 = 2u;
 override SG_N: u32 = 2u;
@@ -26,7 +26,7 @@ var<workgroup> outs: array<f32, SG_M * SG_N * T * T>; // per subgroup, one T x T
 
 fn x_at(base: u32, row: u32, k: u32) -> In {
     if (row < p.m && k < p.k_len) {
-        return In(x[base + row * p.x_row + k * p.x_k]);
+        return In(x_at_index(base + row * p.x_row + k * p.x_k));
     }
     return In(0.0);
 }
@@ -96,11 +96,12 @@ fn main(
         workgroupBarrier();
         let r0 = row0 + sm * 2u * T + (q / 2u) * T;
         let c0 = col0 + sn * 2u * T + (q % 2u) * T;
-        for (var e = lane; e < T * T; e += SG) {
+        // Two adjacent columns an invocation (T is even), so an f16 output's word is one's.
+        for (var e = 2u * lane; e < T * T; e += 2u * SG) {
             let r = r0 + e / T;
             let c = c0 + e % T;
             if (r < p.m && c < p.n) {
-                write_output(b, r, c, outs[own + e]);
+                write_pair(b, r, c, outs[own + e], outs[own + e + 1u]);
             }
         }
         workgroupBarrier();

@@ -6,6 +6,9 @@
 // load). The other kernels give a 1-row product a 32- or 64-row block and leave almost all of
 // it idle.
 //
+// An f16 output (Y_F16) pairs adjacent columns, which are different invocations here: the
+// host runs such products on `linear.wgsl`.
+//
 // The k-sum runs in increasing k with fma, one accumulator per output, exactly as in the other
 // kernels.
 
@@ -14,7 +17,7 @@
 override WG: u32 = 64u;
 
 fn x_row(base: u32, r: u32, k: u32) -> f32 {
-    return x[base + r * p.x_row + k * p.x_k];
+    return x_at_index(base + r * p.x_row + k * p.x_k);
 }
 
 // Rows 0, r1, r2, r3 at k (rows past m are row m - 1): one load where m is 1.

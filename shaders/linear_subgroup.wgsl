@@ -15,6 +15,10 @@
 // (seconds per pipeline on 2 cores); arrays of accumulators indexed in loops stay in memory
 // there (half the speed), hence the named accumulators.
 //
+// An f16 output (Y_F16) stores two adjacent columns a word, so for it (PAIRED) each lane
+// owns two pairs of adjacent columns, 2 WG apart, instead of four columns WG apart: the same
+// columns per workgroup and the same sums.
+//
 // Every lane takes part in every broadcast (subgroup operations need uniform control flow),
 // so lanes past the last column or row compute on zeros and store nothing. The k-sum runs in
 // increasing k with fma, 8 at a time with zeros past k_len, exactly as in `linear.wgsl`, so
@@ -31,12 +35,13 @@ const COLUMNS: u32 = 4u;
 
 // Invocations per workgroup (a multiple of 8); a workgroup covers WG * COLUMNS columns.
 override WG: u32 = 64u;
+override PAIRED: bool = false;
 
 // x at (row, k), zero outside the operand. The address is clamped to a real element and the
 // value selected, rather than the load skipped in an `if`: lavapipe runs every storage load
 // lane by lane, and a load under divergent control flow also tests each lane's mask.
 fn x_at(base: u32, row: u32, k: u32) -> f32 {
-    let v = x[base + min(row, p.m - 1u) * p.x_row + min(k, p.k_len - 1u) * p.x_k];
+    let v = x_at_index(base + min(row, p.m - 1u) * p.x_row + min(k, p.k_len - 1u) * p.x_k);
     return select(0.0, v, row < p.m && k < p.k_len);
 }
 
@@ -60,6 +65,15 @@ fn store(b: u32, r: u32, c: u32, v: vec4<f32>) {
     }
 }
 
+// Columns c and c + 1 (PAIRED) of rows r .. r + 3.
+fn store_pair(b: u32, r: u32, c: u32, v: vec4<f32>, v1: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        if (r + j < p.m && c < p.n) {
+            write_pair(b, r + j, c, v[j], v1[j]);
+        }
+    }
+}
+
 // a<g> of a0 .. a7.
 fn pick(g: u32, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, a4: vec4<f32>, a5: vec4<f32>, a6: vec4<f32>, a7: vec4<f32>) -> vec4<f32> {
     let lo = select(select(a0, a1, g == 1u), select(a2, a3, g == 3u), g >= 2u);
@@ -77,11 +91,15 @@ fn main(
     let r = wg.y * ROWS;
     let x_base = p.x_offset + b * p.x_batch;
     let w_base = p.w_offset + b * p.w_batch;
-    // This lane's columns c0 .. c3, WG apart.
-    let c0 = wg.x * WG * COLUMNS + lid;
-    let c1 = c0 + WG;
-    let c2 = c1 + WG;
-    let c3 = c2 + WG;
+    // This lane's columns c0 .. c3, WG apart (PAIRED: c0, c0 + 1 and c2, c2 + 1, 2 WG apart).
+    var c0 = wg.x * WG * COLUMNS + lid;
+    var c1 = c0 + WG;
+    if (PAIRED) {
+        c0 = wg.x * WG * COLUMNS + 2u * lid;
+        c1 = c0 + 1u;
+    }
+    let c2 = c0 + 2u * WG;
+    let c3 = c1 + 2u * WG;
     let wb0 = w_base + min(c0, p.n - 1u) * p.w_row;
     let wb1 = w_base + min(c1, p.n - 1u) * p.w_row;
     let wb2 = w_base + min(c2, p.n - 1u) * p.w_row;
@@ -143,9 +161,18 @@ fn main(
     // lane on CPU adapters, and 32 inlined epilogues make LLVM compile for seconds.
     for (var g = 0u; g < ROWS / 4u; g++) {
         let rr = r + 4u * g;
-        store(b, rr, c0, pick(g, a00, a10, a20, a30, a40, a50, a60, a70));
-        store(b, rr, c1, pick(g, a01, a11, a21, a31, a41, a51, a61, a71));
-        store(b, rr, c2, pick(g, a02, a12, a22, a32, a42, a52, a62, a72));
-        store(b, rr, c3, pick(g, a03, a13, a23, a33, a43, a53, a63, a73));
+        let v0 = pick(g, a00, a10, a20, a30, a40, a50, a60, a70);
+        let v1 = pick(g, a01, a11, a21, a31, a41, a51, a61, a71);
+        let v2 = pick(g, a02, a12, a22, a32, a42, a52, a62, a72);
+        let v3 = pick(g, a03, a13, a23, a33, a43, a53, a63, a73);
+        if (PAIRED) {
+            store_pair(b, rr, c0, v0, v1);
+            store_pair(b, rr, c2, v2, v3);
+        } else {
+            store(b, rr, c0, v0);
+            store(b, rr, c1, v1);
+            store(b, rr, c2, v2);
+            store(b, rr, c3, v3);
+        }
     }
 }

@@ -163,7 +163,9 @@ fn train_resume_is_bit_identical_and_generate_runs() {
         String::from_utf8_lossy(&run.stdout).to_string()
     };
     assert_eq!(gen("1", &[]), gen("2", &[]), "greedy generation ignores the seed");
-    // Generation with an f16 KV cache runs (its decoding is checked against the f32 cache's
-    // in tests/model.rs) and ends its output with a newline, as every generation does.
+    // Generation with an f16 KV cache, and with f16 activations, runs (their decoding is
+    // checked against f32's in tests/model.rs) and ends its output with a newline, as every
+    // generation does.
     assert!(gen("1", &["--f16-kv-cache"]).ends_with('\n'));
+    assert!(gen("1", &["--f16-activations", "--f16-weights"]).ends_with('\n'));
 }

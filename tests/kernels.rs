@@ -96,8 +96,11 @@ fn run_linear(
         x: &xb,
         w: &wb,
         w_f16: false,
+        x_f16: false,
+        y_f16: false,
         bias: bb.as_ref(),
         gate: gb.as_ref().map(|by| Gate {
+            by_f16: false,
             by,
             keep_input: Some(&kept),
         }),
@@ -183,6 +186,8 @@ fn run_product(
         x: &xb,
         w,
         w_f16,
+        x_f16: false,
+        y_f16: false,
         bias: None,
         gate: None,
         y: &yb,
@@ -330,6 +335,141 @@ fn f16_weights_give_what_their_rounded_f32_values_give_bit_for_bit() {
                 "{} {m}x{n}x{k} wt={wt}: f16 weights differ from their rounded f32 values",
                 variant_name(g)
             );
+        }
+    }
+}
+
+/// A product with every operand's format chosen: `x` (`[m, k]`, or `[k, m]` when
+/// `x_transposed`), the gate's `by` and y's prior contents (added with `accumulate`) are f16
+/// pairs where their flag says so, else f32; `w` `[n, k]` f32 with a bias. Returns y's words.
+#[allow(clippy::too_many_arguments)]
+fn run_formats(
+    g: &Gpu,
+    (x, x_transposed, x_f16): (&[f32], bool, bool),
+    w: &[f32],
+    gate: Option<(&[f32], bool)>,
+    (y0, y_f16): (Option<&[f32]>, bool),
+    (m, n, k): (usize, usize, usize),
+) -> Vec<u32> {
+    use memlayers::kernels::linear::pack_f16;
+    let upload = |name: &str, v: &[f32], f16: bool| {
+        if f16 {
+            g.upload(name, &pack_f16(v))
+        } else {
+            g.upload(name, v)
+        }
+    };
+    let xs = if x_transposed {
+        transpose(x, m, k)
+    } else {
+        x.to_vec()
+    };
+    let (xb, wb, bb) = (
+        upload("x", &xs, x_f16),
+        g.upload("w", w),
+        g.upload("b", &vec![0.25f32; n]),
+    );
+    let gb = gate.map(|(v, f16)| upload("gate", v, f16));
+    let yb = match y0 {
+        Some(v) => upload("y", v, y_f16),
+        None => g.storage("y", (m * n * 4) as u64),
+    };
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    Linear {
+        label: "linear",
+        x: &xb,
+        w: &wb,
+        w_f16: false,
+        x_f16,
+        y_f16,
+        bias: gate.is_none().then_some(&bb),
+        gate: gb.as_ref().map(|by| Gate {
+            by,
+            by_f16: gate.is_some_and(|(_, f16)| f16),
+            keep_input: None,
+        }),
+        y: &yb,
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        batched: Some(Batched::dense(m as u32, n as u32, k as u32, x_transposed, false)),
+        accumulate: y0.is_some(),
+    }
+    .record(g, &mut enc)
+    .unwrap();
+    g.queue.submit([enc.finish()]);
+    let words = if y_f16 { (m * n).div_ceil(2) } else { m * n };
+    g.read_u32_blocking(&yb, words).unwrap()
+}
+
+#[test]
+fn f16_activations_give_what_their_rounded_f32_values_give() {
+    // Inputs, gate multipliers and prior outputs stored as f16 (`pack_f16`) are widened
+    // exactly: every kernel gives the bits of the same product over their rounded values in
+    // f32. An f16 output is that f32 result rounded once, to one of its two nearest f16s
+    // (WGSL's conversion rule), after the epilogue and the accumulation, on every kernel but
+    // the narrow one (whose products of few rows then run on the adapter's other kernel),
+    // split over k too.
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect() };
+    let f32s = |words: &[u32]| -> Vec<f32> { words.iter().map(|&b| f32::from_bits(b)).collect() };
+    let mut rng = Rng::new(53);
+    for g in linear_variants().iter().chain([other_split_k_gpu()]) {
+        for &(m, n, k, xt, with_gate, accumulate) in &[
+            (1, 2, 1, false, false, false),
+            (3, 10, 13, false, true, false),
+            (33, 70, 40, true, false, true),
+            (130, 66, 129, false, true, true),
+            (5, 8, 3000, false, false, true),
+        ] {
+            let name = format!(
+                "{} {m}x{n}x{k} xt={xt} gate={with_gate} accumulate={accumulate}",
+                variant_name(g)
+            );
+            let x = rng.vec_symmetric(m * k, 1.0);
+            let w = rng.vec_symmetric(n * k, 1.0);
+            let by = rng.vec_symmetric(m * n, 2.0);
+            let y0 = rng.vec_symmetric(m * n, 1.0);
+            let (rx, rby, ry0) = (round(&x), round(&by), round(&y0));
+            let prior = |f16: bool| accumulate.then_some(if f16 { &y0[..] } else { &ry0[..] });
+            // x and the gate's multiplier as given (f16 when `f16_in`) or rounded (f32), y's
+            // prior contents likewise.
+            let run = |f16_in: bool, y_f16: bool| {
+                let (xs, bys) = if f16_in { (&x, &by) } else { (&rx, &rby) };
+                run_formats(
+                    g,
+                    (xs, xt, f16_in),
+                    &w,
+                    with_gate.then_some((&bys[..], f16_in)),
+                    (prior(y_f16), y_f16),
+                    (m, n, k),
+                )
+            };
+            let exact = f32s(&run(false, false));
+            // f16 x and gate, f32 y: the same bits.
+            let f16_in = f32s(&run(true, false));
+            assert!(
+                f16_in.iter().zip(&exact).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: f16 inputs differ from their rounded f32 values"
+            );
+            // Everything f16: the f32 result, rounded once.
+            let words = run(true, true);
+            let got = memlayers::kernels::linear::unpack_f16(&words, m * n);
+            // f16's spacing in e's binade (2^-24 below the normals): h is one of the two f16s
+            // around e exactly when it lies within one spacing of e.
+            let spacing = |e: f32| {
+                let a = e.abs();
+                if a < 6.103_515_6e-5 {
+                    2f32.powi(-24)
+                } else {
+                    2f32.powi(a.log2().floor() as i32 - 10)
+                }
+            };
+            for (i, (&h, &e)) in got.iter().zip(&exact).enumerate() {
+                assert!(
+                    (h - e).abs() <= spacing(e),
+                    "{name}: output {i} is {h}, not an f16 next to the f32 result {e}"
+                );
+            }
         }
     }
 }
@@ -559,8 +699,11 @@ fn linear_variants_agree_bit_for_bit() {
                 x: &xb,
                 w: &wb,
                 w_f16: false,
+                x_f16: false,
+                y_f16: false,
                 bias: with_bias.then_some(&bb),
                 gate: with_gate.then_some(Gate {
+                    by_f16: false,
                     by: &gb,
                     keep_input: None,
                 }),

@@ -240,6 +240,66 @@ fn f16_kv_cache_decodes_close_to_the_f32_cache() {
     assert!(pollster::block_on(model.forward_with_cache(g, &[1], &mut half)).is_err());
 }
 
+/// f16 activations (`Model::use_f16_activations`) round the feed-forward blocks' hidden
+/// activations to f16 once each (a relative error of at most 2^-11 per value, the kernels
+/// test the rounding itself), which moves these logits (of order 1) by well under 1e-2: on a
+/// dense model and on one with a Memory+ layer, in a batch and in decoding, alone and with
+/// f16 weights. Training refuses such a model.
+#[test]
+fn f16_activations_compute_close_to_f32_activations() {
+    let g = gpu();
+    for json in HALF_PRECISION_MODELS {
+        let w = weights(json);
+        let c = &w.config;
+        let tokens: Vec<u32> = (0..12u32).map(|i| (i * 5 + 2) % c.vocab as u32).collect();
+        let mut want = Vec::new();
+        for with_f16_weights in [false, true] {
+            // The same model with f32 activations, and with them f16.
+            let (mut exact, mut half) = (Model::new(g, &w).unwrap(), Model::new(g, &w).unwrap());
+            half.use_f16_activations(true);
+            assert!(half.uses_f16_activations());
+            if with_f16_weights {
+                exact.use_f16_weights(g, &w).unwrap();
+                half.use_f16_weights(g, &w).unwrap();
+            }
+            let (expected, _) = pollster::block_on(exact.forward(g, &tokens, None, 2, 6)).unwrap();
+            if !with_f16_weights {
+                want = expected.clone();
+            }
+            let name = format!("{json} f16 weights {with_f16_weights}");
+            let (got, _) = pollster::block_on(half.forward(g, &tokens, None, 2, 6)).unwrap();
+            let largest = got
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(largest < 1e-2, "{name}: logits differ by {largest}");
+            assert!(largest > 0.0, "{name}: the rounding to f16 is real");
+            let (mut ca, mut cb) = (half.new_cache(g), exact.new_cache(g));
+            for &t in &tokens[..6] {
+                let a = pollster::block_on(half.forward_with_cache(g, &[t], &mut ca)).unwrap();
+                let b = pollster::block_on(exact.forward_with_cache(g, &[t], &mut cb)).unwrap();
+                let largest = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                assert!(largest < 1e-2, "{name}: decoding differs by {largest}");
+            }
+        }
+        // Off again: the f32 path's bits.
+        let mut back = Model::new(g, &w).unwrap();
+        back.use_f16_activations(true);
+        back.use_f16_activations(false);
+        let (again, _) = pollster::block_on(back.forward(g, &tokens, None, 2, 6)).unwrap();
+        assert!(again.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    let w = weights(
+        r#"{"dim": 16, "n_layers": 1, "n_heads": 2, "vocab_size": 20, "multiple_of": 8, "max_seqlen": 8}"#,
+    );
+    let mut trainer = memlayers::train::Trainer::new(g, &w, Default::default()).unwrap();
+    trainer.model.use_f16_activations(true);
+    assert!(trainer
+        .submit_step(g, &[1, 2, 3, 4], &[2, 3, 4, 5], 1, 4)
+        .is_err());
+}
+
 /// The embedding's gradient as a GEMM against one-hot rows (small vocabularies) and through
 /// the sparse sort (large ones) agree bit for bit, repeated tokens and unused ones included.
 #[test]
@@ -264,6 +324,14 @@ fn token_gradient_paths_agree_bit_for_bit() {
     }
 }
 
+/// The models the f16 weight and activation tests run: a dense one with grouped-query
+/// attention, and one with a Memory+ layer.
+const HALF_PRECISION_MODELS: [&str; 2] = [
+    r#"{"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 50, "multiple_of": 16, "max_seqlen": 16}"#,
+    r#"{"dim": 24, "n_layers": 2, "n_heads": 3, "vocab_size": 37, "multiple_of": 8, "max_seqlen": 16, "seed": 5,
+        "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 10, "mem_heads": 2, "mem_knn": 4, "mem_k_dim": 8}}"#,
+];
+
 /// A model with f16 GEMM weights (`Model::use_f16_weights`) computes, bit for bit, what the
 /// same model computes with f32 weights that are those f16 values: the kernels widen each
 /// weight exactly and sum in the same order. Also in decoding with a KV cache, on a dense
@@ -271,11 +339,7 @@ fn token_gradient_paths_agree_bit_for_bit() {
 #[test]
 fn f16_weights_compute_exactly_what_their_rounded_f32_weights_do() {
     let g = gpu();
-    for json in [
-        r#"{"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 50, "multiple_of": 16, "max_seqlen": 16}"#,
-        r#"{"dim": 24, "n_layers": 2, "n_heads": 3, "vocab_size": 37, "multiple_of": 8, "max_seqlen": 16, "seed": 5,
-            "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 10, "mem_heads": 2, "mem_knn": 4, "mem_k_dim": 8}}"#,
-    ] {
+    for json in HALF_PRECISION_MODELS {
         let w = weights(json);
         let mut rounded = w.clone();
         let gemm_weight = |name: &str| {

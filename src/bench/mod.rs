@@ -177,6 +177,8 @@ fn gemm_gflops(gpu: &Gpu, kernel: GemmKernel, (m, n, k): (u32, u32, u32), iters:
         x: &x,
         w: &w,
         w_f16: false,
+        x_f16: false,
+        y_f16: false,
         bias: None,
         gate: None,
         y: &y,
@@ -326,6 +328,36 @@ fn f16_cache_decoding(gpu: &Gpu) -> Result<()> {
     }
     println!(
         "decoding at positions 960-983, 4 x 1024 dense model, batch 1: f32 KV cache {:.1} tokens/s, f16 KV cache {:.1} tokens/s ({:.2}x)\n",
+        rates[0],
+        rates[1],
+        rates[1] / rates[0]
+    );
+    Ok(())
+}
+
+/// A forward of 2 x 64 tokens (prefill) through the 4 x 1024 dense model with f16 weights:
+/// its feed-forward hidden activations in f32 against f16 (`Model::use_f16_activations`),
+/// in the same run.
+fn f16_activations_prefill(gpu: &Gpu) -> Result<()> {
+    let json = r#"{"dim": 1024, "n_layers": 4, "n_heads": 8, "vocab_size": 256, "multiple_of": 256, "max_seqlen": 64}"#;
+    let config = crate::model::LMTransformerArgs::from_json(json)?.resolve()?;
+    let weights = crate::model::ModelWeights::init(&config)?;
+    let (batch, seq) = (2, 64);
+    let tokens: Vec<u32> = (0..(batch * seq) as u32).map(|i| i * 37 % 256).collect();
+    let mut rates = Vec::new();
+    for f16 in [false, true] {
+        let mut model = crate::model::Model::new(gpu, &weights)?;
+        model.use_f16_weights(gpu, &weights)?;
+        model.use_f16_activations(f16);
+        pollster::block_on(model.forward(gpu, &tokens, None, batch, seq))?;
+        let (repeats, start) = (3, Instant::now());
+        for _ in 0..repeats {
+            pollster::block_on(model.forward(gpu, &tokens, None, batch, seq))?;
+        }
+        rates.push((repeats * tokens.len()) as f64 / start.elapsed().as_secs_f64());
+    }
+    println!(
+        "prefill of 2 x 64 tokens, 4 x 1024 dense model, f16 weights: f32 activations {:.0} tokens/s, f16 activations {:.0} tokens/s ({:.2}x)\n",
         rates[0],
         rates[1],
         rates[1] / rates[0]
@@ -799,6 +831,7 @@ pub fn run(o: &Options) -> Result<()> {
     if !o.quick {
         f16_weights_decoding(&gpu)?;
         f16_cache_decoding(&gpu)?;
+        f16_activations_prefill(&gpu)?;
     }
     let paper = MemoryConfig::memory_plus(1024);
     let small = MemoryConfig {

@@ -43,6 +43,10 @@ pub struct Args {
     /// computes in f32).
     #[arg(long)]
     pub f16_kv_cache: bool,
+    /// Store the feed-forward blocks' hidden activations as f16 (half their memory and
+    /// traffic; sums stay f32).
+    #[arg(long)]
+    pub f16_activations: bool,
 }
 
 /// An empty KV cache of the kind `a` asks for.
@@ -61,6 +65,7 @@ fn load(a: &Args, weights: &memlayers::model::ModelWeights) -> Result<(Gpu, Mode
         gpu.set_gemm_precision(memlayers::gpu::GemmPrecision::F16Inputs);
     }
     let mut model = Model::new(&gpu, weights)?;
+    model.use_f16_activations(a.f16_activations);
     if a.f16_weights {
         model.use_f16_weights(&gpu, weights)?;
     }

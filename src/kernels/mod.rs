@@ -106,7 +106,7 @@ pub(crate) fn check_buffer(gpu: &Gpu, name: &str, buffer: &wgpu::Buffer, elems: 
 #[cfg(test)]
 mod tests {
     /// The override constants each shader is checked with: its defaults, every workgroup
-    /// width the code picks (`WG`), f16 weights and keys/values, and every GEMM tile shape
+    /// width the code picks (`WG`), f16 weights, inputs and keys/values, and every GEMM tile shape
     /// (`WG_M`, `WG_N`, `TK`).
     fn override_sets(module: &naga::Module) -> Vec<Vec<(&'static str, f64)>> {
         let has = |name: &str| {
@@ -122,11 +122,18 @@ mod tests {
         if has("W_F16") {
             sets.push(vec![("W_F16", 1.0)]);
         }
+        if has("X_F16") {
+            sets.push(vec![("X_F16", 1.0)]);
+            sets.push(vec![("W_F16", 1.0), ("X_F16", 1.0)]);
+        }
         if has("KV_F16") {
             sets.push(vec![("KV_F16", 1.0)]);
         }
         if has("ROWS") {
             sets.push(vec![("ROWS", 16.0)]);
+        }
+        if has("PAIRED") {
+            sets.push(vec![("PAIRED", 1.0), ("X_F16", 1.0)]);
         }
         if has("WG_M") {
             sets.extend(crate::gpu::GemmTile::CANDIDATES.map(|t| {
@@ -288,9 +295,13 @@ mod tests {
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{config:?}: {e:?}"));
             for (sg, w_f16) in [(32.0, 0.0), (64.0, 1.0)] {
-                let constants = [("SG".to_string(), sg), ("W_F16".to_string(), w_f16)]
-                    .into_iter()
-                    .collect();
+                let constants = [
+                    ("SG".to_string(), sg),
+                    ("W_F16".to_string(), w_f16),
+                    ("X_F16".to_string(), w_f16),
+                ]
+                .into_iter()
+                .collect();
                 let (module, info) = process_overrides(&module, &info, None, &constants)
                     .unwrap_or_else(|e| panic!("{config:?} SG={sg}: overrides: {e:?}"));
                 let invocations: u32 = module.entry_points[0].workgroup_size.iter().product();

@@ -116,9 +116,9 @@ impl MemoryLayer {
         acts: &MemoryActivations,
         d_out: &wgpu::Buffer,
     ) -> Result<MemoryGrads> {
-        if self.uses_f16_weights() {
+        if self.uses_f16_weights() || self.uses_f16_activations() {
             return Err(Error::Config(
-                "the backward reads the f32 weights: a layer with f16 weights (`use_f16_weights`) is for inference".into(),
+                "the backward reads f32 weights and activations: a layer with f16 weights or activations (`use_f16_weights`, `use_f16_activations`) is for inference".into(),
             ));
         }
         let c = &self.config;
@@ -383,6 +383,8 @@ impl MemoryLayer {
                 x: &d_scores,
                 w: scored_keys,
                 w_f16: false,
+                x_f16: false,
+                y_f16: false,
                 bias: None,
                 gate: None,
                 y: &dq,
@@ -412,6 +414,8 @@ impl MemoryLayer {
                 x: &d_scores,
                 w: scored_query,
                 w_f16: false,
+                x_f16: false,
+                y_f16: false,
                 bias: None,
                 gate: None,
                 y: &dkeys,

@@ -191,6 +191,8 @@ pub struct MemoryLayer {
     pub(super) gating: Option<(wgpu::Buffer, wgpu::Buffer)>,
     /// f16 copies of the projections' weights, once `use_f16_weights` made them.
     pub(super) half: Option<HalfProjections>,
+    /// Memory+'s gated hidden `[rows, v_dim]` is stored as f16 (`use_f16_activations`).
+    pub(super) f16_activations: bool,
 }
 
 /// The projections' weights as f16, two a word (`kernels::linear::pack_f16`).
@@ -212,7 +214,7 @@ pub struct MemoryActivations {
     /// `[rows, v_dim]` the summed bag of values.
     pub bag: wgpu::Buffer,
     /// `[rows, v_dim]` `bag * silu(swilu_projection(x))` and `swilu_projection(x)` (Memory+
-    /// only).
+    /// only; with f16 activations the first holds f16 pairs and the second is not kept).
     pub gated: Option<wgpu::Buffer>,
     pub swilu_input: Option<wgpu::Buffer>,
     /// mem_gated: the gate's logits `[rows]` and the output before the gate `[rows, out_dim]`.
@@ -281,6 +283,7 @@ impl MemoryLayer {
             value_proj: pair(config.value_proj, &mut take, VALUE_PROJ_W, VALUE_PROJ_B)?,
             gating: pair(config.gated, &mut take, GATING_W, GATING_B)?,
             half: None,
+            f16_activations: false,
         })
     }
 
@@ -308,6 +311,21 @@ impl MemoryLayer {
     /// Whether the forward reads f16 projection weights (`use_f16_weights`).
     pub fn uses_f16_weights(&self) -> bool {
         self.half.is_some()
+    }
+
+    /// Stores Memory+'s gated hidden `bag * silu(x W1^T + b1)` (`[rows, v_dim]`, the widest
+    /// activation between two GEMMs) as f16, which the value projection reads: half its
+    /// memory and traffic, every sum still in f32 (the hidden rounded once as it is stored).
+    /// The SwiGLU's input is then not kept. For inference: the backward refuses such a
+    /// layer. The query, scores and bag stay f32 (they decide and weight the top-k), and an
+    /// odd v_dim keeps f32 (an f16 word holds two columns).
+    pub fn use_f16_activations(&mut self, on: bool) {
+        self.f16_activations = on;
+    }
+
+    /// Whether the forward stores f16 activations (`use_f16_activations`).
+    pub fn uses_f16_activations(&self) -> bool {
+        self.f16_activations
     }
 
     /// The layer's parameter buffers with their reference names, in `parameters` order.
@@ -413,6 +431,8 @@ impl MemoryLayer {
             x,
             w: half.map_or(&self.query_w, |h| &h.query_w),
             w_f16: half.is_some(),
+            x_f16: false,
+            y_f16: false,
             bias: Some(&self.query_b),
             gate: None,
             y: &query,
@@ -474,20 +494,27 @@ impl MemoryLayer {
         } else {
             (self.swilu.as_ref(), self.value_proj.as_ref())
         };
+        // The gated hidden as f16 where it feeds the value projection.
+        let gated_f16 = self.f16_activations && v.is_multiple_of(2) && value_proj.is_some();
         let (gated, swilu_input) = match swilu {
             Some((w1, b1)) => {
-                let gated = gpu.scratch("gated", rows as u64 * v as u64 * 4);
-                let input = gpu.scratch("swilu pre-activation", rows as u64 * v as u64 * 4);
+                let bytes = if gated_f16 { 2 } else { 4 };
+                let gated = gpu.scratch("gated", rows as u64 * v as u64 * bytes);
+                let input =
+                    (!gated_f16).then(|| gpu.scratch("swilu pre-activation", rows as u64 * v as u64 * 4));
                 let half_w1 = half.and_then(|h| h.swilu_w.as_ref());
                 Linear {
                     label: "swilu_projection+gate",
                     x,
                     w: half_w1.unwrap_or(w1),
                     w_f16: half_w1.is_some(),
+                    x_f16: false,
+                    y_f16: gated_f16,
                     bias: Some(b1),
                     gate: Some(Gate {
+                        by_f16: false,
                         by: &bag,
-                        keep_input: Some(&input),
+                        keep_input: input.as_ref(),
                     }),
                     y: &gated,
                     m: rows,
@@ -497,11 +524,12 @@ impl MemoryLayer {
                     accumulate: false,
                 }
                 .record(gpu, encoder)?;
-                (Some(gated), Some(input))
+                (Some(gated), input)
             }
             None => (None, None),
         };
         let hidden = gated.as_ref().unwrap_or(&bag);
+        let hidden_f16 = gated_f16 && gated.is_some();
         // With mem_gated the projection's output is gated before it can join the residual.
         let residual_in_proj = residual.filter(|_| self.gating.is_none());
         let (out, added) = match value_proj {
@@ -516,6 +544,8 @@ impl MemoryLayer {
                     x: hidden,
                     w: half_wo.unwrap_or(wo),
                     w_f16: half_wo.is_some(),
+                    x_f16: hidden_f16,
+                    y_f16: false,
                     bias: Some(bo),
                     gate: None,
                     y: &out,
@@ -539,6 +569,8 @@ impl MemoryLayer {
                     x,
                     w: gw,
                     w_f16: false,
+                    x_f16: false,
+                    y_f16: false,
                     bias: Some(gb),
                     gate: None,
                     y: &logits,

@@ -111,6 +111,8 @@ pub fn record_lookup(
             x: query,
             w: keys,
             w_f16: false,
+            x_f16: false,
+            y_f16: false,
             bias: None,
             gate: None,
             y: &scores,

@@ -221,6 +221,8 @@ fn norm_weight_grads(
             x: ones,
             w: dw_rows,
             w_f16: false,
+            x_f16: false,
+            y_f16: false,
             bias: None,
             gate: None,
             y: &sums,

@@ -36,6 +36,8 @@ pub struct Model {
     /// f16 copies of the GEMM weights by parameter id, two values a word
     /// (`kernels::linear::pack_f16`), once `use_f16_weights` made them.
     half_weights: Vec<Option<wgpu::Buffer>>,
+    /// The feed-forward blocks store their hidden activations as f16 (`use_f16_activations`).
+    pub(crate) f16_activations: bool,
 }
 
 /// The shape a step plan of the model serves: batch, seq, with targets, with a KV cache.
@@ -110,6 +112,8 @@ pub(crate) fn linear<'a>(
         x,
         w,
         w_f16: false,
+        x_f16: false,
+        y_f16: false,
         bias: None,
         gate: None,
         y,
@@ -176,6 +180,7 @@ impl Model {
             rope_sin: gpu.upload("rope sin", &sin),
             plans: Default::default(),
             half_weights: Vec::new(),
+            f16_activations: false,
         })
     }
 
@@ -227,6 +232,31 @@ impl Model {
         // Plans recorded so far bound the f32 weights.
         self.plans.lock().unwrap().clear();
         Ok(())
+    }
+
+    /// Stores the activations between the feed-forward blocks' GEMMs as f16 (`on`) or f32:
+    /// the dense SwiGLU's `w3 x` and `silu(w1 x) * w3 x` (`[rows, hidden]` each) and Memory+'s
+    /// gated hidden (`[rows, v_dim]`), the widest activations of a layer. Each is rounded
+    /// once as its GEMM stores it and widened exactly where the next reads it; sums stay f32.
+    /// Half their memory and traffic; no `shader-f16` needed. For inference, like
+    /// `use_f16_weights` (with which it combines): training refuses such a model. The
+    /// residual stream, norms, attention's activations (its keys and values have the f16 KV
+    /// cache), the memory lookup's query, scores and bag, and mixture-of-experts blocks stay
+    /// f32; an odd hidden width keeps f32 (an f16 word holds two columns).
+    pub fn use_f16_activations(&mut self, on: bool) {
+        self.f16_activations = on;
+        for r in &mut self.residuals {
+            if let Block::Memory(block) = &mut r.block {
+                block.layer.use_f16_activations(on);
+            }
+        }
+        // Plans recorded so far bound buffers of the other size.
+        self.plans.lock().unwrap().clear();
+    }
+
+    /// Whether forwards store f16 activations (`use_f16_activations`).
+    pub fn uses_f16_activations(&self) -> bool {
+        self.f16_activations
     }
 
     /// Whether forwards read f16 GEMM weights (`use_f16_weights`).

@@ -523,13 +523,13 @@ impl Trainer {
         Ok(())
     }
 
-    /// Checks a step's inputs; returns the number of targets counted.
-    /// Checks a step's inputs (and that the model trains: f16 weights are for inference);
+    /// Checks a step's inputs (and that the model trains: f16 weights and activations are
+    /// for inference);
     /// returns how many targets count towards the loss.
     fn check_inputs(&self, tokens: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<usize> {
-        if self.model.uses_f16_weights() {
+        if self.model.uses_f16_weights() || self.model.uses_f16_activations() {
             return Err(Error::Config(
-                "training updates the f32 weights: a model with f16 weights (`Model::use_f16_weights`) is for inference".into(),
+                "training updates the f32 weights from f32 activations: a model with f16 weights or activations (`Model::use_f16_weights`, `use_f16_activations`) is for inference".into(),
             ));
         }
         for (name, ids) in [("tokens", tokens), ("targets", targets)] {

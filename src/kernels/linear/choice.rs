@@ -129,6 +129,8 @@ pub fn time_candidates(gpu: &Gpu) -> Result<Vec<(GemmKernel, f64)>> {
             x: &xb,
             w: &wb,
             w_f16: false,
+            x_f16: false,
+            y_f16: false,
             bias: None,
             gate: None,
             y: &yb,

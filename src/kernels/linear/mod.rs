@@ -61,7 +61,8 @@ fn build_matrix_source(config: MatrixConfig) -> String {
 }
 
 /// `values` as f16, two per 4-byte word (element i in the low half of word i / 2 when i is
-/// even, the high half when odd), as a weight of `Linear { w_f16: true }` reads them.
+/// even, the high half when odd), as a weight of `Linear { w_f16: true }` (and an f16
+/// activation) is stored.
 pub fn pack_f16(values: &[f32]) -> Vec<u32> {
     values
         .chunks(2)
@@ -72,6 +73,13 @@ pub fn pack_f16(values: &[f32]) -> Vec<u32> {
                 .map_or(0, |&v| half::f16::from_f32(v).to_bits() as u32);
             lo | hi << 16
         })
+        .collect()
+}
+
+/// The first `n` values of f16 pairs stored as `pack_f16` stores them, as f32 (exact).
+pub fn unpack_f16(words: &[u32], n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| half::f16::from_bits((words[i / 2] >> (16 * (i % 2))) as u16).to_f32())
         .collect()
 }
 
@@ -239,6 +247,8 @@ impl Batched {
 #[derive(Clone, Copy)]
 pub struct Gate<'a> {
     pub by: &'a wgpu::Buffer,
+    /// `by` holds f16 pairs (`pack_f16`) instead of f32.
+    pub by_f16: bool,
     /// Also store `x w^T + bias` here (`[m, n]`), for the backward pass.
     pub keep_input: Option<&'a wgpu::Buffer>,
 }
@@ -250,6 +260,13 @@ pub struct Linear<'a> {
     pub w: &'a wgpu::Buffer,
     /// `w` holds f16 values, two per 4-byte word (`pack_f16`), instead of f32.
     pub w_f16: bool,
+    /// `x` holds f16 pairs (an f16 activation), instead of f32.
+    pub x_f16: bool,
+    /// Store `y` as f16 pairs, each output rounded once after the epilogue (and after adding
+    /// what `y` held, with `accumulate`). Needs an even `n`, and even offsets and strides of
+    /// `y`; not on the narrow kernel (an invocation per column), whose products then run on
+    /// the adapter's other kernel.
+    pub y_f16: bool,
     pub bias: Option<&'a wgpu::Buffer>,
     pub gate: Option<Gate<'a>>,
     pub y: &'a wgpu::Buffer,
@@ -290,7 +307,9 @@ impl Linear<'_> {
     /// for products of few rows, `linear_narrow.wgsl` where the tuning says so.
     pub fn record(&self, gpu: &Gpu, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let kernel = choice::kernel(gpu);
-        let narrow = self.m <= gpu.tuning().gemm_narrow_rows && !matches!(kernel, GemmKernel::Matrix(_));
+        let narrow = self.m <= gpu.tuning().gemm_narrow_rows
+            && !self.y_f16
+            && !matches!(kernel, GemmKernel::Matrix(_));
         self.record_with(gpu, encoder, if narrow { GemmKernel::Narrow } else { kernel })
     }
 
@@ -314,16 +333,23 @@ impl Linear<'_> {
             }
             k => k,
         };
+        if self.y_f16 && kernel == GemmKernel::Narrow {
+            return Err(Error::Config(
+                "linear: an f16 output does not run on the narrow kernel".into(),
+            ));
+        }
         let splits = self.splits(gpu, kernel);
         if splits <= 1 {
             return self.record_unsplit(gpu, encoder, kernel);
         }
         let l = self.layout();
+        self.check_f16_output(&l)?;
+        let y_elems = l.y_offset as u64 + (self.m as u64 - 1) * l.y_row as u64 + self.n as u64;
         check_buffer(
             gpu,
             "linear.y",
             self.y,
-            l.y_offset as u64 + (self.m as u64 - 1) * l.y_row as u64 + self.n as u64,
+            if self.y_f16 { y_elems.div_ceil(2) } else { y_elems },
         )?;
         // `full` ranges of `chunk` k values as one batched product, then the remainder.
         let chunk = self.k.div_ceil(splits);
@@ -337,6 +363,8 @@ impl Linear<'_> {
             x: self.x,
             w: self.w,
             w_f16: self.w_f16,
+            x_f16: self.x_f16,
+            y_f16: false,
             bias: None,
             gate: None,
             y: &partial,
@@ -367,20 +395,35 @@ impl Linear<'_> {
                 m: self.m,
                 n: self.n,
                 k_len: parts,
-                flags: if self.accumulate { 4 } else { 0 },
+                flags: if self.accumulate { 4 } else { 0 } | if self.y_f16 { 32 } else { 0 },
                 y_offset: l.y_offset,
                 y_row: l.y_row,
                 ..bytemuck::Zeroable::zeroed()
             },
         );
         let bind = gpu.bind_at(&pipeline, &[(0, &params), (1, &partial), (5, self.y)]);
+        let per_workgroup = if self.y_f16 { 2 * SPLIT_TILE } else { SPLIT_TILE };
         gpu.run(
             encoder,
             self.label,
             &pipeline,
             &bind,
-            (self.n.div_ceil(SPLIT_TILE), self.m, 1),
+            (self.n.div_ceil(per_workgroup), self.m, 1),
         );
+        Ok(())
+    }
+
+    /// An f16 output's words must each hold two outputs of one row.
+    fn check_f16_output(&self, l: &Batched) -> Result<()> {
+        let even = |v: u32| v.is_multiple_of(2);
+        if self.y_f16
+            && !(even(self.n) && even(l.y_offset) && even(l.y_row) && (l.batch == 1 || even(l.y_batch)))
+        {
+            return Err(Error::Config(format!(
+                "linear: an f16 output needs an even n and even offsets and strides (n {}, y_offset {}, y_row {}, y_batch {})",
+                self.n, l.y_offset, l.y_row, l.y_batch
+            )));
+        }
         Ok(())
     }
 
@@ -437,25 +480,27 @@ impl Linear<'_> {
         let last = |off: u32, batch: u32, row: u32, rows: u64, cols: u64| {
             off as u64 + (l.batch as u64 - 1) * batch as u64 + (rows - 1) * row as u64 + cols
         };
+        self.check_f16_output(&l)?;
+        let halves = |f16: bool, elems: u64| if f16 { elems.div_ceil(2) } else { elems };
         check_buffer(
             gpu,
             "linear.x",
             self.x,
-            last(l.x_offset, l.x_batch, l.x_row, m, k),
+            halves(self.x_f16, last(l.x_offset, l.x_batch, l.x_row, m, k)),
         )?;
         let w_elems = last(0, l.w_batch, self.k, n, k);
+        check_buffer(gpu, "linear.weight", self.w, halves(self.w_f16, w_elems))?;
         check_buffer(
             gpu,
-            "linear.weight",
-            self.w,
-            if self.w_f16 { w_elems.div_ceil(2) } else { w_elems },
+            "linear.y",
+            self.y,
+            halves(self.y_f16, last(l.y_offset, l.y_batch, l.y_row, m, n)),
         )?;
-        check_buffer(gpu, "linear.y", self.y, last(0, l.y_batch, l.y_row, m, n))?;
         if let Some(b) = self.bias {
             check_buffer(gpu, "linear.bias", b, n)?;
         }
         if let Some(g) = self.gate {
-            check_buffer(gpu, "linear.gate", g.by, m * n)?;
+            check_buffer(gpu, "linear.gate", g.by, halves(g.by_f16, m * n))?;
             if let Some(keep) = g.keep_input {
                 check_buffer(gpu, "linear.gate input", keep, m * n)?;
             }
@@ -464,7 +509,13 @@ impl Linear<'_> {
         let flags = self.bias.map_or(0, |_| 1)
             | self.gate.map_or(0, |_| 2)
             | if self.accumulate { 4 } else { 0 }
-            | keep_input.map_or(0, |_| 8);
+            | keep_input.map_or(0, |_| 8)
+            | if self.gate.is_some_and(|g| g.by_f16) {
+                16
+            } else {
+                0
+            }
+            | if self.y_f16 { 32 } else { 0 };
         // The subgroup variant: 32 rows x 4 columns per invocation, 8 to 64 invocations per
         // workgroup (fewer for narrow outputs, so that small products still spread over the
         // cores; a power of two, so few pipelines get compiled, and at least 8, the lanes
@@ -473,6 +524,9 @@ impl Linear<'_> {
         let with_w_f16 = |mut constants: Vec<(&'static str, f64)>| {
             if self.w_f16 {
                 constants.push(("W_F16", 1.0));
+            }
+            if self.x_f16 {
+                constants.push(("X_F16", 1.0));
             }
             constants
         };
@@ -490,6 +544,9 @@ impl Linear<'_> {
                 if rows != SUBGROUP_ROWS {
                     constants.push(("ROWS", rows as f64));
                 }
+                if self.y_f16 {
+                    constants.push(("PAIRED", 1.0));
+                }
                 (
                     gpu.pipeline(
                         "linear_subgroup",
@@ -505,7 +562,12 @@ impl Linear<'_> {
                 } else {
                     quad_mode(self.w, l.w_offset, l.w_batch, l.w_row, l.w_k)
                 };
-                quads = quad_mode(self.x, l.x_offset, l.x_batch, l.x_row, l.x_k) << 16 | w_quads << 18;
+                let x_quads = if self.x_f16 {
+                    0
+                } else {
+                    quad_mode(self.x, l.x_offset, l.x_batch, l.x_row, l.x_k)
+                };
+                quads = x_quads << 16 | w_quads << 18;
                 let constants = with_w_f16(vec![
                     ("WG_M", tile.wg_m as f64),
                     ("WG_N", tile.wg_n as f64),
@@ -646,6 +708,8 @@ pub fn gemm(
         x,
         w,
         w_f16: false,
+        x_f16: false,
+        y_f16: false,
         bias: None,
         gate: None,
         y,

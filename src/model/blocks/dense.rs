@@ -17,10 +17,11 @@ pub struct DenseParams {
     pub w3: ParamId,
 }
 
-/// `w3 x`, `w1 x` and `(w3 x) * silu(w1 x)`.
+/// `w3 x`, `w1 x` and `(w3 x) * silu(w1 x)`; with f16 activations (`Model::
+/// use_f16_activations`, inference) the first and last hold f16 pairs and `w1 x` is not kept.
 pub(crate) struct DenseActs {
     pub u: wgpu::Buffer,
-    pub g: wgpu::Buffer,
+    pub g: Option<wgpu::Buffer>,
     pub gated: wgpu::Buffer,
 }
 
@@ -44,19 +45,34 @@ impl DenseParams {
     ) -> Result<DenseActs> {
         let (gpu, rows) = (p.gpu, p.rows());
         let (d, hidden) = (p.model.config.dim as u32, p.model.config.hidden as u32);
-        let (u, g) = (p.f32s("w3 x", rows * hidden), p.f32s("w1 x", rows * hidden));
-        let gated = p.f32s("swiglu", rows * hidden);
-        p.linear(x, self.w3, &u, (rows, hidden, d)).record(gpu, encoder)?;
+        let f16 = p.model.f16_activations && hidden.is_multiple_of(2);
+        let hidden_act = |label: &str| {
+            if f16 {
+                p.gpu.scratch(label, rows as u64 * hidden as u64 * 2)
+            } else {
+                p.f32s(label, rows * hidden)
+            }
+        };
+        let (u, gated) = (hidden_act("w3 x"), hidden_act("swiglu"));
+        let g = (!f16).then(|| p.f32s("w1 x", rows * hidden));
+        Linear {
+            y_f16: f16,
+            ..p.linear(x, self.w3, &u, (rows, hidden, d))
+        }
+        .record(gpu, encoder)?;
         Linear {
             gate: Some(Gate {
                 by: &u,
-                keep_input: Some(&g),
+                by_f16: f16,
+                keep_input: g.as_ref(),
             }),
+            y_f16: f16,
             ..p.linear(x, self.w1, &gated, (rows, hidden, d))
         }
         .record(gpu, encoder)?;
         Linear {
             accumulate: true,
+            x_f16: f16,
             ..p.linear(&gated, self.w2, h, (rows, d, hidden))
         }
         .record(gpu, encoder)?;
@@ -107,11 +123,15 @@ impl DenseParams {
             p.f32s("grad w3 x", rows * hidden),
             p.f32s("grad w1 x", rows * hidden),
         );
+        let g = acts
+            .g
+            .as_ref()
+            .ok_or_else(|| crate::error::Error::Config("the backward needs f32 activations".into()))?;
         SwiluBackward {
             len: rows * hidden,
             dh: &d_gated,
             y: &acts.u,
-            g: &acts.g,
+            g,
             dy: &du,
             dg: &dg,
         }
