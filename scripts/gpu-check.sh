@@ -14,7 +14,12 @@
 #   scripts/gpu-check.sh run [DIR|DIR.tar.xz]   there: everything above; figures and logs to
 #       $OUT (or gpu-check-out/): gpu-check.json, the logs. On a machine without CUDA the
 #       CUDA parts are skipped and the output says so (that is how it is tested here);
-#       GPU_CHECK_QUICK=1 runs the small bench shapes only.
+#       GPU_CHECK_QUICK=1 runs the small bench shapes only. Every stage runs under a time
+#       limit inside GPU_CHECK_SECONDS (default 480) so that one that hangs or runs long
+#       costs its own figures, not the others': the tests share 120 s (60 s a binary), the
+#       bench 200 s, bench --train 100 s, the Triton bag 60 s, each also cut to what is left
+#       of the whole less what the stages after it are owed; a stage stopped by its limit
+#       says so in its log and in the summary.
 set -uo pipefail
 mode=${1:-run}
 shift || true
@@ -74,22 +79,43 @@ run() {
   # The GEMM kernels' timed trial runs afresh and its choice comes back with the figures.
   export MEMLAYERS_CACHE_DIR=$out
   local ml="$dir/bin/memlayers" started=$SECONDS
+  local deadline=$((SECONDS + ${GPU_CHECK_SECONDS:-480}))
+  # limited CAP OWED LOG CMD...: CMD with its output appended to LOG, stopped after CAP
+  # seconds or when only OWED seconds (the later stages') are left of the whole.
+  limited() {
+    local cap=$1 owed=$2 log=$3 limit
+    shift 3
+    limit=$((deadline - SECONDS - owed))
+    [ "$limit" -gt "$cap" ] && limit=$cap
+    if [ "$limit" -lt 5 ]; then
+      echo "gpu-check: not run, no time left: $*" | tee -a "$log"
+      return
+    fi
+    timeout -k 10 "$limit" "$@" >> "$log" 2>&1
+    [ $? = 124 ] && echo "gpu-check: stopped at its limit of $limit s: $*" | tee -a "$log"
+  }
   "$ml" info > "$out/info.txt" 2>&1
   echo "== adapter"; grep -i -m3 "pick\|adapter" "$out/info.txt"
   : > "$out/tests.txt"
+  local tests_end=$((SECONDS + 120))
   for t in "$dir"/tests/*; do
     echo "== test $(basename "$t")" | tee -a "$out/tests.txt"
-    "$t" --test-threads=1 >> "$out/tests.txt" 2>&1
+    local cap=$((tests_end - SECONDS))
+    [ "$cap" -gt 60 ] && cap=60
+    limited "$cap" 360 "$out/tests.txt" "$t" --test-threads=1
     grep "^test result" "$out/tests.txt" | tail -1
   done
   local quick=()
   [ "${GPU_CHECK_QUICK:-0}" = 1 ] && quick=(--quick)
   echo "== bench ${quick[*]}"
-  "$ml" bench "${quick[@]}" > "$out/bench.txt" 2>&1
+  : > "$out/bench.txt"
+  limited 200 160 "$out/bench.txt" "$ml" bench "${quick[@]}"
   echo "== bench --train"
-  "$ml" bench --train > "$out/bench-train.txt" 2>&1
+  : > "$out/bench-train.txt"
+  limited 100 60 "$out/bench-train.txt" "$ml" bench --train
   echo "== Meta's Triton embedding bag"
-  python3 "$dir/scripts/triton_bag_bench.py" "$dir/meta" > "$out/triton-bag.txt" 2>&1
+  : > "$out/triton-bag.txt"
+  limited 60 0 "$out/triton-bag.txt" python3 "$dir/scripts/triton_bag_bench.py" "$dir/meta"
   tail -3 "$out/triton-bag.txt"
   python3 "$dir/scripts/gpu_check_summary.py" "$out" $((SECONDS - started))
 }
