@@ -16,8 +16,8 @@
 #       CUDA parts are skipped and the output says so (that is how it is tested here);
 #       GPU_CHECK_QUICK=1 runs the small bench shapes only. Every stage runs under a time
 #       limit inside GPU_CHECK_SECONDS (default 480) so that one that hangs or runs long
-#       costs its own figures, not the others': the tests share 120 s (60 s a binary), the
-#       bench 200 s, bench --train 100 s, the Triton bag 60 s, each also cut to what is left
+#       costs its own figures, not the others': the tests share 150 s (90 s a binary), the
+#       bench 180 s, bench --train 90 s, the Triton bag 60 s, each also cut to what is left
 #       of the whole less what the stages after it are owed; a stage stopped by its limit
 #       says so in its log and in the summary.
 set -uo pipefail
@@ -97,22 +97,23 @@ run() {
   "$ml" info > "$out/info.txt" 2>&1
   echo "== adapter"; grep -i -m3 "pick\|adapter" "$out/info.txt"
   : > "$out/tests.txt"
-  local tests_end=$((SECONDS + 120))
+  local tests_end=$((SECONDS + 150))
   for t in "$dir"/tests/*; do
     echo "== test $(basename "$t")" | tee -a "$out/tests.txt"
-    local cap=$((tests_end - SECONDS))
-    [ "$cap" -gt 60 ] && cap=60
-    limited "$cap" 360 "$out/tests.txt" "$t" --test-threads=1
-    grep "^test result" "$out/tests.txt" | tail -1
+    local cap=$((tests_end - SECONDS)) before
+    [ "$cap" -gt 90 ] && cap=90
+    before=$(wc -l < "$out/tests.txt")
+    limited "$cap" 330 "$out/tests.txt" "$t" --test-threads=1
+    tail -n +$((before + 1)) "$out/tests.txt" | grep "^test result" | tail -1
   done
   local quick=()
   [ "${GPU_CHECK_QUICK:-0}" = 1 ] && quick=(--quick)
   echo "== bench ${quick[*]}"
   : > "$out/bench.txt"
-  limited 200 160 "$out/bench.txt" "$ml" bench "${quick[@]}"
+  limited 180 150 "$out/bench.txt" "$ml" bench "${quick[@]}"
   echo "== bench --train"
   : > "$out/bench-train.txt"
-  limited 100 60 "$out/bench-train.txt" "$ml" bench --train
+  limited 90 60 "$out/bench-train.txt" "$ml" bench --train
   echo "== Meta's Triton embedding bag"
   : > "$out/triton-bag.txt"
   limited 60 0 "$out/triton-bag.txt" python3 "$dir/scripts/triton_bag_bench.py" "$dir/meta"

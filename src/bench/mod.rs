@@ -337,7 +337,9 @@ fn f16_cache_decoding(gpu: &Gpu) -> Result<()> {
 
 /// A forward of 2 x 64 tokens (prefill) through the 4 x 1024 dense model with f16 weights:
 /// its feed-forward hidden activations in f32 against f16 (`Model::use_f16_activations`),
-/// in the same run.
+/// in the same run. The f16 forward also leaves out `w1 x`, which the f32 one keeps for a
+/// backward (forwards do not know whether one follows): 3 stores of `[rows, hidden]` f32
+/// against 2 of f16 per dense block, plus the reads.
 fn f16_activations_prefill(gpu: &Gpu) -> Result<()> {
     let json = r#"{"dim": 1024, "n_layers": 4, "n_heads": 8, "vocab_size": 256, "multiple_of": 256, "max_seqlen": 64}"#;
     let config = crate::model::LMTransformerArgs::from_json(json)?.resolve()?;
