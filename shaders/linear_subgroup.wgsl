@@ -92,12 +92,8 @@ fn main(
     let x_base = p.x_offset + b * p.x_batch;
     let w_base = p.w_offset + b * p.w_batch;
     // This lane's columns c0 .. c3, WG apart (PAIRED: c0, c0 + 1 and c2, c2 + 1, 2 WG apart).
-    var c0 = wg.x * WG * COLUMNS + lid;
-    var c1 = c0 + WG;
-    if (PAIRED) {
-        c0 = wg.x * WG * COLUMNS + 2u * lid;
-        c1 = c0 + 1u;
-    }
+    let c0 = wg.x * WG * COLUMNS + select(lid, 2u * lid, PAIRED);
+    let c1 = c0 + select(WG, 1u, PAIRED);
     let c2 = c0 + 2u * WG;
     let c3 = c1 + 2u * WG;
     let wb0 = w_base + min(c0, p.n - 1u) * p.w_row;
