@@ -7,7 +7,7 @@
 // it idle.
 //
 // An f16 output (Y_F16) pairs adjacent columns, which are different invocations here: the
-// host runs such products on `linear.wgsl`.
+// host runs such products on the adapter's other kernel.
 //
 // The k-sum runs in increasing k with fma, one accumulator per output, exactly as in the other
 // kernels.

@@ -524,8 +524,7 @@ impl Trainer {
     }
 
     /// Checks a step's inputs (and that the model trains: f16 weights and activations are
-    /// for inference);
-    /// returns how many targets count towards the loss.
+    /// for inference); returns how many targets count towards the loss.
     fn check_inputs(&self, tokens: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<usize> {
         if self.model.uses_f16_weights() || self.model.uses_f16_activations() {
             return Err(Error::Config(

@@ -47,11 +47,8 @@ impl DenseParams {
         let (d, hidden) = (p.model.config.dim as u32, p.model.config.hidden as u32);
         let f16 = p.model.f16_activations && hidden.is_multiple_of(2);
         let hidden_act = |label: &str| {
-            if f16 {
-                p.gpu.scratch(label, rows as u64 * hidden as u64 * 2)
-            } else {
-                p.f32s(label, rows * hidden)
-            }
+            p.gpu
+                .scratch(label, rows as u64 * hidden as u64 * if f16 { 2 } else { 4 })
         };
         let (u, gated) = (hidden_act("w3 x"), hidden_act("swiglu"));
         let g = (!f16).then(|| p.f32s("w1 x", rows * hidden));
