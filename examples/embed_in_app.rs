@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // wgpu handles are cheap clones: the host keeps its own.
     let mut gpu = Gpu::from_device(device.clone(), queue.clone());
     // A host that knows its adapter can pick the matching kernel variants.
-    gpu.set_tuning(memlayers::gpu::Tuning::for_adapter(&adapter.get_info()));
+    gpu.set_tuning(memlayers::kernels::Tuning::for_adapter(&adapter.get_info()));
 
     let config = MemoryConfig {
         n_keys: 64,

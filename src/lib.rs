@@ -32,5 +32,5 @@ pub mod train;
 pub mod bench;
 
 pub use error::{Error, Result};
-pub use gpu::Gpu;
+pub use kernels::Gpu;
 pub use memory::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};

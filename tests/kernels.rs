@@ -2,9 +2,9 @@
 
 mod common;
 use common::{assert_close, assert_same_selection, gpu, gpu_with};
-use memlayers::gpu::{GemmKernel, GemmPrecision, GemmTile};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use memlayers::kernels::linear::{choice, Batched, Gate, Linear};
+use memlayers::kernels::linear::{GemmKernel, GemmPrecision, GemmTile};
 use memlayers::kernels::product_topk::{
     lanes_loop_iterations, loop_iterations, workgroup_for, ProductTopK, ProductTopKBackward, TopKKernel,
 };
@@ -42,7 +42,7 @@ fn linear_variants() -> &'static [Gpu] {
         let left_out = GemmTile::CANDIDATES.len() + usize::from(gpu().has_subgroup_gemm()) - candidates.len();
         if left_out > 0 {
             eprintln!(
-                "{left_out} GEMM tile shape(s) beyond this adapter's {} invocations are not run here (gpu::Tuning::gemm_max_invocations)",
+                "{left_out} GEMM tile shape(s) beyond this adapter's {} invocations are not run here (kernels::Tuning::gemm_max_invocations)",
                 gpu().tuning().gemm_max_invocations
             );
         }

@@ -1,8 +1,9 @@
 //! `copy.wgsl`: dst = src over vec4 words, the bandwidth yardstick.
 
 use crate::error::Result;
-use crate::gpu::{grid, Gpu};
+use crate::gpu::grid;
 use crate::kernels::check_buffer;
+use crate::kernels::Gpu;
 
 pub const SOURCE: &str = include_str!("../../shaders/copy.wgsl");
 

@@ -2,7 +2,8 @@
 //! sets next to the GEMMs on the same adapter.
 
 use crate::error::Result;
-use crate::gpu::{grid, Gpu};
+use crate::gpu::grid;
+use crate::kernels::Gpu;
 use crate::kernels::{check_buffer, check_loop_budget};
 
 pub const SOURCE: &str = include_str!("../../shaders/fma_peak.wgsl");

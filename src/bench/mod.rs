@@ -17,8 +17,10 @@ pub mod fma_peak;
 pub const SHADERS: &[(&str, &str)] = &[("copy.wgsl", copy::SOURCE), ("fma_peak.wgsl", fma_peak::SOURCE)];
 
 use crate::error::Result;
-use crate::gpu::{GemmKernel, GemmPrecision, GemmTile, Gpu, KernelTiming};
+use crate::gpu::KernelTiming;
 use crate::kernels;
+use crate::kernels::linear::{GemmKernel, GemmPrecision, GemmTile};
+use crate::kernels::Gpu;
 use crate::memory::{ForwardWorkload, MemoryConfig, ValueDtype, ValuePool};
 use crate::rng::Rng;
 use std::time::Instant;
@@ -751,7 +753,7 @@ fn train_bench(gpu: &mut Gpu, o: &Options) -> Result<()> {
         o.iters
     );
     let tuning = gpu.tuning();
-    let workgroups = crate::gpu::Tuning {
+    let workgroups = crate::kernels::Tuning {
         topk_per_invocation: false,
         norm_rows: false,
         bag_rows: false,

@@ -62,7 +62,7 @@ fn empty_cache(a: &Args, gpu: &Gpu, model: &Model) -> KvCache {
 fn load(a: &Args, weights: &memlayers::model::ModelWeights) -> Result<(Gpu, Model)> {
     let mut gpu = Gpu::new_blocking()?;
     if a.f16_gemm_inputs {
-        gpu.set_gemm_precision(memlayers::gpu::GemmPrecision::F16Inputs);
+        gpu.set_gemm_precision(memlayers::kernels::linear::GemmPrecision::F16Inputs);
     }
     let mut model = Model::new(&gpu, weights)?;
     model.use_f16_activations(a.f16_activations);

@@ -3,7 +3,7 @@
 
 use crate::demo::argmax;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::kernels::Gpu;
 use crate::model::Model;
 
 /// One memory head's read at one position: the selected slots in order and their softmax

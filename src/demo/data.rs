@@ -13,8 +13,8 @@
 
 use super::facts::{Fact, KnowledgeBase};
 use crate::error::Result;
-use crate::gpu::Gpu;
 use crate::kernels::ops::IGNORE_TARGET;
+use crate::kernels::Gpu;
 use crate::model::Model;
 use crate::rng::Rng;
 

@@ -1,18 +1,18 @@
 //! Step plans. A step of fixed shape (a training step, a forward of `[batch, seq]`, a decode
 //! step) asks for the same buffers, parameter blocks and bind groups, in the same order, every
 //! time it is recorded. A `StepPlan` keeps what the first recording created and hands it back,
-//! slot by slot, to every later recording made through `Gpu::record_planned`:
+//! slot by slot, to every later recording made through `Device::record_planned`:
 //!
-//! - `Gpu::storage` returns the slot's buffer, cleared to zero at the start of the recording
+//! - `Device::storage` returns the slot's buffer, cleared to zero at the start of the recording
 //!   (a fresh buffer is zero too, so kernels see the same contents either way);
-//! - `Gpu::scratch` returns the slot's buffer as the last recording left it: for buffers
+//! - `Device::scratch` returns the slot's buffer as the last recording left it: for buffers
 //!   the step writes in full before reading them (most activations and gradients), which
 //!   then cost no clearing;
-//! - `Gpu::upload` returns the slot's buffer with the new data written through
+//! - `Device::upload` returns the slot's buffer with the new data written through
 //!   `queue.write_buffer` (skipped when the data are the same as last time);
-//! - `Gpu::uniform` returns the slot's uniform buffer, rewritten only when its parameters
+//! - `Device::uniform` returns the slot's uniform buffer, rewritten only when its parameters
 //!   changed (a decode step's position, an optimiser step's learning rate);
-//! - `Gpu::bind_group` returns the slot's bind group when it binds the same buffers to the same
+//! - `Device::bind_group` returns the slot's bind group when it binds the same buffers to the same
 //!   pipeline.
 //!
 //! A slot whose request changed (another size, other buffers) is created anew, so a plan
@@ -24,7 +24,7 @@
 //! recording through a plan must be submitted before the plan records again (its parameter
 //! blocks are rewritten through the queue).
 
-use super::Gpu;
+use super::Device;
 use crate::error::Result;
 
 /// What one recording of a fixed-shape step created, kept for the next recording.
@@ -84,7 +84,7 @@ struct PlannedBind {
 /// The plan being recorded into, with how far the recording has got.
 pub(super) struct ActivePlan {
     /// The recording thread: requests from other threads (other recordings on a shared
-    /// `Gpu`) are not the plan's.
+    /// `Device`) are not the plan's.
     thread: std::thread::ThreadId,
     slots: Slots,
     next_buffer: usize,
@@ -205,12 +205,12 @@ fn place<T>(slots: &mut Vec<T>, i: usize, slot: T) {
     }
 }
 
-impl Gpu {
+impl Device {
     /// Runs `record` (which records a step into `encoder`) with `plan` supplying the buffers,
     /// parameter blocks and bind groups that `storage`, `upload`, `uniform` and `bind_group`
     /// hand out on this thread. The plan's storage buffers are cleared at the start of
     /// `encoder`, so they start at zero as fresh buffers do. Inside another `record_planned`
-    /// on this `Gpu`, the outer plan serves (or, from another thread, none does).
+    /// on this `Device`, the outer plan serves (or, from another thread, none does).
     pub fn record_planned<R>(
         &self,
         plan: &mut StepPlan,

@@ -1,6 +1,6 @@
 //! GPU time per compute pass from timestamp queries (the benchmark's clock).
 
-use super::Gpu;
+use super::Device;
 use crate::error::Result;
 
 /// One timed pass.
@@ -63,7 +63,7 @@ impl Profiler {
         })
     }
 
-    pub(super) async fn read(self, gpu: &Gpu) -> Result<Vec<KernelTiming>> {
+    pub(super) async fn read(self, gpu: &Device) -> Result<Vec<KernelTiming>> {
         let n = self.labels.len() as u32;
         if n == 0 {
             return Ok(Vec::new());

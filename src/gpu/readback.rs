@@ -1,7 +1,7 @@
 //! Reading GPU buffers back to the host. Always async underneath (the only way on the web);
 //! native programs get blocking wrappers.
 
-use super::Gpu;
+use super::Device;
 use crate::error::{Error, Result};
 use std::future::Future;
 use std::pin::Pin;
@@ -36,7 +36,7 @@ impl Future for MapFuture {
     }
 }
 
-impl Gpu {
+impl Device {
     /// Copies `size` bytes at `offset` of `buffer` to the host. Submits the copy itself.
     pub async fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         if size == 0 {

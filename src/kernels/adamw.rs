@@ -4,7 +4,8 @@
 use super::value_grads::SparseRows;
 use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Gpu, MAX_GRID_DIM};
+use crate::gpu::{grid, MAX_GRID_DIM};
+use crate::kernels::Gpu;
 
 pub const SOURCE: &str = include_str!("../../shaders/adamw.wgsl");
 /// Elements per partial sum of the gradient norm (`adamw.wgsl`'s BLOCK).

@@ -3,7 +3,8 @@
 
 use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, MAX_GRID_DIM};
+use crate::gpu::MAX_GRID_DIM;
+use crate::kernels::Gpu;
 
 pub const SOURCE: &str = include_str!("../../shaders/embedding_grad.wgsl");
 

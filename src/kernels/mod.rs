@@ -4,6 +4,7 @@
 pub mod adamw;
 pub mod embedding_bag;
 pub mod embedding_grad;
+mod gpu;
 pub mod linear;
 pub mod moe;
 pub mod normalize;
@@ -14,10 +15,12 @@ pub mod radix_sort;
 pub mod row_gate;
 pub mod sgd;
 pub mod swilu_backward;
+pub mod tuning;
 pub mod value_grads;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+pub use gpu::Gpu;
+pub use tuning::Tuning;
 
 /// Every WGSL file of the crate, by name (for validation tests and tooling).
 pub const ALL_SHADERS: &[(&str, &str)] = &[
@@ -136,7 +139,7 @@ mod tests {
             sets.push(vec![("PAIRED", 1.0), ("X_F16", 1.0)]);
         }
         if has("WG_M") {
-            sets.extend(crate::gpu::GemmTile::CANDIDATES.map(|t| {
+            sets.extend(crate::kernels::linear::GemmTile::CANDIDATES.map(|t| {
                 vec![
                     ("WG_M", t.wg_m as f64),
                     ("WG_N", t.wg_n as f64),
@@ -274,7 +277,7 @@ mod tests {
     /// 30 has no cooperative matrices for HLSL or GLSL, and wgpu offers them on neither.
     #[test]
     fn matrix_unit_gemm_validates_and_translates_to_spirv_and_msl() {
-        use crate::gpu::MatrixConfig;
+        use crate::kernels::linear::MatrixConfig;
         use naga::back::{msl, pipeline_constants::process_overrides, spv};
         for f16_inputs in [true, false] {
             let config = MatrixConfig {

@@ -8,7 +8,8 @@
 use super::radix_sort::record_sort;
 use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Gpu};
+use crate::gpu::grid;
+use crate::kernels::Gpu;
 
 pub const SOURCE: &str = include_str!("../../shaders/moe.wgsl");
 

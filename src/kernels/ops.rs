@@ -4,7 +4,8 @@
 
 use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Gpu};
+use crate::gpu::grid;
+use crate::kernels::Gpu;
 
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");

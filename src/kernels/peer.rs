@@ -3,7 +3,8 @@
 
 use super::check_buffer;
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Gpu};
+use crate::gpu::grid;
+use crate::kernels::Gpu;
 
 pub const SOURCE: &str = include_str!("../../shaders/peer.wgsl");
 

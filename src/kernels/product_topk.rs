@@ -5,7 +5,8 @@
 
 use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Gpu};
+use crate::gpu::grid;
+use crate::kernels::Gpu;
 
 pub const SOURCE: &str = concat!(
     include_str!("../../shaders/product_topk_common.wgsl"),

@@ -4,7 +4,8 @@
 use super::radix_sort::{record_scan, record_sort};
 use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Gpu, MAX_GRID_DIM};
+use crate::gpu::{grid, MAX_GRID_DIM};
+use crate::kernels::Gpu;
 
 pub const SOURCE: &str = include_str!("../../shaders/value_grads.wgsl");
 

@@ -8,9 +8,9 @@
 //! and read once). Rows are processed in blocks so that this buffer stays bounded.
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
 use crate::kernels::linear::{Batched, Linear};
 use crate::kernels::product_topk::{ProductTopK, TopKKernel, MAX_KNN};
+use crate::kernels::Gpu;
 use crate::kernels::{normalize, MAX_GRID_ROWS};
 
 /// Largest query/key half the GEMM and the u32 index arithmetic comfortably handle.

@@ -2,8 +2,8 @@
 //! as f32 or packed f16, split by rows across buffers when it exceeds one storage binding.
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
 use crate::kernels::embedding_bag::{ValueChunks, MAX_CHUNKS};
+use crate::kernels::Gpu;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueDtype {

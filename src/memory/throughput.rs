@@ -5,7 +5,8 @@
 
 use super::{MemoryActivations, MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};
 use crate::error::Result;
-use crate::gpu::{Gpu, KernelTiming, StepPlan};
+use crate::gpu::{KernelTiming, StepPlan};
+use crate::kernels::Gpu;
 use crate::rng::Rng;
 
 pub struct ForwardWorkload {

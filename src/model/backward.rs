@@ -9,10 +9,10 @@
 use super::blocks::{GradSink, Pass, ValueTableGrad};
 use super::gpu::{Model, ModelForward};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
 use crate::kernels::embedding_grad::record_embedding_grad;
 use crate::kernels::linear::{gemm, Batched, Linear, MAX_K_PER_DISPATCH};
 use crate::kernels::value_grads::ValueGrads;
+use crate::kernels::Gpu;
 use crate::params::ParamId;
 
 /// The embedding's gradient skips the sort (`embedding_grad.wgsl`, whose invocations each walk

@@ -6,10 +6,11 @@ use super::config::ModelConfig;
 use super::layout::ModelLayout;
 use super::weights::ModelWeights;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, StepPlan};
+use crate::gpu::StepPlan;
 use crate::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
 use crate::kernels::linear::Linear;
 use crate::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
+use crate::kernels::Gpu;
 use crate::memory::{ValueDtype, ValuePool};
 use crate::params::ParamId;
 

@@ -22,8 +22,8 @@ pub use slots::{rank_rows, table_readers, Background};
 
 use crate::demo::argmax;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
 use crate::kernels::ops::IGNORE_TARGET;
+use crate::kernels::Gpu;
 use crate::model::{ModelForward, ModelWeights, SlotCounts};
 use crate::params::ParamId;
 use crate::train::{TrainConfig, Trainer, ValueOptimizer};

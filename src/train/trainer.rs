@@ -5,12 +5,13 @@
 //! separately for the values and for everything else.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, StepPlan};
+use crate::gpu::StepPlan;
 use crate::io::{HostTensor, TensorFile};
 use crate::kernels::adamw::{
     record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, Clip, CLIP_BLOCK,
 };
 use crate::kernels::ops::CrossEntropy;
+use crate::kernels::Gpu;
 use crate::model::{Model, ModelForward, ModelGrads, ModelWeights};
 use crate::params::{Group, ParamId};
 

@@ -22,9 +22,9 @@ pub fn gpu() -> &'static Gpu {
     })
 }
 
-/// A device of its own on the same adapter, its kernel variants (`gpu::Tuning`) changed by
+/// A device of its own on the same adapter, its kernel variants (`kernels::Tuning`) changed by
 /// `change`: for tests that run one kernel in each of its variants.
-pub fn gpu_with(change: impl FnOnce(&mut memlayers::gpu::Tuning)) -> Gpu {
+pub fn gpu_with(change: impl FnOnce(&mut memlayers::kernels::Tuning)) -> Gpu {
     let mut g = Gpu::new_blocking().unwrap();
     let mut tuning = g.tuning();
     change(&mut tuning);

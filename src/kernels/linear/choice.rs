@@ -7,8 +7,9 @@
 //! `GemmPrecision::F16Inputs`, the matrix units run where the adapter has them.
 
 use super::Linear;
+use super::{GemmKernel, GemmPrecision, GemmTile};
 use crate::error::{Error, Result};
-use crate::gpu::{GemmKernel, GemmPrecision, GemmTile, Gpu};
+use crate::kernels::Gpu;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

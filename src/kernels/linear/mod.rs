@@ -3,10 +3,14 @@
 //! and tile shape run is decided per adapter by `choice`.
 
 pub mod choice;
+mod kernel;
 
+pub use kernel::{GemmKernel, GemmPrecision, GemmTile, MatrixConfig};
+
+use super::Gpu;
 use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
-use crate::gpu::{GemmKernel, GemmTile, Gpu, MatrixConfig, MAX_GRID_DIM};
+use crate::gpu::MAX_GRID_DIM;
 
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/linear_common.wgsl"),
@@ -276,6 +280,35 @@ pub struct Linear<'a> {
     pub batched: Option<Batched>,
     /// Add the product to what `y` holds instead of overwriting it.
     pub accumulate: bool,
+}
+
+impl<'a> Linear<'a> {
+    /// `y [m, n] = x [m, k] w^T` (`w [n, k]`), f32 operands and output, no bias, gate, batch
+    /// or accumulation: the other options by struct update (`Linear { bias, ..Linear::new(..) }`).
+    pub fn new(
+        label: &'static str,
+        x: &'a wgpu::Buffer,
+        w: &'a wgpu::Buffer,
+        y: &'a wgpu::Buffer,
+        (m, n, k): (u32, u32, u32),
+    ) -> Self {
+        Linear {
+            label,
+            x,
+            w,
+            w_f16: false,
+            x_f16: false,
+            y_f16: false,
+            bias: None,
+            gate: None,
+            y,
+            m,
+            n,
+            k,
+            batched: None,
+            accumulate: false,
+        }
+    }
 }
 
 impl Linear<'_> {
@@ -704,20 +737,9 @@ pub fn gemm(
     accumulate: bool,
 ) -> Result<()> {
     Linear {
-        label,
-        x,
-        w,
-        w_f16: false,
-        x_f16: false,
-        y_f16: false,
-        bias: None,
-        gate: None,
-        y,
-        m,
-        n,
-        k,
         batched: Some(Batched::dense(m, n, k, x_transposed, w_transposed)),
         accumulate,
+        ..Linear::new(label, x, w, y, (m, n, k))
     }
     .record(gpu, encoder)
 }

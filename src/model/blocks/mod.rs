@@ -25,8 +25,8 @@ pub(crate) use moe::MoeBlockActs;
 
 use super::gpu::{KvCache, Model};
 use crate::error::Result;
-use crate::gpu::Gpu;
 use crate::kernels::linear::Linear;
+use crate::kernels::Gpu;
 use crate::memory::MemoryActivations;
 use crate::params::ParamId;
 

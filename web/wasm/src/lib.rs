@@ -109,7 +109,7 @@ impl Demo {
         let mut gpu = Gpu::new().await.map_err(err)?;
         if let Some(info) = gpu.adapter_info().cloned() {
             if cpu_adapter(&info) {
-                gpu.set_tuning(memlayers::gpu::Tuning::CPU);
+                gpu.set_tuning(memlayers::kernels::Tuning::CPU);
             }
         }
         Ok(Demo {
@@ -134,7 +134,7 @@ impl Demo {
             "backend": info.map(|i| format!("{:?}", i.backend)).unwrap_or_default(),
             "device_type": info.map(|i| format!("{:?}", i.device_type)).unwrap_or_default(),
             "driver": info.map(|i| format!("{} {}", i.driver, i.driver_info)).unwrap_or_default(),
-            "kernel_variants": if st.gpu.tuning() == memlayers::gpu::Tuning::CPU { "cpu" } else { "gpu" },
+            "kernel_variants": if st.gpu.tuning() == memlayers::kernels::Tuning::CPU { "cpu" } else { "gpu" },
             "limits": {
                 "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
                 "max_buffer_size": l.max_buffer_size,
@@ -147,7 +147,7 @@ impl Demo {
         .to_string())
     }
 
-    /// Overrides the kernel variants chosen for this adapter (see `memlayers::gpu::Tuning`;
+    /// Overrides the kernel variants chosen for this adapter (see `memlayers::kernels::Tuning`;
     /// results do not depend on them, speed does): "cpu" or "gpu", then optionally
     /// comma-separated overrides `topk_wg=N`, `bag_wg=N`, `bag_columns=1|4`,
     /// `attention_rows=0|1`, `attention_lanes=0|1`, `value_grad_quads=0|1`, `sort_per_invocation=0|1`, `cross_entropy_rows=0|1`, `gemm_subgroup=0|1`, `topk_lanes=0|1`, `norm_rows=0|1`, `bag_rows=0|1`, e.g. "cpu,bag_columns=1".
@@ -159,8 +159,8 @@ impl Demo {
                 err(format!("kernel variants: cannot read {part:?} (cpu, gpu, topk_wg=N, bag_wg=N, bag_columns=1|4, attention_rows=0|1, attention_lanes=0|1, value_grad_quads=0|1, sort_per_invocation=0|1, cross_entropy_rows=0|1, gemm_subgroup=0|1, topk_lanes=0|1, norm_rows=0|1, bag_rows=0|1)"))
             };
             match part.split_once('=') {
-                None if part == "cpu" => tuning = memlayers::gpu::Tuning::CPU,
-                None if part == "gpu" => tuning = memlayers::gpu::Tuning::GPU,
+                None if part == "cpu" => tuning = memlayers::kernels::Tuning::CPU,
+                None if part == "gpu" => tuning = memlayers::kernels::Tuning::GPU,
                 None => return Err(bad()),
                 Some((key, value)) => {
                     let n: u32 = value.parse().map_err(|_| bad())?;
@@ -175,9 +175,11 @@ impl Demo {
                         "cross_entropy_rows" => tuning.cross_entropy_rows = n != 0,
                         "gemm_subgroup" => {
                             tuning.gemm = if n != 0 {
-                                memlayers::gpu::GemmKernel::Subgroup
+                                memlayers::kernels::linear::GemmKernel::Subgroup
                             } else {
-                                memlayers::gpu::GemmKernel::Tiled(memlayers::gpu::GemmTile::DEFAULT)
+                                memlayers::kernels::linear::GemmKernel::Tiled(
+                                    memlayers::kernels::linear::GemmTile::DEFAULT,
+                                )
                             }
                         }
                         "topk_lanes" => tuning.topk_per_invocation = n != 0,
