@@ -3,6 +3,7 @@
 
 use super::blocks::{Block, BlockActs, FeedForwardParams, MemoryBlock, Pass};
 use super::config::ModelConfig;
+use super::kv_cache::KvCache;
 use super::layout::ModelLayout;
 use super::weights::ModelWeights;
 use crate::error::{Error, Result};
@@ -48,22 +49,6 @@ type PlanKey = (u32, u32, bool, bool);
 /// and its decode steps, ...).
 const KEPT_PLANS: usize = 8;
 
-/// Keys (after RoPE) and values of every layer for the positions seen so far.
-pub struct KvCache {
-    /// Positions cached.
-    pub len: u32,
-    /// Keys and values stored as f16 pairs (`Model::new_cache_f16`), else f32.
-    pub f16: bool,
-    k: Vec<wgpu::Buffer>,
-    v: Vec<wgpu::Buffer>,
-}
-
-impl KvCache {
-    pub(crate) fn layer(&self, layer: usize) -> (&wgpu::Buffer, &wgpu::Buffer) {
-        (&self.k[layer], &self.v[layer])
-    }
-}
-
 /// What one residual block's forward leaves for the backward.
 pub(crate) struct ResidualActs {
     pub layer: usize,
@@ -99,30 +84,6 @@ impl ModelForward {
                 _ => None,
             })
             .collect()
-    }
-}
-
-pub(crate) fn linear<'a>(
-    x: &'a wgpu::Buffer,
-    w: &'a wgpu::Buffer,
-    y: &'a wgpu::Buffer,
-    (m, n, k): (u32, u32, u32),
-) -> Linear<'a> {
-    Linear {
-        label: "linear",
-        x,
-        w,
-        w_f16: false,
-        x_f16: false,
-        y_f16: false,
-        bias: None,
-        gate: None,
-        y,
-        m,
-        n,
-        k,
-        batched: None,
-        accumulate: false,
     }
 }
 
@@ -359,30 +320,14 @@ impl Model {
 
     /// A key/value cache for one sequence of up to max_seqlen tokens.
     pub fn new_cache(&self, gpu: &Gpu) -> KvCache {
-        self.cache(gpu, false)
+        KvCache::new(gpu, &self.config, false)
     }
 
     /// A key/value cache that stores keys and values as f16, in half the memory of
     /// `new_cache`'s: each is rounded to f16 as it is appended (to one of its two nearest
     /// f16s, as WGSL allows) and attention reads them back exactly, computing in f32.
     pub fn new_cache_f16(&self, gpu: &Gpu) -> KvCache {
-        self.cache(gpu, true)
-    }
-
-    fn cache(&self, gpu: &Gpu, f16: bool) -> KvCache {
-        let c = &self.config;
-        let values = (c.max_seqlen * c.n_kv_heads * c.head_dim) as u64;
-        let bytes = if f16 { values.div_ceil(2) * 4 } else { values * 4 };
-        KvCache {
-            len: 0,
-            f16,
-            k: (0..c.n_layers)
-                .map(|_| gpu.storage("kv cache k", bytes))
-                .collect(),
-            v: (0..c.n_layers)
-                .map(|_| gpu.storage("kv cache v", bytes))
-                .collect(),
-        }
+        KvCache::new(gpu, &self.config, true)
     }
 
     /// Records the forward of `tokens [batch, seq]` (u32, already checked against the
@@ -492,7 +437,7 @@ impl Model {
         let (w, w_f16) = self.gemm_weight(self.layout.output);
         Linear {
             w_f16,
-            ..linear(&final_normed, w, &logits, (rows, c.vocab as u32, d))
+            ..Linear::new("linear", &final_normed, w, &logits, (rows, c.vocab as u32, d))
         }
         .record(gpu, encoder)?;
         Ok(ModelForward {

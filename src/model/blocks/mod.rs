@@ -23,7 +23,8 @@ pub(crate) use dense::DenseActs;
 pub(crate) use memory::MemoryBlock;
 pub(crate) use moe::MoeBlockActs;
 
-use super::gpu::{KvCache, Model};
+use super::gpu::Model;
+use super::kv_cache::KvCache;
 use crate::error::Result;
 use crate::kernels::linear::Linear;
 use crate::kernels::Gpu;
@@ -104,7 +105,7 @@ impl Pass<'_> {
         let (w, w_f16) = self.model.gemm_weight(id);
         Linear {
             w_f16,
-            ..crate::model::gpu::linear(x, w, y, shape)
+            ..Linear::new("linear", x, w, y, shape)
         }
     }
 }

@@ -5,11 +5,11 @@
 
 use super::{GradSink, Pass};
 use crate::error::Result;
+use crate::kernels::linear::Linear;
 use crate::kernels::moe::{
     record_backward, record_combine, record_hidden, record_route, MoeActs, MoeDims, MoeWeightBuffers,
 };
 use crate::model::config::{ModelConfig, MoeConfig};
-use crate::model::gpu::linear;
 use crate::params::{ParamId, Registry};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -67,7 +67,14 @@ impl MoeParams {
         let (gpu, d) = (p.gpu, self.dims(p));
         let picks = d.tokens * d.top_k;
         let logits = p.f32s("router logits", d.tokens * d.experts);
-        linear(x, p.param(self.router), &logits, (d.tokens, d.experts, d.dim)).record(gpu, encoder)?;
+        Linear::new(
+            "linear",
+            x,
+            p.param(self.router),
+            &logits,
+            (d.tokens, d.experts, d.dim),
+        )
+        .record(gpu, encoder)?;
         let acts = MoeBlockActs {
             probs: p.f32s("router probabilities", d.tokens * d.experts),
             chosen: p.f32s("chosen experts", picks),
