@@ -26,6 +26,7 @@ pub enum Init {
     /// Uniform on `[-a, a]`.
     Symmetric(f32),
     Ones,
+    Zeros,
 }
 
 impl Init {
@@ -34,6 +35,7 @@ impl Init {
             Init::Normal(std) => rng.vec_normal(len, std),
             Init::Symmetric(a) => rng.vec_symmetric(len, a),
             Init::Ones => vec![1.0; len],
+            Init::Zeros => vec![0.0; len],
         }
     }
 }

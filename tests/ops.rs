@@ -3,7 +3,7 @@
 mod common;
 use common::{assert_close, gpu, gpu_with};
 use memlayers::kernels::ops::{
-    record_pack_f16, rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET,
+    record_pack_f16, rope_inv_freq, rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET,
 };
 use memlayers::reference::ops::{self, AttentionDims};
 use memlayers::rng::Rng;
@@ -107,7 +107,7 @@ fn rope_matches_oracle_at_far_positions() {
     let mut rng = Rng::new(2);
     for &(seq, heads, hd, pos0) in &[(1, 1, 2, 0), (5, 3, 8, 0), (7, 2, 64, 1000), (33, 4, 16, 3)] {
         let x = rng.vec_normal(seq * heads * hd, 1.0);
-        let (cos, sin) = rope_tables(pos0 + seq, hd, 10000.0);
+        let (cos, sin) = rope_tables(pos0 + seq, &rope_inv_freq(hd, 10000.0));
         let (xb, cb, sb) = (g.upload("x", &x), g.upload("cos", &cos), g.upload("sin", &sin));
         let (yb, zb) = (
             g.storage("y", (x.len() * 4) as u64),
@@ -150,7 +150,7 @@ fn rope_pair_equals_two_single_rotations() {
         (3, 7, 3, 1, 6, 40),
         (1, 33, 8, 8, 16, 0),
     ] {
-        let (cos, sin) = rope_tables(pos0 + seq, hd, 10000.0);
+        let (cos, sin) = rope_tables(pos0 + seq, &rope_inv_freq(hd, 10000.0));
         let (cb, sb) = (g.upload("cos", &cos), g.upload("sin", &sin));
         let q = rng.vec_normal(batch * seq * heads * hd, 1.0);
         let k = rng.vec_normal(batch * seq * kv_heads * hd, 1.0);

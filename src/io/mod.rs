@@ -3,6 +3,7 @@
 //! writes (temporary name, then rename).
 
 mod checkpoint;
+pub mod hf;
 pub mod lingua;
 mod tensors;
 pub mod torch_zip;

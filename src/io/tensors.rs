@@ -44,7 +44,8 @@ pub struct TensorFile {
     pub tensors: BTreeMap<String, HostTensor>,
 }
 
-fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<TensorData> {
+/// A tensor's little-endian bytes of `dtype` as f32 (floats) or i64 (integers).
+pub(crate) fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<TensorData> {
     let chunks = |n: usize| bytes.chunks_exact(n);
     Ok(match dtype {
         Dtype::F32 => TensorData::F32(

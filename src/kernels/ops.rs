@@ -246,8 +246,29 @@ impl RmsNorm<'_> {
     }
 }
 
-/// The RoPE tables the kernel reads; defined once, with the oracle.
-pub use crate::reference::ops::rope_tables;
+/// RoPE's default inverse frequencies: pair m of a head of `head_dim` turns by
+/// `theta^(-2m / head_dim)` a position, computed in f32 as lingua and transformers do.
+pub fn rope_inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|m| 1.0f32 / theta.powf((2 * m) as f32 / head_dim as f32))
+        .collect()
+}
+
+/// The tables the RoPE kernel reads, `[max_pos, pairs]` each: the cos and sin of the angle
+/// `t * inv_freq[m]` of position t and pair m (the angle rounded to f32, as lingua and
+/// transformers compute it; its cos and sin in f64, then rounded).
+pub fn rope_tables(max_pos: usize, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::with_capacity(max_pos * inv_freq.len());
+    let mut sin = Vec::with_capacity(max_pos * inv_freq.len());
+    for t in 0..max_pos {
+        for &f in inv_freq {
+            let angle = (t as f32 * f) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -67,6 +67,11 @@ impl Model {
         mark_values_read: bool,
     ) -> Result<ModelGrads> {
         let (c, layout) = (&self.config, &self.layout);
+        if !c.variant.is_lingua() {
+            return Err(Error::Config(
+                "training covers lingua's transformer: q/k/v biases, per-head q/k norms, tied embeddings and scaled RoPE frequencies have no backward yet".into(),
+            ));
+        }
         let rows = fwd.rows;
         let (d, vocab) = (c.dim as u32, c.vocab as u32);
         // Written in full before they are read: scratch buffers (the sums that scatter into

@@ -176,6 +176,32 @@ pub struct ModelConfig {
     /// Layers whose feed-forward block is a mixture of experts, in order.
     pub moe_layers: Vec<usize>,
     pub moe: Option<MoeConfig>,
+    /// What a Hugging Face Llama-family model adds to lingua's transformer (nothing for
+    /// lingua's and memlayers' own models).
+    pub variant: TransformerVariant,
+}
+
+/// The Hugging Face Llama-family additions to lingua's transformer (`docs/hugging-face.md`).
+/// The default is lingua's transformer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TransformerVariant {
+    /// Biases on the query, key and value projections (Qwen2).
+    pub qkv_bias: bool,
+    /// An RMSNorm over each query and key head (`head_dim` wide, one weight for all heads)
+    /// before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// The output layer is the embedding (`tie_word_embeddings`): no `output.weight`.
+    pub tied_output: bool,
+    /// RoPE's inverse frequencies, `head_dim / 2` of them, where they are not
+    /// `rope_theta^(-2m / head_dim)` (llama3 scaling).
+    pub rope_inv_freq: Option<Vec<f32>>,
+}
+
+impl TransformerVariant {
+    /// Whether training can run this variant: the backward covers lingua's transformer only.
+    pub fn is_lingua(&self) -> bool {
+        *self == TransformerVariant::default()
+    }
 }
 
 fn bad(m: String) -> Error {
@@ -342,6 +368,7 @@ which lingua's generator does not use; use null"
             memory,
             moe_layers,
             moe,
+            variant: TransformerVariant::default(),
         })
     }
 }
@@ -366,6 +393,40 @@ fn parse_layers(field: &str, text: &str, n_layers: usize) -> Result<Vec<usize>> 
 }
 
 impl ModelConfig {
+    /// A dense model of `args`' sizes (every one given: `n_heads`, `head_dim`, `n_kv_heads`;
+    /// `n_heads * head_dim` may differ from `dim`) with `hidden`-wide feed-forward blocks and
+    /// the additions of `variant`: a Hugging Face model's configuration
+    /// (`io::hf::HfConfig::model_config` checks the sizes).
+    pub fn with_variant(args: &LMTransformerArgs, hidden: usize, variant: TransformerVariant) -> Self {
+        let n_heads = args.n_heads.unwrap_or(1);
+        ModelConfig {
+            args: args.clone(),
+            dim: args.dim,
+            n_layers: args.n_layers,
+            n_heads,
+            n_kv_heads: args.n_kv_heads.unwrap_or(n_heads),
+            head_dim: args.head_dim.unwrap_or(args.dim / n_heads),
+            hidden,
+            vocab: args.vocab_size as usize,
+            max_seqlen: args.max_seqlen,
+            norm_eps: args.norm_eps as f32,
+            rope_theta: args.rope_theta as f32,
+            memory_layers: Vec::new(),
+            memory: None,
+            moe_layers: Vec::new(),
+            moe: None,
+            variant,
+        }
+    }
+
+    /// RoPE's inverse frequency of each of the `head_dim / 2` pairs of a head.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        match &self.variant.rope_inv_freq {
+            Some(f) => f.clone(),
+            None => crate::kernels::ops::rope_inv_freq(self.head_dim, self.rope_theta),
+        }
+    }
+
     pub fn is_memory_layer(&self, layer: usize) -> bool {
         self.memory_layers.contains(&layer)
     }

@@ -131,7 +131,7 @@ impl Model {
                 block,
             });
         }
-        let (cos, sin) = rope_tables(c.max_seqlen, c.head_dim, c.rope_theta);
+        let (cos, sin) = rope_tables(c.max_seqlen, &c.rope_inv_freq());
         Ok(Model {
             config: c.clone(),
             layout,

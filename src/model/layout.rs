@@ -26,6 +26,7 @@ pub struct ModelLayout {
     /// memory layer.
     pub values: Vec<ParamId>,
     pub norm: ParamId,
+    /// The output layer's weight: `tok_embeddings` itself where the embedding is tied.
     pub output: ParamId,
 }
 
@@ -93,7 +94,11 @@ impl ModelLayout {
             });
         }
         let norm = r.declare("norm.weight", vec![c.dim], Init::Ones, Group::Weights);
-        let output = r.normal_weight("output.weight", vec![c.vocab, c.dim], std);
+        let output = if c.variant.tied_output {
+            tok_embeddings
+        } else {
+            r.normal_weight("output.weight", vec![c.vocab, c.dim], std)
+        };
         Ok(ModelLayout {
             registry: r,
             tok_embeddings,
@@ -111,11 +116,15 @@ impl ModelLayout {
         let mut order = Vec::with_capacity(self.registry.len());
         for l in &self.layers {
             order.extend(l.feed_forward.ids());
-            let a = &l.attention;
-            order.extend([l.attention_norm, a.wq, a.wk, a.wv, a.wo, l.ffn_norm]);
+            order.push(l.attention_norm);
+            order.extend(l.attention.ids());
+            order.push(l.ffn_norm);
         }
         order.extend(self.values.iter().copied());
-        order.extend([self.tok_embeddings, self.norm, self.output]);
+        order.extend([self.tok_embeddings, self.norm]);
+        if self.output != self.tok_embeddings {
+            order.push(self.output);
+        }
         debug_assert_eq!(order.len(), self.registry.len());
         order
     }

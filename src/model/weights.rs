@@ -36,6 +36,40 @@ impl ModelWeights {
         })
     }
 
+    /// Weights for `config` with each parameter from `load(name, shape)` (its lingua name and
+    /// shape), which must give that many finite values: weights kept under other names, such
+    /// as a Hugging Face folder's, read one tensor at a time.
+    pub fn from_loader(
+        config: &ModelConfig,
+        mut load: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
+        let layout = ModelLayout::new(config)?;
+        let mut tensors = Vec::with_capacity(layout.registry.len());
+        for spec in layout.registry.specs() {
+            let data = load(&spec.name, &spec.shape)?;
+            if data.len() != spec.len() {
+                return Err(Error::tensor(
+                    &spec.name,
+                    format!("{} values", spec.len()),
+                    format!("{}", data.len()),
+                ));
+            }
+            if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::tensor(
+                    &spec.name,
+                    "finite values",
+                    format!("{} at flat index {at}", data[at]),
+                ));
+            }
+            tensors.push(data);
+        }
+        Ok(ModelWeights {
+            config: config.clone(),
+            layout,
+            tensors,
+        })
+    }
+
     pub fn get(&self, id: ParamId) -> &[f32] {
         &self.tensors[id.0]
     }

@@ -1,12 +1,13 @@
 //! The attention block: `h += wo(attention(rope(wq x), rope(wk x), wv x))`, causal, with
-//! grouped key/value heads, and a KV cache for decoding.
+//! grouped key/value heads, and a KV cache for decoding. Hugging Face variants add biases to
+//! the q/k/v projections (Qwen2) and an RMSNorm of each q and k head before RoPE (Qwen3).
 
 use super::{GradSink, Pass};
 use crate::error::Result;
 use crate::kernels::linear::{gemm, Linear};
-use crate::kernels::ops::{record_pack_f16, Attention, Rope};
+use crate::kernels::ops::{record_pack_f16, Attention, RmsNorm, Rope};
 use crate::model::config::ModelConfig;
-use crate::params::{ParamId, Registry};
+use crate::params::{Group, Init, ParamId, Registry};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionParams {
@@ -17,6 +18,10 @@ pub struct AttentionParams {
     pub wv: ParamId,
     /// `[dim, n_heads * head_dim]`
     pub wo: ParamId,
+    /// The q, k and v projections' biases (`TransformerVariant::qkv_bias`).
+    pub qkv_bias: Option<[ParamId; 3]>,
+    /// The per-head q and k norms' weights, `[head_dim]` each (`TransformerVariant::qk_norm`).
+    pub qk_norm: Option<[ParamId; 2]>,
 }
 
 /// What the forward leaves for the backward.
@@ -32,12 +37,99 @@ impl AttentionParams {
     pub(crate) fn declare(r: &mut Registry, prefix: &str, c: &ModelConfig, std: f32) -> Self {
         let (d, qd, kvd) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let mut w = |name: &str, shape| r.normal_weight(format!("{prefix}attention.{name}"), shape, std);
+        let (wq, wk, wv, wo) = (
+            w("wq.weight", vec![qd, d]),
+            w("wk.weight", vec![kvd, d]),
+            w("wv.weight", vec![kvd, d]),
+            w("wo.weight", vec![d, qd]),
+        );
+        let mut zeros = |name: &str, len| {
+            r.declare(
+                format!("{prefix}attention.{name}"),
+                vec![len],
+                Init::Zeros,
+                Group::Weights,
+            )
+        };
+        let qkv_bias = c
+            .variant
+            .qkv_bias
+            .then(|| [zeros("wq.bias", qd), zeros("wk.bias", kvd), zeros("wv.bias", kvd)]);
+        let mut ones = |name: &str| {
+            r.declare(
+                format!("{prefix}attention.{name}"),
+                vec![c.head_dim],
+                Init::Ones,
+                Group::Weights,
+            )
+        };
+        let qk_norm = c
+            .variant
+            .qk_norm
+            .then(|| [ones("q_norm.weight"), ones("k_norm.weight")]);
         AttentionParams {
-            wq: w("wq.weight", vec![qd, d]),
-            wk: w("wk.weight", vec![kvd, d]),
-            wv: w("wv.weight", vec![kvd, d]),
-            wo: w("wo.weight", vec![d, qd]),
+            wq,
+            wk,
+            wv,
+            wo,
+            qkv_bias,
+            qk_norm,
         }
+    }
+
+    /// Every parameter, in declaration order.
+    pub fn ids(&self) -> Vec<ParamId> {
+        let mut ids = vec![self.wq, self.wk, self.wv, self.wo];
+        ids.extend(self.qkv_bias.iter().flatten());
+        ids.extend(self.qk_norm.iter().flatten());
+        ids
+    }
+
+    /// `y = x w^T (+ b)` for projection `i` of q, k, v (the bias where the variant has one).
+    fn projection<'b>(
+        &self,
+        p: &'b Pass,
+        i: usize,
+        x: &'b wgpu::Buffer,
+        y: &'b wgpu::Buffer,
+        shape: (u32, u32, u32),
+    ) -> Linear<'b> {
+        let w = [self.wq, self.wk, self.wv][i];
+        Linear {
+            bias: self.qkv_bias.map(|b| p.param(b[i])),
+            ..p.linear(x, w, y, shape)
+        }
+    }
+
+    /// Qwen3's norm of each head of `x` (`[rows, heads * head_dim]`) into a new buffer, or `x`
+    /// itself without one.
+    fn norm_heads(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        which: usize,
+        x: wgpu::Buffer,
+        heads: u32,
+    ) -> Result<wgpu::Buffer> {
+        let Some(norms) = self.qk_norm else {
+            return Ok(x);
+        };
+        let c = &p.model.config;
+        let rows = p.rows() * heads;
+        let (normed, rstd) = (
+            p.f32s(["q normed", "k normed"][which], rows * c.head_dim as u32),
+            p.f32s("head rstd", rows),
+        );
+        RmsNorm {
+            rows,
+            d: c.head_dim as u32,
+            eps: c.norm_eps,
+            x: &x,
+            weight: p.param(norms[which]),
+            rstd: &rstd,
+        }
+        .record_forward(p.gpu, encoder, &normed)?;
+        Ok(normed)
     }
 
     fn dims(p: &Pass) -> (u32, u32, u32) {
@@ -66,9 +158,13 @@ impl AttentionParams {
             p.f32s("attention", rows * qd),
             p.f32s("lse", rows * c.n_heads as u32),
         );
-        p.linear(x, self.wq, &q, (rows, qd, d)).record(gpu, encoder)?;
-        p.linear(x, self.wk, &k, (rows, kvd, d)).record(gpu, encoder)?;
-        p.linear(x, self.wv, &v, (rows, kvd, d)).record(gpu, encoder)?;
+        self.projection(p, 0, x, &q, (rows, qd, d)).record(gpu, encoder)?;
+        self.projection(p, 1, x, &k, (rows, kvd, d))
+            .record(gpu, encoder)?;
+        self.projection(p, 2, x, &v, (rows, kvd, d))
+            .record(gpu, encoder)?;
+        let q = self.norm_heads(p, encoder, 0, q, c.n_heads as u32)?;
+        let k = self.norm_heads(p, encoder, 1, k, c.n_kv_heads as u32)?;
         // Queries and keys rotated in one dispatch.
         Rope {
             pos0,

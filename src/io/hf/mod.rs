@@ -1,0 +1,94 @@
+//! Hugging Face model folders of the Llama family (Llama, Qwen2, Qwen3, Mistral): the
+//! configuration, the weights (one file or shards), the tokenizer, the chat template and the
+//! end-of-sequence ids, read into memlayers' model (`docs/hugging-face.md`).
+
+pub mod config;
+pub mod tokenizer;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod weights;
+
+pub use config::HfConfig;
+pub use tokenizer::{ChatTemplate, HfTokenizer, TextStream};
+
+use crate::error::{Error, Result};
+use crate::model::{ModelConfig, ModelWeights};
+use std::path::Path;
+
+/// Longest context a Hugging Face model gets here (the attention kernel's limit): its KV
+/// cache and RoPE tables are sized by it.
+pub const MAX_CONTEXT: usize = crate::kernels::ops::MAX_SEQ as usize;
+
+/// Whether `dir` is a Hugging Face model folder: a `config.json` naming `architectures`.
+pub fn is_hf_folder(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v.get("architectures").is_some())
+}
+
+/// A loaded Hugging Face folder.
+pub struct HfFolder {
+    pub hf: HfConfig,
+    pub weights: ModelWeights,
+    pub tokenizer: HfTokenizer,
+    /// Generation stops at any of these (`generation_config.json`'s `eos_token_id`, else
+    /// `config.json`'s).
+    pub eos_ids: Vec<u32>,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))
+}
+
+impl HfFolder {
+    pub fn config(&self) -> &ModelConfig {
+        &self.weights.config
+    }
+
+    /// Reads `dir`: `config.json`, the weights, `tokenizer.json`, and where they exist
+    /// `generation_config.json` and `tokenizer_config.json`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(dir: &Path) -> Result<Self> {
+        let hf = HfConfig::from_json(&read_text(&dir.join("config.json"))?)?;
+        let config = hf.model_config(MAX_CONTEXT)?;
+        let tokenizer_file = dir.join("tokenizer.json");
+        let tokenizer = HfTokenizer::from_bytes(
+            &std::fs::read(&tokenizer_file)
+                .map_err(|e| Error::Format(format!("cannot read {}: {e}", tokenizer_file.display())))?,
+            &tokenizer_file.display().to_string(),
+        )?;
+        if tokenizer.vocab_size() > config.vocab {
+            return Err(Error::Config(format!(
+                "the tokenizer has {} ids but the model's vocab_size is {}",
+                tokenizer.vocab_size(),
+                config.vocab
+            )));
+        }
+        let generation = dir.join("generation_config.json");
+        let mut eos_ids = if generation.is_file() {
+            let json: serde_json::Value = serde_json::from_str(&read_text(&generation)?)
+                .map_err(|e| Error::Format(format!("{}: {e}", generation.display())))?;
+            config::token_ids(json.get("eos_token_id"))
+        } else {
+            Vec::new()
+        };
+        if eos_ids.is_empty() {
+            eos_ids = config::token_ids(hf.eos_token_id.as_ref());
+        }
+        let tokenizer_config = dir.join("tokenizer_config.json");
+        let chat_template = if tokenizer_config.is_file() {
+            ChatTemplate::from_tokenizer_config(&read_text(&tokenizer_config)?)?
+        } else {
+            None
+        };
+        let weights = weights::read_weights(dir, &hf, &config)?;
+        Ok(HfFolder {
+            hf,
+            weights,
+            tokenizer,
+            eos_ids,
+            chat_template,
+        })
+    }
+}

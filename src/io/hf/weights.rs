@@ -1,0 +1,241 @@
+//! A Hugging Face folder's weights: `model.safetensors`, or the shards that
+//! `model.safetensors.index.json` lists, read through memory maps one tensor at a time into
+//! memlayers' parameters (lingua's names), f32, f16 or bf16 widened exactly.
+//!
+//! transformers' RoPE turns dimension `i` of a head with dimension `i + head_dim/2`; memlayers'
+//! kernel (lingua's) turns adjacent pairs `(2i, 2i+1)`. Attention scores are dot products
+//! of a query and a key head, which do not change when both heads' dimensions are put in the
+//! same new order, so the rows of `q_proj` and `k_proj` (and their biases and Qwen3's q/k
+//! norms) are reordered once on load so that pair `(2i, 2i+1)` holds transformers' `(i, i +
+//! head_dim/2)`: the same rotation, done by the adjacent-pair kernel. Values and the output
+//! projection keep their order.
+
+use super::config::HfConfig;
+use crate::error::{Error, Result};
+use crate::io::tensors::{to_f32, TensorData};
+use crate::model::{ModelConfig, ModelWeights};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The single-file weights' name.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The shard index's name.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The weight files of `dir`: the shards its index lists (each once, in order of first
+/// mention), else `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX_FILE);
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index)
+            .map_err(|e| Error::Format(format!("cannot read {}: {e}", index.display())))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Format(format!("{}: {e}", index.display())))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Format(format!("{}: no `weight_map` object", index.display())))?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for file in map.values() {
+            let name = file
+                .as_str()
+                .filter(|n| !n.contains('/') && !n.contains('\\'))
+                .ok_or_else(|| Error::Format(format!("{}: {file} is not a file name", index.display())))?;
+            let path = dir.join(name);
+            if !files.contains(&path) {
+                files.push(path);
+            }
+        }
+        return Ok(files);
+    }
+    let single = dir.join(WEIGHTS_FILE);
+    if single.is_file() {
+        Ok(vec![single])
+    } else {
+        Err(Error::Format(format!(
+            "{}: neither {WEIGHTS_FILE} nor {INDEX_FILE} is there",
+            dir.display()
+        )))
+    }
+}
+
+/// How a Hugging Face tensor's rows become memlayers' (`docs/hugging-face.md`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Order {
+    Same,
+    /// Rows of heads `head_dim` long: within each head, row `2i` takes row `i` and row
+    /// `2i + 1` row `i + head_dim / 2` (the row length: 1 for biases and norms).
+    RopePairs,
+}
+
+/// The Hugging Face name of memlayers' parameter `name` and how its rows are ordered; `None`
+/// for a name outside the Llama family's.
+fn hf_name(name: &str) -> Option<(String, Order)> {
+    let simple = match name {
+        "tok_embeddings.weight" => return Some(("model.embed_tokens.weight".into(), Order::Same)),
+        "norm.weight" => return Some(("model.norm.weight".into(), Order::Same)),
+        "output.weight" => return Some(("lm_head.weight".into(), Order::Same)),
+        _ => name,
+    };
+    let rest = simple.strip_prefix("layers.")?;
+    let (layer, param) = rest.split_once('.')?;
+    let (hf, order) = match param {
+        "attention_norm.weight" => ("input_layernorm.weight", Order::Same),
+        "ffn_norm.weight" => ("post_attention_layernorm.weight", Order::Same),
+        "attention.wq.weight" => ("self_attn.q_proj.weight", Order::RopePairs),
+        "attention.wk.weight" => ("self_attn.k_proj.weight", Order::RopePairs),
+        "attention.wv.weight" => ("self_attn.v_proj.weight", Order::Same),
+        "attention.wo.weight" => ("self_attn.o_proj.weight", Order::Same),
+        "attention.wq.bias" => ("self_attn.q_proj.bias", Order::RopePairs),
+        "attention.wk.bias" => ("self_attn.k_proj.bias", Order::RopePairs),
+        "attention.wv.bias" => ("self_attn.v_proj.bias", Order::Same),
+        "attention.q_norm.weight" => ("self_attn.q_norm.weight", Order::RopePairs),
+        "attention.k_norm.weight" => ("self_attn.k_norm.weight", Order::RopePairs),
+        "feed_forward.w1.weight" => ("mlp.gate_proj.weight", Order::Same),
+        "feed_forward.w3.weight" => ("mlp.up_proj.weight", Order::Same),
+        "feed_forward.w2.weight" => ("mlp.down_proj.weight", Order::Same),
+        _ => return None,
+    };
+    Some((format!("model.layers.{layer}.{hf}"), order))
+}
+
+/// `data` (`rows` rows of `row_len`) with each head's rows in adjacent-pair order.
+fn to_rope_pairs(data: &[f32], row_len: usize, head_dim: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0.0; data.len()];
+    let rows = data.len() / row_len;
+    for r in 0..rows {
+        let (head, j) = (r / head_dim, r % head_dim);
+        let from = head * head_dim + if j % 2 == 0 { j / 2 } else { half + j / 2 };
+        out[r * row_len..(r + 1) * row_len].copy_from_slice(&data[from * row_len..(from + 1) * row_len]);
+    }
+    out
+}
+
+/// A weight file mapped into memory (read-only; nothing is copied until a tensor is asked for).
+struct Mapped {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+fn map_file(path: &Path) -> Result<Mapped> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::Format(format!("cannot open {}: {e}", path.display())))?;
+    // Safety: the map is read-only and lives while the tensors are copied out of it; a file
+    // changed by another process meanwhile gives wrong values, not memory unsafety in Rust's
+    // sense beyond what every memory-mapped reader accepts.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| Error::Format(format!("cannot map {}: {e}", path.display())))?;
+    Ok(Mapped {
+        path: path.to_path_buf(),
+        map,
+    })
+}
+
+/// Every parameter of `config` from the folder's weight files. Tensors of the folder that
+/// the model does not use are an error naming them (`lm_head.weight` beside tied embeddings
+/// excepted: some checkpoints keep a copy).
+pub fn read_weights(dir: &Path, hf: &HfConfig, config: &ModelConfig) -> Result<ModelWeights> {
+    let mapped: Vec<Mapped> = weight_files(dir)?
+        .iter()
+        .map(|p| map_file(p))
+        .collect::<Result<_>>()?;
+    let parsed: Vec<SafeTensors> = mapped
+        .iter()
+        .map(|m| {
+            SafeTensors::deserialize(&m.map).map_err(|e| {
+                Error::Format(format!(
+                    "{} is not a valid safetensors file: {e}",
+                    m.path.display()
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut found: HashMap<String, usize> = HashMap::new();
+    for (i, st) in parsed.iter().enumerate() {
+        for name in st.names() {
+            found.insert(name.to_string(), i);
+        }
+    }
+    let head_dim = config.head_dim;
+    let mut used: Vec<String> = Vec::new();
+    let weights = ModelWeights::from_loader(config, |name, shape| {
+        let (hf_name, order) =
+            hf_name(name).ok_or_else(|| Error::Config(format!("{name} has no Hugging Face counterpart")))?;
+        let file = *found
+            .get(&hf_name)
+            .ok_or_else(|| Error::MissingTensor(format!("{hf_name} (for {name}) in {}", dir.display())))?;
+        let view = parsed[file]
+            .tensor(&hf_name)
+            .map_err(|e| Error::Format(format!("{hf_name}: {e}")))?;
+        if view.shape() != shape {
+            return Err(Error::tensor(
+                &hf_name,
+                format!("shape {shape:?}"),
+                format!("{:?}", view.shape()),
+            ));
+        }
+        let TensorData::F32(data) = to_f32(&hf_name, view.dtype(), view.data())? else {
+            return Err(Error::tensor(
+                &hf_name,
+                "a float dtype",
+                format!("{:?}", view.dtype()),
+            ));
+        };
+        used.push(hf_name);
+        Ok(match order {
+            Order::Same => data,
+            Order::RopePairs => to_rope_pairs(&data, shape.get(1).copied().unwrap_or(1), head_dim),
+        })
+    })?;
+    let mut unused: Vec<&String> = found
+        .keys()
+        .filter(|k| !used.contains(k) && !(hf.tie_word_embeddings && k.as_str() == "lm_head.weight"))
+        .collect();
+    if !unused.is_empty() {
+        unused.sort();
+        return Err(Error::Format(format!(
+            "{}: tensors the configuration does not use: {}",
+            dir.display(),
+            unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rotating adjacent pairs of the reordered head equals rotating halves of the original.
+    #[test]
+    fn rope_pair_order_turns_halves_into_adjacent_pairs() {
+        let head_dim = 8;
+        let x: Vec<f32> = (0..2 * head_dim).map(|i| i as f32 * 0.37 - 1.0).collect();
+        let pairs = to_rope_pairs(&x, 1, head_dim);
+        let (c, s) = (0.6f32, 0.8f32);
+        for head in 0..2 {
+            let o = head * head_dim;
+            for i in 0..head_dim / 2 {
+                let (a, b) = (x[o + i], x[o + i + head_dim / 2]);
+                let halves = (a * c - b * s, b * c + a * s);
+                let (p, q) = (pairs[o + 2 * i], pairs[o + 2 * i + 1]);
+                assert_eq!((p * c - q * s, q * c + p * s), halves);
+            }
+        }
+    }
+
+    #[test]
+    fn every_llama_family_name_maps() {
+        assert_eq!(
+            hf_name("layers.3.attention.wq.weight"),
+            Some(("model.layers.3.self_attn.q_proj.weight".into(), Order::RopePairs))
+        );
+        assert_eq!(
+            hf_name("layers.0.feed_forward.w3.weight"),
+            Some(("model.layers.0.mlp.up_proj.weight".into(), Order::Same))
+        );
+        assert_eq!(hf_name("layers.0.feed_forward.values.weight"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! Hugging Face folders against transformers, on the fixtures `scripts/hf_fixtures.py` made
+//! (`tests/fixtures/hf/README.md`): tokenizers, chat templates, RoPE frequencies, logits,
+//! loss and greedy continuations of a Llama (tied, bf16 shards, llama3 RoPE, a BOS), a Qwen2
+//! (q/k/v biases, no BOS), a Qwen3 (q/k norms, head_dim apart from the width, f16) and a
+//! Mistral, in transformers 4's and 5's config styles; and one-line errors for what is not
+//! supported.
+
+mod common;
+use common::gpu;
+use memlayers::io::hf::{HfConfig, HfFolder};
+use memlayers::model::Model;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const FOLDERS: [&str; 4] = [
+    "llama_tied_bf16_shards",
+    "qwen2_bias_f32",
+    "qwen3_qknorm_f16",
+    "mistral_f32",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+fn expected(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn tokenizers_and_chat_templates_match_transformers() {
+    for name in FOLDERS {
+        let folder = HfFolder::open(&fixture(name)).unwrap();
+        let want = expected(name);
+        for case in want["tokenizer_cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let got = folder.tokenizer.encode(text, true).unwrap();
+            assert_eq!(got, ids(&case["ids"]), "{name}: {text:?}");
+            assert_eq!(
+                folder.tokenizer.decode(&got, false).unwrap(),
+                case["decoded"].as_str().unwrap(),
+                "{name}: decode of {text:?}"
+            );
+        }
+        assert_eq!(folder.eos_ids, ids(&want["eos_token_ids"]), "{name}: EOS ids");
+        match (&folder.chat_template, want.get("chat")) {
+            (Some(template), Some(chat)) => {
+                let user = chat["messages"][0]["content"].as_str().unwrap();
+                let text = template.render_user(user).unwrap();
+                assert_eq!(text, chat["text"].as_str().unwrap(), "{name}: chat template");
+                // transformers tokenizes a rendered chat without the post-processor's tokens.
+                assert_eq!(folder.tokenizer.encode(&text, false).unwrap(), ids(&chat["ids"]));
+            }
+            (None, None) => {}
+            (t, c) => panic!("{name}: template {} vs expected {}", t.is_some(), c.is_some()),
+        }
+    }
+}
+
+#[test]
+fn rope_frequencies_match_transformers_including_llama3_scaling() {
+    for name in FOLDERS {
+        let folder = HfFolder::open(&fixture(name)).unwrap();
+        let want = floats(&expected(name)["rope_inv_freq"]);
+        let got = folder.config().rope_inv_freq();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // f32 powers may differ from torch's in the last place.
+            assert!(
+                (g - w).abs() <= 4.0 * f32::EPSILON * w.abs(),
+                "{name}: pair {i}: {g} vs {w}"
+            );
+        }
+    }
+}
+
+/// Logits within 1e-4 of transformers' (f32 on both sides; the fixtures keep 6 significant
+/// digits, and the sums run in other orders), the loss within 1e-4, and the greedy
+/// continuation (KV cache, one token at a time, up to the first EOS of the list) the same.
+#[test]
+fn logits_loss_and_greedy_continuations_match_transformers() {
+    let g = gpu();
+    for name in FOLDERS {
+        let folder = HfFolder::open(&fixture(name)).unwrap();
+        let want = expected(name);
+        let c = folder.config().clone();
+        let model = Model::new(g, &folder.weights).unwrap();
+        let prompt = ids(&want["prompt_ids"]);
+        assert_eq!(
+            folder
+                .tokenizer
+                .encode(want["prompt"].as_str().unwrap(), true)
+                .unwrap(),
+            prompt
+        );
+        let targets: Vec<u32> = prompt[1..]
+            .iter()
+            .copied()
+            .chain([memlayers::kernels::ops::IGNORE_TARGET])
+            .collect();
+        let (logits, loss) =
+            pollster::block_on(model.forward(g, &prompt, Some(&targets), 1, prompt.len())).unwrap();
+        let want_logits = floats(&want["prompt_logits"]);
+        assert_eq!(logits.len(), want_logits.len(), "{name}");
+        let worst = logits
+            .iter()
+            .zip(&want_logits)
+            .map(|(a, b)| (a - b).abs() / (1e-4 + 1e-5 * b.abs()))
+            .fold(0.0f32, f32::max);
+        eprintln!("{name}: largest logit difference {worst:.3} x the tolerance, loss {loss:?}");
+        assert!(worst <= 1.0, "{name}: logits off by {worst} x the tolerance");
+        let want_loss = want["loss"].as_f64().unwrap() as f32;
+        assert!(
+            (loss.unwrap() - want_loss).abs() <= 1e-4,
+            "{name}: loss {loss:?} vs {want_loss}"
+        );
+
+        let mut cache = model.new_cache(g);
+        let (mut feed, mut out) = (prompt.clone(), Vec::new());
+        while out.len() < want["max_new_tokens"].as_u64().unwrap() as usize {
+            let logits = pollster::block_on(model.forward_with_cache(g, &feed, &mut cache)).unwrap();
+            let next = memlayers::demo::argmax(&logits[(feed.len() - 1) * c.vocab..]);
+            out.push(next);
+            if folder.eos_ids.contains(&next) {
+                break;
+            }
+            feed = vec![next];
+        }
+        assert_eq!(out, ids(&want["greedy_ids"]), "{name}: greedy continuation");
+        assert_eq!(
+            folder.tokenizer.decode(&out, false).unwrap(),
+            want["greedy_text"].as_str().unwrap(),
+            "{name}: greedy text"
+        );
+    }
+}
+
+#[test]
+fn unsupported_configurations_are_one_line_errors() {
+    let base = std::fs::read_to_string(fixture("llama_tied_bf16_shards").join("config.json")).unwrap();
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_str(&base).unwrap();
+        edit(&mut v);
+        HfConfig::from_json(&v.to_string()).and_then(|c| c.model_config(1024).map(|_| ()))
+    };
+    let cases: [(&str, &dyn Fn(&mut Value)); 5] = [
+        ("rope_type \"yarn\"", &|v| {
+            v["rope_scaling"]["rope_type"] = "yarn".into()
+        }),
+        ("GPT2LMHeadModel", &|v| {
+            v["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
+        }),
+        ("sliding", &|v| {
+            v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+            v["sliding_window"] = 4096.into();
+        }),
+        ("hidden_act", &|v| v["hidden_act"] = "gelu".into()),
+        ("num_key_value_heads", &|v| v["num_key_value_heads"] = 3.into()),
+    ];
+    for (needle, edit) in cases {
+        let e = with(edit).unwrap_err().to_string();
+        assert!(e.contains(needle) && !e.contains('\n'), "{needle}: {e}");
+    }
+    assert!(with(&|_| {}).is_ok());
+}
+
+/// A model whose training would need a backward memlayers does not have yet says so.
+#[test]
+fn training_a_hugging_face_variant_is_refused() {
+    let g = gpu();
+    let folder = HfFolder::open(&fixture("qwen2_bias_f32")).unwrap();
+    let model = Model::new(g, &folder.weights).unwrap();
+    let mut encoder = g.device.create_command_encoder(&Default::default());
+    let tokens = g.upload("tokens", &[1u32, 2, 3]);
+    let fwd = model.record_forward(g, &mut encoder, &tokens, 1, 3).unwrap();
+    let d_logits = g.storage("d logits", (3 * folder.config().vocab * 4) as u64);
+    let e = model
+        .record_backward(g, &mut encoder, &fwd, &d_logits)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no backward yet"), "{e}");
+}
