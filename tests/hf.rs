@@ -199,3 +199,39 @@ fn training_a_hugging_face_variant_is_refused() {
         .to_string();
     assert!(e.contains("no backward yet"), "{e}");
 }
+
+/// `memlayers generate` on a Hugging Face folder prints transformers' greedy continuation (up
+/// to its EOS), and `--chat` renders the folder's template.
+#[test]
+fn generate_prints_the_greedy_continuation_of_a_folder() {
+    let name = "llama_tied_bf16_shards";
+    let want = expected(name);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_memlayers"))
+            .args([
+                "generate",
+                "--model",
+                fixture(name).to_str().unwrap(),
+                "--max-tokens",
+                "12",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (text, log) = run(&["--prompt", want["prompt"].as_str().unwrap()]);
+    // The EOS ends the continuation and is not printed.
+    let greedy = want["greedy_text"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("<|eot_id|>");
+    assert_eq!(text, format!("{greedy}\n"));
+    assert!(log.contains("prompt 13 tokens, 8 new"), "{log}");
+    let (_, log) = run(&["--prompt", "Hi there", "--chat"]);
+    assert!(log.contains("prompt 25 tokens"), "{log}");
+}

@@ -1,7 +1,9 @@
 //! `memlayers generate`: continue a prompt. memlayers' byte-level checkpoints stream bytes;
 //! lingua folders generate as lingua's generator does: the prompt encoded with BOS by the
 //! model's tokenizer, then decoding until EOS or `--max-tokens` new tokens, the text printed
-//! to stdout.
+//! to stdout. Hugging Face folders generate as transformers does: the prompt tokenized as
+//! `tokenizer(prompt)` (or rendered by the chat template with `--chat`), decoding until any
+//! EOS id, the text printed as it is produced.
 
 use memlayers::model::{KvCache, Model, ModelConfig};
 use memlayers::rng::Rng;
@@ -47,6 +49,10 @@ pub struct Args {
     /// traffic; sums stay f32).
     #[arg(long)]
     pub f16_activations: bool,
+    /// Hugging Face instruct models: the prompt is one user message, rendered by the
+    /// tokenizer_config.json chat template.
+    #[arg(long)]
+    pub chat: bool,
 }
 
 /// An empty KV cache of the kind `a` asks for.
@@ -166,8 +172,61 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
     Ok(())
 }
 
+/// Generation as transformers does it: the prompt tokenized with the tokenizer's own special
+/// tokens (or the chat template's rendering, tokenized without them), then tokens until any
+/// EOS id or `--max-tokens`, each printed as soon as it completes a character.
+fn run_hf(a: &Args, model_dir: &super::model_dir::ModelDir, text: &super::model_dir::HfText) -> Result<()> {
+    let config = model_dir.config();
+    let prompt = if a.chat {
+        let template = text.chat_template.as_ref().ok_or_else(|| {
+            Error::Config("--chat: the model's tokenizer_config.json has no chat_template".into())
+        })?;
+        text.tokenizer.encode(&template.render_user(&a.prompt)?, false)?
+    } else {
+        text.tokenizer.encode(&a.prompt, true)?
+    };
+    if prompt.is_empty() {
+        return Err(Error::Config("--prompt gives no tokens".into()));
+    }
+    if prompt.len() + a.max_tokens > config.max_seqlen {
+        return Err(Error::Config(format!(
+            "the prompt's {} tokens and --max-tokens {} pass the context of {} positions",
+            prompt.len(),
+            a.max_tokens,
+            config.max_seqlen
+        )));
+    }
+    let (gpu, model) = load(a, &model_dir.weights)?;
+    let mut rng = Rng::new(a.seed);
+    let mut cache = empty_cache(a, &gpu, &model);
+    let mut stream = memlayers::io::hf::TextStream::default();
+    let mut out = std::io::stdout();
+    let (mut feed, mut produced) = (prompt.clone(), 0);
+    while produced < a.max_tokens {
+        let logits = pollster::block_on(model.forward_with_cache(&gpu, &feed, &mut cache))?;
+        let last = &logits[(feed.len() - 1) * config.vocab..feed.len() * config.vocab];
+        let next = pick(last, a.temperature, a.top_p, &mut rng);
+        produced += 1;
+        if text.eos_ids.contains(&next) {
+            break;
+        }
+        write!(out, "{}", stream.push(&text.tokenizer, next)?).ok();
+        out.flush().ok();
+        feed = vec![next];
+    }
+    writeln!(out).ok();
+    eprintln!("prompt {} tokens, {produced} new", prompt.len());
+    Ok(())
+}
+
 pub fn run(a: &Args) -> Result<()> {
     let model_dir = super::model_dir::load(&a.model)?;
+    if let Some(text) = &model_dir.hf {
+        return run_hf(a, &model_dir, text);
+    }
+    if a.chat {
+        return Err(Error::Config("--chat is for Hugging Face folders".into()));
+    }
     if let Some(tokenizer) = model_dir.tokenizer(a.tokenizer.as_deref())? {
         return run_lingua(a, &model_dir, &tokenizer);
     }

@@ -1,8 +1,11 @@
 //! The model folders every command loads: a memlayers checkpoint (`config.json` and
-//! `weights.safetensors`, or a `--out` dir holding `checkpoint/`), or a lingua consolidated
+//! `weights.safetensors`, or a `--out` dir holding `checkpoint/`), a lingua consolidated
 //! folder (`consolidated.pth` and `params.json`, or a lingua step folder holding
-//! `consolidated/`). A lingua DCP folder gets a one-line error saying how to consolidate it.
+//! `consolidated/`), or a Hugging Face folder (`config.json` naming its `architectures`,
+//! safetensors weights, `tokenizer.json`). A lingua DCP folder gets a one-line error saying
+//! how to consolidate it.
 
+use memlayers::io::hf::{self, HfFolder};
 use memlayers::io::lingua::{self, LinguaCheckpoint, LinguaParams, TokenizerSpec};
 use memlayers::io::TensorFile;
 use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights};
@@ -16,6 +19,15 @@ pub struct ModelDir {
     pub weights: ModelWeights,
     /// For lingua folders: their params.json and where they are.
     pub lingua: Option<(LinguaParams, PathBuf)>,
+    /// For Hugging Face folders: their tokenizer, EOS ids and chat template.
+    pub hf: Option<HfText>,
+}
+
+/// What a Hugging Face folder brings beside its weights.
+pub struct HfText {
+    pub tokenizer: hf::HfTokenizer,
+    pub eos_ids: Vec<u32>,
+    pub chat_template: Option<hf::ChatTemplate>,
 }
 
 impl ModelDir {
@@ -45,6 +57,19 @@ impl ModelDir {
 
 /// Loads `dir` (either format).
 pub fn load(dir: &Path) -> Result<ModelDir> {
+    if hf::is_hf_folder(dir) {
+        let folder = HfFolder::open(dir)?;
+        return Ok(ModelDir {
+            args: folder.weights.config.args.clone(),
+            weights: folder.weights,
+            lingua: None,
+            hf: Some(HfText {
+                tokenizer: folder.tokenizer,
+                eos_ids: folder.eos_ids,
+                chat_template: folder.chat_template,
+            }),
+        });
+    }
     if let Some(found) = lingua::consolidated_dir(dir) {
         let ckpt = LinguaCheckpoint::read(&found)?;
         let source = found.join(lingua::CONSOLIDATED).display().to_string();
@@ -53,6 +78,7 @@ pub fn load(dir: &Path) -> Result<ModelDir> {
             args: ckpt.params.model.clone(),
             weights,
             lingua: Some((ckpt.params, found)),
+            hf: None,
         });
     }
     lingua::check_not_dcp(dir)?;
@@ -62,6 +88,7 @@ pub fn load(dir: &Path) -> Result<ModelDir> {
         args,
         weights,
         lingua: None,
+        hf: None,
     })
 }
 

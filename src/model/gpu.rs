@@ -14,6 +14,7 @@ use crate::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, I
 use crate::kernels::Gpu;
 use crate::memory::{ValueDtype, ValuePool};
 use crate::params::ParamId;
+use half::f16;
 
 /// One pre-norm residual block of a layer: `h += block(norm(h))`.
 pub(crate) struct Residual {
@@ -162,7 +163,9 @@ impl Model {
     /// still summed in f32 (each weight rounded to the nearest f16). For inference
     /// (`forward`, `generate`): training updates the f32 weights and refuses such a model.
     /// The memory layers' keys and values, mixture-of-experts blocks and the embedding keep
-    /// f32 (a value table has its own f16 option, `ValueDtype::F16`).
+    /// f32 (a value table has its own f16 option, `ValueDtype::F16`). A weight beyond f16's
+    /// range (|x| > 65504, which bf16 checkpoints can hold) is an error naming it: rounded,
+    /// it would be infinite.
     pub fn use_f16_weights(&mut self, gpu: &Gpu, weights: &ModelWeights) -> Result<()> {
         if weights.layout.registry.len() != self.layout.registry.len()
             || weights.config.dim != self.config.dim
@@ -186,6 +189,17 @@ impl Model {
             }
         }
         let mut half = vec![None; self.layout.registry.len()];
+        for &id in &ids {
+            // bf16 weights reach far past f16's range; rounding would make them infinite.
+            let spec = self.layout.registry.spec(id);
+            if let Some(v) = weights.get(id).iter().find(|v| v.abs() > f16::MAX.to_f32()) {
+                return Err(Error::tensor(
+                    &spec.name,
+                    "values within f16's range (|x| <= 65504) for f16 weights",
+                    format!("{v}; run it with f32 weights"),
+                ));
+            }
+        }
         for id in ids {
             let name = format!("{} (f16)", self.layout.registry.spec(id).name);
             half[id.0] = Some(gpu.upload(&name, &crate::kernels::linear::pack_f16(weights.get(id))));
