@@ -102,7 +102,8 @@ fn logits_loss_and_greedy_continuations_match_transformers() {
         let folder = HfFolder::open(&fixture(name)).unwrap();
         let want = expected(name);
         let c = folder.config().clone();
-        let model = Model::new(g, &folder.weights).unwrap();
+        // Uploaded tensor by tensor from the mapped files.
+        let model = folder.upload(g, false).unwrap();
         let prompt = ids(&want["prompt_ids"]);
         assert_eq!(
             folder
@@ -187,7 +188,7 @@ fn unsupported_configurations_are_one_line_errors() {
 fn training_a_hugging_face_variant_is_refused() {
     let g = gpu();
     let folder = HfFolder::open(&fixture("qwen2_bias_f32")).unwrap();
-    let model = Model::new(g, &folder.weights).unwrap();
+    let model = Model::new(g, &folder.read_weights().unwrap()).unwrap();
     let mut encoder = g.device.create_command_encoder(&Default::default());
     let tokens = g.upload("tokens", &[1u32, 2, 3]);
     let fwd = model.record_forward(g, &mut encoder, &tokens, 1, 3).unwrap();
@@ -234,4 +235,38 @@ fn generate_prints_the_greedy_continuation_of_a_folder() {
     assert!(log.contains("prompt 13 tokens, 8 new"), "{log}");
     let (_, log) = run(&["--prompt", "Hi there", "--chat"]);
     assert!(log.contains("prompt 25 tokens"), "{log}");
+}
+
+/// The whole weights on the host (`read_weights`, for training and export) give the model
+/// that the tensor-by-tensor upload gives, bit for bit; f16 weights stay close.
+#[test]
+fn host_weights_and_streamed_upload_give_the_same_model() {
+    let g = gpu();
+    for name in FOLDERS {
+        let folder = HfFolder::open(&fixture(name)).unwrap();
+        let weights = folder.read_weights().unwrap();
+        let tokens = ids(&expected(name)["prompt_ids"]);
+        let logits = |m: &Model| {
+            pollster::block_on(m.forward(g, &tokens, None, 1, tokens.len()))
+                .unwrap()
+                .0
+        };
+        let streamed = logits(&folder.upload(g, false).unwrap());
+        assert_eq!(logits(&Model::new(g, &weights).unwrap()), streamed, "{name}");
+        let mut half = Model::new(g, &weights).unwrap();
+        half.use_f16_weights(g, &weights).unwrap();
+        let half_streamed = logits(&folder.upload(g, true).unwrap());
+        assert_eq!(logits(&half), half_streamed, "{name}: f16");
+        let worst = streamed
+            .iter()
+            .zip(&half_streamed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        // Weights stored as f16 round to themselves.
+        let exact = folder.hf.stored_dtype() == Some("float16");
+        assert!(
+            (worst > 0.0) != exact && worst < 0.05,
+            "{name}: f16 weights moved logits by {worst}"
+        );
+    }
 }

@@ -5,6 +5,7 @@
 //! `tokenizer(prompt)` (or rendered by the chat template with `--chat`), decoding until any
 //! EOS id, the text printed as it is produced.
 
+use memlayers::io::hf::HfFolder;
 use memlayers::model::{KvCache, Model, ModelConfig};
 use memlayers::rng::Rng;
 use memlayers::tokenizer::Tokenizer;
@@ -64,12 +65,18 @@ fn empty_cache(a: &Args, gpu: &Gpu, model: &Model) -> KvCache {
     }
 }
 
-/// The device and the model as `a` asks for them.
-fn load(a: &Args, weights: &memlayers::model::ModelWeights) -> Result<(Gpu, Model)> {
+/// The device as `a` asks for it.
+fn device(a: &Args) -> Result<Gpu> {
     let mut gpu = Gpu::new_blocking()?;
     if a.f16_gemm_inputs {
         gpu.set_gemm_precision(memlayers::kernels::linear::GemmPrecision::F16Inputs);
     }
+    Ok(gpu)
+}
+
+/// The device and the model as `a` asks for them.
+fn load(a: &Args, weights: &memlayers::model::ModelWeights) -> Result<(Gpu, Model)> {
+    let gpu = device(a)?;
     let mut model = Model::new(&gpu, weights)?;
     model.use_f16_activations(a.f16_activations);
     if a.f16_weights {
@@ -175,8 +182,8 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
 /// Generation as transformers does it: the prompt tokenized with the tokenizer's own special
 /// tokens (or the chat template's rendering, tokenized without them), then tokens until any
 /// EOS id or `--max-tokens`, each printed as soon as it completes a character.
-fn run_hf(a: &Args, model_dir: &super::model_dir::ModelDir, text: &super::model_dir::HfText) -> Result<()> {
-    let config = model_dir.config();
+fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
+    let (config, text) = (folder.config(), folder);
     let prompt = if a.chat {
         let template = text.chat_template.as_ref().ok_or_else(|| {
             Error::Config("--chat: the model's tokenizer_config.json has no chat_template".into())
@@ -196,7 +203,10 @@ fn run_hf(a: &Args, model_dir: &super::model_dir::ModelDir, text: &super::model_
             config.max_seqlen
         )));
     }
-    let (gpu, model) = load(a, &model_dir.weights)?;
+    let gpu = device(a)?;
+    // Each tensor uploaded as it is read: the host never holds the whole model.
+    let mut model = folder.upload(&gpu, a.f16_weights)?;
+    model.use_f16_activations(a.f16_activations);
     let mut rng = Rng::new(a.seed);
     let mut cache = empty_cache(a, &gpu, &model);
     let mut stream = memlayers::io::hf::TextStream::default();
@@ -220,10 +230,10 @@ fn run_hf(a: &Args, model_dir: &super::model_dir::ModelDir, text: &super::model_
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    let model_dir = super::model_dir::load(&a.model)?;
-    if let Some(text) = &model_dir.hf {
-        return run_hf(a, &model_dir, text);
+    if memlayers::io::hf::is_hf_folder(&a.model) {
+        return run_hf(a, &HfFolder::open(&a.model)?);
     }
+    let model_dir = super::model_dir::load(&a.model)?;
     if a.chat {
         return Err(Error::Config("--chat is for Hugging Face folders".into()));
     }

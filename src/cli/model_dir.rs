@@ -19,15 +19,6 @@ pub struct ModelDir {
     pub weights: ModelWeights,
     /// For lingua folders: their params.json and where they are.
     pub lingua: Option<(LinguaParams, PathBuf)>,
-    /// For Hugging Face folders: their tokenizer, EOS ids and chat template.
-    pub hf: Option<HfText>,
-}
-
-/// What a Hugging Face folder brings beside its weights.
-pub struct HfText {
-    pub tokenizer: hf::HfTokenizer,
-    pub eos_ids: Vec<u32>,
-    pub chat_template: Option<hf::ChatTemplate>,
 }
 
 impl ModelDir {
@@ -60,14 +51,9 @@ pub fn load(dir: &Path) -> Result<ModelDir> {
     if hf::is_hf_folder(dir) {
         let folder = HfFolder::open(dir)?;
         return Ok(ModelDir {
-            args: folder.weights.config.args.clone(),
-            weights: folder.weights,
+            args: folder.config.args.clone(),
+            weights: folder.read_weights()?,
             lingua: None,
-            hf: Some(HfText {
-                tokenizer: folder.tokenizer,
-                eos_ids: folder.eos_ids,
-                chat_template: folder.chat_template,
-            }),
         });
     }
     if let Some(found) = lingua::consolidated_dir(dir) {
@@ -78,7 +64,6 @@ pub fn load(dir: &Path) -> Result<ModelDir> {
             args: ckpt.params.model.clone(),
             weights,
             lingua: Some((ckpt.params, found)),
-            hf: None,
         });
     }
     lingua::check_not_dcp(dir)?;
@@ -88,7 +73,6 @@ pub fn load(dir: &Path) -> Result<ModelDir> {
         args,
         weights,
         lingua: None,
-        hf: None,
     })
 }
 

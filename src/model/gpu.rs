@@ -15,6 +15,7 @@ use crate::kernels::Gpu;
 use crate::memory::{ValueDtype, ValuePool};
 use crate::params::ParamId;
 use half::f16;
+use std::borrow::Cow;
 
 /// One pre-norm residual block of a layer: `h += block(norm(h))`.
 pub(crate) struct Residual {
@@ -90,14 +91,26 @@ impl ModelForward {
 
 impl Model {
     pub fn new(gpu: &Gpu, w: &ModelWeights) -> Result<Self> {
-        let c = &w.config;
-        let layout = w.layout.clone();
+        Self::from_source(gpu, &w.config, |id| Ok(Cow::Borrowed(w.get(id))))
+    }
+
+    /// A model of `config` whose parameters `tensor` gives one at a time (each of its
+    /// registry's length, as `ModelWeights` holds them), each uploaded as it comes: the host
+    /// needs one tensor at a time, not a copy of the model (a Hugging Face folder read
+    /// through memory maps: `io::hf::HfFolder::upload`).
+    pub fn from_source<'w>(
+        gpu: &Gpu,
+        config: &ModelConfig,
+        mut tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
+    ) -> Result<Self> {
+        let c = config;
+        let layout = ModelLayout::new(c)?;
         let mut values = Vec::with_capacity(layout.values.len());
         if let Some(m) = &c.memory {
             for &id in &layout.values {
                 values.push((
                     id,
-                    ValuePool::new(gpu, w.get(id), m.n_values(), m.v_dim, ValueDtype::F32)?,
+                    ValuePool::new(gpu, &tensor(id)?, m.n_values(), m.v_dim, ValueDtype::F32)?,
                 ));
             }
         }
@@ -105,10 +118,10 @@ impl Model {
             .registry
             .iter()
             .map(|(id, spec)| match values.iter().find(|(table, _)| *table == id) {
-                Some((_, pool)) => pool.buffers()[0].clone(),
-                None => gpu.upload(&spec.name, w.get(id)),
+                Some((_, pool)) => Ok(pool.buffers()[0].clone()),
+                None => Ok(gpu.upload(&spec.name, &tensor(id)?)),
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut residuals = Vec::with_capacity(2 * c.n_layers);
         for (i, l) in layout.layers.iter().enumerate() {
             residuals.push(Residual {
@@ -174,6 +187,36 @@ impl Model {
                 "use_f16_weights: the weights are not this model's".into(),
             ));
         }
+        for r in &mut self.residuals {
+            if let Block::Memory(block) = &mut r.block {
+                let memory = weights.memory_weights(&block.params)?;
+                block.layer.use_f16_weights(gpu, &memory)?;
+            }
+        }
+        self.upload_f16_weights(gpu, |id| Ok(Cow::Borrowed(weights.get(id))))
+    }
+
+    /// `use_f16_weights` for a model without memory layers, from a source of tensors as
+    /// `from_source` reads them (one at a time).
+    pub fn use_f16_weights_from<'w>(
+        &mut self,
+        gpu: &Gpu,
+        tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
+    ) -> Result<()> {
+        if self.config.memory.is_some() {
+            return Err(Error::Config(
+                "use_f16_weights_from: a model with memory layers takes its weights (use_f16_weights)".into(),
+            ));
+        }
+        self.upload_f16_weights(gpu, tensor)
+    }
+
+    /// The f16 copies of the attention, dense feed-forward and output weights.
+    fn upload_f16_weights<'w>(
+        &mut self,
+        gpu: &Gpu,
+        mut tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
+    ) -> Result<()> {
         let mut ids = vec![self.layout.output];
         for l in &self.layout.layers {
             let a = &l.attention;
@@ -182,27 +225,20 @@ impl Model {
                 ids.extend([d.w1, d.w2, d.w3]);
             }
         }
-        for r in &mut self.residuals {
-            if let Block::Memory(block) = &mut r.block {
-                let memory = weights.memory_weights(&block.params)?;
-                block.layer.use_f16_weights(gpu, &memory)?;
-            }
-        }
         let mut half = vec![None; self.layout.registry.len()];
-        for &id in &ids {
-            // bf16 weights reach far past f16's range; rounding would make them infinite.
+        for id in ids {
             let spec = self.layout.registry.spec(id);
-            if let Some(v) = weights.get(id).iter().find(|v| v.abs() > f16::MAX.to_f32()) {
+            let data = tensor(id)?;
+            // bf16 weights reach far past f16's range; rounding would make them infinite.
+            if let Some(v) = data.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
                 return Err(Error::tensor(
                     &spec.name,
                     "values within f16's range (|x| <= 65504) for f16 weights",
                     format!("{v}; run it with f32 weights"),
                 ));
             }
-        }
-        for id in ids {
-            let name = format!("{} (f16)", self.layout.registry.spec(id).name);
-            half[id.0] = Some(gpu.upload(&name, &crate::kernels::linear::pack_f16(weights.get(id))));
+            let name = format!("{} (f16)", spec.name);
+            half[id.0] = Some(gpu.upload(&name, &crate::kernels::linear::pack_f16(&data)));
         }
         self.half_weights = half;
         // Plans recorded so far bound the f32 weights.

@@ -26,10 +26,13 @@ pub fn is_hf_folder(dir: &Path) -> bool {
         .is_some_and(|v| v.get("architectures").is_some())
 }
 
-/// A loaded Hugging Face folder.
+/// An opened Hugging Face folder: its configuration and text side read, its weights mapped
+/// (read by `read_weights` or `upload`).
 pub struct HfFolder {
     pub hf: HfConfig,
-    pub weights: ModelWeights,
+    pub config: ModelConfig,
+    #[cfg(not(target_arch = "wasm32"))]
+    files: weights::WeightFiles,
     pub tokenizer: HfTokenizer,
     /// Generation stops at any of these (`generation_config.json`'s `eos_token_id`, else
     /// `config.json`'s).
@@ -43,7 +46,34 @@ fn read_text(path: &Path) -> Result<String> {
 
 impl HfFolder {
     pub fn config(&self) -> &ModelConfig {
-        &self.weights.config
+        &self.config
+    }
+
+    /// Every weight on the host, under memlayers' names (for training, export and the
+    /// commands that take `ModelWeights`).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_weights(&self) -> Result<ModelWeights> {
+        self.files
+            .read(&self.config, |load| ModelWeights::from_loader(&self.config, load))
+    }
+
+    /// The model on `gpu`, each tensor uploaded as it is read from the mapped files (the host
+    /// holds one tensor at a time), with f16 copies of the GEMM weights when `f16_weights`
+    /// (`Model::use_f16_weights`).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn upload(&self, gpu: &crate::Gpu, f16_weights: bool) -> Result<crate::model::Model> {
+        let registry = crate::model::ModelLayout::new(&self.config)?.registry;
+        self.files.read(&self.config, |load| {
+            let mut tensor = |id: crate::params::ParamId| {
+                let spec = registry.spec(id);
+                load(&spec.name, &spec.shape).map(std::borrow::Cow::Owned)
+            };
+            let mut model = crate::model::Model::from_source(gpu, &self.config, &mut tensor)?;
+            if f16_weights {
+                model.use_f16_weights_from(gpu, &mut tensor)?;
+            }
+            Ok(model)
+        })
     }
 
     /// Reads `dir`: `config.json`, the weights, `tokenizer.json`, and where they exist
@@ -82,10 +112,11 @@ impl HfFolder {
         } else {
             None
         };
-        let weights = weights::read_weights(dir, &hf, &config)?;
+        let files = weights::WeightFiles::open(dir, &hf)?;
         Ok(HfFolder {
             hf,
-            weights,
+            config,
+            files,
             tokenizer,
             eos_ids,
             chat_template,

@@ -13,7 +13,7 @@
 use super::config::HfConfig;
 use crate::error::{Error, Result};
 use crate::io::tensors::{to_f32, TensorData};
-use crate::model::{ModelConfig, ModelWeights};
+use crate::model::ModelConfig;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -133,75 +133,105 @@ fn map_file(path: &Path) -> Result<Mapped> {
     })
 }
 
-/// Every parameter of `config` from the folder's weight files. Tensors of the folder that
-/// the model does not use are an error naming them (`lm_head.weight` beside tied embeddings
-/// excepted: some checkpoints keep a copy).
-pub fn read_weights(dir: &Path, hf: &HfConfig, config: &ModelConfig) -> Result<ModelWeights> {
-    let mapped: Vec<Mapped> = weight_files(dir)?
-        .iter()
-        .map(|p| map_file(p))
-        .collect::<Result<_>>()?;
-    let parsed: Vec<SafeTensors> = mapped
-        .iter()
-        .map(|m| {
-            SafeTensors::deserialize(&m.map).map_err(|e| {
-                Error::Format(format!(
-                    "{} is not a valid safetensors file: {e}",
-                    m.path.display()
-                ))
+/// The folder's weight files, mapped into memory: tensors are read from them one at a time,
+/// by memlayers' names.
+pub struct WeightFiles {
+    dir: PathBuf,
+    mapped: Vec<Mapped>,
+    tie_word_embeddings: bool,
+}
+
+impl WeightFiles {
+    pub fn open(dir: &Path, hf: &HfConfig) -> Result<Self> {
+        Ok(WeightFiles {
+            dir: dir.to_path_buf(),
+            mapped: weight_files(dir)?
+                .iter()
+                .map(|p| map_file(p))
+                .collect::<Result<_>>()?,
+            tie_word_embeddings: hf.tie_word_embeddings,
+        })
+    }
+
+    /// Runs `f` with a reader of memlayers' parameters of `config` (name and shape in, f32
+    /// values out, in memlayers' row order), then checks that every tensor of the folder was
+    /// read (`lm_head.weight` beside tied embeddings excepted: some checkpoints keep a copy).
+    pub fn read<R>(
+        &self,
+        config: &ModelConfig,
+        f: impl FnOnce(&mut dyn FnMut(&str, &[usize]) -> Result<Vec<f32>>) -> Result<R>,
+    ) -> Result<R> {
+        let parsed: Vec<SafeTensors> = self
+            .mapped
+            .iter()
+            .map(|m| {
+                SafeTensors::deserialize(&m.map).map_err(|e| {
+                    Error::Format(format!(
+                        "{} is not a valid safetensors file: {e}",
+                        m.path.display()
+                    ))
+                })
             })
-        })
-        .collect::<Result<_>>()?;
-    let mut found: HashMap<String, usize> = HashMap::new();
-    for (i, st) in parsed.iter().enumerate() {
-        for name in st.names() {
-            found.insert(name.to_string(), i);
+            .collect::<Result<_>>()?;
+        let mut found: HashMap<String, usize> = HashMap::new();
+        for (i, st) in parsed.iter().enumerate() {
+            for name in st.names() {
+                found.insert(name.to_string(), i);
+            }
         }
-    }
-    let head_dim = config.head_dim;
-    let mut used: Vec<String> = Vec::new();
-    let weights = ModelWeights::from_loader(config, |name, shape| {
-        let (hf_name, order) =
-            hf_name(name).ok_or_else(|| Error::Config(format!("{name} has no Hugging Face counterpart")))?;
-        let file = *found
-            .get(&hf_name)
-            .ok_or_else(|| Error::MissingTensor(format!("{hf_name} (for {name}) in {}", dir.display())))?;
-        let view = parsed[file]
-            .tensor(&hf_name)
-            .map_err(|e| Error::Format(format!("{hf_name}: {e}")))?;
-        if view.shape() != shape {
-            return Err(Error::tensor(
-                &hf_name,
-                format!("shape {shape:?}"),
-                format!("{:?}", view.shape()),
-            ));
-        }
-        let TensorData::F32(data) = to_f32(&hf_name, view.dtype(), view.data())? else {
-            return Err(Error::tensor(
-                &hf_name,
-                "a float dtype",
-                format!("{:?}", view.dtype()),
-            ));
+        let head_dim = config.head_dim;
+        let mut used: std::collections::HashSet<String> = Default::default();
+        let mut load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let (hf_name, order) = hf_name(name)
+                .ok_or_else(|| Error::Config(format!("{name} has no Hugging Face counterpart")))?;
+            let file = *found.get(&hf_name).ok_or_else(|| {
+                Error::MissingTensor(format!("{hf_name} (for {name}) in {}", self.dir.display()))
+            })?;
+            let view = parsed[file]
+                .tensor(&hf_name)
+                .map_err(|e| Error::Format(format!("{hf_name}: {e}")))?;
+            if view.shape() != shape {
+                return Err(Error::tensor(
+                    &hf_name,
+                    format!("shape {shape:?}"),
+                    format!("{:?}", view.shape()),
+                ));
+            }
+            let TensorData::F32(data) = to_f32(&hf_name, view.dtype(), view.data())? else {
+                return Err(Error::tensor(
+                    &hf_name,
+                    "a float dtype",
+                    format!("{:?}", view.dtype()),
+                ));
+            };
+            if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::tensor(
+                    &hf_name,
+                    "finite values",
+                    format!("{} at flat index {at}", data[at]),
+                ));
+            }
+            used.insert(hf_name);
+            Ok(match order {
+                Order::Same => data,
+                Order::RopePairs => to_rope_pairs(&data, shape.get(1).copied().unwrap_or(1), head_dim),
+            })
         };
-        used.push(hf_name);
-        Ok(match order {
-            Order::Same => data,
-            Order::RopePairs => to_rope_pairs(&data, shape.get(1).copied().unwrap_or(1), head_dim),
-        })
-    })?;
-    let mut unused: Vec<&String> = found
-        .keys()
-        .filter(|k| !used.contains(k) && !(hf.tie_word_embeddings && k.as_str() == "lm_head.weight"))
-        .collect();
-    if !unused.is_empty() {
-        unused.sort();
-        return Err(Error::Format(format!(
-            "{}: tensors the configuration does not use: {}",
-            dir.display(),
-            unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        )));
+        let result = f(&mut load)?;
+        let mut unused: Vec<&String> = found
+            .keys()
+            .filter(|k| !used.contains(*k) && !(self.tie_word_embeddings && k.as_str() == "lm_head.weight"))
+            .collect();
+        if !unused.is_empty() {
+            unused.sort();
+            return Err(Error::Format(format!(
+                "{}: tensors the configuration does not use: {}",
+                self.dir.display(),
+                unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(result)
     }
-    Ok(weights)
 }
 
 #[cfg(test)]
