@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The memory layer's forward in plain PyTorch, timed: the comparison for `memlayers bench`.
 
-The same semantics as ../shared/REFERENCE.md section 1 (and the reference code): query projection
+The same semantics as docs/reference.md, "The memory layer" (and the reference code): query projection
 with bias, per-head sub-key scores, top-k of each half, top-k of the k x k candidates, softmax in
 f32, one embedding bag over heads*k value rows, Memory+ gating. Tokens/s of the whole forward,
 synchronised, at the paper configuration (d=1024, heads=4, n_keys=1024, knn=32, k_dim=512) and at

@@ -10,7 +10,7 @@ use crate::rng::Rng;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ParamId(pub(crate) usize);
 
-/// The optimiser group a parameter belongs to (REFERENCE.md section 4): value tables have
+/// The optimiser group a parameter belongs to (docs/reference.md, "The training recipe"): value tables have
 /// their own learning rate, clipping norm and (optionally) lazy row updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {

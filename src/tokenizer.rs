@@ -1,4 +1,4 @@
-//! lingua's three tokenizers (REFERENCE.md section 7, `lingua/tokenizer.py`), with the same
+//! lingua's three tokenizers (docs/reference.md, "lingua's files", `lingua/tokenizer.py`), with the same
 //! ids, BOS and EOS:
 //! - `bytes`: ids 0-255 are bytes, BOS 256, EOS 257, 258 ids; decoding drops ids >= 256.
 //! - `tiktoken`: a rank file (`base64(token) rank` per line), lingua's split pattern, and 256

@@ -105,7 +105,7 @@ fn wait(gpu: &Gpu) -> Result<()> {
 }
 
 /// GB/s of a plain copy (bytes read + written) over a buffer of up to 64 MiB.
-fn copy_bandwidth(gpu: &Gpu, iters: usize) -> Result<f64> {
+pub fn copy_bandwidth(gpu: &Gpu, iters: usize) -> Result<f64> {
     let bytes = (64u64 << 20).min(gpu.max_binding_bytes() / 16 * 16);
     let words = (bytes / 16) as u32;
     let (src, dst) = (gpu.storage("copy src", bytes), gpu.storage("copy dst", bytes));
@@ -127,7 +127,7 @@ fn copy_bandwidth(gpu: &Gpu, iters: usize) -> Result<f64> {
 
 /// GFLOP/s of multiply-adds on registers (`fma_peak.wgsl`): what this adapter's arithmetic
 /// allows a kernel with no memory traffic, the yardstick for the GEMMs.
-fn fma_ceiling(gpu: &Gpu, iters: usize) -> Result<f64> {
+pub fn fma_ceiling(gpu: &Gpu, iters: usize) -> Result<f64> {
     const WORKGROUPS: u32 = 4096;
     const ROUNDS: u32 = 256;
     let out = gpu.storage("fma_peak out", WORKGROUPS as u64 * fma_peak::WORKGROUP as u64 * 4);

@@ -5,8 +5,8 @@
 //! Fairness: both models share everything but the replaced feed-forward block (same
 //! embedding, attention, optimiser, schedule, data order and steps). The dense model's
 //! learning rate is the best of a sweep (`--lrs`, by final recall); the memory model gets
-//! that learning rate, untuned, with the value table at the reference's 10x (REFERENCE.md
-//! section 4).
+//! that learning rate, untuned, with the value table at the reference's 10x (`docs/reference.md`,
+//! "The training recipe").
 
 use super::plot::{line_chart, Series};
 use super::progress::Progress;

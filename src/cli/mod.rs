@@ -1,5 +1,7 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
+#[cfg(feature = "bench")]
+mod bench_lm;
 mod demo;
 mod export_lingua;
 mod generate;
@@ -76,6 +78,18 @@ enum Command {
         /// With --train: every kernel's GPU time per step in ms, not only the six largest shares.
         #[arg(long)]
         kernels: bool,
+        /// A Hugging Face folder: its prefill and decoding speed instead (bench_lm).
+        #[arg(long, conflicts_with_all = ["train", "shape"])]
+        model: Option<std::path::PathBuf>,
+        /// A known Hugging Face shape with random weights: smollm2-135m or qwen2.5-0.5b.
+        #[arg(long, conflicts_with = "train")]
+        shape: Option<String>,
+        /// With --model or --shape: prompt tokens of the prefill.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// With --model or --shape: timed decoding steps.
+        #[arg(long, default_value_t = 16)]
+        decode_tokens: usize,
     },
 }
 
@@ -92,11 +106,25 @@ pub fn run() -> Result<()> {
         Command::Teach(args) => teach::run(&args),
         #[cfg(feature = "bench")]
         Command::Bench {
+            model,
+            shape,
+            prompt_tokens,
+            decode_tokens,
+            ..
+        } if model.is_some() || shape.is_some() => bench_lm::run(&bench_lm::Options {
+            model,
+            shape,
+            prompt: prompt_tokens,
+            decode: decode_tokens,
+        }),
+        #[cfg(feature = "bench")]
+        Command::Bench {
             train,
             quick,
             tokens,
             iters,
             kernels,
+            ..
         } => memlayers::bench::run(&memlayers::bench::Options {
             train,
             quick,

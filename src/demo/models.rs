@@ -82,7 +82,7 @@ impl DemoModel {
 }
 
 /// The recipe: `steps` steps at `lr` with a tenth of them warm-up, and for memory models the
-/// value table at the reference's 10x lr (REFERENCE.md section 4). Mixture-of-experts models
+/// value table at the reference's 10x lr (docs/reference.md, "The training recipe"). Mixture-of-experts models
 /// have no value table: everything at `lr`.
 pub fn train_config(steps: u32, lr: f32, memory: bool) -> TrainConfig {
     TrainConfig {

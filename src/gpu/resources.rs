@@ -47,6 +47,7 @@ pub(super) struct Counters {
     pub(super) buffers: AtomicU64,
     pub(super) bind_groups: AtomicU64,
     pub(super) dispatches: AtomicU64,
+    pub(super) bytes: AtomicU64,
 }
 
 impl Device {
@@ -77,6 +78,12 @@ impl Device {
         })
     }
 
+    /// Bytes of every buffer created so far (freed ones included): an upper bound of the
+    /// device memory this crate's buffers have held.
+    pub fn buffer_bytes_created(&self) -> u64 {
+        self.created.bytes.load(Ordering::Relaxed)
+    }
+
     /// Buffers and bind groups created and dispatches recorded so far.
     pub fn counts(&self) -> Counts {
         Counts {
@@ -89,11 +96,15 @@ impl Device {
     /// Creates a buffer, counted.
     pub fn create_buffer(&self, desc: &wgpu::BufferDescriptor) -> wgpu::Buffer {
         self.created.buffers.fetch_add(1, Ordering::Relaxed);
+        self.created.bytes.fetch_add(desc.size, Ordering::Relaxed);
         self.device.create_buffer(desc)
     }
 
     fn create_buffer_init(&self, desc: &wgpu::util::BufferInitDescriptor) -> wgpu::Buffer {
         self.created.buffers.fetch_add(1, Ordering::Relaxed);
+        self.created
+            .bytes
+            .fetch_add(desc.contents.len() as u64, Ordering::Relaxed);
         self.device.create_buffer_init(desc)
     }
 

@@ -1,4 +1,4 @@
-//! A memory layer's weights under the reference names (REFERENCE.md section 1), with or
+//! A memory layer's weights under the reference names (docs/reference.md, "The memory layer"), with or
 //! without the module prefix of a full model (`layers.1.feed_forward.`).
 
 use super::tensors::{HostTensor, TensorFile};

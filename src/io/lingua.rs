@@ -1,4 +1,4 @@
-//! lingua's consolidated checkpoint folders (REFERENCE.md section 7): `consolidated.pth`
+//! lingua's consolidated checkpoint folders (docs/reference.md, "lingua's files"): `consolidated.pth`
 //! (torch's zip + pickle, `{"model": state_dict, ...}`) and `params.json` (the whole training
 //! config: `model` is `LMTransformerArgs`, `data.tokenizer` names the tokenizer,
 //! `distributed.model_dtype` the dtype). Read without executing anything in the pickle

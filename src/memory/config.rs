@@ -1,4 +1,4 @@
-//! Hyper-parameters of one product-key memory layer (REFERENCE.md section 1).
+//! Hyper-parameters of one product-key memory layer (docs/reference.md, "The memory layer").
 
 use super::LookupShape;
 use crate::error::{Error, Result};

@@ -47,7 +47,7 @@ pub const GATING_W: &str = "gating.weight";
 pub const GATING_B: &str = "gating.bias";
 
 /// The layer's parameters (the value table excluded: it lives in the pool) with their
-/// reference names, shapes and initialisation (REFERENCE.md section 1 table), in the order
+/// reference names, shapes and initialisation (docs/reference.md, "The memory layer" table), in the order
 /// of the reference's draws. Every list of a layer's parameters derives from this one.
 pub fn parameters(c: &MemoryConfig) -> Vec<(&'static str, Vec<usize>, Init)> {
     let q_out = c.heads * c.k_dim;

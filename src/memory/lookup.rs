@@ -1,4 +1,4 @@
-//! The product-key lookup of REFERENCE.md section 1 steps 2-6, as three kernels:
+//! The product-key lookup of docs/reference.md, "The memory layer" steps 2-6, as three kernels:
 //! (qk-norm only) normalise query halves and sub-keys; score every sub-key of every
 //! (head, half) with one batched GEMM; then the fused product top-k with softmax.
 //!

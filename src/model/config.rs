@@ -1,5 +1,5 @@
 //! lingua's `LMTransformerArgs` as JSON (`dataclasses.asdict(args)`), memory settings nested
-//! under `productkey_args` (REFERENCE.md section 3). Missing fields take lingua's defaults;
+//! under `productkey_args` (docs/reference.md, "The transformer"). Missing fields take lingua's defaults;
 //! settings this crate does not implement are errors, never ignored.
 
 use crate::error::{Error, Result};

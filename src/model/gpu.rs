@@ -5,11 +5,10 @@ use super::blocks::{Block, BlockActs, FeedForwardParams, MemoryBlock, Pass};
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::layout::ModelLayout;
+use super::vocab::VocabTables;
 use super::weights::ModelWeights;
 use crate::error::{Error, Result};
 use crate::gpu::StepPlan;
-use crate::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
-use crate::kernels::linear::Linear;
 use crate::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
 use crate::kernels::Gpu;
 use crate::memory::{ValueDtype, ValuePool};
@@ -35,6 +34,8 @@ pub struct Model {
     pub(crate) values: Vec<(ParamId, ValuePool)>,
     pub(super) rope_cos: wgpu::Buffer,
     pub(super) rope_sin: wgpu::Buffer,
+    /// The embedding and output tables, split by rows where they exceed one binding.
+    vocab: VocabTables,
     /// The step plans of `forward` and `forward_with_cache`, by shape (most recent last).
     plans: std::sync::Mutex<Vec<(PlanKey, StepPlan)>>,
     /// f16 copies of the GEMM weights by parameter id, two values a word
@@ -101,10 +102,28 @@ impl Model {
     pub fn from_source<'w>(
         gpu: &Gpu,
         config: &ModelConfig,
+        tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
+    ) -> Result<Self> {
+        Self::from_source_with(gpu, config, None, tensor)
+    }
+
+    /// `from_source` with the embedding and output tables split into buffers of at most
+    /// `table_rows` rows (as a vocabulary too large for one binding is; for tests).
+    pub fn from_source_with<'w>(
+        gpu: &Gpu,
+        config: &ModelConfig,
+        table_rows: Option<usize>,
         mut tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
     ) -> Result<Self> {
         let c = config;
         let layout = ModelLayout::new(c)?;
+        let table =
+            |data: &[f32]| VocabTables::table(gpu, data, (c.vocab, c.dim), ValueDtype::F32, table_rows);
+        let embedding = table(&tensor(layout.tok_embeddings)?)?;
+        let output = match layout.output == layout.tok_embeddings {
+            true => None,
+            false => Some(table(&tensor(layout.output)?)?),
+        };
         let mut values = Vec::with_capacity(layout.values.len());
         if let Some(m) = &c.memory {
             for &id in &layout.values {
@@ -119,6 +138,9 @@ impl Model {
             .iter()
             .map(|(id, spec)| match values.iter().find(|(table, _)| *table == id) {
                 Some((_, pool)) => Ok(pool.buffers()[0].clone()),
+                // The vocabulary tables' first buffers (the whole table where it fits one).
+                None if id == layout.tok_embeddings => Ok(embedding.buffers()[0].clone()),
+                None if id == layout.output => Ok(output.as_ref().expect("untied").buffers()[0].clone()),
                 None => Ok(gpu.upload(&spec.name, &tensor(id)?)),
             })
             .collect::<Result<_>>()?;
@@ -154,6 +176,12 @@ impl Model {
             values,
             rope_cos: gpu.upload("rope cos", &cos),
             rope_sin: gpu.upload("rope sin", &sin),
+            vocab: VocabTables {
+                embedding,
+                output,
+                output_f16: None,
+                rows_per_chunk: table_rows,
+            },
             plans: Default::default(),
             half_weights: Vec::new(),
             f16_activations: false,
@@ -217,7 +245,7 @@ impl Model {
         gpu: &Gpu,
         mut tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
     ) -> Result<()> {
-        let mut ids = vec![self.layout.output];
+        let mut ids = Vec::new();
         for l in &self.layout.layers {
             let a = &l.attention;
             ids.extend([a.wq, a.wk, a.wv, a.wo]);
@@ -226,21 +254,39 @@ impl Model {
             }
         }
         let mut half = vec![None; self.layout.registry.len()];
-        for id in ids {
-            let spec = self.layout.registry.spec(id);
-            let data = tensor(id)?;
+        let in_range = |id: ParamId, data: &[f32]| match data.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
             // bf16 weights reach far past f16's range; rounding would make them infinite.
-            if let Some(v) = data.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
-                return Err(Error::tensor(
-                    &spec.name,
-                    "values within f16's range (|x| <= 65504) for f16 weights",
-                    format!("{v}; run it with f32 weights"),
-                ));
-            }
-            let name = format!("{} (f16)", spec.name);
+            Some(v) => Err(Error::tensor(
+                &self.layout.registry.spec(id).name,
+                "values within f16's range (|x| <= 65504) for f16 weights",
+                format!("{v}; run it with f32 weights"),
+            )),
+            None => Ok(()),
+        };
+        for id in ids {
+            let data = tensor(id)?;
+            in_range(id, &data)?;
+            let name = format!("{} (f16)", self.layout.registry.spec(id).name);
             half[id.0] = Some(gpu.upload(&name, &crate::kernels::linear::pack_f16(&data)));
         }
+        // The output layer's copy by rows, as its f32 table (an odd width keeps f32: its f16
+        // rows would not be whole words).
+        let c = &self.config;
+        let output_f16 = if c.dim.is_multiple_of(2) {
+            let data = tensor(self.layout.output)?;
+            in_range(self.layout.output, &data)?;
+            Some(VocabTables::table(
+                gpu,
+                &data,
+                (c.vocab, c.dim),
+                ValueDtype::F16,
+                self.vocab.rows_per_chunk,
+            )?)
+        } else {
+            None
+        };
         self.half_weights = half;
+        self.vocab.output_f16 = output_f16;
         // Plans recorded so far bound the f32 weights.
         self.plans.lock().unwrap().clear();
         Ok(())
@@ -273,7 +319,7 @@ impl Model {
 
     /// Whether forwards read f16 GEMM weights (`use_f16_weights`).
     pub fn uses_f16_weights(&self) -> bool {
-        !self.half_weights.is_empty()
+        !self.half_weights.is_empty() || self.vocab.output_f16.is_some()
     }
 
     /// The buffer a forward GEMM reads for weight `id`, and whether it holds f16.
@@ -295,6 +341,12 @@ impl Model {
 
     /// Every parameter's buffer by id, for training: each value table must fit one buffer.
     pub fn trainable_params(&self) -> Result<Vec<(ParamId, wgpu::Buffer)>> {
+        if !self.vocab.is_whole() {
+            return Err(Error::Config(
+                "training needs the embedding and output tables in one buffer each; this vocabulary takes several"
+                    .into(),
+            ));
+        }
         for (_, pool) in &self.values {
             if pool.buffer_count() != 1 {
                 return Err(Error::Config(format!(
@@ -436,26 +488,7 @@ impl Model {
         let f32s = |label: &str, n: u32| gpu.scratch(label, n as u64 * 4);
         // Embedding: a bag of one row per token, weight 1.
         let h = f32s("residual", rows * d);
-        let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
-        let table = [self.param(self.layout.tok_embeddings).clone()];
-        let chunks = ValueChunks {
-            buffers: &table,
-            n_rows: c.vocab as u32,
-            v_dim: d,
-            f16: false,
-            rows_per_chunk: c.vocab as u32,
-        };
-        EmbeddingBag {
-            rows,
-            bag: 1,
-            indices: tokens,
-            weights: &ones,
-            values: &chunks,
-            out: &h,
-            workgroup_size: None,
-            columns_per_invocation: None,
-        }
-        .record(gpu, encoder)?;
+        self.vocab.record_embedding(gpu, encoder, tokens, rows, &h)?;
         let mut residuals = Vec::with_capacity(self.residuals.len());
         for r in &self.residuals {
             let pass = Pass {
@@ -484,12 +517,8 @@ impl Model {
         self.norm(rows, self.layout.norm, &h, &final_rstd)
             .record_forward(gpu, encoder, &final_normed)?;
         let logits = f32s("logits", rows * c.vocab as u32);
-        let (w, w_f16) = self.gemm_weight(self.layout.output);
-        Linear {
-            w_f16,
-            ..Linear::new("linear", &final_normed, w, &logits, (rows, c.vocab as u32, d))
-        }
-        .record(gpu, encoder)?;
+        self.vocab
+            .record_output(gpu, encoder, &final_normed, rows, &logits)?;
         Ok(ModelForward {
             batch,
             seq,

@@ -9,6 +9,7 @@ mod gpu;
 mod kv_cache;
 mod layout;
 mod slot_stats;
+mod vocab;
 mod weights;
 
 pub use backward::{record_token_grad, ModelGrads};

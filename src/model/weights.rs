@@ -1,4 +1,4 @@
-//! Host-side parameters of the transformer under lingua's names (REFERENCE.md section 3): one
+//! Host-side parameters of the transformer under lingua's names (docs/reference.md, "The transformer"): one
 //! tensor per entry of the model's parameter registry.
 
 use super::blocks::{FeedForwardParams, MemoryParams};

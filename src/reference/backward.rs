@@ -1,7 +1,7 @@
 //! The memory layer's backward pass in plain Rust: the oracle for the GPU backward.
 //!
 //! Top-k indices are not differentiable; the selected scores are. So the query and only the
-//! selected sub-key rows get gradients, through the softmax weights (REFERENCE.md section 1).
+//! selected sub-key rows get gradients, through the softmax weights (docs/reference.md, "The memory layer").
 //! The value gradient is dense here, as in the reference code (zero rows where no token read).
 
 use super::*;

@@ -115,7 +115,7 @@ pub fn softmax(scores: &[f32]) -> Vec<f32> {
     e.iter().map(|v| v / sum).collect()
 }
 
-/// The product-key lookup exactly as REFERENCE.md section 1 steps 2-6 state it, with the full
+/// The product-key lookup exactly as docs/reference.md, "The memory layer" steps 2-6 state it, with the full
 /// k x k candidate set: `query [rows, heads * k_dim]`, `keys [heads, 2, n_keys, k_dim / 2]`.
 pub fn lookup(query: &[f32], keys: &[f32], d: LookupDims) -> LookupOut {
     let half = d.k_dim / 2;

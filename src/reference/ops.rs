@@ -1,4 +1,4 @@
-//! Transformer ops of lingua's LMTransformer (REFERENCE.md section 3), forward and backward,
+//! Transformer ops of lingua's LMTransformer (docs/reference.md, "The transformer"), forward and backward,
 //! in plain Rust: the oracle for the GPU ops.
 
 /// RMSNorm over rows of `d`: `y = x * rsqrt(mean(x^2) + eps) * w`, in f32.

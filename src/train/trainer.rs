@@ -1,5 +1,5 @@
 //! One training step on the GPU: forward, cross-entropy, backward, gradient clipping and
-//! AdamW, recorded into one encoder. REFERENCE.md section 4: AdamW (0.9, 0.95), eps 1e-8,
+//! AdamW, recorded into one encoder. docs/reference.md, "The training recipe": AdamW (0.9, 0.95), eps 1e-8,
 //! weight decay 0.1 (values included), base lr with linear warm-up and linear decay to 1%,
 //! the value table in its own group at a constant lr (value_fixed_lr), norms clipped at 1.0
 //! separately for the values and for everything else.
