@@ -25,6 +25,7 @@ pub mod params;
 pub mod reference;
 pub mod rng;
 pub mod teach;
+pub mod tensor_file;
 pub mod tokenizer;
 pub mod train;
 

@@ -1,9 +1,9 @@
 //! A memory layer's weights under the reference names (docs/reference.md, "The memory layer"), with or
 //! without the module prefix of a full model (`layers.1.feed_forward.`).
 
-use super::tensors::{HostTensor, TensorFile};
 use crate::error::{Error, Result};
 use crate::memory::{self, MemoryConfig, MemoryWeights};
+use crate::tensor_file::{HostTensor, TensorFile};
 
 /// A memory layer read from a file: its weights, the value table, and the name prefix found.
 pub struct MemoryCheckpoint {

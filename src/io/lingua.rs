@@ -5,9 +5,9 @@
 //! (pytorch-reader); written by `torch_zip` so that lingua's
 //! `load_consolidated_model_and_tokenizer` loads the result.
 
-use super::tensors::TensorFile;
 use crate::error::{Error, Result};
 use crate::model::LMTransformerArgs;
+use crate::tensor_file::TensorFile;
 use crate::tokenizer::TokenizerKind;
 use std::path::{Path, PathBuf};
 
@@ -159,7 +159,7 @@ fn state_dict(
     reader: std::result::Result<pytorch_reader::PytorchReader, pytorch_reader::PytorchError>,
     source: &str,
 ) -> Result<TensorFile> {
-    use super::tensors::{HostTensor, TensorData};
+    use crate::tensor_file::{HostTensor, TensorData};
     use pytorch_reader::DType;
     let bad = |what: String| Error::Format(format!("{source}: {what}"));
     let reader = reader.map_err(|e| {

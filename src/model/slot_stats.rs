@@ -9,8 +9,8 @@
 
 use super::gpu::Model;
 use crate::error::{Error, Result};
-use crate::io::{HostTensor, TensorData, TensorFile};
 use crate::kernels::Gpu;
+use crate::tensor_file::{HostTensor, TensorData, TensorFile};
 
 /// The file name beside a model's weights.
 pub const SLOT_COUNTS_FILE: &str = "slot_counts.safetensors";

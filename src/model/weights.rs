@@ -109,7 +109,7 @@ impl ModelWeights {
     /// Weights for `config` read from `file` (lingua names, any float dtype); every tensor
     /// the configuration needs must be there with its shape. Tensors the configuration does
     /// not use are reported, not silently ignored.
-    pub fn from_tensors(config: &ModelConfig, file: &crate::io::TensorFile) -> Result<Self> {
+    pub fn from_tensors(config: &ModelConfig, file: &crate::tensor_file::TensorFile) -> Result<Self> {
         let mut w = ModelWeights::init(config)?;
         for (i, spec) in w.layout.registry.specs().iter().enumerate() {
             let dims: Vec<Option<usize>> = spec.shape.iter().map(|&d| Some(d)).collect();
@@ -138,10 +138,10 @@ impl ModelWeights {
     }
 
     /// The weights as a safetensors file under lingua's names.
-    pub fn to_tensors(&self) -> crate::io::TensorFile {
-        let mut file = crate::io::TensorFile::default();
+    pub fn to_tensors(&self) -> crate::tensor_file::TensorFile {
+        let mut file = crate::tensor_file::TensorFile::default();
         for (name, shape, data) in self.named_tensors() {
-            file.insert(name, crate::io::HostTensor::f32(shape, data.to_vec()));
+            file.insert(name, crate::tensor_file::HostTensor::f32(shape, data.to_vec()));
         }
         file
     }

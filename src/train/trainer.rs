@@ -6,7 +6,6 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::StepPlan;
-use crate::io::{HostTensor, TensorFile};
 use crate::kernels::adamw::{
     record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, Clip, CLIP_BLOCK,
 };
@@ -14,6 +13,7 @@ use crate::kernels::ops::CrossEntropy;
 use crate::kernels::Gpu;
 use crate::model::{Model, ModelForward, ModelGrads, ModelWeights};
 use crate::params::{Group, ParamId};
+use crate::tensor_file::{HostTensor, TensorFile};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -627,7 +627,7 @@ impl Trainer {
             }
         }
         self.step = match &file.get("step")?.data {
-            crate::io::TensorData::I64(v) if v.len() == 1 && v[0] >= 0 => v[0] as u32,
+            crate::tensor_file::TensorData::I64(v) if v.len() == 1 && v[0] >= 0 => v[0] as u32,
             _ => {
                 return Err(Error::tensor(
                     "step",

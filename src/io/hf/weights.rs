@@ -12,8 +12,8 @@
 
 use super::config::HfConfig;
 use crate::error::{Error, Result};
-use crate::io::tensors::{to_f32, TensorData};
 use crate::model::ModelConfig;
+use crate::tensor_file::{to_f32, TensorData};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! Host tensors and safetensors files.
+//! Host tensors and safetensors files: the lowest layer of file formats (the model and the
+//! trainer write through it; `io` reads and writes model folders on top of it).
 
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
