@@ -304,3 +304,160 @@ fn vocabulary_tables_split_over_buffers_give_the_same_logits() {
         }
     }
 }
+
+/// A copy of fixture `name` in a fresh temporary folder.
+fn copy_of(name: &str, tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("memlayers-hf-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Broken folders: `generate` exits non-zero with one line naming what is wrong, and
+/// panics on none.
+#[test]
+fn broken_folders_are_one_line_errors() {
+    let edit_json = |dir: &Path, file: &str, edit: &dyn Fn(&mut Value)| {
+        let path = dir.join(file);
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(path, v.to_string()).unwrap();
+    };
+    let shard = "model-00002-of-00003.safetensors";
+    type Break = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, &str, Break)> = vec![
+        (
+            "not-json",
+            "config.json",
+            Box::new(|d| std::fs::write(d.join("config.json"), "{ not json").unwrap()),
+        ),
+        (
+            "no-weights",
+            "neither model.safetensors",
+            Box::new(move |d| {
+                for f in std::fs::read_dir(d).unwrap() {
+                    let p = f.unwrap().path();
+                    if p.to_str().unwrap().contains("safetensors") {
+                        std::fs::remove_file(p).unwrap();
+                    }
+                }
+            }),
+        ),
+        (
+            "missing-shard",
+            "cannot open",
+            Box::new(move |d| std::fs::remove_file(d.join(shard)).unwrap()),
+        ),
+        (
+            "truncated",
+            "not a valid safetensors file",
+            Box::new(move |d| {
+                let bytes = std::fs::read(d.join(shard)).unwrap();
+                std::fs::write(d.join(shard), &bytes[..bytes.len() - 100]).unwrap();
+            }),
+        ),
+        (
+            "no-tokenizer",
+            "tokenizer.json",
+            Box::new(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap()),
+        ),
+        (
+            "bad-tokenizer",
+            "tokenizer.json",
+            Box::new(|d| std::fs::write(d.join("tokenizer.json"), "{}").unwrap()),
+        ),
+        (
+            "vocab",
+            "model.embed_tokens.weight",
+            Box::new(move |d| edit_json(d, "config.json", &|v| v["vocab_size"] = 400.into())),
+        ),
+        (
+            "too-many-ids",
+            "the tokenizer has 357 ids",
+            Box::new(move |d| edit_json(d, "config.json", &|v| v["vocab_size"] = 300.into())),
+        ),
+        (
+            "width",
+            "shape",
+            Box::new(move |d| edit_json(d, "config.json", &|v| v["intermediate_size"] = 100.into())),
+        ),
+        (
+            "rope",
+            "rope_type \"dynamic\"",
+            Box::new(move |d| {
+                edit_json(d, "config.json", &|v| {
+                    v["rope_scaling"]["rope_type"] = "dynamic".into()
+                })
+            }),
+        ),
+        (
+            "arch",
+            "LlamaForCausalLM, Qwen2ForCausalLM",
+            Box::new(move |d| {
+                edit_json(d, "config.json", &|v| {
+                    v["architectures"] = serde_json::json!(["FalconForCausalLM"])
+                })
+            }),
+        ),
+    ];
+    for (tag, needle, breaks) in cases {
+        let dir = copy_of("llama_tied_bf16_shards", tag);
+        breaks(&dir);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_memlayers"))
+            .args([
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt",
+                "hi",
+                "--max-tokens",
+                "2",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tag}: succeeded");
+        assert!(!err.contains("panicked"), "{tag}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{tag}: {err}");
+        assert!(err.contains(needle), "{tag}: {err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// `bench --model DIR --json FILE` measures a folder and writes the figures the issue names.
+#[test]
+fn bench_measures_a_folder_and_writes_json() {
+    let json = std::env::temp_dir().join(format!("memlayers-bench-{}.json", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_memlayers"))
+        .args(["bench", "--model", fixture("qwen2_bias_f32").to_str().unwrap()])
+        .args([
+            "--prompt-tokens",
+            "8",
+            "--decode-tokens",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .env("MEMLAYERS_PYTHON", "/nonexistent/python")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("transformers on PyTorch: not measured"), "{text}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for field in [
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "bytes_per_decoded_token",
+        "copy_bytes_per_s",
+    ] {
+        assert!(v[field].as_f64().unwrap() > 0.0, "{field}: {v}");
+    }
+    assert!(v["torch_decode_tokens_per_s"].is_null());
+    assert_eq!(v["configurations"].as_array().unwrap().len(), 3);
+    std::fs::remove_file(json).unwrap();
+}

@@ -43,6 +43,8 @@ pub struct Options {
     pub prompt: usize,
     /// Timed decoding steps.
     pub decode: usize,
+    /// Where to write the figures as JSON.
+    pub json: Option<PathBuf>,
 }
 
 /// Where the weights come from: a folder, or random ones of a known shape.
@@ -259,7 +261,7 @@ pub fn run(o: &Options) -> Result<()> {
             bytes * decode / 1e9,
             100.0 * bytes * decode / 1e9 / copy_gbs
         );
-        rows.push((label, prefill, decode));
+        rows.push((label, prefill, decode, bytes));
     }
     println!("  8-bit weights: not available (memlayers has no 8-bit weight path yet)");
     match peak_host_bytes() {
@@ -275,13 +277,51 @@ pub fn run(o: &Options) -> Result<()> {
         ),
         None => println!("device buffers created {:.0} MB", gpu.buffer_bytes_created() as f64 / 1e6),
     }
-    match torch_speeds(o, &config_json) {
+    let torch = torch_speeds(o, &config_json);
+    match &torch {
         Ok((prefill, decode)) => println!(
             "transformers on PyTorch's CPU, same shape, f32: prefill {prefill:.1} tokens/s, decode {decode:.2} tokens/s; memlayers f32 / PyTorch: prefill {:.2}x, decode {:.2}x",
             rows[0].1 / prefill,
             rows[0].2 / decode
         ),
         Err(why) => println!("transformers on PyTorch: not measured ({why})"),
+    }
+    if let Some(path) = &o.json {
+        let fastest_prefill = rows.iter().map(|r| r.1).fold(0.0, f64::max);
+        let fastest_decode = rows
+            .iter()
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+            .expect("three rows");
+        let json = serde_json::json!({
+            "adapter": gpu.adapter_name(),
+            "model": name,
+            "parameters": params,
+            "prompt_tokens": o.prompt,
+            "decoded_tokens": o.decode,
+            "prefill_tokens_per_s": fastest_prefill,
+            "decode_tokens_per_s": fastest_decode.2,
+            "bytes_per_decoded_token": fastest_decode.3,
+            "torch_prefill_tokens_per_s": torch.as_ref().ok().map(|t| t.0),
+            "torch_decode_tokens_per_s": torch.as_ref().ok().map(|t| t.1),
+            "torch_not_measured": torch.as_ref().err(),
+            "copy_bytes_per_s": copy_gbs * 1e9,
+            "fma_flops_per_s": fma_gflops * 1e9,
+            "peak_host_bytes": peak_host_bytes(),
+            "device_bytes_created": gpu.buffer_bytes_created(),
+            "configurations": rows.iter().map(|(label, prefill, decode, bytes)| serde_json::json!({
+                "weights": label,
+                "prefill_tokens_per_s": prefill,
+                "decode_tokens_per_s": decode,
+                "bytes_per_decoded_token": bytes,
+            })).collect::<Vec<_>>(),
+        });
+        memlayers::io::write_atomic(
+            path,
+            serde_json::to_string_pretty(&json)
+                .expect("serialises")
+                .as_bytes(),
+        )?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

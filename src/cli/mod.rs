@@ -90,6 +90,9 @@ enum Command {
         /// With --model or --shape: timed decoding steps.
         #[arg(long, default_value_t = 16)]
         decode_tokens: usize,
+        /// With --model or --shape: write the figures to this JSON file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
 }
 
@@ -110,12 +113,14 @@ pub fn run() -> Result<()> {
             shape,
             prompt_tokens,
             decode_tokens,
+            json,
             ..
         } if model.is_some() || shape.is_some() => bench_lm::run(&bench_lm::Options {
             model,
             shape,
             prompt: prompt_tokens,
             decode: decode_tokens,
+            json,
         }),
         #[cfg(feature = "bench")]
         Command::Bench {

@@ -87,10 +87,14 @@ consolidated.pth and params.json)",
             config.display()
         ))
     })?;
-    Ok((
-        LMTransformerArgs::from_json(&text)?,
-        TensorFile::read(&dir.join("weights.safetensors"))?,
-    ))
+    let args = LMTransformerArgs::from_json(&text).map_err(|e| {
+        Error::Config(format!(
+            "{}: {}",
+            config.display(),
+            e.to_string().trim_start_matches("config: ")
+        ))
+    })?;
+    Ok((args, TensorFile::read(&dir.join("weights.safetensors"))?))
 }
 
 /// The tokenizer file for `spec`: `file` if given, else the params.json path when it exists,
