@@ -219,3 +219,6 @@ build("bytes_peer", dict(base, n_layers=3, productkey_args=dict(memory, layers="
 import datetime  # noqa: E402
 
 torch.save({"model": {"w": datetime.date(2020, 1, 1)}}, os.path.join(out, "unexpected_object.pth"))
+# A checkpoint whose pickle names a callable beside the state dict (torch.load with
+# weights_only=True refuses it; so must memlayers).
+torch.save({"model": {"w": torch.zeros(2)}, "run": os.system}, os.path.join(out, "global_beside_model.pth"))

@@ -246,6 +246,13 @@ fn bad_lingua_input_gets_one_line_errors() {
     // A pickle holding something other than tensors and containers.
     std::fs::copy(fixture("unexpected_object.pth"), dir.join("consolidated.pth")).unwrap();
     check(&dir, "consolidated.pth");
+    // A pickle naming a callable (`os.system`) beside the state dict: refused before reading.
+    std::fs::copy(fixture("global_beside_model.pth"), dir.join("consolidated.pth")).unwrap();
+    check(&dir, "system");
+    let e = read_consolidated(&fixture("global_beside_model.pth"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("posix.system") || e.contains("nt.system"), "{e}");
     // A missing tensor.
     let missing = scratch_dir("missing");
     copy_dir(&src, &missing);

@@ -143,12 +143,15 @@ impl LinguaCheckpoint {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_consolidated(path: &Path) -> Result<TensorFile> {
     let source = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| Error::Format(format!("cannot read {source}: {e}")))?;
+    super::pickle_globals::check_torch_zip(file, &source)?;
     let reader = pytorch_reader::PytorchReader::with_top_level_key(path, "model");
     state_dict(reader, &source)
 }
 
 /// `read_consolidated` of a file's bytes (the web page, which has no file system).
 pub fn read_consolidated_bytes(bytes: Vec<u8>, source: &str) -> Result<TensorFile> {
+    super::pickle_globals::check_torch_zip(std::io::Cursor::new(&bytes), source)?;
     state_dict(
         pytorch_reader::PytorchReader::from_bytes(bytes, Some("model")),
         source,

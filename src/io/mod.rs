@@ -5,6 +5,7 @@
 mod checkpoint;
 pub mod hf;
 pub mod lingua;
+mod pickle_globals;
 pub mod torch_zip;
 
 pub use crate::tensor_file::{write_atomic, HostTensor, TensorData, TensorFile};
