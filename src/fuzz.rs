@@ -9,13 +9,16 @@ use crate::model::LMTransformerArgs;
 use crate::tokenizer::{Tokenizer, TokenizerKind};
 
 /// The loaders, each with a folder of seeds under `fuzz/corpus/<name>`.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 9] = [
     "safetensors",
     "model_json",
     "facts_tsv",
     "consolidated_pth",
     "tiktoken",
     "sentencepiece",
+    "hf_config",
+    "hf_index",
+    "hf_tokenizer",
 ];
 
 /// Runs loader `target` on `data`, discarding the result. Unknown names panic (a bug in the
@@ -40,6 +43,24 @@ pub fn load(target: &str, data: &[u8]) {
         "consolidated_pth" => consolidated(data),
         "tiktoken" => tokenize(TokenizerKind::Tiktoken, data),
         "sentencepiece" => tokenize(TokenizerKind::SentencePiece, data),
+        "hf_config" => {
+            if let Ok(c) = crate::io::hf::HfConfig::from_json(&String::from_utf8_lossy(data)) {
+                if let Ok(config) = c.model_config(crate::io::hf::MAX_CONTEXT) {
+                    let _ = config.rope_inv_freq();
+                }
+            }
+        }
+        "hf_index" => {
+            let _ = crate::io::hf::index_files(&String::from_utf8_lossy(data), "input");
+        }
+        "hf_tokenizer" => {
+            if let Ok(t) = crate::io::hf::HfTokenizer::from_bytes(data, "input") {
+                if let Ok(ids) = t.encode("Hello, world! 12345 naïve 東京 🙂\n\tx<|im_end|>", true) {
+                    let _ = t.decode(&ids, false);
+                }
+                let _ = t.decode(&[0, 1, u32::MAX], true);
+            }
+        }
         other => panic!("no fuzz target {other}"),
     }
 }

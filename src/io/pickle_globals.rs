@@ -85,9 +85,11 @@ pub fn check(pickle: &[u8], what: &str) -> Result<()> {
                     )));
                 }
             }
-            0x93 | b'i' | 0x82..=0x84 => return Err(bad(format!(
+            0x93 | b'i' | 0x82..=0x84 => {
+                return Err(bad(format!(
                 "the pickle takes a callable by opcode 0x{op:02x}, which torch.save does not write (refused)"
-            ))),
+            )))
+            }
             // No argument.
             b'('
             | b'0'

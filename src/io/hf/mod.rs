@@ -18,6 +18,31 @@ use std::path::Path;
 /// cache and RoPE tables are sized by it.
 pub const MAX_CONTEXT: usize = crate::kernels::ops::MAX_SEQ as usize;
 
+/// The shard files `model.safetensors.index.json` (its text; `what` names it in errors) lists
+/// in its `weight_map`, each once, in order of first mention: plain file names, no paths.
+pub fn index_files(text: &str, what: &str) -> Result<Vec<String>> {
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::Format(format!("{what}: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Format(format!("{what}: no `weight_map` object")))?;
+    let mut files: Vec<String> = Vec::new();
+    for file in map.values() {
+        let name = file
+            .as_str()
+            .filter(|n| !n.is_empty() && !n.contains('/') && !n.contains('\\') && *n != "..")
+            .ok_or_else(|| Error::Format(format!("{what}: {file} is not a file name")))?;
+        if !files.iter().any(|f| f == name) {
+            files.push(name.to_string());
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::Format(format!("{what}: the weight_map names no file")));
+    }
+    Ok(files)
+}
+
 /// Whether `dir` is a Hugging Face model folder: a `config.json` naming `architectures`.
 pub fn is_hf_folder(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("config.json"))

@@ -30,24 +30,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.is_file() {
         let text = std::fs::read_to_string(&index)
             .map_err(|e| Error::Format(format!("cannot read {}: {e}", index.display())))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Format(format!("{}: {e}", index.display())))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::Format(format!("{}: no `weight_map` object", index.display())))?;
-        let mut files: Vec<PathBuf> = Vec::new();
-        for file in map.values() {
-            let name = file
-                .as_str()
-                .filter(|n| !n.contains('/') && !n.contains('\\'))
-                .ok_or_else(|| Error::Format(format!("{}: {file} is not a file name", index.display())))?;
-            let path = dir.join(name);
-            if !files.contains(&path) {
-                files.push(path);
-            }
-        }
-        return Ok(files);
+        return Ok(super::index_files(&text, &index.display().to_string())?
+            .into_iter()
+            .map(|name| dir.join(name))
+            .collect());
     }
     let single = dir.join(WEIGHTS_FILE);
     if single.is_file() {
