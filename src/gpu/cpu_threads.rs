@@ -2,10 +2,8 @@
 //!
 //! A CPU adapter runs each dispatch on a pool of worker threads, one per CPU, which all
 //! wake together and meet again at the dispatch's end. Linux's scheduler sometimes leaves two
-//! of them queued on one CPU while another CPU idles, for a second or more at a time: on a
-//! 2-CPU virtual machine, the demo's training steps then take 30-50% longer (measured with
-//! lavapipe: the workers' run time per step is unchanged, their time waiting on a run queue
-//! goes from under 1 ms to 5-20 ms a step, and one CPU sits idle). Pinning the last unnamed
+//! of them queued on one CPU while another CPU idles, for a second or more at a time (the
+//! figures: `docs/performance.md`, "the CPU adapter's threads"). Pinning the last unnamed
 //! threads the driver started while the device was made, one per CPU, puts the pool's
 //! workers on distinct CPUs. `MEMLAYERS_PIN_CPU_THREADS=0` turns it off.
 
@@ -48,8 +46,7 @@ pub fn enabled() -> bool {
 /// Pins the last of `threads` (ascending), as many as the process has CPUs, one to each
 /// CPU, and returns the threads pinned: a worker pool of one thread per CPU is
 /// started together, last (lavapipe starts one other unnamed thread first, which wakes
-/// once a dispatch and runs best unpinned: measured 64-72k -> 74-77k dense tokens/s in
-/// `bench --train`, alternated). Nothing happens with fewer than 2 CPUs.
+/// once a dispatch and runs best unpinned). Nothing happens with fewer than 2 CPUs.
 pub(super) fn spread(threads: &[i32]) -> Vec<i32> {
     let cpus = thread_cpus(std::process::id() as i32);
     if cpus.len() < 2 {

@@ -137,11 +137,10 @@ found {quads}"
             }
         };
         // The adapter's workgroup size, except for `main_vec4` (CPU adapters), whose workgroup
-        // spans one whole row where it can, up to 64 invocations (a 4 KiB f32 row): on
-        // lavapipe, paper configuration, 1.07x faster than blocks of 16 (one core then reads
-        // all of a random row while its lines are in its cache), and never wider than the row
-        // (the rest would compute on column 0 and store nothing; d=256 f16 rows: 1.5x). GPU
-        // variants keep their size: there the workgroup also shares loading the bag.
+        // spans one whole row where it can, up to 64 invocations (a 4 KiB f32 row: one core
+        // then reads all of a random row while its lines are in its cache), and never wider
+        // than the row (the rest would compute on column 0 and store nothing). GPU variants
+        // keep their size: there the workgroup also shares loading the bag.
         let wg = self.workgroup_size.unwrap_or(if entry == "main_vec4" {
             quads.div_ceil(4).next_power_of_two().clamp(8, 64)
         } else {

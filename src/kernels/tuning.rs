@@ -3,6 +3,7 @@
 //! only speed does (`docs/performance.md` has the measurements behind each default).
 
 use super::linear::{GemmKernel, GemmTile};
+use crate::error::{Error, Result};
 
 /// Kernel variants chosen per adapter. Results never depend on them (tests check this); only
 /// speed does.
@@ -10,8 +11,7 @@ use super::linear::{GemmKernel, GemmTile};
 pub struct Tuning {
     /// Invocations per workgroup of the product top-k (64 on GPUs; 8 on CPU adapters such as
     /// lavapipe and SwiftShader, where every barrier cycles through the workgroup's SIMD
-    /// batches: against 16, measured 1.2x faster on lavapipe and 2.2x on SwiftShader in
-    /// Chromium, and 64 is slower still).
+    /// batches).
     pub topk_workgroup: u32,
     /// The product top-k with one invocation per (token, head) and no barriers
     /// (`product_topk_lanes.wgsl`) instead of a workgroup each: for CPU adapters, where the
@@ -22,13 +22,11 @@ pub struct Tuning {
     /// sizes its workgroup to the row instead (see `kernels::embedding_bag`).
     pub bag_workgroup: u32,
     /// 16-byte columns per invocation of the embedding bag: 1 on GPUs (more invocations,
-    /// more loads in flight: on an H100, the bag alone on random rows reaches 95-100% of the
-    /// copy kernel's bandwidth with f32 values against 51-86% with 4, and 47-87% with f16
-    /// against 23-56%), 4 on CPU adapters (fewer rereads of each entry's slot).
+    /// more loads in flight), 4 on CPU adapters (fewer rereads of each entry's slot).
     pub bag_columns_per_invocation: u32,
     /// Attention with one invocation per row (`attention_rows.wgsl`) where the shape allows,
     /// instead of a workgroup per row: on CPU adapters the workgroup variant spends its time
-    /// in barriers and idle lanes (measured 2-4x slower there).
+    /// in barriers and idle lanes.
     pub attention_rows: bool,
     /// Of the row variants, the one whose eight lanes read each key, value and query row
     /// together, share it through subgroup shuffles and keep rows in registers
@@ -42,14 +40,11 @@ pub struct Tuning {
     pub gemm: GemmKernel,
     /// Choose the linear layers' kernel by a short timed trial of every candidate at first
     /// use, remembered per adapter and driver (`kernels::linear::choice`). On for GPUs; off
-    /// for CPU adapters, where compiling the candidates alone takes about a minute (lavapipe
-    /// on 2 cores: 6-10 s a tile shape, 20-80 s on GL's llvmpipe) and the subgroup kernel
-    /// runs 3x faster than any tile (`memlayers bench` times them all).
+    /// for CPU adapters, where compiling the candidates alone takes about a minute and the
+    /// subgroup kernel is the fastest (`memlayers bench` times them all).
     pub gemm_trial: bool,
     /// The largest workgroup among the GEMM tiles the trial considers: 256 (WebGPU's limit)
-    /// except on Mesa's GL llvmpipe, where a 256-invocation tile never finished (measured:
-    /// killed after 40 s on an 8 x 8 x 8 product that takes a millisecond at 128; Vulkan's
-    /// lavapipe runs it in milliseconds).
+    /// except on Mesa's GL llvmpipe, where a 256-invocation tile does not finish.
     pub gemm_max_invocations: u32,
     /// Products of at most this many rows (decoding one token at a time) run
     /// `linear_narrow.wgsl`, one invocation per output column, on CPU adapters (4), where the
@@ -140,6 +135,101 @@ impl Tuning {
             }
         } else {
             Tuning::GPU
+        }
+    }
+}
+
+impl Tuning {
+    /// `self` with `overrides` applied: comma-separated items, each `cpu` or `gpu` (that whole
+    /// set) or `field=value` with a field's own name (`topk_workgroup=8`, `attention_rows=1`,
+    /// `gemm=subgroup`, `gemm=tiled 64x64x8`; booleans as 0 or 1): the same names in Rust, in
+    /// the page (`?variants=`) and in the docs.
+    pub fn with_overrides(mut self, overrides: &str) -> Result<Tuning> {
+        for item in overrides.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || {
+                Error::Config(format!(
+                    "kernel variants: cannot read {item:?} (cpu, gpu, or field=value with a field of Tuning: {})",
+                    Self::FIELDS.join(", ")
+                ))
+            };
+            let (key, value) = match item.split_once('=') {
+                None if item == "cpu" => {
+                    self = Tuning::CPU;
+                    continue;
+                }
+                None if item == "gpu" => {
+                    self = Tuning::GPU;
+                    continue;
+                }
+                None => return Err(bad()),
+                Some((k, v)) => (k.trim(), v.trim()),
+            };
+            if key == "gemm" {
+                self.gemm = value.parse().map_err(|_| bad())?;
+                continue;
+            }
+            let n: u32 = value.parse().map_err(|_| bad())?;
+            let flag = n != 0;
+            match key {
+                "topk_workgroup" => self.topk_workgroup = n,
+                "topk_per_invocation" => self.topk_per_invocation = flag,
+                "bag_workgroup" => self.bag_workgroup = n,
+                "bag_columns_per_invocation" => self.bag_columns_per_invocation = n,
+                "attention_rows" => self.attention_rows = flag,
+                "attention_lanes" => self.attention_lanes = flag,
+                "gemm_trial" => self.gemm_trial = flag,
+                "gemm_max_invocations" => self.gemm_max_invocations = n,
+                "gemm_narrow_rows" => self.gemm_narrow_rows = n,
+                "norm_rows" => self.norm_rows = flag,
+                "bag_rows" => self.bag_rows = flag,
+                "split_k" => self.split_k = flag,
+                "value_grad_quads" => self.value_grad_quads = flag,
+                "sort_per_invocation" => self.sort_per_invocation = flag,
+                "cross_entropy_rows" => self.cross_entropy_rows = flag,
+                "scatter_workgroups" => self.scatter_workgroups = n,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(self)
+    }
+
+    /// Every field's name, as `with_overrides` reads them.
+    pub const FIELDS: [&'static str; 17] = [
+        "topk_workgroup",
+        "topk_per_invocation",
+        "bag_workgroup",
+        "bag_columns_per_invocation",
+        "attention_rows",
+        "attention_lanes",
+        "gemm",
+        "gemm_trial",
+        "gemm_max_invocations",
+        "gemm_narrow_rows",
+        "norm_rows",
+        "bag_rows",
+        "split_k",
+        "value_grad_quads",
+        "sort_per_invocation",
+        "cross_entropy_rows",
+        "scatter_workgroups",
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_use_the_field_names() {
+        let t = Tuning::GPU
+            .with_overrides("cpu, topk_workgroup=16, attention_rows=0, gemm=tiled 64x64x8")
+            .unwrap();
+        assert_eq!(t.topk_workgroup, 16);
+        assert!(!t.attention_rows);
+        assert_eq!(t.gemm, GemmKernel::Tiled(GemmTile::DEFAULT));
+        assert_eq!(t.bag_workgroup, Tuning::CPU.bag_workgroup);
+        for bad in ["topk_wg=8", "fast", "attention_rows=yes", "gemm=big"] {
+            assert!(Tuning::GPU.with_overrides(bad).is_err(), "{bad}");
         }
     }
 }

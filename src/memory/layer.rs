@@ -328,26 +328,6 @@ impl MemoryLayer {
         self.f16_activations
     }
 
-    /// The layer's parameter buffers with their reference names, in `parameters` order.
-    pub fn param_buffers(&self) -> Vec<(&'static str, &wgpu::Buffer)> {
-        let fields = (&self.query_w, &self.query_b, &self.keys);
-        let buffer = |name: &str| {
-            by_name(
-                name,
-                fields,
-                (
-                    self.swilu.as_ref(),
-                    self.value_proj.as_ref(),
-                    self.gating.as_ref(),
-                ),
-            )
-        };
-        parameters(&self.config)
-            .into_iter()
-            .filter_map(|(name, _, _)| Some((name, buffer(name)?)))
-            .collect()
-    }
-
     /// Records the forward pass of `rows` tokens `x [rows, d]` reading values from `pool`.
     /// Nothing is submitted.
     pub fn record_forward(

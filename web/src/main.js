@@ -5,7 +5,7 @@
 //
 // URL parameters (used by the tests): subjects (built-in people, 4 facts each), steps, eval
 // (recall every this many steps), variants (override the kernel variants: "cpu", "gpu", then
-// e.g. ",bag_columns=1,topk_wg=64"; see Demo.set_kernel_variants).
+// e.g. ",bag_columns_per_invocation=1,topk_workgroup=64", Tuning's field names; see Demo.set_kernel_variants).
 import init, { Demo } from "./pkg/memlayers_web.js";
 
 const $ = (id) => document.getElementById(id);

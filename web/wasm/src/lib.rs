@@ -147,49 +147,13 @@ impl Demo {
         .to_string())
     }
 
-    /// Overrides the kernel variants chosen for this adapter (see `memlayers::kernels::Tuning`;
-    /// results do not depend on them, speed does): "cpu" or "gpu", then optionally
-    /// comma-separated overrides `topk_wg=N`, `bag_wg=N`, `bag_columns=1|4`,
-    /// `attention_rows=0|1`, `attention_lanes=0|1`, `value_grad_quads=0|1`, `sort_per_invocation=0|1`, `cross_entropy_rows=0|1`, `gemm_subgroup=0|1`, `topk_lanes=0|1`, `norm_rows=0|1`, `bag_rows=0|1`, e.g. "cpu,bag_columns=1".
+    /// Overrides the kernel variants chosen for this adapter (results do not depend on them,
+    /// speed does): `memlayers::kernels::Tuning::with_overrides`'s text, "cpu" or "gpu", then
+    /// comma-separated `field=value` with `Tuning`'s own field names, e.g.
+    /// "cpu,bag_columns_per_invocation=1,topk_workgroup=64".
     pub fn set_kernel_variants(&self, variants: &str) -> Result<(), JsValue> {
         let mut st = lock(&self.state)?;
-        let mut tuning = st.gpu.tuning();
-        for part in variants.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let bad = || {
-                err(format!("kernel variants: cannot read {part:?} (cpu, gpu, topk_wg=N, bag_wg=N, bag_columns=1|4, attention_rows=0|1, attention_lanes=0|1, value_grad_quads=0|1, sort_per_invocation=0|1, cross_entropy_rows=0|1, gemm_subgroup=0|1, topk_lanes=0|1, norm_rows=0|1, bag_rows=0|1)"))
-            };
-            match part.split_once('=') {
-                None if part == "cpu" => tuning = memlayers::kernels::Tuning::CPU,
-                None if part == "gpu" => tuning = memlayers::kernels::Tuning::GPU,
-                None => return Err(bad()),
-                Some((key, value)) => {
-                    let n: u32 = value.parse().map_err(|_| bad())?;
-                    match key {
-                        "topk_wg" => tuning.topk_workgroup = n,
-                        "bag_wg" => tuning.bag_workgroup = n,
-                        "bag_columns" => tuning.bag_columns_per_invocation = n,
-                        "attention_rows" => tuning.attention_rows = n != 0,
-                        "attention_lanes" => tuning.attention_lanes = n != 0,
-                        "value_grad_quads" => tuning.value_grad_quads = n != 0,
-                        "sort_per_invocation" => tuning.sort_per_invocation = n != 0,
-                        "cross_entropy_rows" => tuning.cross_entropy_rows = n != 0,
-                        "gemm_subgroup" => {
-                            tuning.gemm = if n != 0 {
-                                memlayers::kernels::linear::GemmKernel::Subgroup
-                            } else {
-                                memlayers::kernels::linear::GemmKernel::Tiled(
-                                    memlayers::kernels::linear::GemmTile::DEFAULT,
-                                )
-                            }
-                        }
-                        "topk_lanes" => tuning.topk_per_invocation = n != 0,
-                        "norm_rows" => tuning.norm_rows = n != 0,
-                        "bag_rows" => tuning.bag_rows = n != 0,
-                        _ => return Err(bad()),
-                    }
-                }
-            }
-        }
+        let tuning = st.gpu.tuning().with_overrides(variants).map_err(|e| err(e.to_string()))?;
         st.gpu.set_tuning(tuning);
         Ok(())
     }
