@@ -402,27 +402,15 @@ impl MemoryLayer {
                 ));
             }
         }
-        let (d, qw, v) = (c.d as u32, (c.heads * c.k_dim) as u32, c.v_dim as u32);
-        let query = gpu.scratch("query", rows as u64 * qw as u64 * 4);
-        let bag = gpu.scratch("bag", rows as u64 * v as u64 * 4);
-        let half = self.half.as_ref();
-        Linear {
-            label: "query_proj",
+        let pass = ForwardPass {
+            layer: self,
+            gpu,
             x,
-            w: half.map_or(&self.query_w, |h| &h.query_w),
-            w_f16: half.is_some(),
-            x_f16: false,
-            y_f16: false,
-            bias: Some(&self.query_b),
-            gate: None,
-            y: &query,
-            m: rows,
-            n: qw,
-            k: d,
-            batched: None,
-            accumulate: false,
-        }
-        .record(gpu, encoder)?;
+            rows,
+        };
+        let query = gpu.scratch("query", rows as u64 * (c.heads * c.k_dim) as u64 * 4);
+        let bag = gpu.scratch("bag", rows as u64 * c.v_dim as u64 * 4);
+        pass.query_proj(encoder, &query)?;
         let shape = LookupShape {
             rows,
             heads: c.heads as u32,
@@ -433,145 +421,33 @@ impl MemoryLayer {
         };
         let found = record_lookup(gpu, encoder, shape, &query, &self.keys)?;
         let (indices, scores, weights) = (found.indices, found.scores, found.weights);
-        let entries = rows * (c.heads * c.knn) as u32;
-        // PEER: each selected row's weight times gelu(<x, u_i>), the input dotted with the
-        // values_u rows (the bag's weight-gradient kernel computes exactly those dots).
         let peer = match pool_u {
-            Some(pool_u) => {
-                let (dots, activations) = (
-                    gpu.scratch("PEER scores", entries as u64 * 4),
-                    gpu.scratch("PEER activations", entries as u64 * 4),
-                );
-                WeightGrads {
-                    rows,
-                    bag: (c.heads * c.knn) as u32,
-                    indices: &indices,
-                    values: &pool_u.chunks(),
-                    dy: x,
-                    grad_weights: &dots,
-                }
-                .record(gpu, encoder)?;
-                peer::record_forward(gpu, encoder, (&dots, &weights, &activations), entries)?;
-                Some((dots, activations))
-            }
+            Some(pool_u) => Some(pass.peer_activations(encoder, pool_u, &indices, &weights)?),
             None => None,
         };
-        let chunks = pool.chunks();
         EmbeddingBag {
             rows,
             bag: (c.heads * c.knn) as u32,
             indices: &indices,
             weights: peer.as_ref().map_or(&weights, |(_, a)| a),
-            values: &chunks,
+            values: &pool.chunks(),
             out: &bag,
             workgroup_size: None,
             columns_per_invocation: None,
         }
         .record(gpu, encoder)?;
-        // PEER has no projections (swilu and value_proj exist unused, as in the reference).
-        let (swilu, value_proj) = if c.peer {
-            (None, None)
-        } else {
-            (self.swilu.as_ref(), self.value_proj.as_ref())
-        };
-        // The gated hidden as f16 where it feeds the value projection.
-        let gated_f16 = self.f16_activations && v.is_multiple_of(2) && value_proj.is_some();
-        let (gated, swilu_input) = match swilu {
-            Some((w1, b1)) => {
-                let bytes = if gated_f16 { 2 } else { 4 };
-                let gated = gpu.scratch("gated", rows as u64 * v as u64 * bytes);
-                let input =
-                    (!gated_f16).then(|| gpu.scratch("swilu pre-activation", rows as u64 * v as u64 * 4));
-                let half_w1 = half.and_then(|h| h.swilu_w.as_ref());
-                Linear {
-                    label: "swilu_projection+gate",
-                    x,
-                    w: half_w1.unwrap_or(w1),
-                    w_f16: half_w1.is_some(),
-                    x_f16: false,
-                    y_f16: gated_f16,
-                    bias: Some(b1),
-                    gate: Some(Gate {
-                        by_f16: false,
-                        by: &bag,
-                        keep_input: input.as_ref(),
-                    }),
-                    y: &gated,
-                    m: rows,
-                    n: v,
-                    k: d,
-                    batched: None,
-                    accumulate: false,
-                }
-                .record(gpu, encoder)?;
-                (Some(gated), input)
-            }
-            None => (None, None),
-        };
-        let hidden = gated.as_ref().unwrap_or(&bag);
-        let hidden_f16 = gated_f16 && gated.is_some();
+        let (gated, swilu_input) = pass.swilu(encoder, &bag)?;
         // With mem_gated the projection's output is gated before it can join the residual.
         let residual_in_proj = residual.filter(|_| self.gating.is_none());
-        let (out, added) = match value_proj {
-            Some((wo, bo)) => {
-                let out = match residual_in_proj {
-                    Some(r) => r.clone(),
-                    None => gpu.scratch("memory out", rows as u64 * d as u64 * 4),
-                };
-                let half_wo = half.and_then(|h| h.value_w.as_ref());
-                Linear {
-                    label: "value_proj",
-                    x: hidden,
-                    w: half_wo.unwrap_or(wo),
-                    w_f16: half_wo.is_some(),
-                    x_f16: hidden_f16,
-                    y_f16: false,
-                    bias: Some(bo),
-                    gate: None,
-                    y: &out,
-                    m: rows,
-                    n: d,
-                    k: v,
-                    batched: None,
-                    accumulate: residual_in_proj.is_some(),
-                }
-                .record(gpu, encoder)?;
-                (out, residual_in_proj.is_some())
-            }
-            None => (hidden.clone(), false),
-        };
-        // mem_gated: out = sigmoid(x Wg^T + bg) * out, into the residual when there is one.
+        let (out, added) = pass.value_proj(
+            encoder,
+            gated.as_ref().unwrap_or(&bag),
+            gated.is_some(),
+            residual_in_proj,
+        )?;
         let (out, added, gate) = match &self.gating {
-            Some((gw, gb)) => {
-                let logits = gpu.scratch("gate logits", rows as u64 * 4);
-                Linear {
-                    label: "gating",
-                    x,
-                    w: gw,
-                    w_f16: false,
-                    x_f16: false,
-                    y_f16: false,
-                    bias: Some(gb),
-                    gate: None,
-                    y: &logits,
-                    m: rows,
-                    n: 1,
-                    k: d,
-                    batched: None,
-                    accumulate: false,
-                }
-                .record(gpu, encoder)?;
-                let target = match residual {
-                    Some(r) => r.clone(),
-                    None => gpu.scratch("gated memory out", rows as u64 * c.out_dim() as u64 * 4),
-                };
-                row_gate::record_forward(
-                    gpu,
-                    encoder,
-                    (&logits, &out, &target),
-                    (rows, c.out_dim() as u32),
-                    residual.is_some(),
-                )?;
+            Some(_) => {
+                let (target, logits) = pass.gate(encoder, &out, residual)?;
                 (target, residual.is_some(), Some((logits, out)))
             }
             None => (out, added, None),
@@ -631,5 +507,174 @@ impl MemoryLayer {
         rows: usize,
     ) -> Result<ForwardResult> {
         pollster::block_on(self.forward(gpu, pool, x, rows))
+    }
+}
+
+/// One forward pass's shared inputs: each method records one stage of the layer.
+struct ForwardPass<'a> {
+    layer: &'a MemoryLayer,
+    gpu: &'a Gpu,
+    /// The layer's input `[rows, d]`.
+    x: &'a wgpu::Buffer,
+    rows: u32,
+}
+
+impl ForwardPass<'_> {
+    /// The query projection: `query = x Wq^T + bq` (the f16 weight where the layer has one).
+    fn query_proj(&self, encoder: &mut wgpu::CommandEncoder, query: &wgpu::Buffer) -> Result<()> {
+        let (l, c) = (self.layer, &self.layer.config);
+        let half = l.half.as_ref();
+        Linear {
+            w_f16: half.is_some(),
+            bias: Some(&l.query_b),
+            ..Linear::new(
+                "query_proj",
+                self.x,
+                half.map_or(&l.query_w, |h| &h.query_w),
+                query,
+                (self.rows, (c.heads * c.k_dim) as u32, c.d as u32),
+            )
+        }
+        .record(self.gpu, encoder)
+    }
+
+    /// PEER: each selected row's weight times gelu(<x, u_i>), the input dotted with the
+    /// values_u rows (the bag's weight-gradient kernel computes exactly those dots). Returns
+    /// (dots, activations).
+    fn peer_activations(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pool_u: &ValuePool,
+        indices: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let (gpu, c) = (self.gpu, &self.layer.config);
+        let entries = self.rows * (c.heads * c.knn) as u32;
+        let (dots, activations) = (
+            gpu.scratch("PEER scores", entries as u64 * 4),
+            gpu.scratch("PEER activations", entries as u64 * 4),
+        );
+        WeightGrads {
+            rows: self.rows,
+            bag: (c.heads * c.knn) as u32,
+            indices,
+            values: &pool_u.chunks(),
+            dy: self.x,
+            grad_weights: &dots,
+        }
+        .record(gpu, encoder)?;
+        peer::record_forward(gpu, encoder, (&dots, weights, &activations), entries)?;
+        Ok((dots, activations))
+    }
+
+    /// Whether the gated hidden is stored as f16 (where it feeds the value projection).
+    fn gated_f16(&self) -> bool {
+        let l = self.layer;
+        l.f16_activations && l.config.v_dim.is_multiple_of(2) && l.value_proj.is_some() && !l.config.peer
+    }
+
+    /// Memory+'s gate: `gated = bag * silu(x W1^T + b1)`, keeping the pre-activation for the
+    /// backward unless the gated hidden is f16. PEER has no projections (they exist unused,
+    /// as in the reference). Returns (gated, pre-activation).
+    fn swilu(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bag: &wgpu::Buffer,
+    ) -> Result<(Option<wgpu::Buffer>, Option<wgpu::Buffer>)> {
+        let (l, c, gpu) = (self.layer, &self.layer.config, self.gpu);
+        let Some((w1, b1)) = l.swilu.as_ref().filter(|_| !c.peer) else {
+            return Ok((None, None));
+        };
+        let (rows, v) = (self.rows, c.v_dim as u32);
+        let gated_f16 = self.gated_f16();
+        let bytes = if gated_f16 { 2 } else { 4 };
+        let gated = gpu.scratch("gated", rows as u64 * v as u64 * bytes);
+        let input = (!gated_f16).then(|| gpu.scratch("swilu pre-activation", rows as u64 * v as u64 * 4));
+        let half_w1 = l.half.as_ref().and_then(|h| h.swilu_w.as_ref());
+        Linear {
+            w_f16: half_w1.is_some(),
+            y_f16: gated_f16,
+            bias: Some(b1),
+            gate: Some(Gate {
+                by_f16: false,
+                by: bag,
+                keep_input: input.as_ref(),
+            }),
+            ..Linear::new(
+                "swilu_projection+gate",
+                self.x,
+                half_w1.unwrap_or(w1),
+                &gated,
+                (rows, v, c.d as u32),
+            )
+        }
+        .record(gpu, encoder)?;
+        Ok((Some(gated), input))
+    }
+
+    /// The value projection `out = hidden Wo^T + bo`, added into `residual` when given.
+    /// Without one the output is `hidden`. Returns (out, whether it was added).
+    fn value_proj(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        hidden: &wgpu::Buffer,
+        hidden_is_gated: bool,
+        residual: Option<&wgpu::Buffer>,
+    ) -> Result<(wgpu::Buffer, bool)> {
+        let (l, c, gpu) = (self.layer, &self.layer.config, self.gpu);
+        let Some((wo, bo)) = l.value_proj.as_ref().filter(|_| !c.peer) else {
+            return Ok((hidden.clone(), false));
+        };
+        let (d, v) = (c.d as u32, c.v_dim as u32);
+        let out = match residual {
+            Some(r) => r.clone(),
+            None => gpu.scratch("memory out", self.rows as u64 * d as u64 * 4),
+        };
+        let half_wo = l.half.as_ref().and_then(|h| h.value_w.as_ref());
+        Linear {
+            w_f16: half_wo.is_some(),
+            x_f16: self.gated_f16() && hidden_is_gated,
+            bias: Some(bo),
+            accumulate: residual.is_some(),
+            ..Linear::new(
+                "value_proj",
+                hidden,
+                half_wo.unwrap_or(wo),
+                &out,
+                (self.rows, d, v),
+            )
+        }
+        .record(gpu, encoder)?;
+        Ok((out, residual.is_some()))
+    }
+
+    /// `mem_gated`: `sigmoid(x Wg^T + bg) * out`, into `residual` when there is one. Returns
+    /// (the gated output, the gate's logits).
+    fn gate(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        out: &wgpu::Buffer,
+        residual: Option<&wgpu::Buffer>,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let (l, c, gpu, rows) = (self.layer, &self.layer.config, self.gpu, self.rows);
+        let (gw, gb) = l.gating.as_ref().expect("a gated layer");
+        let logits = gpu.scratch("gate logits", rows as u64 * 4);
+        Linear {
+            bias: Some(gb),
+            ..Linear::new("gating", self.x, gw, &logits, (rows, 1, c.d as u32))
+        }
+        .record(gpu, encoder)?;
+        let target = match residual {
+            Some(r) => r.clone(),
+            None => gpu.scratch("gated memory out", rows as u64 * c.out_dim() as u64 * 4),
+        };
+        row_gate::record_forward(
+            gpu,
+            encoder,
+            (&logits, out, &target),
+            (rows, c.out_dim() as u32),
+            residual.is_some(),
+        )?;
+        Ok((target, logits))
     }
 }

@@ -153,7 +153,11 @@ impl Demo {
     /// "cpu,bag_columns_per_invocation=1,topk_workgroup=64".
     pub fn set_kernel_variants(&self, variants: &str) -> Result<(), JsValue> {
         let mut st = lock(&self.state)?;
-        let tuning = st.gpu.tuning().with_overrides(variants).map_err(|e| err(e.to_string()))?;
+        let tuning = st
+            .gpu
+            .tuning()
+            .with_overrides(variants)
+            .map_err(|e| err(e.to_string()))?;
         st.gpu.set_tuning(tuning);
         Ok(())
     }
