@@ -174,22 +174,7 @@ fn gemm_gflops(gpu: &Gpu, kernel: GemmKernel, (m, n, k): (u32, u32, u32), iters:
     let x = gpu.upload("gemm x", &rng.vec_symmetric((m * k) as usize, 1.0));
     let w = gpu.upload("gemm w", &rng.vec_symmetric((n * k) as usize, 1.0));
     let y = gpu.storage("gemm y", m as u64 * n as u64 * 4);
-    let product = kernels::linear::Linear {
-        label: "gemm",
-        x: &x,
-        w: &w,
-        w_f16: false,
-        x_f16: false,
-        y_f16: false,
-        bias: None,
-        gate: None,
-        y: &y,
-        m,
-        n,
-        k,
-        batched: None,
-        accumulate: false,
-    };
+    let product = kernels::linear::Linear::new("gemm", &x, &w, &y, (m, n, k));
     let run = || -> Result<()> {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         product.record_with(gpu, &mut enc, kernel)?;

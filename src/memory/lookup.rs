@@ -107,18 +107,6 @@ pub fn record_lookup(
     for row0 in (0..s.rows).step_by(block as usize) {
         let rows = block.min(s.rows - row0);
         Linear {
-            label: "subkey_scores",
-            x: query,
-            w: keys,
-            w_f16: false,
-            x_f16: false,
-            y_f16: false,
-            bias: None,
-            gate: None,
-            y: &scores,
-            m: rows,
-            n: s.n_keys,
-            k: half,
             batched: Some(Batched {
                 batch: halves,
                 x_offset: row0 * s.heads * s.k_dim,
@@ -133,7 +121,7 @@ pub fn record_lookup(
                 y_batch: s.n_keys,
                 y_row: halves * s.n_keys,
             }),
-            accumulate: false,
+            ..Linear::new("subkey_scores", query, keys, &scores, (rows, s.n_keys, half))
         }
         .record(gpu, encoder)?;
         ProductTopK {

@@ -222,20 +222,8 @@ fn norm_weight_grads(
     let sums = gpu.scratch("grad norm weights", n as u64 * d as u64 * 4);
     let product = |encoder: &mut wgpu::CommandEncoder, layout: Batched| {
         Linear {
-            label: "grad norm weights",
-            x: ones,
-            w: dw_rows,
-            w_f16: false,
-            x_f16: false,
-            y_f16: false,
-            bias: None,
-            gate: None,
-            y: &sums,
-            m: 1,
-            n: d,
-            k: rows,
             batched: Some(layout),
-            accumulate: false,
+            ..Linear::new("grad norm weights", ones, dw_rows, &sums, (1, d, rows))
         }
         .record(gpu, encoder)
     };

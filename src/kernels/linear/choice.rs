@@ -125,22 +125,7 @@ pub fn time_candidates(gpu: &Gpu) -> Result<Vec<(GemmKernel, f64)>> {
         let w: Vec<f32> = (0..n * k).map(|i| ((i % 89) as f32 - 44.0) / 64.0).collect();
         let (xb, wb) = (gpu.upload("gemm trial x", &x), gpu.upload("gemm trial w", &w));
         let yb = gpu.storage("gemm trial y", m as u64 * n as u64 * 4);
-        let product = Linear {
-            label: "gemm trial",
-            x: &xb,
-            w: &wb,
-            w_f16: false,
-            x_f16: false,
-            y_f16: false,
-            bias: None,
-            gate: None,
-            y: &yb,
-            m,
-            n,
-            k,
-            batched: None,
-            accumulate: false,
-        };
+        let product = Linear::new("gemm trial", &xb, &wb, &yb, (m, n, k));
         let run = |kernel: GemmKernel, times: u32| -> Result<f64> {
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             for _ in 0..times {

@@ -3,6 +3,7 @@
 //! and tile shape run is decided per adapter by `choice`.
 
 pub mod choice;
+mod flags;
 mod kernel;
 
 pub use kernel::{GemmKernel, GemmPrecision, GemmTile, MatrixConfig};
@@ -11,6 +12,7 @@ use super::Gpu;
 use super::{check_buffer, check_loop_budget, LOOP_BUDGET};
 use crate::error::{Error, Result};
 use crate::gpu::MAX_GRID_DIM;
+use flags::Flags;
 
 pub const SOURCE: &str = concat!(
     include_str!("../../../shaders/linear_common.wgsl"),
@@ -426,7 +428,10 @@ impl Linear<'_> {
                 m: self.m,
                 n: self.n,
                 k_len: parts,
-                flags: if self.accumulate { 4 } else { 0 } | if self.y_f16 { 32 } else { 0 },
+                flags: Flags::default()
+                    .with(Flags::ACCUMULATE, self.accumulate)
+                    .with(Flags::Y_F16, self.y_f16)
+                    .bits(),
                 y_offset: l.y_offset,
                 y_row: l.y_row,
                 ..bytemuck::Zeroable::zeroed()
@@ -537,21 +542,18 @@ impl Linear<'_> {
             }
         }
         let keep_input = self.gate.and_then(|g| g.keep_input);
-        let flags = self.bias.map_or(0, |_| 1)
-            | self.gate.map_or(0, |_| 2)
-            | if self.accumulate { 4 } else { 0 }
-            | keep_input.map_or(0, |_| 8)
-            | if self.gate.is_some_and(|g| g.by_f16) {
-                16
-            } else {
-                0
-            }
-            | if self.y_f16 { 32 } else { 0 };
+        let flags = Flags::default()
+            .with(Flags::BIAS, self.bias.is_some())
+            .with(Flags::GATE, self.gate.is_some())
+            .with(Flags::ACCUMULATE, self.accumulate)
+            .with(Flags::KEEP_PRE, keep_input.is_some())
+            .with(Flags::AUX_F16, self.gate.is_some_and(|g| g.by_f16))
+            .with(Flags::Y_F16, self.y_f16);
         // The subgroup variant: 32 rows x 4 columns per invocation, 8 to 64 invocations per
         // workgroup (fewer for narrow outputs, so that small products still spread over the
         // cores; a power of two, so few pipelines get compiled, and at least 8, the lanes
         // that share x).
-        let mut quads = 0;
+        let mut quads = Flags::default();
         let with_w_f16 = |mut constants: Vec<(&'static str, f64)>| {
             if self.w_f16 {
                 constants.push(("W_F16", 1.0));
@@ -598,7 +600,7 @@ impl Linear<'_> {
                 } else {
                     quad_mode(self.x, l.x_offset, l.x_batch, l.x_row, l.x_k)
                 };
-                quads = x_quads << 16 | w_quads << 18;
+                quads = Flags::quads(x_quads, w_quads);
                 let constants = with_w_f16(vec![
                     ("WG_M", tile.wg_m as f64),
                     ("WG_N", tile.wg_n as f64),
@@ -627,7 +629,7 @@ impl Linear<'_> {
                 } else {
                     quad_mode(self.w, l.w_offset, l.w_batch, l.w_row, l.w_k)
                 };
-                quads = w_quads << 18;
+                quads = Flags::quads(0, w_quads);
                 let wg = narrow_workgroup(self.n, l.batch);
                 let constants = with_w_f16(vec![("WG", wg as f64)]);
                 (
@@ -648,14 +650,13 @@ impl Linear<'_> {
                 )
             }
         };
-        let flags = flags | quads;
         let params = gpu.uniform(
             "linear params",
             &Params {
                 m: self.m,
                 n: self.n,
                 k_len: self.k,
-                flags,
+                flags: flags.union(quads).bits(),
                 x_offset: l.x_offset,
                 x_batch: l.x_batch,
                 x_row: l.x_row,
