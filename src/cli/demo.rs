@@ -14,7 +14,7 @@ use memlayers::demo::{
     recall, train_config, training_batch, DemoModel, Fact, KnowledgeBase, MemoryShape, MoeShape,
 };
 use memlayers::io::write_atomic;
-use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights, SlotCounts, SLOT_COUNTS_FILE};
+use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights, SLOT_COUNTS_FILE};
 use memlayers::rng::Rng;
 use memlayers::train::Trainer;
 use memlayers::{Error, Gpu, Result};
@@ -508,7 +508,7 @@ fn train(
 fn save_model(gpu: &Gpu, dir: &Path, run: &Run, trainer: &Trainer, kb: &KnowledgeBase) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     write_atomic(&dir.join("config.json"), run.args.to_json().as_bytes())?;
-    write_atomic(&dir.join(super::teach::FACTS_FILE), kb.to_tsv().as_bytes())?;
+    write_atomic(&dir.join(super::model_dir::FACTS_FILE), kb.to_tsv().as_bytes())?;
     trainer
         .weights_blocking(gpu)?
         .write(&dir.join("weights.safetensors"))
@@ -527,20 +527,12 @@ fn save_slot_counts(
     if trainer.model.config.memory.is_none() {
         return Ok(());
     }
-    let mut rng = Rng::new(a.seed ^ 0x5107);
-    let (mut tokens, mut targets) = (Vec::new(), Vec::new());
-    for _ in 0..SLOT_COUNT_BATCHES {
-        let (x, y) = training_batch(&kb.facts, &mut rng, a.batch, a.seq);
-        tokens.extend(x);
-        targets.extend(y);
-    }
-    let counts = pollster::block_on(SlotCounts::measure(
+    let counts = pollster::block_on(memlayers::demo::fact_slot_counts(
         &trainer.model,
         gpu,
-        &tokens,
-        Some(&targets),
-        a.seq,
-        a.batch,
+        &kb.facts,
+        (a.seed ^ 0x5107, SLOT_COUNT_BATCHES),
+        (a.batch, a.seq),
     ))?;
     counts.to_tensors().write(&dir.join(SLOT_COUNTS_FILE))
 }

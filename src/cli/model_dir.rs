@@ -13,6 +13,19 @@ use memlayers::tokenizer::{Tokenizer, TokenizerKind};
 use memlayers::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// The facts file `memlayers demo` saves beside each model (the model's original facts).
+pub const FACTS_FILE: &str = "facts.tsv";
+
+/// The files of a memlayers checkpoint: `dir` itself when it holds `config.json`, else its
+/// `checkpoint/` (a `train --out` or `demo` model folder).
+pub fn checkpoint_dir(dir: &Path) -> PathBuf {
+    if dir.join("config.json").exists() {
+        dir.to_path_buf()
+    } else {
+        dir.join("checkpoint")
+    }
+}
+
 /// A loaded model folder.
 pub struct ModelDir {
     pub args: LMTransformerArgs,
@@ -78,7 +91,7 @@ pub fn load(dir: &Path) -> Result<ModelDir> {
 
 /// A memlayers checkpoint folder's config and tensors.
 pub fn load_memlayers(dir: &Path) -> Result<(LMTransformerArgs, TensorFile)> {
-    let dir = super::train::checkpoint_dir(dir);
+    let dir = checkpoint_dir(dir);
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).map_err(|e| {
         Error::Format(format!(

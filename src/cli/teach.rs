@@ -16,9 +16,6 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The facts file `memlayers demo` saves beside each model (the model's original facts).
-pub const FACTS_FILE: &str = "facts.tsv";
-
 #[derive(clap::Args)]
 pub struct Args {
     /// A model folder from `memlayers demo` or `memlayers train` (byte-level).
@@ -260,8 +257,11 @@ pub fn run(a: &Args) -> Result<()> {
             config.vocab
         )));
     }
-    let model_dir = super::train::checkpoint_dir(&a.model);
-    let old_path = a.old.clone().unwrap_or_else(|| model_dir.join(FACTS_FILE));
+    let model_dir = super::model_dir::checkpoint_dir(&a.model);
+    let old_path = a
+        .old
+        .clone()
+        .unwrap_or_else(|| model_dir.join(super::model_dir::FACTS_FILE));
     if !old_path.is_file() {
         return Err(Error::Config(format!(
             "the model's original facts: {} does not exist (memlayers demo writes it; give --old FILE.tsv)",
@@ -362,7 +362,10 @@ pub fn run(a: &Args) -> Result<()> {
         .write(&out_model.join("weights.safetensors"))?;
     let mut all = old.clone();
     all.facts.extend(new.facts.iter().cloned());
-    write_atomic(&out_model.join(FACTS_FILE), all.to_tsv().as_bytes())?;
+    write_atomic(
+        &out_model.join(super::model_dir::FACTS_FILE),
+        all.to_tsv().as_bytes(),
+    )?;
     if counts_path.is_file() {
         std::fs::copy(&counts_path, out_model.join(SLOT_COUNTS_FILE))?;
     }

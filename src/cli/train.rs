@@ -59,15 +59,6 @@ const EVAL_BATCHES: usize = 4;
 /// Steps between two reads of the training loss (each read waits for the GPU).
 const LOSS_EVERY: u32 = 10;
 
-/// Files of a checkpoint directory.
-pub fn checkpoint_dir(dir: &Path) -> PathBuf {
-    if dir.join("config.json").exists() {
-        dir.to_path_buf()
-    } else {
-        dir.join("checkpoint")
-    }
-}
-
 fn save(
     out: &Path,
     args: &LMTransformerArgs,
@@ -110,12 +101,14 @@ fn slot_counts(
     if model.config.memory.is_none() {
         return Ok(None);
     }
-    let mut rng = Rng::new(0x5107);
-    let mut tokens = Vec::new();
-    for _ in 0..SLOT_COUNT_BATCHES {
-        tokens.extend(ByteData::sample(&data.train, &mut rng, batch, seq).0);
-    }
-    pollster::block_on(SlotCounts::measure(model, gpu, &tokens, None, seq, batch)).map(Some)
+    pollster::block_on(SlotCounts::measure_sampled(
+        model,
+        gpu,
+        (0x5107, SLOT_COUNT_BATCHES),
+        (batch, seq),
+        |rng| (ByteData::sample(&data.train, rng, batch, seq).0, None),
+    ))
+    .map(Some)
 }
 
 /// Training batches whose slot reads are counted at a checkpoint.
@@ -136,7 +129,7 @@ fn held_out_loss(model: &Model, gpu: &Gpu, data: &ByteData, batch: usize, seq: u
 pub fn run(a: &Args) -> Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let (model_args, weights, mut rng, optimizer) = if a.resume {
-        let dir = checkpoint_dir(&a.out);
+        let dir = super::model_dir::checkpoint_dir(&a.out);
         let (model_args, file) = super::model_dir::load_memlayers(&a.out)?;
         let weights = ModelWeights::from_tensors(&model_args.resolve()?, &file)?;
         let rng_state = std::fs::read_to_string(dir.join("data_rng"))

@@ -22,6 +22,22 @@ const PAD: u32 = b'\n' as u32;
 
 /// `batch` rows of `seq` tokens and their targets, packed with facts drawn from `facts`
 /// (every fact must fit in `seq`).
+/// A memory model's background slot counts on its facts: the reads at the answers of
+/// `batches` training batches drawn from `seed` (what sparse-memory teaching ranks against).
+pub async fn fact_slot_counts(
+    model: &crate::model::Model,
+    gpu: &Gpu,
+    facts: &[Fact],
+    (seed, batches): (u64, usize),
+    (batch, seq): (usize, usize),
+) -> crate::error::Result<crate::model::SlotCounts> {
+    crate::model::SlotCounts::measure_sampled(model, gpu, (seed, batches), (batch, seq), |rng| {
+        let (x, y) = training_batch(facts, rng, batch, seq);
+        (x, Some(y))
+    })
+    .await
+}
+
 pub fn training_batch(facts: &[Fact], rng: &mut Rng, batch: usize, seq: usize) -> (Vec<u32>, Vec<u32>) {
     let (mut tokens, mut targets) = (Vec::with_capacity(batch * seq), Vec::with_capacity(batch * seq));
     for _ in 0..batch {

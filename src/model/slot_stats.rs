@@ -36,6 +36,31 @@ pub struct LayerSlotCounts {
 }
 
 impl SlotCounts {
+    /// The background counts of a memory model, measured once for every caller: the slots
+    /// `model` reads on `batches` batches of `[batch, seq]` that `sample` draws from an `Rng`
+    /// seeded with `seed` (tokens and, to count only the reads at the answers, targets).
+    pub async fn measure_sampled(
+        model: &Model,
+        gpu: &Gpu,
+        (seed, batches): (u64, usize),
+        (batch, seq): (usize, usize),
+        mut sample: impl FnMut(&mut crate::rng::Rng) -> (Vec<u32>, Option<Vec<u32>>),
+    ) -> Result<Self> {
+        let mut rng = crate::rng::Rng::new(seed);
+        let (mut tokens, mut targets) = (Vec::new(), Vec::new());
+        let mut with_targets = true;
+        for _ in 0..batches {
+            let (x, y) = sample(&mut rng);
+            tokens.extend(x);
+            match y {
+                Some(y) => targets.extend(y),
+                None => with_targets = false,
+            }
+        }
+        let targets = with_targets.then_some(targets.as_slice());
+        Self::measure(model, gpu, &tokens, targets, seq, batch).await
+    }
+
     /// Counts the slots `model` reads on `tokens` (`rows * seq` ids, rows of `seq`), `batch`
     /// rows per forward, at every position, or with `targets` (as many) at the positions whose
     /// target is not `IGNORE_TARGET`.

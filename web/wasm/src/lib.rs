@@ -367,16 +367,15 @@ impl Demo {
                     return Err(err("this model has no memory layer to teach"));
                 }
                 // The background: the model's reads at the answers of the facts it knows.
-                let mut rng = Rng::new(0x5107);
-                let (mut tokens, mut targets) = (Vec::new(), Vec::new());
-                for _ in 0..BACKGROUND_BATCHES {
-                    let (x, y) = demo::training_batch(&kb.facts, &mut rng, BATCH, seq);
-                    tokens.extend(x);
-                    targets.extend(y);
-                }
-                let counts = SlotCounts::measure(net.model(), gpu, &tokens, Some(&targets), seq, BATCH)
-                    .await
-                    .map_err(err)?;
+                let counts = demo::fact_slot_counts(
+                    net.model(),
+                    gpu,
+                    &kb.facts,
+                    (0x5107, BACKGROUND_BATCHES),
+                    (BATCH, seq),
+                )
+                .await
+                .map_err(err)?;
                 let config = TeachConfig {
                     method: Method::SparseMemory,
                     slots: TEACH_SLOTS,

@@ -1,0 +1,89 @@
+//! `linear_narrow.wgsl`: one invocation per output column, for products of at most 4 rows
+//! (decoding a token at a time) on CPU adapters, where the other kernels' 32- and 64-row
+//! blocks would leave all but one row idle.
+
+use super::flags::Flags;
+use super::{Batched, Bindings, Linear, Variant};
+use crate::error::{Error, Result};
+use crate::kernels::{Gpu, LOOP_BUDGET};
+
+pub const SOURCE: &str = concat!(
+    include_str!("../../../shaders/linear_common.wgsl"),
+    include_str!("../../../shaders/linear_narrow.wgsl")
+);
+
+/// Loop iterations per invocation.
+pub(super) const fn iterations(k: u32) -> u64 {
+    k as u64 / 4 * 5 + 16
+}
+
+/// The longest k range one dispatch may reduce within the loop budget.
+pub(super) const fn max_k() -> u32 {
+    ((LOOP_BUDGET as u32 - 16) / 5) * 4
+}
+
+/// Invocations per workgroup: 64, or 8 where 64 would leave fewer than 16 workgroups. A CPU
+/// adapter runs a workgroup's SIMD batches on one thread, so the column sums of narrow
+/// products (a norm's or bias's weight gradient: 32 columns over 1,536 rows) spread over the
+/// cores only in small workgroups.
+fn workgroup(n: u32, batch: u32) -> u32 {
+    if n.div_ceil(64) * batch >= 16 {
+        64
+    } else {
+        8
+    }
+}
+
+pub(super) fn prepare(lin: &Linear, gpu: &Gpu, l: &Batched) -> Result<Variant> {
+    if lin.m > 4 {
+        return Err(Error::Config(format!(
+            "linear: the narrow kernel takes at most 4 rows, not {}",
+            lin.m
+        )));
+    }
+    let w_quads = if lin.w_f16 {
+        let aligned = |v: u32| v.is_multiple_of(8);
+        let rows_aligned = aligned(l.w_offset) && aligned(l.w_batch) && aligned(l.w_row) && l.w_k == 1;
+        if rows_aligned && lin.w.size() >= 16 {
+            3
+        } else {
+            0
+        }
+    } else {
+        super::tiled::quad_mode(lin.w, l.w_offset, l.w_batch, l.w_row, l.w_k)
+    };
+    let wg = workgroup(lin.n, l.batch);
+    let constants = lin.with_formats(vec![("WG", wg as f64)]);
+    Ok(Variant {
+        pipeline: gpu.pipeline("linear_narrow", SOURCE, &constants),
+        grid: (lin.n.div_ceil(wg), 1),
+        quads: Flags::quads(0, w_quads),
+    })
+}
+
+/// The plain bindings plus the weights' vec4 view (a placeholder where w is too small).
+pub(super) fn bind(
+    lin: &Linear,
+    gpu: &Gpu,
+    pipeline: &wgpu::ComputePipeline,
+    b: &Bindings,
+) -> wgpu::BindGroup {
+    let w4 = if lin.w.size() >= 16 {
+        lin.w
+    } else {
+        gpu.unused_input()
+    };
+    gpu.bind_at(
+        pipeline,
+        &[
+            (0, b.params),
+            (1, lin.x),
+            (2, lin.w),
+            (3, b.bias),
+            (4, b.gate),
+            (5, lin.y),
+            (6, b.keep),
+            (8, w4),
+        ],
+    )
+}
