@@ -11,7 +11,9 @@ pub use config::HfConfig;
 pub use tokenizer::{ChatTemplate, HfTokenizer, TextStream};
 
 use crate::error::{Error, Result};
-use crate::model::{ModelConfig, ModelWeights};
+use crate::model::ModelConfig;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::model::ModelWeights;
 use std::path::Path;
 
 /// Longest context a Hugging Face model gets here (the attention kernel's limit): its KV
@@ -65,6 +67,7 @@ pub struct HfFolder {
     pub chat_template: Option<ChatTemplate>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))
 }

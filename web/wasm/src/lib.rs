@@ -9,7 +9,7 @@
 use memlayers::demo::{self, DemoModel, Fact, KnowledgeBase, MemoryShape};
 use memlayers::io::lingua::{self, LinguaParams};
 use memlayers::io::TensorFile;
-use memlayers::model::{LMTransformerArgs, Model, ModelWeights, SlotCounts};
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
 use memlayers::rng::Rng;
 use memlayers::teach::{Method, ReadsAt, TeachConfig, Teacher};
 use memlayers::tokenizer::TokenizerKind;
