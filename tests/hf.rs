@@ -162,7 +162,8 @@ fn unsupported_configurations_are_one_line_errors() {
         edit(&mut v);
         HfConfig::from_json(&v.to_string()).and_then(|c| c.model_config(1024).map(|_| ()))
     };
-    let cases: [(&str, &dyn Fn(&mut Value)); 5] = [
+    type Edit<'a> = &'a dyn Fn(&mut Value);
+    let cases: [(&str, Edit); 5] = [
         ("rope_type \"yarn\"", &|v| {
             v["rope_scaling"]["rope_type"] = "yarn".into()
         }),

@@ -50,7 +50,7 @@ pub struct Options {
 /// Where the weights come from: a folder, or random ones of a known shape.
 enum Source {
     Folder(Box<HfFolder>),
-    Random(ModelConfig),
+    Random(Box<ModelConfig>),
 }
 
 /// The model on `gpu` from `source`, one tensor at a time (a random tensor drawn from its own
@@ -195,7 +195,7 @@ pub fn run(o: &Options) -> Result<()> {
             };
             let config = HfConfig::from_json(json)?.model_config(MAX_CONTEXT)?;
             (
-                Source::Random(config),
+                Source::Random(Box::new(config)),
                 json.to_string(),
                 format!("{shape} (random weights)"),
             )
@@ -208,7 +208,7 @@ pub fn run(o: &Options) -> Result<()> {
     };
     let config = match &source {
         Source::Folder(f) => f.config().clone(),
-        Source::Random(c) => c.clone(),
+        Source::Random(c) => (**c).clone(),
     };
     if o.prompt == 0 || o.prompt + o.decode + 2 > config.max_seqlen {
         return Err(Error::Config(format!(

@@ -206,7 +206,7 @@ impl WeightFiles {
         let result = f(&mut load)?;
         let mut unused: Vec<&String> = found
             .keys()
-            .filter(|k| !used.contains(*k) && !(self.tie_word_embeddings && k.as_str() == "lm_head.weight"))
+            .filter(|k| !(used.contains(*k) || self.tie_word_embeddings && k.as_str() == "lm_head.weight"))
             .collect();
         if !unused.is_empty() {
             unused.sort();
