@@ -39,41 +39,52 @@ pub struct Options {
 /// the benchmark in the same run when `python3` can import torch.
 const TORCH_BENCH: &str = include_str!("../../scripts/torch_memory_forward_bench.py");
 
+/// Runs a Python `script` (given on stdin) with `args` under `MEMLAYERS_PYTHON` (default
+/// `python3`): its stdout, or why there is none (the last line of its stderr, such as torch
+/// not importing). The PyTorch side of the benchmarks.
+pub fn run_python(script: &str, args: &[String]) -> std::result::Result<String, String> {
+    use std::io::Write;
+    let python = std::env::var("MEMLAYERS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = std::process::Command::new(&python)
+        .arg("-")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{python}: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("{python}: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("{python}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// PyTorch's forward tokens/s by (device, config, value dtype), e.g. ("cpu", "paper",
 /// "float32"), measured now on this machine; an error says why there are none.
 fn torch_tokens_per_s(
     tokens: usize,
     iters: usize,
 ) -> std::result::Result<Vec<(String, String, String, f64)>, String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("python3")
-        .args([
-            "-",
-            "--tokens",
-            &tokens.to_string(),
-            "--iters",
-            &iters.to_string(),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("python3: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(TORCH_BENCH.as_bytes())
-        .map_err(|e| format!("python3: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("python3: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("failed").to_string();
-        return Err(last);
-    }
+    let stdout = run_python(
+        TORCH_BENCH,
+        &[
+            "--tokens".into(),
+            tokens.to_string(),
+            "--iters".into(),
+            iters.to_string(),
+        ],
+    )?;
     // "torch 2.5.1 cpu  paper  values float32  512 tokens:      8700 tokens/s (58.8 ms)"
     let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in stdout.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
         if w.len() >= 9 && w[0] == "torch" && w[4] == "values" {
             if let Ok(v) = w[8].parse::<f64>() {

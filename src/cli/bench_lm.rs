@@ -136,13 +136,10 @@ fn speeds(gpu: &Gpu, model: &Model, f16_cache: bool, prompt: &[u32], steps: usiz
 
 /// The PyTorch figures (prefill, decode tokens/s), or why there are none.
 fn torch_speeds(o: &Options, config_json: &str) -> std::result::Result<(f64, f64), String> {
-    use std::io::Write;
-    let python = std::env::var("MEMLAYERS_PYTHON").unwrap_or_else(|_| "python3".into());
     let config_file = std::env::temp_dir().join(format!("memlayers-bench-{}.json", std::process::id()));
     std::fs::write(&config_file, config_json).map_err(|e| e.to_string())?;
     let mut args = vec![
-        "-".to_string(),
-        "--prompt".into(),
+        "--prompt".to_string(),
         o.prompt.to_string(),
         "--decode".into(),
         o.decode.to_string(),
@@ -151,27 +148,10 @@ fn torch_speeds(o: &Options, config_json: &str) -> std::result::Result<(f64, f64
         Some(dir) => args.extend(["--model".into(), dir.display().to_string()]),
         None => args.extend(["--config".into(), config_file.display().to_string()]),
     }
-    let mut child = std::process::Command::new(&python)
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{python}: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(TORCH_BENCH.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out = memlayers::bench::run_python(TORCH_BENCH, &args);
     std::fs::remove_file(&config_file).ok();
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("failed").to_string());
-    }
     // "torch prefill 1234.5 decode 56.7"
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = out?;
     let w: Vec<&str> = text.split_whitespace().collect();
     match w.as_slice() {
         ["torch", "prefill", p, "decode", d, ..] => Ok((p.parse().unwrap_or(0.0), d.parse().unwrap_or(0.0))),

@@ -31,3 +31,12 @@ pub fn gpu_with(change: impl FnOnce(&mut memlayers::kernels::Tuning)) -> Gpu {
     g.set_tuning(tuning);
     g
 }
+
+/// A JSON array of token ids (a fixture's `expected.json`).
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
