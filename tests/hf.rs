@@ -456,3 +456,22 @@ fn bench_measures_a_folder_and_writes_json() {
     assert_eq!(v["configurations"].as_array().unwrap().len(), 3);
     std::fs::remove_file(json).unwrap();
 }
+
+/// Generation's forward (`forward_last_with_cache`: the output layer on the last position
+/// only) gives the last row of the full forward bit for bit, at a prefill and at a step.
+#[test]
+fn last_position_logits_are_the_full_forwards_last_row() {
+    let g = gpu();
+    for name in FOLDERS {
+        let folder = HfFolder::open(&fixture(name)).unwrap();
+        let model = folder.upload(g, false).unwrap();
+        let vocab = folder.config().vocab;
+        let prompt = ids(&expected(name)["prompt_ids"]);
+        let (mut all, mut last) = (model.new_cache(g), model.new_cache(g));
+        for feed in [&prompt[..], &prompt[..1]] {
+            let full = pollster::block_on(model.forward_with_cache(g, feed, &mut all)).unwrap();
+            let only = pollster::block_on(model.forward_last_with_cache(g, feed, &mut last)).unwrap();
+            assert_eq!(only, full[(feed.len() - 1) * vocab..], "{name}");
+        }
+    }
+}

@@ -106,7 +106,6 @@ fn weight_bytes_per_token(c: &ModelConfig, bytes_per_weight: f64) -> f64 {
 
 /// Tokens/s of a prefill of `prompt` and of `steps` decoding steps after it.
 fn speeds(gpu: &Gpu, model: &Model, f16_cache: bool, prompt: &[u32], steps: usize) -> Result<(f64, f64)> {
-    let vocab = model.config.vocab;
     let new_cache = || {
         if f16_cache {
             model.new_cache_f16(gpu)
@@ -117,18 +116,18 @@ fn speeds(gpu: &Gpu, model: &Model, f16_cache: bool, prompt: &[u32], steps: usiz
     // A prefill and a step of their own first: pipelines compile and plans record outside
     // the timing.
     let (mut warm, mut cache) = (new_cache(), new_cache());
-    pollster::block_on(model.forward_with_cache(gpu, prompt, &mut warm))?;
-    pollster::block_on(model.forward_with_cache(gpu, &prompt[..1], &mut warm))?;
+    pollster::block_on(model.forward_last_with_cache(gpu, prompt, &mut warm))?;
+    pollster::block_on(model.forward_last_with_cache(gpu, &prompt[..1], &mut warm))?;
     let t = Instant::now();
-    let logits = pollster::block_on(model.forward_with_cache(gpu, prompt, &mut cache))?;
+    let logits = pollster::block_on(model.forward_last_with_cache(gpu, prompt, &mut cache))?;
     let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
-    let mut next = memlayers::demo::argmax(&logits[(prompt.len() - 1) * vocab..]);
+    let mut next = memlayers::demo::argmax(&logits);
     // One untimed step (the one-token plan), then the timed ones.
-    let logits = pollster::block_on(model.forward_with_cache(gpu, &[next], &mut cache))?;
+    let logits = pollster::block_on(model.forward_last_with_cache(gpu, &[next], &mut cache))?;
     next = memlayers::demo::argmax(&logits);
     let t = Instant::now();
     for _ in 0..steps {
-        let logits = pollster::block_on(model.forward_with_cache(gpu, &[next], &mut cache))?;
+        let logits = pollster::block_on(model.forward_last_with_cache(gpu, &[next], &mut cache))?;
         next = memlayers::demo::argmax(&logits);
     }
     Ok((prefill, steps as f64 / t.elapsed().as_secs_f64()))

@@ -141,9 +141,8 @@ pub fn generate_ids(
     let mut feed = prompt[prompt.len().saturating_sub(keep)..].to_vec();
     let mut out = Vec::new();
     while out.len() < max_new {
-        let logits = pollster::block_on(model.forward_with_cache(gpu, &feed, &mut cache))?;
-        let last = &logits[(feed.len() - 1) * config.vocab..feed.len() * config.vocab];
-        let next = pick_next(last);
+        let logits = pollster::block_on(model.forward_last_with_cache(gpu, &feed, &mut cache))?;
+        let next = pick_next(&logits);
         if next == eos {
             break;
         }
@@ -213,9 +212,8 @@ fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
     let mut out = std::io::stdout();
     let (mut feed, mut produced) = (prompt.clone(), 0);
     while produced < a.max_tokens {
-        let logits = pollster::block_on(model.forward_with_cache(&gpu, &feed, &mut cache))?;
-        let last = &logits[(feed.len() - 1) * config.vocab..feed.len() * config.vocab];
-        let next = pick(last, a.temperature, a.top_p, &mut rng);
+        let logits = pollster::block_on(model.forward_last_with_cache(&gpu, &feed, &mut cache))?;
+        let next = pick(&logits, a.temperature, a.top_p, &mut rng);
         produced += 1;
         if text.eos_ids.contains(&next) {
             break;
@@ -270,9 +268,8 @@ pub fn run(a: &Args) -> Result<()> {
             cache = empty_cache(a, &gpu, &model);
             feed = keep(&tokens, config.max_seqlen / 2);
         }
-        let logits = pollster::block_on(model.forward_with_cache(&gpu, &feed, &mut cache))?;
-        let last = &logits[(feed.len() - 1) * config.vocab..feed.len() * config.vocab];
-        let next = pick(&last[..256], a.temperature, a.top_p, &mut rng);
+        let logits = pollster::block_on(model.forward_last_with_cache(&gpu, &feed, &mut cache))?;
+        let next = pick(&logits[..256], a.temperature, a.top_p, &mut rng);
         tokens.push(next);
         feed = vec![next];
         pending.push(next as u8);

@@ -45,8 +45,9 @@ pub struct Model {
     pub(crate) f16_activations: bool,
 }
 
-/// The shape a step plan of the model serves: batch, seq, with targets, with a KV cache.
-type PlanKey = (u32, u32, bool, bool);
+/// The shape a step plan of the model serves.
+/// (batch, seq, with targets, with a KV cache, the last position's logits only).
+type PlanKey = (u32, u32, bool, bool, bool);
 
 /// Shapes whose plans a model keeps (an evaluation's last partial batch, a prompt's prefill
 /// and its decode steps, ...).
@@ -442,7 +443,7 @@ impl Model {
         batch: u32,
         seq: u32,
     ) -> Result<ModelForward> {
-        self.record(gpu, encoder, tokens, batch, seq, None)
+        self.record(gpu, encoder, tokens, (batch, seq), None, false)
     }
 
     /// Records the forward of the next `seq` tokens of one sequence whose earlier tokens are
@@ -456,7 +457,22 @@ impl Model {
         seq: u32,
         cache: &mut KvCache,
     ) -> Result<ModelForward> {
-        let fwd = self.record(gpu, encoder, tokens, 1, seq, Some(cache))?;
+        let fwd = self.record(gpu, encoder, tokens, (1, seq), Some(cache), false)?;
+        cache.len += seq;
+        Ok(fwd)
+    }
+
+    /// `record_with_cache` computing only the last position's logits (`[1, vocab]`): what
+    /// generation needs, without the output layer's product over the rest of a prompt.
+    pub fn record_last_with_cache(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        tokens: &wgpu::Buffer,
+        seq: u32,
+        cache: &mut KvCache,
+    ) -> Result<ModelForward> {
+        let fwd = self.record(gpu, encoder, tokens, (1, seq), Some(cache), true)?;
         cache.len += seq;
         Ok(fwd)
     }
@@ -466,9 +482,9 @@ impl Model {
         gpu: &Gpu,
         encoder: &mut wgpu::CommandEncoder,
         tokens: &wgpu::Buffer,
-        batch: u32,
-        seq: u32,
+        (batch, seq): (u32, u32),
         cache: Option<&KvCache>,
+        last_logits_only: bool,
     ) -> Result<ModelForward> {
         let c = &self.config;
         let pos0 = cache.map_or(0, |k| k.len);
@@ -516,9 +532,11 @@ impl Model {
         let (final_normed, final_rstd) = (f32s("final normed", rows * d), f32s("rstd", rows));
         self.norm(rows, self.layout.norm, &h, &final_rstd)
             .record_forward(gpu, encoder, &final_normed)?;
-        let logits = f32s("logits", rows * c.vocab as u32);
+        // Every row's logits, or the last row's (of a single sequence).
+        let (first, logit_rows) = if last_logits_only { (rows - 1, 1) } else { (0, rows) };
+        let logits = f32s("logits", logit_rows * c.vocab as u32);
         self.vocab
-            .record_output(gpu, encoder, &final_normed, rows, &logits)?;
+            .record_output(gpu, encoder, (&final_normed, first), logit_rows, &logits)?;
         Ok(ModelForward {
             batch,
             seq,
@@ -556,19 +574,47 @@ impl Model {
         tokens: &[u32],
         cache: &mut KvCache,
     ) -> Result<Vec<f32>> {
+        self.forward_cached(gpu, tokens, cache, false).await
+    }
+
+    /// The logits `[vocab]` of the last of `tokens`, the next tokens of the sequence in
+    /// `cache`: a generation step (the prompt's prefill included) without the output layer
+    /// on the other positions. The same bits as `forward_with_cache`'s last row.
+    pub async fn forward_last_with_cache(
+        &self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        self.forward_cached(gpu, tokens, cache, true).await
+    }
+
+    async fn forward_cached(
+        &self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        last_only: bool,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         c.check_ids("tokens", tokens)?;
-        let key = (1, tokens.len() as u32, false, true);
+        let key = (1, tokens.len() as u32, false, true, last_only);
         let mut plan = self.take_plan(key);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         let fwd = gpu.record_planned(&mut plan, &mut encoder, |encoder| {
             let tb = gpu.upload("tokens", tokens);
-            self.record_with_cache(gpu, encoder, &tb, tokens.len() as u32, cache)
+            let seq = tokens.len() as u32;
+            if last_only {
+                self.record_last_with_cache(gpu, encoder, &tb, seq, cache)
+            } else {
+                self.record_with_cache(gpu, encoder, &tb, seq, cache)
+            }
         });
         let logits = match fwd {
             Ok(fwd) => {
                 gpu.queue.submit([encoder.finish()]);
-                gpu.read_f32(&fwd.logits, tokens.len() * c.vocab).await
+                let rows = if last_only { 1 } else { tokens.len() };
+                gpu.read_f32(&fwd.logits, rows * c.vocab).await
             }
             Err(e) => Err(e),
         };
@@ -599,7 +645,7 @@ impl Model {
             c.check_targets("targets", t)?;
         }
         let counted = targets.map_or(0, |t| t.iter().filter(|&&t| t != IGNORE_TARGET).count());
-        let key = (batch as u32, seq as u32, targets.is_some(), false);
+        let key = (batch as u32, seq as u32, targets.is_some(), false, false);
         let mut plan = self.take_plan(key);
         let result = self
             .forward_planned(gpu, &mut plan, tokens, targets, batch, seq, counted)

@@ -68,13 +68,13 @@ impl VocabTables {
         .record(gpu, encoder)
     }
 
-    /// `logits [rows, vocab] = x [rows, dim] W^T`, a product per chunk of W's rows (the f16
-    /// copy where there is one).
+    /// `logits [rows, vocab] = x[first..first + rows] W^T` (`x` is `[_, dim]`), a product per
+    /// chunk of W's rows (the f16 copy where there is one).
     pub fn record_output(
         &self,
         gpu: &Gpu,
         encoder: &mut wgpu::CommandEncoder,
-        x: &wgpu::Buffer,
+        (x, first): (&wgpu::Buffer, u32),
         rows: u32,
         logits: &wgpu::Buffer,
     ) -> Result<()> {
@@ -87,8 +87,10 @@ impl VocabTables {
         for (i, w) in chunks.buffers.iter().enumerate() {
             let row0 = i as u32 * chunks.rows_per_chunk;
             let n = chunks.rows_per_chunk.min(vocab - row0);
-            // One chunk is the plain product; more write their columns of the logits.
-            let batched = (chunks.buffers.len() > 1).then(|| Batched {
+            // One chunk of all rows is the plain product; more write their columns of the
+            // logits, or start at a later row of x.
+            let batched = (chunks.buffers.len() > 1 || first > 0).then(|| Batched {
+                x_offset: first * dim,
                 y_offset: row0,
                 y_row: vocab,
                 ..Batched::dense(rows, n, dim, false, false)
