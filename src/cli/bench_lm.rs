@@ -133,6 +133,24 @@ fn speeds(gpu: &Gpu, model: &Model, f16_cache: bool, prompt: &[u32], steps: usiz
     Ok((prefill, steps as f64 / t.elapsed().as_secs_f64()))
 }
 
+/// The GPU time of one prefill of `prompt` by kernel label, largest first (where the adapter
+/// has timestamp queries; the passes are not merged while profiling).
+fn prefill_profile(gpu: &Gpu, model: &Model, prompt: &[u32]) -> Result<Vec<(&'static str, f64)>> {
+    let mut cache = model.new_cache(gpu);
+    if gpu
+        .start_profiling(16 * model.config.n_layers as u32 + 64)
+        .is_err()
+    {
+        return Ok(Vec::new());
+    }
+    let run = pollster::block_on(model.forward_last_with_cache(gpu, prompt, &mut cache));
+    let timings = pollster::block_on(gpu.finish_profiling())?;
+    run?;
+    let mut by_label = memlayers::gpu::KernelTiming::per_label(&timings, 1);
+    by_label.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(by_label)
+}
+
 /// The PyTorch figures (prefill, decode tokens/s), or why there are none.
 fn torch_speeds(o: &Options, config_json: &str) -> std::result::Result<(f64, f64), String> {
     let config_file = std::env::temp_dir().join(format!("memlayers-bench-{}.json", std::process::id()));
@@ -241,6 +259,22 @@ pub fn run(o: &Options) -> Result<()> {
             100.0 * bytes * decode / 1e9 / copy_gbs
         );
         rows.push((label, prefill, decode, bytes));
+        if !f16_weights {
+            let profile = prefill_profile(&gpu, &model, &prompt)?;
+            let total: f64 = profile.iter().map(|k| k.1).sum();
+            if total > 0.0 {
+                let top: Vec<String> = profile
+                    .iter()
+                    .take(6)
+                    .map(|(label, s)| format!("{label} {:.0}%", 100.0 * s / total))
+                    .collect();
+                println!(
+                    "    its prefill's GPU time {:.0} ms, by kernel: {}",
+                    total * 1e3,
+                    top.join(", ")
+                );
+            }
+        }
     }
     println!("  8-bit weights: not available (memlayers has no 8-bit weight path yet)");
     match peak_host_bytes() {

@@ -533,7 +533,11 @@ impl Model {
         self.norm(rows, self.layout.norm, &h, &final_rstd)
             .record_forward(gpu, encoder, &final_normed)?;
         // Every row's logits, or the last row's (of a single sequence).
-        let (first, logit_rows) = if last_logits_only { (rows - 1, 1) } else { (0, rows) };
+        let (first, logit_rows) = if last_logits_only {
+            (rows - 1, 1)
+        } else {
+            (0, rows)
+        };
         let logits = f32s("logits", logit_rows * c.vocab as u32);
         self.vocab
             .record_output(gpu, encoder, (&final_normed, first), logit_rows, &logits)?;
