@@ -104,6 +104,15 @@ fn weight_bytes_per_token(c: &ModelConfig, bytes_per_weight: f64) -> f64 {
     gemm * bytes_per_weight + 4.0 * d * (1.0 + 2.0 * c.n_layers as f64 + 1.0)
 }
 
+/// Multiply-add FLOPs of a prefill's linear layers over `prompt` tokens: every layer's
+/// projections on each token, the output layer on the last one.
+fn prefill_gemm_flops(c: &ModelConfig, prompt: usize) -> f64 {
+    let (d, hd) = (c.dim as f64, c.head_dim as f64);
+    let attention = d * hd * (2.0 * c.n_heads as f64 + 2.0 * c.n_kv_heads as f64);
+    let ffn = 3.0 * d * c.hidden as f64;
+    2.0 * (prompt as f64 * c.n_layers as f64 * (attention + ffn) + c.vocab as f64 * d)
+}
+
 /// Tokens/s of a prefill of `prompt` and of `steps` decoding steps after it.
 fn speeds(gpu: &Gpu, model: &Model, f16_cache: bool, prompt: &[u32], steps: usize) -> Result<(f64, f64)> {
     let new_cache = || {
@@ -244,6 +253,7 @@ pub fn run(o: &Options) -> Result<()> {
         o.prompt, o.decode
     );
     let mut rows = Vec::new();
+    let mut prefill_gemm_share = None;
     for (label, f16_weights, f16_cache) in [
         ("f32 weights", false, false),
         ("f16 weights", true, false),
@@ -273,6 +283,15 @@ pub fn run(o: &Options) -> Result<()> {
                     total * 1e3,
                     top.join(", ")
                 );
+                let linear: f64 = profile.iter().filter(|k| k.0 == "linear").map(|k| k.1).sum();
+                if linear > 0.0 {
+                    let gflops = prefill_gemm_flops(&config, prompt.len()) / linear / 1e9;
+                    println!(
+                        "    its linear layers: {gflops:.1} GFLOP/s, {:.0}% of the multiply-add ceiling",
+                        100.0 * gflops / fma_gflops
+                    );
+                    prefill_gemm_share = Some(gflops / fma_gflops);
+                }
             }
         }
     }
@@ -318,6 +337,7 @@ pub fn run(o: &Options) -> Result<()> {
             "torch_decode_tokens_per_s": torch.as_ref().ok().map(|t| t.1),
             "torch_not_measured": torch.as_ref().err(),
             "copy_bytes_per_s": copy_gbs * 1e9,
+            "prefill_gemm_share_of_fma_ceiling": prefill_gemm_share,
             "fma_flops_per_s": fma_gflops * 1e9,
             "peak_host_bytes": peak_host_bytes(),
             "device_bytes_created": gpu.buffer_bytes_created(),

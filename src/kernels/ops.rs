@@ -543,10 +543,12 @@ impl Attention<'_> {
     /// The kernel variant for this shape on `gpu`. The row variants keep a row in private
     /// arrays (head_dim <= 128) and run every key of a row in one invocation, within the loop
     /// budget; of those, the one reading rows a subgroup at a time and keeping them in
-    /// registers needs subgroups of 8 and head_dim <= 32.
-    fn variant(&self, gpu: &Gpu, kv_len: u32) -> AttentionKernel {
-        let (hd, group) = (self.head_dim as u64, (self.heads / self.kv_heads.max(1)) as u64);
-        let iterations = group * kv_len as u64 * (2 * hd + 2) + 4 * hd;
+    /// registers needs subgroups of 8 and head_dim <= 32. `rows_a_key` is how many rows an
+    /// invocation runs over each key: 1 in the forward (a query row), the group's query
+    /// heads in the backward (a key row meets every query head of its group).
+    fn variant(&self, gpu: &Gpu, kv_len: u32, rows_a_key: u64) -> AttentionKernel {
+        let hd = self.head_dim as u64;
+        let iterations = rows_a_key * kv_len as u64 * (2 * hd + 2) + 4 * hd;
         let tuning = gpu.tuning();
         if !tuning.attention_rows || hd > 128 || iterations > LOOP_BUDGET {
             AttentionKernel::Workgroups
@@ -569,7 +571,7 @@ impl Attention<'_> {
         label: &'static str,
     ) -> Result<()> {
         let params = self.params_with_cache(gpu, kv_len)?;
-        let kernel = self.variant(gpu, kv_len);
+        let kernel = self.variant(gpu, kv_len, 1);
         let pipeline = kernel.pipeline(gpu, "forward", self.kv_f16);
         let bind = gpu.bind_at(
             &pipeline,
@@ -627,7 +629,8 @@ impl Attention<'_> {
             (6, d_out),
             (7, &row_dot),
         ];
-        let kernel = self.variant(gpu, self.seq);
+        let group = (self.heads / self.kv_heads.max(1)) as u64;
+        let kernel = self.variant(gpu, self.seq, group);
         let bq = kernel.pipeline(gpu, "backward_q", self.kv_f16);
         let mut with_out = shared.to_vec();
         with_out.push((4, self.out));
