@@ -128,6 +128,8 @@ impl ChatTemplate {
                 Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
             },
         );
+        // Llama 3.x templates write today's date.
+        env.add_function("strftime_now", |format: String| strftime(&format, today()));
         env.add_template("chat", &self.source)
             .map_err(|e| Error::Format(format!("chat_template: {e}")))?;
         let messages = vec![minijinja::context! { role => "user", content => message }];
@@ -141,5 +143,97 @@ impl ChatTemplate {
                 })
             })
             .map_err(|e| Error::Format(format!("chat_template: {e}")))
+    }
+}
+
+/// Today's (year, month, day) in UTC, from the system clock (`1970-01-01` when it is unset).
+fn today() -> (i64, u32, u32) {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `date` written with Python's strftime directives `%d %m %Y %y %b %B %%` (what chat
+/// templates use); other directives stay as written.
+fn strftime(format: &str, (year, month, day): (i64, u32, u32)) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let name = MONTHS[(month as usize).clamp(1, 12) - 1];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('b') => out.push_str(&name[..3]),
+            Some('B') => out.push_str(name),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strftime_writes_the_directives_chat_templates_use() {
+        assert_eq!(strftime("%d %b %Y", (2026, 12, 6)), "06 Dec 2026");
+        assert_eq!(
+            strftime("%B %d, %y (%m) 100%%", (2024, 2, 29)),
+            "February 29, 24 (02) 100%"
+        );
+        let (y, m, d) = today();
+        assert!(y >= 2024 && (1..=12).contains(&m) && (1..=31).contains(&d));
+    }
+
+    #[test]
+    fn a_template_may_ask_for_the_date_and_raise() {
+        let config = r#"{"chat_template": "{{ strftime_now('%Y') }}|{{ messages[0]['content'] }}", "bos_token": "<s>"}"#;
+        let t = ChatTemplate::from_tokenizer_config(config).unwrap().unwrap();
+        let text = t.render_user("hi").unwrap();
+        assert!(text.ends_with("|hi") && text.len() == 7, "{text}");
+        let raising = r#"{"chat_template": "{{ raise_exception('no system role') }}"}"#;
+        let e = ChatTemplate::from_tokenizer_config(raising)
+            .unwrap()
+            .unwrap()
+            .render_user("x")
+            .unwrap_err();
+        assert!(e.to_string().contains("no system role"), "{e}");
     }
 }
