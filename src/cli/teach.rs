@@ -150,9 +150,9 @@ fn teach_config(a: &Args, method: Method) -> Result<TeachConfig> {
         _ => ValueOptimizer::Sgd,
     };
     let lr = a.lr.unwrap_or(match (method, optimizer) {
-        (Method::Full, _) => 1e-3,
-        (_, ValueOptimizer::Sgd) => 100.0,
-        (_, ValueOptimizer::AdamW) => 2e-2,
+        (Method::Full, _) => memlayers::teach::FULL_LR,
+        (_, ValueOptimizer::Sgd) => memlayers::teach::VALUE_ROWS_SGD_LR,
+        (_, ValueOptimizer::AdamW) => memlayers::teach::VALUE_ROWS_ADAMW_LR,
     });
     if a.steps == 0 || a.batch == 0 || a.eval_every == 0 || !lr.is_finite() || lr <= 0.0 {
         return Err(Error::Config(

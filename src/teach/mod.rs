@@ -20,6 +20,16 @@ mod slots;
 
 pub use slots::{rank_rows, table_readers, Background};
 
+/// The value rows' AdamW learning rate of sparse-memory and memory teaching, `memlayers
+/// teach`'s default and the page's: of the sweep in `docs/results.md` ("Teaching"), the rate
+/// at which new-fact recall passes 0.9 while keeping the most old facts (3e-2 learns all and
+/// forgets more, 1e-2 learns half).
+pub const VALUE_ROWS_ADAMW_LR: f32 = 2e-2;
+/// The same for plain SGD on the value rows (`--optimizer sgd`).
+pub const VALUE_ROWS_SGD_LR: f32 = 100.0;
+/// Full fine-tuning's learning rate (the value tables at the usual 10x).
+pub const FULL_LR: f32 = 1e-3;
+
 use crate::demo::argmax;
 use crate::error::{Error, Result};
 use crate::kernels::ops::IGNORE_TARGET;

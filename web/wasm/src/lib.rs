@@ -50,6 +50,11 @@ const TEACH_CHECK_EVERY: u32 = 5;
 const TEACH_BATCH: usize = 4;
 /// Background batches (of `BATCH` rows of the facts) whose reads rank the rows to teach.
 const BACKGROUND_BATCHES: usize = 8;
+/// Seeds of the page's random draws. Any fixed values would do: they make a run of the page
+/// repeat exactly. The background's is the one `memlayers train` uses for the same purpose.
+const TRAINING_DATA_SEED: u64 = 0xDA7A;
+const BACKGROUND_SEED: u64 = 0x5107;
+const TEACHING_DATA_SEED: u64 = 0x7EAC;
 
 enum Net {
     Training(Box<Trainer>),
@@ -119,7 +124,7 @@ impl Demo {
                 net: None,
                 dense: None,
                 args: None,
-                rng: Rng::new(0xDA7A),
+                rng: Rng::new(TRAINING_DATA_SEED),
             })),
         })
     }
@@ -196,7 +201,7 @@ impl Demo {
         st.net = Some(Net::Training(Box::new(trainer)));
         st.dense = Some(Box::new(dense));
         st.args = Some(args);
-        st.rng = Rng::new(0xDA7A);
+        st.rng = Rng::new(TRAINING_DATA_SEED);
         let mut info: serde_json::Value = serde_json::from_str(&describe(&weights, steps)).expect("json");
         info["flops_per_token"] = json!(config.flops_per_token(PAGE_MODEL.seq));
         info["dense"] = json!({
@@ -371,7 +376,7 @@ impl Demo {
                     net.model(),
                     gpu,
                     &kb.facts,
-                    (0x5107, BACKGROUND_BATCHES),
+                    (BACKGROUND_SEED, BACKGROUND_BATCHES),
                     (BATCH, seq),
                 )
                 .await
@@ -380,7 +385,7 @@ impl Demo {
                     method: Method::SparseMemory,
                     slots: TEACH_SLOTS,
                     steps: max_steps.max(1),
-                    lr: 2e-2,
+                    lr: memlayers::teach::VALUE_ROWS_ADAMW_LR,
                     optimizer: ValueOptimizer::AdamW,
                     reads_at: ReadsAt::Mistakes,
                 };
@@ -391,7 +396,7 @@ impl Demo {
             let Net::Taught(teacher) = net else {
                 unreachable!("made above")
             };
-            let mut rng = Rng::new(0x7EAC);
+            let mut rng = Rng::new(TEACHING_DATA_SEED);
             let one = [fact.clone()];
             let (mut steps, mut rows, mut learned) = (0u32, 0usize, false);
             while steps < max_steps && !learned {
