@@ -285,14 +285,25 @@ fn vocabulary_tables_split_over_buffers_give_the_same_logits() {
         };
         for f16 in [false, true] {
             let build = |rows: Option<usize>| {
-                let mut m =
-                    Model::from_source_with(g, c, rows, |id| Ok(std::borrow::Cow::Borrowed(weights.get(id))))
-                        .unwrap();
+                let source = |id| Ok(std::borrow::Cow::Borrowed(weights.get(id)));
+                let mut m = Model::from_source_with(g, c, rows, false, source).unwrap();
                 if f16 {
                     m.use_f16_weights(g, &weights).unwrap();
                 }
                 m
             };
+            // The f16 copies made while the tensors stream by are those use_f16_weights makes.
+            let streamed = |rows: Option<usize>| {
+                Model::from_source_with(g, c, rows, f16, |id| {
+                    Ok(std::borrow::Cow::Borrowed(weights.get(id)))
+                })
+                .unwrap()
+            };
+            assert_eq!(
+                logits(&streamed(Some(100))),
+                logits(&build(Some(100))),
+                "{name} f16 {f16}"
+            );
             let split = build(Some(100));
             assert_eq!(logits(&split), logits(&build(None)), "{name} f16 {f16}");
             assert!(split.trainable_params().is_err());

@@ -74,11 +74,7 @@ fn upload(gpu: &Gpu, source: &Source, f16: bool) -> Result<Model> {
                     rng.vec_normal(spec.len(), std)
                 }))
             };
-            let mut model = Model::from_source(gpu, config, &mut tensor)?;
-            if f16 {
-                model.use_f16_weights_from(gpu, &mut tensor)?;
-            }
-            Ok(model)
+            Model::from_source(gpu, config, f16, &mut tensor)
         }
     }
 }

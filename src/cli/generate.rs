@@ -182,14 +182,16 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
 /// tokens (or the chat template's rendering, tokenized without them), then tokens until any
 /// EOS id or `--max-tokens`, each printed as soon as it completes a character.
 fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
-    let (config, text) = (folder.config(), folder);
+    let config = folder.config();
     let prompt = if a.chat {
-        let template = text.chat_template.as_ref().ok_or_else(|| {
+        let template = folder.chat_template.as_ref().ok_or_else(|| {
             Error::Config("--chat: the model's tokenizer_config.json has no chat_template".into())
         })?;
-        text.tokenizer.encode(&template.render_user(&a.prompt)?, false)?
+        folder
+            .tokenizer
+            .encode(&template.render_user(&a.prompt)?, false)?
     } else {
-        text.tokenizer.encode(&a.prompt, true)?
+        folder.tokenizer.encode(&a.prompt, true)?
     };
     if prompt.is_empty() {
         return Err(Error::Config("--prompt gives no tokens".into()));
@@ -215,10 +217,10 @@ fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
         let logits = pollster::block_on(model.forward_last_with_cache(&gpu, &feed, &mut cache))?;
         let next = pick(&logits, a.temperature, a.top_p, &mut rng);
         produced += 1;
-        if text.eos_ids.contains(&next) {
+        if folder.eos_ids.contains(&next) {
             break;
         }
-        write!(out, "{}", stream.push(&text.tokenizer, next)?).ok();
+        write!(out, "{}", stream.push(&folder.tokenizer, next)?).ok();
         out.flush().ok();
         feed = vec![next];
     }

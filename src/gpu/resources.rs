@@ -55,26 +55,24 @@ impl Device {
     /// absent (the kernel then never writes it): a writable binding needs a buffer that no
     /// other binding of the dispatch uses.
     pub fn unused_output(&self) -> &wgpu::Buffer {
-        self.unused_output.get_or_init(|| {
-            self.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("unused optional output"),
-                size: 16,
-                usage: STORAGE_USAGE,
-                mapped_at_creation: false,
-            })
-        })
+        self.unused_output
+            .get_or_init(|| self.placeholder("unused optional output"))
     }
 
     /// A 16-byte storage buffer, made once, to bind where a kernel's optional input is
     /// absent or too small for its view (the kernel then never reads it).
     pub fn unused_input(&self) -> &wgpu::Buffer {
-        self.unused_input.get_or_init(|| {
-            self.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("unused optional input"),
-                size: 16,
-                usage: STORAGE_USAGE,
-                mapped_at_creation: false,
-            })
+        self.unused_input
+            .get_or_init(|| self.placeholder("unused optional input"))
+    }
+
+    /// A 16-byte storage buffer that stands in for an absent one.
+    fn placeholder(&self, label: &str) -> wgpu::Buffer {
+        self.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 16,
+            usage: STORAGE_USAGE,
+            mapped_at_creation: false,
         })
     }
 

@@ -93,19 +93,21 @@ impl ModelForward {
 
 impl Model {
     pub fn new(gpu: &Gpu, w: &ModelWeights) -> Result<Self> {
-        Self::from_source(gpu, &w.config, |id| Ok(Cow::Borrowed(w.get(id))))
+        Self::from_source(gpu, &w.config, false, |id| Ok(Cow::Borrowed(w.get(id))))
     }
 
     /// A model of `config` whose parameters `tensor` gives one at a time (each of its
     /// registry's length, as `ModelWeights` holds them), each uploaded as it comes: the host
     /// needs one tensor at a time, not a copy of the model (a Hugging Face folder read
-    /// through memory maps: `io::hf::HfFolder::upload`).
+    /// through memory maps: `io::hf::HfFolder::upload`). With `f16_weights`, the f16 copies
+    /// of `use_f16_weights` are made from the same reads (a model without memory layers).
     pub fn from_source<'w>(
         gpu: &Gpu,
         config: &ModelConfig,
+        f16_weights: bool,
         tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
     ) -> Result<Self> {
-        Self::from_source_with(gpu, config, None, tensor)
+        Self::from_source_with(gpu, config, None, f16_weights, tensor)
     }
 
     /// `from_source` with the embedding and output tables split into buffers of at most
@@ -114,16 +116,43 @@ impl Model {
         gpu: &Gpu,
         config: &ModelConfig,
         table_rows: Option<usize>,
-        mut tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
+        f16_weights: bool,
+        mut source: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
     ) -> Result<Self> {
         let c = config;
         let layout = ModelLayout::new(c)?;
+        if f16_weights && c.memory.is_some() {
+            return Err(Error::Config(
+                "a model with memory layers gets its f16 weights from its ModelWeights (use_f16_weights)"
+                    .into(),
+            ));
+        }
+        // Each tensor is read once; the f16 copies are made as the GEMM weights go by.
+        let f16_ids = if f16_weights {
+            f16_weight_ids(&layout)
+        } else {
+            Vec::new()
+        };
+        let mut half: Vec<Option<wgpu::Buffer>> =
+            vec![None; if f16_weights { layout.registry.len() } else { 0 }];
+        let mut output_f16 = None;
+        let mut tensor = |id: ParamId| -> Result<Cow<'w, [f32]>> {
+            let data = source(id)?;
+            if f16_ids.contains(&id) {
+                half[id.0] = Some(half_copy(gpu, &layout, id, &data)?);
+            }
+            if f16_weights && id == layout.output {
+                output_f16 = output_f16_table(gpu, c, &layout, &data, table_rows)?;
+            }
+            Ok(data)
+        };
         let table =
             |data: &[f32]| VocabTables::table(gpu, data, (c.vocab, c.dim), ValueDtype::F32, table_rows);
         let embedding = table(&tensor(layout.tok_embeddings)?)?;
-        let output = match layout.output == layout.tok_embeddings {
-            true => None,
-            false => Some(table(&tensor(layout.output)?)?),
+        let output = if layout.output == layout.tok_embeddings {
+            None
+        } else {
+            Some(table(&tensor(layout.output)?)?)
         };
         let mut values = Vec::with_capacity(layout.values.len());
         if let Some(m) = &c.memory {
@@ -180,11 +209,11 @@ impl Model {
             vocab: VocabTables {
                 embedding,
                 output,
-                output_f16: None,
+                output_f16,
                 rows_per_chunk: table_rows,
             },
             plans: Default::default(),
-            half_weights: Vec::new(),
+            half_weights: half,
             f16_activations: false,
         })
     }
@@ -222,72 +251,19 @@ impl Model {
                 block.layer.use_f16_weights(gpu, &memory)?;
             }
         }
-        self.upload_f16_weights(gpu, |id| Ok(Cow::Borrowed(weights.get(id))))
-    }
-
-    /// `use_f16_weights` for a model without memory layers, from a source of tensors as
-    /// `from_source` reads them (one at a time).
-    pub fn use_f16_weights_from<'w>(
-        &mut self,
-        gpu: &Gpu,
-        tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
-    ) -> Result<()> {
-        if self.config.memory.is_some() {
-            return Err(Error::Config(
-                "use_f16_weights_from: a model with memory layers takes its weights (use_f16_weights)".into(),
-            ));
-        }
-        self.upload_f16_weights(gpu, tensor)
+        self.upload_f16_weights(gpu, weights)
     }
 
     /// The f16 copies of the attention, dense feed-forward and output weights.
-    fn upload_f16_weights<'w>(
-        &mut self,
-        gpu: &Gpu,
-        mut tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
-    ) -> Result<()> {
-        let mut ids = Vec::new();
-        for l in &self.layout.layers {
-            let a = &l.attention;
-            ids.extend([a.wq, a.wk, a.wv, a.wo]);
-            if let FeedForwardParams::Dense(d) = &l.feed_forward {
-                ids.extend([d.w1, d.w2, d.w3]);
-            }
-        }
+    fn upload_f16_weights(&mut self, gpu: &Gpu, weights: &ModelWeights) -> Result<()> {
         let mut half = vec![None; self.layout.registry.len()];
-        let in_range = |id: ParamId, data: &[f32]| match data.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
-            // bf16 weights reach far past f16's range; rounding would make them infinite.
-            Some(v) => Err(Error::tensor(
-                &self.layout.registry.spec(id).name,
-                "values within f16's range (|x| <= 65504) for f16 weights",
-                format!("{v}; run it with f32 weights"),
-            )),
-            None => Ok(()),
-        };
-        for id in ids {
-            let data = tensor(id)?;
-            in_range(id, &data)?;
-            let name = format!("{} (f16)", self.layout.registry.spec(id).name);
-            half[id.0] = Some(gpu.upload(&name, &crate::kernels::linear::pack_f16(&data)));
+        for id in f16_weight_ids(&self.layout) {
+            half[id.0] = Some(half_copy(gpu, &self.layout, id, weights.get(id))?);
         }
-        // The output layer's copy by rows, as its f32 table (an odd width keeps f32: its f16
-        // rows would not be whole words).
-        let c = &self.config;
-        let output_f16 = if c.dim.is_multiple_of(2) {
-            let data = tensor(self.layout.output)?;
-            in_range(self.layout.output, &data)?;
-            Some(VocabTables::table(
-                gpu,
-                &data,
-                (c.vocab, c.dim),
-                ValueDtype::F16,
-                self.vocab.rows_per_chunk,
-            )?)
-        } else {
-            None
-        };
+        let output = weights.get(self.layout.output);
+        let rows = self.vocab.rows_per_chunk;
+        self.vocab.output_f16 = output_f16_table(gpu, &self.config, &self.layout, output, rows)?;
         self.half_weights = half;
-        self.vocab.output_f16 = output_f16;
         // Plans recorded so far bound the f32 weights.
         self.plans.lock().unwrap().clear();
         Ok(())
@@ -320,7 +296,7 @@ impl Model {
 
     /// Whether forwards read f16 GEMM weights (`use_f16_weights`).
     pub fn uses_f16_weights(&self) -> bool {
-        !self.half_weights.is_empty() || self.vocab.output_f16.is_some()
+        !self.half_weights.is_empty()
     }
 
     /// The buffer a forward GEMM reads for weight `id`, and whether it holds f16.
@@ -710,4 +686,54 @@ impl Model {
         };
         Ok((logits, loss))
     }
+}
+
+/// The weights `use_f16_weights` keeps f16 copies of (besides the output layer's, kept by
+/// rows with its table): attention's and the dense feed-forward blocks'.
+fn f16_weight_ids(layout: &ModelLayout) -> Vec<ParamId> {
+    let mut ids = Vec::new();
+    for l in &layout.layers {
+        let a = &l.attention;
+        ids.extend([a.wq, a.wk, a.wv, a.wo]);
+        if let FeedForwardParams::Dense(d) = &l.feed_forward {
+            ids.extend([d.w1, d.w2, d.w3]);
+        }
+    }
+    ids
+}
+
+/// Errors unless every value of weight `id` is within f16's range: bf16 weights reach far
+/// past it, and rounding would make them infinite.
+fn check_f16_range(layout: &ModelLayout, id: ParamId, data: &[f32]) -> Result<()> {
+    match data.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
+        Some(v) => Err(Error::tensor(
+            &layout.registry.spec(id).name,
+            "values within f16's range (|x| <= 65504) for f16 weights",
+            format!("{v}; run it with f32 weights"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Weight `id`'s f16 copy, two values a word (`kernels::linear::pack_f16`).
+fn half_copy(gpu: &Gpu, layout: &ModelLayout, id: ParamId, data: &[f32]) -> Result<wgpu::Buffer> {
+    check_f16_range(layout, id, data)?;
+    let name = format!("{} (f16)", layout.registry.spec(id).name);
+    Ok(gpu.upload(&name, &crate::kernels::linear::pack_f16(data)))
+}
+
+/// The output layer's f16 copy by rows, as its f32 table (`rows_per_chunk` as that one's); an
+/// odd width keeps f32, since its f16 rows would not be whole words.
+fn output_f16_table(
+    gpu: &Gpu,
+    c: &ModelConfig,
+    layout: &ModelLayout,
+    data: &[f32],
+    rows_per_chunk: Option<usize>,
+) -> Result<Option<ValuePool>> {
+    if !c.dim.is_multiple_of(2) {
+        return Ok(None);
+    }
+    check_f16_range(layout, layout.output, data)?;
+    VocabTables::table(gpu, data, (c.vocab, c.dim), ValueDtype::F16, rows_per_chunk).map(Some)
 }

@@ -96,11 +96,7 @@ impl HfFolder {
                 let spec = registry.spec(id);
                 load(&spec.name, &spec.shape).map(std::borrow::Cow::Owned)
             };
-            let mut model = crate::model::Model::from_source(gpu, &self.config, &mut tensor)?;
-            if f16_weights {
-                model.use_f16_weights_from(gpu, &mut tensor)?;
-            }
-            Ok(model)
+            crate::model::Model::from_source(gpu, &self.config, f16_weights, &mut tensor)
         })
     }
 

@@ -442,6 +442,16 @@ struct Variant {
     quads: Flags,
 }
 
+/// `buffer`'s vec4 view: itself, or a placeholder where it is too small for one (a kernel
+/// then never reads through the view: its quad mode is 0).
+fn vec4_view<'a>(gpu: &'a Gpu, buffer: &'a wgpu::Buffer) -> &'a wgpu::Buffer {
+    if buffer.size() >= 16 {
+        buffer
+    } else {
+        gpu.unused_input()
+    }
+}
+
 /// What every variant binds beside the operands: the parameters, and the optional inputs
 /// (or their stand-ins).
 struct Bindings<'a> {

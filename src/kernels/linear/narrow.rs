@@ -3,7 +3,7 @@
 //! blocks would leave all but one row idle.
 
 use super::flags::Flags;
-use super::{Batched, Bindings, Linear, Variant};
+use super::{vec4_view, Batched, Bindings, Linear, Variant};
 use crate::error::{Error, Result};
 use crate::kernels::{Gpu, LOOP_BUDGET};
 
@@ -61,18 +61,14 @@ pub(super) fn prepare(lin: &Linear, gpu: &Gpu, l: &Batched) -> Result<Variant> {
     })
 }
 
-/// The plain bindings plus the weights' vec4 view (a placeholder where w is too small).
+/// The plain bindings plus the weights' vec4 view (`vec4_view`).
 pub(super) fn bind(
     lin: &Linear,
     gpu: &Gpu,
     pipeline: &wgpu::ComputePipeline,
     b: &Bindings,
 ) -> wgpu::BindGroup {
-    let w4 = if lin.w.size() >= 16 {
-        lin.w
-    } else {
-        gpu.unused_input()
-    };
+    let w4 = vec4_view(gpu, lin.w);
     gpu.bind_at(
         pipeline,
         &[

@@ -2,7 +2,7 @@
 //! workgroup stages, and 16-byte loads of operands laid out for them.
 
 use super::flags::Flags;
-use super::{Batched, Bindings, GemmTile, Linear, Variant};
+use super::{vec4_view, Batched, Bindings, GemmTile, Linear, Variant};
 use crate::kernels::{Gpu, LOOP_BUDGET};
 
 pub const SOURCE: &str = concat!(
@@ -65,24 +65,16 @@ pub(super) fn prepare(lin: &Linear, gpu: &Gpu, l: &Batched, tile: GemmTile) -> V
     }
 }
 
-/// The plain bindings plus the operands' vec4 views; a buffer too small for one is never
-/// read through it (quad mode 0), and a placeholder stands in.
+/// The plain bindings plus the operands' vec4 views (`vec4_view`).
 pub(super) fn bind(
     lin: &Linear,
     gpu: &Gpu,
     pipeline: &wgpu::ComputePipeline,
     b: &Bindings,
 ) -> wgpu::BindGroup {
-    let view = |buffer: &wgpu::Buffer| {
-        if buffer.size() >= 16 {
-            buffer.clone()
-        } else {
-            gpu.unused_input().clone()
-        }
-    };
-    let (x4, w4) = (view(lin.x), view(lin.w));
+    let (x4, w4) = (vec4_view(gpu, lin.x), vec4_view(gpu, lin.w));
     gpu.bind(
         pipeline,
-        &[b.params, lin.x, lin.w, b.bias, b.gate, lin.y, b.keep, &x4, &w4],
+        &[b.params, lin.x, lin.w, b.bias, b.gate, lin.y, b.keep, x4, w4],
     )
 }
