@@ -178,22 +178,65 @@ fn unsupported_configurations_are_one_line_errors() {
     assert!(with(&|_| {}).is_ok());
 }
 
-/// A model whose training would need a backward memlayers does not have yet says so.
+/// The backward of every variant (q/k/v biases, per-head q/k norms, a tied embedding whose
+/// two uses' gradients add up, llama3 RoPE scaling) against transformers' gradients of the
+/// prompt's mean next-token loss (`scripts/hf_grad_fixtures.py`), tensor by tensor.
 #[test]
-fn training_a_hugging_face_variant_is_refused() {
+fn gradients_match_transformers() {
+    use memlayers::kernels::ops::CrossEntropy;
     let g = gpu();
-    let folder = HfFolder::open(&fixture("qwen2_bias_f32")).unwrap();
-    let model = Model::new(g, &folder.read_weights().unwrap()).unwrap();
-    let mut encoder = g.device.create_command_encoder(&Default::default());
-    let tokens = g.upload("tokens", &[1u32, 2, 3]);
-    let fwd = model.record_forward(g, &mut encoder, &tokens, 1, 3).unwrap();
-    let d_logits = g.storage("d logits", (3 * folder.config().vocab * 4) as u64);
-    let e = model
-        .record_backward(g, &mut encoder, &fwd, &d_logits)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("no backward yet"), "{e}");
+    for name in FOLDERS {
+        let folder = HfFolder::open(&fixture(name)).unwrap();
+        let weights = folder.read_weights().unwrap();
+        let want = folder
+            .read_tensors_of(&fixture(name).join("expected_grads.safetensors"))
+            .unwrap();
+        let model = Model::new(g, &weights).unwrap();
+        let prompt = ids(&expected(name)["prompt_ids"]);
+        let rows = prompt.len() - 1;
+        let vocab = folder.config().vocab;
+        let (tokens, targets) = (
+            g.upload("tokens", &prompt[..rows]),
+            g.upload("targets", &prompt[1..]),
+        );
+        let mut encoder = g.device.create_command_encoder(&Default::default());
+        let fwd = model
+            .record_forward(g, &mut encoder, &tokens, 1, rows as u32)
+            .unwrap();
+        let (loss, d_logits) = (
+            g.storage("loss", rows as u64 * 4),
+            g.storage("d logits", (rows * vocab * 4) as u64),
+        );
+        CrossEntropy {
+            rows: rows as u32,
+            vocab: vocab as u32,
+            scale: 1.0 / rows as f32,
+            logits: &fwd.logits,
+            targets: &targets,
+            loss: &loss,
+            grad: &d_logits,
+        }
+        .record(g, &mut encoder)
+        .unwrap();
+        let grads = model.record_backward(g, &mut encoder, &fwd, &d_logits).unwrap();
+        g.queue.submit([encoder.finish()]);
+        let expected_tensors = want.named_tensors();
+        assert_eq!(grads.named.len(), expected_tensors.len(), "{name}");
+        for ((got_name, buffer, len), (want_name, _, want)) in grads.named.iter().zip(&expected_tensors) {
+            assert_eq!(got_name, want_name);
+            let got = g.read_f32_blocking(buffer, *len).unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = got
+                .iter()
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-3 * scale + 1e-6,
+                "{name} {got_name}: largest difference {worst:e} against a largest gradient of {scale:e}"
+            );
+        }
+    }
 }
 
 /// `memlayers generate` on a Hugging Face folder prints transformers' greedy continuation (up

@@ -11,6 +11,7 @@ use super::gpu::{Model, ModelForward};
 use crate::error::{Error, Result};
 use crate::kernels::embedding_grad::record_embedding_grad;
 use crate::kernels::linear::{gemm, Batched, Linear, MAX_K_PER_DISPATCH};
+use crate::kernels::ops::record_add;
 use crate::kernels::value_grads::ValueGrads;
 use crate::kernels::Gpu;
 use crate::params::ParamId;
@@ -67,9 +68,9 @@ impl Model {
         mark_values_read: bool,
     ) -> Result<ModelGrads> {
         let (c, layout) = (&self.config, &self.layout);
-        if !c.variant.is_lingua() {
+        if !self.vocab.is_whole() {
             return Err(Error::Config(
-                "training covers lingua's transformer: q/k/v biases, per-head q/k norms, tied embeddings and scaled RoPE frequencies have no backward yet".into(),
+                "the backward needs the embedding and output tables in one buffer each; this vocabulary takes several".into(),
             ));
         }
         let rows = fwd.rows;
@@ -177,8 +178,14 @@ impl Model {
             grads.set(id, g);
         }
 
-        // Embedding: one row per token, weight 1.
+        // Embedding: one row per token, weight 1; a tied output layer's gradient added in.
         let d_emb = record_token_grad(gpu, encoder, &fwd.tokens, &dh, (rows, vocab, d), None)?;
+        if layout.output == layout.tok_embeddings {
+            let d_output = grads.by_id[layout.output.0]
+                .take()
+                .expect("the output layer's gradient is recorded first");
+            record_add(gpu, encoder, &d_output, &d_emb, vocab * d)?;
+        }
         grads.set(layout.tok_embeddings, d_emb);
         let tables: Vec<(ParamId, wgpu::Buffer)> =
             grads.values.iter().map(|t| (t.id, t.grad.clone())).collect();
@@ -256,6 +263,36 @@ fn norm_weight_grads(
             (id, g)
         })
         .collect())
+}
+
+/// The column sums of `x [rows, n]` into a new buffer `[n]` (a bias's or a shared norm
+/// weight's gradient): a GEMM with a ones vector, in row chunks one dispatch can reduce,
+/// added in order.
+pub(crate) fn column_sums(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    label: &'static str,
+    x: &wgpu::Buffer,
+    (rows, n): (u32, u32),
+) -> Result<wgpu::Buffer> {
+    let chunk = rows.min(MAX_K_PER_DISPATCH);
+    let ones = gpu.upload("ones", &vec![1f32; chunk as usize]);
+    let sums = gpu.scratch(label, n as u64 * 4);
+    let mut start = 0;
+    while start < rows {
+        let k = chunk.min(rows - start);
+        Linear {
+            batched: Some(Batched {
+                w_offset: start * n,
+                ..Batched::dense(1, n, k, false, true)
+            }),
+            accumulate: start > 0,
+            ..Linear::new(label, &ones, x, &sums, (1, n, k))
+        }
+        .record(gpu, encoder)?;
+        start += k;
+    }
+    Ok(sums)
 }
 
 /// The gradient of an embedding table `[vocab, d]` whose rows were looked up by `tokens

@@ -35,7 +35,7 @@ pub struct Model {
     pub(super) rope_cos: wgpu::Buffer,
     pub(super) rope_sin: wgpu::Buffer,
     /// The embedding and output tables, split by rows where they exceed one binding.
-    vocab: VocabTables,
+    pub(super) vocab: VocabTables,
     /// The step plans of `forward` and `forward_with_cache`, by shape (most recent last).
     plans: std::sync::Mutex<Vec<(PlanKey, StepPlan)>>,
     /// f16 copies of the GEMM weights by parameter id, two values a word

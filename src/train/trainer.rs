@@ -152,7 +152,9 @@ impl Trainer {
                 flat_len += (*len as u64).next_multiple_of(CLIP_BLOCK);
             }
         }
-        let flat = (flat_len > 0).then(|| {
+        // Frozen weights keep no optimiser state: only the value tables get moments.
+        let frozen = config.freeze_weights;
+        let flat = (flat_len > 0 && !frozen).then(|| {
             let f32s = |label: &str| gpu.storage(label, flat_len * 4);
             FlatGroup {
                 master: f32s("flat parameters"),
@@ -177,10 +179,13 @@ impl Trainer {
                     );
                     (group.m.clone(), group.v.clone())
                 }
-                _ => (
-                    gpu.storage("adam m", len as u64 * 4),
-                    gpu.storage("adam v", len as u64 * 4),
-                ),
+                _ => {
+                    let len = if frozen && !values { 1 } else { len };
+                    (
+                        gpu.storage("adam m", len as u64 * 4),
+                        gpu.storage("adam v", len as u64 * 4),
+                    )
+                }
             };
             params.push(ParamState {
                 id,
@@ -584,7 +589,7 @@ impl Trainer {
     /// The current weights, read back.
     pub async fn weights(&self, gpu: &Gpu) -> Result<TensorFile> {
         let mut file = TensorFile::default();
-        for p in &self.params {
+        for p in self.params_with_state() {
             file.insert(
                 p.name.clone(),
                 HostTensor::f32(p.shape.clone(), gpu.read_f32(&p.param, p.len).await?),
@@ -599,11 +604,17 @@ impl Trainer {
         pollster::block_on(self.weights(gpu))
     }
 
+    /// The parameters with AdamW moments: all, or the value tables where weights are frozen.
+    fn params_with_state(&self) -> impl Iterator<Item = &ParamState> {
+        let frozen = self.config.freeze_weights;
+        self.params.iter().filter(move |p| p.values || !frozen)
+    }
+
     /// The optimiser state (`adam_m.<name>`, `adam_v.<name>`, `step`), read back (native).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn optimizer_state_blocking(&self, gpu: &Gpu) -> Result<TensorFile> {
         let mut file = TensorFile::default();
-        for p in &self.params {
+        for p in self.params_with_state() {
             for (prefix, buffer) in [("adam_m.", &p.m), ("adam_v.", &p.v)] {
                 let bytes = gpu.read_bytes_blocking(buffer, p.offset * 4, p.len as u64 * 4)?;
                 file.insert(
@@ -618,7 +629,7 @@ impl Trainer {
 
     /// Restores the optimiser state saved by `optimizer_state_blocking`.
     pub fn load_optimizer_state(&mut self, gpu: &Gpu, file: &TensorFile) -> Result<()> {
-        for p in &self.params {
+        for p in self.params_with_state() {
             let dims: Vec<Option<usize>> = p.shape.iter().map(|&d| Some(d)).collect();
             for (prefix, buffer) in [("adam_m.", &p.m), ("adam_v.", &p.v)] {
                 let (_, data) = file.f32_with_shape(&format!("{prefix}{}", p.name), &dims)?;

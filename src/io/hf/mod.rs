@@ -85,6 +85,19 @@ impl HfFolder {
             .read(&self.config, |load| ModelWeights::from_loader(&self.config, load))
     }
 
+    /// The tensors of `file`, a safetensors file under transformers' names with the folder's
+    /// tensors (gradients, say), as memlayers' parameters: renamed and reordered as the
+    /// weights are.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_tensors_of(&self, file: &Path) -> Result<ModelWeights> {
+        weights::WeightFiles::of_files(
+            file.parent().unwrap_or(Path::new(".")),
+            &[file.to_path_buf()],
+            &self.hf,
+        )?
+        .read(&self.config, |load| ModelWeights::from_loader(&self.config, load))
+    }
+
     /// The model on `gpu`, each tensor uploaded as it is read from the mapped files (the host
     /// holds one tensor at a time), with f16 copies of the GEMM weights when `f16_weights`
     /// (`Model::use_f16_weights`).

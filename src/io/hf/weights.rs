@@ -139,6 +139,16 @@ impl WeightFiles {
         })
     }
 
+    /// The tensors of other safetensors files laid out as a folder's weights (transformers'
+    /// names; e.g. gradients saved beside them), read as `read` reads weights.
+    pub fn of_files(dir: &Path, files: &[PathBuf], hf: &HfConfig) -> Result<Self> {
+        Ok(WeightFiles {
+            dir: dir.to_path_buf(),
+            mapped: files.iter().map(|p| map_file(p)).collect::<Result<_>>()?,
+            tie_word_embeddings: hf.tie_word_embeddings,
+        })
+    }
+
     /// Runs `f` with a reader of memlayers' parameters of `config` (name and shape in, f32
     /// values out, in memlayers' row order), then checks that every tensor of the folder was
     /// read (`lm_head.weight` beside tied embeddings excepted: some checkpoints keep a copy).

@@ -6,6 +6,7 @@ use super::{GradSink, Pass};
 use crate::error::Result;
 use crate::kernels::linear::{gemm, Linear};
 use crate::kernels::ops::{record_pack_f16, Attention, RmsNorm, Rope};
+use crate::model::backward::column_sums;
 use crate::model::config::ModelConfig;
 use crate::params::{Group, Init, ParamId, Registry};
 
@@ -31,6 +32,8 @@ pub(crate) struct AttentionActs {
     pub v: wgpu::Buffer,
     pub attn: wgpu::Buffer,
     pub lse: wgpu::Buffer,
+    /// With per-head q/k norms: each norm's input and per-row `rstd`, q's then k's.
+    pub head_norms: Option<[(wgpu::Buffer, wgpu::Buffer); 2]>,
 }
 
 impl AttentionParams {
@@ -101,8 +104,29 @@ impl AttentionParams {
         }
     }
 
-    /// Qwen3's norm of each head of `x` (`[rows, heads * head_dim]`) into a new buffer, or `x`
-    /// itself without one.
+    /// The per-head norm `which` (0: q, 1: k) over `x` `[rows, heads * head_dim]`, its
+    /// weight and rstd given.
+    fn head_norm<'b>(
+        &self,
+        p: &'b Pass,
+        which: usize,
+        x: &'b wgpu::Buffer,
+        rstd: &'b wgpu::Buffer,
+        heads: u32,
+    ) -> Option<RmsNorm<'b>> {
+        let c = &p.model.config;
+        self.qk_norm.map(|norms| RmsNorm {
+            rows: p.rows() * heads,
+            d: c.head_dim as u32,
+            eps: c.norm_eps,
+            x,
+            weight: p.param(norms[which]),
+            rstd,
+        })
+    }
+
+    /// Qwen3's norm of each head of `x` (`[rows, heads * head_dim]`) into a new buffer, with
+    /// `x` and the rows' rstd for the backward; or `x` itself without one.
     fn norm_heads(
         &self,
         p: &Pass,
@@ -110,26 +134,14 @@ impl AttentionParams {
         which: usize,
         x: wgpu::Buffer,
         heads: u32,
-    ) -> Result<wgpu::Buffer> {
-        let Some(norms) = self.qk_norm else {
-            return Ok(x);
+    ) -> Result<(wgpu::Buffer, Option<(wgpu::Buffer, wgpu::Buffer)>)> {
+        let rstd = p.f32s("head rstd", p.rows() * heads);
+        let Some(norm) = self.head_norm(p, which, &x, &rstd, heads) else {
+            return Ok((x, None));
         };
-        let c = &p.model.config;
-        let rows = p.rows() * heads;
-        let (normed, rstd) = (
-            p.f32s(["q normed", "k normed"][which], rows * c.head_dim as u32),
-            p.f32s("head rstd", rows),
-        );
-        RmsNorm {
-            rows,
-            d: c.head_dim as u32,
-            eps: c.norm_eps,
-            x: &x,
-            weight: p.param(norms[which]),
-            rstd: &rstd,
-        }
-        .record_forward(p.gpu, encoder, &normed)?;
-        Ok(normed)
+        let normed = p.f32s(["q normed", "k normed"][which], norm.rows * norm.d);
+        norm.record_forward(p.gpu, encoder, &normed)?;
+        Ok((normed, Some((x, rstd))))
     }
 
     fn dims(p: &Pass) -> (u32, u32, u32) {
@@ -163,8 +175,8 @@ impl AttentionParams {
             .record(gpu, encoder)?;
         self.projection(p, 2, x, &v, (rows, kvd, d))
             .record(gpu, encoder)?;
-        let q = self.norm_heads(p, encoder, 0, q, c.n_heads as u32)?;
-        let k = self.norm_heads(p, encoder, 1, k, c.n_kv_heads as u32)?;
+        let (q, q_norm) = self.norm_heads(p, encoder, 0, q, c.n_heads as u32)?;
+        let (k, k_norm) = self.norm_heads(p, encoder, 1, k, c.n_kv_heads as u32)?;
         // Queries and keys rotated in one dispatch.
         Rope {
             pos0,
@@ -206,6 +218,7 @@ impl AttentionParams {
             v,
             attn,
             lse,
+            head_norms: q_norm.zip(k_norm).map(|(q, k)| [q, k]),
         })
     }
 
@@ -267,6 +280,45 @@ impl AttentionParams {
             c.n_kv_heads as u32,
             (&dk_rot, &dk),
         )?;
+        // Through the per-head norms: dq and dk become the gradients of the projections'
+        // outputs.
+        let (dq, dk) = match &acts.head_norms {
+            None => (dq, dk),
+            Some(inputs) => {
+                let mut pre = Vec::with_capacity(2);
+                for (which, ((x_in, rstd), (dy, heads))) in inputs
+                    .iter()
+                    .zip([(&dq, c.n_heads as u32), (&dk, c.n_kv_heads as u32)])
+                    .enumerate()
+                {
+                    let norm = self
+                        .head_norm(p, which, x_in, rstd, heads)
+                        .expect("head norms were recorded");
+                    let n = norm.rows * norm.d;
+                    let (dx_in, dw_rows) = (
+                        p.f32s("grad head norm input", n),
+                        p.f32s("grad head norm rows", n),
+                    );
+                    norm.record_backward(gpu, encoder, dy, &dx_in, &dw_rows)?;
+                    let dw = column_sums(
+                        gpu,
+                        encoder,
+                        "grad head norm weight",
+                        &dw_rows,
+                        (norm.rows, norm.d),
+                    )?;
+                    grads.set(self.qk_norm.expect("head norms")[which], dw);
+                    pre.push(dx_in);
+                }
+                let dk = pre.pop().expect("k");
+                (pre.pop().expect("q"), dk)
+            }
+        };
+        if let Some(biases) = self.qkv_bias {
+            for (id, (dy, n)) in biases.into_iter().zip([(&dq, qd), (&dk, kvd), (&dv, kvd)]) {
+                grads.set(id, column_sums(gpu, encoder, "grad bias", dy, (rows, n))?);
+            }
+        }
         let (dwq, dwk, dwv) = (
             p.f32s("grad wq", qd * d),
             p.f32s("grad wk", kvd * d),
