@@ -12,6 +12,19 @@ fn weights(json: &str) -> ModelWeights {
     ModelWeights::init(&config).unwrap()
 }
 
+/// `json`'s model with its memory layers beside the feed-forward blocks (a retrofit's
+/// placement) instead of in their place.
+fn parallel_weights(json: &str) -> ModelWeights {
+    let mut args = LMTransformerArgs::from_json(json).unwrap();
+    let memory = std::mem::take(&mut args.productkey_args);
+    let config = args
+        .resolve()
+        .unwrap()
+        .with_memory(&memory, memlayers::model::MemoryPlacement::Parallel)
+        .unwrap();
+    ModelWeights::init(&config).unwrap()
+}
+
 #[test]
 fn model_forward_matches_oracle_dense_memory_and_moe() {
     let g = gpu();
@@ -112,8 +125,13 @@ fn model_backward_matches_finite_differences() {
         r#"{"dim": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 11, "multiple_of": 8, "max_seqlen": 8, "seed": 8,
             "moe_args": {"layers": "1", "n_experts": 4, "top_k": 2, "hidden_dim": 8, "aux_loss_coef": 0.0}}"#,
     ];
-    for json in configs {
-        let mut w = weights(json);
+    // The memory-layer model again with its memory beside the dense block.
+    let parallel = parallel_weights(configs[1]);
+    for (i, json) in configs.iter().chain(&configs[1..2]).enumerate() {
+        let mut w = match i {
+            3 => parallel.clone(),
+            _ => weights(json),
+        };
         let c = w.config.clone();
         let (batch, seq) = (2, 5);
         let mut rng = Rng::new(21);

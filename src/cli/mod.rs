@@ -11,6 +11,7 @@ mod memory_forward;
 mod model_dir;
 mod plot;
 mod progress;
+mod retrofit;
 mod slot_stats;
 mod teach;
 mod train;
@@ -58,6 +59,9 @@ enum Command {
     /// Teach a model new facts (sparse memory fine-tuning, or the baselines) and measure what
     /// it forgets.
     Teach(teach::Args),
+    /// Add a memory to a Hugging Face model, beside chosen feed-forward blocks: a new folder
+    /// whose model computes what the original does until it is taught.
+    Retrofit(retrofit::Args),
     /// Benchmark the forward pass: tokens/s, GPU time per kernel, matmul GFLOP/s, and the
     /// embedding bag's bandwidth next to a plain copy's on the same adapter.
     #[cfg(feature = "bench")]
@@ -107,6 +111,7 @@ pub fn run() -> Result<()> {
         Command::ExportLingua(args) => export_lingua::run(&args),
         Command::SlotStats(args) => slot_stats::run(&args),
         Command::Teach(args) => teach::run(&args),
+        Command::Retrofit(args) => retrofit::run(&args),
         #[cfg(feature = "bench")]
         Command::Bench {
             model,

@@ -45,6 +45,62 @@ impl Default for ProductKeyArgs {
     }
 }
 
+impl ProductKeyArgs {
+    /// The memory layers (ascending) and their configuration in a model of width `dim` and
+    /// `n_layers` layers; none when disabled.
+    pub fn resolve(&self, dim: usize, n_layers: usize) -> Result<(Vec<usize>, Option<MemoryConfig>)> {
+        let pk = self;
+        if !pk.is_enabled {
+            return Ok((Vec::new(), None));
+        }
+        if pk.peer_variant && pk.mem_v_dim > 0 {
+            return Err(bad(format!(
+                "productkey_args.peer_variant needs mem_v_dim -1 (the model's dim), found {} (the reference asserts it)",
+                pk.mem_v_dim
+            )));
+        }
+        let layers = parse_layers("productkey_args.layers", &pk.layers, n_layers)?;
+        if layers.is_empty() {
+            return Err(bad(
+                "productkey_args.layers is empty while is_enabled is true".into()
+            ));
+        }
+        let v_dim = if pk.mem_v_dim < 0 {
+            dim
+        } else {
+            pk.mem_v_dim as usize
+        };
+        let m = MemoryConfig {
+            d: dim,
+            heads: pk.mem_heads,
+            n_keys: pk.mem_n_keys,
+            knn: pk.mem_knn,
+            k_dim: pk.mem_k_dim,
+            v_dim,
+            swilu: pk.swilu_projection,
+            // As the reference: a value projection whenever mem_v_dim is given (> 0), even
+            // equal to dim, or with the SwiLU gate.
+            value_proj: pk.swilu_projection || pk.mem_v_dim > 0,
+            gated: pk.mem_gated,
+            peer: pk.peer_variant,
+            qk_norm: false,
+        };
+        m.validate()?;
+        Ok((layers, Some(m)))
+    }
+}
+
+/// Where a model's memory layers sit in their layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryPlacement {
+    /// In place of the feed-forward block (lingua's memory layers).
+    #[default]
+    Replace,
+    /// Beside the feed-forward block, on the same normed input, their outputs added: `h +=
+    /// ffn(x) + memory(x)` (a memory retrofitted into a pretrained model).
+    Parallel,
+}
+
 /// Mixture-of-experts feed-forward blocks: a memlayers extension of lingua's arguments (lingua
 /// has no MoE; `moe_args` is written only when `layers` is set). Each listed layer's
 /// feed-forward block becomes `n_experts` SwiGLU experts of width `hidden_dim` behind a linear
@@ -173,6 +229,8 @@ pub struct ModelConfig {
     pub memory_layers: Vec<usize>,
     /// The memory layers' configuration (all share one value table).
     pub memory: Option<MemoryConfig>,
+    /// Whether the memory layers replace the feed-forward blocks or sit beside them.
+    pub memory_placement: MemoryPlacement,
     /// Layers whose feed-forward block is a mixture of experts, in order.
     pub moe_layers: Vec<usize>,
     pub moe: Option<MoeConfig>,
@@ -279,45 +337,7 @@ which lingua's generator does not use; use null"
             hidden = (m * hidden as f64) as usize;
         }
         let hidden = a.multiple_of * hidden.div_ceil(a.multiple_of);
-        let pk = &a.productkey_args;
-        let (memory_layers, memory) = if pk.is_enabled {
-            if pk.peer_variant && pk.mem_v_dim > 0 {
-                return Err(bad(format!(
-                    "productkey_args.peer_variant needs mem_v_dim -1 (the model's dim), found {} (the reference asserts it)",
-                    pk.mem_v_dim
-                )));
-            }
-            let layers = parse_layers("productkey_args.layers", &pk.layers, a.n_layers)?;
-            if layers.is_empty() {
-                return Err(bad(
-                    "productkey_args.layers is empty while is_enabled is true".into()
-                ));
-            }
-            let v_dim = if pk.mem_v_dim < 0 {
-                a.dim
-            } else {
-                pk.mem_v_dim as usize
-            };
-            let m = MemoryConfig {
-                d: a.dim,
-                heads: pk.mem_heads,
-                n_keys: pk.mem_n_keys,
-                knn: pk.mem_knn,
-                k_dim: pk.mem_k_dim,
-                v_dim,
-                swilu: pk.swilu_projection,
-                // As the reference: a value projection whenever mem_v_dim is given (> 0), even
-                // equal to dim, or with the SwiLU gate.
-                value_proj: pk.swilu_projection || pk.mem_v_dim > 0,
-                gated: pk.mem_gated,
-                peer: pk.peer_variant,
-                qk_norm: false,
-            };
-            m.validate()?;
-            (layers, Some(m))
-        } else {
-            (Vec::new(), None)
-        };
+        let (memory_layers, memory) = a.productkey_args.resolve(a.dim, a.n_layers)?;
         let moe_args = &a.moe_args;
         let (moe_layers, moe) = if moe_args.is_disabled() {
             (Vec::new(), None)
@@ -366,6 +386,7 @@ which lingua's generator does not use; use null"
             rope_theta: a.rope_theta as f32,
             memory_layers,
             memory,
+            memory_placement: MemoryPlacement::Replace,
             moe_layers,
             moe,
             variant: TransformerVariant::default(),
@@ -413,10 +434,28 @@ impl ModelConfig {
             rope_theta: args.rope_theta as f32,
             memory_layers: Vec::new(),
             memory: None,
+            memory_placement: MemoryPlacement::Replace,
             moe_layers: Vec::new(),
             moe: None,
             variant,
         }
+    }
+
+    /// This model with the memory layers `memory` describes (`is_enabled`), placed as
+    /// `placement` says: a memory added to a model that has none (a retrofit).
+    pub fn with_memory(&self, memory: &ProductKeyArgs, placement: MemoryPlacement) -> Result<Self> {
+        if self.memory.is_some() || !self.moe_layers.is_empty() {
+            return Err(bad(
+                "the model already has memory or mixture-of-experts layers".into()
+            ));
+        }
+        let (layers, config) = memory.resolve(self.dim, self.n_layers)?;
+        let mut c = self.clone();
+        c.args.productkey_args = memory.clone();
+        c.memory_layers = layers;
+        c.memory = config;
+        c.memory_placement = placement;
+        Ok(c)
     }
 
     /// RoPE's inverse frequency of each of the `head_dim / 2` pairs of a head.
@@ -474,6 +513,9 @@ impl ModelConfig {
         for l in 0..self.n_layers {
             total += attn_proj + attn_core;
             total += match (&self.memory, self.is_memory_layer(l), self.moe_at(l)) {
+                (Some(m), true, _) if self.memory_placement == MemoryPlacement::Parallel => {
+                    ffn + m.flops_per_token()
+                }
                 (Some(m), true, _) => m.flops_per_token(),
                 (_, _, Some(moe)) => moe.flops_per_token(self.dim),
                 _ => ffn,

@@ -83,10 +83,7 @@ impl ModelForward {
     pub fn memory_lookups(&self) -> Vec<(usize, &crate::memory::MemoryActivations)> {
         self.residuals
             .iter()
-            .filter_map(|r| match &r.block {
-                BlockActs::Memory(acts) => Some((r.layer, &**acts)),
-                _ => None,
-            })
+            .filter_map(|r| r.block.memory().map(|acts| (r.layer, acts)))
             .collect()
     }
 }
@@ -184,11 +181,16 @@ impl Model {
             let block = match &l.feed_forward {
                 FeedForwardParams::Dense(p) => Block::Dense(p.clone()),
                 FeedForwardParams::Moe(p) => Block::Moe(p.clone()),
-                FeedForwardParams::Memory(p) => {
+                FeedForwardParams::Memory(p) | FeedForwardParams::DenseAndMemory(_, p) => {
                     let m = c.memory.as_ref().expect("memory layers have a configuration");
                     let block = MemoryBlock::new(p, m, |id| params[id.0].clone())
                         .map_err(|e| Error::Config(format!("layer {i}: {e}")))?;
-                    Block::Memory(Box::new(block))
+                    match &l.feed_forward {
+                        FeedForwardParams::DenseAndMemory(d, _) => {
+                            Block::DenseAndMemory(d.clone(), Box::new(block))
+                        }
+                        _ => Block::Memory(Box::new(block)),
+                    }
                 }
             };
             residuals.push(Residual {
@@ -246,7 +248,7 @@ impl Model {
             ));
         }
         for r in &mut self.residuals {
-            if let Block::Memory(block) = &mut r.block {
+            if let Some(block) = r.block.memory_mut() {
                 let memory = weights.memory_weights(&block.params)?;
                 block.layer.use_f16_weights(gpu, &memory)?;
             }
@@ -281,7 +283,7 @@ impl Model {
     pub fn use_f16_activations(&mut self, on: bool) {
         self.f16_activations = on;
         for r in &mut self.residuals {
-            if let Block::Memory(block) = &mut r.block {
+            if let Some(block) = r.block.memory_mut() {
                 block.layer.use_f16_activations(on);
             }
         }
@@ -695,7 +697,7 @@ fn f16_weight_ids(layout: &ModelLayout) -> Vec<ParamId> {
     for l in &layout.layers {
         let a = &l.attention;
         ids.extend([a.wq, a.wk, a.wv, a.wo]);
-        if let FeedForwardParams::Dense(d) = &l.feed_forward {
+        if let Some(d) = l.feed_forward.dense() {
             ids.extend([d.w1, d.w2, d.w3]);
         }
     }

@@ -2,7 +2,7 @@
 //! registry (`crate::params`).
 
 use super::blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams, MoeParams};
-use super::config::ModelConfig;
+use super::config::{MemoryPlacement, ModelConfig};
 use crate::error::Result;
 use crate::params::{Group, Init, ParamId, Registry};
 
@@ -55,6 +55,10 @@ impl ModelLayout {
             let ffn_norm = norm(&mut r, "ffn_norm.weight");
             let feed_forward = match (&c.memory, c.is_memory_layer(l)) {
                 (Some(m), true) => {
+                    let parallel = c.memory_placement == MemoryPlacement::Parallel;
+                    // Beside a feed-forward block, a memory's parameters are its own block's.
+                    let block = if parallel { "memory" } else { "feed_forward" };
+                    let dense = parallel.then(|| DenseParams::declare(&mut r, &prefix, c, std));
                     // The value tables (PEER: values_u, values_v), declared by the first memory
                     // layer that reads them.
                     let names: &[&str] = if m.peer {
@@ -69,7 +73,7 @@ impl ModelLayout {
                             .iter()
                             .map(|name| {
                                 r.declare(
-                                    format!("{prefix}feed_forward.{name}"),
+                                    format!("{prefix}{block}.{name}"),
                                     vec![m.n_values(), m.v_dim],
                                     Init::Normal(1.0 / (m.v_dim as f32).sqrt()),
                                     Group::Values,
@@ -79,7 +83,11 @@ impl ModelLayout {
                         values.extend(&declared);
                         declared
                     };
-                    FeedForwardParams::Memory(MemoryParams::declare(&mut r, &prefix, m, &tables)?)
+                    let memory = MemoryParams::declare(&mut r, &format!("{prefix}{block}."), m, &tables)?;
+                    match dense {
+                        Some(dense) => FeedForwardParams::DenseAndMemory(dense, memory),
+                        None => FeedForwardParams::Memory(memory),
+                    }
                 }
                 _ => match c.moe_at(l) {
                     Some(m) => FeedForwardParams::Moe(MoeParams::declare(&mut r, &prefix, c, m, std)),

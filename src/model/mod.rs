@@ -14,7 +14,9 @@ mod weights;
 
 pub use backward::{record_token_grad, ModelGrads};
 pub use blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams, MoeParams};
-pub use config::{LMTransformerArgs, ModelConfig, MoeArgs, MoeConfig, ProductKeyArgs, TransformerVariant};
+pub use config::{
+    LMTransformerArgs, MemoryPlacement, ModelConfig, MoeArgs, MoeConfig, ProductKeyArgs, TransformerVariant,
+};
 pub use gpu::{Model, ModelForward};
 pub use kv_cache::KvCache;
 pub use layout::{LayerParams, ModelLayout};

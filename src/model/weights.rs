@@ -1,7 +1,7 @@
 //! Host-side parameters of the transformer under lingua's names (docs/reference.md, "The transformer"): one
 //! tensor per entry of the model's parameter registry.
 
-use super::blocks::{FeedForwardParams, MemoryParams};
+use super::blocks::MemoryParams;
 use super::config::ModelConfig;
 use super::layout::ModelLayout;
 use crate::error::{Error, Result};
@@ -157,7 +157,7 @@ impl ModelWeights {
         let r = &self.layout.registry;
         let mut ids: Vec<ParamId> = self.layout.values.clone();
         for l in &self.layout.layers {
-            if let FeedForwardParams::Memory(m) = &l.feed_forward {
+            if let Some(m) = l.feed_forward.memory() {
                 ids.extend(m.local().map(|(_, id)| id));
             }
         }

@@ -1,7 +1,7 @@
 //! The transformer's forward on the CPU, composed from the reference ops: the oracle the GPU
 //! model is tested against.
 
-use crate::model::{FeedForwardParams, ModelWeights};
+use crate::model::{DenseParams, FeedForwardParams, MemoryParams, ModelWeights};
 use crate::reference::{self, ops};
 
 /// Logits `[batch * seq, vocab]` for `tokens [batch, seq]`.
@@ -63,29 +63,35 @@ pub fn forward_cpu_with_selections(
         let attn = reference::linear(&o, w.get(at.wo), None, rows, d, qd);
         h.iter_mut().zip(&attn).for_each(|(x, y)| *x += y);
         let f = ops::rmsnorm(&h, w.get(l.ffn_norm), c.norm_eps);
+        let dense = |p: &DenseParams| {
+            let g = reference::linear(&f, w.get(p.w1), None, rows, c.hidden, d);
+            let u = reference::linear(&f, w.get(p.w3), None, rows, c.hidden, d);
+            reference::linear(
+                &reference::silu_gate(&u, &g),
+                w.get(p.w2),
+                None,
+                rows,
+                d,
+                c.hidden,
+            )
+        };
+        let mut memory = |p: &MemoryParams| {
+            let m = w.memory_weights(p).expect("memory layers have a configuration");
+            let values = w.get(p.values);
+            let params = reference::MemoryParamsRef {
+                values_u: p.values_u.map(|u| w.get(u)),
+                ..super::memory_params(&m, values)
+            };
+            let (out, lookup) = reference::memory_forward(&f, &params, super::lookup_dims(&m.config, rows));
+            selections.extend(lookup.indices);
+            out
+        };
         let ffn = match &l.feed_forward {
-            FeedForwardParams::Dense(p) => {
-                let g = reference::linear(&f, w.get(p.w1), None, rows, c.hidden, d);
-                let u = reference::linear(&f, w.get(p.w3), None, rows, c.hidden, d);
-                reference::linear(
-                    &reference::silu_gate(&u, &g),
-                    w.get(p.w2),
-                    None,
-                    rows,
-                    d,
-                    c.hidden,
-                )
-            }
-            FeedForwardParams::Memory(p) => {
-                let m = w.memory_weights(p).expect("memory layers have a configuration");
-                let values = w.get(p.values);
-                let params = reference::MemoryParamsRef {
-                    values_u: p.values_u.map(|u| w.get(u)),
-                    ..super::memory_params(&m, values)
-                };
-                let (out, lookup) =
-                    reference::memory_forward(&f, &params, super::lookup_dims(&m.config, rows));
-                selections.extend(lookup.indices);
+            FeedForwardParams::Dense(p) => dense(p),
+            FeedForwardParams::Memory(p) => memory(p),
+            FeedForwardParams::DenseAndMemory(dp, mp) => {
+                let mut out = dense(dp);
+                out.iter_mut().zip(memory(mp)).for_each(|(a, b)| *a += b);
                 out
             }
             FeedForwardParams::Moe(p) => {

@@ -16,7 +16,10 @@
 //! it would spend the budget on a row that cannot move. No weight decay while teaching:
 //! decaying the rows of old facts would be forgetting by regularisation, not by learning.
 
+mod probe;
 mod slots;
+
+pub use probe::{probe_lines, text_rows, DEFAULT_PROBE};
 
 pub use slots::{rank_rows, table_readers, Background};
 

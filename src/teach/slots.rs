@@ -11,7 +11,7 @@
 //! to the lower row index: the ranking is deterministic.
 
 use crate::error::{Error, Result};
-use crate::model::{FeedForwardParams, ModelLayout, SlotCounts};
+use crate::model::{ModelLayout, SlotCounts};
 use crate::params::ParamId;
 
 /// The memory layers that read each value table (PEER's two tables are read at the same
@@ -19,7 +19,7 @@ use crate::params::ParamId;
 pub fn table_readers(layout: &ModelLayout) -> Vec<(ParamId, Vec<usize>)> {
     let mut tables: Vec<(ParamId, Vec<usize>)> = layout.values.iter().map(|&id| (id, Vec::new())).collect();
     for (l, layer) in layout.layers.iter().enumerate() {
-        if let FeedForwardParams::Memory(m) = &layer.feed_forward {
+        if let Some(m) = layer.feed_forward.memory() {
             for id in std::iter::once(m.values).chain(m.values_u) {
                 if let Some((_, readers)) = tables.iter_mut().find(|(t, _)| *t == id) {
                     readers.push(l);

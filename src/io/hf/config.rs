@@ -4,8 +4,8 @@
 //! `dtype`. Resolved into memlayers' `ModelConfig` (`docs/hugging-face.md`).
 
 use crate::error::{Error, Result};
-use crate::model::{LMTransformerArgs, ModelConfig, TransformerVariant};
-use serde::Deserialize;
+use crate::model::{LMTransformerArgs, MemoryPlacement, ModelConfig, ProductKeyArgs, TransformerVariant};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The architectures memlayers runs.
@@ -49,6 +49,30 @@ pub struct HfConfig {
     pub dtype: Option<String>,
     pub bos_token_id: Option<Value>,
     pub eos_token_id: Option<Value>,
+    /// memlayers' addition: a memory retrofitted into the model (`memlayers retrofit`).
+    pub memory: Option<HfMemory>,
+}
+
+/// The `memory` section memlayers adds to a retrofitted folder's `config.json`: where the
+/// memory layers sit and their sizes, as lingua's `productkey_args`; their tensors are in
+/// `memory.safetensors` beside the original weights, as `model.layers.<l>.memory.<name>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HfMemory {
+    /// `parallel`: beside the feed-forward block, outputs added.
+    pub placement: String,
+    pub productkey_args: ProductKeyArgs,
+}
+
+impl HfMemory {
+    pub fn placement(&self) -> Result<MemoryPlacement> {
+        match self.placement.as_str() {
+            "parallel" => Ok(MemoryPlacement::Parallel),
+            other => Err(bad(format!(
+                "memory.placement {other:?}: memlayers reads \"parallel\""
+            ))),
+        }
+    }
 }
 
 /// RoPE as the config gives it: the base and the scaling.
@@ -220,7 +244,13 @@ impl HfConfig {
             vocab_size: self.vocab_size as i64,
             ..LMTransformerArgs::default()
         };
-        Ok(ModelConfig::with_variant(&args, self.intermediate_size, variant))
+        let config = ModelConfig::with_variant(&args, self.intermediate_size, variant);
+        match &self.memory {
+            None => Ok(config),
+            Some(m) => config
+                .with_memory(&m.productkey_args, m.placement()?)
+                .map_err(|e| bad(format!("memory: {e}"))),
+        }
     }
 }
 

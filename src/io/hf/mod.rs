@@ -3,6 +3,7 @@
 //! end-of-sequence ids, read into memlayers' model (`docs/hugging-face.md`).
 
 pub mod config;
+pub mod retrofit;
 pub mod tokenizer;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod weights;

@@ -22,10 +22,21 @@ use std::path::{Path, PathBuf};
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The shard index's name.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// A retrofitted memory's tensors, beside the original weights (`memlayers retrofit`).
+pub const MEMORY_FILE: &str = "memory.safetensors";
 
 /// The weight files of `dir`: the shards its index lists (each once, in order of first
-/// mention), else `model.safetensors`.
+/// mention), else `model.safetensors`; then `memory.safetensors` where there is one.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = model_files(dir)?;
+    if dir.join(MEMORY_FILE).is_file() {
+        files.push(dir.join(MEMORY_FILE));
+    }
+    Ok(files)
+}
+
+/// The original model's weight files of `dir`: the shards or `model.safetensors`.
+pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.is_file() {
         let text = std::fs::read_to_string(&index)
@@ -81,7 +92,10 @@ fn hf_name(name: &str) -> Option<(String, Order)> {
         "feed_forward.w1.weight" => ("mlp.gate_proj.weight", Order::Same),
         "feed_forward.w3.weight" => ("mlp.up_proj.weight", Order::Same),
         "feed_forward.w2.weight" => ("mlp.down_proj.weight", Order::Same),
-        _ => return None,
+        _ => match param.strip_prefix("memory.") {
+            Some(memory) => return Some((format!("model.layers.{layer}.memory.{memory}"), Order::Same)),
+            None => return None,
+        },
     };
     Some((format!("model.layers.{layer}.{hf}"), order))
 }

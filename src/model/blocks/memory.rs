@@ -20,8 +20,9 @@ pub struct MemoryParams {
 }
 
 impl MemoryParams {
-    /// Declares the layer's own parameters; it reads value tables `tables` (`[values]`, or
-    /// PEER's `[values_u, values_v]`).
+    /// Declares the layer's own parameters under `prefix` (`layers.<l>.feed_forward.` in
+    /// place of a feed-forward block, `layers.<l>.memory.` beside one); it reads value tables
+    /// `tables` (`[values]`, or PEER's `[values_u, values_v]`).
     pub(crate) fn declare(
         r: &mut Registry,
         prefix: &str,
@@ -33,7 +34,7 @@ impl MemoryParams {
             .into_iter()
             .map(|(name, shape, init)| {
                 let id = r.declare(
-                    format!("{prefix}feed_forward.{name}"),
+                    format!("{prefix}{name}"),
                     shape,
                     init,
                     crate::params::Group::Weights,

@@ -6,7 +6,9 @@
 //! (`model::gpu`, `model::backward`), and the norms around them are the model's.
 //!
 //! Adding a feed-forward kind: a file here with its parameters (`declare`), forward and
-//! backward, and an arm in `FeedForwardParams` and `Block`.
+//! backward, and an arm in `FeedForwardParams` and `Block`. A memory retrofitted beside a
+//! dense block (`MemoryPlacement::Parallel`) is the two blocks on the same input, their
+//! outputs and input gradients added.
 
 mod attention;
 mod dense;
@@ -27,6 +29,7 @@ use super::gpu::Model;
 use super::kv_cache::KvCache;
 use crate::error::Result;
 use crate::kernels::linear::Linear;
+use crate::kernels::ops::record_add;
 use crate::kernels::Gpu;
 use crate::memory::MemoryActivations;
 use crate::params::ParamId;
@@ -37,6 +40,8 @@ pub enum FeedForwardParams {
     Dense(DenseParams),
     Memory(MemoryParams),
     Moe(MoeParams),
+    /// A dense block with a memory layer beside it.
+    DenseAndMemory(DenseParams, MemoryParams),
 }
 
 impl FeedForwardParams {
@@ -46,6 +51,27 @@ impl FeedForwardParams {
             FeedForwardParams::Dense(p) => vec![p.w1, p.w2, p.w3],
             FeedForwardParams::Memory(p) => p.local().map(|(_, id)| id).collect(),
             FeedForwardParams::Moe(p) => vec![p.router, p.w1, p.w2, p.w3],
+            FeedForwardParams::DenseAndMemory(d, m) => {
+                let mut ids = vec![d.w1, d.w2, d.w3];
+                ids.extend(m.local().map(|(_, id)| id));
+                ids
+            }
+        }
+    }
+
+    /// The block's memory layer, if it has one.
+    pub fn memory(&self) -> Option<&MemoryParams> {
+        match self {
+            FeedForwardParams::Memory(m) | FeedForwardParams::DenseAndMemory(_, m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The block's dense SwiGLU, if it has one.
+    pub fn dense(&self) -> Option<&DenseParams> {
+        match self {
+            FeedForwardParams::Dense(d) | FeedForwardParams::DenseAndMemory(d, _) => Some(d),
+            _ => None,
         }
     }
 }
@@ -56,6 +82,7 @@ pub(crate) enum Block {
     Dense(DenseParams),
     Memory(Box<MemoryBlock>),
     Moe(MoeParams),
+    DenseAndMemory(DenseParams, Box<MemoryBlock>),
 }
 
 /// What a block's forward leaves for its backward.
@@ -64,6 +91,17 @@ pub(crate) enum BlockActs {
     Dense(DenseActs),
     Memory(Box<MemoryActivations>),
     Moe(MoeBlockActs),
+    DenseAndMemory(DenseActs, Box<MemoryActivations>),
+}
+
+impl BlockActs {
+    /// The memory layer's lookup, if the block has one.
+    pub fn memory(&self) -> Option<&MemoryActivations> {
+        match self {
+            BlockActs::Memory(m) | BlockActs::DenseAndMemory(_, m) => Some(m),
+            _ => None,
+        }
+    }
 }
 
 /// What every block's forward sees: the model, the batch's shape, and where it is.
@@ -153,7 +191,19 @@ impl Block {
             Block::Dense(d) => BlockActs::Dense(d.record_forward(p, encoder, x, h)?),
             Block::Memory(m) => BlockActs::Memory(Box::new(m.record_forward(p, encoder, x, h)?)),
             Block::Moe(m) => BlockActs::Moe(m.record_forward(p, encoder, x, h)?),
+            Block::DenseAndMemory(d, m) => {
+                let dense = d.record_forward(p, encoder, x, h)?;
+                BlockActs::DenseAndMemory(dense, Box::new(m.record_forward(p, encoder, x, h)?))
+            }
         })
+    }
+
+    /// The block's memory layer, if it has one.
+    pub fn memory_mut(&mut self) -> Option<&mut MemoryBlock> {
+        match self {
+            Block::Memory(m) | Block::DenseAndMemory(_, m) => Some(m),
+            _ => None,
+        }
     }
 
     /// Records the backward of `record_forward` for `dh` (dL/dh after the block): writes
@@ -180,6 +230,13 @@ impl Block {
                 m.record_backward(p, encoder, x, acts, dh, dx, grads)
             }
             (Block::Moe(m), BlockActs::Moe(acts)) => m.record_backward(p, encoder, x, acts, dh, dx, grads),
+            (Block::DenseAndMemory(d, m), BlockActs::DenseAndMemory(dense, memory)) => {
+                d.record_backward(p, encoder, x, dense, dh, dx, grads)?;
+                let n = p.rows() * p.model.config.dim as u32;
+                let dx_memory = p.f32s("grad memory input", n);
+                m.record_backward(p, encoder, x, memory, dh, &dx_memory, grads)?;
+                record_add(p.gpu, encoder, &dx_memory, dx, n)
+            }
             _ => unreachable!("activations come from the same block"),
         }
     }

@@ -1,0 +1,162 @@
+//! `memlayers retrofit` on the Hugging Face fixtures (`tests/fixtures/hf`): the retrofitted
+//! folder computes the original's logits bit for bit, loads in every command, teaches, and bad
+//! input is a one-line error with nothing written.
+
+mod common;
+use common::gpu;
+use memlayers::io::hf::HfFolder;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FOLDERS: [&str; 4] = [
+    "llama_tied_bf16_shards",
+    "qwen2_bias_f32",
+    "qwen3_qknorm_f16",
+    "mistral_f32",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("memlayers-retrofit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn memlayers(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_memlayers"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Retrofits fixture `name` into `dir/out` with a small memory; `extra` flags appended.
+fn retrofit(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let out = dir.join("out");
+    let run = memlayers(
+        &[
+            &[
+                "retrofit",
+                "--model",
+                fixture(name).to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &["--n-keys", "16", "--k-dim", "16"][..],
+            extra,
+        ]
+        .concat(),
+    );
+    assert!(run.status.success(), "{name}: {}", text(&run));
+    out
+}
+
+fn logits(folder: &Path, ids: &[u32]) -> Vec<f32> {
+    let g = gpu();
+    let f = HfFolder::open(folder).unwrap();
+    let model = f.upload(g, false).unwrap();
+    pollster::block_on(model.forward(g, ids, None, 1, ids.len()))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn a_retrofitted_model_computes_the_original_logits_bit_for_bit() {
+    for name in FOLDERS {
+        let dir = scratch_dir(name);
+        let out = retrofit(name, &dir, &["--layers", "0,1"]);
+        let folder = HfFolder::open(&out).unwrap();
+        assert_eq!(folder.config().memory_layers, vec![0, 1], "{name}");
+        let ids: Vec<u32> = (0..24u32).map(|i| (i * 37 + 5) % 300).collect();
+        let (before, after) = (logits(&fixture(name), &ids), logits(&out, &ids));
+        assert_eq!(before.len(), after.len());
+        let same = before.iter().zip(&after).all(|(a, b)| a.to_bits() == b.to_bits());
+        let worst = before
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            same,
+            "{name}: the retrofitted model's logits differ (by up to {worst:e})"
+        );
+        // The original tensors are the original files; the memory's are beside them.
+        for file in ["memory.safetensors", "slot_counts.safetensors", "tokenizer.json"] {
+            assert!(out.join(file).is_file(), "{name}: {file}");
+        }
+        // The memory is there: it reads slots, and its value rows are zero.
+        let weights = folder.read_weights().unwrap();
+        assert!(weights.values().unwrap().iter().all(|&v| v == 0.0));
+        assert_eq!(weights.values().unwrap().len(), 256 * folder.config().dim);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn bad_retrofits_are_one_line_errors_and_write_nothing() {
+    let dir = scratch_dir("bad");
+    let out = retrofit("qwen2_bias_f32", &dir, &[]);
+    let model = fixture("qwen2_bias_f32");
+    let again = dir.join("again");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--model", out.to_str().unwrap()], "already has a memory"),
+        (
+            vec!["--model", model.to_str().unwrap(), "--layers", "7"],
+            "out of range",
+        ),
+        (
+            vec!["--model", model.to_str().unwrap(), "--layers", "x"],
+            "not a layer index",
+        ),
+        (
+            vec!["--model", model.to_str().unwrap(), "--mode", "replace"],
+            "not available yet",
+        ),
+        (
+            vec!["--model", dir.to_str().unwrap()],
+            "not a Hugging Face model folder",
+        ),
+    ];
+    for (args, needle) in cases {
+        let run = memlayers(&[&["retrofit", "--out", again.to_str().unwrap()], &args[..]].concat());
+        let said = text(&run);
+        assert!(!run.status.success(), "{needle}: {said}");
+        let line = said
+            .lines()
+            .filter(|l| !l.contains("wgpu_hal"))
+            .collect::<Vec<_>>();
+        assert!(line.len() == 1 && line[0].contains(needle), "{needle}: {said}");
+        assert!(!again.exists(), "{needle}: wrote {}", again.display());
+    }
+    let run = memlayers(&[
+        "retrofit",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!run.status.success() && text(&run).contains("exists"));
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec!["out".to_string()],
+        "temporary folders left behind"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
