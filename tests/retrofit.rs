@@ -160,3 +160,120 @@ fn bad_retrofits_are_one_line_errors_and_write_nothing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `teach --compare` on a retrofitted folder: every method runs on the same facts, teach.json
+/// has the forgetting measures for each, and the taught model is a folder every command loads
+/// (`generate` answers from it).
+#[test]
+fn teaching_a_retrofitted_model_records_what_it_kept() {
+    let dir = scratch_dir("teach");
+    let model = retrofit("llama_tied_bf16_shards", &dir, &[]);
+    let out = dir.join("taught");
+    let run = memlayers(&[
+        "teach",
+        "--model",
+        model.to_str().unwrap(),
+        "--new-people",
+        "2",
+        "--steps",
+        "40",
+        "--compare",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("teach.json")).unwrap()).unwrap();
+    let methods: Vec<&str> = json["compare"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["sparse-memory", "memory", "full"]);
+    for r in json["compare"].as_array().unwrap() {
+        for key in [
+            "new_recall",
+            "kept_continuations",
+            "probe_loss_before",
+            "probe_loss_after",
+        ] {
+            let v = r[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite(), "{key}: {r}");
+        }
+        assert_eq!(r["probe_loss_before"], json["probe_loss_before"]);
+    }
+    // Full fine-tuning of every weight learns the 8 facts and changes continuations.
+    let full = &json["compare"][2];
+    assert!(full["new_recall"].as_f64().unwrap() >= 0.9, "{full}");
+    // The sparse-memory model saved: the original files, the taught memory beside them.
+    let taught = out.join("model");
+    assert!(taught.join("memory.safetensors").is_file());
+    assert!(taught.join("model.safetensors.index.json").is_file());
+    let gen = memlayers(&[
+        "generate",
+        "--model",
+        taught.to_str().unwrap(),
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "4",
+    ]);
+    assert!(gen.status.success(), "{}", text(&gen));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_teaching_input_is_a_one_line_error_and_writes_nothing() {
+    let dir = scratch_dir("teach-bad");
+    let model = retrofit("qwen2_bias_f32", &dir, &[]);
+    let plain = fixture("qwen2_bias_f32");
+    let (empty, bad_facts) = (dir.join("empty.txt"), dir.join("facts.tsv"));
+    std::fs::write(&empty, "\n  \n").unwrap();
+    // NFC turns the decomposed accent into one character: the answer cannot round-trip.
+    std::fs::write(&bad_facts, "Ana\tlives in\tCafe\u{301}\n").unwrap();
+    let out = dir.join("taught");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--model",
+                model.to_str().unwrap(),
+                "--new-people",
+                "1",
+                "--probe",
+                empty.to_str().unwrap(),
+            ],
+            "no prompt",
+        ),
+        (
+            vec![
+                "--model",
+                model.to_str().unwrap(),
+                "--facts",
+                bad_facts.to_str().unwrap(),
+            ],
+            "cannot encode the answer",
+        ),
+        (
+            vec!["--model", plain.to_str().unwrap(), "--new-people", "1"],
+            "has no memory",
+        ),
+    ];
+    for (args, needle) in cases {
+        let run = memlayers(
+            &[
+                &["teach", "--steps", "2", "--out", out.to_str().unwrap()],
+                &args[..],
+            ]
+            .concat(),
+        );
+        let said = text(&run);
+        let lines: Vec<&str> = said.lines().filter(|l| !l.contains("wgpu_hal")).collect();
+        assert!(
+            !run.status.success() && lines.len() == 1 && lines[0].contains(needle),
+            "{needle}: {said}"
+        );
+        assert!(!out.exists(), "{needle}: wrote {}", out.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model folder from `memlayers demo` or `memlayers train` (byte-level).
+    /// A model folder from `memlayers demo` or `memlayers train` (byte-level), or a Hugging
+    /// Face folder (retrofitted with `memlayers retrofit` for the memory methods).
     #[arg(long)]
     pub model: PathBuf,
     /// The new facts: subject<TAB>relation<TAB>object lines (the demo's format).
@@ -70,6 +71,10 @@ pub struct Args {
     /// Recall of the new facts and of a sample of the old ones every this many steps.
     #[arg(long, default_value_t = 10)]
     pub eval_every: u32,
+    /// Hugging Face models: the probe prompts, one a line, whose greedy continuations and loss
+    /// measure what the model knew before [32 built-in general-knowledge openings].
+    #[arg(long)]
+    pub probe: Option<PathBuf>,
 }
 
 /// Rows a sparse-memory step updates per table. A batch of 16 rows of the demo's facts reads
@@ -82,7 +87,7 @@ const DEFAULT_SLOTS: usize = 256;
 /// Old facts in the recall sample evaluated along training (all at the start and the end).
 const CURVE_SAMPLE: usize = 400;
 
-fn read_facts(path: &Path) -> Result<KnowledgeBase> {
+pub(super) fn read_facts(path: &Path) -> Result<KnowledgeBase> {
     KnowledgeBase::parse_tsv(
         &std::fs::read_to_string(path)
             .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
@@ -144,7 +149,7 @@ impl Taught {
     }
 }
 
-fn teach_config(a: &Args, method: Method) -> Result<TeachConfig> {
+pub(super) fn teach_config(a: &Args, method: Method) -> Result<TeachConfig> {
     let optimizer = match a.optimizer.as_str() {
         "adamw" => ValueOptimizer::AdamW,
         _ => ValueOptimizer::Sgd,
@@ -248,6 +253,9 @@ fn teach(
 pub fn run(a: &Args) -> Result<()> {
     let total = Instant::now();
     let method = Method::parse(&a.method)?;
+    if memlayers::io::hf::is_hf_folder(&a.model) {
+        return super::teach_hf::run(a, method);
+    }
     let (args, file) = super::model_dir::load_memlayers(&a.model)?;
     let config = args.resolve()?;
     let weights = ModelWeights::from_tensors(&config, &file)?;

@@ -139,29 +139,42 @@ pub async fn score(model: &Model, gpu: &Gpu, facts: &[Fact]) -> Result<FactScore
     for chunk in facts.chunks(CHUNK) {
         let (tokens, targets, seq) = recall_rows(chunk);
         let (logits, _) = model.forward(gpu, &tokens, None, chunk.len(), seq).await?;
-        for r in 0..chunk.len() {
-            let mut hit = true;
-            for i in 0..seq {
-                let t = targets[r * seq + i];
-                if t == IGNORE_TARGET {
-                    continue;
-                }
-                let at = (r * seq + i) * vocab;
-                let row = &logits[at..at + vocab];
-                hit &= argmax(row) == t;
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
-                let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
-                loss += max + sum.ln() - row[t as usize] as f64;
-                counted += 1;
-            }
-            recalled.push(hit);
-        }
+        let (hits, sum, n) = score_rows(&logits, &targets, seq, vocab);
+        recalled.extend(hits);
+        loss += sum;
+        counted += n;
     }
     Ok(FactScores {
         recalled,
         question: KnowledgeBase::question_ids(facts),
         loss: (loss / counted.max(1) as f64) as f32,
     })
+}
+
+/// Per row of `seq` positions (`logits [rows * seq, vocab]`, `targets [rows * seq]`): whether
+/// the argmax is the target at every position that has one; and the sum and count of the
+/// cross-entropies there.
+pub fn score_rows(logits: &[f32], targets: &[u32], seq: usize, vocab: usize) -> (Vec<bool>, f64, usize) {
+    let rows = targets.len() / seq.max(1);
+    let (mut hits, mut loss, mut counted) = (Vec::with_capacity(rows), 0f64, 0usize);
+    for r in 0..rows {
+        let mut hit = true;
+        for i in 0..seq {
+            let t = targets[r * seq + i];
+            if t == IGNORE_TARGET {
+                continue;
+            }
+            let at = (r * seq + i) * vocab;
+            let row = &logits[at..at + vocab];
+            hit &= argmax(row) == t;
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+            let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+            loss += max + sum.ln() - row[t as usize] as f64;
+            counted += 1;
+        }
+        hits.push(hit);
+    }
+    (hits, loss, counted)
 }
 
 /// For each fact, whether greedy decoding of its prompt yields exactly its answer.

@@ -8,6 +8,8 @@ mod facts;
 mod models;
 
 pub use ask::{ask, Answer, MemoryRead};
-pub use data::{argmax, fact_slot_counts, recall, recall_rows, recalled, score, training_batch, FactScores};
+pub use data::{
+    argmax, fact_slot_counts, recall, recall_rows, recalled, score, score_rows, training_batch, FactScores,
+};
 pub use facts::{Fact, KnowledgeBase};
 pub use models::{train_config, DemoModel, MemoryShape, MoeShape, VOCAB};

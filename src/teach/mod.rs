@@ -18,8 +18,13 @@
 
 mod probe;
 mod slots;
+mod token_facts;
 
-pub use probe::{probe_lines, text_rows, DEFAULT_PROBE};
+pub use probe::{
+    greedy_continuations, kept_continuations, probe_lines, text_loss, text_rows, CONTINUATION_TOKENS,
+    DEFAULT_PROBE,
+};
+pub use token_facts::{encode_facts, fact_batch, row_len, rows_per_pass, score_token_facts, TokenFact};
 
 pub use slots::{rank_rows, table_readers, Background};
 

@@ -589,7 +589,7 @@ impl Trainer {
     /// The current weights, read back.
     pub async fn weights(&self, gpu: &Gpu) -> Result<TensorFile> {
         let mut file = TensorFile::default();
-        for p in self.params_with_state() {
+        for p in &self.params {
             file.insert(
                 p.name.clone(),
                 HostTensor::f32(p.shape.clone(), gpu.read_f32(&p.param, p.len).await?),

@@ -12,8 +12,8 @@
 
 use super::config::HfConfig;
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
-use crate::tensor_file::{to_f32, TensorData};
+use crate::model::{ModelConfig, ModelWeights};
+use crate::tensor_file::{to_f32, HostTensor, TensorData, TensorFile};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +111,42 @@ fn to_rope_pairs(data: &[f32], row_len: usize, head_dim: usize) -> Vec<f32> {
         out[r * row_len..(r + 1) * row_len].copy_from_slice(&data[from * row_len..(from + 1) * row_len]);
     }
     out
+}
+
+/// The inverse of `to_rope_pairs`: adjacent pairs back to transformers' halves.
+fn from_rope_pairs(data: &[f32], row_len: usize, head_dim: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0.0; data.len()];
+    let rows = data.len() / row_len;
+    for r in 0..rows {
+        let (head, j) = (r / head_dim, r % head_dim);
+        let to = head * head_dim + if j % 2 == 0 { j / 2 } else { half + j / 2 };
+        out[to * row_len..(to + 1) * row_len].copy_from_slice(&data[r * row_len..(r + 1) * row_len]);
+    }
+    out
+}
+
+/// `weights` as a Hugging Face folder's tensors (f32, transformers' names and row order):
+/// the model's, and its retrofitted memory's (`memory.safetensors`). A tied output layer is
+/// stored once, as the embedding.
+pub fn hf_tensors(weights: &ModelWeights) -> Result<(TensorFile, TensorFile)> {
+    let head_dim = weights.config.head_dim;
+    let (mut model, mut memory) = (TensorFile::default(), TensorFile::default());
+    for (name, shape, data) in weights.named_tensors() {
+        let (hf, order) =
+            hf_name(&name).ok_or_else(|| Error::Config(format!("{name} has no Hugging Face counterpart")))?;
+        let data = match order {
+            Order::Same => data.to_vec(),
+            Order::RopePairs => from_rope_pairs(data, shape.get(1).copied().unwrap_or(1), head_dim),
+        };
+        let file = if hf.contains(".memory.") {
+            &mut memory
+        } else {
+            &mut model
+        };
+        file.insert(hf, HostTensor::f32(shape, data));
+    }
+    Ok((model, memory))
 }
 
 /// A weight file mapped into memory (read-only; nothing is copied until a tensor is asked for).
@@ -264,6 +300,12 @@ mod tests {
                 assert_eq!((p * c - q * s, q * c + p * s), halves);
             }
         }
+    }
+
+    #[test]
+    fn rope_pair_order_round_trips() {
+        let x: Vec<f32> = (0..3 * 16 * 2).map(|i| i as f32).collect();
+        assert_eq!(from_rope_pairs(&to_rope_pairs(&x, 2, 8), 2, 8), x);
     }
 
     #[test]

@@ -1,0 +1,384 @@
+//! `memlayers teach` on a Hugging Face folder (a retrofitted one for the memory methods): the
+//! facts tokenized by the folder's tokenizer, one a row; what the model knew before measured
+//! on probe prompts, as the share whose 16-token greedy continuation is unchanged and as the
+//! loss on them, beside the new facts' recall.
+
+use super::progress::Progress;
+use super::teach::{read_facts, teach_config, Args};
+use memlayers::demo::{Fact, KnowledgeBase};
+use memlayers::io::hf::weights::{hf_tensors, model_files, MEMORY_FILE};
+use memlayers::io::hf::HfFolder;
+use memlayers::io::{write_atomic, TensorFile};
+use memlayers::model::{Model, ModelWeights, SlotCounts, SLOT_COUNTS_FILE};
+use memlayers::rng::Rng;
+use memlayers::teach::{
+    encode_facts, fact_batch, greedy_continuations, kept_continuations, probe_lines, row_len,
+    score_token_facts, text_loss, Method, TeachConfig, Teacher, TokenFact, CONTINUATION_TOKENS,
+    DEFAULT_PROBE,
+};
+use memlayers::{Error, Gpu, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Instant;
+
+/// The probe prompts, their original continuations, and what the model scored before.
+struct Probe {
+    prompts: Vec<Vec<u32>>,
+    continuations: Vec<Vec<u32>>,
+    loss_before: f32,
+    source: String,
+}
+
+/// The facts being taught.
+struct NewFacts {
+    facts: Vec<Fact>,
+    encoded: Vec<TokenFact>,
+}
+
+struct Run {
+    method: Method,
+    config: TeachConfig,
+    new_recall: f32,
+    kept: f32,
+    probe_loss: f32,
+    /// `(step, new recall, kept continuations)`.
+    curve: Vec<(u32, f32, f32)>,
+    rows_per_step: f64,
+    seconds: f64,
+    weights: Option<ModelWeights>,
+}
+
+impl Run {
+    fn json(&self, new_before: f32, probe: &Probe) -> Value {
+        json!({
+            "method": self.method.name(),
+            "steps": self.config.steps,
+            "lr": self.config.lr,
+            "slots": (self.method == Method::SparseMemory).then_some(self.config.slots),
+            "rows_updated_per_step": self.rows_per_step,
+            "new_recall_before": new_before,
+            "new_recall": self.new_recall,
+            "kept_continuations": self.kept,
+            "probe_loss_before": probe.loss_before,
+            "probe_loss_after": self.probe_loss,
+            "probe": probe.source,
+            "wall_seconds": self.seconds,
+            "curve": self.curve.iter().map(|&(s, n, k)| json!({"step": s, "new_recall": n, "kept_continuations": k})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn teach(
+    gpu: &Gpu,
+    a: &Args,
+    config: TeachConfig,
+    weights: &ModelWeights,
+    background: Option<&SlotCounts>,
+    new: &NewFacts,
+    probe: &Probe,
+    (pad, new_before): (u32, f32),
+    keep_weights: bool,
+) -> Result<Run> {
+    let method = config.method;
+    let seq = row_len(&new.encoded);
+    let batch = a.batch.min(new.encoded.len()).max(1);
+    let mut teacher = Teacher::new(gpu, weights, config.clone(), background)?;
+    let mut rng = Rng::new(a.seed ^ 0x7EAC);
+    let started = Instant::now();
+    let mut curve = vec![(0, new_before, 1.0)];
+    let mut rows = 0usize;
+    let mut progress = Progress::new(method.name(), config.steps as u64);
+    let recall = |t: &Teacher| -> Result<f32> {
+        let scores = pollster::block_on(score_token_facts(
+            &t.trainer.model,
+            gpu,
+            &new.facts,
+            &new.encoded,
+            pad,
+        ))?;
+        Ok(scores.recall())
+    };
+    let kept = |model: &Model| {
+        pollster::block_on(kept_continuations(
+            model,
+            gpu,
+            &probe.prompts,
+            &probe.continuations,
+            pad,
+        ))
+    };
+    while teacher.trainer.step < config.steps {
+        let (x, y) = fact_batch(&new.encoded, &mut rng, batch, seq, pad);
+        let loss = teacher.step_blocking(gpu, &x, &y, batch, seq)?;
+        if !loss.is_finite() {
+            return Err(Error::Config(format!(
+                "teach {}: the loss diverged by step {} (lr {})",
+                method.name(),
+                teacher.trainer.step,
+                config.lr
+            )));
+        }
+        rows += teacher.rows_updated;
+        let step = teacher.trainer.step;
+        if step % a.eval_every == 0 || step == config.steps {
+            let (n, k) = (recall(&teacher)?, kept(&teacher.trainer.model)?);
+            curve.push((step, n, k));
+            progress.update(
+                step as u64,
+                format!("loss {loss:.3} new recall {n:.2} kept {k:.2}"),
+            );
+        }
+    }
+    let (new_recall, kept_after) = curve.last().map_or((0.0, 0.0), |c| (c.1, c.2));
+    let probe_loss = pollster::block_on(text_loss(&teacher.trainer.model, gpu, &probe_texts(probe), pad))?;
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish(format!(
+        "new recall {new_recall:.3}, kept continuations {kept_after:.3}, probe loss {:.4} -> {probe_loss:.4} | {seconds:.0}s",
+        probe.loss_before
+    ));
+    let weights = match keep_weights {
+        true => Some(ModelWeights::from_tensors(
+            &weights.config,
+            &teacher.trainer.weights_blocking(gpu)?,
+        )?),
+        false => None,
+    };
+    Ok(Run {
+        method,
+        new_recall,
+        kept: kept_after,
+        probe_loss,
+        curve,
+        rows_per_step: rows as f64 / config.steps as f64,
+        seconds,
+        weights,
+        config,
+    })
+}
+
+/// The probe prompts with their original continuations: the texts the probe loss is taken on.
+fn probe_texts(probe: &Probe) -> Vec<Vec<u32>> {
+    probe
+        .prompts
+        .iter()
+        .zip(&probe.continuations)
+        .map(|(p, c)| p.iter().chain(c).copied().collect())
+        .collect()
+}
+
+/// Hard-links `from` to `to`, or copies it.
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).map_err(|e| Error::Format(format!("cannot copy {}: {e}", from.display())))?;
+    }
+    Ok(())
+}
+
+/// The taught model as a Hugging Face folder at `out`: the source folder's files, with the
+/// memory's tensors replaced (memory methods) or every tensor rewritten (full).
+fn save_model(source: &Path, out: &Path, weights: &ModelWeights, method: Method) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let (model, memory) = hf_tensors(weights)?;
+    let originals = model_files(source)?;
+    let index = source.join(memlayers::io::hf::weights::INDEX_FILE);
+    for entry in std::fs::read_dir(source)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let rewritten =
+            name == MEMORY_FILE || method == Method::Full && (originals.contains(&path) || path == index);
+        if path.is_file() && !rewritten {
+            link_or_copy(&path, &out.join(&name))?;
+        }
+    }
+    if method == Method::Full {
+        model.write(&out.join(memlayers::io::hf::weights::WEIGHTS_FILE))?;
+    }
+    if !memory.tensors.is_empty() {
+        memory.write(&out.join(MEMORY_FILE))?;
+    }
+    Ok(())
+}
+
+pub fn run(a: &Args, method: Method) -> Result<()> {
+    let total = Instant::now();
+    let folder = HfFolder::open(&a.model)?;
+    let weights = folder.read_weights()?;
+    let config = weights.config.clone();
+    if method != Method::Full && !a.compare && config.memory.is_none() {
+        return Err(Error::Config(format!(
+            "teach --method {}: {} has no memory; add one with memlayers retrofit (or use --method full)",
+            method.name(),
+            a.model.display()
+        )));
+    }
+    if a.out.exists() {
+        return Err(Error::Config(format!(
+            "{} exists: teach writes a new folder",
+            a.out.display()
+        )));
+    }
+    let pad = folder.eos_ids.first().copied().unwrap_or(0);
+    let new_kb = match (&a.facts, a.new_people) {
+        (Some(path), _) => read_facts(path)?,
+        (None, Some(n)) if n > 0 => {
+            KnowledgeBase::new_people(n, a.seed ^ 0x4E3E, &KnowledgeBase { facts: Vec::new() })
+        }
+        _ => {
+            return Err(Error::Config(
+                "teach: give --facts NEW.tsv or --new-people N".into(),
+            ))
+        }
+    };
+    let new = NewFacts {
+        encoded: encode_facts(&new_kb.facts, &folder.tokenizer)?,
+        facts: new_kb.facts.clone(),
+    };
+    if row_len(&new.encoded) + 1 > config.max_seqlen {
+        return Err(Error::Config(format!(
+            "the longest fact has {} tokens; this model's context is {}",
+            row_len(&new.encoded) + 1,
+            config.max_seqlen
+        )));
+    }
+    let (probe_text, source) = match &a.probe {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
+            path.display().to_string(),
+        ),
+        None => (
+            DEFAULT_PROBE.to_string(),
+            "built-in (32 general-knowledge openings)".to_string(),
+        ),
+    };
+    let prompts: Vec<Vec<u32>> = probe_lines(&probe_text, &format!("the probe file {source}"))?
+        .iter()
+        .map(|l| folder.tokenizer.encode(l, true))
+        .collect::<Result<_>>()?;
+    let background = match a.model.join(SLOT_COUNTS_FILE).is_file() {
+        true => Some(SlotCounts::from_tensors(
+            &TensorFile::read(&a.model.join(SLOT_COUNTS_FILE))?,
+            &config.memory_layers,
+            config.memory.as_ref().map_or(0, |m| m.n_values()),
+        )?),
+        false => None,
+    };
+    let methods: Vec<Method> = match a.compare {
+        true => std::iter::once(method)
+            .chain(Method::ALL.into_iter().filter(|&m| m != method))
+            .filter(|&m| m == Method::Full || config.memory.is_some())
+            .collect(),
+        false => vec![method],
+    };
+    let configs: Vec<TeachConfig> = methods
+        .iter()
+        .map(|&m| teach_config(a, m))
+        .collect::<Result<_>>()?;
+
+    let gpu = Gpu::new_blocking()?;
+    let (new_before, probe) = {
+        let model = Model::new(&gpu, &weights)?;
+        let new_before =
+            pollster::block_on(score_token_facts(&model, &gpu, &new.facts, &new.encoded, pad))?.recall();
+        let continuations =
+            pollster::block_on(greedy_continuations(&model, &gpu, &prompts, CONTINUATION_TOKENS))?;
+        let mut probe = Probe {
+            prompts,
+            continuations,
+            loss_before: 0.0,
+            source,
+        };
+        probe.loss_before = pollster::block_on(text_loss(&model, &gpu, &probe_texts(&probe), pad))?;
+        (new_before, probe)
+    };
+    println!(
+        "{} new facts, {} probe prompts ({}); adapter {}; before: new recall {new_before:.3}, probe loss {:.4}",
+        new.facts.len(),
+        probe.prompts.len(),
+        probe.source,
+        gpu.adapter_name(),
+        probe.loss_before
+    );
+    // Everything goes to a temporary folder beside --out, renamed when complete.
+    let name = a
+        .out
+        .file_name()
+        .map_or("out".into(), |n| n.to_string_lossy().to_string());
+    let tmp = a
+        .out
+        .with_file_name(format!(".{name}.teach-{}", std::process::id()));
+    let result = (|| -> Result<Vec<Run>> {
+        let mut runs = Vec::new();
+        for (i, c) in configs.into_iter().enumerate() {
+            runs.push(teach(
+                &gpu,
+                a,
+                c,
+                &weights,
+                background.as_ref(),
+                &new,
+                &probe,
+                (pad, new_before),
+                i == 0,
+            )?);
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let chosen = &runs[0];
+        save_model(
+            &a.model,
+            &tmp.join("model"),
+            chosen.weights.as_ref().expect("the first run keeps its weights"),
+            chosen.method,
+        )?;
+        write_atomic(&tmp.join("new_facts.tsv"), new_kb.to_tsv().as_bytes())?;
+        let mut result = chosen.json(new_before, &probe);
+        if a.compare {
+            result["compare"] = Value::Array(runs.iter().map(|r| r.json(new_before, &probe)).collect());
+        }
+        write_atomic(
+            &tmp.join("teach.json"),
+            serde_json::to_string_pretty(&result)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        Ok(runs)
+    })();
+    let runs = match result {
+        Ok(runs) => {
+            std::fs::rename(&tmp, &a.out)?;
+            runs
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    println!(
+        "\n{:<14} {:>6} {:>10} {:>10} {:>10} {:>20} {:>7}",
+        "method", "steps", "rows/step", "new recall", "kept", "probe loss", "time"
+    );
+    for r in &runs {
+        println!(
+            "{:<14} {:>6} {:>10.0} {:>10.3} {:>10.3} {:>9.4} -> {:<8.4} {:>6.0}s",
+            r.method.name(),
+            r.config.steps,
+            r.rows_per_step,
+            r.new_recall,
+            r.kept,
+            probe.loss_before,
+            r.probe_loss,
+            r.seconds
+        );
+    }
+    println!(
+        "\ntotal {:.0}s; wrote {} (the taught model in {}/model)",
+        total.elapsed().as_secs_f64(),
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(())
+}
