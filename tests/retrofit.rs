@@ -277,3 +277,56 @@ fn bad_teaching_input_is_a_one_line_error_and_writes_nothing() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `export-hf` writes a byte-level memlayers model as a Llama folder that memlayers loads to
+/// the same logits bit for bit (transformers' parity with the loader is tests/hf.rs's), whose
+/// tokenizer maps each byte to its own id.
+#[test]
+fn an_exported_byte_level_model_is_the_same_model_as_a_llama_folder() {
+    use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+    let g = gpu();
+    let dir = scratch_dir("export");
+    let args = LMTransformerArgs::from_json(
+        r#"{"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 256, "multiple_of": 16, "max_seqlen": 48, "seed": 3}"#,
+    )
+    .unwrap();
+    let weights = ModelWeights::init(&args.resolve().unwrap()).unwrap();
+    let source = dir.join("dense");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("config.json"), args.to_json()).unwrap();
+    weights
+        .to_tensors()
+        .write(&source.join("weights.safetensors"))
+        .unwrap();
+    let out = dir.join("llama");
+    let run = memlayers(&[
+        "export-hf",
+        "--model",
+        source.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let text_in = "Kuviso lives in Quito.\nAnd caf\u{e9}";
+    let folder = HfFolder::open(&out).unwrap();
+    let ids = folder.tokenizer.encode(text_in, true).unwrap();
+    assert_eq!(ids, text_in.bytes().map(u32::from).collect::<Vec<_>>());
+    assert_eq!(folder.tokenizer.decode(&ids, false).unwrap(), text_in);
+    assert_eq!(folder.eos_ids, vec![u32::from(b'\n')]);
+    let original = Model::new(g, &weights).unwrap();
+    let want = pollster::block_on(original.forward(g, &ids, None, 1, ids.len()))
+        .unwrap()
+        .0;
+    let got = logits(&out, &ids);
+    assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()));
+    // An existing folder is refused.
+    let again = memlayers(&[
+        "export-hf",
+        "--model",
+        source.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success() && text(&again).contains("exists"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

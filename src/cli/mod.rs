@@ -3,6 +3,7 @@
 #[cfg(feature = "bench")]
 mod bench_lm;
 mod demo;
+mod export_hf;
 mod export_lingua;
 mod generate;
 mod info;
@@ -55,6 +56,9 @@ enum Command {
     Generate(generate::Args),
     /// Write a model as a lingua consolidated folder (consolidated.pth, params.json).
     ExportLingua(export_lingua::Args),
+    /// Write a byte-level memlayers model as a Hugging Face Llama folder (for transformers,
+    /// and for `retrofit`).
+    ExportHf(export_hf::Args),
     /// Count how often each memory slot is read over a text (slot_counts.safetensors).
     SlotStats(slot_stats::Args),
     /// Teach a model new facts (sparse memory fine-tuning, or the baselines) and measure what
@@ -110,6 +114,7 @@ pub fn run() -> Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::ExportLingua(args) => export_lingua::run(&args),
+        Command::ExportHf(args) => export_hf::run(&args),
         Command::SlotStats(args) => slot_stats::run(&args),
         Command::Teach(args) => teach::run(&args),
         Command::Retrofit(args) => retrofit::run(&args),

@@ -3,6 +3,8 @@
 //! end-of-sequence ids, read into memlayers' model (`docs/hugging-face.md`).
 
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod export;
 pub mod retrofit;
 pub mod tokenizer;
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,0 +1,63 @@
+//! `memlayers export-hf`: a byte-level memlayers model (`memlayers demo` or `train`) as a
+//! Hugging Face Llama folder: transformers loads it, and `memlayers retrofit` gives it a memory.
+
+use memlayers::io::hf::export::{byte_tokenizer_json, export_llama, BYTE_LEVEL_EOS};
+use memlayers::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A dense byte-level model folder (`memlayers demo`'s dense/, or `train --out`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The new folder (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let dir = super::model_dir::load(&a.model)?;
+    if dir.lingua.is_some() || memlayers::io::hf::is_hf_folder(&a.model) || dir.config().vocab != 256 {
+        return Err(Error::Config(
+            "export-hf writes memlayers' byte-level models (vocab_size 256, ids the bytes), whose tokenizer it can write"
+                .into(),
+        ));
+    }
+    if a.out.exists() {
+        return Err(Error::Config(format!(
+            "{} exists: export-hf writes a new folder",
+            a.out.display()
+        )));
+    }
+    let name = a
+        .out
+        .file_name()
+        .map_or("out".into(), |n| n.to_string_lossy().to_string());
+    let tmp = a
+        .out
+        .with_file_name(format!(".{name}.export-{}", std::process::id()));
+    let written = export_llama(
+        &dir.weights,
+        &tmp,
+        Some(&byte_tokenizer_json()?),
+        Some(BYTE_LEVEL_EOS),
+    );
+    match written {
+        Ok(()) => std::fs::rename(&tmp, &a.out)?,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    }
+    let facts = super::model_dir::checkpoint_dir(&a.model).join(super::model_dir::FACTS_FILE);
+    if facts.is_file() {
+        std::fs::copy(&facts, a.out.join(super::model_dir::FACTS_FILE))?;
+    }
+    println!(
+        "wrote {} (LlamaForCausalLM, {} layers of width {}, byte-level tokenizer, generation stops at a newline)",
+        a.out.display(),
+        dir.config().n_layers,
+        dir.config().dim
+    );
+    Ok(())
+}
