@@ -395,7 +395,7 @@ fn demo_end_to_end_in_miniature() {
         assert_eq!(
             methods,
             if compare {
-                vec!["sparse-memory", "memory", "full"]
+                vec!["sparse-memory", "memory", "full", "lora"]
             } else {
                 vec![]
             }

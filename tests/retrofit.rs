@@ -190,7 +190,7 @@ fn teaching_a_retrofitted_model_records_what_it_kept() {
         .iter()
         .map(|r| r["method"].as_str().unwrap())
         .collect();
-    assert_eq!(methods, ["sparse-memory", "memory", "full"]);
+    assert_eq!(methods, ["sparse-memory", "memory", "full", "lora"]);
     for r in json["compare"].as_array().unwrap() {
         for key in [
             "new_recall",
@@ -220,6 +220,38 @@ fn teaching_a_retrofitted_model_records_what_it_kept() {
         "4",
     ]);
     assert!(gen.status.success(), "{}", text(&gen));
+    // LoRA's adapters are saved as PEFT saves them (scripts/check_peft_adapter.py checks them
+    // against PEFT itself), beside the merged model.
+    let lora = dir.join("lora");
+    let run = memlayers(&[
+        "teach",
+        "--model",
+        model.to_str().unwrap(),
+        "--new-people",
+        "1",
+        "--steps",
+        "3",
+        "--method",
+        "lora",
+        "--out",
+        lora.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lora.join("adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (config["peft_type"].as_str(), config["r"].as_u64()),
+        (Some("LORA"), Some(8))
+    );
+    let adapters = memlayers::io::TensorFile::read(&lora.join("adapter/adapter_model.safetensors")).unwrap();
+    // 2 layers x 7 projections x (A, B).
+    assert_eq!(adapters.tensors.len(), 28);
+    let a = adapters
+        .get("base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight")
+        .unwrap();
+    assert_eq!(a.shape, vec![8, 64]);
+    assert!(lora.join("model/model.safetensors").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -252,7 +284,7 @@ fn bad_teaching_input_is_a_one_line_error_and_writes_nothing() {
                 "--facts",
                 bad_facts.to_str().unwrap(),
             ],
-            "cannot encode the answer",
+            "cannot encode",
         ),
         (
             vec!["--model", plain.to_str().unwrap(), "--new-people", "1"],

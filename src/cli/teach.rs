@@ -33,9 +33,16 @@ pub struct Args {
     #[arg(long, default_value = "teach-out")]
     pub out: PathBuf,
     /// sparse-memory (the TF-IDF-ranked value rows the batch reads), memory (every value row
-    /// the batch reads) or full (every parameter).
-    #[arg(long, default_value = "sparse-memory", value_parser = ["sparse-memory", "memory", "full"])]
+    /// the batch reads), full (every parameter) or lora (rank-r adapters on the attention and
+    /// feed-forward projections).
+    #[arg(long, default_value = "sparse-memory", value_parser = ["sparse-memory", "memory", "full", "lora"])]
     pub method: String,
+    /// LoRA's rank.
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// LoRA's alpha (the adapters' product is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f32,
     /// Value rows updated per step and table (sparse-memory).
     #[arg(long, default_value_t = DEFAULT_SLOTS)]
     pub slots: usize,
@@ -43,7 +50,7 @@ pub struct Args {
     #[arg(long, default_value_t = 300)]
     pub steps: u32,
     /// Learning rate [sparse-memory and memory: AdamW 2e-2 or SGD 100 on the value rows;
-    /// full: 1e-3, the value tables at 10x].
+    /// full: 1e-3, the value tables at 10x; lora: 1e-3].
     #[arg(long)]
     pub lr: Option<f32>,
     /// The value rows' optimiser in the memory methods (AdamW forgot a little less than SGD
@@ -156,6 +163,7 @@ pub(super) fn teach_config(a: &Args, method: Method) -> Result<TeachConfig> {
     };
     let lr = a.lr.unwrap_or(match (method, optimizer) {
         (Method::Full, _) => memlayers::teach::FULL_LR,
+        (Method::Lora, _) => memlayers::teach::LORA_LR,
         (_, ValueOptimizer::Sgd) => memlayers::teach::VALUE_ROWS_SGD_LR,
         (_, ValueOptimizer::AdamW) => memlayers::teach::VALUE_ROWS_ADAMW_LR,
     });
@@ -173,6 +181,10 @@ pub(super) fn teach_config(a: &Args, method: Method) -> Result<TeachConfig> {
         reads_at: match a.reads_at.as_str() {
             "answers" => ReadsAt::Answers,
             _ => ReadsAt::Mistakes,
+        },
+        lora: memlayers::teach::LoraConfig {
+            rank: a.lora_rank,
+            alpha: a.lora_alpha,
         },
     })
 }

@@ -29,7 +29,7 @@ struct Probe {
     source: String,
 }
 
-/// The facts being taught.
+/// Facts as text and as tokens: the ones being taught, or the model's own.
 struct NewFacts {
     facts: Vec<Fact>,
     encoded: Vec<TokenFact>,
@@ -41,11 +41,15 @@ struct Run {
     new_recall: f32,
     kept: f32,
     probe_loss: f32,
+    /// Recall of the model's original facts after teaching (where it has them).
+    old_recall: Option<f32>,
     /// `(step, new recall, kept continuations)`.
     curve: Vec<(u32, f32, f32)>,
     rows_per_step: f64,
     seconds: f64,
     weights: Option<ModelWeights>,
+    /// LoRA's adapters as PEFT saves them, and their adapter_config.json.
+    adapters: Option<(TensorFile, Value)>,
 }
 
 impl Run {
@@ -62,6 +66,7 @@ impl Run {
             "probe_loss_before": probe.loss_before,
             "probe_loss_after": self.probe_loss,
             "probe": probe.source,
+            "old_recall_after": self.old_recall,
             "wall_seconds": self.seconds,
             "curve": self.curve.iter().map(|&(s, n, k)| json!({"step": s, "new_recall": n, "kept_continuations": k})).collect::<Vec<_>>(),
         })
@@ -77,6 +82,7 @@ fn teach(
     background: Option<&SlotCounts>,
     new: &NewFacts,
     probe: &Probe,
+    old: Option<&NewFacts>,
     (pad, new_before): (u32, f32),
     keep_weights: bool,
 ) -> Result<Run> {
@@ -132,6 +138,19 @@ fn teach(
     }
     let (new_recall, kept_after) = curve.last().map_or((0.0, 0.0), |c| (c.1, c.2));
     let probe_loss = pollster::block_on(text_loss(&teacher.trainer.model, gpu, &probe_texts(probe), pad))?;
+    let old_recall = match old {
+        Some(o) => Some(
+            pollster::block_on(score_token_facts(
+                &teacher.trainer.model,
+                gpu,
+                &o.facts,
+                &o.encoded,
+                pad,
+            ))?
+            .recall(),
+        ),
+        None => None,
+    };
     let seconds = started.elapsed().as_secs_f64();
     progress.finish(format!(
         "new recall {new_recall:.3}, kept continuations {kept_after:.3}, probe loss {:.4} -> {probe_loss:.4} | {seconds:.0}s",
@@ -144,15 +163,24 @@ fn teach(
         )?),
         false => None,
     };
+    let adapters = match (&teacher.lora, keep_weights) {
+        (Some(lora), true) => Some((
+            pollster::block_on(lora.peft_tensors(gpu))?,
+            lora.peft_config(&std::fs::canonicalize(&a.model)?.display().to_string()),
+        )),
+        _ => None,
+    };
     Ok(Run {
         method,
         new_recall,
         kept: kept_after,
         probe_loss,
+        old_recall,
         curve,
         rows_per_step: rows as f64 / config.steps as f64,
         seconds,
         weights,
+        adapters,
         config,
     })
 }
@@ -176,7 +204,8 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// The taught model as a Hugging Face folder at `out`: the source folder's files, with the
-/// memory's tensors replaced (memory methods) or every tensor rewritten (full).
+/// memory's tensors replaced (memory methods) or every tensor rewritten (full; lora, its
+/// adapters merged).
 fn save_model(source: &Path, out: &Path, weights: &ModelWeights, method: Method) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let (model, memory) = hf_tensors(weights)?;
@@ -188,13 +217,13 @@ fn save_model(source: &Path, out: &Path, weights: &ModelWeights, method: Method)
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let rewritten =
-            name == MEMORY_FILE || method == Method::Full && (originals.contains(&path) || path == index);
+        let all = matches!(method, Method::Full | Method::Lora);
+        let rewritten = name == MEMORY_FILE || all && (originals.contains(&path) || path == index);
         if path.is_file() && !rewritten {
             link_or_copy(&path, &out.join(&name))?;
         }
     }
-    if method == Method::Full {
+    if matches!(method, Method::Full | Method::Lora) {
         model.write(&out.join(memlayers::io::hf::weights::WEIGHTS_FILE))?;
     }
     if !memory.tensors.is_empty() {
@@ -208,7 +237,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
     let folder = HfFolder::open(&a.model)?;
     let weights = folder.read_weights()?;
     let config = weights.config.clone();
-    if method != Method::Full && !a.compare && config.memory.is_none() {
+    if method.uses_memory() && !a.compare && config.memory.is_none() {
         return Err(Error::Config(format!(
             "teach --method {}: {} has no memory; add one with memlayers retrofit (or use --method full)",
             method.name(),
@@ -244,6 +273,24 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             config.max_seqlen
         )));
     }
+    // The model's own facts, where it has them (an exported demo model keeps its facts.tsv).
+    let old_path = a
+        .old
+        .clone()
+        .unwrap_or_else(|| a.model.join(super::model_dir::FACTS_FILE));
+    let old = match old_path.is_file() {
+        true => {
+            let kb = read_facts(&old_path)?;
+            Some(NewFacts {
+                encoded: encode_facts(&kb.facts, &folder.tokenizer)?,
+                facts: kb.facts,
+            })
+        }
+        false if a.old.is_some() => {
+            return Err(Error::Config(format!("{} does not exist", old_path.display())));
+        }
+        false => None,
+    };
     let (probe_text, source) = match &a.probe {
         Some(path) => (
             std::fs::read_to_string(path)
@@ -255,9 +302,15 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             "built-in (32 general-knowledge openings)".to_string(),
         ),
     };
+    // As generation does: a prompt longer than the context leaves for its continuation keeps
+    // its last tokens.
+    let keep = config.max_seqlen.saturating_sub(CONTINUATION_TOKENS).max(1);
     let prompts: Vec<Vec<u32>> = probe_lines(&probe_text, &format!("the probe file {source}"))?
         .iter()
-        .map(|l| folder.tokenizer.encode(l, true))
+        .map(|l| {
+            let ids = folder.tokenizer.encode(l, true)?;
+            Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
+        })
         .collect::<Result<_>>()?;
     let background = match a.model.join(SLOT_COUNTS_FILE).is_file() {
         true => Some(SlotCounts::from_tensors(
@@ -270,7 +323,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
     let methods: Vec<Method> = match a.compare {
         true => std::iter::once(method)
             .chain(Method::ALL.into_iter().filter(|&m| m != method))
-            .filter(|&m| m == Method::Full || config.memory.is_some())
+            .filter(|&m| !m.uses_memory() || config.memory.is_some())
             .collect(),
         false => vec![method],
     };
@@ -280,8 +333,14 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
         .collect::<Result<_>>()?;
 
     let gpu = Gpu::new_blocking()?;
-    let (new_before, probe) = {
+    let (new_before, probe, old_before) = {
         let model = Model::new(&gpu, &weights)?;
+        let old_before = match &old {
+            Some(o) => {
+                Some(pollster::block_on(score_token_facts(&model, &gpu, &o.facts, &o.encoded, pad))?.recall())
+            }
+            None => None,
+        };
         let new_before =
             pollster::block_on(score_token_facts(&model, &gpu, &new.facts, &new.encoded, pad))?.recall();
         let continuations =
@@ -293,8 +352,11 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             source,
         };
         probe.loss_before = pollster::block_on(text_loss(&model, &gpu, &probe_texts(&probe), pad))?;
-        (new_before, probe)
+        (new_before, probe, old_before)
     };
+    if let (Some(o), Some(r)) = (&old, old_before) {
+        println!("the model's own facts ({}): recall {r:.3}", o.facts.len());
+    }
     println!(
         "{} new facts, {} probe prompts ({}); adapter {}; before: new recall {new_before:.3}, probe loss {:.4}",
         new.facts.len(),
@@ -322,6 +384,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
                 background.as_ref(),
                 &new,
                 &probe,
+                old.as_ref(),
                 (pad, new_before),
                 i == 0,
             )?);
@@ -334,10 +397,27 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             chosen.weights.as_ref().expect("the first run keeps its weights"),
             chosen.method,
         )?;
+        if let Some((tensors, config)) = &chosen.adapters {
+            // PEFT's folder: transformers with peft loads the original folder and these.
+            let adapter = tmp.join("adapter");
+            std::fs::create_dir_all(&adapter)?;
+            tensors.write(&adapter.join("adapter_model.safetensors"))?;
+            write_atomic(
+                &adapter.join("adapter_config.json"),
+                serde_json::to_string_pretty(config)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )?;
+        }
         write_atomic(&tmp.join("new_facts.tsv"), new_kb.to_tsv().as_bytes())?;
-        let mut result = chosen.json(new_before, &probe);
+        let json = |r: &Run| {
+            let mut v = r.json(new_before, &probe);
+            v["old_recall_before"] = json!(old_before);
+            v
+        };
+        let mut result = json(chosen);
         if a.compare {
-            result["compare"] = Value::Array(runs.iter().map(|r| r.json(new_before, &probe)).collect());
+            result["compare"] = Value::Array(runs.iter().map(json).collect());
         }
         write_atomic(
             &tmp.join("teach.json"),
@@ -358,12 +438,16 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
         }
     };
     println!(
-        "\n{:<14} {:>6} {:>10} {:>10} {:>10} {:>20} {:>7}",
-        "method", "steps", "rows/step", "new recall", "kept", "probe loss", "time"
+        "\n{:<14} {:>6} {:>10} {:>10} {:>10} {:>20} {:>16} {:>7}",
+        "method", "steps", "rows/step", "new recall", "kept", "probe loss", "own facts", "time"
     );
     for r in &runs {
+        let own = match (old_before, r.old_recall) {
+            (Some(b), Some(a)) => format!("{b:.3} -> {a:.3}"),
+            _ => "-".into(),
+        };
         println!(
-            "{:<14} {:>6} {:>10.0} {:>10.3} {:>10.3} {:>9.4} -> {:<8.4} {:>6.0}s",
+            "{:<14} {:>6} {:>10.0} {:>10.3} {:>10.3} {:>9.4} -> {:<8.4} {:>16} {:>6.0}s",
             r.method.name(),
             r.config.steps,
             r.rows_per_step,
@@ -371,6 +455,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             r.kept,
             probe.loss_before,
             r.probe_loss,
+            own,
             r.seconds
         );
     }

@@ -9,6 +9,8 @@
 //! - `memory`: every value row the batch reads; every other parameter frozen.
 //! - `full`: every parameter (AdamW, the value tables at 10x the rate as in training): the
 //!   baseline that forgets.
+//! - `lora`: rank-8 adapters on every attention and dense feed-forward projection
+//!   (`lora.rs`), everything else frozen: the practitioners' baseline.
 //!
 //! Reads are counted at the positions the loss is on (the answers' bytes), and by default for
 //! `sparse-memory` only at those the model still gets wrong (`ReadsAt`): a row read only
@@ -16,10 +18,12 @@
 //! it would spend the budget on a row that cannot move. No weight decay while teaching:
 //! decaying the rows of old facts would be forgetting by regularisation, not by learning.
 
+mod lora;
 mod probe;
 mod slots;
 mod token_facts;
 
+pub use lora::{Lora, LoraConfig};
 pub use probe::{
     greedy_continuations, kept_continuations, probe_lines, text_loss, text_rows, CONTINUATION_TOKENS,
     DEFAULT_PROBE,
@@ -37,6 +41,8 @@ pub const VALUE_ROWS_ADAMW_LR: f32 = 2e-2;
 pub const VALUE_ROWS_SGD_LR: f32 = 100.0;
 /// Full fine-tuning's learning rate (the value tables at the usual 10x).
 pub const FULL_LR: f32 = 1e-3;
+/// LoRA's learning rate (on `A`; `B` as `lora.rs` says).
+pub const LORA_LR: f32 = 1e-3;
 
 use crate::demo::argmax;
 use crate::error::{Error, Result};
@@ -51,23 +57,30 @@ pub enum Method {
     SparseMemory,
     Memory,
     Full,
+    Lora,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::SparseMemory, Method::Memory, Method::Full];
+    pub const ALL: [Method; 4] = [Method::SparseMemory, Method::Memory, Method::Full, Method::Lora];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::SparseMemory => "sparse-memory",
             Method::Memory => "memory",
             Method::Full => "full",
+            Method::Lora => "lora",
         }
+    }
+
+    /// Whether the method teaches the memory's value rows (and needs a memory).
+    pub fn uses_memory(self) -> bool {
+        matches!(self, Method::SparseMemory | Method::Memory)
     }
 
     pub fn parse(name: &str) -> Result<Self> {
         Method::ALL.into_iter().find(|m| m.name() == name).ok_or_else(|| {
             Error::Config(format!(
-                "teaching method {name:?}: use sparse-memory, memory or full"
+                "teaching method {name:?}: use sparse-memory, memory, full or lora"
             ))
         })
     }
@@ -88,6 +101,8 @@ pub struct TeachConfig {
     /// Where `sparse-memory` counts a batch's reads (`memory` updates every row read at the
     /// answers).
     pub reads_at: ReadsAt,
+    /// The adapters' rank and alpha (`lora`).
+    pub lora: LoraConfig,
 }
 
 /// The positions whose reads a teaching step counts.
@@ -131,8 +146,10 @@ pub struct Teacher {
     pub config: TeachConfig,
     background: Option<Background>,
     readers: Vec<(ParamId, Vec<usize>)>,
-    /// Value rows the last step updated, over every table (0 for `full`).
+    /// Value rows the last step updated, over every table (0 for `full` and `lora`).
     pub rows_updated: usize,
+    /// The adapters (`lora`).
+    pub lora: Option<Lora>,
 }
 
 impl Teacher {
@@ -145,7 +162,7 @@ impl Teacher {
         background: Option<&SlotCounts>,
     ) -> Result<Self> {
         let memory = weights.config.memory.is_some();
-        if config.method != Method::Full && !memory {
+        if config.method.uses_memory() && !memory {
             return Err(Error::Config(format!(
                 "teach --method {}: the model has no memory layers (use --method full)",
                 config.method.name()
@@ -168,12 +185,17 @@ impl Teacher {
             _ => None,
         };
         let readers = table_readers(layout);
+        let lora = match config.method {
+            Method::Lora => Some(Lora::new(gpu, &trainer.model, config.lora, 0x10AA)?),
+            _ => None,
+        };
         Ok(Teacher {
             trainer,
             config,
             background,
             readers,
             rows_updated: 0,
+            lora,
         })
     }
 
@@ -268,6 +290,14 @@ impl Teacher {
     ) -> Result<f32> {
         if self.config.method == Method::Full {
             return self.trainer.step(gpu, tokens, targets, batch, seq).await;
+        }
+        if let Some(lora) = &mut self.lora {
+            self.trainer.submit_gradients(gpu, tokens, targets, batch, seq)?;
+            let grads = self.trainer.take_gradients()?;
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            lora.record_step(gpu, &mut encoder, &self.trainer.model, &grads, self.config.lr)?;
+            gpu.queue.submit([encoder.finish()]);
+            return self.trainer.last_loss(gpu).await;
         }
         let sparse = self.config.method == Method::SparseMemory;
         let top = sparse.then_some(self.config.slots);

@@ -1,8 +1,7 @@
-//! Facts for a model with a subword tokenizer (a Hugging Face folder's): each fact's prompt
-//! `"{subject} {relation}"` encoded with the tokenizer's special tokens (a BOS where it adds
-//! one) and its answer `" {object}."` encoded alone, so the space that opens the answer
-//! belongs to the answer's first token, as BPE vocabularies split words. One fact a row,
-//! padded; the loss is on the answer's tokens. Recall is exact, as for bytes
+//! Facts for a model with its own tokenizer (a Hugging Face folder's): each fact's sentence
+//! encoded as the model reads it, with the tokenizer's special tokens (a BOS where it adds
+//! one), and split into prompt and answer tokens (`encode_facts`). One fact a row, padded; the
+//! loss is on the answer's tokens. Recall is exact, as for bytes
 //! (`demo::data`): greedy decoding of the prompt yields the answer iff, fed prompt and answer,
 //! the argmax at every answer position is the answer's next token.
 
@@ -31,32 +30,40 @@ impl TokenFact {
     }
 }
 
-/// The answer as the tokenizer encodes it after a prompt.
-pub fn answer_text(fact: &Fact) -> String {
-    format!(" {}.", fact.object)
-}
-
-/// `facts` encoded by `tokenizer`; an error naming the first fact whose answer does not decode
-/// back to itself (a character the tokenizer cannot encode).
+/// `facts` encoded by `tokenizer`: each sentence `"{subject} {relation} {object}."` encoded
+/// whole (with the tokenizer's special tokens), split where its tokens leave the prompt text
+/// `"{subject} {relation} "`: BPE vocabularies attach the space to the object's first token
+/// (answer `" {object}."`), byte-level ones keep it in the prompt (answer `"{object}."`). An
+/// error names the first fact whose sentence does not decode back to itself (a character the
+/// tokenizer cannot encode).
 pub fn encode_facts(facts: &[Fact], tokenizer: &HfTokenizer) -> Result<Vec<TokenFact>> {
     facts
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let prompt = tokenizer.encode(&format!("{} {}", f.subject, f.relation), true)?;
-            let text = answer_text(f);
-            let answer = tokenizer.encode(&text, false)?;
-            let back = tokenizer.decode(&answer, false)?;
-            if answer.is_empty() || back != text {
+            let (prompt, answer) = (f.prompt(), f.answer());
+            let sentence = format!("{prompt}{answer}");
+            let ids = tokenizer.encode(&sentence, true)?;
+            let back = tokenizer.decode(&ids, true)?;
+            if back != sentence {
                 return Err(Error::Config(format!(
-                    "fact {} ({} {} {}): the tokenizer cannot encode the answer {text:?} (it decodes back as {back:?})",
+                    "fact {} ({} {} {}): the tokenizer cannot encode {sentence:?} (it decodes back as {back:?})",
                     i + 1,
                     f.subject,
                     f.relation,
                     f.object
                 )));
             }
-            Ok(TokenFact { prompt, answer })
+            let mut split = ids.len();
+            while split > 0 && !prompt.starts_with(tokenizer.decode(&ids[..split], true)?.as_str()) {
+                split -= 1;
+            }
+            // At least one answer token and at least one prompt token to predict it from.
+            let split = split.clamp(1, ids.len() - 1);
+            Ok(TokenFact {
+                prompt: ids[..split].to_vec(),
+                answer: ids[split..].to_vec(),
+            })
         })
         .collect()
 }

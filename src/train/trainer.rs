@@ -511,6 +511,18 @@ impl Trainer {
         Ok(fwd)
     }
 
+    /// The gradients of the step `submit_gradients` began, for a caller that updates
+    /// parameters of its own from them (LoRA adapters): the step counts as taken, and nothing
+    /// of the trainer's is updated.
+    pub fn take_gradients(&mut self) -> Result<ModelGrads> {
+        let grads = self
+            .pending
+            .take()
+            .ok_or_else(|| Error::Config("take_gradients: no gradients submitted".into()))?;
+        self.step += 1;
+        Ok(grads)
+    }
+
     /// Submits the update of the step `submit_gradients` began, with the value rows set by
     /// then (`set_value_rows`).
     pub fn submit_update(&mut self, gpu: &Gpu) -> Result<()> {

@@ -113,6 +113,18 @@ fn to_rope_pairs(data: &[f32], row_len: usize, head_dim: usize) -> Vec<f32> {
     out
 }
 
+/// transformers' name of memlayers' parameter `name`, and whether its rows are in RoPE pair
+/// order here (q and k projections: their rows differ from transformers' order).
+pub fn hf_name_and_order(name: &str) -> Option<(String, bool)> {
+    hf_name(name).map(|(n, order)| (n, order == Order::RopePairs))
+}
+
+/// Rows in RoPE pair order (rows of `row_len` in heads of `head_dim` rows) back in
+/// transformers' order.
+pub fn rows_to_halves(data: &[f32], row_len: usize, head_dim: usize) -> Vec<f32> {
+    from_rope_pairs(data, row_len, head_dim)
+}
+
 /// The inverse of `to_rope_pairs`: adjacent pairs back to transformers' halves.
 fn from_rope_pairs(data: &[f32], row_len: usize, head_dim: usize) -> Vec<f32> {
     let half = head_dim / 2;

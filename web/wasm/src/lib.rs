@@ -388,6 +388,7 @@ impl Demo {
                     lr: memlayers::teach::VALUE_ROWS_ADAMW_LR,
                     optimizer: ValueOptimizer::AdamW,
                     reads_at: ReadsAt::Mistakes,
+                    lora: Default::default(),
                 };
                 *net = Net::Taught(Box::new(
                     Teacher::new(gpu, &weights, config, Some(&counts)).map_err(err)?,
