@@ -6,7 +6,8 @@
 use super::progress::Progress;
 use super::teach::{read_facts, teach_config, Args};
 use memlayers::demo::{Fact, KnowledgeBase};
-use memlayers::io::hf::weights::{hf_tensors, model_files, MEMORY_FILE};
+use memlayers::io::hf::names::hf_tensors;
+use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
 use memlayers::io::hf::HfFolder;
 use memlayers::io::{write_atomic, TensorFile};
 use memlayers::model::{Model, ModelWeights, SlotCounts, SLOT_COUNTS_FILE};

@@ -13,7 +13,7 @@
 //! stored (`A`'s and `B'`'s).
 
 use crate::error::{Error, Result};
-use crate::io::hf::weights::hf_name_and_order;
+use crate::io::hf::names::{hf_name_and_order, rows_to_halves};
 use crate::kernels::adamw::{record_clip, record_dense_step, AdamWState, AdamWStep, Clip};
 use crate::kernels::linear::gemm;
 use crate::kernels::Gpu;
@@ -231,7 +231,7 @@ impl Lora {
                 .map(|v| v / s)
                 .collect();
             if rope_rows {
-                b = crate::io::hf::weights::rows_to_halves(&b, r, self.head_dim);
+                b = rows_to_halves(&b, r, self.head_dim);
             }
             file.insert(
                 format!("base_model.model.{module}.lora_A.weight"),

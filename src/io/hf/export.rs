@@ -8,7 +8,8 @@
 //! block, RoPE, grouped-query attention, an untied output layer. Only the RoPE convention
 //! differs, handled as on load (`weights.rs`).
 
-use super::weights::{hf_tensors, WEIGHTS_FILE};
+use super::names::hf_tensors;
+use super::weights::WEIGHTS_FILE;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::model::ModelWeights;

@@ -5,6 +5,7 @@
 pub mod config;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod export;
+pub mod names;
 pub mod retrofit;
 pub mod tokenizer;
 #[cfg(not(target_arch = "wasm32"))]
