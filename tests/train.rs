@@ -55,6 +55,35 @@ fn same_seed_same_adapter_bit_identical_weights() {
     assert_ne!(a, bits(&weights().to_tensors()), "training changed the weights");
 }
 
+/// Weights optimised tensor by tensor (what a model too large for one flat binding gets) take
+/// the same steps as the flat group, bit for bit, optimiser state included.
+#[test]
+fn weights_tensor_by_tensor_step_as_the_flat_group() {
+    let g = gpu();
+    let data = ByteData::new(TEXT, 16).unwrap();
+    let run = |flat_weights: bool| {
+        let mut t = Trainer::new(
+            g,
+            &weights(),
+            TrainConfig {
+                flat_weights,
+                ..config(10)
+            },
+        )
+        .unwrap();
+        let mut rng = Rng::new(2);
+        for _ in 0..3 {
+            let (x, y) = ByteData::sample(&data.train, &mut rng, 4, 16);
+            t.step_blocking(g, &x, &y, 4, 16).unwrap();
+        }
+        (
+            bits(&t.weights_blocking(g).unwrap()),
+            bits(&t.optimizer_state_blocking(g).unwrap()),
+        )
+    };
+    assert_eq!(run(true), run(false));
+}
+
 #[test]
 fn resuming_continues_bit_identically() {
     let g = gpu();

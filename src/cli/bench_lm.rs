@@ -14,7 +14,7 @@ use std::time::Instant;
 
 /// Known shapes, as their Hugging Face config.json gives them (random weights, so the
 /// benchmark runs with nothing downloaded).
-const SHAPES: [(&str, &str); 2] = [
+pub const SHAPES: [(&str, &str); 2] = [
     (
         "smollm2-135m",
         r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,

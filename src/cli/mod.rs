@@ -2,6 +2,8 @@
 
 #[cfg(feature = "bench")]
 mod bench_lm;
+#[cfg(feature = "bench")]
+mod bench_teach;
 mod demo;
 mod export_hf;
 mod export_lingua;
@@ -75,6 +77,11 @@ enum Command {
         /// layer, instead of the memory layer's forward.
         #[arg(long)]
         train: bool,
+        /// With --shape or --model: a teaching step of each method (sparse-memory, memory,
+        /// full, lora) on the model with a memory retrofitted beside its middle layer: seconds
+        /// a step and peak memory (--iters steps).
+        #[arg(long, conflicts_with = "train")]
+        teach: bool,
         /// Only the small configuration (seconds instead of minutes on a CPU adapter).
         #[arg(long)]
         quick: bool,
@@ -118,6 +125,14 @@ pub fn run() -> Result<()> {
         Command::SlotStats(args) => slot_stats::run(&args),
         Command::Teach(args) => teach::run(&args),
         Command::Retrofit(args) => retrofit::run(&args),
+        #[cfg(feature = "bench")]
+        Command::Bench {
+            teach: true,
+            model,
+            shape,
+            iters,
+            ..
+        } => bench_teach::run(model.as_ref(), shape.as_deref(), &bench_lm::SHAPES, iters),
         #[cfg(feature = "bench")]
         Command::Bench {
             model,

@@ -36,6 +36,10 @@ pub struct TrainConfig {
     pub freeze_weights: bool,
     /// The value tables' optimiser.
     pub value_optimizer: ValueOptimizer,
+    /// Optimise the weights other than value tables as one flat tensor where they fit one
+    /// storage binding (three dispatches a step); false, or where they do not fit: tensor by
+    /// tensor. Both give the same bits.
+    pub flat_weights: bool,
 }
 
 /// How the value tables are updated.
@@ -64,6 +68,7 @@ impl Default for TrainConfig {
             clip: 1.0,
             lazy_values: false,
             freeze_weights: false,
+            flat_weights: true,
             value_optimizer: ValueOptimizer::AdamW,
         }
     }
@@ -152,9 +157,15 @@ impl Trainer {
                 flat_len += (*len as u64).next_multiple_of(CLIP_BLOCK);
             }
         }
-        // Frozen weights keep no optimiser state: only the value tables get moments.
+        // Frozen weights keep no optimiser state: only the value tables get moments. Weights
+        // too many for one binding (a model of 100M parameters) are updated tensor by tensor,
+        // each with its own moments: the same sums, in the same order.
         let frozen = config.freeze_weights;
-        let flat = (flat_len > 0 && !frozen).then(|| {
+        let flat_fits = config.flat_weights && flat_len * 4 <= gpu.max_binding_bytes();
+        if !flat_fits {
+            offsets.iter_mut().for_each(|o| *o = 0);
+        }
+        let flat = (flat_len > 0 && !frozen && flat_fits).then(|| {
             let f32s = |label: &str| gpu.storage(label, flat_len * 4);
             FlatGroup {
                 master: f32s("flat parameters"),
@@ -314,7 +325,15 @@ impl Trainer {
             values.iter().map(|p| (grads.grad(p.id), p.len as u64)).collect();
         // Frozen weights: the flat group is neither clipped (its factor comes out 1) nor updated.
         let flat = self.flat.as_ref().filter(|_| !t.freeze_weights);
-        let flat_grad: Vec<(&wgpu::Buffer, u64)> = flat.iter().map(|f| (&f.grad, f.len)).collect();
+        // Without a flat group, the weights one by one.
+        let weights: Vec<&ParamState> = match (flat, t.freeze_weights) {
+            (None, false) => self.params.iter().filter(|p| !p.values).collect(),
+            _ => Vec::new(),
+        };
+        let flat_grad: Vec<(&wgpu::Buffer, u64)> = match flat {
+            Some(f) => vec![(&f.grad, f.len)],
+            None => weights.iter().map(|p| (grads.grad(p.id), p.len as u64)).collect(),
+        };
         if let Some(flat) = flat {
             for p in self.params.iter().filter(|p| !p.values) {
                 gpu.copy(
@@ -353,6 +372,22 @@ impl Trainer {
                     p.len as u64 * 4,
                 );
             }
+        }
+        for p in weights {
+            let state = AdamWState {
+                param: &p.param,
+                m: &p.m,
+                v: &p.v,
+            };
+            record_dense_step(
+                gpu,
+                encoder,
+                &state,
+                grads.grad(p.id),
+                p.len as u64,
+                clip(0),
+                step(t.lr_at(self.step)),
+            )?;
         }
         // Value tables: one group of their own, updated in place.
         for p in values {

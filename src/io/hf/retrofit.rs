@@ -31,7 +31,7 @@ pub const DEFAULT_MAX_TABLE_VALUES: usize = 1 << 25;
 
 impl MemorySizes {
     /// The default for a model of `config`'s width with `params` parameters: 4 heads, 32
-    /// slots each, keys half the width (even, at least 16); `n_keys` the largest power of
+    /// slots each (at most `n_keys`), keys half the width (even, at least 16); `n_keys` the largest power of
     /// two (at least 16) whose table, `n_keys^2` rows of the width, holds at most a quarter
     /// of the model's parameters and at most `DEFAULT_MAX_TABLE_VALUES` values. SmolLM2-135M
     /// (width 576): 128 keys, 16,384 rows, 9.4M values.
@@ -45,7 +45,7 @@ impl MemorySizes {
         MemorySizes {
             n_keys,
             heads: 4,
-            knn: 32,
+            knn: 32.min(n_keys),
             k_dim: (config.dim / 2).max(16) & !1,
         }
     }
