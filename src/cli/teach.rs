@@ -49,8 +49,9 @@ pub struct Args {
     /// Teaching steps.
     #[arg(long, default_value_t = 300)]
     pub steps: u32,
-    /// Learning rate [sparse-memory and memory: AdamW 2e-2 or SGD 100 on the value rows;
-    /// full: 1e-3, the value tables at 10x; lora: 1e-3].
+    /// Learning rate of --method (with --compare the others keep theirs) [sparse-memory and
+    /// memory: AdamW 2e-2 (a retrofitted memory: 0.3) or SGD 100 on the value rows; full:
+    /// 1e-3, the value tables at 10x; lora: 1e-3].
     #[arg(long)]
     pub lr: Option<f32>,
     /// The value rows' optimiser in the memory methods (AdamW forgot a little less than SGD
@@ -156,16 +157,20 @@ impl Taught {
     }
 }
 
-pub(super) fn teach_config(a: &Args, method: Method) -> Result<TeachConfig> {
+/// The teaching configuration of `method`: `--lr` for `--method` (every method's default for
+/// the others in `--compare`, whose rates differ by orders of magnitude); `value_rows_lr`
+/// the memory methods' AdamW default.
+pub(super) fn teach_config(a: &Args, method: Method, value_rows_lr: f32) -> Result<TeachConfig> {
     let optimizer = match a.optimizer.as_str() {
         "adamw" => ValueOptimizer::AdamW,
         _ => ValueOptimizer::Sgd,
     };
-    let lr = a.lr.unwrap_or(match (method, optimizer) {
+    let chosen = Method::parse(&a.method)? == method;
+    let lr = a.lr.filter(|_| chosen).unwrap_or(match (method, optimizer) {
         (Method::Full, _) => memlayers::teach::FULL_LR,
         (Method::Lora, _) => memlayers::teach::LORA_LR,
         (_, ValueOptimizer::Sgd) => memlayers::teach::VALUE_ROWS_SGD_LR,
-        (_, ValueOptimizer::AdamW) => memlayers::teach::VALUE_ROWS_ADAMW_LR,
+        (_, ValueOptimizer::AdamW) => value_rows_lr,
     });
     if a.steps == 0 || a.batch == 0 || a.eval_every == 0 || !lr.is_finite() || lr <= 0.0 {
         return Err(Error::Config(
@@ -331,7 +336,7 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let configs: Vec<TeachConfig> = methods
         .iter()
-        .map(|&m| teach_config(a, m))
+        .map(|&m| teach_config(a, m, memlayers::teach::VALUE_ROWS_ADAMW_LR))
         .collect::<Result<_>>()?;
     let gpu = Gpu::new_blocking()?;
     let sample = old.sample_questions(CURVE_SAMPLE, a.seed ^ 0x5A3E);

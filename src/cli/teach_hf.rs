@@ -330,7 +330,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
     };
     let configs: Vec<TeachConfig> = methods
         .iter()
-        .map(|&m| teach_config(a, m))
+        .map(|&m| teach_config(a, m, memlayers::teach::RETROFIT_VALUE_ROWS_ADAMW_LR))
         .collect::<Result<_>>()?;
 
     let gpu = Gpu::new_blocking()?;
