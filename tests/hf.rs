@@ -12,18 +12,7 @@ use memlayers::model::Model;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const FOLDERS: [&str; 4] = [
-    "llama_tied_bf16_shards",
-    "qwen2_bias_f32",
-    "qwen3_qknorm_f16",
-    "mistral_f32",
-];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(name)
-}
+use common::{hf_fixture as fixture, HF_FOLDERS as FOLDERS};
 
 fn expected(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap()

@@ -8,18 +8,7 @@ use memlayers::io::hf::HfFolder;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FOLDERS: [&str; 4] = [
-    "llama_tied_bf16_shards",
-    "qwen2_bias_f32",
-    "qwen3_qknorm_f16",
-    "mistral_f32",
-];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(name)
-}
+use common::{hf_fixture as fixture, HF_FOLDERS as FOLDERS};
 
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("memlayers-retrofit-{name}-{}", std::process::id()));

@@ -80,7 +80,7 @@ fn upload(gpu: &Gpu, source: &Source, f16: bool) -> Result<Model> {
 }
 
 /// Peak resident host memory of this process (Linux: VmHWM), in bytes.
-fn peak_host_bytes() -> Option<u64> {
+pub(super) fn peak_host_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace()

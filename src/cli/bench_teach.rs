@@ -19,18 +19,7 @@ const BATCH: usize = 16;
 const SEQ: usize = 24;
 const ANSWER: usize = 6;
 
-/// Peak resident memory of this process since the last reset (Linux: VmHWM), in bytes.
-fn peak_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kb| kb * 1024)
-}
-
-/// Resets the peak to the current resident memory (Linux).
+/// Resets the peak resident memory (`bench_lm::peak_host_bytes`) to the current (Linux).
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -150,7 +139,7 @@ pub fn run(
             teacher.step_blocking(&gpu, &tokens, &targets, BATCH, SEQ)?;
         }
         let per_step = started.elapsed().as_secs_f64() / steps as f64;
-        let peak = peak_bytes().map_or("-".into(), |b| {
+        let peak = super::bench_lm::peak_host_bytes().map_or("-".into(), |b| {
             format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
         });
         println!(

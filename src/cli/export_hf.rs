@@ -23,32 +23,10 @@ pub fn run(a: &Args) -> Result<()> {
                 .into(),
         ));
     }
-    if a.out.exists() {
-        return Err(Error::Config(format!(
-            "{} exists: export-hf writes a new folder",
-            a.out.display()
-        )));
-    }
-    let name = a
-        .out
-        .file_name()
-        .map_or("out".into(), |n| n.to_string_lossy().to_string());
-    let tmp = a
-        .out
-        .with_file_name(format!(".{name}.export-{}", std::process::id()));
-    let written = export_llama(
-        &dir.weights,
-        &tmp,
-        Some(&byte_tokenizer_json()?),
-        Some(BYTE_LEVEL_EOS),
-    );
-    match written {
-        Ok(()) => std::fs::rename(&tmp, &a.out)?,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    }
+    let tokenizer = byte_tokenizer_json()?;
+    super::model_dir::write_new_folder(&a.out, "export-hf", |tmp| {
+        export_llama(&dir.weights, tmp, Some(&tokenizer), Some(BYTE_LEVEL_EOS))
+    })?;
     let facts = super::model_dir::checkpoint_dir(&a.model).join(super::model_dir::FACTS_FILE);
     if facts.is_file() {
         std::fs::copy(&facts, a.out.join(super::model_dir::FACTS_FILE))?;

@@ -139,3 +139,40 @@ data.tokenizer.path ({}), and a file of that name beside the checkpoint ({})",
         std::fs::read(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
     Tokenizer::from_bytes(spec.kind, &data, &path.display().to_string())
 }
+
+/// Writes a new folder at `out` through `fill`, which writes into a temporary folder beside
+/// it; renamed to `out` when `fill` succeeds, removed when it fails, so that nothing is
+/// left half-written. `out` must not exist (`command` names who asks, in the error).
+pub fn write_new_folder<T>(out: &Path, command: &str, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    if out.exists() {
+        return Err(Error::Config(format!(
+            "{} exists: {command} writes a new folder",
+            out.display()
+        )));
+    }
+    let name = out
+        .file_name()
+        .map_or("out".into(), |n| n.to_string_lossy().to_string());
+    let tmp = out.with_file_name(format!(".{name}.{command}-{}", std::process::id()));
+    let filled = std::fs::create_dir_all(&tmp)
+        .map_err(Error::from)
+        .and_then(|()| fill(&tmp));
+    match filled {
+        Ok(value) => {
+            std::fs::rename(&tmp, out)?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Hard-links `from` to `to`, or copies it where links are not possible (another file system).
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).map_err(|e| Error::Format(format!("cannot copy {}: {e}", from.display())))?;
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! a `memory` section in config.json, the tokenizer files, the memory's background slot
 //! counts). The retrofitted model computes exactly what the original did until it is taught.
 
+use super::model_dir::{link_or_copy, write_new_folder};
 use memlayers::io::hf::retrofit::{memory_tensors, retrofit_config, MemorySizes};
 use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
 use memlayers::io::hf::{self, HfFolder};
@@ -10,7 +11,7 @@ use memlayers::io::write_atomic;
 use memlayers::model::{SlotCounts, SLOT_COUNTS_FILE};
 use memlayers::teach::{probe_lines, text_rows, DEFAULT_PROBE};
 use memlayers::{Error, Gpu, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -60,14 +61,6 @@ fn parse_layers(text: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Hard-links `from` to `to`, or copies it where links are not possible.
-fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).map_err(|e| Error::Format(format!("cannot copy {}: {e}", from.display())))?;
-    }
-    Ok(())
-}
-
 pub fn run(a: &Args) -> Result<()> {
     if a.mode != "parallel" {
         return Err(Error::Config(
@@ -80,12 +73,6 @@ available yet; use --mode parallel"
         return Err(Error::Config(format!(
             "{} is not a Hugging Face model folder (config.json naming its architectures)",
             a.model.display()
-        )));
-    }
-    if a.out.exists() {
-        return Err(Error::Config(format!(
-            "{} exists: retrofit writes a new folder",
-            a.out.display()
         )));
     }
     let folder = HfFolder::open(&a.model)?;
@@ -122,16 +109,7 @@ available yet; use --mode parallel"
         });
     let background_lines = probe_lines(&background_text, &what)?;
 
-    // Everything goes to a temporary folder beside --out, renamed when complete.
-    let name = a
-        .out
-        .file_name()
-        .map_or("out".into(), |n| n.to_string_lossy().to_string());
-    let tmp = a
-        .out
-        .with_file_name(format!(".{name}.retrofit-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        std::fs::create_dir_all(&tmp)?;
+    write_new_folder(&a.out, "retrofit", |tmp| {
         let originals = model_files(&a.model)?;
         for entry in std::fs::read_dir(&a.model)? {
             let path = entry?.path();
@@ -155,7 +133,7 @@ available yet; use --mode parallel"
         memory_tensors(&config, a.seed)?.write(&tmp.join(MEMORY_FILE))?;
 
         // The background: the retrofitted model's reads on the text, at every position.
-        let retrofitted = HfFolder::open(&tmp)?;
+        let retrofitted = HfFolder::open(tmp)?;
         let gpu = Gpu::new_blocking()?;
         let model = retrofitted.upload(&gpu, false)?;
         let texts: Vec<Vec<u32>> = background_lines
@@ -198,18 +176,9 @@ available yet; use --mode parallel"
             counts.tokens
         );
         Ok(())
-    })();
-    match result {
-        Ok(()) => {
-            std::fs::rename(&tmp, &a.out)?;
-            println!("wrote {}", a.out.display());
-            Ok(())
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    })?;
+    println!("wrote {}", a.out.display());
+    Ok(())
 }
 
 fn memory_tensors_len(config: &memlayers::model::ModelConfig) -> Result<usize> {

@@ -3,6 +3,7 @@
 //! on probe prompts, as the share whose 16-token greedy continuation is unchanged and as the
 //! loss on them, beside the new facts' recall.
 
+use super::model_dir::{link_or_copy, write_new_folder};
 use super::progress::Progress;
 use super::teach::{read_facts, teach_config, Args};
 use memlayers::demo::{Fact, KnowledgeBase};
@@ -196,14 +197,6 @@ fn probe_texts(probe: &Probe) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Hard-links `from` to `to`, or copies it.
-fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).map_err(|e| Error::Format(format!("cannot copy {}: {e}", from.display())))?;
-    }
-    Ok(())
-}
-
 /// The taught model as a Hugging Face folder at `out`: the source folder's files, with the
 /// memory's tensors replaced (memory methods) or every tensor rewritten (full; lora, its
 /// adapters merged).
@@ -366,15 +359,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
         gpu.adapter_name(),
         probe.loss_before
     );
-    // Everything goes to a temporary folder beside --out, renamed when complete.
-    let name = a
-        .out
-        .file_name()
-        .map_or("out".into(), |n| n.to_string_lossy().to_string());
-    let tmp = a
-        .out
-        .with_file_name(format!(".{name}.teach-{}", std::process::id()));
-    let result = (|| -> Result<Vec<Run>> {
+    let runs = write_new_folder(&a.out, "teach", |tmp| {
         let mut runs = Vec::new();
         for (i, c) in configs.into_iter().enumerate() {
             runs.push(teach(
@@ -390,7 +375,6 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
                 i == 0,
             )?);
         }
-        std::fs::create_dir_all(&tmp)?;
         let chosen = &runs[0];
         save_model(
             &a.model,
@@ -427,17 +411,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
                 .as_bytes(),
         )?;
         Ok(runs)
-    })();
-    let runs = match result {
-        Ok(runs) => {
-            std::fs::rename(&tmp, &a.out)?;
-            runs
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
+    })?;
     println!(
         "\n{:<14} {:>6} {:>10} {:>10} {:>10} {:>20} {:>16} {:>7}",
         "method", "steps", "rows/step", "new recall", "kept", "probe loss", "own facts", "time"

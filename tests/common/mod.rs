@@ -40,3 +40,18 @@ pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().expect("an id") as u32)
         .collect()
 }
+
+/// The Hugging Face fixture folders (`tests/fixtures/hf`, made by `scripts/hf_fixtures.py`).
+pub const HF_FOLDERS: [&str; 4] = [
+    "llama_tied_bf16_shards",
+    "qwen2_bias_f32",
+    "qwen3_qknorm_f16",
+    "mistral_f32",
+];
+
+/// The path of Hugging Face fixture `name`.
+pub fn hf_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
