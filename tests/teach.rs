@@ -60,6 +60,7 @@ fn config(method: Method, optimizer: ValueOptimizer) -> TeachConfig {
         optimizer,
         reads_at: ReadsAt::Answers,
         lora: Default::default(),
+        ranking: Default::default(),
     }
 }
 

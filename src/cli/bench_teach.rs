@@ -130,6 +130,7 @@ pub fn run(
             optimizer: ValueOptimizer::AdamW,
             reads_at: ReadsAt::Answers,
             lora: LoraConfig::default(),
+            ranking: Default::default(),
         };
         reset_peak();
         let mut teacher = Teacher::new(&gpu, &weights, config, Some(&background))?;

@@ -37,6 +37,10 @@ pub struct Args {
     /// feed-forward projections).
     #[arg(long, default_value = "sparse-memory", value_parser = ["sparse-memory", "memory", "full", "lora"])]
     pub method: String,
+    /// How sparse-memory ranks the rows a batch read: tfidf (Lin et al.) or kl (each row's
+    /// term of the KL divergence of the batch's reads from the background's; Goyal et al.).
+    #[arg(long, default_value = "tfidf", value_parser = ["tfidf", "kl"])]
+    pub rank: String,
     /// LoRA's rank.
     #[arg(long, default_value_t = 8)]
     pub lora_rank: usize,
@@ -135,6 +139,10 @@ impl Taught {
                 (_, ValueOptimizer::Sgd) => "sgd",
             },
             "slots": (self.method == Method::SparseMemory).then_some(self.config.slots),
+            "rank": (self.method == Method::SparseMemory).then_some(match self.config.ranking {
+                memlayers::teach::SlotRanking::TfIdf => "tfidf",
+                memlayers::teach::SlotRanking::Kl => "kl",
+            }),
             "reads_at": (self.method == Method::SparseMemory).then_some(match self.config.reads_at {
                 ReadsAt::Answers => "answers",
                 ReadsAt::Mistakes => "mistakes",
@@ -190,6 +198,10 @@ pub(super) fn teach_config(a: &Args, method: Method, value_rows_lr: f32) -> Resu
         lora: memlayers::teach::LoraConfig {
             rank: a.lora_rank,
             alpha: a.lora_alpha,
+        },
+        ranking: match a.rank.as_str() {
+            "kl" => memlayers::teach::SlotRanking::Kl,
+            _ => memlayers::teach::SlotRanking::TfIdf,
         },
     })
 }

@@ -61,6 +61,10 @@ impl Run {
             "steps": self.config.steps,
             "lr": self.config.lr,
             "slots": (self.method == Method::SparseMemory).then_some(self.config.slots),
+            "rank": (self.method == Method::SparseMemory).then_some(match self.config.ranking {
+                memlayers::teach::SlotRanking::TfIdf => "tfidf",
+                memlayers::teach::SlotRanking::Kl => "kl",
+            }),
             "rows_updated_per_step": self.rows_per_step,
             "new_recall_before": new_before,
             "new_recall": self.new_recall,

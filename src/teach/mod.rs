@@ -30,7 +30,7 @@ pub use probe::{
 };
 pub use token_facts::{encode_facts, fact_batch, row_len, rows_per_pass, score_token_facts, TokenFact};
 
-pub use slots::{rank_rows, table_readers, Background};
+pub use slots::{rank_rows, rank_rows_by, table_readers, Background, RowWeights, SlotRanking};
 
 /// The value rows' AdamW learning rate of sparse-memory and memory teaching, `memlayers
 /// teach`'s default and the page's: of the sweep in `docs/results.md` ("Teaching"), the rate
@@ -108,6 +108,8 @@ pub struct TeachConfig {
     pub reads_at: ReadsAt,
     /// The adapters' rank and alpha (`lora`).
     pub lora: LoraConfig,
+    /// How `sparse-memory` ranks the rows read.
+    pub ranking: SlotRanking,
 }
 
 /// The positions whose reads a teaching step counts.
@@ -317,8 +319,11 @@ impl Teacher {
             .await?
             .into_iter()
             .map(|(id, reads)| {
-                let idf = self.background.as_ref().and_then(|b| b.of(id));
-                (id, rank_rows(&reads, idf, top))
+                let weights = self
+                    .background
+                    .as_ref()
+                    .and_then(|b| b.weights(id, self.config.ranking));
+                (id, rank_rows_by(&reads, weights, top))
             })
             .collect();
         self.rows_updated = masks

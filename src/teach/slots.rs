@@ -30,22 +30,43 @@ pub fn table_readers(layout: &ModelLayout) -> Vec<(ParamId, Vec<usize>)> {
     tables
 }
 
-/// The inverse document frequency of every row of every value table.
+/// How `sparse-memory` ranks the rows a batch read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlotRanking {
+    /// TF-IDF (Lin et al.): a row's share of the batch's reads times its inverse document
+    /// frequency over the background's batches.
+    #[default]
+    TfIdf,
+    /// KL divergence (Goyal et al.'s criterion, as memlayers reads it): a row's term of
+    /// `KL(batch || background)`, `p log(p / q)`, with `p` its share of the batch's reads and
+    /// `q` its share of the background's reads (add-one smoothed): rows the batch reads far
+    /// more than the background does.
+    Kl,
+}
+
+/// What the background says of every row of every value table: its inverse document
+/// frequency, and the log of its (smoothed) share of the background's reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Background {
     pub idf: Vec<(ParamId, Vec<f32>)>,
+    pub log_share: Vec<(ParamId, Vec<f32>)>,
 }
 
 impl Background {
     /// From the background counts of a model with this layout.
     pub fn new(layout: &ModelLayout, counts: &SlotCounts) -> Result<Self> {
-        let mut idf = Vec::new();
+        let (mut idf, mut log_share) = (Vec::new(), Vec::new());
         for (table, readers) in table_readers(layout) {
             let mut batches: Option<Vec<u64>> = None;
+            let mut reads: Vec<u64> = Vec::new();
             for l in &readers {
                 let c = counts.layers.iter().find(|c| c.layer == *l).ok_or_else(|| {
                     Error::Config(format!("background slot counts: no counts for memory layer {l}"))
                 })?;
+                if reads.len() != c.reads.len() {
+                    reads = vec![0; c.reads.len()];
+                }
+                reads.iter_mut().zip(&c.reads).for_each(|(s, x)| *s += x);
                 match &mut batches {
                     Some(sum) if sum.len() == c.batches.len() => {
                         sum.iter_mut().zip(&c.batches).for_each(|(s, x)| *s += x)
@@ -66,8 +87,28 @@ impl Background {
                     .map(|&b| ((documents + 1.0) / (b as f64 + 1.0)).ln() as f32)
                     .collect(),
             ));
+            let total = reads.iter().sum::<u64>() as f64 + reads.len() as f64;
+            log_share.push((
+                table,
+                reads
+                    .iter()
+                    .map(|&r| ((r as f64 + 1.0) / total).ln() as f32)
+                    .collect(),
+            ));
         }
-        Ok(Background { idf })
+        Ok(Background { idf, log_share })
+    }
+
+    /// A table's row weights for `ranking`: IDFs (TF-IDF) or log background shares (KL).
+    pub fn weights(&self, table: ParamId, ranking: SlotRanking) -> Option<RowWeights<'_>> {
+        match ranking {
+            SlotRanking::TfIdf => self.of(table).map(RowWeights::Idf),
+            SlotRanking::Kl => self
+                .log_share
+                .iter()
+                .find(|(id, _)| *id == table)
+                .map(|(_, w)| RowWeights::LogShare(w.as_slice())),
+        }
     }
 
     /// A table's row IDFs.
@@ -79,15 +120,35 @@ impl Background {
     }
 }
 
+/// Per-row background weights a ranking scores reads with.
+#[derive(Clone, Copy, Debug)]
+pub enum RowWeights<'a> {
+    /// Inverse document frequencies: score `p idf`.
+    Idf(&'a [f32]),
+    /// Logs of the background's read shares: score `p (ln p - ln q)`.
+    LogShare(&'a [f32]),
+}
+
 /// The mask (1: update) of the rows with the `top` highest TF-IDF scores among the rows read
 /// (`reads[r]` > 0); all rows read when `top` is None or at least their number.
 pub fn rank_rows(reads: &[u32], idf: Option<&[f32]>, top: Option<usize>) -> Vec<u32> {
+    rank_rows_by(reads, idf.map(RowWeights::Idf), top)
+}
+
+/// `rank_rows` with the score `weights` says (most reads first without weights).
+pub fn rank_rows_by(reads: &[u32], weights: Option<RowWeights>, top: Option<usize>) -> Vec<u32> {
     let read: Vec<usize> = (0..reads.len()).filter(|&r| reads[r] > 0).collect();
     let mut mask = vec![0u32; reads.len()];
-    let chosen: Vec<usize> = match (top, idf) {
-        (Some(t), Some(idf)) if t < read.len() => {
+    let chosen: Vec<usize> = match (top, weights) {
+        (Some(t), Some(weights)) if t < read.len() => {
             let total = read.iter().map(|&r| reads[r] as f64).sum::<f64>();
-            let score = |r: usize| reads[r] as f64 / total * idf[r] as f64;
+            let score = |r: usize| {
+                let p = reads[r] as f64 / total;
+                match weights {
+                    RowWeights::Idf(idf) => p * idf[r] as f64,
+                    RowWeights::LogShare(log_q) => p * (p.ln() - log_q[r] as f64),
+                }
+            };
             let mut ranked = read;
             ranked.sort_by(|&a, &b| score(b).total_cmp(&score(a)).then(a.cmp(&b)));
             ranked.truncate(t);
@@ -148,6 +209,19 @@ mod tests {
         let reads = [0u32, 2, 0, 1, 5];
         assert_eq!(rank_rows(&reads, None, None), vec![0, 1, 0, 1, 1]);
         assert_eq!(rank_rows(&reads, Some(&[1.0; 5]), Some(10)), vec![0, 1, 0, 1, 1]);
+    }
+
+    #[test]
+    fn kl_ranking_prefers_rows_the_background_rarely_reads() {
+        // Rows 0 and 1 are read alike by the batch; the background reads row 0 a hundred times
+        // as often: row 1 is the surprising one. Row 2 is read twice as much as row 1 but is
+        // as common in the background as row 0.
+        let log_q: Vec<f32> = [0.5f64, 0.005, 0.4945].iter().map(|q| q.ln() as f32).collect();
+        let pick = |reads: &[u32], top| rank_rows_by(reads, Some(RowWeights::LogShare(&log_q)), Some(top));
+        assert_eq!(pick(&[2, 2, 4], 1), vec![0, 1, 0]);
+        assert_eq!(pick(&[2, 2, 4], 2), vec![0, 1, 1]);
+        // A row read ten times as often by the batch outranks a rare one read once.
+        assert_eq!(pick(&[0, 1, 40], 1), vec![0, 0, 1]);
     }
 
     #[test]

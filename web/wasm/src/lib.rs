@@ -389,6 +389,7 @@ impl Demo {
                     optimizer: ValueOptimizer::AdamW,
                     reads_at: ReadsAt::Mistakes,
                     lora: Default::default(),
+                    ranking: Default::default(),
                 };
                 *net = Net::Taught(Box::new(
                     Teacher::new(gpu, &weights, config, Some(&counts)).map_err(err)?,
