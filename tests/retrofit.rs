@@ -351,3 +351,85 @@ fn an_exported_byte_level_model_is_the_same_model_as_a_llama_folder() {
     assert!(!again.status.success() && text(&again).contains("exists"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `teach --delta` keeps only the taught memory beside the original folder; loaded, it is the
+/// same model as the taught folder saved whole (same seed, same steps).
+#[test]
+fn a_taught_memory_saved_alone_loads_as_the_whole_taught_model() {
+    let dir = scratch_dir("delta");
+    let model = retrofit("qwen3_qknorm_f16", &dir, &[]);
+    let teach = |out: &Path, extra: &[&str]| {
+        let run = memlayers(
+            &[
+                &[
+                    "teach",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--new-people",
+                    "1",
+                    "--steps",
+                    "6",
+                    "--out",
+                    out.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(run.status.success(), "{}", text(&run));
+    };
+    let (whole, delta) = (dir.join("whole"), dir.join("delta"));
+    teach(&whole, &[]);
+    teach(&delta, &["--delta"]);
+    let mut files: Vec<String> = std::fs::read_dir(delta.join("model"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["config.json", "memory.safetensors", "slot_counts.safetensors"]
+    );
+    let ids: Vec<u32> = (0..16u32).map(|i| (i * 11 + 3) % 300).collect();
+    let (a, b) = (
+        logits(&whole.join("model"), &ids),
+        logits(&delta.join("model"), &ids),
+    );
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_ne!(a, logits(&model, &ids), "teaching changed the model");
+    // A delta taught again names the original base, and LoRA cannot be saved as a delta.
+    let again = dir.join("again");
+    let run = memlayers(&[
+        "teach",
+        "--model",
+        delta.join("model").to_str().unwrap(),
+        "--new-people",
+        "1",
+        "--steps",
+        "2",
+        "--delta",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(again.join("model/config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["memory"]["base"].as_str().unwrap(),
+        std::fs::canonicalize(&model).unwrap().to_str().unwrap()
+    );
+    let run = memlayers(&[
+        "teach",
+        "--model",
+        model.to_str().unwrap(),
+        "--new-people",
+        "1",
+        "--method",
+        "lora",
+        "--delta",
+        "--out",
+        dir.join("lora").to_str().unwrap(),
+    ]);
+    assert!(!run.status.success() && text(&run).contains("--delta saves a taught memory"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

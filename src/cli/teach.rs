@@ -83,6 +83,11 @@ pub struct Args {
     /// Recall of the new facts and of a sample of the old ones every this many steps.
     #[arg(long, default_value_t = 10)]
     pub eval_every: u32,
+    /// Hugging Face folders, memory methods: save only the taught memory (model/ holds
+    /// config.json, memory.safetensors and the slot counts, and names the original folder as
+    /// its base), so that one base model serves many taught memories.
+    #[arg(long)]
+    pub delta: bool,
     /// Hugging Face models: the probe prompts, one a line, whose greedy continuations and loss
     /// measure what the model knew before [32 built-in general-knowledge openings].
     #[arg(long)]
@@ -284,6 +289,11 @@ pub fn run(a: &Args) -> Result<()> {
     let method = Method::parse(&a.method)?;
     if memlayers::io::hf::is_hf_folder(&a.model) {
         return super::teach_hf::run(a, method);
+    }
+    if a.delta || a.probe.is_some() {
+        return Err(Error::Config(
+            "teach: --delta and --probe are for Hugging Face folders (a byte-level model's forgetting is measured on its own facts)".into(),
+        ));
     }
     let (args, file) = super::model_dir::load_memlayers(&a.model)?;
     let config = args.resolve()?;

@@ -230,6 +230,30 @@ fn save_model(source: &Path, out: &Path, weights: &ModelWeights, method: Method)
     Ok(())
 }
 
+/// The taught memory alone at `out`: `config.json` naming the folder with the model as its
+/// base, `memory.safetensors` and the source's slot counts.
+fn save_delta(source: &Path, folder: &HfFolder, out: &Path, weights: &ModelWeights) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let (_, memory) = hf_tensors(weights)?;
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(source.join("config.json"))?)
+        .map_err(|e| Error::Format(format!("config.json: {e}")))?;
+    // The model's folder: the source's own base where the source is itself a delta.
+    let base = match folder.hf.memory.as_ref().and_then(|m| m.base.as_ref()) {
+        Some(b) => source.join(b),
+        None => source.to_path_buf(),
+    };
+    json["memory"]["base"] = Value::String(std::fs::canonicalize(&base)?.display().to_string());
+    write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default().as_bytes(),
+    )?;
+    memory.write(&out.join(MEMORY_FILE))?;
+    if source.join(SLOT_COUNTS_FILE).is_file() {
+        link_or_copy(&source.join(SLOT_COUNTS_FILE), &out.join(SLOT_COUNTS_FILE))?;
+    }
+    Ok(())
+}
+
 pub fn run(a: &Args, method: Method) -> Result<()> {
     let total = Instant::now();
     let folder = HfFolder::open(&a.model)?;
@@ -242,6 +266,13 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             a.model.display()
         )));
     }
+    if a.delta && !method.uses_memory() {
+        return Err(Error::Config(format!(
+            "teach --delta saves a taught memory; --method {} changes the model itself",
+            method.name()
+        )));
+    }
+    // Checked again when writing; said here before any teaching.
     if a.out.exists() {
         return Err(Error::Config(format!(
             "{} exists: teach writes a new folder",
@@ -380,12 +411,11 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             )?);
         }
         let chosen = &runs[0];
-        save_model(
-            &a.model,
-            &tmp.join("model"),
-            chosen.weights.as_ref().expect("the first run keeps its weights"),
-            chosen.method,
-        )?;
+        let taught = chosen.weights.as_ref().expect("the first run keeps its weights");
+        match a.delta {
+            true => save_delta(&a.model, &folder, &tmp.join("model"), taught)?,
+            false => save_model(&a.model, &tmp.join("model"), taught, chosen.method)?,
+        }
         if let Some((tensors, config)) = &chosen.adapters {
             // PEFT's folder: transformers with peft loads the original folder and these.
             let adapter = tmp.join("adapter");

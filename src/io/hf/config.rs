@@ -62,6 +62,10 @@ pub struct HfMemory {
     /// `parallel`: beside the feed-forward block, outputs added.
     pub placement: String,
     pub productkey_args: ProductKeyArgs,
+    /// A folder that keeps only the memory (`teach --delta`): the folder with the model's
+    /// weights and tokenizer, absolute or relative to this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl HfMemory {

@@ -49,6 +49,51 @@ pub fn index_files(text: &str, what: &str) -> Result<Vec<String>> {
     Ok(files)
 }
 
+/// The folder holding the model of `dir` where `dir` keeps only a memory beside it (its
+/// config's `memory.base`), checked to be the same model: a Hugging Face folder of the same
+/// architecture and sizes, without a memory or with one laid out as this one (which replaces
+/// it).
+#[cfg(not(target_arch = "wasm32"))]
+fn base_folder(dir: &Path, hf: &HfConfig) -> Result<Option<std::path::PathBuf>> {
+    let Some(base) = hf.memory.as_ref().and_then(|m| m.base.as_ref()) else {
+        return Ok(None);
+    };
+    let base = dir.join(base);
+    let text = read_text(&base.join("config.json"))
+        .map_err(|e| Error::Config(format!("{}: the memory's base model: {e}", dir.display())))?;
+    let theirs = HfConfig::from_json(&text)?;
+    // The base may be the retrofitted folder the memory was taught from (its memory is
+    // replaced by this one's, so it must be laid out alike), not another delta.
+    let memory_alike = match (&theirs.memory, &hf.memory) {
+        (None, _) => true,
+        (Some(t), Some(m)) => {
+            t.base.is_none() && t.productkey_args == m.productkey_args && t.placement == m.placement
+        }
+        (Some(_), None) => false,
+    };
+    let same = memory_alike
+        && theirs.architectures == hf.architectures
+        && (
+            theirs.hidden_size,
+            theirs.num_hidden_layers,
+            theirs.vocab_size,
+            theirs.intermediate_size,
+        ) == (
+            hf.hidden_size,
+            hf.num_hidden_layers,
+            hf.vocab_size,
+            hf.intermediate_size,
+        );
+    if !same {
+        return Err(Error::Config(format!(
+            "{}: the memory's base model {} is not the model it was taught on (another architecture or size, or a memory laid out otherwise)",
+            dir.display(),
+            base.display()
+        )));
+    }
+    Ok(Some(base))
+}
+
 /// Whether `dir` is a Hugging Face model folder: a `config.json` naming `architectures`.
 pub fn is_hf_folder(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("config.json"))
@@ -123,7 +168,13 @@ impl HfFolder {
     pub fn open(dir: &Path) -> Result<Self> {
         let hf = HfConfig::from_json(&read_text(&dir.join("config.json"))?)?;
         let config = hf.model_config(MAX_CONTEXT)?;
-        let tokenizer_file = dir.join("tokenizer.json");
+        let base = base_folder(dir, &hf)?;
+        // The model's own files: in the base folder where this one keeps only a memory.
+        let own = |name: &str| match (&base, dir.join(name)) {
+            (Some(b), here) if !here.is_file() => b.join(name),
+            (_, here) => here,
+        };
+        let tokenizer_file = own("tokenizer.json");
         let tokenizer = HfTokenizer::from_bytes(
             &std::fs::read(&tokenizer_file)
                 .map_err(|e| Error::Format(format!("cannot read {}: {e}", tokenizer_file.display())))?,
@@ -136,7 +187,7 @@ impl HfFolder {
                 config.vocab
             )));
         }
-        let generation = dir.join("generation_config.json");
+        let generation = own("generation_config.json");
         let mut eos_ids = if generation.is_file() {
             let json: serde_json::Value = serde_json::from_str(&read_text(&generation)?)
                 .map_err(|e| Error::Format(format!("{}: {e}", generation.display())))?;
@@ -147,13 +198,13 @@ impl HfFolder {
         if eos_ids.is_empty() {
             eos_ids = config::token_ids(hf.eos_token_id.as_ref());
         }
-        let tokenizer_config = dir.join("tokenizer_config.json");
+        let tokenizer_config = own("tokenizer_config.json");
         let chat_template = if tokenizer_config.is_file() {
             ChatTemplate::from_tokenizer_config(&read_text(&tokenizer_config)?)?
         } else {
             None
         };
-        let files = weights::WeightFiles::open(dir, &hf)?;
+        let files = weights::WeightFiles::open(dir, base.as_deref(), &hf)?;
         Ok(HfFolder {
             hf,
             config,

@@ -90,6 +90,7 @@ pub fn retrofit_config(
     let memory = HfMemory {
         placement: "parallel".into(),
         productkey_args: sizes.product_key_args(layers),
+        base: None,
     };
     let config = base.with_memory(&memory.productkey_args, MemoryPlacement::Parallel)?;
     Ok((memory, config))

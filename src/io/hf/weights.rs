@@ -20,9 +20,10 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const MEMORY_FILE: &str = "memory.safetensors";
 
 /// The weight files of `dir`: the shards its index lists (each once, in order of first
-/// mention), else `model.safetensors`; then `memory.safetensors` where there is one.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = model_files(dir)?;
+/// mention), else `model.safetensors` (in `base` instead, for a folder that keeps only a
+/// memory beside another's model); then `memory.safetensors` where there is one.
+pub fn weight_files(dir: &Path, base: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let mut files = model_files(base.unwrap_or(dir))?;
     if dir.join(MEMORY_FILE).is_file() {
         files.push(dir.join(MEMORY_FILE));
     }
@@ -80,10 +81,10 @@ pub struct WeightFiles {
 }
 
 impl WeightFiles {
-    pub fn open(dir: &Path, hf: &HfConfig) -> Result<Self> {
+    pub fn open(dir: &Path, base: Option<&Path>, hf: &HfConfig) -> Result<Self> {
         Ok(WeightFiles {
             dir: dir.to_path_buf(),
-            mapped: weight_files(dir)?
+            mapped: weight_files(dir, base)?
                 .iter()
                 .map(|p| map_file(p))
                 .collect::<Result<_>>()?,
