@@ -1,6 +1,6 @@
 //! `memlayers teach` on a Hugging Face folder (a retrofitted one for the memory methods): the
 //! facts tokenized by the folder's tokenizer, one a row; what the model knew before measured
-//! on probe prompts, as the share whose 16-token greedy continuation is unchanged and as the
+//! on probe prompts, as the share whose greedy continuation (16 tokens or to the EOS) is unchanged and as the
 //! loss on them, beside the new facts' recall.
 
 use super::model_dir::{link_or_copy, write_new_folder};
@@ -372,8 +372,13 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
         };
         let new_before =
             pollster::block_on(score_token_facts(&model, &gpu, &new.facts, &new.encoded, pad))?.recall();
-        let continuations =
-            pollster::block_on(greedy_continuations(&model, &gpu, &prompts, CONTINUATION_TOKENS))?;
+        let continuations = pollster::block_on(greedy_continuations(
+            &model,
+            &gpu,
+            &prompts,
+            CONTINUATION_TOKENS,
+            &folder.eos_ids,
+        ))?;
         let mut probe = Probe {
             prompts,
             continuations,

@@ -17,7 +17,8 @@ pub const DEFAULT_PROBE: &str = include_str!("default_probe.txt");
 pub fn probe_lines(text: &str, what: &str) -> Result<Vec<String>> {
     let lines: Vec<String> = text
         .lines()
-        .map(str::trim_end)
+        // Trailing spaces are kept: a prompt may end where a model expects its answer.
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect();
@@ -50,13 +51,15 @@ pub fn text_rows(texts: &[Vec<u32>], pad: u32) -> (Vec<u32>, Vec<u32>, usize) {
 /// Tokens each probe prompt's greedy continuation runs for (`kept_continuations`).
 pub const CONTINUATION_TOKENS: usize = 16;
 
-/// The greedy continuation of each prompt, `n` tokens (EOS included like any other token:
-/// the comparison is of what the model produces, not of where a reader stops).
+/// The greedy continuation of each prompt as generation produces it: up to `n` tokens, ending
+/// with the first of `eos` where one comes (included: a continuation that stopped is kept only
+/// if it still stops there).
 pub async fn greedy_continuations(
     model: &Model,
     gpu: &Gpu,
     prompts: &[Vec<u32>],
     n: usize,
+    eos: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
     let mut all = Vec::with_capacity(prompts.len());
     for prompt in prompts {
@@ -73,6 +76,9 @@ pub async fn greedy_continuations(
             let logits = model.forward_last_with_cache(gpu, &feed, &mut cache).await?;
             let next = argmax(&logits);
             out.push(next);
+            if eos.contains(&next) {
+                break;
+            }
             feed = vec![next];
         }
         all.push(out);
