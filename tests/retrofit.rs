@@ -111,8 +111,8 @@ fn bad_retrofits_are_one_line_errors_and_write_nothing() {
             "not a layer index",
         ),
         (
-            vec!["--model", model.to_str().unwrap(), "--mode", "replace"],
-            "not available yet",
+            vec!["--model", model.to_str().unwrap(), "--heal-data", "x.txt"],
+            "--mode replace",
         ),
         (
             vec!["--model", dir.to_str().unwrap()],
@@ -431,5 +431,72 @@ fn a_taught_memory_saved_alone_loads_as_the_whole_taught_model() {
         dir.join("lora").to_str().unwrap(),
     ]);
     assert!(!run.status.success() && text(&run).contains("--delta saves a taught memory"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--mode replace` puts the memory in the feed-forward block's place (its tensors stay in
+/// the original files, unread) and heals it to reproduce the block: the error falls, and the
+/// folder loads and generates.
+#[test]
+fn a_replaced_block_is_healed_towards_what_it_computed() {
+    let dir = scratch_dir("replace");
+    let heal = dir.join("heal.txt");
+    let text_in: String = (0..40)
+        .map(|i| {
+            format!(
+                "Line {i} of the healing text says {} things about {}.\n",
+                i * 7 % 13,
+                i % 5
+            )
+        })
+        .collect();
+    std::fs::write(&heal, text_in).unwrap();
+    let out = dir.join("out");
+    let run = memlayers(&[
+        "retrofit",
+        "--model",
+        fixture("mistral_f32").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--mode",
+        "replace",
+        "--layers",
+        "1",
+        "--n-keys",
+        "16",
+        "--k-dim",
+        "16",
+        "--heal-data",
+        heal.to_str().unwrap(),
+        "--heal-steps",
+        "60",
+        "--heal-lr",
+        "3e-3",
+    ]);
+    let said = text(&run);
+    assert!(run.status.success(), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("squared error against the replaced block"))
+        .unwrap();
+    let errors: Vec<f32> = line.split(' ').filter_map(|w| w.parse().ok()).collect();
+    let (before, after) = (errors[errors.len() - 2], errors[errors.len() - 1]);
+    assert!(after < 0.7 * before, "{line}");
+    assert!(said.contains("held-out lines: original"), "{said}");
+    let folder = HfFolder::open(&out).unwrap();
+    assert_eq!(
+        folder.config().memory_placement,
+        memlayers::model::MemoryPlacement::Replace
+    );
+    let gen = memlayers(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "Line",
+        "--max-tokens",
+        "3",
+    ]);
+    assert!(gen.status.success(), "{}", text(&gen));
     let _ = std::fs::remove_dir_all(&dir);
 }

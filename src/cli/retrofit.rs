@@ -1,15 +1,17 @@
 //! `memlayers retrofit`: a Hugging Face folder with a memory added beside chosen feed-forward
-//! blocks, written to a new folder (the original tensors untouched, the memory's beside them,
-//! a `memory` section in config.json, the tokenizer files, the memory's background slot
-//! counts). The retrofitted model computes exactly what the original did until it is taught.
+//! blocks (or in their place, healed), written to a new folder (the original tensors
+//! untouched, the memory's beside them, a `memory` section in config.json, the tokenizer
+//! files, the memory's background slot counts). Beside the blocks, the retrofitted model
+//! computes exactly what the original did until it is taught.
 
 use super::model_dir::{link_or_copy, write_new_folder};
+use memlayers::io::hf::names::hf_tensors;
 use memlayers::io::hf::retrofit::{memory_tensors, retrofit_config, MemorySizes};
 use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
 use memlayers::io::hf::{self, HfFolder};
 use memlayers::io::write_atomic;
-use memlayers::model::{SlotCounts, SLOT_COUNTS_FILE};
-use memlayers::teach::{probe_lines, text_rows, DEFAULT_PROBE};
+use memlayers::model::{MemoryPlacement, ModelConfig, SlotCounts, SLOT_COUNTS_FILE};
+use memlayers::teach::{block_samples, heal, probe_lines, text_loss, text_rows, DEFAULT_PROBE};
 use memlayers::{Error, Gpu, Result};
 use std::path::PathBuf;
 
@@ -25,7 +27,8 @@ pub struct Args {
     #[arg(long)]
     pub layers: Option<String>,
     /// parallel: a memory beside each chosen feed-forward block, the original model's outputs
-    /// unchanged until it is taught.
+    /// unchanged until it is taught; replace: a memory in each block's place, healed to
+    /// reproduce it (--heal-data, --heal-steps).
     #[arg(long, default_value = "parallel", value_parser = ["parallel", "replace"])]
     pub mode: String,
     /// Keys per half of the product keys (n_keys^2 value rows) [the largest power of two whose
@@ -45,6 +48,16 @@ pub struct Args {
     /// teaching ranks against) [the built-in probe prompts: 32 general-knowledge openings].
     #[arg(long)]
     pub background: Option<PathBuf>,
+    /// --mode replace: the text the memory is healed on (one passage a line; every tenth line
+    /// held out for the loss printed before and after) [the built-in probe prompts].
+    #[arg(long)]
+    pub heal_data: Option<PathBuf>,
+    /// --mode replace: healing steps (256 positions each).
+    #[arg(long, default_value_t = 200)]
+    pub heal_steps: u32,
+    /// --mode replace: healing's AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub heal_lr: f32,
     /// Seed of the memory's keys and projections.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -62,10 +75,13 @@ fn parse_layers(text: &str) -> Result<Vec<usize>> {
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    if a.mode != "parallel" {
+    let placement = match a.mode.as_str() {
+        "replace" => MemoryPlacement::Replace,
+        _ => MemoryPlacement::Parallel,
+    };
+    if placement == MemoryPlacement::Parallel && a.heal_data.is_some() {
         return Err(Error::Config(
-            "retrofit --mode replace (a memory in place of the feed-forward block, healed on text) is not \
-available yet; use --mode parallel"
+            "retrofit: --heal-data heals a memory that replaced a feed-forward block (--mode replace); a memory beside one starts silent"
                 .into(),
         ));
     }
@@ -92,10 +108,12 @@ available yet; use --mode parallel"
     let sizes = MemorySizes {
         n_keys,
         heads: a.heads.unwrap_or(default.heads),
-        knn: a.knn.unwrap_or(default.knn.min(n_keys)),
+        knn: a
+            .knn
+            .unwrap_or(memlayers::io::hf::retrofit::DEFAULT_KNN.min(n_keys)),
         k_dim: a.k_dim.unwrap_or(default.k_dim),
     };
-    let (memory, config) = retrofit_config(base, &layers, &sizes)?;
+    let (memory, config) = retrofit_config(base, &layers, &sizes, placement)?;
     let background_text = match &a.background {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
@@ -130,33 +148,36 @@ available yet; use --mode parallel"
             &tmp.join("config.json"),
             serde_json::to_string_pretty(&json).unwrap_or_default().as_bytes(),
         )?;
-        memory_tensors(&config, a.seed)?.write(&tmp.join(MEMORY_FILE))?;
+        let tensors = memory_tensors(&config, a.seed)?;
+        tensors.write(&tmp.join(MEMORY_FILE))?;
+        let gpu = Gpu::new_blocking()?;
+        if placement == MemoryPlacement::Replace {
+            heal_replaced(a, &gpu, &folder, tmp, &config)?;
+        }
 
         // The background: the retrofitted model's reads on the text, at every position.
         let retrofitted = HfFolder::open(tmp)?;
-        let gpu = Gpu::new_blocking()?;
         let model = retrofitted.upload(&gpu, false)?;
-        let texts: Vec<Vec<u32>> = background_lines
+        let (tokens, at_text, seq) = token_rows(&retrofitted, &background_lines)?;
+        let at_text: Vec<u32> = at_text
             .iter()
-            .map(|l| retrofitted.tokenizer.encode(l, true))
-            .collect::<Result<_>>()?;
-        let pad = retrofitted.eos_ids.first().copied().unwrap_or(0);
-        let (tokens, _, seq) = text_rows(&texts, pad);
-        let mut at_text = Vec::with_capacity(tokens.len());
-        for ids in &texts {
-            at_text.extend((0..seq).map(|i| {
-                if i < ids.len() {
+            .map(|&text| {
+                if text {
                     0
                 } else {
                     memlayers::kernels::ops::IGNORE_TARGET
                 }
-            }));
-        }
+            })
+            .collect();
         let counts = pollster::block_on(SlotCounts::measure(&model, &gpu, &tokens, Some(&at_text), seq, 8))?;
         counts.to_tensors().write(&tmp.join(SLOT_COUNTS_FILE))?;
         let m = config.memory.as_ref().expect("a memory was added");
         println!(
-            "memory beside the feed-forward blocks of layers {:?}: {} heads x {} slots of {} rows ({} keys squared), keys {} wide, values {} wide; {:.1}M parameters added",
+            "memory {} the feed-forward blocks of layers {:?}: {} heads x {} slots of {} rows ({} keys squared), keys {} wide, values {} wide; {:.1}M parameters added",
+            match placement {
+                MemoryPlacement::Parallel => "beside",
+                MemoryPlacement::Replace => "in place of",
+            },
             config.memory_layers,
             m.heads,
             m.knn,
@@ -164,7 +185,7 @@ available yet; use --mode parallel"
             m.n_keys,
             m.k_dim,
             m.v_dim,
-            memory_tensors_len(&config)? as f64 / 1e6
+            tensors.tensors.values().map(|t| t.shape.iter().product::<usize>()).sum::<usize>() as f64 / 1e6
         );
         println!(
             "background: {} reads over {} tokens of {what}",
@@ -181,13 +202,116 @@ available yet; use --mode parallel"
     Ok(())
 }
 
-fn memory_tensors_len(config: &memlayers::model::ModelConfig) -> Result<usize> {
-    let layout = memlayers::model::ModelLayout::new(config)?;
-    Ok(layout
-        .registry
-        .specs()
+/// The token rows of `lines` as `folder`'s tokenizer encodes them (its specials included),
+/// each cut to the model's context, padded to the longest: `(tokens, at_text, seq)`, `at_text`
+/// marking the positions that hold a text's tokens.
+fn token_rows(folder: &HfFolder, lines: &[String]) -> Result<(Vec<u32>, Vec<bool>, usize)> {
+    let max = folder.config().max_seqlen;
+    let texts: Vec<Vec<u32>> = lines
         .iter()
-        .filter(|s| s.name.split('.').nth(2) == Some("memory"))
-        .map(|s| s.len())
-        .sum())
+        .map(|l| Ok(folder.tokenizer.encode(l, true)?.into_iter().take(max).collect()))
+        .collect::<Result<_>>()?;
+    let pad = folder.eos_ids.first().copied().unwrap_or(0);
+    let (tokens, _, seq) = text_rows(&texts, pad);
+    let at_text = texts
+        .iter()
+        .flat_map(|ids| (0..seq).map(move |i| i < ids.len()))
+        .collect();
+    Ok((tokens, at_text, seq))
+}
+
+/// Heals the memory of the retrofitted folder `tmp` (in place of `folder`'s feed-forward
+/// blocks): each memory layer trained to reproduce the block it replaced on the heal text,
+/// the model's loss on held-out lines (every tenth) printed for the original, the retrofit
+/// before healing and after.
+fn heal_replaced(
+    a: &Args,
+    gpu: &Gpu,
+    folder: &HfFolder,
+    tmp: &std::path::Path,
+    config: &ModelConfig,
+) -> Result<()> {
+    let (text, what) = match &a.heal_data {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
+            path.display().to_string(),
+        ),
+        None => (
+            DEFAULT_PROBE.to_string(),
+            "the built-in probe prompts".to_string(),
+        ),
+    };
+    let lines = probe_lines(&text, &what)?;
+    type Numbered<'a> = Vec<(usize, &'a String)>;
+    let (held, train): (Numbered, Numbered) = lines.iter().enumerate().partition(|(i, _)| i % 10 == 9);
+    let held: Vec<String> = match held.is_empty() {
+        true => lines.clone(),
+        false => held.into_iter().map(|(_, l)| l.clone()).collect(),
+    };
+    let train: Vec<String> = train.into_iter().map(|(_, l)| l.clone()).collect();
+    let pad = folder.eos_ids.first().copied().unwrap_or(0);
+    let held_ids: Vec<Vec<u32>> = held
+        .iter()
+        .map(|l| {
+            Ok(folder
+                .tokenizer
+                .encode(l, true)?
+                .into_iter()
+                .take(config.max_seqlen)
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    let original = folder.upload(gpu, false)?;
+    let loss = |model: &memlayers::model::Model| pollster::block_on(text_loss(model, gpu, &held_ids, pad));
+    let loss_original = loss(&original)?;
+    let loss_unhealed = loss(&HfFolder::open(tmp)?.upload(gpu, false)?)?;
+    let (tokens, keep, seq) = token_rows(folder, &train)?;
+    let mut weights = HfFolder::open(tmp)?.read_weights()?;
+    let m = config.memory.as_ref().expect("a memory was added");
+    for &layer in &config.memory_layers {
+        let samples = pollster::block_on(block_samples(&original, gpu, layer, (&tokens, &keep), (seq, 8)))?;
+        let params = weights.layout.layers[layer]
+            .feed_forward
+            .memory()
+            .expect("a memory layer")
+            .clone();
+        let named: Vec<(&'static str, Vec<f32>)> = weights
+            .memory_weights(&params)?
+            .named_tensors()
+            .into_iter()
+            .map(|(name, _, data)| (name, data.to_vec()))
+            .collect();
+        let values = weights.get(params.values).to_vec();
+        let healed = pollster::block_on(heal(
+            gpu,
+            m,
+            named,
+            values,
+            &samples,
+            (a.heal_steps, a.heal_lr, 256),
+            a.seed ^ layer as u64,
+        ))?;
+        println!(
+            "layer {layer}: healed on {} positions of {what}: squared error against the replaced block {:.5} -> {:.5}",
+            samples.rows, healed.error_before, healed.error_after
+        );
+        let prefix = format!("layers.{layer}.feed_forward.");
+        for (name, data) in healed.tensors {
+            *weights
+                .tensor_mut(&format!("{prefix}{name}"))
+                .ok_or_else(|| Error::MissingTensor(format!("{prefix}{name}")))? = data;
+        }
+        let values_name = weights.layout.registry.spec(params.values).name.clone();
+        *weights
+            .tensor_mut(&values_name)
+            .ok_or_else(|| Error::MissingTensor(values_name.clone()))? = healed.values;
+    }
+    hf_tensors(&weights)?.1.write(&tmp.join(MEMORY_FILE))?;
+    let loss_healed = loss(&HfFolder::open(tmp)?.upload(gpu, false)?)?;
+    println!(
+        "loss on {} held-out lines: original {loss_original:.4}, replaced {loss_unhealed:.4}, healed {loss_healed:.4}",
+        held_ids.len()
+    );
+    Ok(())
 }

@@ -78,6 +78,21 @@ pub struct ModelForward {
 }
 
 impl ModelForward {
+    /// The feed-forward block of `layer`: its input (the normed stream) and the residual
+    /// stream before and after it (`[rows, dim]` each); what it added is after minus before.
+    pub fn feed_forward_io(&self, layer: usize) -> Option<(&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer)> {
+        let at = self
+            .residuals
+            .iter()
+            .position(|r| r.layer == layer && !matches!(r.block, BlockActs::Attention(_)))?;
+        let after = match self.residuals.get(at + 1) {
+            Some(next) => &next.h_in,
+            None => &self.h_final,
+        };
+        let r = &self.residuals[at];
+        Some((&r.normed, &r.h_in, after))
+    }
+
     /// The memory layers' lookups in this pass, `(layer index, activations)` in layer order:
     /// the selected slots, scores and softmax weights of every position and head.
     pub fn memory_lookups(&self) -> Vec<(usize, &crate::memory::MemoryActivations)> {

@@ -18,11 +18,13 @@
 //! it would spend the budget on a row that cannot move. No weight decay while teaching:
 //! decaying the rows of old facts would be forgetting by regularisation, not by learning.
 
+mod heal;
 mod lora;
 mod probe;
 mod slots;
 mod token_facts;
 
+pub use heal::{block_samples, heal, BlockSamples, Healed};
 pub use lora::{Lora, LoraConfig};
 pub use probe::{
     greedy_continuations, kept_continuations, probe_lines, text_loss, text_rows, CONTINUATION_TOKENS,

@@ -59,7 +59,8 @@ pub struct HfConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HfMemory {
-    /// `parallel`: beside the feed-forward block, outputs added.
+    /// `parallel`: beside the feed-forward block, outputs added; `replace`: in its place
+    /// (the block's tensors stay in the original files, unread).
     pub placement: String,
     pub productkey_args: ProductKeyArgs,
     /// A folder that keeps only the memory (`teach --delta`): the folder with the model's
@@ -72,8 +73,9 @@ impl HfMemory {
     pub fn placement(&self) -> Result<MemoryPlacement> {
         match self.placement.as_str() {
             "parallel" => Ok(MemoryPlacement::Parallel),
+            "replace" => Ok(MemoryPlacement::Replace),
             other => Err(bad(format!(
-                "memory.placement {other:?}: memlayers reads \"parallel\""
+                "memory.placement {other:?}: memlayers reads \"parallel\" and \"replace\""
             ))),
         }
     }

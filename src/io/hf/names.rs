@@ -47,7 +47,12 @@ pub(super) fn hf_name(name: &str) -> Option<(String, Order)> {
         "feed_forward.w1.weight" => ("mlp.gate_proj.weight", Order::Same),
         "feed_forward.w3.weight" => ("mlp.up_proj.weight", Order::Same),
         "feed_forward.w2.weight" => ("mlp.down_proj.weight", Order::Same),
-        _ => match param.strip_prefix("memory.") {
+        // A memory's parameters, beside the feed-forward block (`memory.`) or in its place
+        // (`feed_forward.` other than w1, w2, w3): stored alike.
+        _ => match param
+            .strip_prefix("memory.")
+            .or_else(|| param.strip_prefix("feed_forward."))
+        {
             Some(memory) => return Some((format!("model.layers.{layer}.memory.{memory}"), Order::Same)),
             None => return None,
         },

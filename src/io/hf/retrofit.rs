@@ -25,6 +25,9 @@ pub struct MemorySizes {
     pub k_dim: usize,
 }
 
+/// Slots each head reads by default (at most `n_keys`).
+pub const DEFAULT_KNN: usize = 32;
+
 /// The largest value table a retrofit picks by default, in f32 values: 2^25 (128 MiB), what
 /// one storage binding holds under WebGPU's default limits, so that it trains anywhere.
 pub const DEFAULT_MAX_TABLE_VALUES: usize = 1 << 25;
@@ -45,7 +48,7 @@ impl MemorySizes {
         MemorySizes {
             n_keys,
             heads: 4,
-            knn: 32.min(n_keys),
+            knn: DEFAULT_KNN.min(n_keys),
             k_dim: (config.dim / 2).max(16) & !1,
         }
     }
@@ -65,12 +68,14 @@ impl MemorySizes {
     }
 }
 
-/// The configuration section and the configuration of `base` with a memory of `sizes` beside
-/// the feed-forward blocks of `layers`.
+/// The configuration section and the configuration of `base` with a memory of `sizes` at
+/// `layers`, beside their feed-forward blocks or in their place (`placement`; in place, each
+/// layer gets a value table of its own, healed alone).
 pub fn retrofit_config(
     base: &ModelConfig,
     layers: &[usize],
     sizes: &MemorySizes,
+    placement: MemoryPlacement,
 ) -> Result<(HfMemory, ModelConfig)> {
     if base.memory.is_some() {
         return Err(Error::Config(format!(
@@ -87,42 +92,49 @@ pub fn retrofit_config(
             base.n_layers - 1
         )));
     }
+    let mut productkey_args = sizes.product_key_args(layers);
+    productkey_args.mem_share_values = placement == MemoryPlacement::Parallel;
     let memory = HfMemory {
-        placement: "parallel".into(),
-        productkey_args: sizes.product_key_args(layers),
+        placement: match placement {
+            MemoryPlacement::Parallel => "parallel",
+            MemoryPlacement::Replace => "replace",
+        }
+        .into(),
+        productkey_args,
         base: None,
     };
-    let config = base.with_memory(&memory.productkey_args, MemoryPlacement::Parallel)?;
+    let config = base.with_memory(&memory.productkey_args, placement)?;
     Ok((memory, config))
 }
 
-/// The new memory's tensors under the folder's names (`model.layers.<l>.memory.<name>`):
-/// drawn as lingua initialises them from `seed`, the value rows and the output projection's
-/// bias zero.
+/// The new memory's tensors under the folder's names (`model.layers.<l>.memory.<name>`),
+/// drawn as lingua initialises them from `seed`; beside a feed-forward block, the value rows
+/// and the output projection's bias zero.
 pub fn memory_tensors(config: &ModelConfig, seed: u64) -> Result<TensorFile> {
     let layout = ModelLayout::new(config)?;
+    let memory: Vec<crate::params::ParamId> = layout
+        .layers
+        .iter()
+        .filter_map(|l| l.feed_forward.memory())
+        .flat_map(|m| m.local().map(|(_, id)| id))
+        .chain(layout.values.iter().copied())
+        .collect();
+    let silent = config.memory_placement == MemoryPlacement::Parallel;
     let mut rng = Rng::new(seed);
     let mut file = TensorFile::default();
     for id in layout.init_order() {
-        let spec = layout.registry.spec(id);
-        let Some(rest) = spec.name.strip_prefix("layers.") else {
-            continue;
-        };
-        if !rest
-            .split_once('.')
-            .is_some_and(|(_, p)| p.starts_with("memory."))
-        {
+        if !memory.contains(&id) {
             continue;
         }
-        let data = if layout.values.contains(&id) || spec.name.ends_with(".memory.value_proj.bias") {
-            vec![0.0; spec.len()]
-        } else {
-            spec.init.draw(spec.len(), &mut rng)
+        let spec = layout.registry.spec(id);
+        let zero = silent && (layout.values.contains(&id) || spec.name.ends_with("value_proj.bias"));
+        let data = match zero {
+            true => vec![0.0; spec.len()],
+            false => spec.init.draw(spec.len(), &mut rng),
         };
-        file.insert(
-            format!("model.{}", spec.name),
-            HostTensor::f32(spec.shape.clone(), data),
-        );
+        let (name, _) = super::names::hf_name_and_order(&spec.name)
+            .ok_or_else(|| Error::Config(format!("{} has no Hugging Face name", spec.name)))?;
+        file.insert(name, HostTensor::f32(spec.shape.clone(), data));
     }
     Ok(file)
 }

@@ -167,9 +167,23 @@ impl WeightFiles {
             })
         };
         let result = f(&mut load)?;
+        // A memory in place of a feed-forward block leaves that block's tensors in the
+        // original files, unread.
+        let replaced: Vec<String> = match config.memory_placement {
+            crate::model::MemoryPlacement::Replace => config
+                .memory_layers
+                .iter()
+                .map(|l| format!("model.layers.{l}.mlp."))
+                .collect(),
+            crate::model::MemoryPlacement::Parallel => Vec::new(),
+        };
         let mut unused: Vec<&String> = found
             .keys()
-            .filter(|k| !(used.contains(*k) || self.tie_word_embeddings && k.as_str() == "lm_head.weight"))
+            .filter(|k| {
+                !(used.contains(*k)
+                    || self.tie_word_embeddings && k.as_str() == "lm_head.weight"
+                    || replaced.iter().any(|p| k.starts_with(p.as_str())))
+            })
             .collect();
         if !unused.is_empty() {
             unused.sort();
