@@ -73,6 +73,27 @@ fn sum_squares(
     partials[p.partial_offset + block] = ss;
 }
 
+// A group with more partial sums than one loop may add: partials[p.row_len + j] = the sum,
+// in order, of the j-th run of BLOCK of its p.len partial sums from p.partial_offset (the
+// clip entry then adds these).
+@compute @workgroup_size(64)
+fn sum_partials(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let j = (wg.y * nwg.x + wg.x) * 64u + lid;
+    let start = j * BLOCK;
+    if (start >= p.len) {
+        return;
+    }
+    var s = 0.0;
+    for (var i = start; i < min(start + BLOCK, p.len); i++) {
+        s += partials[p.partial_offset + i];
+    }
+    partials[p.row_len + j] = s;
+}
+
 // Group g's partial sums are partials[slots[2g] .. slots[2g + 1]].
 @compute @workgroup_size(1)
 fn clip(@builtin(workgroup_id) wg: vec3<u32>) {

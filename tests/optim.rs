@@ -376,3 +376,32 @@ fn adamw_dense_step_is_the_same_four_at_a_time() {
         }
     }
 }
+
+/// A group of more 1024-element blocks than one loop may add (a 100M-parameter model's
+/// weights) clips by its whole norm; a small group beside it keeps its own.
+#[test]
+fn a_group_longer_than_one_loop_clips_by_its_whole_norm() {
+    let g = gpu();
+    let mut rng = Rng::new(11);
+    let n = 4_000_000usize;
+    let big = rng.vec_normal(n, 0.01);
+    let small = rng.vec_normal(3000, 1.0);
+    let (big_buf, small_buf) = (g.upload("big", &big), g.upload("small", &small));
+    // The same buffer 13 times: 13 x 3,907 blocks, past the 49,152 one loop may add.
+    let long: Vec<(&wgpu::Buffer, u64)> = (0..13).map(|_| (&big_buf, n as u64)).collect();
+    let short = [(&small_buf, small.len() as u64)];
+    let max_norm = 0.5;
+    let mut enc = g.device.create_command_encoder(&Default::default());
+    let clip = record_clip(g, &mut enc, &[&long, &short], max_norm).unwrap();
+    g.queue.submit([enc.finish()]);
+    let got = g.read_f32_blocking(&clip, 2).unwrap();
+    let norm = |x: &[f32], times: f64| (times * x.iter().map(|&v| v as f64 * v as f64).sum::<f64>()).sqrt();
+    for (i, want_norm) in [norm(&big, 13.0), norm(&small, 1.0)].into_iter().enumerate() {
+        let want = (max_norm as f64 / (want_norm + 1e-6)).min(1.0);
+        assert!(
+            ((got[i] as f64 - want) / want).abs() < 1e-5,
+            "group {i}: {} against {want}",
+            got[i]
+        );
+    }
+}

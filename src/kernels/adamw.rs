@@ -2,6 +2,7 @@
 //! on listed rows only (the lazy update of the value table).
 
 use super::value_grads::SparseRows;
+use super::LOOP_BUDGET;
 use super::{check_buffer, check_loop_budget};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, MAX_GRID_DIM};
@@ -69,7 +70,9 @@ pub struct Clip<'a> {
 /// Records the clipping factor `min(1, max_norm / (norm + 1e-6))` of each parameter group,
 /// whose gradients are `groups[g]` (buffer, element count); returns a buffer of one factor
 /// per group. The partial sums of squares take one dispatch per two buffers, and all
-/// groups' factors one more.
+/// groups' factors one more. A group of more 1024-element blocks than one loop may add (50M
+/// values: a 100M-parameter model's weights) first has its partial sums added in runs of
+/// 1024 (one more dispatch), and its factor adds those.
 pub fn record_clip(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
@@ -87,6 +90,8 @@ pub fn record_clip(
     let mut buffers = Vec::new();
     let mut bounds = Vec::with_capacity(groups.len() * 2);
     let mut total = 0u64;
+    // Groups too long for one loop: (first partial, partials), summed in runs into `extra`.
+    let mut long = Vec::new();
     for group in groups {
         let start = total;
         bounds.push(start as u32);
@@ -99,13 +104,27 @@ pub fn record_clip(
             total += n.div_ceil(BLOCK);
         }
         let blocks = total - start;
-        check_loop_budget("gradient clipping", blocks, "the number of 1024-element blocks")?;
+        if blocks > LOOP_BUDGET {
+            check_loop_budget(
+                "gradient clipping",
+                blocks.div_ceil(BLOCK),
+                "the number of 1024-element blocks / 1024",
+            )?;
+            long.push((bounds.len() - 1, start, blocks));
+        }
         bounds.push(total as u32);
     }
-    if total > u32::MAX as u64 / 2 {
-        return Err(Error::Config(format!("gradient clipping: {total} blocks")));
+    // The run sums go after every partial sum; a long group's bounds point at its runs.
+    let mut extra = total;
+    for &(at, _, blocks) in &long {
+        bounds[at] = extra as u32;
+        extra += blocks.div_ceil(BLOCK);
+        bounds[at + 1] = extra as u32;
     }
-    let partials = gpu.storage("grad norm partials", total.max(1) * 4);
+    if extra > u32::MAX as u64 / 2 {
+        return Err(Error::Config(format!("gradient clipping: {extra} blocks")));
+    }
+    let partials = gpu.storage("grad norm partials", extra.max(1) * 4);
     let clip = gpu.storage("clip factors", groups.len() as u64 * 4);
     let sum = gpu.pipeline_entry("adamw", SOURCE, "sum_squares", &[]);
     for pair in buffers.chunks(2) {
@@ -122,6 +141,21 @@ pub fn record_clip(
         let blocks = a_len.div_ceil(BLOCK) + b_len.div_ceil(BLOCK);
         let (x, y) = grid((blocks as u32).div_ceil(64));
         gpu.run(encoder, "grad_sum_squares", &sum, &bind, (x, y, 1));
+    }
+    let runs = gpu.pipeline_entry("adamw", SOURCE, "sum_partials", &[]);
+    let mut run_at = total;
+    for &(_, start, blocks) in &long {
+        let params = Params {
+            len: blocks as u32,
+            partial_offset: start as u32,
+            row_len: run_at as u32,
+            ..Default::default()
+        };
+        let params = gpu.uniform("sum partials params", &params);
+        let bind = gpu.bind_at(&runs, &[(0, &params), (2, &partials)]);
+        let (x, y) = grid((blocks.div_ceil(BLOCK) as u32).div_ceil(64));
+        gpu.run(encoder, "grad_sum_partials", &runs, &bind, (x, y, 1));
+        run_at += blocks.div_ceil(BLOCK);
     }
     let params = Params {
         max_norm,
