@@ -160,6 +160,14 @@ mod tests {
             hf_name("layers.0.feed_forward.w3.weight"),
             Some(("model.layers.0.mlp.up_proj.weight".into(), Order::Same))
         );
-        assert_eq!(hf_name("layers.0.feed_forward.values.weight"), None);
+        // A memory beside the feed-forward block or in its place is stored alike.
+        for name in ["layers.2.memory.values.weight", "layers.2.feed_forward.values.weight"] {
+            assert_eq!(
+                hf_name(name),
+                Some(("model.layers.2.memory.values.weight".into(), Order::Same))
+            );
+        }
+        assert_eq!(hf_name("layers.0.mixer.weight"), None);
+        assert_eq!(hf_name("tok_embeddings.bias"), None);
     }
 }
