@@ -417,3 +417,60 @@ fn f16_weights_compute_exactly_what_their_rounded_f32_weights_do() {
         .submit_step(g, &[1, 2, 3, 4], &[2, 3, 4, 5], 1, 4)
         .is_err());
 }
+
+/// Skipping the frozen weights' gradients (what memory teaching reads: the value tables)
+/// leaves every other gradient as it was, bit for bit.
+#[test]
+fn skipping_frozen_weight_gradients_keeps_the_others() {
+    use memlayers::kernels::ops::CrossEntropy;
+    let g = gpu();
+    let w = parallel_weights(
+        r#"{"dim": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 11, "multiple_of": 8, "max_seqlen": 8, "seed": 6,
+            "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 6, "mem_heads": 2, "mem_knn": 3, "mem_k_dim": 8}}"#,
+    );
+    let model = Model::new(g, &w).unwrap();
+    let tokens: Vec<u32> = (0..10).map(|i| (i * 7 + 3) % 11).collect();
+    let targets: Vec<u32> = (0..10).map(|i| (i * 5 + 1) % 11).collect();
+    let layout = model.layout();
+    let values = layout.values.clone();
+    let skipped: Vec<bool> = layout
+        .registry
+        .iter()
+        .map(|(id, _)| !values.contains(&id))
+        .collect();
+    let grads_with = |skip: &[bool]| {
+        let (tb, yb) = (g.upload("tokens", &tokens), g.upload("targets", &targets));
+        let mut enc = g.device.create_command_encoder(&Default::default());
+        let fwd = model.record_forward(g, &mut enc, &tb, 2, 5).unwrap();
+        let (loss, d_logits) = (g.storage("loss", 40), g.storage("d logits", 10 * 11 * 4));
+        CrossEntropy {
+            rows: 10,
+            vocab: 11,
+            scale: 0.1,
+            logits: &fwd.logits,
+            targets: &yb,
+            loss: &loss,
+            grad: &d_logits,
+        }
+        .record(g, &mut enc)
+        .unwrap();
+        let grads = model
+            .record_backward_skipping(g, &mut enc, &fwd, &d_logits, true, skip)
+            .unwrap();
+        g.queue.submit([enc.finish()]);
+        values
+            .iter()
+            .map(|&id| {
+                let n = layout.registry.spec(id).len();
+                g.read_f32_blocking(grads.grad(id), n)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<u32>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (all, some) = (grads_with(&[]), grads_with(&skipped));
+    assert_eq!(all, some);
+    assert!(all[0].iter().any(|&b| b != 0), "the value table has a gradient");
+}

@@ -67,6 +67,22 @@ impl Model {
         d_logits: &wgpu::Buffer,
         mark_values_read: bool,
     ) -> Result<ModelGrads> {
+        self.record_backward_skipping(gpu, encoder, fwd, d_logits, mark_values_read, &[])
+    }
+
+    /// `record_backward_with`, without the weight gradients of the parameters `skipped` marks
+    /// (by registry index; frozen weights nobody reads): their GEMMs are not recorded and
+    /// `ModelGrads` holds a 4-byte stand-in for each. Value tables and norms are always
+    /// computed. Every other gradient is the same.
+    pub fn record_backward_skipping(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        fwd: &ModelForward,
+        d_logits: &wgpu::Buffer,
+        mark_values_read: bool,
+        skipped: &[bool],
+    ) -> Result<ModelGrads> {
         let (c, layout) = (&self.config, &self.layout);
         if !self.vocab.is_whole() {
             return Err(Error::Config(
@@ -81,6 +97,7 @@ impl Model {
         let ones = gpu.upload("ones", &vec![1f32; rows as usize]);
         let mut grads = GradSink {
             by_id: vec![None; layout.registry.len()],
+            skipped: skipped.to_vec(),
             values: self
                 .values
                 .iter()
@@ -113,18 +130,14 @@ impl Model {
         };
 
         // Output layer and final norm.
-        let d_output = f32s("grad output.weight", vocab * d);
-        gemm(
+        grads.weight_grad(
             gpu,
             encoder,
-            "grad output.weight",
-            (d_logits, true),
-            (&fwd.final_normed, true),
-            &d_output,
+            (layout.output, "grad output.weight"),
+            d_logits,
+            &fwd.final_normed,
             (vocab, d, rows),
-            false,
         )?;
-        grads.set(layout.output, d_output);
         let d_normed = f32s("grad final normed", rows * d);
         gemm(
             gpu,
@@ -179,14 +192,18 @@ impl Model {
         }
 
         // Embedding: one row per token, weight 1; a tied output layer's gradient added in.
-        let d_emb = record_token_grad(gpu, encoder, &fwd.tokens, &dh, (rows, vocab, d), None)?;
-        if layout.output == layout.tok_embeddings {
-            let d_output = grads.by_id[layout.output.0]
-                .take()
-                .expect("the output layer's gradient is recorded first");
-            record_add(gpu, encoder, &d_output, &d_emb, vocab * d)?;
+        if grads.wants(layout.tok_embeddings) {
+            let d_emb = record_token_grad(gpu, encoder, &fwd.tokens, &dh, (rows, vocab, d), None)?;
+            if layout.output == layout.tok_embeddings {
+                let d_output = grads.by_id[layout.output.0]
+                    .take()
+                    .expect("the output layer's gradient is recorded first");
+                record_add(gpu, encoder, &d_output, &d_emb, vocab * d)?;
+            }
+            grads.set(layout.tok_embeddings, d_emb);
+        } else {
+            grads.set(layout.tok_embeddings, gpu.scratch("skipped gradient", 4));
         }
-        grads.set(layout.tok_embeddings, d_emb);
         let tables: Vec<(ParamId, wgpu::Buffer)> =
             grads.values.iter().map(|t| (t.id, t.grad.clone())).collect();
         for (id, g) in tables {

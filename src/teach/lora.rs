@@ -120,6 +120,11 @@ impl Lora {
         })
     }
 
+    /// The adapted weights.
+    pub fn targets(&self) -> Vec<ParamId> {
+        self.adapters.iter().map(|a| a.id).collect()
+    }
+
     /// `alpha / r`.
     pub fn scale(&self) -> f32 {
         self.config.alpha / self.config.rank as f32

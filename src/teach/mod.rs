@@ -187,7 +187,7 @@ impl Teacher {
         if config.method == Method::SparseMemory && config.slots == 0 {
             return Err(Error::Config("teach: --slots must be positive".into()));
         }
-        let trainer = Trainer::new(gpu, weights, config.train_config())?;
+        let mut trainer = Trainer::new(gpu, weights, config.train_config())?;
         let layout = trainer.model.layout();
         let background = match (config.method, background) {
             (Method::SparseMemory, Some(counts)) => Some(Background::new(layout, counts)?),
@@ -198,6 +198,9 @@ impl Teacher {
             Method::Lora => Some(Lora::new(gpu, &trainer.model, config.lora, 0x10AA)?),
             _ => None,
         };
+        if let Some(lora) = &lora {
+            trainer.need_gradients(&lora.targets());
+        }
         Ok(Teacher {
             trainer,
             config,

@@ -135,6 +135,8 @@ pub struct Trainer {
     /// Row masks (one u32 per row, non-zero: update) of value tables: each step updates only
     /// these rows of these tables (set by `set_value_rows`).
     value_rows: Option<Vec<(ParamId, Vec<u32>)>>,
+    /// By registry index: gradients the backward skips (frozen weights: nothing reads them).
+    skipped_grads: Vec<bool>,
 }
 
 impl Trainer {
@@ -211,7 +213,9 @@ impl Trainer {
             });
         }
         gpu.queue.submit([encoder.finish()]);
+        let skipped_grads = params.iter().map(|p| frozen && !p.values).collect();
         Ok(Trainer {
+            skipped_grads,
             model,
             config,
             step: 0,
@@ -223,6 +227,15 @@ impl Trainer {
             last_loss: None,
             value_rows: None,
         })
+    }
+
+    /// Has the backward compute the gradients of `ids` though the weights are frozen (a caller
+    /// that updates something of its own from them: LoRA's adapters). Call before stepping.
+    pub fn need_gradients(&mut self, ids: &[ParamId]) {
+        for id in ids {
+            self.skipped_grads[id.0] = false;
+        }
+        self.plan = StepPlan::new();
     }
 
     /// The rows of each value table (`(table, one u32 per row)`, non-zero: update) that the
@@ -294,9 +307,14 @@ impl Trainer {
             grad: &d_logits,
         }
         .record(gpu, encoder)?;
-        let grads =
-            self.model
-                .record_backward_with(gpu, encoder, &fwd, &d_logits, self.config.lazy_values)?;
+        let grads = self.model.record_backward_skipping(
+            gpu,
+            encoder,
+            &fwd,
+            &d_logits,
+            self.config.lazy_values,
+            &self.skipped_grads,
+        )?;
         Ok((loss, fwd, grads))
     }
 

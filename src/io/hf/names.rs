@@ -161,7 +161,10 @@ mod tests {
             Some(("model.layers.0.mlp.up_proj.weight".into(), Order::Same))
         );
         // A memory beside the feed-forward block or in its place is stored alike.
-        for name in ["layers.2.memory.values.weight", "layers.2.feed_forward.values.weight"] {
+        for name in [
+            "layers.2.memory.values.weight",
+            "layers.2.feed_forward.values.weight",
+        ] {
             assert_eq!(
                 hf_name(name),
                 Some(("model.layers.2.memory.values.weight".into(), Order::Same))

@@ -235,17 +235,7 @@ impl AttentionParams {
     ) -> Result<()> {
         let (gpu, m, c) = (p.gpu, p.model, &p.model.config);
         let (rows, (d, qd, kvd)) = (p.rows(), Self::dims(p));
-        let dwo = p.f32s("grad wo", d * qd);
-        gemm(
-            gpu,
-            encoder,
-            "grad wo",
-            (dh, true),
-            (&acts.attn, true),
-            &dwo,
-            (d, qd, rows),
-            false,
-        )?;
+        grads.weight_grad(gpu, encoder, (self.wo, "grad wo"), dh, &acts.attn, (d, qd, rows))?;
         let d_attn = p.f32s("grad attention", rows * qd);
         gemm(
             gpu,
@@ -300,14 +290,15 @@ impl AttentionParams {
                         p.f32s("grad head norm rows", n),
                     );
                     norm.record_backward(gpu, encoder, dy, &dx_in, &dw_rows)?;
-                    let dw = column_sums(
-                        gpu,
-                        encoder,
-                        "grad head norm weight",
-                        &dw_rows,
-                        (norm.rows, norm.d),
-                    )?;
-                    grads.set(self.qk_norm.expect("head norms")[which], dw);
+                    grads.set_with(gpu, self.qk_norm.expect("head norms")[which], || {
+                        column_sums(
+                            gpu,
+                            encoder,
+                            "grad head norm weight",
+                            &dw_rows,
+                            (norm.rows, norm.d),
+                        )
+                    })?;
                     pre.push(dx_in);
                 }
                 let dk = pre.pop().expect("k");
@@ -316,44 +307,16 @@ impl AttentionParams {
         };
         if let Some(biases) = self.qkv_bias {
             for (id, (dy, n)) in biases.into_iter().zip([(&dq, qd), (&dk, kvd), (&dv, kvd)]) {
-                grads.set(id, column_sums(gpu, encoder, "grad bias", dy, (rows, n))?);
+                grads.set_with(gpu, id, || column_sums(gpu, encoder, "grad bias", dy, (rows, n)))?;
             }
         }
-        let (dwq, dwk, dwv) = (
-            p.f32s("grad wq", qd * d),
-            p.f32s("grad wk", kvd * d),
-            p.f32s("grad wv", kvd * d),
-        );
-        gemm(
-            gpu,
-            encoder,
-            "grad wq",
-            (&dq, true),
-            (x, true),
-            &dwq,
-            (qd, d, rows),
-            false,
-        )?;
-        gemm(
-            gpu,
-            encoder,
-            "grad wk",
-            (&dk, true),
-            (x, true),
-            &dwk,
-            (kvd, d, rows),
-            false,
-        )?;
-        gemm(
-            gpu,
-            encoder,
-            "grad wv",
-            (&dv, true),
-            (x, true),
-            &dwv,
-            (kvd, d, rows),
-            false,
-        )?;
+        for (id, label, dy, out) in [
+            (self.wq, "grad wq", &dq, qd),
+            (self.wk, "grad wk", &dk, kvd),
+            (self.wv, "grad wv", &dv, kvd),
+        ] {
+            grads.weight_grad(gpu, encoder, (id, label), dy, x, (out, d, rows))?;
+        }
         let label = "grad attention normed";
         gemm(
             gpu,
@@ -385,10 +348,6 @@ impl AttentionParams {
             (rows, d, kvd),
             true,
         )?;
-        grads.set(self.wq, dwq);
-        grads.set(self.wk, dwk);
-        grads.set(self.wv, dwv);
-        grads.set(self.wo, dwo);
         Ok(())
     }
 }

@@ -90,20 +90,13 @@ impl DenseParams {
         let (gpu, rows) = (p.gpu, p.rows());
         let (d, hidden) = (p.model.config.dim as u32, p.model.config.hidden as u32);
         let (w1, w2, w3) = (p.param(self.w1), p.param(self.w2), p.param(self.w3));
-        let (dw1, dw2, dw3) = (
-            p.f32s("grad w1", hidden * d),
-            p.f32s("grad w2", d * hidden),
-            p.f32s("grad w3", hidden * d),
-        );
-        gemm(
+        grads.weight_grad(
             gpu,
             encoder,
-            "grad w2",
-            (dh, true),
-            (&acts.gated, true),
-            &dw2,
+            (self.w2, "grad w2"),
+            dh,
+            &acts.gated,
             (d, hidden, rows),
-            false,
         )?;
         let d_gated = p.f32s("grad swiglu", rows * hidden);
         gemm(
@@ -133,26 +126,8 @@ impl DenseParams {
             dg: &dg,
         }
         .record(gpu, encoder)?;
-        gemm(
-            gpu,
-            encoder,
-            "grad w1",
-            (&dg, true),
-            (x, true),
-            &dw1,
-            (hidden, d, rows),
-            false,
-        )?;
-        gemm(
-            gpu,
-            encoder,
-            "grad w3",
-            (&du, true),
-            (x, true),
-            &dw3,
-            (hidden, d, rows),
-            false,
-        )?;
+        grads.weight_grad(gpu, encoder, (self.w1, "grad w1"), &dg, x, (hidden, d, rows))?;
+        grads.weight_grad(gpu, encoder, (self.w3, "grad w3"), &du, x, (hidden, d, rows))?;
         gemm(
             gpu,
             encoder,
@@ -173,9 +148,6 @@ impl DenseParams {
             (rows, d, hidden),
             true,
         )?;
-        grads.set(self.w1, dw1);
-        grads.set(self.w2, dw2);
-        grads.set(self.w3, dw3);
         Ok(())
     }
 }

@@ -151,6 +151,9 @@ impl Pass<'_> {
 /// Gradients of one backward pass, by parameter identity.
 pub(crate) struct GradSink {
     pub by_id: Vec<Option<wgpu::Buffer>>,
+    /// Parameters whose gradient nobody reads (frozen weights while teaching): their weight
+    /// GEMMs are not recorded, and a 4-byte stand-in takes their place.
+    pub skipped: Vec<bool>,
     /// Every value table's gradient, summed over the memory layers that read it.
     pub values: Vec<ValueTableGrad>,
 }
@@ -167,6 +170,54 @@ pub(crate) struct ValueTableGrad {
 impl GradSink {
     pub fn set(&mut self, id: ParamId, grad: wgpu::Buffer) {
         self.by_id[id.0] = Some(grad);
+    }
+
+    /// Whether parameter `id`'s gradient is wanted.
+    pub fn wants(&self, id: ParamId) -> bool {
+        !self.skipped.get(id.0).copied().unwrap_or(false)
+    }
+
+    /// Sets `id`'s gradient to `grad()` where it is wanted, else to a stand-in.
+    pub fn set_with(
+        &mut self,
+        gpu: &Gpu,
+        id: ParamId,
+        grad: impl FnOnce() -> Result<wgpu::Buffer>,
+    ) -> Result<()> {
+        let g = match self.wants(id) {
+            true => grad()?,
+            false => gpu.scratch("skipped gradient", 4),
+        };
+        self.set(id, g);
+        Ok(())
+    }
+
+    /// Records the gradient of weight `id` (`[out, in]`): `dy^T x` over `rows` rows, for
+    /// `dy [rows, out]` and `x [rows, in]`; nothing where it is not wanted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn weight_grad(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        (id, label): (ParamId, &'static str),
+        dy: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        (out, inp, rows): (u32, u32, u32),
+    ) -> Result<()> {
+        self.set_with(gpu, id, || {
+            let dw = gpu.scratch(label, out as u64 * inp as u64 * 4);
+            crate::kernels::linear::gemm(
+                gpu,
+                encoder,
+                label,
+                (dy, true),
+                (x, true),
+                &dw,
+                (out, inp, rows),
+                false,
+            )?;
+            Ok(dw)
+        })
     }
 
     pub fn value_table(&self, id: ParamId) -> Result<&ValueTableGrad> {
