@@ -611,3 +611,20 @@ fn ask_answers_greedily_and_reports_the_last_positions_memory_reads() {
         assert!((sum - 1.0).abs() < 1e-4, "head {h} weights sum to {sum}");
     }
 }
+
+/// `demo --fact-ends` trains, besides each answer, the space that ends its prompt and the
+/// newline that ends the fact: two more targets a fact, on the same rows.
+#[test]
+fn fact_ends_add_the_space_and_the_newline_as_targets() {
+    use memlayers::demo::training_batch_with;
+    use memlayers::kernels::ops::IGNORE_TARGET;
+    let facts = memlayers::demo::KnowledgeBase::synthetic(5, 3).facts;
+    let rows = |ends| training_batch_with(&facts, &mut memlayers::rng::Rng::new(9), (4, 48), ends);
+    let ((x, plain), (x_ends, ends)) = (rows(false), rows(true));
+    assert_eq!(x, x_ends, "the same rows");
+    let facts_in_rows = x.iter().filter(|&&t| t == u32::from(b'.')).count();
+    let counted = |y: &[u32]| y.iter().filter(|&&t| t != IGNORE_TARGET).count();
+    assert_eq!(counted(&ends), counted(&plain) + 2 * facts_in_rows);
+    assert!(ends.contains(&u32::from(b'\n')) && !plain.contains(&u32::from(b'\n')));
+    assert!(ends.contains(&u32::from(b' ')));
+}

@@ -11,7 +11,7 @@
 use super::plot::{line_chart, Series};
 use super::progress::Progress;
 use memlayers::demo::{
-    recall, train_config, training_batch, DemoModel, Fact, KnowledgeBase, MemoryShape, MoeShape,
+    recall, train_config, training_batch_with, DemoModel, Fact, KnowledgeBase, MemoryShape, MoeShape,
 };
 use memlayers::io::write_atomic;
 use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights, SLOT_COUNTS_FILE};
@@ -102,6 +102,13 @@ pub struct Args {
     /// as give it the memory layer's parameters [cpu: dense,memory, gpu: all].
     #[arg(long, value_delimiter = ',')]
     pub models: Option<Vec<String>>,
+    /// Also train the space that ends each prompt and the newline that ends each fact (the
+    /// loss is on the answer alone by default): the models answer a prompt typed without its
+    /// trailing space and end their answer with a newline (an exported model's EOS). Recall
+    /// is measured as before. At seed 0 of the cpu preset: dense 0.501 (0.305 without),
+    /// memory 0.857 (0.874).
+    #[arg(long)]
+    pub fact_ends: bool,
 }
 
 /// The demo's settings: a preset with the user's flags applied.
@@ -125,6 +132,8 @@ pub struct Settings {
     pub eval_every: u32,
     pub sweep: bool,
     pub sweep_n_keys: Vec<usize>,
+    /// Train the prompts' trailing spaces and the facts' newlines too.
+    pub fact_ends: bool,
     /// Models besides dense, in training order: "memory", "peer", "moe".
     pub models: Vec<&'static str>,
 }
@@ -171,6 +180,7 @@ impl Args {
             mem_k_dim: self.mem_k_dim.unwrap_or(pick(gpu, 20, 32)),
             eval_every: self.eval_every.unwrap_or(pick(gpu, 100, 350)),
             sweep: self.sweep,
+            fact_ends: self.fact_ends,
             sweep_n_keys: self
                 .sweep_n_keys
                 .clone()
@@ -277,7 +287,7 @@ fn plan_for_facts(gpu: &Gpu, a: &mut Settings, args: &Args, kb: &KnowledgeBase) 
                 trainer.last_loss_blocking(gpu)?;
                 started = Instant::now();
             }
-            let (x, y) = training_batch(&kb.facts, &mut rng, a.batch, a.seq);
+            let (x, y) = training_batch_with(&kb.facts, &mut rng, (a.batch, a.seq), a.fact_ends);
             trainer.submit_step(gpu, &x, &y, a.batch, a.seq)?;
         }
         trainer.last_loss_blocking(gpu)?;
@@ -462,7 +472,7 @@ fn train(
     let eval = |t: &Trainer, facts: &[Fact]| pollster::block_on(recall(&t.model, gpu, facts));
     curve[0].1 = eval(&trainer, sample)?;
     while trainer.step < a.steps {
-        let (x, y) = training_batch(&kb.facts, &mut rng, a.batch, a.seq);
+        let (x, y) = training_batch_with(&kb.facts, &mut rng, (a.batch, a.seq), a.fact_ends);
         // Steps are submitted without waiting; the loss is read (and the GPU waited for)
         // every LOSS_EVERY steps, at evaluations and at the end.
         trainer.submit_step(gpu, &x, &y, a.batch, a.seq)?;

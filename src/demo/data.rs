@@ -39,6 +39,18 @@ pub async fn fact_slot_counts(
 }
 
 pub fn training_batch(facts: &[Fact], rng: &mut Rng, batch: usize, seq: usize) -> (Vec<u32>, Vec<u32>) {
+    training_batch_with(facts, rng, (batch, seq), false)
+}
+
+/// `training_batch`; with `ends`, the space that ends each prompt and the newline that ends
+/// each fact are targets too (`demo --fact-ends`): a prompt typed without its trailing space
+/// is answered, and generation can stop where the fact ends. Recall is measured as before.
+pub fn training_batch_with(
+    facts: &[Fact],
+    rng: &mut Rng,
+    (batch, seq): (usize, usize),
+    ends: bool,
+) -> (Vec<u32>, Vec<u32>) {
     let (mut tokens, mut targets) = (Vec::with_capacity(batch * seq), Vec::with_capacity(batch * seq));
     for _ in 0..batch {
         let (mut row, mut row_targets) = (Vec::with_capacity(seq + 1), Vec::with_capacity(seq + 1));
@@ -48,9 +60,13 @@ pub fn training_batch(facts: &[Fact], rng: &mut Rng, batch: usize, seq: usize) -
             if !row.is_empty() && row.len() + prompt.len() + answer.len() + 1 > seq + 1 {
                 break;
             }
+            let start = row.len();
             push_sentence(&mut row, &mut row_targets, &prompt, &answer);
+            if ends && prompt.ends_with(' ') {
+                row_targets[start + prompt.len() - 1] = b' ' as u32;
+            }
             row.push(PAD);
-            row_targets.push(IGNORE_TARGET);
+            row_targets.push(if ends { PAD } else { IGNORE_TARGET });
         }
         row.resize(seq + 1, PAD);
         row_targets.resize(seq + 1, IGNORE_TARGET);
