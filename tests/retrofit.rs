@@ -418,6 +418,30 @@ fn a_taught_memory_saved_alone_loads_as_the_whole_taught_model() {
         config["memory"]["base"].as_str().unwrap(),
         std::fs::canonicalize(&model).unwrap().to_str().unwrap()
     );
+    // A delta taught again and saved whole holds the model itself and names no base.
+    for method in ["sparse-memory", "full"] {
+        let whole_again = dir.join(format!("whole-{method}"));
+        let run = memlayers(&[
+            "teach",
+            "--model",
+            delta.join("model").to_str().unwrap(),
+            "--new-people",
+            "1",
+            "--steps",
+            "2",
+            "--method",
+            method,
+            "--out",
+            whole_again.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{method}: {}", text(&run));
+        let saved = whole_again.join("model");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(saved.join("config.json")).unwrap()).unwrap();
+        assert!(config["memory"].get("base").is_none(), "{method}: {config}");
+        assert!(saved.join("tokenizer.json").is_file(), "{method}");
+        assert_eq!(logits(&saved, &ids).len(), a.len(), "{method}");
+    }
     let run = memlayers(&[
         "teach",
         "--model",

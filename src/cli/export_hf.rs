@@ -24,13 +24,14 @@ pub fn run(a: &Args) -> Result<()> {
         ));
     }
     let tokenizer = byte_tokenizer_json()?;
-    super::model_dir::write_new_folder(&a.out, "export-hf", |tmp| {
-        export_llama(&dir.weights, tmp, Some(&tokenizer), Some(BYTE_LEVEL_EOS))
-    })?;
     let facts = super::model_dir::checkpoint_dir(&a.model).join(super::model_dir::FACTS_FILE);
-    if facts.is_file() {
-        std::fs::copy(&facts, a.out.join(super::model_dir::FACTS_FILE))?;
-    }
+    super::model_dir::write_new_folder(&a.out, "export-hf", |tmp| {
+        export_llama(&dir.weights, tmp, Some(&tokenizer), Some(BYTE_LEVEL_EOS))?;
+        if facts.is_file() {
+            std::fs::copy(&facts, tmp.join(super::model_dir::FACTS_FILE))?;
+        }
+        Ok(())
+    })?;
     println!(
         "wrote {} (LlamaForCausalLM, {} layers of width {}, byte-level tokenizer, generation stops at a newline)",
         a.out.display(),

@@ -169,9 +169,12 @@ pub fn write_new_folder<T>(out: &Path, command: &str, fill: impl FnOnce(&Path) -
     }
 }
 
-/// Hard-links `from` to `to`, or copies it where links are not possible (another file system).
+/// Hard-links `from` to `to` where it is a weight file (large, and never edited in place),
+/// copies it otherwise (an editor writing a linked config would change the original too) or
+/// where links are not possible (another file system).
 pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_err() {
+    let weights = from.extension().is_some_and(|e| e == "safetensors");
+    if !weights || std::fs::hard_link(from, to).is_err() {
         std::fs::copy(from, to).map_err(|e| Error::Format(format!("cannot copy {}: {e}", from.display())))?;
     }
     Ok(())

@@ -28,6 +28,9 @@ struct Probe {
     prompts: Vec<Vec<u32>>,
     continuations: Vec<Vec<u32>>,
     loss_before: f32,
+    /// The share kept by the untaught model itself: 1 unless the cached decoding and the
+    /// one-forward check disagree on a near tie (measured, not assumed).
+    kept_before: f32,
     source: String,
 }
 
@@ -69,6 +72,7 @@ impl Run {
             "new_recall_before": new_before,
             "new_recall": self.new_recall,
             "kept_continuations": self.kept,
+            "kept_continuations_before": probe.kept_before,
             "probe_loss_before": probe.loss_before,
             "probe_loss_after": self.probe_loss,
             "probe": probe.source,
@@ -90,15 +94,17 @@ fn teach(
     probe: &Probe,
     old: Option<&NewFacts>,
     (pad, new_before): (u32, f32),
-    keep_weights: bool,
+    keep: Option<&Path>,
 ) -> Result<Run> {
+    // `keep`: the run whose weights are kept, with the folder of the model (LoRA's base).
+    let keep_weights = keep.is_some();
     let method = config.method;
     let seq = row_len(&new.encoded);
     let batch = a.batch.min(new.encoded.len()).max(1);
     let mut teacher = Teacher::new(gpu, weights, config.clone(), background)?;
     let mut rng = Rng::new(a.seed ^ 0x7EAC);
     let started = Instant::now();
-    let mut curve = vec![(0, new_before, 1.0)];
+    let mut curve = vec![(0, new_before, probe.kept_before)];
     let mut rows = 0usize;
     let mut progress = Progress::new(method.name(), config.steps as u64);
     let recall = |t: &Teacher| -> Result<f32> {
@@ -172,7 +178,11 @@ fn teach(
     let adapters = match (&teacher.lora, keep_weights) {
         (Some(lora), true) => Some((
             pollster::block_on(lora.peft_tensors(gpu))?,
-            lora.peft_config(&std::fs::canonicalize(&a.model)?.display().to_string()),
+            lora.peft_config(
+                &std::fs::canonicalize(keep.unwrap_or(&a.model))?
+                    .display()
+                    .to_string(),
+            ),
         )),
         _ => None,
     };
@@ -204,30 +214,78 @@ fn probe_texts(probe: &Probe) -> Vec<Vec<u32>> {
 /// The taught model as a Hugging Face folder at `out`: the source folder's files, with the
 /// memory's tensors replaced (memory methods) or every tensor rewritten (full; lora, its
 /// adapters merged).
-fn save_model(source: &Path, out: &Path, weights: &ModelWeights, method: Method) -> Result<()> {
+fn save_model(
+    source: &Path,
+    folder: &HfFolder,
+    out: &Path,
+    weights: &ModelWeights,
+    method: Method,
+) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let (model, memory) = hf_tensors(weights)?;
-    let originals = model_files(source)?;
-    let index = source.join(memlayers::io::hf::weights::INDEX_FILE);
-    for entry in std::fs::read_dir(source)? {
-        let path = entry?.path();
+    // A source that keeps only a memory takes its model's files from its base; the taught
+    // folder then holds them itself.
+    let base = model_folder(source, folder);
+    let originals = model_files(&base)?;
+    let index = base.join(memlayers::io::hf::weights::INDEX_FILE);
+    let all = matches!(method, Method::Full | Method::Lora);
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for dir in [&base, &source.to_path_buf()] {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            // The source's own config.json and slot counts win over the base's.
+            let from_source = name == "config.json" || name == SLOT_COUNTS_FILE;
+            if path.is_file() && (dir == &base) != from_source || base == source {
+                files.push(path);
+            }
+        }
+        if base == source {
+            break;
+        }
+    }
+    for path in files {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let all = matches!(method, Method::Full | Method::Lora);
         let rewritten = name == MEMORY_FILE || all && (originals.contains(&path) || path == index);
-        if path.is_file() && !rewritten {
-            link_or_copy(&path, &out.join(&name))?;
+        if !path.is_file() || rewritten {
+            continue;
         }
+        if name == "config.json" && base != source {
+            // The weights and tokenizer are here now: no base to name.
+            let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+                .map_err(|e| Error::Format(format!("config.json: {e}")))?;
+            if let Some(m) = json.get_mut("memory").and_then(|m| m.as_object_mut()) {
+                m.remove("base");
+            }
+            write_atomic(
+                &out.join("config.json"),
+                serde_json::to_string_pretty(&json).unwrap_or_default().as_bytes(),
+            )?;
+            continue;
+        }
+        link_or_copy(&path, &out.join(&name))?;
     }
-    if matches!(method, Method::Full | Method::Lora) {
+    if all {
         model.write(&out.join(memlayers::io::hf::weights::WEIGHTS_FILE))?;
     }
     if !memory.tensors.is_empty() {
         memory.write(&out.join(MEMORY_FILE))?;
     }
     Ok(())
+}
+
+/// The folder holding the model of `source`: its `memory.base` where it keeps only a memory.
+fn model_folder(source: &Path, folder: &HfFolder) -> std::path::PathBuf {
+    match folder.hf.memory.as_ref().and_then(|m| m.base.as_ref()) {
+        Some(b) => source.join(b),
+        None => source.to_path_buf(),
+    }
 }
 
 /// The taught memory alone at `out`: `config.json` naming the folder with the model as its
@@ -238,10 +296,7 @@ fn save_delta(source: &Path, folder: &HfFolder, out: &Path, weights: &ModelWeigh
     let mut json: Value = serde_json::from_str(&std::fs::read_to_string(source.join("config.json"))?)
         .map_err(|e| Error::Format(format!("config.json: {e}")))?;
     // The model's folder: the source's own base where the source is itself a delta.
-    let base = match folder.hf.memory.as_ref().and_then(|m| m.base.as_ref()) {
-        Some(b) => source.join(b),
-        None => source.to_path_buf(),
-    };
+    let base = model_folder(source, folder);
     json["memory"]["base"] = Value::String(std::fs::canonicalize(&base)?.display().to_string());
     write_atomic(
         &out.join("config.json"),
@@ -383,9 +438,17 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             prompts,
             continuations,
             loss_before: 0.0,
+            kept_before: 0.0,
             source,
         };
         probe.loss_before = pollster::block_on(text_loss(&model, &gpu, &probe_texts(&probe), pad))?;
+        probe.kept_before = pollster::block_on(kept_continuations(
+            &model,
+            &gpu,
+            &probe.prompts,
+            &probe.continuations,
+            pad,
+        ))?;
         (new_before, probe, old_before)
     };
     if let (Some(o), Some(r)) = (&old, old_before) {
@@ -399,6 +462,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
         gpu.adapter_name(),
         probe.loss_before
     );
+    let base = model_folder(&a.model, &folder);
     let runs = write_new_folder(&a.out, "teach", |tmp| {
         let mut runs = Vec::new();
         for (i, c) in configs.into_iter().enumerate() {
@@ -412,14 +476,14 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
                 &probe,
                 old.as_ref(),
                 (pad, new_before),
-                i == 0,
+                (i == 0).then_some(base.as_path()),
             )?);
         }
         let chosen = &runs[0];
         let taught = chosen.weights.as_ref().expect("the first run keeps its weights");
         match a.delta {
             true => save_delta(&a.model, &folder, &tmp.join("model"), taught)?,
-            false => save_model(&a.model, &tmp.join("model"), taught, chosen.method)?,
+            false => save_model(&a.model, &folder, &tmp.join("model"), taught, chosen.method)?,
         }
         if let Some((tensors, config)) = &chosen.adapters {
             // PEFT's folder: transformers with peft loads the original folder and these.

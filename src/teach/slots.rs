@@ -63,8 +63,12 @@ impl Background {
                 let c = counts.layers.iter().find(|c| c.layer == *l).ok_or_else(|| {
                     Error::Config(format!("background slot counts: no counts for memory layer {l}"))
                 })?;
-                if reads.len() != c.reads.len() {
+                if reads.is_empty() {
                     reads = vec![0; c.reads.len()];
+                } else if reads.len() != c.reads.len() {
+                    return Err(Error::Config(
+                        "background slot counts: layers of different sizes".into(),
+                    ));
                 }
                 reads.iter_mut().zip(&c.reads).for_each(|(s, x)| *s += x);
                 match &mut batches {

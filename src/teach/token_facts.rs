@@ -58,6 +58,12 @@ pub fn encode_facts(facts: &[Fact], tokenizer: &HfTokenizer) -> Result<Vec<Token
             while split > 0 && !prompt.starts_with(tokenizer.decode(&ids[..split], true)?.as_str()) {
                 split -= 1;
             }
+            if ids.len() < 2 {
+                return Err(Error::Config(format!(
+                    "fact {}: {sentence:?} is a single token; there is no prompt to answer",
+                    i + 1
+                )));
+            }
             // At least one answer token and at least one prompt token to predict it from.
             let split = split.clamp(1, ids.len() - 1);
             Ok(TokenFact {
