@@ -26,7 +26,8 @@ const DENSE_TOKEN_GRAD_MAX_WORK: u64 = 1 << 22;
 /// Every parameter's gradient, by registry id.
 pub struct ModelGrads {
     by_id: Vec<wgpu::Buffer>,
-    /// Under the names and in the order of `ModelWeights::named_tensors`.
+    /// Under the names and in the order of `ModelWeights::named_tensors`, with their lengths
+    /// (1 for a skipped gradient's stand-in).
     pub named: Vec<(String, wgpu::Buffer, usize)>,
     /// With memory layers (and when asked for): per value table, a u32 per row, 1 where
     /// some layer read the row this step (what a lazy update touches).
@@ -220,7 +221,13 @@ impl Model {
         for ((id, spec), g) in layout.registry.iter().zip(grads.by_id) {
             let g = g.ok_or_else(|| Error::MissingTensor(format!("grad.{}", spec.name)))?;
             debug_assert_eq!(id.0, by_id.len());
-            named.push((spec.name.clone(), g.clone(), spec.len()));
+            // A skipped gradient's stand-in holds one value, and says so.
+            let len = if skipped.get(id.0).copied().unwrap_or(false) {
+                1
+            } else {
+                spec.len()
+            };
+            named.push((spec.name.clone(), g.clone(), len));
             by_id.push(g);
         }
         Ok(ModelGrads {
