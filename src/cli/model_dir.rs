@@ -179,3 +179,20 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The non-empty lines of the text at `path`, or of the built-in probe prompts without one,
+/// and what they are (for messages and teach.json).
+pub fn lines_or_probe(path: Option<&Path>) -> Result<(Vec<String>, String)> {
+    let (text, what) = match path {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
+            path.display().to_string(),
+        ),
+        None => (
+            memlayers::teach::DEFAULT_PROBE.to_string(),
+            "the built-in probe prompts (32 general-knowledge openings)".to_string(),
+        ),
+    };
+    Ok((memlayers::teach::probe_lines(&text, &what)?, what))
+}

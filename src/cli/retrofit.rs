@@ -4,14 +4,14 @@
 //! files, the memory's background slot counts). Beside the blocks, the retrofitted model
 //! computes exactly what the original did until it is taught.
 
-use super::model_dir::{link_or_copy, write_new_folder};
+use super::model_dir::{lines_or_probe, link_or_copy, write_new_folder};
 use memlayers::io::hf::names::hf_tensors;
 use memlayers::io::hf::retrofit::{memory_tensors, retrofit_config, MemorySizes};
 use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
 use memlayers::io::hf::{self, HfFolder};
 use memlayers::io::write_atomic;
 use memlayers::model::{MemoryPlacement, ModelConfig, SlotCounts, SLOT_COUNTS_FILE};
-use memlayers::teach::{block_samples, heal, probe_lines, text_loss, text_rows, DEFAULT_PROBE};
+use memlayers::teach::{block_samples, heal, text_loss, text_rows};
 use memlayers::{Error, Gpu, Result};
 use std::path::PathBuf;
 
@@ -114,18 +114,7 @@ pub fn run(a: &Args) -> Result<()> {
         k_dim: a.k_dim.unwrap_or(default.k_dim),
     };
     let (memory, config) = retrofit_config(base, &layers, &sizes, placement)?;
-    let background_text = match &a.background {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
-        None => DEFAULT_PROBE.to_string(),
-    };
-    let what = a
-        .background
-        .as_ref()
-        .map_or("the built-in probe prompts".to_string(), |p| {
-            p.display().to_string()
-        });
-    let background_lines = probe_lines(&background_text, &what)?;
+    let (background_lines, what) = lines_or_probe(a.background.as_deref())?;
 
     write_new_folder(&a.out, "retrofit", |tmp| {
         let originals = model_files(&a.model)?;
@@ -231,25 +220,11 @@ fn heal_replaced(
     tmp: &std::path::Path,
     config: &ModelConfig,
 ) -> Result<()> {
-    let (text, what) = match &a.heal_data {
-        Some(path) => (
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
-            path.display().to_string(),
-        ),
-        None => (
-            DEFAULT_PROBE.to_string(),
-            "the built-in probe prompts".to_string(),
-        ),
-    };
-    let lines = probe_lines(&text, &what)?;
-    type Numbered<'a> = Vec<(usize, &'a String)>;
-    let (held, train): (Numbered, Numbered) = lines.iter().enumerate().partition(|(i, _)| i % 10 == 9);
-    let held: Vec<String> = match held.is_empty() {
-        true => lines.clone(),
-        false => held.into_iter().map(|(_, l)| l.clone()).collect(),
-    };
-    let train: Vec<String> = train.into_iter().map(|(_, l)| l.clone()).collect();
+    let (lines, what) = lines_or_probe(a.heal_data.as_deref())?;
+    let (held, train): (Vec<_>, Vec<_>) = lines.iter().cloned().enumerate().partition(|(i, _)| i % 10 == 9);
+    let text_of = |v: Vec<(usize, String)>| v.into_iter().map(|(_, l)| l).collect::<Vec<String>>();
+    let (held, train) = (text_of(held), text_of(train));
+    let held = if held.is_empty() { lines.clone() } else { held };
     let pad = folder.eos_ids.first().copied().unwrap_or(0);
     let held_ids: Vec<Vec<u32>> = held
         .iter()

@@ -211,6 +211,26 @@ pub(super) fn teach_config(a: &Args, method: Method, value_rows_lr: f32) -> Resu
     })
 }
 
+/// One teaching step on `tokens`/`targets` (`[batch, seq]`): its loss, or an error saying
+/// the run diverged.
+pub(super) fn step_finite(
+    teacher: &mut Teacher,
+    gpu: &Gpu,
+    (tokens, targets): (&[u32], &[u32]),
+    (batch, seq): (usize, usize),
+) -> Result<f32> {
+    let loss = teacher.step_blocking(gpu, tokens, targets, batch, seq)?;
+    match loss.is_finite() {
+        true => Ok(loss),
+        false => Err(Error::Config(format!(
+            "teach {}: the loss diverged by step {} (lr {})",
+            teacher.config.method.name(),
+            teacher.trainer.step,
+            teacher.config.lr
+        ))),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn teach(
     gpu: &Gpu,
@@ -236,15 +256,7 @@ fn teach(
     let both: Vec<Fact> = new.iter().chain(sample).cloned().collect();
     while teacher.trainer.step < config.steps {
         let (x, y) = training_batch(new, &mut rng, a.batch, seq);
-        let loss = teacher.step_blocking(gpu, &x, &y, a.batch, seq)?;
-        if !loss.is_finite() {
-            return Err(Error::Config(format!(
-                "teach {}: the loss diverged by step {} (lr {})",
-                method.name(),
-                teacher.trainer.step,
-                config.lr
-            )));
-        }
+        let loss = step_finite(&mut teacher, gpu, (&x, &y), (a.batch, seq))?;
         rows += teacher.rows_updated;
         let step = teacher.trainer.step;
         if step % a.eval_every == 0 || step == config.steps {

@@ -3,9 +3,9 @@
 //! on probe prompts, as the share whose greedy continuation (16 tokens or to the EOS) is unchanged and as the
 //! loss on them, beside the new facts' recall.
 
-use super::model_dir::{link_or_copy, write_new_folder};
+use super::model_dir::{lines_or_probe, link_or_copy, write_new_folder};
 use super::progress::Progress;
-use super::teach::{read_facts, teach_config, Args};
+use super::teach::{read_facts, step_finite, teach_config, Args};
 use memlayers::demo::{Fact, KnowledgeBase};
 use memlayers::io::hf::names::hf_tensors;
 use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
@@ -14,9 +14,8 @@ use memlayers::io::{write_atomic, TensorFile};
 use memlayers::model::{Model, ModelWeights, SlotCounts, SLOT_COUNTS_FILE};
 use memlayers::rng::Rng;
 use memlayers::teach::{
-    encode_facts, fact_batch, greedy_continuations, kept_continuations, probe_lines, row_len,
-    score_token_facts, text_loss, Method, TeachConfig, Teacher, TokenFact, CONTINUATION_TOKENS,
-    DEFAULT_PROBE,
+    encode_facts, fact_batch, greedy_continuations, kept_continuations, row_len, score_token_facts,
+    text_loss, Method, TeachConfig, Teacher, TokenFact, CONTINUATION_TOKENS,
 };
 use memlayers::{Error, Gpu, Result};
 use serde_json::{json, Value};
@@ -128,15 +127,7 @@ fn teach(
     };
     while teacher.trainer.step < config.steps {
         let (x, y) = fact_batch(&new.encoded, &mut rng, batch, seq, pad);
-        let loss = teacher.step_blocking(gpu, &x, &y, batch, seq)?;
-        if !loss.is_finite() {
-            return Err(Error::Config(format!(
-                "teach {}: the loss diverged by step {} (lr {})",
-                method.name(),
-                teacher.trainer.step,
-                config.lr
-            )));
-        }
+        let loss = step_finite(&mut teacher, gpu, (&x, &y), (batch, seq))?;
         rows += teacher.rows_updated;
         let step = teacher.trainer.step;
         if step % a.eval_every == 0 || step == config.steps {
@@ -375,21 +366,11 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
         }
         false => None,
     };
-    let (probe_text, source) = match &a.probe {
-        Some(path) => (
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?,
-            path.display().to_string(),
-        ),
-        None => (
-            DEFAULT_PROBE.to_string(),
-            "built-in (32 general-knowledge openings)".to_string(),
-        ),
-    };
+    let (probe_prompts, source) = lines_or_probe(a.probe.as_deref())?;
     // As generation does: a prompt longer than the context leaves for its continuation keeps
     // its last tokens.
     let keep = config.max_seqlen.saturating_sub(CONTINUATION_TOKENS).max(1);
-    let prompts: Vec<Vec<u32>> = probe_lines(&probe_text, &format!("the probe file {source}"))?
+    let prompts: Vec<Vec<u32>> = probe_prompts
         .iter()
         .map(|l| {
             let ids = folder.tokenizer.encode(l, true)?;
