@@ -88,7 +88,14 @@ fn load_w_quad(base: u32, row: u32, k: u32, along_k: bool) -> vec4<f32> {
     if (mode != QUAD_SCALAR) {
         let inside = select(row + 3u < p.n && k < p.k_len, row < p.n && k + 3u < p.k_len, along_k);
         if (inside) {
-            return bitcast<vec4<f32>>(w4[(base + row * p.w_row + k * p.w_k) / 4u]);
+            let at = base + row * p.w_row + k * p.w_k;
+            if (W_Q8) {
+                // Four values of one word, all in one scale's group (along k, 4-aligned).
+                let word = w[at >> 2u];
+                let s = q8_scale(at);
+                return vec4<f32>(q8_byte(word, 0u), q8_byte(word, 1u), q8_byte(word, 2u), q8_byte(word, 3u)) * s;
+            }
+            return bitcast<vec4<f32>>(w4[at / 4u]);
         }
     }
     var v = vec4<f32>(0.0);

@@ -26,7 +26,7 @@ struct Params {
     w_k: u32,
     y_offset: u32,
     w_offset: u32,
-    _pad0: u32,
+    w_scales: u32, // where a q8 weight's scales start, in words (W_Q8)
 }
 
 const FLAG_BIAS: u32 = 1u;
@@ -38,8 +38,9 @@ const FLAG_Y_F16: u32 = 32u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<u32>; // f32 bits, or f16 pairs (X_F16)
 // The weights' bits: f32 words, or with W_F16 two f16 values per word (element i in half
-// i % 2 of word i / 2, as `unpack2x16float` reads them; no `shader-f16` needed). Read through
-// `w_at_index`.
+// i % 2 of word i / 2, as `unpack2x16float` reads them; no `shader-f16` needed), or with W_Q8
+// 8-bit integers four a word (element i in byte i % 4 of word i / 4) and from word w_scales
+// one f16 scale per 32 elements, two a word. Read through `w_at_index`.
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> aux: array<u32>; // f32 bits, or f16 pairs (AUX_F16)
@@ -47,12 +48,26 @@ const FLAG_Y_F16: u32 = 32u;
 @group(0) @binding(6) var<storage, read_write> pre: array<f32>;
 
 override W_F16: bool = false;
+override W_Q8: bool = false;
 override X_F16: bool = false;
 
-// Element i of words that hold f32 bits, or f16 pairs (`half`), as f32.
+// Byte j (0-3) of a q8 word, sign-extended, as f32.
+fn q8_byte(word: u32, j: u32) -> f32 {
+    return f32(bitcast<i32>(word << (24u - 8u * j)) >> 24u);
+}
+
+// The scale of q8 element i's group of 32.
+fn q8_scale(i: u32) -> f32 {
+    return unpack2x16float(w[p.w_scales + (i >> 6u)])[(i >> 5u) & 1u];
+}
+
+// Element i of the weights, as f32 (a q8 value is its integer times its scale, exact).
 fn w_at_index(i: u32) -> f32 {
     if (W_F16) {
         return unpack2x16float(w[i >> 1u])[i & 1u];
+    }
+    if (W_Q8) {
+        return q8_byte(w[i >> 2u], i & 3u) * q8_scale(i);
     }
     return bitcast<f32>(w[i]);
 }

@@ -3,7 +3,7 @@
 // adapters: one invocation per output column computes that column for every row, reading its
 // weight row once, 16 bytes at a time where the weights are contiguous along k and aligned
 // (flag bits 18-19: 1 for f32 weights, as in `linear.wgsl`; 3 for f16 weights, 8 values a
-// load). The other kernels give a 1-row product a 32- or 64-row block and leave almost all of
+// load, and for q8 weights, 16 values a load). The other kernels give a 1-row product a 32- or 64-row block and leave almost all of
 // it idle.
 //
 // An f16 output (Y_F16) pairs adjacent columns, which are different invocations here: the
@@ -45,7 +45,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var a = vec4<f32>(0.0);
     var k = 0u;
     let w_mode = (p.flags >> 18u) & 3u;
-    if (w_mode == 3u) {
+    if (W_Q8 && w_mode == 3u) {
+        // q8 weights, rows 16-aligned: 16 values (of one scale's group) per 16-byte load.
+        for (; k + 16u <= p.k_len; k += 16u) {
+            let q = w4[(w_base + k) / 16u];
+            let s = q8_scale(w_base + k);
+            for (var j = 0u; j < 16u; j++) {
+                let wv = q8_byte(q[j / 4u], j % 4u) * s;
+                a = fma(x_rows(x_base, r1, r2, r3, k + j), vec4<f32>(wv), a);
+            }
+        }
+    }
+    if (W_F16 && w_mode == 3u) {
         // f16 weights, rows 8-aligned: 8 values per 16-byte load.
         for (; k + 8u <= p.k_len; k += 8u) {
             let q = w4[(w_base + k) / 8u];
@@ -55,7 +66,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
         }
     }
-    if (w_mode == 1u) {
+    if (!W_F16 && !W_Q8 && w_mode == 1u) {
         for (; k + 4u <= p.k_len; k += 4u) {
             let wv = bitcast<vec4<f32>>(w4[(w_base + k) / 4u]);
             for (var j = 0u; j < 4u; j++) {

@@ -8,7 +8,7 @@
 mod common;
 use common::gpu;
 use memlayers::io::hf::{HfConfig, HfFolder};
-use memlayers::model::Model;
+use memlayers::model::{Model, WeightPrecision};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -86,7 +86,7 @@ fn logits_loss_and_greedy_continuations_match_transformers() {
         let want = expected(name);
         let c = folder.config().clone();
         // Uploaded tensor by tensor from the mapped files.
-        let model = folder.upload(g, false).unwrap();
+        let model = folder.upload(g, WeightPrecision::F32).unwrap();
         let prompt = ids(&want["prompt_ids"]);
         assert_eq!(
             folder
@@ -278,11 +278,11 @@ fn host_weights_and_streamed_upload_give_the_same_model() {
                 .unwrap()
                 .0
         };
-        let streamed = logits(&folder.upload(g, false).unwrap());
+        let streamed = logits(&folder.upload(g, WeightPrecision::F32).unwrap());
         assert_eq!(logits(&Model::new(g, &weights).unwrap()), streamed, "{name}");
         let mut half = Model::new(g, &weights).unwrap();
         half.use_f16_weights(g, &weights).unwrap();
-        let half_streamed = logits(&folder.upload(g, true).unwrap());
+        let half_streamed = logits(&folder.upload(g, WeightPrecision::F16).unwrap());
         assert_eq!(logits(&half), half_streamed, "{name}: f16");
         let worst = streamed
             .iter()
@@ -295,6 +295,66 @@ fn host_weights_and_streamed_upload_give_the_same_model() {
             (worst > 0.0) != exact && worst < 0.05,
             "{name}: f16 weights moved logits by {worst}"
         );
+    }
+}
+
+/// 8-bit weights (q8_0) cost little on every fixture: the largest logit difference from the
+/// f32 model on the prompt stays small against the logits' spread, the next token agrees with
+/// f32's at most prompt positions (the greedy continuation's agreement is printed), and going back to f32
+/// weights gives the f32 logits bit for bit.
+#[test]
+fn q8_weights_stay_close_to_f32() {
+    let g = gpu();
+    for name in FOLDERS {
+        let folder = HfFolder::open(&fixture(name)).unwrap();
+        let want = expected(name);
+        let prompt = ids(&want["prompt_ids"]);
+        let vocab = folder.config().vocab;
+        let logits = |m: &Model| {
+            pollster::block_on(m.forward(g, &prompt, None, 1, prompt.len()))
+                .unwrap()
+                .0
+        };
+        let greedy = |m: &Model| {
+            let mut cache = m.new_cache(g);
+            let (mut feed, mut out) = (prompt.clone(), Vec::new());
+            while out.len() < 16 {
+                let l = pollster::block_on(m.forward_with_cache(g, &feed, &mut cache)).unwrap();
+                let next = memlayers::demo::argmax(&l[(feed.len() - 1) * vocab..]);
+                out.push(next);
+                feed = vec![next];
+            }
+            out
+        };
+        let exact = folder.upload(g, WeightPrecision::F32).unwrap();
+        let mut q8 = folder.upload(g, WeightPrecision::Q8).unwrap();
+        assert_eq!(q8.weight_precision(), WeightPrecision::Q8);
+        let (a, b) = (logits(&exact), logits(&q8));
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let spread = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (ga, gb) = (greedy(&exact), greedy(&q8));
+        let agree = ga.iter().zip(&gb).take_while(|(x, y)| x == y).count();
+        // The next token at every prompt position, each model on the same prefix.
+        let top = |l: &[f32]| l.chunks(vocab).map(memlayers::demo::argmax).collect::<Vec<_>>();
+        let same_top = top(&a).iter().zip(top(&b)).filter(|(x, y)| **x == *y).count();
+        eprintln!(
+            "{name}: q8 weights: largest logit difference {worst:.4} (largest |logit| {spread:.2}), the same next token at {same_top} of {} prompt positions, greedy agrees on the first {agree} of 16 tokens",
+            prompt.len()
+        );
+        // Random tiny models have near-ties everywhere; the bounds hold with margin here.
+        assert!(
+            worst > 0.0 && worst < 0.06 * spread,
+            "{name}: q8 moved logits by {worst}"
+        );
+        assert!(
+            same_top * 10 >= prompt.len() * 8,
+            "{name}: q8 changed the next token at {} of {} positions",
+            prompt.len() - same_top,
+            prompt.len()
+        );
+        let weights = folder.read_weights().unwrap();
+        q8.use_compact_weights(g, &weights, WeightPrecision::F32).unwrap();
+        assert_eq!(logits(&q8), a, "{name}: back to f32");
     }
 }
 
@@ -315,18 +375,17 @@ fn vocabulary_tables_split_over_buffers_give_the_same_logits() {
                 .unwrap()
                 .0
         };
-        for f16 in [false, true] {
+        for precision in [WeightPrecision::F32, WeightPrecision::F16, WeightPrecision::Q8] {
             let build = |rows: Option<usize>| {
                 let source = |id| Ok(std::borrow::Cow::Borrowed(weights.get(id)));
-                let mut m = Model::from_source_with(g, c, rows, false, source).unwrap();
-                if f16 {
-                    m.use_f16_weights(g, &weights).unwrap();
-                }
+                let mut m = Model::from_source_with(g, c, rows, WeightPrecision::F32, source).unwrap();
+                m.use_compact_weights(g, &weights, precision).unwrap();
                 m
             };
-            // The f16 copies made while the tensors stream by are those use_f16_weights makes.
+            // The compact copies made while the tensors stream by are those
+            // use_compact_weights makes.
             let streamed = |rows: Option<usize>| {
-                Model::from_source_with(g, c, rows, f16, |id| {
+                Model::from_source_with(g, c, rows, precision, |id| {
                     Ok(std::borrow::Cow::Borrowed(weights.get(id)))
                 })
                 .unwrap()
@@ -334,10 +393,10 @@ fn vocabulary_tables_split_over_buffers_give_the_same_logits() {
             assert_eq!(
                 logits(&streamed(Some(100))),
                 logits(&build(Some(100))),
-                "{name} f16 {f16}"
+                "{name} {precision:?}"
             );
             let split = build(Some(100));
-            assert_eq!(logits(&split), logits(&build(None)), "{name} f16 {f16}");
+            assert_eq!(logits(&split), logits(&build(None)), "{name} {precision:?}");
             assert!(split.trainable_params().is_err());
         }
     }
@@ -507,7 +566,7 @@ fn last_position_logits_are_the_full_forwards_last_row() {
     let g = gpu();
     for name in FOLDERS {
         let folder = HfFolder::open(&fixture(name)).unwrap();
-        let model = folder.upload(g, false).unwrap();
+        let model = folder.upload(g, WeightPrecision::F32).unwrap();
         let vocab = folder.config().vocab;
         let prompt = ids(&expected(name)["prompt_ids"]);
         let (mut all, mut last) = (model.new_cache(g), model.new_cache(g));

@@ -3,7 +3,7 @@
 mod common;
 use common::{assert_close, assert_same_selection, gpu, gpu_with};
 use memlayers::kernels::embedding_bag::{EmbeddingBag, ValueChunks};
-use memlayers::kernels::linear::{choice, Batched, Gate, Linear};
+use memlayers::kernels::linear::{choice, Batched, Gate, Linear, WeightFormat};
 use memlayers::kernels::linear::{GemmKernel, GemmPrecision, GemmTile};
 use memlayers::kernels::product_topk::{
     lanes_loop_iterations, loop_iterations, workgroup_for, ProductTopK, ProductTopKBackward, TopKKernel,
@@ -95,7 +95,7 @@ fn run_linear(
         label: "linear",
         x: &xb,
         w: &wb,
-        w_f16: false,
+        w_format: WeightFormat::F32,
         x_f16: false,
         y_f16: false,
         bias: bb.as_ref(),
@@ -170,12 +170,12 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         .collect()
 }
 
-/// One product `y [m, n]` on `g` through `layout`, x uploaded as given, w a buffer (f16 pairs
-/// when `w_f16`); returns y.
+/// One product `y [m, n]` on `g` through `layout`, x uploaded as given, w a buffer stored as
+/// `w_format` says; returns y.
 fn run_product(
     g: &Gpu,
     x: &[f32],
-    (w, w_f16): (&wgpu::Buffer, bool),
+    (w, w_format): (&wgpu::Buffer, WeightFormat),
     (m, n, k): (usize, usize, usize),
     layout: Batched,
 ) -> Vec<f32> {
@@ -185,7 +185,7 @@ fn run_product(
         label: "linear",
         x: &xb,
         w,
-        w_f16,
+        w_format,
         x_f16: false,
         y_f16: false,
         bias: None,
@@ -221,7 +221,13 @@ fn linear_transposes(g: &Gpu) {
             let xs = if xt { transpose(&x, m, k) } else { x.clone() };
             let ws = if wt { transpose(&w, n, k) } else { w.clone() };
             let layout = Batched::dense(m as u32, n as u32, k as u32, xt, wt);
-            let got = run_product(g, &xs, (&g.upload("w", &ws), false), (m, n, k), layout);
+            let got = run_product(
+                g,
+                &xs,
+                (&g.upload("w", &ws), WeightFormat::F32),
+                (m, n, k),
+                layout,
+            );
             assert_close(
                 &format!("linear {m}x{n}x{k} x_transposed={xt} w_transposed={wt}"),
                 &got,
@@ -287,7 +293,13 @@ fn linear_sixteen_byte_loads_at_the_edges_match_oracle() {
                 y_batch: 0,
                 y_row: n as u32,
             };
-            let got = run_product(g, &xs, (&g.upload("w", &ws), false), (m, n, k), layout);
+            let got = run_product(
+                g,
+                &xs,
+                (&g.upload("w", &ws), WeightFormat::F32),
+                (m, n, k),
+                layout,
+            );
             assert_close(
                 &format!(
                     "{} {m}x{n}x{k} rows_contiguous={rows_contiguous} lead={lead} offset={offset}",
@@ -323,17 +335,71 @@ fn f16_weights_give_what_their_rounded_f32_values_give_bit_for_bit() {
                 rounded.clone()
             };
             let layout = Batched::dense(m as u32, n as u32, k as u32, false, wt);
-            let run =
-                |weights: &wgpu::Buffer, w_f16: bool| run_product(g, &x, (weights, w_f16), (m, n, k), layout);
+            let run = |weights: &wgpu::Buffer, format: WeightFormat| {
+                run_product(g, &x, (weights, format), (m, n, k), layout)
+            };
             let half = run(
                 &g.upload("w f16", &memlayers::kernels::linear::pack_f16(&ws)),
-                true,
+                WeightFormat::F16,
             );
-            let exact = run(&g.upload("w rounded", &rs), false);
+            let exact = run(&g.upload("w rounded", &rs), WeightFormat::F32);
             assert!(
                 half.iter().zip(&exact).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{} {m}x{n}x{k} wt={wt}: f16 weights differ from their rounded f32 values",
                 variant_name(g)
+            );
+        }
+    }
+}
+
+#[test]
+fn q8_weights_give_what_their_unpacked_values_give_bit_for_bit() {
+    // Weights stored as 8-bit integers with an f16 scale per 32 stored values (`pack_q8`)
+    // are widened exactly (`unpack_q8`) and summed in the same order: every kernel and tile
+    // shape gives the bits of the f32 product with the unpacked weights, for decode-sized and
+    // prefill-sized products, rows that are whole groups (the 16-byte loads) or not, the
+    // weight read along its rows, and k long enough to split; and the oracle's product of
+    // the unpacked weights within float tolerance.
+    use memlayers::kernels::linear::{pack_q8, unpack_q8};
+    let mut rng = Rng::new(53);
+    for g in linear_variants() {
+        for &(m, n, k, wt) in &[
+            (1, 1, 32, false),
+            (1, 96, 64, false),
+            (3, 70, 96, false),
+            (4, 2, 48, false),
+            (33, 9, 160, false),
+            (64, 70, 64, true),
+            (2, 7, 3008, false),
+        ] {
+            let x = rng.vec_symmetric(m * k, 1.0);
+            // Groups of different magnitudes, so each scale matters.
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| rng.symmetric(1.0) * (1 + (i / 32) % 5) as f32)
+                .collect();
+            let ws = if wt { transpose(&w, n, k) } else { w.clone() };
+            let (words, scales_at) = pack_q8(&ws).unwrap();
+            let unpacked = unpack_q8(&words, scales_at, ws.len());
+            let layout = Batched::dense(m as u32, n as u32, k as u32, false, wt);
+            let run = |weights: &wgpu::Buffer, format: WeightFormat| {
+                run_product(g, &x, (weights, format), (m, n, k), layout)
+            };
+            let q8 = run(&g.upload("w q8", &words), WeightFormat::Q8 { scales_at });
+            let exact = run(&g.upload("w unpacked", &unpacked), WeightFormat::F32);
+            assert!(
+                q8.iter().zip(&exact).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} {m}x{n}x{k} wt={wt}: q8 weights differ from their unpacked values",
+                variant_name(g)
+            );
+            let plain = if wt {
+                transpose(&unpacked, k, n)
+            } else {
+                unpacked.clone()
+            };
+            assert_close(
+                &format!("q8 {m}x{n}x{k} wt={wt}"),
+                &q8,
+                &reference::linear(&x, &plain, None, m, n, k),
             );
         }
     }
@@ -379,7 +445,7 @@ fn run_formats(
         label: "linear",
         x: &xb,
         w: &wb,
-        w_f16: false,
+        w_format: WeightFormat::F32,
         x_f16,
         y_f16,
         bias: gate.is_none().then_some(&bb),
@@ -537,7 +603,13 @@ fn f16_input_gemms_run_on_matrix_units_and_match_the_oracle_on_rounded_inputs() 
             let xs = if xt { transpose(&x, m, k) } else { x.clone() };
             let ws = if wt { transpose(&w, n, k) } else { w.clone() };
             let layout = Batched::dense(m as u32, n as u32, k as u32, xt, wt);
-            let got = run_product(&g, &xs, (&g.upload("w", &ws), false), (m, n, k), layout);
+            let got = run_product(
+                &g,
+                &xs,
+                (&g.upload("w", &ws), WeightFormat::F32),
+                (m, n, k),
+                layout,
+            );
             assert_close(&format!("{config:?} {m}x{n}x{k} xt={xt} wt={wt}"), &got, &want);
         }
     }
@@ -561,7 +633,7 @@ fn a_device_with_the_trial_on_asks_it_once_and_runs_its_choice() {
     let got = run_product(
         &g,
         &x,
-        (&g.upload("w", &w), false),
+        (&g.upload("w", &w), WeightFormat::F32),
         (m, n, k),
         Batched::dense(m as u32, n as u32, k as u32, false, false),
     );
@@ -698,7 +770,7 @@ fn linear_variants_agree_bit_for_bit() {
                 label: "linear",
                 x: &xb,
                 w: &wb,
-                w_f16: false,
+                w_format: WeightFormat::F32,
                 x_f16: false,
                 y_f16: false,
                 bias: with_bias.then_some(&bb),

@@ -5,6 +5,7 @@
 mod common;
 use common::gpu;
 use memlayers::io::hf::HfFolder;
+use memlayers::model::WeightPrecision;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -56,7 +57,7 @@ fn retrofit(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
 fn logits(folder: &Path, ids: &[u32]) -> Vec<f32> {
     let g = gpu();
     let f = HfFolder::open(folder).unwrap();
-    let model = f.upload(g, false).unwrap();
+    let model = f.upload(g, WeightPrecision::F32).unwrap();
     pollster::block_on(model.forward(g, ids, None, 1, ids.len()))
         .unwrap()
         .0

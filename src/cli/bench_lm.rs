@@ -1,11 +1,11 @@
 //! `memlayers bench --model DIR` or `--shape NAME`: a Hugging Face language model's prefill
-//! and decoding speed on this adapter (f32 weights, f16 weights, an f16 KV cache), the
+//! and decoding speed on this adapter (f32, f16 and 8-bit weights, an f16 KV cache), the
 //! weight bytes each decoded token reads, the adapter's copy bandwidth and arithmetic
 //! ceiling as yardsticks, peak host memory and the device buffers created; and the same
 //! model in transformers on PyTorch's CPU in the same run when torch imports.
 
 use memlayers::io::hf::{HfConfig, HfFolder, MAX_CONTEXT};
-use memlayers::model::{Model, ModelConfig, ModelLayout};
+use memlayers::model::{Model, ModelConfig, ModelLayout, WeightPrecision};
 use memlayers::rng::Rng;
 use memlayers::{Error, Gpu, Result};
 use std::borrow::Cow;
@@ -54,10 +54,10 @@ enum Source {
 }
 
 /// The model on `gpu` from `source`, one tensor at a time (a random tensor drawn from its own
-/// seed, so f32 and f16 uploads see the same values).
-fn upload(gpu: &Gpu, source: &Source, f16: bool) -> Result<Model> {
+/// seed, so every precision's upload sees the same values).
+fn upload(gpu: &Gpu, source: &Source, precision: WeightPrecision) -> Result<Model> {
     match source {
-        Source::Folder(folder) => folder.upload(gpu, f16),
+        Source::Folder(folder) => folder.upload(gpu, precision),
         Source::Random(config) => {
             let registry = ModelLayout::new(config)?.registry;
             let mut tensor = |id: memlayers::params::ParamId| {
@@ -74,7 +74,7 @@ fn upload(gpu: &Gpu, source: &Source, f16: bool) -> Result<Model> {
                     rng.vec_normal(spec.len(), std)
                 }))
             };
-            Model::from_source(gpu, config, f16, &mut tensor)
+            Model::from_source(gpu, config, precision, &mut tensor)
         }
     }
 }
@@ -250,14 +250,16 @@ pub fn run(o: &Options) -> Result<()> {
     );
     let mut rows = Vec::new();
     let mut prefill_gemm_share = None;
-    for (label, f16_weights, f16_cache) in [
-        ("f32 weights", false, false),
-        ("f16 weights", true, false),
-        ("f16 weights, f16 KV cache", true, true),
+    for (label, precision, f16_cache) in [
+        ("f32 weights", WeightPrecision::F32, false),
+        ("f16 weights", WeightPrecision::F16, false),
+        ("f16 weights, f16 KV cache", WeightPrecision::F16, true),
+        ("8-bit weights", WeightPrecision::Q8, false),
+        ("8-bit weights, f16 KV cache", WeightPrecision::Q8, true),
     ] {
-        let model = upload(&gpu, &source, f16_weights)?;
+        let model = upload(&gpu, &source, precision)?;
         let (prefill, decode) = speeds(&gpu, &model, f16_cache, &prompt, o.decode)?;
-        let bytes = weight_bytes_per_token(&config, if f16_weights { 2.0 } else { 4.0 });
+        let bytes = weight_bytes_per_token(&config, precision.bytes_per_weight());
         println!(
             "  {label:<27} prefill {prefill:>9.1} tokens/s   decode {decode:>7.2} tokens/s   {:>7.1} MB of weights a token, {:>6.2} GB/s ({:.0}% of the copy's)",
             bytes / 1e6,
@@ -265,7 +267,7 @@ pub fn run(o: &Options) -> Result<()> {
             100.0 * bytes * decode / 1e9 / copy_gbs
         );
         rows.push((label, prefill, decode, bytes));
-        if !f16_weights {
+        if precision == WeightPrecision::F32 {
             let profile = prefill_profile(&gpu, &model, &prompt)?;
             let total: f64 = profile.iter().map(|k| k.1).sum();
             if total > 0.0 {
@@ -291,10 +293,9 @@ pub fn run(o: &Options) -> Result<()> {
             }
         }
     }
-    println!("  8-bit weights: not available (memlayers has no 8-bit weight path yet)");
     match peak_host_bytes() {
         Some(b) => println!(
-            "peak host memory {:.0} MB (weights streamed a tensor at a time{}); device buffers created {:.0} MB (the three models', one at a time)",
+            "peak host memory {:.0} MB (weights streamed a tensor at a time{}); device buffers created {:.0} MB (the five models', one at a time)",
             b as f64 / 1e6,
             if gpu.adapter_info().is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu) {
                 "; a CPU adapter's device memory is host memory too"
@@ -316,10 +317,7 @@ pub fn run(o: &Options) -> Result<()> {
     }
     if let Some(path) = &o.json {
         let fastest_prefill = rows.iter().map(|r| r.1).fold(0.0, f64::max);
-        let fastest_decode = rows
-            .iter()
-            .max_by(|a, b| a.2.total_cmp(&b.2))
-            .expect("three rows");
+        let fastest_decode = rows.iter().max_by(|a, b| a.2.total_cmp(&b.2)).expect("five rows");
         let json = serde_json::json!({
             "adapter": gpu.adapter_name(),
             "model": name,

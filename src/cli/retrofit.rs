@@ -10,7 +10,7 @@ use memlayers::io::hf::retrofit::{memory_tensors, retrofit_config, MemorySizes};
 use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
 use memlayers::io::hf::{self, HfFolder};
 use memlayers::io::write_atomic;
-use memlayers::model::{MemoryPlacement, ModelConfig, SlotCounts, SLOT_COUNTS_FILE};
+use memlayers::model::{MemoryPlacement, ModelConfig, SlotCounts, WeightPrecision, SLOT_COUNTS_FILE};
 use memlayers::teach::{block_samples, heal, text_loss, text_rows};
 use memlayers::{Error, Gpu, Result};
 use std::path::PathBuf;
@@ -146,7 +146,7 @@ pub fn run(a: &Args) -> Result<()> {
 
         // The background: the retrofitted model's reads on the text, at every position.
         let retrofitted = HfFolder::open(tmp)?;
-        let model = retrofitted.upload(&gpu, false)?;
+        let model = retrofitted.upload(&gpu, WeightPrecision::F32)?;
         let (tokens, at_text, seq) = token_rows(&retrofitted, &background_lines)?;
         let at_text: Vec<u32> = at_text
             .iter()
@@ -237,10 +237,10 @@ fn heal_replaced(
                 .collect())
         })
         .collect::<Result<_>>()?;
-    let original = folder.upload(gpu, false)?;
+    let original = folder.upload(gpu, WeightPrecision::F32)?;
     let loss = |model: &memlayers::model::Model| pollster::block_on(text_loss(model, gpu, &held_ids, pad));
     let loss_original = loss(&original)?;
-    let loss_unhealed = loss(&HfFolder::open(tmp)?.upload(gpu, false)?)?;
+    let loss_unhealed = loss(&HfFolder::open(tmp)?.upload(gpu, WeightPrecision::F32)?)?;
     let (tokens, keep, seq) = token_rows(folder, &train)?;
     let mut weights = HfFolder::open(tmp)?.read_weights()?;
     let m = config.memory.as_ref().expect("a memory was added");
@@ -283,7 +283,7 @@ fn heal_replaced(
             .ok_or_else(|| Error::MissingTensor(values_name.clone()))? = healed.values;
     }
     hf_tensors(&weights)?.1.write(&tmp.join(MEMORY_FILE))?;
-    let loss_healed = loss(&HfFolder::open(tmp)?.upload(gpu, false)?)?;
+    let loss_healed = loss(&HfFolder::open(tmp)?.upload(gpu, WeightPrecision::F32)?)?;
     println!(
         "loss on {} held-out lines: original {loss_original:.4}, replaced {loss_unhealed:.4}, healed {loss_healed:.4}",
         held_ids.len()

@@ -6,7 +6,7 @@ use super::lookup::{record_lookup, LookupShape};
 use super::pool::ValuePool;
 use crate::error::{Error, Result};
 use crate::kernels::embedding_bag::{EmbeddingBag, WeightGrads};
-use crate::kernels::linear::{Gate, Linear};
+use crate::kernels::linear::{Gate, Linear, WeightFormat};
 use crate::kernels::Gpu;
 use crate::kernels::{peer, row_gate};
 use crate::params::Init;
@@ -308,6 +308,11 @@ impl MemoryLayer {
         Ok(())
     }
 
+    /// Has the forward read the f32 projection weights again (undoes `use_f16_weights`).
+    pub fn use_f32_weights(&mut self) {
+        self.half = None;
+    }
+
     /// Whether the forward reads f16 projection weights (`use_f16_weights`).
     pub fn uses_f16_weights(&self) -> bool {
         self.half.is_some()
@@ -525,7 +530,7 @@ impl ForwardPass<'_> {
         let (l, c) = (self.layer, &self.layer.config);
         let half = l.half.as_ref();
         Linear {
-            w_f16: half.is_some(),
+            w_format: WeightFormat::f16_if(half.is_some()),
             bias: Some(&l.query_b),
             ..Linear::new(
                 "query_proj",
@@ -592,7 +597,7 @@ impl ForwardPass<'_> {
         let input = (!gated_f16).then(|| gpu.scratch("swilu pre-activation", rows as u64 * v as u64 * 4));
         let half_w1 = l.half.as_ref().and_then(|h| h.swilu_w.as_ref());
         Linear {
-            w_f16: half_w1.is_some(),
+            w_format: WeightFormat::f16_if(half_w1.is_some()),
             y_f16: gated_f16,
             bias: Some(b1),
             gate: Some(Gate {
@@ -632,7 +637,7 @@ impl ForwardPass<'_> {
         };
         let half_wo = l.half.as_ref().and_then(|h| h.value_w.as_ref());
         Linear {
-            w_f16: half_wo.is_some(),
+            w_format: WeightFormat::f16_if(half_wo.is_some()),
             x_f16: self.gated_f16() && hidden_is_gated,
             bias: Some(bo),
             accumulate: residual.is_some(),

@@ -5,15 +5,18 @@ use super::blocks::{Block, BlockActs, FeedForwardParams, MemoryBlock, Pass};
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::layout::ModelLayout;
+use super::precision::{
+    compact_copy, compact_weight_ids, output_compact_table, CompactWeight, WeightPrecision,
+};
 use super::vocab::VocabTables;
 use super::weights::ModelWeights;
 use crate::error::{Error, Result};
 use crate::gpu::StepPlan;
+use crate::kernels::linear::WeightFormat;
 use crate::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
 use crate::kernels::Gpu;
 use crate::memory::{ValueDtype, ValuePool};
 use crate::params::ParamId;
-use half::f16;
 use std::borrow::Cow;
 
 /// One pre-norm residual block of a layer: `h += block(norm(h))`.
@@ -38,9 +41,11 @@ pub struct Model {
     pub(super) vocab: VocabTables,
     /// The step plans of `forward` and `forward_with_cache`, by shape (most recent last).
     plans: std::sync::Mutex<Vec<(PlanKey, StepPlan)>>,
-    /// f16 copies of the GEMM weights by parameter id, two values a word
-    /// (`kernels::linear::pack_f16`), once `use_f16_weights` made them.
-    half_weights: Vec<Option<wgpu::Buffer>>,
+    /// Compact copies of the GEMM weights by parameter id (f16 pairs or 8-bit), once
+    /// `use_f16_weights` or `use_q8_weights` made them; empty for f32.
+    compact_weights: Vec<Option<CompactWeight>>,
+    /// What the forward GEMMs read (`use_compact_weights`).
+    precision: WeightPrecision,
     /// The feed-forward blocks store their hidden activations as f16 (`use_f16_activations`).
     pub(crate) f16_activations: bool,
 }
@@ -105,21 +110,24 @@ impl ModelForward {
 
 impl Model {
     pub fn new(gpu: &Gpu, w: &ModelWeights) -> Result<Self> {
-        Self::from_source(gpu, &w.config, false, |id| Ok(Cow::Borrowed(w.get(id))))
+        Self::from_source(gpu, &w.config, WeightPrecision::F32, |id| {
+            Ok(Cow::Borrowed(w.get(id)))
+        })
     }
 
     /// A model of `config` whose parameters `tensor` gives one at a time (each of its
     /// registry's length, as `ModelWeights` holds them), each uploaded as it comes: the host
     /// needs one tensor at a time, not a copy of the model (a Hugging Face folder read
-    /// through memory maps: `io::hf::HfFolder::upload`). With `f16_weights`, the f16 copies
-    /// of `use_f16_weights` are made from the same reads (a model without memory layers).
+    /// through memory maps: `io::hf::HfFolder::upload`). With a `precision` other than f32,
+    /// the compact copies of `use_f16_weights` or `use_q8_weights` are made from the same
+    /// reads (a model without memory layers).
     pub fn from_source<'w>(
         gpu: &Gpu,
         config: &ModelConfig,
-        f16_weights: bool,
+        precision: WeightPrecision,
         tensor: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
     ) -> Result<Self> {
-        Self::from_source_with(gpu, config, None, f16_weights, tensor)
+        Self::from_source_with(gpu, config, None, precision, tensor)
     }
 
     /// `from_source` with the embedding and output tables split into buffers of at most
@@ -128,33 +136,35 @@ impl Model {
         gpu: &Gpu,
         config: &ModelConfig,
         table_rows: Option<usize>,
-        f16_weights: bool,
+        precision: WeightPrecision,
         mut source: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
     ) -> Result<Self> {
         let c = config;
         let layout = ModelLayout::new(c)?;
-        if f16_weights && c.memory.is_some() {
+        let compact = precision != WeightPrecision::F32;
+        if compact && c.memory.is_some() {
             return Err(Error::Config(
-                "a model with memory layers gets its f16 weights from its ModelWeights (use_f16_weights)"
+                "a model with memory layers gets its compact weights from its ModelWeights (use_f16_weights, use_q8_weights)"
                     .into(),
             ));
         }
-        // Each tensor is read once; the f16 copies are made as the GEMM weights go by.
-        let f16_ids = if f16_weights {
-            f16_weight_ids(&layout)
+        // Each tensor is read once; the compact copies are made as the GEMM weights go by.
+        let compact_ids = if compact {
+            compact_weight_ids(&layout)
         } else {
             Vec::new()
         };
-        let mut half: Vec<Option<wgpu::Buffer>> =
-            vec![None; if f16_weights { layout.registry.len() } else { 0 }];
-        let mut output_f16 = None;
+        let mut copies: Vec<Option<CompactWeight>> =
+            vec![None; if compact { layout.registry.len() } else { 0 }];
+        let mut output_compact = None;
         let mut tensor = |id: ParamId| -> Result<Cow<'w, [f32]>> {
             let data = source(id)?;
-            if f16_ids.contains(&id) {
-                half[id.0] = Some(half_copy(gpu, &layout, id, &data)?);
+            if compact_ids.contains(&id) {
+                let row_len = layout.registry.spec(id).shape.last().copied().unwrap_or(1);
+                copies[id.0] = Some(compact_copy(gpu, &layout, (id, row_len), &data, precision)?);
             }
-            if f16_weights && id == layout.output {
-                output_f16 = output_f16_table(gpu, c, &layout, &data, table_rows)?;
+            if compact && id == layout.output {
+                output_compact = output_compact_table(gpu, c, &layout, &data, table_rows, precision)?;
             }
             Ok(data)
         };
@@ -226,11 +236,12 @@ impl Model {
             vocab: VocabTables {
                 embedding,
                 output,
-                output_f16,
+                output_compact,
                 rows_per_chunk: table_rows,
             },
             plans: Default::default(),
-            half_weights: half,
+            compact_weights: copies,
+            precision,
             f16_activations: false,
         })
     }
@@ -255,33 +266,63 @@ impl Model {
     /// range (|x| > 65504, which bf16 checkpoints can hold) is an error naming it: rounded,
     /// it would be infinite.
     pub fn use_f16_weights(&mut self, gpu: &Gpu, weights: &ModelWeights) -> Result<()> {
+        self.use_compact_weights(gpu, weights, WeightPrecision::F16)
+    }
+
+    /// As `use_f16_weights`, with the GEMM weights of attention, the dense feed-forward
+    /// blocks and the output head stored as 8-bit integers with one f16 scale per 32 values
+    /// along the input (q8_0, `kernels::linear::pack_q8`): about a quarter of the f32 bytes,
+    /// widened inside the GEMM kernels, products summed in f32. A weight whose rows are not
+    /// whole groups of 32 keeps f16, and so do the memory layers' projections.
+    pub fn use_q8_weights(&mut self, gpu: &Gpu, weights: &ModelWeights) -> Result<()> {
+        self.use_compact_weights(gpu, weights, WeightPrecision::Q8)
+    }
+
+    /// Has forwards read the GEMM weights in `precision` (f32: the weights themselves).
+    pub fn use_compact_weights(
+        &mut self,
+        gpu: &Gpu,
+        weights: &ModelWeights,
+        precision: WeightPrecision,
+    ) -> Result<()> {
         if weights.layout.registry.len() != self.layout.registry.len()
             || weights.config.dim != self.config.dim
         {
             return Err(Error::Config(
-                "use_f16_weights: the weights are not this model's".into(),
+                "compact weights: the weights are not this model's".into(),
             ));
         }
+        let compact = precision != WeightPrecision::F32;
         for r in &mut self.residuals {
             if let Some(block) = r.block.memory_mut() {
-                let memory = weights.memory_weights(&block.params)?;
-                block.layer.use_f16_weights(gpu, &memory)?;
+                if compact {
+                    let memory = weights.memory_weights(&block.params)?;
+                    block.layer.use_f16_weights(gpu, &memory)?;
+                } else {
+                    block.layer.use_f32_weights();
+                }
             }
         }
-        self.upload_f16_weights(gpu, weights)
-    }
-
-    /// The f16 copies of the attention, dense feed-forward and output weights.
-    fn upload_f16_weights(&mut self, gpu: &Gpu, weights: &ModelWeights) -> Result<()> {
-        let mut half = vec![None; self.layout.registry.len()];
-        for id in f16_weight_ids(&self.layout) {
-            half[id.0] = Some(half_copy(gpu, &self.layout, id, weights.get(id))?);
+        let mut copies = vec![None; if compact { self.layout.registry.len() } else { 0 }];
+        if compact {
+            for id in compact_weight_ids(&self.layout) {
+                let row_len = self.layout.registry.spec(id).shape.last().copied().unwrap_or(1);
+                copies[id.0] = Some(compact_copy(
+                    gpu,
+                    &self.layout,
+                    (id, row_len),
+                    weights.get(id),
+                    precision,
+                )?);
+            }
         }
         let output = weights.get(self.layout.output);
         let rows = self.vocab.rows_per_chunk;
-        self.vocab.output_f16 = output_f16_table(gpu, &self.config, &self.layout, output, rows)?;
-        self.half_weights = half;
-        // Plans recorded so far bound the f32 weights.
+        self.vocab.output_compact =
+            output_compact_table(gpu, &self.config, &self.layout, output, rows, precision)?;
+        self.compact_weights = copies;
+        self.precision = precision;
+        // Plans recorded so far bound the other weights.
         self.plans.lock().unwrap().clear();
         Ok(())
     }
@@ -311,16 +352,21 @@ impl Model {
         self.f16_activations
     }
 
-    /// Whether forwards read f16 GEMM weights (`use_f16_weights`).
+    /// Whether forwards read compact GEMM weights (`use_f16_weights`, `use_q8_weights`).
     pub fn uses_f16_weights(&self) -> bool {
-        !self.half_weights.is_empty()
+        self.precision != WeightPrecision::F32
     }
 
-    /// The buffer a forward GEMM reads for weight `id`, and whether it holds f16.
-    pub(crate) fn gemm_weight(&self, id: ParamId) -> (&wgpu::Buffer, bool) {
-        match self.half_weights.get(id.0).and_then(Option::as_ref) {
-            Some(half) => (half, true),
-            None => (&self.params[id.0], false),
+    /// The precision forwards read the GEMM weights in.
+    pub fn weight_precision(&self) -> WeightPrecision {
+        self.precision
+    }
+
+    /// The buffer a forward GEMM reads for weight `id`, and its format.
+    pub(crate) fn gemm_weight(&self, id: ParamId) -> (&wgpu::Buffer, WeightFormat) {
+        match self.compact_weights.get(id.0).and_then(Option::as_ref) {
+            Some((buffer, format)) => (buffer, *format),
+            None => (&self.params[id.0], WeightFormat::F32),
         }
     }
 
@@ -703,54 +749,4 @@ impl Model {
         };
         Ok((logits, loss))
     }
-}
-
-/// The weights `use_f16_weights` keeps f16 copies of (besides the output layer's, kept by
-/// rows with its table): attention's and the dense feed-forward blocks'.
-fn f16_weight_ids(layout: &ModelLayout) -> Vec<ParamId> {
-    let mut ids = Vec::new();
-    for l in &layout.layers {
-        let a = &l.attention;
-        ids.extend([a.wq, a.wk, a.wv, a.wo]);
-        if let Some(d) = l.feed_forward.dense() {
-            ids.extend([d.w1, d.w2, d.w3]);
-        }
-    }
-    ids
-}
-
-/// Errors unless every value of weight `id` is within f16's range: bf16 weights reach far
-/// past it, and rounding would make them infinite.
-fn check_f16_range(layout: &ModelLayout, id: ParamId, data: &[f32]) -> Result<()> {
-    match data.iter().find(|v| v.abs() > f16::MAX.to_f32()) {
-        Some(v) => Err(Error::tensor(
-            &layout.registry.spec(id).name,
-            "values within f16's range (|x| <= 65504) for f16 weights",
-            format!("{v}; run it with f32 weights"),
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Weight `id`'s f16 copy, two values a word (`kernels::linear::pack_f16`).
-fn half_copy(gpu: &Gpu, layout: &ModelLayout, id: ParamId, data: &[f32]) -> Result<wgpu::Buffer> {
-    check_f16_range(layout, id, data)?;
-    let name = format!("{} (f16)", layout.registry.spec(id).name);
-    Ok(gpu.upload(&name, &crate::kernels::linear::pack_f16(data)))
-}
-
-/// The output layer's f16 copy by rows, as its f32 table (`rows_per_chunk` as that one's); an
-/// odd width keeps f32, since its f16 rows would not be whole words.
-fn output_f16_table(
-    gpu: &Gpu,
-    c: &ModelConfig,
-    layout: &ModelLayout,
-    data: &[f32],
-    rows_per_chunk: Option<usize>,
-) -> Result<Option<ValuePool>> {
-    if !c.dim.is_multiple_of(2) {
-        return Ok(None);
-    }
-    check_f16_range(layout, layout.output, data)?;
-    VocabTables::table(gpu, data, (c.vocab, c.dim), ValueDtype::F16, rows_per_chunk).map(Some)
 }

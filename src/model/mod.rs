@@ -8,6 +8,7 @@ mod config;
 mod gpu;
 mod kv_cache;
 mod layout;
+mod precision;
 mod slot_stats;
 mod vocab;
 mod weights;
@@ -20,5 +21,6 @@ pub use config::{
 pub use gpu::{Model, ModelForward};
 pub use kv_cache::KvCache;
 pub use layout::{LayerParams, ModelLayout};
+pub use precision::WeightPrecision;
 pub use slot_stats::{LayerSlotCounts, SlotCounts, SLOT_COUNTS_FILE};
 pub use weights::ModelWeights;

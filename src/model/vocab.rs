@@ -4,9 +4,10 @@
 //! copy alike. The embedding is read as a bag of one row a token; the output layer runs one
 //! product per chunk of rows, each writing its columns of the logits.
 
+use super::precision::CompactTable;
 use crate::error::Result;
 use crate::kernels::embedding_bag::EmbeddingBag;
-use crate::kernels::linear::{Batched, Linear};
+use crate::kernels::linear::{Batched, Linear, WeightFormat};
 use crate::kernels::Gpu;
 use crate::memory::{ValueDtype, ValuePool};
 
@@ -14,8 +15,8 @@ pub(crate) struct VocabTables {
     pub embedding: ValuePool,
     /// The output layer's weight where it is not the embedding.
     pub output: Option<ValuePool>,
-    /// The output weight's f16 copy (`Model::use_f16_weights`).
-    pub output_f16: Option<ValuePool>,
+    /// The output weight's f16 or 8-bit copy (`Model::use_f16_weights`, `use_q8_weights`).
+    pub output_compact: Option<CompactTable>,
     /// At most this many rows a buffer (`None`: as many as one binding holds).
     pub rows_per_chunk: Option<usize>,
 }
@@ -69,7 +70,7 @@ impl VocabTables {
     }
 
     /// `logits [rows, vocab] = x[first..first + rows] W^T` (`x` is `[_, dim]`), a product per
-    /// chunk of W's rows (the f16 copy where there is one).
+    /// chunk of W's rows (the compact copy where there is one).
     pub fn record_output(
         &self,
         gpu: &Gpu,
@@ -78,25 +79,33 @@ impl VocabTables {
         rows: u32,
         logits: &wgpu::Buffer,
     ) -> Result<()> {
-        let (pool, f16) = match &self.output_f16 {
-            Some(p) => (p, true),
-            None => (self.output_f32(), false),
+        let f32_table = self.output_f32();
+        let (vocab, dim) = (f32_table.n_rows() as u32, f32_table.v_dim() as u32);
+        let (chunks, rows_per_chunk): (Vec<(&wgpu::Buffer, WeightFormat)>, u32) = match &self.output_compact {
+            Some(t) => (t.chunks.iter().map(|(b, f)| (b, *f)).collect(), t.rows_per_chunk),
+            None => (
+                f32_table
+                    .buffers()
+                    .iter()
+                    .map(|b| (b, WeightFormat::F32))
+                    .collect(),
+                f32_table.chunks().rows_per_chunk,
+            ),
         };
-        let chunks = pool.chunks();
-        let (vocab, dim) = (pool.n_rows() as u32, pool.v_dim() as u32);
-        for (i, w) in chunks.buffers.iter().enumerate() {
-            let row0 = i as u32 * chunks.rows_per_chunk;
-            let n = chunks.rows_per_chunk.min(vocab - row0);
+        let split = chunks.len() > 1;
+        for (i, (w, w_format)) in chunks.into_iter().enumerate() {
+            let row0 = i as u32 * rows_per_chunk;
+            let n = rows_per_chunk.min(vocab - row0);
             // One chunk of all rows is the plain product; more write their columns of the
             // logits, or start at a later row of x.
-            let batched = (chunks.buffers.len() > 1 || first > 0).then(|| Batched {
+            let batched = (split || first > 0).then(|| Batched {
                 x_offset: first * dim,
                 y_offset: row0,
                 y_row: vocab,
                 ..Batched::dense(rows, n, dim, false, false)
             });
             Linear {
-                w_f16: f16,
+                w_format,
                 batched,
                 ..Linear::new("linear", x, w, logits, (rows, n, dim))
             }

@@ -599,7 +599,7 @@ impl Trainer {
     fn check_inputs(&self, tokens: &[u32], targets: &[u32], batch: usize, seq: usize) -> Result<usize> {
         if self.model.uses_f16_weights() || self.model.uses_f16_activations() {
             return Err(Error::Config(
-                "training updates the f32 weights from f32 activations: a model with f16 weights or activations (`Model::use_f16_weights`, `use_f16_activations`) is for inference".into(),
+                "training updates the f32 weights from f32 activations: a model with f16 or 8-bit weights or f16 activations (`Model::use_f16_weights`, `use_q8_weights`, `use_f16_activations`) is for inference".into(),
             ));
         }
         for (name, ids) in [("tokens", tokens), ("targets", targets)] {

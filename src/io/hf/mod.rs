@@ -148,17 +148,21 @@ impl HfFolder {
     }
 
     /// The model on `gpu`, each tensor uploaded as it is read from the mapped files (the host
-    /// holds one tensor at a time), with f16 copies of the GEMM weights when `f16_weights`
-    /// (`Model::use_f16_weights`).
+    /// holds one tensor at a time), the GEMM weights read in `precision`
+    /// (`Model::use_f16_weights`, `use_q8_weights`).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn upload(&self, gpu: &crate::Gpu, f16_weights: bool) -> Result<crate::model::Model> {
+    pub fn upload(
+        &self,
+        gpu: &crate::Gpu,
+        precision: crate::model::WeightPrecision,
+    ) -> Result<crate::model::Model> {
         let registry = crate::model::ModelLayout::new(&self.config)?.registry;
         self.files.read(&self.config, |load| {
             let mut tensor = |id: crate::params::ParamId| {
                 let spec = registry.spec(id);
                 load(&spec.name, &spec.shape).map(std::borrow::Cow::Owned)
             };
-            crate::model::Model::from_source(gpu, &self.config, f16_weights, &mut tensor)
+            crate::model::Model::from_source(gpu, &self.config, precision, &mut tensor)
         })
     }
 

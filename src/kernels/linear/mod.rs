@@ -13,12 +13,14 @@ mod narrow;
 mod split_k;
 mod subgroup;
 mod tiled;
+mod weight_format;
 
 pub use kernel::{GemmKernel, GemmPrecision, GemmTile, MatrixConfig};
 pub use matrix::matrix_source;
 pub use narrow::SOURCE as NARROW_SOURCE;
 pub use subgroup::SOURCE as SUBGROUP_SOURCE;
 pub use tiled::SOURCE;
+pub use weight_format::{pack_q8, unpack_q8, WeightFormat, Q8_GROUP};
 
 use super::check_buffer;
 use super::check_loop_budget;
@@ -28,7 +30,7 @@ use crate::gpu::MAX_GRID_DIM;
 use flags::Flags;
 
 /// `values` as f16, two per 4-byte word (element i in the low half of word i / 2 when i is
-/// even, the high half when odd), as a weight of `Linear { w_f16: true }` (and an f16
+/// even, the high half when odd), as a weight of `WeightFormat::F16` (and an f16
 /// activation) is stored.
 pub fn pack_f16(values: &[f32]) -> Vec<u32> {
     values
@@ -93,7 +95,8 @@ struct Params {
     w_k: u32,
     y_offset: u32,
     w_offset: u32,
-    _pad: u32,
+    /// Where a q8 weight's scales start, in words (`WeightFormat::Q8`).
+    w_scales: u32,
 }
 
 /// Strided, batched operands (in elements):
@@ -159,8 +162,9 @@ pub struct Linear<'a> {
     pub label: &'static str,
     pub x: &'a wgpu::Buffer,
     pub w: &'a wgpu::Buffer,
-    /// `w` holds f16 values, two per 4-byte word (`pack_f16`), instead of f32.
-    pub w_f16: bool,
+    /// How `w` is stored: f32, f16 pairs (`pack_f16`) or 8-bit integers with scales
+    /// (`pack_q8`).
+    pub w_format: WeightFormat,
     /// `x` holds f16 pairs (an f16 activation), instead of f32.
     pub x_f16: bool,
     /// Store `y` as f16 pairs, each output rounded once after the epilogue (and after adding
@@ -193,7 +197,7 @@ impl<'a> Linear<'a> {
             label,
             x,
             w,
-            w_f16: false,
+            w_format: WeightFormat::F32,
             x_f16: false,
             y_f16: false,
             bias: None,
@@ -272,8 +276,8 @@ impl Linear<'_> {
     /// The pipeline constants of the operands' formats (f16 weights, f16 input) beside
     /// `constants`.
     pub(super) fn with_formats(&self, mut constants: Vec<(&'static str, f64)>) -> Vec<(&'static str, f64)> {
-        if self.w_f16 {
-            constants.push(("W_F16", 1.0));
+        if let Some(name) = self.w_format.constant() {
+            constants.push((name, 1.0));
         }
         if self.x_f16 {
             constants.push(("X_F16", 1.0));
@@ -340,7 +344,7 @@ impl Linear<'_> {
             halves(self.x_f16, last(l.x_offset, l.x_batch, l.x_row, m, k)),
         )?;
         let w_elems = last(0, l.w_batch, self.k, n, k);
-        check_buffer(gpu, "linear.weight", self.w, halves(self.w_f16, w_elems))?;
+        check_buffer(gpu, "linear.weight", self.w, self.w_format.words(w_elems))?;
         check_buffer(
             gpu,
             "linear.y",
@@ -400,7 +404,10 @@ impl Linear<'_> {
                 w_k: l.w_k,
                 y_offset: l.y_offset,
                 w_offset: l.w_offset,
-                _pad: 0,
+                w_scales: match self.w_format {
+                    WeightFormat::Q8 { scales_at } => scales_at,
+                    _ => 0,
+                },
             },
         );
         // Absent optional inputs are bound to `x`, which the shader then never reads; an

@@ -3,7 +3,7 @@
 //! blocks would leave all but one row idle.
 
 use super::flags::Flags;
-use super::{vec4_view, Batched, Bindings, Linear, Variant};
+use super::{vec4_view, Batched, Bindings, Linear, Variant, WeightFormat};
 use crate::error::{Error, Result};
 use crate::kernels::{Gpu, LOOP_BUDGET};
 
@@ -41,16 +41,15 @@ pub(super) fn prepare(lin: &Linear, gpu: &Gpu, l: &Batched) -> Result<Variant> {
             lin.m
         )));
     }
-    let w_quads = if lin.w_f16 {
-        let aligned = |v: u32| v.is_multiple_of(8);
-        let rows_aligned = aligned(l.w_offset) && aligned(l.w_batch) && aligned(l.w_row) && l.w_k == 1;
-        if rows_aligned && lin.w.size() >= 16 {
-            3
-        } else {
-            0
-        }
-    } else {
-        super::tiled::quad_mode(lin.w, l.w_offset, l.w_batch, l.w_row, l.w_k)
+    // f16 weights: 8 values a 16-byte load; q8 weights: 16 values (half a scale's group).
+    let rows_aligned = |values_per_load: u32| {
+        let aligned = |v: u32| v.is_multiple_of(values_per_load);
+        aligned(l.w_offset) && aligned(l.w_batch) && aligned(l.w_row) && l.w_k == 1 && lin.w.size() >= 16
+    };
+    let w_quads = match lin.w_format {
+        WeightFormat::F32 => super::tiled::quad_mode(lin.w, l.w_offset, l.w_batch, l.w_row, l.w_k),
+        WeightFormat::F16 => 3 * rows_aligned(8) as u32,
+        WeightFormat::Q8 { .. } => 3 * rows_aligned(16) as u32,
     };
     let wg = workgroup(lin.n, l.batch);
     let constants = lin.with_formats(vec![("WG", wg as f64)]);

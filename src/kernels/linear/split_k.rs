@@ -61,7 +61,7 @@ pub(super) fn record(
     let mn = lin.m * lin.n;
     let partial = gpu.storage("linear split-k partials", parts as u64 * mn as u64 * 4);
     let part = |batch: u32, k: u32, skip: u32, y_offset: u32| Linear {
-        w_f16: lin.w_f16,
+        w_format: lin.w_format,
         x_f16: lin.x_f16,
         batched: Some(Batched {
             batch,

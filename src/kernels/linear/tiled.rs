@@ -2,7 +2,7 @@
 //! workgroup stages, and 16-byte loads of operands laid out for them.
 
 use super::flags::Flags;
-use super::{vec4_view, Batched, Bindings, GemmTile, Linear, Variant};
+use super::{vec4_view, Batched, Bindings, GemmTile, Linear, Variant, WeightFormat};
 use crate::kernels::{Gpu, LOOP_BUDGET};
 
 pub const SOURCE: &str = concat!(
@@ -43,10 +43,14 @@ pub(super) fn quad_mode(buffer: &wgpu::Buffer, offset: u32, batch: u32, row: u32
 }
 
 pub(super) fn prepare(lin: &Linear, gpu: &Gpu, l: &Batched, tile: GemmTile) -> Variant {
-    let w_quads = if lin.w_f16 {
-        0
-    } else {
-        quad_mode(lin.w, l.w_offset, l.w_batch, l.w_row, l.w_k)
+    // f16 weights load element by element; q8 weights a word of 4 along k (one scale).
+    let w_quads = match lin.w_format {
+        WeightFormat::F16 => 0,
+        WeightFormat::F32 => quad_mode(lin.w, l.w_offset, l.w_batch, l.w_row, l.w_k),
+        WeightFormat::Q8 { .. } => match quad_mode(lin.w, l.w_offset, l.w_batch, l.w_row, l.w_k) {
+            1 => 1,
+            _ => 0,
+        },
     };
     let x_quads = if lin.x_f16 {
         0

@@ -131,8 +131,8 @@ impl Pass<'_> {
         self.model.param(id)
     }
 
-    /// A forward GEMM `y [m, n] = x w^T` with weight `id`, reading its f16 copy where the
-    /// model has one (`Model::use_f16_weights`).
+    /// A forward GEMM `y [m, n] = x w^T` with weight `id`, reading its compact copy where the
+    /// model has one (`Model::use_f16_weights`, `use_q8_weights`).
     pub fn linear<'b>(
         &'b self,
         x: &'b wgpu::Buffer,
@@ -140,9 +140,9 @@ impl Pass<'_> {
         y: &'b wgpu::Buffer,
         shape: (u32, u32, u32),
     ) -> Linear<'b> {
-        let (w, w_f16) = self.model.gemm_weight(id);
+        let (w, w_format) = self.model.gemm_weight(id);
         Linear {
-            w_f16,
+            w_format,
             ..Linear::new("linear", x, w, y, shape)
         }
     }
