@@ -138,22 +138,40 @@ fn speeds(gpu: &Gpu, model: &Model, f16_cache: bool, prompt: &[u32], steps: usiz
     Ok((prefill, steps as f64 / t.elapsed().as_secs_f64()))
 }
 
-/// The GPU time of one prefill of `prompt` by kernel label, largest first (where the adapter
-/// has timestamp queries; the passes are not merged while profiling).
-fn prefill_profile(gpu: &Gpu, model: &Model, prompt: &[u32]) -> Result<Vec<(&'static str, f64)>> {
+/// The GPU time by kernel label, largest first, of one prefill of `prompt` (`decode`: false)
+/// or of one decoding step after it (where the adapter has timestamp queries; the passes
+/// are not merged while profiling).
+fn profile(gpu: &Gpu, model: &Model, prompt: &[u32], decode: bool) -> Result<Vec<(&'static str, f64)>> {
     let mut cache = model.new_cache(gpu);
+    if decode {
+        pollster::block_on(model.forward_last_with_cache(gpu, prompt, &mut cache))?;
+    }
     if gpu
         .start_profiling(16 * model.config.n_layers as u32 + 64)
         .is_err()
     {
         return Ok(Vec::new());
     }
-    let run = pollster::block_on(model.forward_last_with_cache(gpu, prompt, &mut cache));
+    let tokens = if decode { &prompt[..1] } else { prompt };
+    let run = pollster::block_on(model.forward_last_with_cache(gpu, tokens, &mut cache));
     let timings = pollster::block_on(gpu.finish_profiling())?;
     run?;
     let mut by_label = memlayers::gpu::KernelTiming::per_label(&timings, 1);
     by_label.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(by_label)
+}
+
+/// `profile`'s total in ms and its six largest kernels' shares, as one line's text.
+fn profile_text(profile: &[(&'static str, f64)]) -> Option<String> {
+    let total: f64 = profile.iter().map(|k| k.1).sum();
+    (total > 0.0).then(|| {
+        let top: Vec<String> = profile
+            .iter()
+            .take(6)
+            .map(|(label, s)| format!("{label} {:.0}%", 100.0 * s / total))
+            .collect();
+        format!("{:.1} ms, by kernel: {}", total * 1e3, top.join(", "))
+    })
 }
 
 /// The PyTorch figures (prefill, decode tokens/s), or why there are none.
@@ -267,20 +285,15 @@ pub fn run(o: &Options) -> Result<()> {
             100.0 * bytes * decode / 1e9 / copy_gbs
         );
         rows.push((label, prefill, decode, bytes));
+        if !f16_cache {
+            if let Some(text) = profile_text(&profile(&gpu, &model, &prompt, true)?) {
+                println!("    a decoding step's GPU time {text}");
+            }
+        }
         if precision == WeightPrecision::F32 {
-            let profile = prefill_profile(&gpu, &model, &prompt)?;
-            let total: f64 = profile.iter().map(|k| k.1).sum();
-            if total > 0.0 {
-                let top: Vec<String> = profile
-                    .iter()
-                    .take(6)
-                    .map(|(label, s)| format!("{label} {:.0}%", 100.0 * s / total))
-                    .collect();
-                println!(
-                    "    its prefill's GPU time {:.0} ms, by kernel: {}",
-                    total * 1e3,
-                    top.join(", ")
-                );
+            let profile = profile(&gpu, &model, &prompt, false)?;
+            if let Some(text) = profile_text(&profile) {
+                println!("    its prefill's GPU time {text}");
                 let linear: f64 = profile.iter().filter(|k| k.0 == "linear").map(|k| k.1).sum();
                 if linear > 0.0 {
                     let gflops = prefill_gemm_flops(&config, prompt.len()) / linear / 1e9;

@@ -52,7 +52,10 @@ pub(super) fn prepare(lin: &Linear, gpu: &Gpu, l: &Batched) -> Result<Variant> {
         WeightFormat::Q8 { .. } => 3 * rows_aligned(16) as u32,
     };
     let wg = workgroup(lin.n, l.batch);
-    let constants = lin.with_formats(vec![("WG", wg as f64)]);
+    let mut constants = lin.with_formats(vec![("WG", wg as f64)]);
+    if lin.m == 1 {
+        constants.push(("ONE_ROW", 1.0));
+    }
     Ok(Variant {
         pipeline: gpu.pipeline("linear_narrow", SOURCE, &constants),
         grid: (lin.n.div_ceil(wg), 1),
