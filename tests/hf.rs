@@ -298,6 +298,74 @@ fn host_weights_and_streamed_upload_give_the_same_model() {
     }
 }
 
+/// A folder given as its files' bytes (the page's folder picker) opens as the folder on disk
+/// does: the same logits bit for bit, the same tokens and EOS ids; a missing shard, config
+/// or tokenizer is a one-line error naming it.
+#[test]
+fn a_folder_given_as_bytes_opens_as_on_disk() {
+    let g = gpu();
+    let read_all = |name: &str| -> Vec<(String, Vec<u8>)> {
+        std::fs::read_dir(fixture(name))
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                let file = path.file_name().unwrap().to_string_lossy().to_string();
+                (file, std::fs::read(&path).unwrap())
+            })
+            .collect()
+    };
+    for name in FOLDERS {
+        let on_disk = HfFolder::open(&fixture(name)).unwrap();
+        let given = HfFolder::from_files(name, read_all(name)).unwrap();
+        let want = expected(name);
+        let prompt = ids(&want["prompt_ids"]);
+        let text = want["prompt"].as_str().unwrap();
+        assert_eq!(given.tokenizer.encode(text, true).unwrap(), prompt, "{name}");
+        assert_eq!(given.eos_ids, on_disk.eos_ids, "{name}");
+        assert_eq!(
+            given.chat_template.is_some(),
+            on_disk.chat_template.is_some(),
+            "{name}"
+        );
+        let logits = |f: &HfFolder| {
+            let m = f.upload(g, WeightPrecision::F32).unwrap();
+            pollster::block_on(m.forward(g, &prompt, None, 1, prompt.len()))
+                .unwrap()
+                .0
+        };
+        assert_eq!(logits(&given), logits(&on_disk), "{name}");
+    }
+    let without = |name: &str, file: &str| {
+        let files = read_all(name).into_iter().filter(|(f, _)| f != file).collect();
+        match HfFolder::from_files(name, files) {
+            Ok(_) => panic!("{name} without {file} opened"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let shard = "model-00002-of-00003.safetensors";
+    assert!(without("llama_tied_bf16_shards", shard).contains(shard));
+    assert!(without("mistral_f32", "config.json").contains("no config.json"));
+    assert!(without("mistral_f32", "tokenizer.json").contains("no tokenizer.json"));
+    assert!(without("mistral_f32", "model.safetensors").contains("model.safetensors"));
+}
+
+/// A model with a weight larger than the adapter's largest buffer binding is refused with a
+/// message naming that weight and both sizes, before any tensor is read or uploaded.
+#[test]
+fn a_model_too_large_for_the_adapter_is_a_message() {
+    let g = gpu();
+    let mut c = HfFolder::open(&fixture("mistral_f32")).unwrap().config().clone();
+    c.hidden = (g.max_binding_bytes() / (4 * c.dim as u64) + 1) as usize;
+    let e = match Model::from_source(g, &c, WeightPrecision::F32, |_| panic!("a tensor was read")) {
+        Ok(_) => panic!("a model too large was built"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("layers.0.feed_forward.w1.weight") && e.contains("largest buffer binding"),
+        "{e}"
+    );
+}
+
 /// 8-bit weights (q8_0) cost little on every fixture: the largest logit difference from the
 /// f32 model on the prompt stays small against the logits' spread, the next token agrees with
 /// f32's at most prompt positions (the greedy continuation's agreement is printed), and going back to f32
@@ -555,7 +623,13 @@ fn bench_measures_a_folder_and_writes_json() {
         assert!(v[field].as_f64().unwrap() > 0.0, "{field}: {v}");
     }
     assert!(v["torch_decode_tokens_per_s"].is_null());
-    assert_eq!(v["configurations"].as_array().unwrap().len(), 3);
+    let rows = v["configurations"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    // 8-bit weights read fewer bytes than f16 (this fixture's down projection, rows of 176
+    // values, keeps f16).
+    let bytes = |i: usize| rows[i]["bytes_per_decoded_token"].as_f64().unwrap();
+    assert!(rows[3]["weights"].as_str().unwrap().starts_with("8-bit"));
+    assert!(bytes(3) < bytes(1) && bytes(1) < bytes(0), "{rows:?}");
     std::fs::remove_file(json).unwrap();
 }
 

@@ -91,13 +91,26 @@ pub(super) fn peak_host_bytes() -> Option<u64> {
 }
 
 /// Bytes of weights one decoded token reads: every GEMM weight (attention, feed-forward,
-/// output head) at `bytes_per_weight`, plus the token's embedding row and the norms in f32.
-fn weight_bytes_per_token(c: &ModelConfig, bytes_per_weight: f64) -> f64 {
+/// output head) in `precision` (8-bit weights whose rows are not whole groups of 32 keep
+/// f16), plus the token's embedding row and the norms in f32.
+fn weight_bytes_per_token(c: &ModelConfig, precision: WeightPrecision) -> f64 {
     let (d, hd) = (c.dim as f64, c.head_dim as f64);
-    let attention = d * hd * (2.0 * c.n_heads as f64 + 2.0 * c.n_kv_heads as f64);
-    let ffn = 3.0 * d * c.hidden as f64;
-    let gemm = c.n_layers as f64 * (attention + ffn) + c.vocab as f64 * d;
-    gemm * bytes_per_weight + 4.0 * d * (1.0 + 2.0 * c.n_layers as f64 + 1.0)
+    // Bytes of a weight of `rows` x `row_len` values.
+    let weight = |rows: f64, row_len: usize| {
+        let kept_f16 =
+            precision == WeightPrecision::Q8 && !row_len.is_multiple_of(memlayers::kernels::linear::Q8_GROUP);
+        let per_value = if kept_f16 {
+            2.0
+        } else {
+            precision.bytes_per_weight()
+        };
+        rows * row_len as f64 * per_value
+    };
+    let q_rows = hd * (c.n_heads + 2 * c.n_kv_heads) as f64;
+    let attention = weight(q_rows, c.dim) + weight(d, c.n_heads * c.head_dim);
+    let ffn = weight(2.0 * c.hidden as f64, c.dim) + weight(d, c.hidden);
+    let output = weight(c.vocab as f64, c.dim);
+    c.n_layers as f64 * (attention + ffn) + output + 4.0 * d * (1.0 + 2.0 * c.n_layers as f64 + 1.0)
 }
 
 /// Multiply-add FLOPs of a prefill's linear layers over `prompt` tokens: every layer's
@@ -277,7 +290,7 @@ pub fn run(o: &Options) -> Result<()> {
     ] {
         let model = upload(&gpu, &source, precision)?;
         let (prefill, decode) = speeds(&gpu, &model, f16_cache, &prompt, o.decode)?;
-        let bytes = weight_bytes_per_token(&config, precision.bytes_per_weight());
+        let bytes = weight_bytes_per_token(&config, precision);
         println!(
             "  {label:<27} prefill {prefill:>9.1} tokens/s   decode {decode:>7.2} tokens/s   {:>7.1} MB of weights a token, {:>6.2} GB/s ({:.0}% of the copy's)",
             bytes / 1e6,

@@ -201,16 +201,7 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
 /// EOS id or `--max-tokens`, each printed as soon as it completes a character.
 fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
     let config = folder.config();
-    let prompt = if a.chat {
-        let template = folder.chat_template.as_ref().ok_or_else(|| {
-            Error::Config("--chat: the model's tokenizer_config.json has no chat_template".into())
-        })?;
-        folder
-            .tokenizer
-            .encode(&template.render_user(&a.prompt)?, false)?
-    } else {
-        folder.tokenizer.encode(&a.prompt, true)?
-    };
+    let prompt = folder.prompt_ids(&a.prompt, a.chat)?;
     if prompt.is_empty() {
         return Err(Error::Config("--prompt gives no tokens".into()));
     }

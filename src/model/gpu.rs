@@ -50,6 +50,28 @@ pub struct Model {
     pub(crate) f16_activations: bool,
 }
 
+/// Errors, naming the first parameter that would not fit, where one of `layout`'s parameters
+/// outside the tables split by rows (the vocabulary's and the memories' values) exceeds the
+/// adapter's largest buffer binding: before anything is uploaded, so that a model too large
+/// for the adapter (a browser's, say) is a message, not a device error.
+fn check_fits(gpu: &Gpu, layout: &ModelLayout) -> Result<()> {
+    let largest = gpu.max_binding_bytes();
+    for (id, spec) in layout.registry.iter() {
+        let split = id == layout.tok_embeddings || id == layout.output || layout.values.contains(&id);
+        let bytes = spec.len() as u64 * 4;
+        if !split && bytes > largest {
+            return Err(Error::Config(format!(
+                "{} ({:?}, {:.0} MB) is larger than this adapter's largest buffer binding ({:.0} MB)",
+                spec.name,
+                spec.shape,
+                bytes as f64 / 1e6,
+                largest as f64 / 1e6
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The shape a step plan of the model serves.
 /// (batch, seq, with targets, with a KV cache, the last position's logits only).
 type PlanKey = (u32, u32, bool, bool, bool);
@@ -141,6 +163,7 @@ impl Model {
     ) -> Result<Self> {
         let c = config;
         let layout = ModelLayout::new(c)?;
+        check_fits(gpu, &layout)?;
         let compact = precision != WeightPrecision::F32;
         if compact && c.memory.is_some() {
             return Err(Error::Config(

@@ -2,10 +2,11 @@
 // page on 127.0.0.1 and drives Debian's Chromium (WebGPU on SwiftShader) with playwright-core:
 // the adapter shows; a short training of the memory and the dense model runs with both
 // recall curves; Stop stops; a question gets both models' answers and a heatmap; a taught fact is learned and asked back; a bad model file gets an error and the page lives on; the native
-// model loads and answers; without WebGPU the page says so. Saves a screenshot of the page in
+// model loads and answers; a Hugging Face folder opens and streams transformers' greedy
+// continuation; without WebGPU the page says so. Saves a screenshot of the page in
 // web/test-results/. Exits non-zero on the first failed check.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { build, root, web } from "./build.mjs";
@@ -154,6 +155,44 @@ try {
   const back = await page.textContent("#answer");
   check(/Quorvina lives in → “Lisbon\.” ✓/.test(back), `taught fact asked back: ${back.trim()}`);
   await page.screenshot({ path: join(results, "page.png"), fullPage: true });
+
+  // A Hugging Face folder (the smallest fixture: bf16 shards and their index, a tokenizer
+  // that adds a BOS, an EOS list; its other files ignored): a folder without its tokenizer is
+  // an error, then the whole folder opens and streams transformers' greedy continuation,
+  // ending at the EOS.
+  const hf = join(root, "tests", "fixtures", "hf", "llama_tied_bf16_shards");
+  const hfFiles = readdirSync(hf).map((f) => join(hf, f));
+  await page.setInputFiles("#hf-files", hfFiles.filter((f) => !f.endsWith("tokenizer.json")));
+  await page.waitForSelector("#hf-status.error", { timeout: T });
+  check(/no tokenizer\.json/.test(await page.textContent("#hf-status")),
+    `a folder without its tokenizer reported: ${(await page.textContent("#hf-status")).trim()}`);
+  await page.setInputFiles("#hf-files", hfFiles);
+  await page.waitForSelector("#hf-status[data-opened='1'], #hf-status.error", { timeout: T });
+  check(/^Opened .*LlamaForCausalLM, 2 layers/.test(await page.textContent("#hf-status")),
+    `Hugging Face folder opened: ${(await page.textContent("#hf-status")).trim()}`);
+  const hfWant = JSON.parse(readFileSync(join(hf, "expected.json"), "utf8"));
+  await page.fill("#hf-prompt", hfWant.prompt);
+  await page.uncheck("#hf-chat");
+  await page.click("#hf-generate");
+  await page.waitForSelector("#hf-output[data-generated]", { timeout: T });
+  const generated = await page.evaluate(() => document.getElementById("hf-output").textContent);
+  const greedy = hfWant.greedy_text.replace("<|eot_id|>", "");
+  check(generated === greedy && /ended at an end-of-sequence token/.test(await page.textContent("#hf-status")),
+    `greedy continuation streamed as transformers gives it: ${JSON.stringify(generated)} (want ${JSON.stringify(greedy)})`);
+
+  // The same folder with 8-bit weights: on this fixture its greedy continuation is f32's.
+  await page.check("#hf-q8");
+  await page.evaluate(() => delete document.getElementById("hf-status").dataset.opened);
+  await page.setInputFiles("#hf-files", []);
+  await page.setInputFiles("#hf-files", hfFiles);
+  await page.waitForSelector("#hf-status[data-opened='1'], #hf-status.error", { timeout: T });
+  check(/q8 weights/.test(await page.textContent("#hf-status")),
+    `opened with 8-bit weights: ${(await page.textContent("#hf-status")).trim()}`);
+  await page.uncheck("#hf-chat"); // opening a model with a chat template checks it
+  await page.click("#hf-generate");
+  await page.waitForSelector("#hf-output[data-generated]", { timeout: T });
+  const generatedQ8 = await page.evaluate(() => document.getElementById("hf-output").textContent);
+  check(generatedQ8 === greedy, `8-bit weights' continuation: ${JSON.stringify(generatedQ8)}`);
 
   check(errors.length === 0, `no page errors${errors.length ? ": " + errors.join(" | ") : ""}`);
 

@@ -1,6 +1,6 @@
 // The page: WebGPU check, training with a live chart, questions with a heatmap of the memory
 // reads, teaching a new fact (sparse memory fine-tuning), loading a natively trained model,
-// and the forward benchmark. All model work happens
+// opening a Hugging Face folder and streaming its generated text, and the forward benchmark. All model work happens
 // in the memlayers library (pkg/, built from web/wasm); this file only drives it.
 //
 // URL parameters (used by the tests): subjects (built-in people, 4 facts each), steps, eval
@@ -304,6 +304,64 @@ async function load(fileList) {
   }
 }
 
+// --- a Hugging Face folder ---------------------------------------------------------------
+// A page's WebAssembly memory holds at most 4 GiB, the model's files included.
+const MAX_FOLDER_BYTES = 3.5 * 2 ** 30;
+
+async function openHf(fileList) {
+  const files = [...fileList];
+  const bytes = files.reduce((n, f) => n + f.size, 0);
+  const status = $("hf-status");
+  delete status.dataset.opened;
+  if (!files.some((f) => f.name === "config.json")) {
+    setStatus(status, "Choose a Hugging Face model folder, or its files: no config.json among " +
+      (files.map((f) => f.name).join(", ") || "nothing") + ".", "error");
+    return;
+  }
+  if (bytes > MAX_FOLDER_BYTES) {
+    setStatus(status, `These files are ${(bytes / 2 ** 30).toFixed(1)} GiB; this page holds at most ` +
+      `${(MAX_FOLDER_BYTES / 2 ** 30).toFixed(1)} GiB (WebAssembly's memory). Use the memlayers command line for it.`, "error");
+    return;
+  }
+  const folder = (files[0].webkitRelativePath || "").split("/")[0] || "the chosen files";
+  setStatus(status, `Opening ${folder} (${(bytes / 2 ** 20).toFixed(1)} MiB)…`);
+  $("hf-generate").disabled = true;
+  try {
+    const contents = await Promise.all(files.map(async (f) => new Uint8Array(await f.arrayBuffer())));
+    const q8 = $("hf-q8").checked;
+    const info = JSON.parse(await exclusive(() => demo.open_hf(folder, files.map((f) => f.name), contents, q8)));
+    setStatus(status, `Opened ${folder}: ${info.architecture}, ${info.layers} layers of width ${info.dim}, ` +
+      `${info.params.toLocaleString()} parameters, vocabulary ${info.vocab.toLocaleString()}, ${info.weights} weights` +
+      (info.chat ? "; it has a chat template" : "") + ".", "ok");
+    $("hf-chat").checked = info.chat;
+    $("hf-generate").disabled = false;
+    status.dataset.opened = "1";
+  } catch (e) {
+    setStatus(status, `Could not open ${folder}: ${message(e)}`, "error");
+  }
+}
+
+async function generateHf() {
+  const out = $("hf-output");
+  out.textContent = "";
+  delete out.dataset.generated;
+  $("hf-generate").disabled = true;
+  try {
+    const max = Number($("hf-max").value) || 32;
+    const r = JSON.parse(await exclusive(() =>
+      demo.generate($("hf-prompt").value, max, $("hf-chat").checked, (piece) => { out.textContent += piece; })));
+    const speed = r.tokens_per_s ? `, ${r.tokens_per_s.toFixed(1)} tokens/s` : "";
+    setStatus($("hf-status"), `prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new` +
+      (r.eos ? " (ended at an end-of-sequence token)" : "") + speed, "ok");
+    out.dataset.generated = "1";
+  } catch (e) {
+    setStatus($("hf-status"), "Could not generate: " + message(e), "error");
+    out.dataset.generated = "failed";
+  } finally {
+    $("hf-generate").disabled = false;
+  }
+}
+
 // --- benchmark --------------------------------------------------------------------------
 async function bench() {
   setStatus($("bench-status"), "running…");
@@ -325,6 +383,9 @@ function wire() {
   $("ask").onclick = ask;
   $("teach").onclick = teach;
   $("bench").onclick = bench;
+  $("hf-folder").onchange = (e) => openHf(e.target.files);
+  $("hf-files").onchange = (e) => openHf(e.target.files);
+  $("hf-generate").onclick = generateHf;
   $("files").onchange = (e) => load(e.target.files);
   const drop = $("drop");
   drop.ondragover = (e) => { e.preventDefault(); drop.classList.add("over"); };

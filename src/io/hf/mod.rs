@@ -8,7 +8,6 @@ pub mod export;
 pub mod names;
 pub mod retrofit;
 pub mod tokenizer;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod weights;
 
 pub use config::HfConfig;
@@ -16,7 +15,6 @@ pub use tokenizer::{ChatTemplate, HfTokenizer, TextStream};
 
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
-#[cfg(not(target_arch = "wasm32"))]
 use crate::model::ModelWeights;
 use std::path::Path;
 
@@ -107,7 +105,6 @@ pub fn is_hf_folder(dir: &Path) -> bool {
 pub struct HfFolder {
     pub hf: HfConfig,
     pub config: ModelConfig,
-    #[cfg(not(target_arch = "wasm32"))]
     files: weights::WeightFiles,
     pub tokenizer: HfTokenizer,
     /// Generation stops at any of these (`generation_config.json`'s `eos_token_id`, else
@@ -126,9 +123,21 @@ impl HfFolder {
         &self.config
     }
 
+    /// The tokens of a prompt as transformers makes them: `text` with the tokenizer's own
+    /// special tokens (a BOS where it adds one), or with `chat`, `text` as one user message
+    /// rendered by the chat template and tokenized without them.
+    pub fn prompt_ids(&self, text: &str, chat: bool) -> Result<Vec<u32>> {
+        if !chat {
+            return self.tokenizer.encode(text, true);
+        }
+        let template = self.chat_template.as_ref().ok_or_else(|| {
+            Error::Config("chat: the model's tokenizer_config.json has no chat_template".into())
+        })?;
+        self.tokenizer.encode(&template.render_user(text)?, false)
+    }
+
     /// Every weight on the host, under memlayers' names (for training, export and the
     /// commands that take `ModelWeights`).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_weights(&self) -> Result<ModelWeights> {
         self.files
             .read(&self.config, |load| ModelWeights::from_loader(&self.config, load))
@@ -150,7 +159,6 @@ impl HfFolder {
     /// The model on `gpu`, each tensor uploaded as it is read from the mapped files (the host
     /// holds one tensor at a time), the GEMM weights read in `precision`
     /// (`Model::use_f16_weights`, `use_q8_weights`).
-    #[cfg(not(target_arch = "wasm32"))]
     pub fn upload(
         &self,
         gpu: &crate::Gpu,
@@ -179,11 +187,87 @@ impl HfFolder {
             (_, here) => here,
         };
         let tokenizer_file = own("tokenizer.json");
-        let tokenizer = HfTokenizer::from_bytes(
-            &std::fs::read(&tokenizer_file)
-                .map_err(|e| Error::Format(format!("cannot read {}: {e}", tokenizer_file.display())))?,
-            &tokenizer_file.display().to_string(),
-        )?;
+        let tokenizer = std::fs::read(&tokenizer_file)
+            .map_err(|e| Error::Format(format!("cannot read {}: {e}", tokenizer_file.display())))?;
+        let optional_text = |name: &str| -> Result<Option<(String, String)>> {
+            let path = own(name);
+            Ok(match path.is_file() {
+                true => Some((path.display().to_string(), read_text(&path)?)),
+                false => None,
+            })
+        };
+        let texts = TextFiles {
+            tokenizer: (tokenizer_file.display().to_string(), tokenizer),
+            generation_config: optional_text("generation_config.json")?,
+            tokenizer_config: optional_text("tokenizer_config.json")?,
+        };
+        let files = weights::WeightFiles::open(dir, base.as_deref(), &hf)?;
+        Self::assemble(hf, config, texts, files)
+    }
+
+    /// A folder's files given as (file name, bytes), as a browser's folder picker gives them
+    /// (`folder` names them in messages): `config.json`, `tokenizer.json`, the weights
+    /// (`model.safetensors`, or the index and every shard it lists; a retrofitted memory's
+    /// `memory.safetensors`), and where given `generation_config.json` and
+    /// `tokenizer_config.json`; other files are ignored. A folder that keeps only a memory
+    /// beside its base model's files is not accepted (open its taught copy saved whole).
+    pub fn from_files(folder: &str, files: Vec<(String, Vec<u8>)>) -> Result<Self> {
+        let mut files: std::collections::HashMap<String, Vec<u8>> = files.into_iter().collect();
+        let text = |files: &mut std::collections::HashMap<String, Vec<u8>>, name: &str| {
+            files.remove(name).map(|bytes| {
+                String::from_utf8(bytes)
+                    .map(|t| (format!("{folder}/{name}"), t))
+                    .map_err(|_| Error::Format(format!("{folder}/{name} is not UTF-8 text")))
+            })
+        };
+        let (_, config_text) = text(&mut files, "config.json")
+            .ok_or_else(|| Error::Format(format!("{folder}: no config.json among the files")))??;
+        let hf = HfConfig::from_json(&config_text)?;
+        if hf.memory.as_ref().is_some_and(|m| m.base.is_some()) {
+            return Err(Error::Config(format!(
+                "{folder}: this folder keeps only a memory beside its base model's files; give a taught folder saved whole"
+            )));
+        }
+        let config = hf.model_config(MAX_CONTEXT)?;
+        let tokenizer = files
+            .remove("tokenizer.json")
+            .ok_or_else(|| Error::Format(format!("{folder}: no tokenizer.json among the files")))?;
+        let generation_config = text(&mut files, "generation_config.json").transpose()?;
+        let tokenizer_config = text(&mut files, "tokenizer_config.json").transpose()?;
+        let mut names = match text(&mut files, weights::INDEX_FILE).transpose()? {
+            Some((what, index)) => index_files(&index, &what)?,
+            None => vec![weights::WEIGHTS_FILE.to_string()],
+        };
+        if files.contains_key(weights::MEMORY_FILE) {
+            names.push(weights::MEMORY_FILE.to_string());
+        }
+        let weight_files = names
+            .into_iter()
+            .map(|name| match files.remove(&name) {
+                Some(bytes) => Ok((format!("{folder}/{name}"), bytes)),
+                None => Err(Error::Format(format!("{folder}: {name} is not among the files"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let texts = TextFiles {
+            tokenizer: (format!("{folder}/tokenizer.json"), tokenizer),
+            generation_config,
+            tokenizer_config,
+        };
+        let files = weights::WeightFiles::from_bytes(folder, weight_files, &hf);
+        Self::assemble(hf, config, texts, files)
+    }
+
+    /// The folder from its configuration, its text files and its weight files: the
+    /// tokenizer checked against the vocabulary, the EOS ids (`generation_config.json`'s, else
+    /// `config.json`'s) and the chat template.
+    fn assemble(
+        hf: HfConfig,
+        config: ModelConfig,
+        texts: TextFiles,
+        files: weights::WeightFiles,
+    ) -> Result<Self> {
+        let (tokenizer_name, tokenizer_bytes) = &texts.tokenizer;
+        let tokenizer = HfTokenizer::from_bytes(tokenizer_bytes, tokenizer_name)?;
         if tokenizer.vocab_size() > config.vocab {
             return Err(Error::Config(format!(
                 "the tokenizer has {} ids but the model's vocab_size is {}",
@@ -191,24 +275,21 @@ impl HfFolder {
                 config.vocab
             )));
         }
-        let generation = own("generation_config.json");
-        let mut eos_ids = if generation.is_file() {
-            let json: serde_json::Value = serde_json::from_str(&read_text(&generation)?)
-                .map_err(|e| Error::Format(format!("{}: {e}", generation.display())))?;
-            config::token_ids(json.get("eos_token_id"))
-        } else {
-            Vec::new()
+        let mut eos_ids = match &texts.generation_config {
+            Some((name, text)) => {
+                let json: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| Error::Format(format!("{name}: {e}")))?;
+                config::token_ids(json.get("eos_token_id"))
+            }
+            None => Vec::new(),
         };
         if eos_ids.is_empty() {
             eos_ids = config::token_ids(hf.eos_token_id.as_ref());
         }
-        let tokenizer_config = own("tokenizer_config.json");
-        let chat_template = if tokenizer_config.is_file() {
-            ChatTemplate::from_tokenizer_config(&read_text(&tokenizer_config)?)?
-        } else {
-            None
+        let chat_template = match &texts.tokenizer_config {
+            Some((_, text)) => ChatTemplate::from_tokenizer_config(text)?,
+            None => None,
         };
-        let files = weights::WeightFiles::open(dir, base.as_deref(), &hf)?;
         Ok(HfFolder {
             hf,
             config,
@@ -218,4 +299,12 @@ impl HfFolder {
             chat_template,
         })
     }
+}
+
+/// A folder's text side, each file with the name messages give it: the tokenizer's bytes,
+/// and the generation and tokenizer configurations' texts where there are some.
+struct TextFiles {
+    tokenizer: (String, Vec<u8>),
+    generation_config: Option<(String, String)>,
+    tokenizer_config: Option<(String, String)>,
 }

@@ -1,7 +1,8 @@
 //! A Hugging Face folder's weights: `model.safetensors`, or the shards that
 //! `model.safetensors.index.json` lists (and a retrofitted memory's `memory.safetensors`),
 //! read through memory maps one tensor at a time into memlayers' parameters (lingua's names,
-//! `names.rs`), f32, f16 or bf16 widened exactly.
+//! `names.rs`), f32, f16 or bf16 widened exactly. In the browser the files' bytes are given
+//! (`WeightFiles::from_bytes`) and read alike.
 
 use super::config::HfConfig;
 use super::names::{hf_name, to_rope_pairs, Order};
@@ -10,6 +11,7 @@ use crate::model::ModelConfig;
 use crate::tensor_file::{to_f32, TensorData};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::{Path, PathBuf};
 
 /// The single-file weights' name.
@@ -19,6 +21,7 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// A retrofitted memory's tensors, beside the original weights (`memlayers retrofit`).
 pub const MEMORY_FILE: &str = "memory.safetensors";
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The weight files of `dir`: the shards its index lists (each once, in order of first
 /// mention), else `model.safetensors` (in `base` instead, for a folder that keeps only a
 /// memory beside another's model); then `memory.safetensors` where there is one.
@@ -30,6 +33,7 @@ pub fn weight_files(dir: &Path, base: Option<&Path>) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// The original model's weight files of `dir`: the shards or `model.safetensors`.
 pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
@@ -52,12 +56,31 @@ pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
-/// A weight file mapped into memory (read-only; nothing is copied until a tensor is asked for).
-struct Mapped {
-    path: PathBuf,
-    map: memmap2::Mmap,
+/// A weight file's bytes: mapped into memory (read-only; nothing is copied until a tensor is
+/// asked for), or given (the browser's files).
+enum Bytes {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
 }
 
+/// A weight file: its name in messages and its bytes.
+struct Mapped {
+    name: String,
+    bytes: Bytes,
+}
+
+impl Mapped {
+    fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            #[cfg(not(target_arch = "wasm32"))]
+            Bytes::Mapped(map) => map,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn map_file(path: &Path) -> Result<Mapped> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::Format(format!("cannot open {}: {e}", path.display())))?;
@@ -67,23 +90,25 @@ fn map_file(path: &Path) -> Result<Mapped> {
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| Error::Format(format!("cannot map {}: {e}", path.display())))?;
     Ok(Mapped {
-        path: path.to_path_buf(),
-        map,
+        name: path.display().to_string(),
+        bytes: Bytes::Mapped(map),
     })
 }
 
 /// The folder's weight files, mapped into memory: tensors are read from them one at a time,
 /// by memlayers' names.
 pub struct WeightFiles {
-    dir: PathBuf,
+    /// The folder, as messages name it.
+    dir: String,
     mapped: Vec<Mapped>,
     tie_word_embeddings: bool,
 }
 
 impl WeightFiles {
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(dir: &Path, base: Option<&Path>, hf: &HfConfig) -> Result<Self> {
         Ok(WeightFiles {
-            dir: dir.to_path_buf(),
+            dir: dir.display().to_string(),
             mapped: weight_files(dir, base)?
                 .iter()
                 .map(|p| map_file(p))
@@ -94,12 +119,29 @@ impl WeightFiles {
 
     /// The tensors of other safetensors files laid out as a folder's weights (transformers'
     /// names; e.g. gradients saved beside them), read as `read` reads weights.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn of_files(dir: &Path, files: &[PathBuf], hf: &HfConfig) -> Result<Self> {
         Ok(WeightFiles {
-            dir: dir.to_path_buf(),
+            dir: dir.display().to_string(),
             mapped: files.iter().map(|p| map_file(p)).collect::<Result<_>>()?,
             tie_word_embeddings: hf.tie_word_embeddings,
         })
+    }
+
+    /// Weight files given as (name, bytes), in the order the folder's would be read (the
+    /// shards, then a memory's file); `folder` names them in messages.
+    pub fn from_bytes(folder: &str, files: Vec<(String, Vec<u8>)>, hf: &HfConfig) -> Self {
+        WeightFiles {
+            dir: folder.to_string(),
+            mapped: files
+                .into_iter()
+                .map(|(name, bytes)| Mapped {
+                    name,
+                    bytes: Bytes::Owned(bytes),
+                })
+                .collect(),
+            tie_word_embeddings: hf.tie_word_embeddings,
+        }
     }
 
     /// Runs `f` with a reader of memlayers' parameters of `config` (name and shape in, f32
@@ -114,12 +156,8 @@ impl WeightFiles {
             .mapped
             .iter()
             .map(|m| {
-                SafeTensors::deserialize(&m.map).map_err(|e| {
-                    Error::Format(format!(
-                        "{} is not a valid safetensors file: {e}",
-                        m.path.display()
-                    ))
-                })
+                SafeTensors::deserialize(m.bytes())
+                    .map_err(|e| Error::Format(format!("{} is not a valid safetensors file: {e}", m.name)))
             })
             .collect::<Result<_>>()?;
         let mut found: HashMap<String, usize> = HashMap::new();
@@ -133,9 +171,9 @@ impl WeightFiles {
         let mut load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
             let (hf_name, order) = hf_name(name)
                 .ok_or_else(|| Error::Config(format!("{name} has no Hugging Face counterpart")))?;
-            let file = *found.get(&hf_name).ok_or_else(|| {
-                Error::MissingTensor(format!("{hf_name} (for {name}) in {}", self.dir.display()))
-            })?;
+            let file = *found
+                .get(&hf_name)
+                .ok_or_else(|| Error::MissingTensor(format!("{hf_name} (for {name}) in {}", self.dir)))?;
             let view = parsed[file]
                 .tensor(&hf_name)
                 .map_err(|e| Error::Format(format!("{hf_name}: {e}")))?;
@@ -189,7 +227,7 @@ impl WeightFiles {
             unused.sort();
             return Err(Error::Format(format!(
                 "{}: tensors the configuration does not use: {}",
-                self.dir.display(),
+                self.dir,
                 unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }

@@ -7,9 +7,10 @@
 //! a click never aborts the module.
 
 use memlayers::demo::{self, DemoModel, Fact, KnowledgeBase, MemoryShape};
+use memlayers::io::hf::{HfFolder, TextStream};
 use memlayers::io::lingua::{self, LinguaParams};
 use memlayers::io::TensorFile;
-use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+use memlayers::model::{LMTransformerArgs, Model, ModelWeights, WeightPrecision};
 use memlayers::rng::Rng;
 use memlayers::teach::{Method, ReadsAt, TeachConfig, Teacher};
 use memlayers::tokenizer::TokenizerKind;
@@ -82,6 +83,8 @@ struct State {
     dense: Option<Box<Trainer>>,
     args: Option<LMTransformerArgs>,
     rng: Rng,
+    /// A Hugging Face model opened from its folder's files, with its tokenizer.
+    hf: Option<(Box<Model>, Box<HfFolder>)>,
 }
 
 fn err(e: impl std::fmt::Display) -> JsValue {
@@ -125,6 +128,7 @@ impl Demo {
                 dense: None,
                 args: None,
                 rng: Rng::new(TRAINING_DATA_SEED),
+                hf: None,
             })),
         })
     }
@@ -471,6 +475,111 @@ impl Demo {
         st.dense = None;
         st.args = Some(params.model);
         Ok(description)
+    }
+
+    /// Opens a Hugging Face model folder given as its files (`names[i]` the file name of
+    /// `files[i]`, a Uint8Array; `folder` names it in messages): config.json, tokenizer.json,
+    /// the weights and the optional generation and tokenizer configurations, as
+    /// `HfFolder::from_files` takes them. `q8`: 8-bit weights (a quarter of f32's memory).
+    /// Returns the model's description as JSON `{"architecture", "layers", "dim", "vocab",
+    /// "params", "chat"}`; rejects with a message naming what is wrong or too large.
+    pub fn open_hf(
+        &self,
+        folder: String,
+        names: Vec<String>,
+        files: js_sys::Array,
+        q8: bool,
+    ) -> Result<String, JsValue> {
+        let mut st = lock(&self.state)?;
+        if names.len() != files.length() as usize {
+            return Err(err("open_hf: a name for each file"));
+        }
+        let files: Vec<(String, Vec<u8>)> = names
+            .into_iter()
+            .zip(files.iter())
+            .map(|(name, bytes)| (name, js_sys::Uint8Array::new(&bytes).to_vec()))
+            .collect();
+        // The previous model's buffers go before the next one's are made.
+        st.hf = None;
+        let opened = HfFolder::from_files(&folder, files).map_err(err)?;
+        let precision = if q8 {
+            WeightPrecision::Q8
+        } else {
+            WeightPrecision::F32
+        };
+        let model = opened.upload(&st.gpu, precision).map_err(err)?;
+        let c = opened.config();
+        let description = json!({
+            "architecture": opened.hf.architectures.first(),
+            "layers": c.n_layers,
+            "dim": c.dim,
+            "vocab": c.vocab,
+            "params": memlayers::model::ModelLayout::new(c).map_err(err)?.registry.specs().iter().map(|s| s.len()).sum::<usize>(),
+            "chat": opened.chat_template.is_some(),
+            "weights": precision.name(),
+        })
+        .to_string();
+        st.hf = Some((Box::new(model), Box::new(opened)));
+        Ok(description)
+    }
+
+    /// Greedy generation from the opened Hugging Face model: `prompt` tokenized as
+    /// transformers does (`chat`: as one user message in the chat template), then up to
+    /// `max_tokens` tokens, each decoded piece passed to `on_text` as soon as it completes a
+    /// character, until an EOS id. Resolves to JSON `{"prompt_tokens", "new_tokens",
+    /// "tokens_per_s", "eos"}` (tokens_per_s: the decoding steps after the prompt's).
+    pub fn generate(
+        &self,
+        prompt: String,
+        max_tokens: u32,
+        chat: bool,
+        on_text: js_sys::Function,
+    ) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let st = lock(&state)?;
+            let (model, folder) = st
+                .hf
+                .as_ref()
+                .ok_or_else(|| err("no Hugging Face model opened"))?;
+            let ids = folder.prompt_ids(&prompt, chat).map_err(err)?;
+            if ids.is_empty() {
+                return Err(err("the prompt gives no tokens"));
+            }
+            let limit = model.config.max_seqlen.saturating_sub(ids.len());
+            let max_tokens = (max_tokens as usize).min(limit);
+            let mut cache = model.new_cache(&st.gpu);
+            let mut stream = TextStream::default();
+            let (mut feed, mut produced, mut eos) = (ids.clone(), 0usize, false);
+            let mut decode_started = None;
+            while produced < max_tokens {
+                let logits = model
+                    .forward_last_with_cache(&st.gpu, &feed, &mut cache)
+                    .await
+                    .map_err(err)?;
+                if decode_started.is_none() {
+                    decode_started = Some((js_sys::Date::now(), produced));
+                }
+                let next = demo::argmax(&logits);
+                produced += 1;
+                if folder.eos_ids.contains(&next) {
+                    eos = true;
+                    break;
+                }
+                let piece = stream.push(&folder.tokenizer, next).map_err(err)?;
+                if !piece.is_empty() {
+                    on_text.call1(&JsValue::NULL, &JsValue::from_str(&piece))?;
+                }
+                feed = vec![next];
+            }
+            let tokens_per_s = decode_started.and_then(|(t0, n0)| {
+                let seconds = (js_sys::Date::now() - t0) / 1000.0;
+                (produced > n0 + 1 && seconds > 0.0).then(|| (produced - n0 - 1) as f64 / seconds)
+            });
+            Ok(json!({"prompt_tokens": ids.len(), "new_tokens": produced, "tokens_per_s": tokens_per_s, "eos": eos})
+                .to_string()
+                .into())
+        })
     }
 
     /// The memory layer's forward on this adapter: `memlayers bench`'s small configuration
