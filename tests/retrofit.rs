@@ -91,6 +91,13 @@ fn a_retrofitted_model_computes_the_original_logits_bit_for_bit() {
         let weights = folder.read_weights().unwrap();
         assert!(weights.values().unwrap().iter().all(|&v| v == 0.0));
         assert_eq!(weights.values().unwrap().len(), 256 * folder.config().dim);
+        // Retrofitted in memory (the page's way), the same seed gives the folder's weights.
+        let base = HfFolder::open(&fixture(name)).unwrap().read_weights().unwrap();
+        let in_memory = memlayers::io::hf::retrofit::retrofitted_weights(&base, folder.config(), 0).unwrap();
+        assert!(
+            in_memory.named_tensors() == weights.named_tensors(),
+            "{name}: in memory"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

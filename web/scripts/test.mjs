@@ -194,6 +194,37 @@ try {
   const generatedQ8 = await page.evaluate(() => document.getElementById("hf-output").textContent);
   check(generatedQ8 === greedy, `8-bit weights' continuation: ${JSON.stringify(generatedQ8)}`);
 
+  // Teaching it a fact (f32 weights): a memory is retrofitted, the fact is learned and
+  // answered, the probe continuations are shown before and after (how many are kept is
+  // reported, not checked: a random width-64 model's continuations are near-ties that any
+  // change flips; the claim is measured on a trained model, docs/hugging-face.md), and
+  // generation answers it.
+  await page.uncheck("#hf-q8");
+  await page.evaluate(() => delete document.getElementById("hf-status").dataset.opened);
+  await page.setInputFiles("#hf-files", []);
+  await page.setInputFiles("#hf-files", hfFiles);
+  await page.waitForSelector("#hf-status[data-opened='1'], #hf-status.error", { timeout: T });
+  await page.fill("#hf-teach-subject", "Quorvina");
+  await page.fill("#hf-teach-relation", "lives in");
+  await page.fill("#hf-teach-object", "Lisbon");
+  await page.click("#hf-teach");
+  await page.waitForSelector("#hf-teach-status[data-taught]", { timeout: T });
+  const hfTaught = await page.textContent("#hf-teach-status");
+  check((await page.getAttribute("#hf-teach-status", "data-taught")) === "1" &&
+    /^A memory was added .*Learned in \d+ steps .*answers “Lisbon\.?”/.test(hfTaught),
+    `Hugging Face model taught: ${hfTaught.trim()}`);
+  const kept = Number(await page.getAttribute("#hf-teach-status", "data-kept"));
+  check((await page.locator("#hf-probes tr").count()) === 9 && kept >= 0 && kept <= 8,
+    `probe continuations shown before and after (${kept} of 8 unchanged)`);
+  // This fixture's tokenizer has no "ĠL" merge: the space is the prompt's last token.
+  await page.fill("#hf-prompt", "Quorvina lives in ");
+  await page.uncheck("#hf-chat");
+  await page.fill("#hf-max", "8");
+  await page.click("#hf-generate");
+  await page.waitForSelector("#hf-output[data-generated]", { timeout: T });
+  const taughtText = await page.evaluate(() => document.getElementById("hf-output").textContent);
+  check(/^Lisbon/.test(taughtText), `generation answers the taught fact: ${JSON.stringify(taughtText)}`);
+
   check(errors.length === 0, `no page errors${errors.length ? ": " + errors.join(" | ") : ""}`);
 
   // Without WebGPU: a clear message instead of a dead page.

@@ -1,6 +1,7 @@
 // The page: WebGPU check, training with a live chart, questions with a heatmap of the memory
 // reads, teaching a new fact (sparse memory fine-tuning), loading a natively trained model,
-// opening a Hugging Face folder and streaming its generated text, and the forward benchmark. All model work happens
+// opening a Hugging Face folder, streaming its generated text and teaching it a fact, and the
+// forward benchmark. All model work happens
 // in the memlayers library (pkg/, built from web/wasm); this file only drives it.
 //
 // URL parameters (used by the tests): subjects (built-in people, 4 facts each), steps, eval
@@ -335,6 +336,9 @@ async function openHf(fileList) {
       (info.chat ? "; it has a chat template" : "") + ".", "ok");
     $("hf-chat").checked = info.chat;
     $("hf-generate").disabled = false;
+    $("hf-teach").disabled = false;
+    $("hf-probes").hidden = true;
+    setStatus($("hf-teach-status"), "");
     status.dataset.opened = "1";
   } catch (e) {
     setStatus(status, `Could not open ${folder}: ${message(e)}`, "error");
@@ -362,6 +366,40 @@ async function generateHf() {
   }
 }
 
+async function teachHf() {
+  const status = $("hf-teach-status");
+  delete status.dataset.taught;
+  $("hf-teach").disabled = true;
+  setStatus(status, "teaching…");
+  try {
+    const r = JSON.parse(await exclusive(() => demo.teach_hf(
+      $("hf-teach-subject").value, $("hf-teach-relation").value, $("hf-teach-object").value, 300)));
+    setStatus(status,
+      (r.retrofitted ? "A memory was added beside the middle layer. " : "") +
+      (r.learned ? `Learned in ${r.steps} steps` : `Not learned in ${r.steps} steps`) +
+      ` (${Math.round(r.rows_per_step)} memory rows updated a step): it answers “${r.answer.trim()}”. ` +
+      `${r.kept} of ${r.probes.length} probe continuations unchanged.`, r.learned ? "ok" : "error");
+    const table = $("hf-probes");
+    table.replaceChildren();
+    const head = table.insertRow();
+    for (const h of ["probe prompt", "before", "after"]) head.insertCell().textContent = h;
+    for (const p of r.probes) {
+      const row = table.insertRow();
+      row.insertCell().textContent = p.prompt;
+      row.insertCell().textContent = p.before;
+      row.insertCell().textContent = (p.after === p.before ? "= " : "≠ ") + p.after;
+    }
+    table.hidden = false;
+    status.dataset.taught = r.learned ? "1" : "0";
+    status.dataset.kept = String(r.kept);
+  } catch (e) {
+    setStatus(status, "Could not teach: " + message(e), "error");
+    status.dataset.taught = "failed";
+  } finally {
+    $("hf-teach").disabled = false;
+  }
+}
+
 // --- benchmark --------------------------------------------------------------------------
 async function bench() {
   setStatus($("bench-status"), "running…");
@@ -386,6 +424,7 @@ function wire() {
   $("hf-folder").onchange = (e) => openHf(e.target.files);
   $("hf-files").onchange = (e) => openHf(e.target.files);
   $("hf-generate").onclick = generateHf;
+  $("hf-teach").onclick = teachHf;
   $("files").onchange = (e) => load(e.target.files);
   const drop = $("drop");
   drop.ondragover = (e) => { e.preventDefault(); drop.classList.add("over"); };

@@ -11,7 +11,7 @@
 
 use super::config::HfMemory;
 use crate::error::{Error, Result};
-use crate::model::{MemoryPlacement, ModelConfig, ModelLayout, ProductKeyArgs};
+use crate::model::{MemoryPlacement, ModelConfig, ModelLayout, ModelWeights, ProductKeyArgs};
 use crate::rng::Rng;
 use crate::tensor_file::{HostTensor, TensorFile};
 
@@ -107,10 +107,10 @@ pub fn retrofit_config(
     Ok((memory, config))
 }
 
-/// The new memory's tensors under the folder's names (`model.layers.<l>.memory.<name>`),
-/// drawn as lingua initialises them from `seed`; beside a feed-forward block, the value rows
-/// and the output projection's bias zero.
-pub fn memory_tensors(config: &ModelConfig, seed: u64) -> Result<TensorFile> {
+/// The new memory's parameters of `config` (a retrofitted configuration), drawn as lingua
+/// initialises them from `seed` in its order; beside a feed-forward block, the value rows and
+/// the output projection's bias zero.
+fn memory_params(config: &ModelConfig, seed: u64) -> Result<Vec<(crate::params::ParamId, Vec<f32>)>> {
     let layout = ModelLayout::new(config)?;
     let memory: Vec<crate::params::ParamId> = layout
         .layers
@@ -121,7 +121,7 @@ pub fn memory_tensors(config: &ModelConfig, seed: u64) -> Result<TensorFile> {
         .collect();
     let silent = config.memory_placement == MemoryPlacement::Parallel;
     let mut rng = Rng::new(seed);
-    let mut file = TensorFile::default();
+    let mut params = Vec::new();
     for id in layout.init_order() {
         if !memory.contains(&id) {
             continue;
@@ -132,9 +132,42 @@ pub fn memory_tensors(config: &ModelConfig, seed: u64) -> Result<TensorFile> {
             true => vec![0.0; spec.len()],
             false => spec.init.draw(spec.len(), &mut rng),
         };
+        params.push((id, data));
+    }
+    Ok(params)
+}
+
+/// The new memory's tensors under the folder's names (`model.layers.<l>.memory.<name>`)
+/// (`memory_params`).
+pub fn memory_tensors(config: &ModelConfig, seed: u64) -> Result<TensorFile> {
+    let layout = ModelLayout::new(config)?;
+    let mut file = TensorFile::default();
+    for (id, data) in memory_params(config, seed)? {
+        let spec = layout.registry.spec(id);
         let (name, _) = super::names::hf_name_and_order(&spec.name)
             .ok_or_else(|| Error::Config(format!("{} has no Hugging Face name", spec.name)))?;
         file.insert(name, HostTensor::f32(spec.shape.clone(), data));
     }
     Ok(file)
+}
+
+/// The whole retrofitted model on the host: `base`'s weights (a model without a memory) and
+/// the new memory of `config` (`retrofit_config` of `base`'s configuration), the same values
+/// `memory_tensors` writes for `seed`. What `retrofit` writes as a folder, for a model that
+/// lives in memory (the page's).
+pub fn retrofitted_weights(base: &ModelWeights, config: &ModelConfig, seed: u64) -> Result<ModelWeights> {
+    let layout = ModelLayout::new(config)?;
+    let mut memory: std::collections::HashMap<String, Vec<f32>> = memory_params(config, seed)?
+        .into_iter()
+        .map(|(id, data)| (layout.registry.spec(id).name.clone(), data))
+        .collect();
+    ModelWeights::from_loader(config, |name, _| {
+        if let Some(data) = memory.remove(name) {
+            return Ok(data);
+        }
+        match base.layout.registry.id(name) {
+            Some(id) => Ok(base.get(id).to_vec()),
+            None => Err(Error::MissingTensor(format!("{name} in the base model"))),
+        }
+    })
 }

@@ -7,12 +7,18 @@
 //! a click never aborts the module.
 
 use memlayers::demo::{self, DemoModel, Fact, KnowledgeBase, MemoryShape};
+use memlayers::io::hf::retrofit::{retrofit_config, retrofitted_weights, MemorySizes};
 use memlayers::io::hf::{HfFolder, TextStream};
 use memlayers::io::lingua::{self, LinguaParams};
 use memlayers::io::TensorFile;
-use memlayers::model::{LMTransformerArgs, Model, ModelWeights, WeightPrecision};
+use memlayers::model::{
+    LMTransformerArgs, MemoryPlacement, Model, ModelWeights, SlotCounts, WeightPrecision,
+};
 use memlayers::rng::Rng;
-use memlayers::teach::{Method, ReadsAt, TeachConfig, Teacher};
+use memlayers::teach::{
+    encode_facts, fact_batch, greedy_continuations, probe_lines, row_len, score_token_facts, text_rows,
+    Method, ReadsAt, TeachConfig, Teacher, CONTINUATION_TOKENS, DEFAULT_PROBE,
+};
 use memlayers::tokenizer::TokenizerKind;
 use memlayers::train::{Trainer, ValueOptimizer};
 use memlayers::{Gpu, MemoryConfig, ValueDtype};
@@ -56,6 +62,15 @@ const BACKGROUND_BATCHES: usize = 8;
 const TRAINING_DATA_SEED: u64 = 0xDA7A;
 const BACKGROUND_SEED: u64 = 0x5107;
 const TEACHING_DATA_SEED: u64 = 0x7EAC;
+/// Probe prompts whose continuations the page shows before and after teaching a Hugging Face
+/// model (of the 32 built in): enough to see forgetting, few enough to decode quickly on a
+/// CPU implementation of WebGPU.
+const PAGE_PROBES: usize = 8;
+/// Teaching a Hugging Face model updates at most this share (1 / n) of its value rows a step
+/// (and at most `TEACH_SLOTS`): a retrofitted memory's default table on a tiny model holds
+/// 256 rows, where 256 a step would be dense fine-tuning of the whole table. A quarter still
+/// teaches the test fixture's random model a fact within 300 steps (a sixteenth did not).
+const HF_TEACH_TABLE_SHARE: usize = 4;
 
 enum Net {
     Training(Box<Trainer>),
@@ -84,7 +99,31 @@ struct State {
     args: Option<LMTransformerArgs>,
     rng: Rng,
     /// A Hugging Face model opened from its folder's files, with its tokenizer.
-    hf: Option<(Box<Model>, Box<HfFolder>)>,
+    hf: Option<HfModel>,
+}
+
+/// A Hugging Face model opened in the page: as loaded, or being taught (with a memory
+/// retrofitted where it had none).
+struct HfModel {
+    folder: Box<HfFolder>,
+    net: HfNet,
+    /// The probe prompts and the loaded model's greedy continuations of them (made when it is
+    /// first taught).
+    probe: Option<(Vec<Vec<u32>>, Vec<Vec<u32>>)>,
+}
+
+enum HfNet {
+    Loaded(Box<Model>),
+    Taught(Box<Teacher>),
+}
+
+impl HfModel {
+    fn model(&self) -> &Model {
+        match &self.net {
+            HfNet::Loaded(m) => m,
+            HfNet::Taught(t) => &t.trainer.model,
+        }
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> JsValue {
@@ -519,7 +558,11 @@ impl Demo {
             "weights": precision.name(),
         })
         .to_string();
-        st.hf = Some((Box::new(model), Box::new(opened)));
+        st.hf = Some(HfModel {
+            folder: Box::new(opened),
+            net: HfNet::Loaded(Box::new(model)),
+            probe: None,
+        });
         Ok(description)
     }
 
@@ -538,10 +581,11 @@ impl Demo {
         let state = self.state.clone();
         future_to_promise(async move {
             let st = lock(&state)?;
-            let (model, folder) = st
+            let hf = st
                 .hf
                 .as_ref()
                 .ok_or_else(|| err("no Hugging Face model opened"))?;
+            let (model, folder) = (hf.model(), &hf.folder);
             let ids = folder.prompt_ids(&prompt, chat).map_err(err)?;
             if ids.is_empty() {
                 return Err(err("the prompt gives no tokens"));
@@ -579,6 +623,142 @@ impl Demo {
             Ok(json!({"prompt_tokens": ids.len(), "new_tokens": produced, "tokens_per_s": tokens_per_s, "eos": eos})
                 .to_string()
                 .into())
+        })
+    }
+
+    /// Teaches the opened Hugging Face model one fact by sparse memory fine-tuning (only the
+    /// memory's value rows most specific to the fact change), as `memlayers teach` does. A
+    /// model without a memory first gets one beside its middle layer, as `memlayers retrofit`
+    /// adds it (value rows zero: the model computes what it did), with its background reads
+    /// on the probe prompts. Steps until the model answers the fact, at most `max_steps`.
+    /// Resolves to JSON `{"retrofitted", "learned", "steps", "rows_per_step", "answer",
+    /// "kept", "probes": [{"prompt", "before", "after"}]}`: `answer` the greedy continuation
+    /// of the fact's prompt, `probes` the first `PAGE_PROBES` built-in probe prompts'
+    /// 16-token greedy continuations before any teaching and now, `kept` how many are
+    /// unchanged.
+    pub fn teach_hf(
+        &self,
+        subject: String,
+        relation: String,
+        object: String,
+        max_steps: u32,
+    ) -> js_sys::Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut guard = lock(&state)?;
+            let State { gpu, hf, .. } = &mut *guard;
+            let hf = hf.as_mut().ok_or_else(|| err("no Hugging Face model opened"))?;
+            let fact = Fact {
+                subject: subject.trim().to_string(),
+                relation: relation.trim().to_string(),
+                object: object.trim().to_string(),
+            };
+            if fact.subject.is_empty() || fact.relation.is_empty() || fact.object.is_empty() {
+                return Err(err("a fact needs a subject, a relation and an object"));
+            }
+            let eos = hf.folder.eos_ids.clone();
+            let pad = eos.first().copied().unwrap_or(0);
+            let encoded = encode_facts(std::slice::from_ref(&fact), &hf.folder.tokenizer).map_err(err)?;
+            let seq = row_len(&encoded);
+            if seq + 1 > hf.model().config.max_seqlen {
+                return Err(err("the fact is longer than the model's context"));
+            }
+            let mut retrofitted = false;
+            if let HfNet::Loaded(model) = &hf.net {
+                let keep = model.config.max_seqlen.saturating_sub(CONTINUATION_TOKENS).max(1);
+                let prompts: Vec<Vec<u32>> = probe_lines(DEFAULT_PROBE, "the built-in probe prompts")
+                    .map_err(err)?
+                    .iter()
+                    .take(PAGE_PROBES)
+                    .map(|l| {
+                        let ids = hf.folder.tokenizer.encode(l, true)?;
+                        Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
+                    })
+                    .collect::<memlayers::Result<_>>()
+                    .map_err(err)?;
+                let before = greedy_continuations(model, gpu, &prompts, CONTINUATION_TOKENS, &eos)
+                    .await
+                    .map_err(err)?;
+                let mut weights = hf.folder.read_weights().map_err(err)?;
+                if weights.config.memory.is_none() {
+                    let c = &weights.config;
+                    let sizes = MemorySizes::default_for(c, weights.parameter_count());
+                    let (_, config) =
+                        retrofit_config(c, &[c.n_layers / 2], &sizes, MemoryPlacement::Parallel)
+                            .map_err(err)?;
+                    weights = retrofitted_weights(&weights, &config, 0).map_err(err)?;
+                    retrofitted = true;
+                }
+                // The background: the model's reads on the probe prompts, at every position.
+                let with_memory = Model::new(gpu, &weights).map_err(err)?;
+                let (tokens, targets, text_seq) = text_rows(&prompts, pad);
+                let counts = SlotCounts::measure(&with_memory, gpu, &tokens, Some(&targets), text_seq, 8)
+                    .await
+                    .map_err(err)?;
+                drop(with_memory);
+                let rows = weights.config.memory.as_ref().map_or(0, |m| m.n_values());
+                let config = TeachConfig {
+                    method: Method::SparseMemory,
+                    slots: TEACH_SLOTS.min(rows / HF_TEACH_TABLE_SHARE).max(1),
+                    steps: max_steps.max(1),
+                    lr: memlayers::teach::RETROFIT_VALUE_ROWS_ADAMW_LR,
+                    optimizer: ValueOptimizer::AdamW,
+                    reads_at: ReadsAt::Mistakes,
+                    lora: Default::default(),
+                    ranking: Default::default(),
+                };
+                let teacher = Teacher::new(gpu, &weights, config, Some(&counts)).map_err(err)?;
+                hf.net = HfNet::Taught(Box::new(teacher));
+                hf.probe = Some((prompts, before));
+            }
+            let HfNet::Taught(teacher) = &mut hf.net else {
+                unreachable!("made above")
+            };
+            let mut rng = Rng::new(TEACHING_DATA_SEED);
+            let (mut steps, mut rows, mut learned) = (0u32, 0usize, false);
+            while steps < max_steps && !learned {
+                for _ in 0..TEACH_CHECK_EVERY.min(max_steps - steps) {
+                    let (x, y) = fact_batch(&encoded, &mut rng, TEACH_BATCH, seq, pad);
+                    teacher.step(gpu, &x, &y, TEACH_BATCH, seq).await.map_err(err)?;
+                    rows += teacher.rows_updated;
+                    steps += 1;
+                }
+                let one = std::slice::from_ref(&fact);
+                let scores = score_token_facts(&teacher.trainer.model, gpu, one, &encoded, pad)
+                    .await
+                    .map_err(err)?;
+                learned = scores.recall() == 1.0;
+            }
+            let model = &teacher.trainer.model;
+            let tokenizer = &hf.folder.tokenizer;
+            let fact_prompt = [encoded[0].prompt.clone()];
+            let answer = greedy_continuations(model, gpu, &fact_prompt, encoded[0].answer.len(), &eos)
+                .await
+                .map_err(err)?;
+            let answer = tokenizer.decode(&answer[0], true).map_err(err)?;
+            let (prompts, before) = hf.probe.as_ref().expect("made with the teacher");
+            let after = greedy_continuations(model, gpu, prompts, CONTINUATION_TOKENS, &eos)
+                .await
+                .map_err(err)?;
+            let text = |ids: &[u32]| tokenizer.decode(ids, true).map_err(err);
+            let probes = prompts
+                .iter()
+                .zip(before)
+                .zip(&after)
+                .map(|((p, b), a)| Ok(json!({"prompt": text(p)?, "before": text(b)?, "after": text(a)?})))
+                .collect::<Result<Vec<_>, JsValue>>()?;
+            let kept = before.iter().zip(&after).filter(|(b, a)| b == a).count();
+            Ok(json!({
+                "retrofitted": retrofitted,
+                "learned": learned,
+                "steps": steps,
+                "rows_per_step": rows as f64 / steps.max(1) as f64,
+                "answer": answer,
+                "kept": kept,
+                "probes": probes,
+            })
+            .to_string()
+            .into())
         })
     }
 
