@@ -141,8 +141,8 @@ data.tokenizer.path ({}), and a file of that name beside the checkpoint ({})",
 }
 
 /// Writes a new folder at `out` through `fill`, which writes into a temporary folder beside
-/// it; renamed to `out` when `fill` succeeds, removed when it fails, so that nothing is
-/// left half-written. `out` must not exist (`command` names who asks, in the error).
+/// it; renamed to `out` when `fill` succeeds, removed when it or the rename fails, so that
+/// nothing is left half-written. `out` must not exist (`command` names who asks, in the error).
 pub fn write_new_folder<T>(out: &Path, command: &str, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     if out.exists() {
         return Err(Error::Config(format!(
@@ -158,10 +158,16 @@ pub fn write_new_folder<T>(out: &Path, command: &str, fill: impl FnOnce(&Path) -
         .map_err(Error::from)
         .and_then(|()| fill(&tmp));
     match filled {
-        Ok(value) => {
-            std::fs::rename(&tmp, out)?;
-            Ok(value)
-        }
+        Ok(value) => match std::fs::rename(&tmp, out) {
+            Ok(()) => Ok(value),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(Error::Format(format!(
+                    "cannot move the finished folder to {}: {e}",
+                    out.display()
+                )))
+            }
+        },
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(e)
@@ -195,4 +201,33 @@ pub fn lines_or_probe(path: Option<&Path>) -> Result<(Vec<String>, String)> {
         ),
     };
     Ok((memlayers::teach::probe_lines(&text, &what)?, what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder that cannot take the finished one's place (another process made it meanwhile)
+    /// is an error, and the temporary folder goes.
+    #[test]
+    fn a_failed_rename_leaves_no_temporary_folder() {
+        let parent = std::env::temp_dir().join(format!("memlayers-rename-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        std::fs::create_dir_all(&parent).unwrap();
+        let out = parent.join("out");
+        let result = write_new_folder(&out, "test", |tmp| {
+            std::fs::write(tmp.join("a"), b"a")?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("theirs"), b"b")?;
+            Ok(())
+        });
+        assert!(result.is_err());
+        let left: Vec<_> = std::fs::read_dir(&parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left, vec!["out".to_string()]);
+        assert!(out.join("theirs").is_file() && !out.join("a").exists());
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
 }
