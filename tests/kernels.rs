@@ -1315,7 +1315,8 @@ fn fma_peak_computes_its_recurrence() {
     let invocations = (workgroups * 64) as usize;
     let out = g.storage("fma_peak out", invocations as u64 * 4);
     let mut enc = g.device.create_command_encoder(&Default::default());
-    let flops = memlayers::bench::fma_peak::record(g, &mut enc, &out, workgroups, rounds).unwrap();
+    let flops =
+        memlayers::kernels::yardsticks::fma_peak::record(g, &mut enc, &out, workgroups, rounds).unwrap();
     g.queue.submit([enc.finish()]);
     let got = g.read_f32_blocking(&out, invocations).unwrap();
     assert_eq!(flops, invocations as f64 * rounds as f64 * 64.0);

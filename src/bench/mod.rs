@@ -1,6 +1,6 @@
 //! `memlayers bench`: speed of the memory layer's forward pass and of training on this
-//! adapter, with the yardsticks it is measured against (`copy`: the adapter's bandwidth,
-//! `fma_peak`: its arithmetic ceiling) and the reference layer in PyTorch when it can run.
+//! adapter, with the yardsticks it is measured against (`kernels::yardsticks`: the adapter's
+//! bandwidth and its arithmetic ceiling) and the reference layer in PyTorch when it can run.
 //! Behind the `bench` feature (on by default): not part of the library's core.
 //!
 //! Every figure comes from this run, on this adapter: GPU time per kernel from timestamp
@@ -10,16 +10,11 @@
 //! next to a plain copy kernel's bandwidth measured in the same process (a ratio, because
 //! absolute numbers on shared machines are noisy).
 
-pub mod copy;
-pub mod fma_peak;
-
-/// The yardsticks' WGSL files (validated with the kernels' in the test suite).
-pub const SHADERS: &[(&str, &str)] = &[("copy.wgsl", copy::SOURCE), ("fma_peak.wgsl", fma_peak::SOURCE)];
-
 use crate::error::Result;
 use crate::gpu::KernelTiming;
 use crate::kernels;
 use crate::kernels::linear::{GemmKernel, GemmPrecision, GemmTile};
+use crate::kernels::yardsticks::{copy, fma_peak};
 use crate::kernels::Gpu;
 use crate::memory::{ForwardWorkload, MemoryConfig, ValueDtype, ValuePool};
 use crate::rng::Rng;

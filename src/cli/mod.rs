@@ -17,7 +17,7 @@ mod progress;
 mod retrofit;
 mod slot_stats;
 mod teach;
-mod teach_hf;
+
 mod train;
 
 use clap::{Parser, Subcommand};

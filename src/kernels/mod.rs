@@ -17,6 +17,7 @@ pub mod sgd;
 pub mod swilu_backward;
 pub mod tuning;
 pub mod value_grads;
+pub mod yardsticks;
 
 use crate::error::{Error, Result};
 pub use gpu::Gpu;
@@ -168,10 +169,7 @@ mod tests {
     #[test]
     fn every_shader_parses_and_validates() {
         use naga::back::pipeline_constants::process_overrides;
-        #[cfg(all(feature = "bench", not(target_arch = "wasm32")))]
-        let yardsticks = crate::bench::SHADERS;
-        #[cfg(not(all(feature = "bench", not(target_arch = "wasm32"))))]
-        let yardsticks: &[(&str, &str)] = &[];
+        let yardsticks = super::yardsticks::SHADERS;
         for (name, source) in super::ALL_SHADERS.iter().chain(yardsticks) {
             let module = naga::front::wgsl::parse_str(source)
                 .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));

@@ -163,7 +163,7 @@ impl Model {
         for (slot, (r, acts)) in self.residuals.iter().zip(&fwd.residuals).rev().enumerate() {
             let pass = Pass {
                 gpu,
-                model: self,
+                model: self.context(),
                 batch: fwd.batch,
                 seq: fwd.seq,
                 layer: r.layer,
@@ -287,36 +287,6 @@ fn norm_weight_grads(
             (id, g)
         })
         .collect())
-}
-
-/// The column sums of `x [rows, n]` into a new buffer `[n]` (a bias's or a shared norm
-/// weight's gradient): a GEMM with a ones vector, in row chunks one dispatch can reduce,
-/// added in order.
-pub(crate) fn column_sums(
-    gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
-    label: &'static str,
-    x: &wgpu::Buffer,
-    (rows, n): (u32, u32),
-) -> Result<wgpu::Buffer> {
-    let chunk = rows.min(MAX_K_PER_DISPATCH);
-    let ones = gpu.upload("ones", &vec![1f32; chunk as usize]);
-    let sums = gpu.scratch(label, n as u64 * 4);
-    let mut start = 0;
-    while start < rows {
-        let k = chunk.min(rows - start);
-        Linear {
-            batched: Some(Batched {
-                w_offset: start * n,
-                ..Batched::dense(1, n, k, false, true)
-            }),
-            accumulate: start > 0,
-            ..Linear::new(label, &ones, x, &sums, (1, n, k))
-        }
-        .record(gpu, encoder)?;
-        start += k;
-    }
-    Ok(sums)
 }
 
 /// The gradient of an embedding table `[vocab, d]` whose rows were looked up by `tokens

@@ -3,17 +3,16 @@
 
 use super::blocks::{Block, BlockActs, FeedForwardParams, MemoryBlock, Pass};
 use super::config::ModelConfig;
+use super::context::CompactWeight;
+use super::context::ModelContext;
 use super::kv_cache::KvCache;
 use super::layout::ModelLayout;
-use super::precision::{
-    compact_copy, compact_weight_ids, output_compact_table, CompactWeight, WeightPrecision,
-};
+use super::precision::{compact_copy, compact_weight_ids, output_compact_table, WeightPrecision};
 use super::vocab::VocabTables;
 use super::weights::ModelWeights;
 use crate::error::{Error, Result};
 use crate::gpu::StepPlan;
-use crate::kernels::linear::WeightFormat;
-use crate::kernels::ops::{rope_tables, Attention, CrossEntropy, RmsNorm, Rope, IGNORE_TARGET};
+use crate::kernels::ops::{rope_tables, CrossEntropy, RmsNorm, IGNORE_TARGET};
 use crate::kernels::Gpu;
 use crate::memory::{ValueDtype, ValuePool};
 use crate::params::ParamId;
@@ -269,6 +268,19 @@ impl Model {
         })
     }
 
+    /// What its blocks read of the model (`blocks::Pass`).
+    pub(crate) fn context(&self) -> ModelContext<'_> {
+        ModelContext {
+            config: &self.config,
+            params: &self.params,
+            compact: &self.compact_weights,
+            values: &self.values,
+            rope_cos: &self.rope_cos,
+            rope_sin: &self.rope_sin,
+            f16_activations: self.f16_activations,
+        }
+    }
+
     /// Where each parameter is in the model's registry.
     pub fn layout(&self) -> &ModelLayout {
         &self.layout
@@ -385,23 +397,6 @@ impl Model {
         self.precision
     }
 
-    /// The buffer a forward GEMM reads for weight `id`, and its format.
-    pub(crate) fn gemm_weight(&self, id: ParamId) -> (&wgpu::Buffer, WeightFormat) {
-        match self.compact_weights.get(id.0).and_then(Option::as_ref) {
-            Some((buffer, format)) => (buffer, *format),
-            None => (&self.params[id.0], WeightFormat::F32),
-        }
-    }
-
-    /// The pool of value table `id`.
-    pub(crate) fn pool(&self, id: ParamId) -> Result<&ValuePool> {
-        self.values
-            .iter()
-            .find(|(table, _)| *table == id)
-            .map(|(_, pool)| pool)
-            .ok_or_else(|| Error::MissingTensor(format!("value table {id:?}")))
-    }
-
     /// Every parameter's buffer by id, for training: each value table must fit one buffer.
     pub fn trainable_params(&self) -> Result<Vec<(ParamId, wgpu::Buffer)>> {
         if !self.vocab.is_whole() {
@@ -424,46 +419,6 @@ impl Model {
             .iter()
             .map(|(id, _)| (id, self.params[id.0].clone()))
             .collect())
-    }
-
-    pub(crate) fn rope(&self, batch: u32, seq: u32, heads: usize, inverse: bool) -> Rope<'_> {
-        Rope {
-            batch,
-            seq,
-            heads: heads as u32,
-            head_dim: self.config.head_dim as u32,
-            pos0: 0,
-            inverse,
-            cos: &self.rope_cos,
-            sin: &self.rope_sin,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attention<'a>(
-        &self,
-        batch: u32,
-        seq: u32,
-        q: &'a wgpu::Buffer,
-        k: &'a wgpu::Buffer,
-        v: &'a wgpu::Buffer,
-        out: &'a wgpu::Buffer,
-        lse: &'a wgpu::Buffer,
-    ) -> Attention<'a> {
-        let c = &self.config;
-        Attention {
-            batch,
-            seq,
-            heads: c.n_heads as u32,
-            kv_heads: c.n_kv_heads as u32,
-            head_dim: c.head_dim as u32,
-            q,
-            k,
-            v,
-            out,
-            lse,
-            kv_f16: false,
-        }
     }
 
     pub(crate) fn norm<'a>(
@@ -571,7 +526,7 @@ impl Model {
         for r in &self.residuals {
             let pass = Pass {
                 gpu,
-                model: self,
+                model: self.context(),
                 batch,
                 seq,
                 layer: r.layer,

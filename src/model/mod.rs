@@ -5,6 +5,7 @@
 mod backward;
 pub mod blocks;
 mod config;
+mod context;
 mod gpu;
 mod kv_cache;
 mod layout;

@@ -3,8 +3,9 @@
 //! values along the input (`kernels::linear::pack_q8`). Products are summed in f32 either way.
 
 use super::config::ModelConfig;
+use super::context::CompactWeight;
 use super::layout::ModelLayout;
-use super::vocab::VocabTables;
+use super::vocab::{CompactTable, VocabTables};
 use crate::error::{Error, Result};
 use crate::kernels::linear::{pack_f16, pack_q8, WeightFormat, Q8_GROUP};
 use crate::kernels::Gpu;
@@ -46,9 +47,6 @@ impl WeightPrecision {
         }
     }
 }
-
-/// A GEMM weight's compact copy and its format.
-pub(crate) type CompactWeight = (wgpu::Buffer, WeightFormat);
 
 /// The weights that get compact copies besides the output layer's (kept by rows with its
 /// table): attention's and the dense feed-forward blocks'.
@@ -149,11 +147,4 @@ pub(super) fn output_compact_table(
             .collect(),
         rows_per_chunk: chunks.rows_per_chunk,
     }))
-}
-
-/// The output layer's compact copy: its rows in chunks of `rows_per_chunk`, each chunk in
-/// one buffer of its format.
-pub(crate) struct CompactTable {
-    pub chunks: Vec<CompactWeight>,
-    pub rows_per_chunk: u32,
 }

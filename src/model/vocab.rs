@@ -4,7 +4,7 @@
 //! copy alike. The embedding is read as a bag of one row a token; the output layer runs one
 //! product per chunk of rows, each writing its columns of the logits.
 
-use super::precision::CompactTable;
+use super::context::CompactWeight;
 use crate::error::Result;
 use crate::kernels::embedding_bag::EmbeddingBag;
 use crate::kernels::linear::{Batched, Linear, WeightFormat};
@@ -19,6 +19,13 @@ pub(crate) struct VocabTables {
     pub output_compact: Option<CompactTable>,
     /// At most this many rows a buffer (`None`: as many as one binding holds).
     pub rows_per_chunk: Option<usize>,
+}
+
+/// The output layer's compact copy (f16 or 8-bit): its rows in chunks of `rows_per_chunk`,
+/// each chunk in one buffer of its format.
+pub(crate) struct CompactTable {
+    pub chunks: Vec<CompactWeight>,
+    pub rows_per_chunk: u32,
 }
 
 impl VocabTables {

@@ -73,7 +73,7 @@ pub fn pack_q8(values: &[f32]) -> Result<(Vec<u32>, u32)> {
     let mut words = vec![0u32; scales_at + groups.div_ceil(2)];
     for (g, group) in values.chunks(Q8_GROUP).enumerate() {
         let largest = group.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if !largest.is_finite() {
+        if group.iter().any(|v| !v.is_finite()) {
             return Err(Error::Config(format!(
                 "8-bit weights: a value that is not finite in group {g}"
             )));

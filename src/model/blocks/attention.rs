@@ -4,9 +4,8 @@
 
 use super::{GradSink, Pass};
 use crate::error::Result;
-use crate::kernels::linear::{gemm, Linear};
+use crate::kernels::linear::{column_sums, gemm, Linear};
 use crate::kernels::ops::{record_pack_f16, Attention, RmsNorm, Rope};
-use crate::model::backward::column_sums;
 use crate::model::config::ModelConfig;
 use crate::params::{Group, Init, ParamId, Registry};
 

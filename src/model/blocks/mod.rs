@@ -25,7 +25,7 @@ pub(crate) use dense::DenseActs;
 pub(crate) use memory::MemoryBlock;
 pub(crate) use moe::MoeBlockActs;
 
-use super::gpu::Model;
+use super::context::ModelContext;
 use super::kv_cache::KvCache;
 use crate::error::Result;
 use crate::kernels::linear::Linear;
@@ -107,7 +107,7 @@ impl BlockActs {
 /// What every block's forward sees: the model, the batch's shape, and where it is.
 pub(crate) struct Pass<'a> {
     pub gpu: &'a Gpu,
-    pub model: &'a Model,
+    pub model: ModelContext<'a>,
     pub batch: u32,
     pub seq: u32,
     /// The layer the block belongs to.

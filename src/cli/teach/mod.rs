@@ -3,6 +3,8 @@
 //! after; with `--compare`, every method on the same new facts and `forgetting.png` (old-fact
 //! recall against new-fact recall along training: the Pareto picture of Lin et al. 2025).
 
+mod hf;
+
 use super::plot::{line_chart, Series};
 use super::progress::Progress;
 use memlayers::demo::{score, training_batch, Fact, KnowledgeBase};
@@ -300,7 +302,7 @@ pub fn run(a: &Args) -> Result<()> {
     let total = Instant::now();
     let method = Method::parse(&a.method)?;
     if memlayers::io::hf::is_hf_folder(&a.model) {
-        return super::teach_hf::run(a, method);
+        return hf::run(a, method);
     }
     if a.delta || a.probe.is_some() {
         return Err(Error::Config(

@@ -3,9 +3,9 @@
 //! on probe prompts, as the share whose greedy continuation (16 tokens or to the EOS) is unchanged and as the
 //! loss on them, beside the new facts' recall.
 
-use super::model_dir::{lines_or_probe, link_or_copy, write_new_folder};
-use super::progress::Progress;
-use super::teach::{read_facts, step_finite, teach_config, Args};
+use super::super::model_dir::{lines_or_probe, link_or_copy, write_new_folder};
+use super::super::progress::Progress;
+use super::{read_facts, step_finite, teach_config, Args};
 use memlayers::demo::{Fact, KnowledgeBase};
 use memlayers::io::hf::names::hf_tensors;
 use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
@@ -352,7 +352,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
     let old_path = a
         .old
         .clone()
-        .unwrap_or_else(|| a.model.join(super::model_dir::FACTS_FILE));
+        .unwrap_or_else(|| a.model.join(super::super::model_dir::FACTS_FILE));
     let old = match old_path.is_file() {
         true => {
             let kb = read_facts(&old_path)?;

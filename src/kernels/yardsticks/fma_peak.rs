@@ -6,7 +6,7 @@ use crate::gpu::grid;
 use crate::kernels::Gpu;
 use crate::kernels::{check_buffer, check_loop_budget};
 
-pub const SOURCE: &str = include_str!("../../shaders/fma_peak.wgsl");
+pub const SOURCE: &str = include_str!("../../../shaders/fma_peak.wgsl");
 
 /// Invocations per workgroup (each writes one value of `out`).
 pub const WORKGROUP: u32 = 64;

@@ -5,7 +5,7 @@ use crate::gpu::grid;
 use crate::kernels::check_buffer;
 use crate::kernels::Gpu;
 
-pub const SOURCE: &str = include_str!("../../shaders/copy.wgsl");
+pub const SOURCE: &str = include_str!("../../../shaders/copy.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
