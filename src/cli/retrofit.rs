@@ -10,7 +10,7 @@ use memlayers::io::hf::retrofit::{memory_tensors, retrofit_config, MemorySizes};
 use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
 use memlayers::io::hf::{self, HfFolder};
 use memlayers::io::write_atomic;
-use memlayers::model::{MemoryPlacement, ModelConfig, SlotCounts, WeightPrecision, SLOT_COUNTS_FILE};
+use memlayers::model::{MemoryPlacement, ModelConfig, WeightPrecision, SLOT_COUNTS_FILE};
 use memlayers::teach::{block_samples, heal, text_loss, text_rows};
 use memlayers::{Error, Gpu, Result};
 use std::path::PathBuf;
@@ -147,18 +147,9 @@ pub fn run(a: &Args) -> Result<()> {
         // The background: the retrofitted model's reads on the text, at every position.
         let retrofitted = HfFolder::open(tmp)?;
         let model = retrofitted.upload(&gpu, WeightPrecision::F32)?;
-        let (tokens, at_text, seq) = token_rows(&retrofitted, &background_lines)?;
-        let at_text: Vec<u32> = at_text
-            .iter()
-            .map(|&text| {
-                if text {
-                    0
-                } else {
-                    memlayers::kernels::ops::IGNORE_TARGET
-                }
-            })
-            .collect();
-        let counts = pollster::block_on(SlotCounts::measure(&model, &gpu, &tokens, Some(&at_text), seq, 8))?;
+        let texts = token_texts(&retrofitted, &background_lines)?;
+        let pad = retrofitted.eos_ids.first().copied().unwrap_or(0);
+        let counts = pollster::block_on(memlayers::teach::text_slot_counts(&model, &gpu, &texts, pad))?;
         counts.to_tensors().write(&tmp.join(SLOT_COUNTS_FILE))?;
         let m = config.memory.as_ref().expect("a memory was added");
         println!(
@@ -191,15 +182,20 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The token rows of `lines` as `folder`'s tokenizer encodes them (its specials included),
-/// each cut to the model's context, padded to the longest: `(tokens, at_text, seq)`, `at_text`
-/// marking the positions that hold a text's tokens.
-fn token_rows(folder: &HfFolder, lines: &[String]) -> Result<(Vec<u32>, Vec<bool>, usize)> {
+/// `lines` as `folder`'s tokenizer encodes them (its specials included), each cut to the
+/// model's context.
+fn token_texts(folder: &HfFolder, lines: &[String]) -> Result<Vec<Vec<u32>>> {
     let max = folder.config().max_seqlen;
-    let texts: Vec<Vec<u32>> = lines
+    lines
         .iter()
         .map(|l| Ok(folder.tokenizer.encode(l, true)?.into_iter().take(max).collect()))
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The token rows of `lines` (`token_texts`), padded to the longest: `(tokens, at_text,
+/// seq)`, `at_text` marking the positions that hold a text's tokens.
+fn token_rows(folder: &HfFolder, lines: &[String]) -> Result<(Vec<u32>, Vec<bool>, usize)> {
+    let texts = token_texts(folder, lines)?;
     let pad = folder.eos_ids.first().copied().unwrap_or(0);
     let (tokens, _, seq) = text_rows(&texts, pad);
     let at_text = texts

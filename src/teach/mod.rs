@@ -27,8 +27,8 @@ mod token_facts;
 pub use heal::{block_samples, heal, BlockSamples, Healed};
 pub use lora::{Lora, LoraConfig};
 pub use probe::{
-    greedy_continuations, kept_continuations, probe_lines, text_loss, text_rows, CONTINUATION_TOKENS,
-    DEFAULT_PROBE,
+    greedy_continuations, kept_continuations, probe_lines, text_loss, text_rows, text_slot_counts,
+    CONTINUATION_TOKENS, DEFAULT_PROBE,
 };
 pub use token_facts::{encode_facts, fact_batch, row_len, rows_per_pass, score_token_facts, TokenFact};
 

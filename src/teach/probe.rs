@@ -5,7 +5,7 @@ use crate::demo::{argmax, score_rows};
 use crate::error::{Error, Result};
 use crate::kernels::ops::IGNORE_TARGET;
 use crate::kernels::Gpu;
-use crate::model::Model;
+use crate::model::{Model, SlotCounts};
 
 /// The probe prompts used when none are given: 32 one-line openings of general-knowledge
 /// sentences in English (history, science, geography, literature, daily life), written for
@@ -46,6 +46,18 @@ pub fn text_rows(texts: &[Vec<u32>], pad: u32) -> (Vec<u32>, Vec<u32>, usize) {
         }
     }
     (tokens, targets, seq)
+}
+
+/// The background slot counts of `model`'s memory on `texts` (token ids, padded with `pad`):
+/// the reads at every position of every text, in batches of 8 rows (what `retrofit` records
+/// for a new memory, and the page for one it adds).
+pub async fn text_slot_counts(model: &Model, gpu: &Gpu, texts: &[Vec<u32>], pad: u32) -> Result<SlotCounts> {
+    let (tokens, _, seq) = text_rows(texts, pad);
+    let at_text: Vec<u32> = texts
+        .iter()
+        .flat_map(|ids| (0..seq).map(move |i| if i < ids.len() { 0 } else { IGNORE_TARGET }))
+        .collect();
+    SlotCounts::measure(model, gpu, &tokens, Some(&at_text), seq, 8).await
 }
 
 /// Tokens each probe prompt's greedy continuation runs for (`kept_continuations`).

@@ -11,13 +11,11 @@ use memlayers::io::hf::retrofit::{retrofit_config, retrofitted_weights, MemorySi
 use memlayers::io::hf::{HfFolder, TextStream};
 use memlayers::io::lingua::{self, LinguaParams};
 use memlayers::io::TensorFile;
-use memlayers::model::{
-    LMTransformerArgs, MemoryPlacement, Model, ModelWeights, SlotCounts, WeightPrecision,
-};
+use memlayers::model::{LMTransformerArgs, MemoryPlacement, Model, ModelWeights, WeightPrecision};
 use memlayers::rng::Rng;
 use memlayers::teach::{
-    encode_facts, fact_batch, greedy_continuations, probe_lines, row_len, score_token_facts, text_rows,
-    Method, ReadsAt, TeachConfig, Teacher, CONTINUATION_TOKENS, DEFAULT_PROBE,
+    encode_facts, fact_batch, greedy_continuations, probe_lines, row_len, score_token_facts,
+    text_slot_counts, Method, ReadsAt, TeachConfig, Teacher, CONTINUATION_TOKENS, DEFAULT_PROBE,
 };
 use memlayers::tokenizer::TokenizerKind;
 use memlayers::train::{Trainer, ValueOptimizer};
@@ -691,8 +689,7 @@ impl Demo {
                 }
                 // The background: the model's reads on the probe prompts, at every position.
                 let with_memory = Model::new(gpu, &weights).map_err(err)?;
-                let (tokens, targets, text_seq) = text_rows(&prompts, pad);
-                let counts = SlotCounts::measure(&with_memory, gpu, &tokens, Some(&targets), text_seq, 8)
+                let counts = text_slot_counts(&with_memory, gpu, &prompts, pad)
                     .await
                     .map_err(err)?;
                 drop(with_memory);
