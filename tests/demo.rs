@@ -486,10 +486,10 @@ fn demo_plans_a_facts_file_to_its_budget() {
         .map(|s| s["seconds"].as_f64().unwrap())
         .collect();
     assert_eq!(seconds.len(), 2);
-    // Planned to 95% of what is left of 6 s from the measured step times (a debug build
+    // Planned to 99% of what is left of 6 s from the measured step times (a debug build
     // times its own steps).
     let planned: f64 = steps as f64 * seconds.iter().sum::<f64>();
-    assert!(planned <= 0.95 * 6.0 + 0.1, "{planned} s planned");
+    assert!(planned <= 0.99 * 6.0 + 0.1, "{planned} s planned");
     assert!(started.elapsed().as_secs_f64() < 120.0);
     // Whether the claim can be expected, said before training and recorded: rows of 3 facts,
     // 19 a step, give 40 facts 1.425 views a step; 50 views need 36 steps, planned as 40.

@@ -309,8 +309,13 @@ async function load(fileList) {
 // A page's WebAssembly memory holds at most 4 GiB, the model's files included.
 const MAX_FOLDER_BYTES = 3.5 * 2 ** 30;
 
+// The files a folder's reader takes (others, and anything in a subfolder, are not read).
+const HF_FILES = /^(config\.json|tokenizer\.json|tokenizer_config\.json|generation_config\.json|model\.safetensors\.index\.json|.*\.safetensors)$/;
+
 async function openHf(fileList) {
-  const files = [...fileList];
+  // A picked folder lists its subfolders' files too (e.g. onnx/): the top level only.
+  const files = [...fileList].filter((f) =>
+    HF_FILES.test(f.name) && (f.webkitRelativePath || f.name).split("/").length <= 2);
   const bytes = files.reduce((n, f) => n + f.size, 0);
   const status = $("hf-status");
   delete status.dataset.opened;
@@ -337,10 +342,14 @@ async function openHf(fileList) {
     $("hf-chat").checked = info.chat;
     $("hf-generate").disabled = false;
     $("hf-teach").disabled = false;
+    $("hf-files").value = "";
+    $("hf-folder").value = "";
     $("hf-probes").hidden = true;
     setStatus($("hf-teach-status"), "");
     status.dataset.opened = "1";
   } catch (e) {
+    // The previous model is gone (the library drops it before reading the next).
+    $("hf-teach").disabled = true;
     setStatus(status, `Could not open ${folder}: ${message(e)}`, "error");
   }
 }

@@ -633,7 +633,9 @@ impl Demo {
     /// "kept", "probes": [{"prompt", "before", "after"}]}`: `answer` the greedy continuation
     /// of the fact's prompt, `probes` the first `PAGE_PROBES` built-in probe prompts'
     /// 16-token greedy continuations before any teaching and now, `kept` how many are
-    /// unchanged.
+    /// unchanged. Teaching updates f32 weights: a model opened with 8-bit weights is taught,
+    /// and then generates, with its f32 weights (its continuations before are the f32
+    /// model's too).
     pub fn teach_hf(
         &self,
         subject: String,
@@ -674,9 +676,6 @@ impl Demo {
                     })
                     .collect::<memlayers::Result<_>>()
                     .map_err(err)?;
-                let before = greedy_continuations(model, gpu, &prompts, CONTINUATION_TOKENS, &eos)
-                    .await
-                    .map_err(err)?;
                 let mut weights = hf.folder.read_weights().map_err(err)?;
                 if weights.config.memory.is_none() {
                     let c = &weights.config;
@@ -687,8 +686,13 @@ impl Demo {
                     weights = retrofitted_weights(&weights, &config, 0).map_err(err)?;
                     retrofitted = true;
                 }
-                // The background: the model's reads on the probe prompts, at every position.
+                // The continuations before teaching, of the f32 model that is taught (a new
+                // memory's zero values leave the loaded model's logits as they were; 8-bit
+                // weights would differ), and the background: its reads on the probe prompts.
                 let with_memory = Model::new(gpu, &weights).map_err(err)?;
+                let before = greedy_continuations(&with_memory, gpu, &prompts, CONTINUATION_TOKENS, &eos)
+                    .await
+                    .map_err(err)?;
                 let counts = text_slot_counts(&with_memory, gpu, &prompts, pad)
                     .await
                     .map_err(err)?;
