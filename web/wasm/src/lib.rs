@@ -105,9 +105,14 @@ struct State {
 struct HfModel {
     folder: Box<HfFolder>,
     net: HfNet,
-    /// The probe prompts and the loaded model's greedy continuations of them (made when it is
-    /// first taught).
-    probe: Option<(Vec<Vec<u32>>, Vec<Vec<u32>>)>,
+    /// Made when it is first taught.
+    probe: Option<Probe>,
+}
+
+/// The probe prompts (token ids) and the untaught model's greedy continuations of them.
+struct Probe {
+    prompts: Vec<Vec<u32>>,
+    before: Vec<Vec<u32>>,
 }
 
 enum HfNet {
@@ -380,14 +385,7 @@ impl Demo {
             let net = net
                 .as_mut()
                 .ok_or_else(|| err("no model yet: train or load one"))?;
-            let fact = Fact {
-                subject: subject.trim().to_string(),
-                relation: relation.trim().to_string(),
-                object: object.trim().to_string(),
-            };
-            if fact.subject.is_empty() || fact.relation.is_empty() || fact.object.is_empty() {
-                return Err(err("a fact needs a subject, a relation and an object"));
-            }
+            let fact = typed_fact(&subject, &relation, &object)?;
             let seq = net.model().config.max_seqlen;
             if fact.sentence_len() + 1 > seq {
                 return Err(err(format!(
@@ -648,14 +646,7 @@ impl Demo {
             let mut guard = lock(&state)?;
             let State { gpu, hf, .. } = &mut *guard;
             let hf = hf.as_mut().ok_or_else(|| err("no Hugging Face model opened"))?;
-            let fact = Fact {
-                subject: subject.trim().to_string(),
-                relation: relation.trim().to_string(),
-                object: object.trim().to_string(),
-            };
-            if fact.subject.is_empty() || fact.relation.is_empty() || fact.object.is_empty() {
-                return Err(err("a fact needs a subject, a relation and an object"));
-            }
+            let fact = typed_fact(&subject, &relation, &object)?;
             let eos = hf.folder.eos_ids.clone();
             let pad = eos.first().copied().unwrap_or(0);
             let encoded = encode_facts(std::slice::from_ref(&fact), &hf.folder.tokenizer).map_err(err)?;
@@ -710,7 +701,7 @@ impl Demo {
                 };
                 let teacher = Teacher::new(gpu, &weights, config, Some(&counts)).map_err(err)?;
                 hf.net = HfNet::Taught(Box::new(teacher));
-                hf.probe = Some((prompts, before));
+                hf.probe = Some(Probe { prompts, before });
             }
             let HfNet::Taught(teacher) = &mut hf.net else {
                 unreachable!("made above")
@@ -737,7 +728,7 @@ impl Demo {
                 .await
                 .map_err(err)?;
             let answer = tokenizer.decode(&answer[0], true).map_err(err)?;
-            let (prompts, before) = hf.probe.as_ref().expect("made with the teacher");
+            let Probe { prompts, before } = hf.probe.as_ref().expect("made with the teacher");
             let after = greedy_continuations(model, gpu, prompts, CONTINUATION_TOKENS, &eos)
                 .await
                 .map_err(err)?;
@@ -805,6 +796,19 @@ fn lock(state: &Rc<RefCell<State>>) -> Result<RefMut<'_, State>, JsValue> {
     state
         .try_borrow_mut()
         .map_err(|_| err("busy: another call is still running"))
+}
+
+/// The fact a user typed, each part trimmed; all three parts are needed.
+fn typed_fact(subject: &str, relation: &str, object: &str) -> Result<Fact, JsValue> {
+    let fact = Fact {
+        subject: subject.trim().to_string(),
+        relation: relation.trim().to_string(),
+        object: object.trim().to_string(),
+    };
+    if fact.subject.is_empty() || fact.relation.is_empty() || fact.object.is_empty() {
+        return Err(err("a fact needs a subject, a relation and an object"));
+    }
+    Ok(fact)
 }
 
 fn describe(w: &ModelWeights, steps: u32) -> String {
