@@ -21,11 +21,13 @@ cargo test "$@" 2>&1 | tee -a "$log" || status=1
 # GEMM kernels' timed trial (they compile tile shapes: 20-80 s each there). One test at a
 # time: wgpu's GL back end gives up on its context after 6 s, which one compile can hold.
 WGPU_BACKEND=gl cargo test --test kernels --test ops --test backward --test optim --test moe \
-    --test memory_layer --test plan --test train -- --test-threads 1 \
+    --test memory_layer --test plan --test train --test sharded -- --test-threads 1 \
     --skip embedding_bag_matches --skip product_topk_is_exact --skip attention_matches_oracle \
     --skip embedding_grad_matches --skip gpu_backward_matches_oracle --skip gemm_choice \
     --skip attention_lanes_equal_rows \
     --skip a_device_with_the_trial_on 2>&1 | tee -a "$log" || status=1
+# A value table sharded over a Vulkan device and a GL device in one process.
+WGPU_BACKEND=vulkan,gl cargo test --test sharded -- --ignored 2>&1 | tee -a "$log" || status=1
 # The browser tests build the library (and everything else) for wasm32-unknown-unknown:
 # nothing native-only can creep into the core unnoticed.
 cargo test --release --target wasm32-unknown-unknown -p memlayers-web 2>&1 | tee -a "$log" || status=1

@@ -72,7 +72,8 @@ override BAG_CAP: u32 = 1024u;
 var<workgroup> bag: array<vec2<u32>, BAG_CAP>;
 
 // `weight_grads` (the backward's dL/dw): dy at binding 3 (the bag's output gradient, read
-// through `out`), one gradient per bag entry at binding 8.
+// through `out`), one gradient per bag entry at binding 8. With `accumulate` the dot goes on
+// from the value binding 8 holds (a column shard continuing its predecessors' dot).
 @group(0) @binding(8) var<storage, read_write> grad_weights: array<f32>;
 const OFFSET_MASK: u32 = 0x1fffffffu;
 
@@ -439,6 +440,9 @@ fn weight_grads(
     }
     let d0 = (e / p.bag) * p.v_dim;
     var dot = 0.0;
+    if (p.accumulate != 0u) {
+        dot = grad_weights[e];
+    }
     if (p.f16_values != 0u) {
         for (var word = 0u; word < p.row_words; word++) {
             let v = unpack2x16float(value_word(entry, word));
@@ -476,6 +480,9 @@ fn weight_grads_vec4(
     let quads = p.v_dim / 4u;
     let d0 = (e / p.bag) * quads;
     var dot = 0.0;
+    if (p.accumulate != 0u) {
+        dot = grad_weights[e];
+    }
     for (var q = 0u; q < quads; q++) {
         let v = bitcast<vec4<f32>>(value_quad(entry, q));
         let dy = out4[d0 + q];

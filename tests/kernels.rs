@@ -962,6 +962,7 @@ fn bag_weight_gradients_match_oracle_and_their_two_paths_agree() {
                 values: &chunks,
                 dy: &dyb,
                 grad_weights: &gw,
+                continues: false,
             }
             .record(g, &mut enc)
             .unwrap();

@@ -69,10 +69,34 @@ impl Device {
     pub async fn open<T>(
         experimental: impl FnOnce(&wgpu::Adapter) -> Option<ExperimentalRequest<T>>,
     ) -> Result<(Self, Option<T>)> {
-        #[cfg(target_os = "linux")]
-        let threads_before = cpu_threads::thread_ids();
         let instance = adapter::instance();
         let adapter = adapter::choose_adapter(&instance).await?;
+        Self::open_on(adapter, experimental).await
+    }
+
+    /// `open` on adapter `index` of `all_adapters` (as `memlayers info` lists them). Opening
+    /// the same index twice gives two devices on one adapter.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn open_index<T>(
+        index: usize,
+        experimental: impl FnOnce(&wgpu::Adapter) -> Option<ExperimentalRequest<T>>,
+    ) -> Result<(Self, Option<T>)> {
+        let mut adapters = all_adapters().await;
+        let count = adapters.len();
+        if index >= count {
+            return Err(Error::Adapter(format!(
+                "no adapter {index}: this machine has {count} (0..{count}; `memlayers info` lists them)"
+            )));
+        }
+        Self::open_on(adapters.swap_remove(index), experimental).await
+    }
+
+    async fn open_on<T>(
+        adapter: wgpu::Adapter,
+        experimental: impl FnOnce(&wgpu::Adapter) -> Option<ExperimentalRequest<T>>,
+    ) -> Result<(Self, Option<T>)> {
+        #[cfg(target_os = "linux")]
+        let threads_before = cpu_threads::thread_ids();
         adapter::check_adapter(&adapter)?;
         let a = adapter.limits();
         let required_limits = wgpu::Limits {

@@ -224,6 +224,10 @@ pub struct WeightGrads<'a> {
     pub values: &'a ValueChunks<'a>,
     pub dy: &'a wgpu::Buffer,
     pub grad_weights: &'a wgpu::Buffer,
+    /// `grad_weights` already holds each entry's dot over columns that come before these
+    /// (a column shard's predecessors): the sum goes on from it in the same order, so a dot
+    /// taken shard after shard has the bits of one taken over the whole row.
+    pub continues: bool,
 }
 
 impl WeightGrads<'_> {
@@ -256,7 +260,7 @@ impl WeightGrads<'_> {
                         rows_per_chunk: v.rows_per_chunk,
                         f16_values: v.f16 as u32,
                         first_row: first as u32 * v.rows_per_chunk,
-                        accumulate: 0,
+                        accumulate: self.continues as u32,
                     },
                 );
                 let chunk = |i: usize| &v.buffers[(first + i).min(v.buffers.len() - 1)];

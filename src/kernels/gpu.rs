@@ -33,31 +33,35 @@ impl Gpu {
     /// for them) are enabled where the matrix-unit GEMM can run, which it does only under
     /// `GemmPrecision::F16Inputs`.
     pub async fn new() -> Result<Self> {
-        let (device, matrix) = Device::open(|adapter| {
-            let matrix = MatrixConfig::pick(
-                &adapter.cooperative_matrix_properties(),
-                adapter.features(),
-                &adapter.get_info(),
-            )?;
-            let mut features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-            if matrix.f16_inputs {
-                features |= wgpu::Features::SHADER_F16;
-            }
-            Some(ExperimentalRequest {
-                features,
-                granted: matrix,
-            })
-        })
-        .await?;
+        let (device, matrix) = Device::open(matrix_request).await?;
+        Ok(Self::with_device_tuning(device, matrix))
+    }
+
+    /// `new` on adapter `index` as `memlayers info` lists them (`gpu::all_adapters`'
+    /// order); the same index twice opens two devices on one adapter.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn on_adapter(index: usize) -> Result<Self> {
+        let (device, matrix) = Device::open_index(index, matrix_request).await?;
+        Ok(Self::with_device_tuning(device, matrix))
+    }
+
+    /// Blocking `on_adapter` for native programs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn on_adapter_blocking(index: usize) -> Result<Self> {
+        pollster::block_on(Self::on_adapter(index))
+    }
+
+    /// A device this crate opened, with the kernel variants for its adapter.
+    fn with_device_tuning(device: Device, matrix: Option<MatrixConfig>) -> Self {
         let tuning = device
             .adapter_info()
             .map(Tuning::for_adapter)
             .unwrap_or(Tuning::GPU);
-        Ok(Gpu {
+        Gpu {
             matrix,
             tuning,
             ..Gpu::from(device)
-        })
+        }
     }
 
     /// Blocking `new` for native programs.
@@ -116,4 +120,22 @@ impl From<Device> for Gpu {
             timed_gemm: std::sync::OnceLock::new(),
         }
     }
+}
+
+/// The experimental features `Gpu` asks an adapter for: cooperative matrices (and f16 for
+/// them) where the matrix-unit GEMM can run on it.
+fn matrix_request(adapter: &wgpu::Adapter) -> Option<ExperimentalRequest<MatrixConfig>> {
+    let matrix = MatrixConfig::pick(
+        &adapter.cooperative_matrix_properties(),
+        adapter.features(),
+        &adapter.get_info(),
+    )?;
+    let mut features = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    if matrix.f16_inputs {
+        features |= wgpu::Features::SHADER_F16;
+    }
+    Some(ExperimentalRequest {
+        features,
+        granted: matrix,
+    })
 }

@@ -2,6 +2,7 @@
 //! caller's `CommandEncoder`. The only place that knows binding layouts. Nothing here submits.
 
 pub mod adamw;
+pub mod columns;
 pub mod embedding_bag;
 pub mod embedding_grad;
 mod gpu;
@@ -26,6 +27,7 @@ pub use tuning::Tuning;
 /// Every WGSL file of the crate, by name (for validation tests and tooling).
 pub const ALL_SHADERS: &[(&str, &str)] = &[
     ("adamw.wgsl", adamw::SOURCE),
+    ("columns.wgsl", columns::SOURCE),
     ("attention.wgsl", ops::ATTENTION),
     ("attention_rows.wgsl", ops::ATTENTION_ROWS),
     ("attention_lanes.wgsl", ops::ATTENTION_LANES),

@@ -23,6 +23,7 @@ struct Params {
 
 /// Gradient rows of the distinct slots read in one step: `slots[0, count)` ascending and
 /// `rows[count, v_dim]`; `count` (one u32 on the GPU) is at most `capacity`.
+#[derive(Clone)]
 pub struct SparseRows {
     pub slots: wgpu::Buffer,
     pub rows: wgpu::Buffer,

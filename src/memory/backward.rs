@@ -116,54 +116,49 @@ impl MemoryLayer {
         acts: &MemoryActivations,
         d_out: &wgpu::Buffer,
     ) -> Result<MemoryGrads> {
+        let pass = self.backward_pass(gpu, x, acts)?;
+        let above = pass.above_bag(encoder, d_out)?;
+        let (d_weights, values, values_u) = pass.bag(encoder, pools, &above.dy, &above.dx)?;
+        pass.below_bag(encoder, above, d_weights, values, values_u)
+    }
+
+    /// The shared inputs of one backward pass (refused for a layer with f16 weights or
+    /// activations).
+    pub(super) fn backward_pass<'a>(
+        &'a self,
+        gpu: &'a Gpu,
+        x: &'a wgpu::Buffer,
+        acts: &'a MemoryActivations,
+    ) -> Result<BackwardPass<'a>> {
         if self.uses_f16_weights() || self.uses_f16_activations() {
             return Err(Error::Config(
                 "the backward reads f32 weights and activations: a layer with f16 weights or activations (`use_f16_weights`, `use_f16_activations`) is for inference".into(),
             ));
         }
-        let pass = BackwardPass {
+        Ok(BackwardPass {
             layer: self,
             gpu,
             x,
             acts,
             rows: acts.rows,
             ones: gpu.upload("ones", &vec![1f32; acts.rows as usize]),
-        };
-        // The forward's stages in reverse: gate, value projection, swilu, bag (and PEER),
-        // product top-k, query projection; the gate's own weights last.
-        let gate_grads = pass.gate(encoder, d_out)?;
-        let d_out = gate_grads.as_ref().map_or(d_out, |(d_ungated, _)| d_ungated);
-        let (dh, value_proj) = pass.value_proj(encoder, d_out)?;
-        let dx = pass.f32s("grad input", pass.rows as u64 * self.config.d as u64);
-        let (dy, swilu) = pass.swilu(encoder, dh, &dx)?;
-        let (d_weights, values, values_u) = pass.bag(encoder, pools, &dy, &dx)?;
-        let (dq, dkeys) = pass.product_topk(encoder, &d_weights)?;
-        // dx was written by the swilu gate's (not PEER's unused one) or PEER's input gradient,
-        // if any.
-        let dx_written = values_u.is_some() || (swilu.is_some() && !self.config.peer);
-        let (dwq, dbq) = pass.query_proj(encoder, &dq, &dx, dx_written)?;
-        let gating = match &gate_grads {
-            Some((_, dg)) => pass.gating_weights(encoder, dg, &dx)?,
-            None => None,
-        };
-        Ok(MemoryGrads {
-            x: dx,
-            query_w: dwq,
-            query_b: dbq,
-            keys: dkeys,
-            swilu,
-            value_proj,
-            gating,
-            values,
-            values_u,
-            bag_out: dy,
-            bag_weights: d_weights,
         })
     }
 }
 
+/// The backward down to the bag's output: the gradients of the stages after the bag, the
+/// bag output's gradient `dy [rows, v_dim]` and the input gradient `dx` begun.
+pub(super) struct AboveBag {
+    /// mem_gated: dL/d(ungated output) and dL/d(gate logit).
+    gate: Option<WeightAndBias>,
+    value_proj: Option<WeightAndBias>,
+    swilu: Option<WeightAndBias>,
+    pub dy: wgpu::Buffer,
+    pub dx: wgpu::Buffer,
+}
+
 /// One backward pass's shared inputs: each method is the backward of one forward stage.
-struct BackwardPass<'a> {
+pub(super) struct BackwardPass<'a> {
     layer: &'a MemoryLayer,
     gpu: &'a Gpu,
     /// The forward's input.
@@ -178,6 +173,60 @@ struct BackwardPass<'a> {
 type WeightAndBias = (wgpu::Buffer, wgpu::Buffer);
 
 impl BackwardPass<'_> {
+    /// The forward's stages after the bag, in reverse: gate, value projection, swilu.
+    pub(super) fn above_bag(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        d_out: &wgpu::Buffer,
+    ) -> Result<AboveBag> {
+        let gate = self.gate(encoder, d_out)?;
+        let d_out = gate.as_ref().map_or(d_out, |(d_ungated, _)| d_ungated);
+        let (dh, value_proj) = self.value_proj(encoder, d_out)?;
+        let dx = self.f32s("grad input", self.rows as u64 * self.layer.config.d as u64);
+        let (dy, swilu) = self.swilu(encoder, dh, &dx)?;
+        Ok(AboveBag {
+            gate,
+            value_proj,
+            swilu,
+            dy,
+            dx,
+        })
+    }
+
+    /// The forward's stages before the bag, in reverse, from dL/d(each softmax weight)
+    /// `d_weights`: product top-k, query projection; the gate's own weights last.
+    pub(super) fn below_bag(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        above: AboveBag,
+        d_weights: wgpu::Buffer,
+        values: SparseRows,
+        values_u: Option<SparseRows>,
+    ) -> Result<MemoryGrads> {
+        let (dq, dkeys) = self.product_topk(encoder, &d_weights)?;
+        // dx was written by the swilu gate's (not PEER's unused one) or PEER's input
+        // gradient, if any.
+        let dx_written = values_u.is_some() || (above.swilu.is_some() && !self.layer.config.peer);
+        let (dwq, dbq) = self.query_proj(encoder, &dq, &above.dx, dx_written)?;
+        let gating = match &above.gate {
+            Some((_, dg)) => self.gating_weights(encoder, dg, &above.dx)?,
+            None => None,
+        };
+        Ok(MemoryGrads {
+            x: above.dx,
+            query_w: dwq,
+            query_b: dbq,
+            keys: dkeys,
+            swilu: above.swilu,
+            value_proj: above.value_proj,
+            gating,
+            values,
+            values_u,
+            bag_out: above.dy,
+            bag_weights: d_weights,
+        })
+    }
+
     fn f32s(&self, label: &str, n: u64) -> wgpu::Buffer {
         self.gpu.storage(label, n * 4)
     }
@@ -387,6 +436,7 @@ impl BackwardPass<'_> {
             values: &pool.chunks(),
             dy,
             grad_weights: &d_bag_weights,
+            continues: false,
         }
         .record(gpu, encoder)?;
         match (pool_u, &acts.peer) {

@@ -226,6 +226,48 @@ pub struct MemoryActivations {
     pub out: wgpu::Buffer,
 }
 
+/// The forward up to the bag: the query and each row's slots, scores and softmax weights.
+pub(super) struct Found {
+    pub rows: u32,
+    pub query: wgpu::Buffer,
+    pub indices: wgpu::Buffer,
+    pub scores: wgpu::Buffer,
+    pub weights: wgpu::Buffer,
+}
+
+/// The forward after the bag (`MemoryActivations`' fields of the same names).
+pub(super) struct Output {
+    pub gated: Option<wgpu::Buffer>,
+    pub swilu_input: Option<wgpu::Buffer>,
+    pub gate: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    pub out: wgpu::Buffer,
+    /// Whether `out` is the residual the output was added into.
+    pub added: bool,
+}
+
+impl MemoryActivations {
+    pub(super) fn from_stages(
+        found: Found,
+        bag: wgpu::Buffer,
+        peer: Option<(wgpu::Buffer, wgpu::Buffer)>,
+        output: Output,
+    ) -> Self {
+        MemoryActivations {
+            rows: found.rows,
+            query: found.query,
+            indices: found.indices,
+            scores: found.scores,
+            weights: found.weights,
+            bag,
+            gated: output.gated,
+            swilu_input: output.swilu_input,
+            gate: output.gate,
+            peer,
+            out: output.out,
+        }
+    }
+}
+
 /// A forward pass read back to the host.
 #[derive(Clone, Debug)]
 pub struct ForwardResult {
@@ -407,15 +449,53 @@ impl MemoryLayer {
                 ));
             }
         }
-        let pass = ForwardPass {
+        let found = self.record_lookup_stage(gpu, encoder, x, rows)?;
+        let bag = gpu.scratch("bag", rows as u64 * c.v_dim as u64 * 4);
+        let peer = match pool_u {
+            Some(pool_u) => Some(self.pass(gpu, x, rows).peer_activations(
+                encoder,
+                pool_u,
+                &found.indices,
+                &found.weights,
+            )?),
+            None => None,
+        };
+        EmbeddingBag {
+            rows,
+            bag: (c.heads * c.knn) as u32,
+            indices: &found.indices,
+            weights: peer.as_ref().map_or(&found.weights, |(_, a)| a),
+            values: &pool.chunks(),
+            out: &bag,
+            workgroup_size: None,
+            columns_per_invocation: None,
+        }
+        .record(gpu, encoder)?;
+        let output = self.record_output_stage(gpu, encoder, x, rows, &bag, residual)?;
+        let added = output.added;
+        Ok((MemoryActivations::from_stages(found, bag, peer, output), added))
+    }
+
+    fn pass<'a>(&'a self, gpu: &'a Gpu, x: &'a wgpu::Buffer, rows: u32) -> ForwardPass<'a> {
+        ForwardPass {
             layer: self,
             gpu,
             x,
             rows,
-        };
+        }
+    }
+
+    /// The forward up to the bag: the query projection and the product-key lookup.
+    pub(super) fn record_lookup_stage(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        rows: u32,
+    ) -> Result<Found> {
+        let c = &self.config;
         let query = gpu.scratch("query", rows as u64 * (c.heads * c.k_dim) as u64 * 4);
-        let bag = gpu.scratch("bag", rows as u64 * c.v_dim as u64 * 4);
-        pass.query_proj(encoder, &query)?;
+        self.pass(gpu, x, rows).query_proj(encoder, &query)?;
         let shape = LookupShape {
             rows,
             heads: c.heads as u32,
@@ -425,28 +505,33 @@ impl MemoryLayer {
             qk_norm: c.qk_norm,
         };
         let found = record_lookup(gpu, encoder, shape, &query, &self.keys)?;
-        let (indices, scores, weights) = (found.indices, found.scores, found.weights);
-        let peer = match pool_u {
-            Some(pool_u) => Some(pass.peer_activations(encoder, pool_u, &indices, &weights)?),
-            None => None,
-        };
-        EmbeddingBag {
+        Ok(Found {
             rows,
-            bag: (c.heads * c.knn) as u32,
-            indices: &indices,
-            weights: peer.as_ref().map_or(&weights, |(_, a)| a),
-            values: &pool.chunks(),
-            out: &bag,
-            workgroup_size: None,
-            columns_per_invocation: None,
-        }
-        .record(gpu, encoder)?;
-        let (gated, swilu_input) = pass.swilu(encoder, &bag)?;
+            query,
+            indices: found.indices,
+            scores: found.scores,
+            weights: found.weights,
+        })
+    }
+
+    /// The forward after the bag `[rows, v_dim]`: Memory+'s SwiGLU gate, the value projection
+    /// (added into `residual` where it can be) and mem_gated's gate.
+    pub(super) fn record_output_stage(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        rows: u32,
+        bag: &wgpu::Buffer,
+        residual: Option<&wgpu::Buffer>,
+    ) -> Result<Output> {
+        let pass = self.pass(gpu, x, rows);
+        let (gated, swilu_input) = pass.swilu(encoder, bag)?;
         // With mem_gated the projection's output is gated before it can join the residual.
         let residual_in_proj = residual.filter(|_| self.gating.is_none());
         let (out, added) = pass.value_proj(
             encoder,
-            gated.as_ref().unwrap_or(&bag),
+            gated.as_ref().unwrap_or(bag),
             gated.is_some(),
             residual_in_proj,
         )?;
@@ -457,20 +542,13 @@ impl MemoryLayer {
             }
             None => (out, added, None),
         };
-        let acts = MemoryActivations {
-            rows,
-            query,
-            indices,
-            scores,
-            weights,
-            bag,
+        Ok(Output {
             gated,
             swilu_input,
             gate,
-            peer,
             out,
-        };
-        Ok((acts, added))
+            added,
+        })
     }
 
     /// Uploads `x [rows, d]`, runs the forward pass and reads the results back.
@@ -566,6 +644,7 @@ impl ForwardPass<'_> {
             values: &pool_u.chunks(),
             dy: self.x,
             grad_weights: &dots,
+            continues: false,
         }
         .record(gpu, encoder)?;
         peer::record_forward(gpu, encoder, (&dots, weights, &activations), entries)?;

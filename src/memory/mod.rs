@@ -5,6 +5,7 @@ mod config;
 mod layer;
 mod lookup;
 mod pool;
+mod sharded;
 mod throughput;
 
 pub use backward::MemoryGrads;
@@ -12,4 +13,8 @@ pub use config::MemoryConfig;
 pub use layer::*;
 pub use lookup::{record_lookup, LookupBuffers, LookupShape, MAX_HALF_DIM};
 pub use pool::{as_stored, ValueDtype, ValuePool};
+pub use sharded::{
+    max_device_bytes_from_env, shard_bytes, shard_columns, Relay, ShardOptions, ShardedActivations,
+    ShardedAdamW, ShardedGrads, ShardedValues, MAX_DEVICE_BYTES_ENV,
+};
 pub use throughput::ForwardWorkload;

@@ -141,6 +141,33 @@ impl ValuePool {
     }
 }
 
+impl ValuePool {
+    /// The whole table back on the host, `[n_rows, v_dim]` (f16 values widened to f32).
+    pub async fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let v = self.v_dim as usize;
+        let row_words = ValueChunks::row_words(self.v_dim, self.dtype == ValueDtype::F16) as usize;
+        let mut out = Vec::with_capacity(self.n_rows() * v);
+        for (c, buffer) in self.buffers.iter().enumerate() {
+            let first = c * self.rows_per_chunk as usize;
+            let rows = (self.rows_per_chunk as usize).min(self.n_rows() - first);
+            let words = gpu.read_u32(buffer, rows * row_words).await?;
+            match self.dtype {
+                ValueDtype::F32 => out.extend(words.iter().map(|&w| f32::from_bits(w))),
+                ValueDtype::F16 => {
+                    for row in words.chunks(row_words) {
+                        out.extend(
+                            (0..v).map(|i| {
+                                half::f16::from_bits((row[i / 2] >> (16 * (i % 2))) as u16).to_f32()
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Rows as the GPU stores them: f32 bits, or f16 pairs packed low-first, rows padded to whole
 /// words.
 fn encode_rows(rows: &[f32], v_dim: usize, row_words: usize, dtype: ValueDtype) -> Vec<u32> {

@@ -1,0 +1,596 @@
+//! The value table sharded by columns over several devices (memory parallelism;
+//! `docs/scaling.md`).
+//!
+//! Device 0 holds the layer's weights and runs everything but the bag: the query projection,
+//! the lookup, the projections after the bag. Each device `s` holds columns `columns[s]` of
+//! every value row. The slots and softmax weights the lookup found go through the host to the
+//! other devices; each device sums its columns of the bag; those columns come back and are
+//! joined into the bag on device 0. The backward relays the bag gradient's columns out, and
+//! each device computes its shard's value gradient. The gradient of each softmax weight is a
+//! dot over the whole row: device 0 takes it over its columns, the next device goes on from
+//! that partial dot over its own columns, and so on, in column order, exactly the sum one
+//! device takes (same order, same roundings). Every result has the bits of one device's.
+
+use super::backward::AboveBag;
+use super::layer::{MemoryActivations, MemoryLayer};
+use super::pool::{ValueDtype, ValuePool};
+use crate::error::{Error, Result};
+use crate::kernels::adamw::{record_sparse_step, AdamWState, AdamWStep, Clip};
+use crate::kernels::columns::{self, Columns};
+use crate::kernels::embedding_bag::{EmbeddingBag, WeightGrads};
+use crate::kernels::value_grads::{SparseRows, ValueGrads};
+use crate::kernels::Gpu;
+use std::ops::Range;
+
+/// The environment variable that caps what a value table may take on each device, in bytes
+/// (to show on one machine what several devices hold).
+pub const MAX_DEVICE_BYTES_ENV: &str = "MEMLAYERS_MAX_DEVICE_BYTES";
+
+/// The cap `MEMLAYERS_MAX_DEVICE_BYTES` sets, if it is set.
+pub fn max_device_bytes_from_env() -> Result<Option<u64>> {
+    match std::env::var(MAX_DEVICE_BYTES_ENV) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::Config(format!("{MAX_DEVICE_BYTES_ENV}={v}: expected a number of bytes"))),
+        Err(_) => Ok(None),
+    }
+}
+
+/// `v_dim` columns in `devices` contiguous shards, as even as the width allows (the first
+/// `v_dim % devices` shards one column wider).
+pub fn shard_columns(v_dim: usize, devices: usize) -> Vec<Range<usize>> {
+    let (base, extra) = (v_dim / devices.max(1), v_dim % devices.max(1));
+    let mut start = 0;
+    (0..devices)
+        .map(|s| {
+            let width = base + (s < extra) as usize;
+            start += width;
+            start - width..start
+        })
+        .collect()
+}
+
+/// How a table is split: buffers per device, and a cap on each device's bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardOptions {
+    /// At most this many rows per buffer (`None`: as many as one binding holds).
+    pub rows_per_chunk: Option<usize>,
+    /// Refuse a table whose shard would take more than this on its device.
+    pub max_device_bytes: Option<u64>,
+}
+
+/// A value table `[n_rows, v_dim]` split by columns, shard `s` on device `s`.
+pub struct ShardedValues {
+    shards: Vec<ValuePool>,
+    columns: Vec<Range<usize>>,
+    n_rows: usize,
+    v_dim: usize,
+}
+
+impl ShardedValues {
+    /// Uploads `values [n_rows, v_dim]`, columns `shard_columns(v_dim, gpus.len())[s]` to
+    /// `gpus[s]`. Checks every shard against the cap and each device's binding before
+    /// uploading any.
+    pub fn new(
+        gpus: &[&Gpu],
+        values: &[f32],
+        (n_rows, v_dim): (usize, usize),
+        dtype: ValueDtype,
+        options: ShardOptions,
+    ) -> Result<Self> {
+        if values.len() != n_rows * v_dim {
+            return Err(Error::tensor(
+                super::layer::VALUES_NAME,
+                format!("{} elements ([{n_rows}, {v_dim}])", n_rows * v_dim),
+                format!("{}", values.len()),
+            ));
+        }
+        if gpus.is_empty() || gpus.len() > v_dim {
+            return Err(Error::Config(format!(
+                "{} devices for {v_dim} value columns: give between 1 and {v_dim}",
+                gpus.len()
+            )));
+        }
+        let columns = shard_columns(v_dim, gpus.len());
+        for (s, (gpu, cols)) in gpus.iter().zip(&columns).enumerate() {
+            let bytes = shard_bytes(n_rows, cols.len(), dtype);
+            if let Some(cap) = options.max_device_bytes.filter(|&cap| bytes > cap) {
+                return Err(Error::Config(format!(
+                    "the value table [{n_rows}, {v_dim}] takes {bytes} bytes on each of {} devices (columns {cols:?} on device {s}); the cap is {cap} ({MAX_DEVICE_BYTES_ENV}): use more devices or a smaller table",
+                    gpus.len()
+                )));
+            }
+            let row_bytes = shard_bytes(1, cols.len(), dtype);
+            if row_bytes > gpu.max_binding_bytes() {
+                return Err(Error::Config(format!(
+                    "device {s} ({}) cannot bind one row of its {} columns",
+                    gpu.adapter_name(),
+                    cols.len()
+                )));
+            }
+        }
+        let shards = gpus
+            .iter()
+            .zip(&columns)
+            .map(|(gpu, cols)| {
+                let width = cols.len();
+                ValuePool::filled(
+                    gpu,
+                    n_rows,
+                    width,
+                    dtype,
+                    options.rows_per_chunk,
+                    |first, rows| {
+                        for (r, row) in rows.chunks_mut(width).enumerate() {
+                            let at = (first + r) * v_dim + cols.start;
+                            row.copy_from_slice(&values[at..at + width]);
+                        }
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ShardedValues {
+            shards,
+            columns,
+            n_rows,
+            v_dim,
+        })
+    }
+
+    pub fn devices(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The columns each device holds.
+    pub fn columns(&self) -> &[Range<usize>] {
+        &self.columns
+    }
+
+    /// Device `s`'s columns as a table of their own `[n_rows, columns[s].len()]`.
+    pub fn shard(&self, s: usize) -> &ValuePool {
+        &self.shards[s]
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    pub fn v_dim(&self) -> usize {
+        self.v_dim
+    }
+
+    /// Bytes each device holds.
+    pub fn bytes_per_device(&self) -> Vec<u64> {
+        self.shards.iter().map(ValuePool::bytes).collect()
+    }
+
+    /// The whole table `[n_rows, v_dim]` on the host, joined from every device (what a
+    /// checkpoint saves; it loads on any number of devices).
+    pub async fn read(&self, gpus: &[&Gpu]) -> Result<Vec<f32>> {
+        self.check_devices(gpus)?;
+        let mut table = vec![0f32; self.n_rows * self.v_dim];
+        for ((gpu, shard), cols) in gpus.iter().zip(&self.shards).zip(&self.columns) {
+            let part = shard.read(gpu).await?;
+            columns::copy_reference(
+                &part,
+                (cols.len(), 0),
+                &mut table,
+                (self.v_dim, cols.start),
+                (self.n_rows, cols.len()),
+            );
+        }
+        Ok(table)
+    }
+
+    fn check_devices(&self, gpus: &[&Gpu]) -> Result<()> {
+        if gpus.len() != self.shards.len() {
+            return Err(Error::Config(format!(
+                "a table sharded over {} devices, given {}",
+                self.shards.len(),
+                gpus.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes `rows` rows of `width` columns take as `dtype` (f16 rows padded to whole words).
+pub fn shard_bytes(rows: usize, width: usize, dtype: ValueDtype) -> u64 {
+    let words = crate::kernels::embedding_bag::ValueChunks::row_words(width as u32, dtype == ValueDtype::F16);
+    rows as u64 * words as u64 * 4
+}
+
+/// What one sharded pass sent through the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Relay {
+    /// Bytes read back from devices.
+    pub bytes_read: u64,
+    /// Bytes written to devices.
+    pub bytes_written: u64,
+}
+
+impl Relay {
+    pub fn bytes(&self) -> u64 {
+        self.bytes_read + self.bytes_written
+    }
+
+    fn add(&mut self, other: Relay) {
+        self.bytes_read += other.bytes_read;
+        self.bytes_written += other.bytes_written;
+    }
+}
+
+/// A sharded forward's activations: the layer's, on device 0 (the bag joined), and the
+/// lookup's slots and weights as each other device received them (the backward reads them).
+pub struct ShardedActivations {
+    pub acts: MemoryActivations,
+    /// `relayed[s - 1]`: (slots, weights) on device `s`.
+    relayed: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+/// A sharded backward's gradients: the layer's on device 0, whose `values` are shard 0's
+/// rows, and every shard's value gradient on its device (`values[0]` is shard 0's).
+pub struct ShardedGrads {
+    pub grads: super::MemoryGrads,
+    pub values: Vec<SparseRows>,
+}
+
+/// Reads `len` words of `buffer` on `from` and writes them to a new buffer on `to`.
+async fn relay_words(
+    from: &Gpu,
+    buffer: &wgpu::Buffer,
+    len: usize,
+    to: &Gpu,
+    label: &str,
+) -> Result<(wgpu::Buffer, Relay)> {
+    let words = from.read_u32(buffer, len).await?;
+    let bytes = len as u64 * 4;
+    Ok((
+        to.upload(label, &words),
+        Relay {
+            bytes_read: bytes,
+            bytes_written: bytes,
+        },
+    ))
+}
+
+impl MemoryLayer {
+    fn check_sharded(&self, gpus: &[&Gpu], values: &ShardedValues) -> Result<()> {
+        values.check_devices(gpus)?;
+        let c = &self.config;
+        if c.peer {
+            return Err(Error::Config(
+                "a PEER layer dots its input with whole values_u rows: it is not sharded".into(),
+            ));
+        }
+        if values.v_dim() != c.v_dim || values.n_rows() != c.n_values() {
+            return Err(Error::tensor(
+                super::layer::VALUES_NAME,
+                format!("[{}, {}]", c.n_values(), c.v_dim),
+                format!("[{}, {}]", values.n_rows(), values.v_dim()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The forward of `x [rows, d]` (on `gpus[0]`, which holds this layer) with the values
+    /// sharded over `gpus`; the output added into `residual` as `record_forward_into` does.
+    /// Submits work and waits for each relay. Gives the bits `record_forward` gives.
+    pub async fn forward_sharded(
+        &self,
+        gpus: &[&Gpu],
+        values: &ShardedValues,
+        x: &wgpu::Buffer,
+        rows: u32,
+        residual: Option<&wgpu::Buffer>,
+    ) -> Result<(ShardedActivations, Relay)> {
+        self.check_sharded(gpus, values)?;
+        let (c, main) = (&self.config, gpus[0]);
+        let bag_size = (c.heads * c.knn) as u32;
+        let entries = rows as usize * bag_size as usize;
+        let mut encoder = main.device.create_command_encoder(&Default::default());
+        let found = self.record_lookup_stage(main, &mut encoder, x, rows)?;
+        main.queue.submit([encoder.finish()]);
+        let mut relay = Relay::default();
+        // The slots and weights to every other device, whose column bags start at once.
+        let mut relayed = Vec::new();
+        let mut shard_bags = Vec::new();
+        for (s, gpu) in gpus.iter().enumerate().skip(1) {
+            let (indices, r1) = relay_words(main, &found.indices, entries, gpu, "relayed slots").await?;
+            let (weights, r2) = relay_words(main, &found.weights, entries, gpu, "relayed weights").await?;
+            relay.add(r1);
+            relay.add(r2);
+            let width = values.columns[s].len();
+            let bag = gpu.scratch("shard bag", rows as u64 * width as u64 * 4);
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            record_bag(
+                gpu,
+                &mut encoder,
+                (rows, bag_size),
+                (&indices, &weights),
+                values.shard(s),
+                &bag,
+            )?;
+            gpu.queue.submit([encoder.finish()]);
+            relayed.push((indices, weights));
+            shard_bags.push(bag);
+        }
+        // Device 0's columns, then the others' joined in.
+        let bag = main.scratch("bag", rows as u64 * c.v_dim as u64 * 4);
+        let own = main.scratch("shard bag", rows as u64 * values.columns[0].len() as u64 * 4);
+        let mut encoder = main.device.create_command_encoder(&Default::default());
+        record_bag(
+            main,
+            &mut encoder,
+            (rows, bag_size),
+            (&found.indices, &found.weights),
+            values.shard(0),
+            &own,
+        )?;
+        let mut joined = vec![own];
+        for (s, shard_bag) in shard_bags.iter().enumerate() {
+            let width = values.columns[s + 1].len();
+            let (back, r) =
+                relay_words(gpus[s + 1], shard_bag, rows as usize * width, main, "relayed bag").await?;
+            relay.add(r);
+            joined.push(back);
+        }
+        for (part, cols) in joined.iter().zip(&values.columns) {
+            join_columns(main, &mut encoder, (part, &bag), cols, (rows, c.v_dim as u32))?;
+        }
+        let output = self.record_output_stage(main, &mut encoder, x, rows, &bag, residual)?;
+        main.queue.submit([encoder.finish()]);
+        let acts = MemoryActivations::from_stages(found, bag, None, output);
+        Ok((ShardedActivations { acts, relayed }, relay))
+    }
+
+    /// The backward of `forward_sharded` for `d_out [rows, out_dim]` (on `gpus[0]`): every
+    /// gradient with the bits of `record_backward`'s, each shard's value gradient on its
+    /// device. Submits work and waits for each relay.
+    pub async fn backward_sharded(
+        &self,
+        gpus: &[&Gpu],
+        values: &ShardedValues,
+        x: &wgpu::Buffer,
+        sharded: &ShardedActivations,
+        d_out: &wgpu::Buffer,
+    ) -> Result<(ShardedGrads, Relay)> {
+        self.check_sharded(gpus, values)?;
+        let (c, main, acts) = (&self.config, gpus[0], &sharded.acts);
+        let (rows, v) = (acts.rows, c.v_dim as u32);
+        let bag_size = (c.heads * c.knn) as u32;
+        let entries = rows as usize * bag_size as usize;
+        let pass = self.backward_pass(main, x, acts)?;
+        let mut encoder = main.device.create_command_encoder(&Default::default());
+        let above: AboveBag = pass.above_bag(&mut encoder, d_out)?;
+        // The bag gradient's columns, one matrix a shard.
+        let mut dys = Vec::new();
+        for cols in &values.columns {
+            let dy = main.scratch("shard grad bag", rows as u64 * cols.len() as u64 * 4);
+            columns::record_copy(
+                main,
+                &mut encoder,
+                Columns {
+                    buffer: &above.dy,
+                    stride: v,
+                    first: cols.start as u32,
+                },
+                Columns {
+                    buffer: &dy,
+                    stride: cols.len() as u32,
+                    first: 0,
+                },
+                (rows, cols.len() as u32),
+            )?;
+            dys.push(dy);
+        }
+        let bag_of = |s: usize| -> (&wgpu::Buffer, &wgpu::Buffer) {
+            match s {
+                0 => (&acts.indices, &acts.weights),
+                _ => (&sharded.relayed[s - 1].0, &sharded.relayed[s - 1].1),
+            }
+        };
+        let mut d_weights = main.storage("grad bag weights", entries as u64 * 4);
+        let mut shard_grads = vec![record_shard_grads(
+            main,
+            &mut encoder,
+            (rows, bag_size, c),
+            bag_of(0),
+            (values.shard(0), &dys[0]),
+            (&d_weights, false),
+        )?];
+        main.queue.submit([encoder.finish()]);
+        let mut relay = Relay::default();
+        // Each next shard goes on from the partial dots of the ones before it.
+        let mut at = 0;
+        for s in 1..values.devices() {
+            let gpu = gpus[s];
+            let (dy, r1) = relay_words(
+                main,
+                &dys[s],
+                rows as usize * values.columns[s].len(),
+                gpu,
+                "relayed grad bag",
+            )
+            .await?;
+            let (partial, r2) =
+                relay_words(gpus[at], &d_weights, entries, gpu, "relayed partial dots").await?;
+            relay.add(r1);
+            relay.add(r2);
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            shard_grads.push(record_shard_grads(
+                gpu,
+                &mut encoder,
+                (rows, bag_size, c),
+                bag_of(s),
+                (values.shard(s), &dy),
+                (&partial, true),
+            )?);
+            gpu.queue.submit([encoder.finish()]);
+            d_weights = partial;
+            at = s;
+        }
+        if at != 0 {
+            let (total, r) = relay_words(gpus[at], &d_weights, entries, main, "grad bag weights").await?;
+            relay.add(r);
+            d_weights = total;
+        }
+        let mut encoder = main.device.create_command_encoder(&Default::default());
+        let grads = pass.below_bag(&mut encoder, above, d_weights, shard_grads[0].clone(), None)?;
+        main.queue.submit([encoder.finish()]);
+        Ok((
+            ShardedGrads {
+                grads,
+                values: shard_grads,
+            },
+            relay,
+        ))
+    }
+}
+
+/// One device's columns of the bag: `out [rows, width] = sum_j w[r, j] * shard[slot[r, j]]`.
+fn record_bag(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    (rows, bag): (u32, u32),
+    (indices, weights): (&wgpu::Buffer, &wgpu::Buffer),
+    shard: &ValuePool,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    EmbeddingBag {
+        rows,
+        bag,
+        indices,
+        weights,
+        values: &shard.chunks(),
+        out,
+        workgroup_size: None,
+        columns_per_invocation: None,
+    }
+    .record(gpu, encoder)
+}
+
+/// `part [rows, cols.len()]` into columns `cols` of `bag [rows, v_dim]`.
+fn join_columns(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    (part, bag): (&wgpu::Buffer, &wgpu::Buffer),
+    cols: &Range<usize>,
+    (rows, v_dim): (u32, u32),
+) -> Result<()> {
+    columns::record_copy(
+        gpu,
+        encoder,
+        Columns {
+            buffer: part,
+            stride: cols.len() as u32,
+            first: 0,
+        },
+        Columns {
+            buffer: bag,
+            stride: v_dim,
+            first: cols.start as u32,
+        },
+        (rows, cols.len() as u32),
+    )
+}
+
+/// One shard's part of the bag's backward: the softmax weights' gradient dots over its
+/// columns (going on from `d_weights` when `continues`) and its value gradient rows.
+fn record_shard_grads(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    (rows, bag, c): (u32, u32, &super::MemoryConfig),
+    (indices, weights): (&wgpu::Buffer, &wgpu::Buffer),
+    (shard, dy): (&ValuePool, &wgpu::Buffer),
+    (d_weights, continues): (&wgpu::Buffer, bool),
+) -> Result<SparseRows> {
+    WeightGrads {
+        rows,
+        bag,
+        indices,
+        values: &shard.chunks(),
+        dy,
+        grad_weights: d_weights,
+        continues,
+    }
+    .record(gpu, encoder)?;
+    ValueGrads {
+        rows,
+        bag,
+        v_dim: shard.v_dim() as u32,
+        n_values: c.n_values() as u32,
+        max_per_slot: rows * c.heads as u32,
+        indices,
+        weights,
+        dy,
+    }
+    .record(gpu, encoder)
+}
+
+/// AdamW's moments of a sharded table, each shard's beside it; the lazy (listed rows only)
+/// update the trainer gives a value table.
+pub struct ShardedAdamW {
+    moments: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// One clip factor of 1 on each device (no clipping).
+    unclipped: Vec<wgpu::Buffer>,
+}
+
+impl ShardedAdamW {
+    /// Zero moments for every shard of `values` (an f32 table of one buffer a device: the
+    /// shape a trained table has).
+    pub fn new(gpus: &[&Gpu], values: &ShardedValues) -> Result<Self> {
+        values.check_devices(gpus)?;
+        let mut moments = Vec::new();
+        let mut unclipped = Vec::new();
+        for (s, gpu) in gpus.iter().enumerate() {
+            let shard = values.shard(s);
+            if shard.dtype() != ValueDtype::F32 || shard.buffer_count() != 1 {
+                return Err(Error::Config(
+                    "AdamW updates f32 value tables held in one buffer a device".into(),
+                ));
+            }
+            let bytes = shard.bytes();
+            moments.push((gpu.storage("adam m", bytes), gpu.storage("adam v", bytes)));
+            unclipped.push(gpu.upload("clip factor", &[1f32]));
+        }
+        Ok(ShardedAdamW { moments, unclipped })
+    }
+
+    /// Records each shard's update from its gradient rows (`grads.values[s]`) on its device
+    /// and submits it.
+    pub fn step(
+        &self,
+        gpus: &[&Gpu],
+        values: &ShardedValues,
+        grads: &ShardedGrads,
+        step: AdamWStep,
+    ) -> Result<()> {
+        values.check_devices(gpus)?;
+        for (s, gpu) in gpus.iter().enumerate() {
+            let (m, v) = &self.moments[s];
+            let shard = values.shard(s);
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            record_sparse_step(
+                gpu,
+                &mut encoder,
+                &AdamWState {
+                    param: &shard.buffers()[0],
+                    m,
+                    v,
+                },
+                shard.n_rows() as u64,
+                &grads.values[s],
+                Clip {
+                    factors: &self.unclipped[s],
+                    group: 0,
+                },
+                step,
+            )?;
+            gpu.queue.submit([encoder.finish()]);
+        }
+        Ok(())
+    }
+}

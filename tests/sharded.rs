@@ -1,0 +1,413 @@
+//! The value table sharded by columns over several devices (several wgpu devices on one
+//! adapter here): the forward, the backward and a run of training steps give the bits of one
+//! device, and the table read back loads on any number of devices.
+
+mod common;
+use common::gpu;
+use memlayers::kernels::adamw::AdamWStep;
+use memlayers::kernels::columns::{copy_reference, record_copy, Columns};
+use memlayers::memory::{
+    shard_columns, MemoryConfig, MemoryLayer, MemoryWeights, ShardOptions, ShardedAdamW, ShardedValues,
+    ValueDtype, ValuePool,
+};
+use memlayers::rng::Rng;
+use memlayers::Gpu;
+use std::sync::OnceLock;
+
+/// Two more devices on the test adapter, beside `gpu()`.
+fn devices() -> Vec<&'static Gpu> {
+    static MORE: OnceLock<Vec<Gpu>> = OnceLock::new();
+    let more = MORE.get_or_init(|| (0..2).map(|_| Gpu::new_blocking().unwrap()).collect());
+    std::iter::once(gpu()).chain(more.iter()).collect()
+}
+
+fn config(v_dim: usize, swilu: bool, gated: bool, qk_norm: bool) -> MemoryConfig {
+    MemoryConfig {
+        d: 12,
+        heads: 2,
+        n_keys: 9,
+        knn: 4,
+        k_dim: 8,
+        v_dim,
+        swilu,
+        value_proj: swilu || v_dim != 12,
+        gated,
+        peer: false,
+        qk_norm,
+    }
+}
+
+fn cases() -> Vec<MemoryConfig> {
+    vec![
+        config(12, false, false, false),
+        config(13, true, false, false),
+        config(16, true, true, true),
+        config(7, false, true, false),
+    ]
+}
+
+struct Setup {
+    weights: MemoryWeights,
+    values: Vec<f32>,
+    x: Vec<f32>,
+    d_out: Vec<f32>,
+    rows: usize,
+}
+
+fn setup(c: &MemoryConfig, seed: u64, rows: usize) -> Setup {
+    let mut rng = Rng::new(seed);
+    let weights = MemoryWeights::init(c, &mut rng).unwrap();
+    let values = MemoryWeights::init_values(c, &mut rng);
+    Setup {
+        x: rng.vec_normal(rows * c.d, 1.0),
+        d_out: rng.vec_normal(rows * c.out_dim(), 1.0),
+        weights,
+        values,
+        rows,
+    }
+}
+
+fn read(gpu: &Gpu, b: &wgpu::Buffer, n: usize) -> Vec<u32> {
+    gpu.read_u32_blocking(b, n).unwrap()
+}
+
+fn same_bits(what: &str, got: &[u32], want: &[u32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!(
+            "{what}: element {i} differs: {} vs {} (one device)",
+            f32::from_bits(got[i]),
+            f32::from_bits(want[i])
+        );
+    }
+}
+
+#[test]
+fn shards_are_contiguous_and_even() {
+    assert_eq!(shard_columns(10, 3), vec![0..4, 4..7, 7..10]);
+    assert_eq!(shard_columns(6, 2), vec![0..3, 3..6]);
+    assert_eq!(shard_columns(5, 1), vec![0..5]);
+}
+
+#[test]
+fn column_copies_match_the_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(3);
+    for &(rows, width, src_stride, src_first, dst_stride, dst_first) in &[
+        (1, 1, 1, 0, 1, 0),
+        (5, 3, 7, 2, 9, 6),
+        (33, 16, 16, 0, 40, 24),
+        (130, 5, 13, 8, 5, 0),
+        (700, 64, 100, 36, 64, 0),
+    ] {
+        let src = rng.vec_normal(rows * src_stride, 1.0);
+        let dst0 = rng.vec_normal(rows * dst_stride, 1.0);
+        let (sb, db) = (g.upload("src", &src), g.upload("dst", &dst0));
+        let mut encoder = g.device.create_command_encoder(&Default::default());
+        record_copy(
+            g,
+            &mut encoder,
+            Columns {
+                buffer: &sb,
+                stride: src_stride as u32,
+                first: src_first as u32,
+            },
+            Columns {
+                buffer: &db,
+                stride: dst_stride as u32,
+                first: dst_first as u32,
+            },
+            (rows as u32, width as u32),
+        )
+        .unwrap();
+        g.queue.submit([encoder.finish()]);
+        let mut want = dst0.clone();
+        copy_reference(
+            &src,
+            (src_stride, src_first),
+            &mut want,
+            (dst_stride, dst_first),
+            (rows, width),
+        );
+        let got = g.read_f32_blocking(&db, rows * dst_stride).unwrap();
+        assert_eq!(got, want, "rows {rows} width {width}");
+    }
+    // Columns past the row are refused.
+    let b = g.upload("b", &[0f32; 8]);
+    let mut encoder = g.device.create_command_encoder(&Default::default());
+    let cols = |first| Columns {
+        buffer: &b,
+        stride: 4,
+        first,
+    };
+    assert!(record_copy(g, &mut encoder, cols(2), cols(0), (2, 3)).is_err());
+}
+
+#[test]
+fn sharded_forward_and_backward_give_one_devices_bits() {
+    let all = devices();
+    for (i, c) in cases().iter().enumerate() {
+        for devices in [2, 3] {
+            matches_one_device(
+                &all[..devices],
+                c,
+                40 + i as u64,
+                &format!("case {i}, {devices} devices"),
+            );
+        }
+    }
+}
+
+/// Devices of two back ends (wgpu's Vulkan and GL on lavapipe and llvmpipe here): run by
+/// `scripts/test.sh` with `WGPU_BACKEND=vulkan,gl`, and fails where that lists one back end.
+#[test]
+#[ignore = "needs WGPU_BACKEND=vulkan,gl (scripts/test.sh runs it)"]
+fn shards_on_two_back_ends_give_one_devices_bits() {
+    let adapters = pollster::block_on(memlayers::gpu::all_adapters());
+    let index_of = |backend| {
+        adapters
+            .iter()
+            .position(|a| a.get_info().backend == backend)
+            .unwrap_or_else(|| panic!("no {backend:?} adapter: run with WGPU_BACKEND=vulkan,gl"))
+    };
+    let vulkan = Gpu::on_adapter_blocking(index_of(wgpu::Backend::Vulkan)).unwrap();
+    let gl = Gpu::on_adapter_blocking(index_of(wgpu::Backend::Gl)).unwrap();
+    for (i, c) in cases().iter().enumerate() {
+        matches_one_device(
+            &[&vulkan, &gl],
+            c,
+            60 + i as u64,
+            &format!("case {i}, Vulkan + GL"),
+        );
+        matches_one_device(
+            &[&gl, &vulkan, &gl],
+            c,
+            70 + i as u64,
+            &format!("case {i}, GL + Vulkan + GL"),
+        );
+    }
+}
+
+/// The sharded forward and backward over `gpus` against one device (`gpus[0]`), bit for bit.
+fn matches_one_device(gpus: &[&Gpu], c: &MemoryConfig, seed: u64, label: &str) {
+    let s = setup(c, seed, 37);
+    let main = gpus[0];
+    let layer = MemoryLayer::new(main, &s.weights).unwrap();
+    let x = main.upload("x", &s.x);
+    let d_out = main.upload("d_out", &s.d_out);
+    let pool = ValuePool::new(main, &s.values, c.n_values(), c.v_dim, ValueDtype::F32).unwrap();
+    let mut encoder = main.device.create_command_encoder(&Default::default());
+    let acts = layer
+        .record_forward(main, &mut encoder, &pool, &x, s.rows as u32)
+        .unwrap();
+    let grads = layer
+        .record_backward(main, &mut encoder, &pool, &x, &acts, &d_out)
+        .unwrap();
+    main.queue.submit([encoder.finish()]);
+    let n_out = s.rows * c.out_dim();
+    let entries = s.rows * c.heads * c.knn;
+    let want_values = pollster::block_on(grads.values.to_dense(main, c.n_values())).unwrap();
+    let what = |name: &str| format!("{label}: {name}");
+    let sharded = ShardedValues::new(
+        gpus,
+        &s.values,
+        (c.n_values(), c.v_dim),
+        ValueDtype::F32,
+        ShardOptions::default(),
+    )
+    .unwrap();
+    let (sa, relay) =
+        pollster::block_on(layer.forward_sharded(gpus, &sharded, &x, s.rows as u32, None)).unwrap();
+    assert!(relay.bytes() > 0);
+    same_bits(
+        &what("out"),
+        &read(main, &sa.acts.out, n_out),
+        &read(main, &acts.out, n_out),
+    );
+    same_bits(
+        &what("bag"),
+        &read(main, &sa.acts.bag, s.rows * c.v_dim),
+        &read(main, &acts.bag, s.rows * c.v_dim),
+    );
+    same_bits(
+        &what("slots"),
+        &read(main, &sa.acts.indices, entries),
+        &read(main, &acts.indices, entries),
+    );
+    let (sg, _) = pollster::block_on(layer.backward_sharded(gpus, &sharded, &x, &sa, &d_out)).unwrap();
+    same_bits(
+        &what("grad bag weights"),
+        &read(main, &sg.grads.bag_weights, entries),
+        &read(main, &grads.bag_weights, entries),
+    );
+    same_bits(
+        &what("grad x"),
+        &read(main, &sg.grads.x, s.rows * c.d),
+        &read(main, &grads.x, s.rows * c.d),
+    );
+    for ((name, got), (_, want)) in sg.grads.named(c).into_iter().zip(grads.named(c)) {
+        let n = (want.size() / 4) as usize;
+        same_bits(&what(name), &read(main, got, n), &read(main, want, n));
+    }
+    for (shard, cols) in sharded.columns().iter().enumerate() {
+        let got = pollster::block_on(sg.values[shard].to_dense(gpus[shard], c.n_values())).unwrap();
+        let mut want = vec![0f32; c.n_values() * cols.len()];
+        copy_reference(
+            &want_values,
+            (c.v_dim, cols.start),
+            &mut want,
+            (cols.len(), 0),
+            (c.n_values(), cols.len()),
+        );
+        same_bits(
+            &what(&format!("value grads of shard {shard}")),
+            &bits(&got),
+            &bits(&want),
+        );
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+#[test]
+fn f16_values_and_split_buffers_shard_alike() {
+    let all = devices();
+    let c = config(13, true, false, false);
+    let s = setup(&c, 7, 21);
+    let main = all[0];
+    let layer = MemoryLayer::new(main, &s.weights).unwrap();
+    let x = main.upload("x", &s.x);
+    for (dtype, rows_per_chunk) in [(ValueDtype::F16, None), (ValueDtype::F32, Some(20))] {
+        let pool = match rows_per_chunk {
+            Some(r) => ValuePool::with_rows_per_chunk(main, &s.values, c.n_values(), c.v_dim, dtype, r),
+            None => ValuePool::new(main, &s.values, c.n_values(), c.v_dim, dtype),
+        }
+        .unwrap();
+        let want = layer.forward_blocking(main, &pool, &s.x, s.rows).unwrap();
+        let gpus = &all[..3];
+        let sharded = ShardedValues::new(
+            gpus,
+            &s.values,
+            (c.n_values(), c.v_dim),
+            dtype,
+            ShardOptions {
+                rows_per_chunk,
+                max_device_bytes: None,
+            },
+        )
+        .unwrap();
+        let (sa, _) =
+            pollster::block_on(layer.forward_sharded(gpus, &sharded, &x, s.rows as u32, None)).unwrap();
+        let out = main
+            .read_f32_blocking(&sa.acts.out, s.rows * c.out_dim())
+            .unwrap();
+        same_bits(&format!("{dtype:?} out"), &bits(&out), &bits(&want.out));
+        let table = pollster::block_on(sharded.read(gpus)).unwrap();
+        let single = pollster::block_on(pool.read(main)).unwrap();
+        same_bits(&format!("{dtype:?} table"), &bits(&table), &bits(&single));
+    }
+}
+
+#[test]
+fn training_steps_on_shards_give_one_devices_table_and_resume_on_one() {
+    let all = devices();
+    let c = config(16, true, false, false);
+    let s = setup(&c, 11, 29);
+    let main = all[0];
+    let layer = MemoryLayer::new(main, &s.weights).unwrap();
+    let x = main.upload("x", &s.x);
+    let d_out = main.upload("d_out", &s.d_out);
+    let shape = (c.n_values(), c.v_dim);
+    let step = |t| AdamWStep {
+        lr: 0.05,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: t,
+    };
+    let train = |gpus: &[&Gpu]| -> Vec<f32> {
+        let values =
+            ShardedValues::new(gpus, &s.values, shape, ValueDtype::F32, ShardOptions::default()).unwrap();
+        let adam = ShardedAdamW::new(gpus, &values).unwrap();
+        for t in 1..=4 {
+            let (acts, _) =
+                pollster::block_on(layer.forward_sharded(gpus, &values, &x, s.rows as u32, None)).unwrap();
+            let (grads, _) =
+                pollster::block_on(layer.backward_sharded(gpus, &values, &x, &acts, &d_out)).unwrap();
+            adam.step(gpus, &values, &grads, step(t)).unwrap();
+        }
+        pollster::block_on(values.read(gpus)).unwrap()
+    };
+    let one = train(&all[..1]);
+    assert_ne!(one, s.values, "the steps changed the table");
+    for devices in [2, 3] {
+        let trained = train(&all[..devices]);
+        same_bits(
+            &format!("{devices} devices: table after 4 steps"),
+            &bits(&trained),
+            &bits(&one),
+        );
+        // Trained on several devices, the table runs on one.
+        let pool = ValuePool::new(main, &trained, shape.0, shape.1, ValueDtype::F32).unwrap();
+        let resumed = layer.forward_blocking(main, &pool, &s.x, s.rows).unwrap();
+        assert!(resumed.out.iter().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn bad_shardings_are_one_line_errors() {
+    let all = devices();
+    let c = config(12, false, false, false);
+    let s = setup(&c, 5, 4);
+    let shape = (c.n_values(), c.v_dim);
+    let capped = |cap| ShardOptions {
+        rows_per_chunk: None,
+        max_device_bytes: Some(cap),
+    };
+    // Each shard holds 81 rows x 6 columns x 4 bytes = 1,944 bytes on two devices.
+    let err = ShardedValues::new(&all[..1], &s.values, shape, ValueDtype::F32, capped(2000))
+        .err()
+        .expect("one device over the cap")
+        .to_string();
+    assert!(
+        err.contains("MEMLAYERS_MAX_DEVICE_BYTES") && !err.contains('\n'),
+        "{err}"
+    );
+    assert!(ShardedValues::new(&all[..2], &s.values, shape, ValueDtype::F32, capped(2000)).is_ok());
+    let wide = ShardedValues::new(
+        &all[..3],
+        &s.values[..81 * 2],
+        (81, 2),
+        ValueDtype::F32,
+        ShardOptions::default(),
+    );
+    assert!(wide
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("3 devices for 2 value columns"));
+    // A table sharded over two devices, used with three.
+    let values = ShardedValues::new(
+        &all[..2],
+        &s.values,
+        shape,
+        ValueDtype::F32,
+        ShardOptions::default(),
+    )
+    .unwrap();
+    let layer = MemoryLayer::new(all[0], &s.weights).unwrap();
+    let x = all[0].upload("x", &s.x);
+    let err = pollster::block_on(layer.forward_sharded(&all[..3], &values, &x, 4, None))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("sharded over 2 devices, given 3"),
+        "{err}"
+    );
+    // An adapter that does not exist.
+    let err = Gpu::on_adapter_blocking(99).err().unwrap().to_string();
+    assert!(err.contains("no adapter 99") && !err.contains('\n'), "{err}");
+}
