@@ -347,3 +347,62 @@ fn memory_forward_rejects_bad_input_clearly() {
         "`grad_output`",
     );
 }
+
+#[test]
+fn memory_forward_sharded_over_devices_writes_the_same_tensors() {
+    let dir = scratch_dir("devices");
+    let c = config();
+    let mut rng = Rng::new(21);
+    let weights = MemoryWeights::init(&c, &mut rng).unwrap();
+    let values = MemoryWeights::init_values(&c, &mut rng);
+    memory_tensors(&weights, &values)
+        .write(&dir.join("w.safetensors"))
+        .unwrap();
+    let rows = 9;
+    let mut input = TensorFile::default();
+    input.insert(
+        "input",
+        HostTensor::f32(vec![rows, c.d], rng.vec_normal(rows * c.d, 1.0)),
+    );
+    input.insert(
+        "grad_output",
+        HostTensor::f32(vec![rows, c.d], rng.vec_normal(rows * c.d, 1.0)),
+    );
+    input.write(&dir.join("x.safetensors")).unwrap();
+    let run = memory_forward(&dir, &["--knn", "5"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let one = std::fs::read(dir.join("out.safetensors")).unwrap();
+    for devices in ["0,0", "0,0,0"] {
+        let run = memory_forward(&dir, &["--knn", "5", "--devices", devices]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let sharded = std::fs::read(dir.join("out.safetensors")).unwrap();
+        assert!(
+            sharded == one,
+            "--devices {devices}: not the bytes one device writes"
+        );
+    }
+    std::fs::remove_file(dir.join("out.safetensors")).unwrap();
+    // An adapter that does not exist, and a cap that the shards do not fit: one line, no file.
+    let run = memory_forward(&dir, &["--knn", "5", "--devices", "0,99"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("no adapter 99"), "{err}");
+    // 400 rows x 12 columns x 4 bytes = 19,200 bytes a device on two devices.
+    let run = Command::new(env!("CARGO_BIN_EXE_memlayers"))
+        .env("MEMLAYERS_MAX_DEVICE_BYTES", "19000")
+        .args(["memory-forward", "--knn", "5", "--devices", "0,0", "--weights"])
+        .arg(dir.join("w.safetensors"))
+        .arg("--input")
+        .arg(dir.join("x.safetensors"))
+        .arg("--output")
+        .arg(dir.join("out.safetensors"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && err.contains("MEMLAYERS_MAX_DEVICE_BYTES"),
+        "{err}"
+    );
+    let message: Vec<&str> = err.lines().filter(|l| l.starts_with("memlayers:")).collect();
+    assert!(message.len() == 1 && message[0].contains("[400, 24]"), "{err}");
+    assert!(!dir.join("out.safetensors").exists());
+}

@@ -1,7 +1,8 @@
 //! `memlayers memory-forward`: a reference checkpoint's memory layer on the GPU.
 
 use memlayers::io::{load_memory, HostTensor, TensorData, TensorFile};
-use memlayers::memory::{self, MemoryWeights};
+use memlayers::kernels::columns::copy_reference;
+use memlayers::memory::{self, max_device_bytes_from_env, ShardOptions, ShardedValues};
 use memlayers::{Error, Gpu, MemoryLayer, Result, ValueDtype, ValuePool};
 use std::path::PathBuf;
 
@@ -27,6 +28,11 @@ pub struct Args {
     /// Keep the value table in f16 on the GPU (half the memory; accumulation stays f32).
     #[arg(long)]
     pub f16_values: bool,
+    /// Shard the value table by columns over these adapters (indices as `memlayers info`
+    /// lists them; an index may repeat: another device on the same adapter). The first holds
+    /// the rest of the layer. `MEMLAYERS_MAX_DEVICE_BYTES` caps each device's share.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
 }
 
 /// Rows per GPU submission, bounding the activations' memory for large inputs.
@@ -87,20 +93,27 @@ pub fn run(a: &Args) -> Result<()> {
         }
     };
 
-    let gpu = Gpu::new_blocking()?;
-    let layer = MemoryLayer::new(&gpu, &checkpoint.weights)?;
+    let gpus = open_devices(a.devices.as_deref())?;
+    let gpu = &gpus[0];
+    let layer = MemoryLayer::new(gpu, &checkpoint.weights)?;
     let dtype = if a.f16_values {
         ValueDtype::F16
     } else {
         ValueDtype::F32
     };
-    let pool = ValuePool::new(&gpu, &checkpoint.values, c.n_values(), c.v_dim, dtype)?;
+    let values = Values::upload(
+        &gpus,
+        a.devices.is_some(),
+        &checkpoint.values,
+        (c.n_values(), c.v_dim),
+        dtype,
+    )?;
     let lookups = c.heads * c.knn;
     let mut out = TensorFile::default();
     let (output, indices, scores) = match &grad_output {
         // With gradients, one pass over all rows (parameter gradients sum over every row).
         Some(g) => {
-            let r = forward_backward(&gpu, &layer, &pool, data, rows, g, &checkpoint.weights)?;
+            let r = forward_backward(&gpus, &layer, &values, data, rows, g)?;
             out.insert("grad.input", HostTensor::f32(x.shape.clone(), r.grad_input));
             for (name, shape, values) in r.grads {
                 out.insert(
@@ -118,7 +131,7 @@ pub fn run(a: &Args) -> Result<()> {
             );
             for start in (0..rows).step_by(ROWS_PER_BATCH) {
                 let n = ROWS_PER_BATCH.min(rows - start);
-                let r = layer.forward_blocking(&gpu, &pool, &data[start * c.d..(start + n) * c.d], n)?;
+                let r = values.forward(&gpus, &layer, &data[start * c.d..(start + n) * c.d], n)?;
                 output.extend(r.out);
                 indices.extend(r.indices);
                 scores.extend(r.scores);
@@ -143,46 +156,132 @@ struct WithGrads {
     grads: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
 }
 
-fn forward_backward(
+/// The devices `--devices` names (each opened on its adapter), or the default one.
+pub fn open_devices(devices: Option<&[usize]>) -> Result<Vec<Gpu>> {
+    match devices {
+        None => Ok(vec![Gpu::new_blocking()?]),
+        Some([]) => Err(Error::Config("--devices: give at least one adapter index".into())),
+        Some(list) => list.iter().map(|&i| Gpu::on_adapter_blocking(i)).collect(),
+    }
+}
+
+/// The value table on one device, or sharded over several (`--devices`).
+enum Values {
+    One(ValuePool),
+    Sharded(ShardedValues),
+}
+
+impl Values {
+    fn upload(
+        gpus: &[Gpu],
+        sharded: bool,
+        table: &[f32],
+        shape: (usize, usize),
+        dtype: ValueDtype,
+    ) -> Result<Self> {
+        if !sharded {
+            return Ok(Values::One(ValuePool::new(
+                &gpus[0], table, shape.0, shape.1, dtype,
+            )?));
+        }
+        let options = ShardOptions {
+            rows_per_chunk: None,
+            max_device_bytes: max_device_bytes_from_env()?,
+        };
+        let refs: Vec<&Gpu> = gpus.iter().collect();
+        Ok(Values::Sharded(ShardedValues::new(
+            &refs, table, shape, dtype, options,
+        )?))
+    }
+
+    fn forward(
+        &self,
+        gpus: &[Gpu],
+        layer: &MemoryLayer,
+        x: &[f32],
+        rows: usize,
+    ) -> Result<memory::ForwardResult> {
+        let gpu = &gpus[0];
+        match self {
+            Values::One(pool) => layer.forward_blocking(gpu, pool, x, rows),
+            Values::Sharded(values) => {
+                let xb = gpu.upload("input", x);
+                let refs: Vec<&Gpu> = gpus.iter().collect();
+                let (sharded, _) =
+                    pollster::block_on(layer.forward_sharded(&refs, values, &xb, rows as u32, None))?;
+                read_forward(gpu, &layer.config, &sharded.acts)
+            }
+        }
+    }
+}
+
+fn read_forward(
     gpu: &Gpu,
+    c: &memory::MemoryConfig,
+    acts: &memory::MemoryActivations,
+) -> Result<memory::ForwardResult> {
+    let rows = acts.rows as usize;
+    let n = rows * c.heads * c.knn;
+    Ok(memory::ForwardResult {
+        out: gpu.read_f32_blocking(&acts.out, rows * c.out_dim())?,
+        indices: gpu.read_u32_blocking(&acts.indices, n)?,
+        scores: gpu.read_f32_blocking(&acts.scores, n)?,
+        weights: gpu.read_f32_blocking(&acts.weights, n)?,
+    })
+}
+
+fn forward_backward(
+    gpus: &[Gpu],
     layer: &MemoryLayer,
-    pool: &ValuePool,
+    values: &Values,
     x: &[f32],
     rows: usize,
     d_out: &[f32],
-    weights: &MemoryWeights,
 ) -> Result<WithGrads> {
-    let c = &layer.config;
+    let (c, gpu) = (&layer.config, &gpus[0]);
     let (xb, db) = (gpu.upload("input", x), gpu.upload("grad_output", d_out));
-    let mut encoder = gpu.device.create_command_encoder(&Default::default());
-    let acts = layer.record_forward(gpu, &mut encoder, pool, &xb, rows as u32)?;
-    let grads = layer.record_backward(gpu, &mut encoder, pool, &xb, &acts, &db)?;
-    gpu.queue.submit([encoder.finish()]);
+    let (forward, grads, value_grad) = match values {
+        Values::One(pool) => {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let acts = layer.record_forward(gpu, &mut encoder, pool, &xb, rows as u32)?;
+            let grads = layer.record_backward(gpu, &mut encoder, pool, &xb, &acts, &db)?;
+            gpu.queue.submit([encoder.finish()]);
+            let value_grad = pollster::block_on(grads.values.to_dense(gpu, c.n_values()))?;
+            (read_forward(gpu, c, &acts)?, grads, value_grad)
+        }
+        Values::Sharded(values) => {
+            let refs: Vec<&Gpu> = gpus.iter().collect();
+            let (acts, _) = pollster::block_on(layer.forward_sharded(&refs, values, &xb, rows as u32, None))?;
+            let (sharded, _) = pollster::block_on(layer.backward_sharded(&refs, values, &xb, &acts, &db))?;
+            let mut value_grad = vec![0f32; c.n_values() * c.v_dim];
+            for (s, cols) in values.columns().iter().enumerate() {
+                let part = pollster::block_on(sharded.values[s].to_dense(&gpus[s], c.n_values()))?;
+                copy_reference(
+                    &part,
+                    (cols.len(), 0),
+                    &mut value_grad,
+                    (c.v_dim, cols.start),
+                    (c.n_values(), cols.len()),
+                );
+            }
+            (read_forward(gpu, c, &acts.acts)?, sharded.grads, value_grad)
+        }
+    };
     let mut params = Vec::new();
-    for (name, shape, _) in weights.named_tensors() {
-        let buffer = match name {
-            memory::QUERY_W => &grads.query_w,
-            memory::QUERY_B => &grads.query_b,
-            memory::KEYS => &grads.keys,
-            memory::SWILU_W => &grads.swilu.as_ref().unwrap().0,
-            memory::SWILU_B => &grads.swilu.as_ref().unwrap().1,
-            memory::VALUE_PROJ_W => &grads.value_proj.as_ref().unwrap().0,
-            memory::VALUE_PROJ_B => &grads.value_proj.as_ref().unwrap().1,
-            other => return Err(Error::Format(format!("no gradient for `{other}`"))),
-        };
+    let shapes = memory::parameters(c);
+    for (name, buffer) in grads.named(c) {
+        let shape = shapes
+            .iter()
+            .find(|p| p.0 == name)
+            .expect("a parameter")
+            .1
+            .clone();
         let len = shape.iter().product();
         params.push((name, shape, gpu.read_f32_blocking(buffer, len)?));
     }
-    let values = pollster::block_on(grads.values.to_dense(gpu, c.n_values()))?;
-    params.push((memory::VALUES_NAME, vec![c.n_values(), c.v_dim], values));
-    let n = rows * c.heads * c.knn;
+    params.push((memory::VALUES_NAME, vec![c.n_values(), c.v_dim], value_grad));
     Ok(WithGrads {
-        forward: memory::ForwardResult {
-            out: gpu.read_f32_blocking(&acts.out, rows * c.out_dim())?,
-            indices: gpu.read_u32_blocking(&acts.indices, n)?,
-            scores: gpu.read_f32_blocking(&acts.scores, n)?,
-            weights: gpu.read_f32_blocking(&acts.weights, n)?,
-        },
+        forward,
         grad_input: gpu.read_f32_blocking(&grads.x, rows * c.d)?,
         grads: params,
     })
