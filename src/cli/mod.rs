@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
 #[cfg(feature = "bench")]
+mod bench_devices;
+#[cfg(feature = "bench")]
 mod bench_lm;
 #[cfg(feature = "bench")]
 mod bench_teach;
@@ -109,6 +111,13 @@ enum Command {
         /// With --model or --shape: write the figures to this JSON file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// The value table sharded over the first 1, 2, ... of these adapters (indices as
+        /// `memlayers info` lists them; repeat one for several devices on it): the largest
+        /// table under a per-device cap (MEMLAYERS_MAX_DEVICE_BYTES, default 64 MiB), the
+        /// layer's forward tokens/s (--quick: the small shape, else the paper's), and a
+        /// training step of the demo's cpu-preset memory with what it relays.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["train", "teach", "model", "shape"])]
+        devices: Option<Vec<usize>>,
     },
 }
 
@@ -125,6 +134,19 @@ pub fn run() -> Result<()> {
         Command::SlotStats(args) => slot_stats::run(&args),
         Command::Teach(args) => teach::run(&args),
         Command::Retrofit(args) => retrofit::run(&args),
+        #[cfg(feature = "bench")]
+        Command::Bench {
+            devices: Some(devices),
+            quick,
+            tokens,
+            iters,
+            ..
+        } => bench_devices::run(&bench_devices::Options {
+            devices,
+            quick,
+            tokens,
+            iters,
+        }),
         #[cfg(feature = "bench")]
         Command::Bench {
             teach: true,

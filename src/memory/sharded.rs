@@ -203,12 +203,15 @@ pub fn shard_bytes(rows: usize, width: usize, dtype: ValueDtype) -> u64 {
 }
 
 /// What one sharded pass sent through the host.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Relay {
     /// Bytes read back from devices.
     pub bytes_read: u64,
     /// Bytes written to devices.
     pub bytes_written: u64,
+    /// Seconds the transfers took, each timed from a device with no work left (native
+    /// only: 0 in the browser, which has no clock here and cannot wait for a device).
+    pub seconds: f64,
 }
 
 impl Relay {
@@ -219,6 +222,7 @@ impl Relay {
     fn add(&mut self, other: Relay) {
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
+        self.seconds += other.seconds;
     }
 }
 
@@ -245,15 +249,50 @@ async fn relay_words(
     to: &Gpu,
     label: &str,
 ) -> Result<(wgpu::Buffer, Relay)> {
+    let clock = RelayClock::start(from)?;
     let words = from.read_u32(buffer, len).await?;
+    let copy = to.upload(label, &words);
     let bytes = len as u64 * 4;
     Ok((
-        to.upload(label, &words),
+        copy,
         Relay {
             bytes_read: bytes,
             bytes_written: bytes,
+            seconds: clock.seconds(),
         },
     ))
+}
+
+/// Times a transfer from the moment its source device has finished the work before it.
+#[cfg(not(target_arch = "wasm32"))]
+struct RelayClock(std::time::Instant);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl RelayClock {
+    fn start(from: &Gpu) -> Result<Self> {
+        from.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("poll failed: {e}")))?;
+        Ok(RelayClock(std::time::Instant::now()))
+    }
+
+    fn seconds(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+struct RelayClock;
+
+#[cfg(target_arch = "wasm32")]
+impl RelayClock {
+    fn start(_: &Gpu) -> Result<Self> {
+        Ok(RelayClock)
+    }
+
+    fn seconds(&self) -> f64 {
+        0.0
+    }
 }
 
 impl MemoryLayer {
