@@ -226,20 +226,15 @@ fn training(all: &[&Gpu], counts: &[usize], o: &Options) -> Result<()> {
                     .poll(wgpu::PollType::wait_indefinitely())
                     .map_err(|e| memlayers::Error::Device(format!("poll failed: {e}")))?;
             }
-            Ok(Relay {
-                bytes_read: r1.bytes_read + r2.bytes_read,
-                bytes_written: r1.bytes_written + r2.bytes_written,
-                seconds: r1.seconds + r2.seconds,
-            })
+            let mut relay = r1;
+            relay += r2;
+            Ok(relay)
         };
         layer_step(1)?;
         let start = Instant::now();
         let mut relay = Relay::default();
         for t in 0..o.iters {
-            let r = layer_step(t as u32 + 2)?;
-            relay.bytes_read += r.bytes_read;
-            relay.bytes_written += r.bytes_written;
-            relay.seconds += r.seconds;
+            relay += layer_step(t as u32 + 2)?;
         }
         let n = o.iters as f64;
         let seconds = start.elapsed().as_secs_f64() / n;

@@ -218,8 +218,10 @@ impl Relay {
     pub fn bytes(&self) -> u64 {
         self.bytes_read + self.bytes_written
     }
+}
 
-    fn add(&mut self, other: Relay) {
+impl std::ops::AddAssign for Relay {
+    fn add_assign(&mut self, other: Relay) {
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
         self.seconds += other.seconds;
@@ -248,19 +250,28 @@ async fn relay_words(
     len: usize,
     to: &Gpu,
     label: &str,
-) -> Result<(wgpu::Buffer, Relay)> {
+    relay: &mut Relay,
+) -> Result<wgpu::Buffer> {
+    let words = read_words(from, buffer, len, relay).await?;
+    Ok(write_words(to, label, &words, relay))
+}
+
+/// Reads `len` words of `buffer` back from `from`, timed from the moment it is idle.
+async fn read_words(from: &Gpu, buffer: &wgpu::Buffer, len: usize, relay: &mut Relay) -> Result<Vec<u32>> {
     let clock = RelayClock::start(from)?;
     let words = from.read_u32(buffer, len).await?;
-    let copy = to.upload(label, &words);
-    let bytes = len as u64 * 4;
-    Ok((
-        copy,
-        Relay {
-            bytes_read: bytes,
-            bytes_written: bytes,
-            seconds: clock.seconds(),
-        },
-    ))
+    relay.bytes_read += len as u64 * 4;
+    relay.seconds += clock.seconds();
+    Ok(words)
+}
+
+/// Writes `words` to a new buffer on `to`.
+fn write_words(to: &Gpu, label: &str, words: &[u32], relay: &mut Relay) -> wgpu::Buffer {
+    let clock = RelayClock::now();
+    let buffer = to.upload(label, words);
+    relay.bytes_written += words.len() as u64 * 4;
+    relay.seconds += clock.seconds();
+    buffer
 }
 
 /// Times a transfer from the moment its source device has finished the work before it.
@@ -273,7 +284,11 @@ impl RelayClock {
         from.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Device(format!("poll failed: {e}")))?;
-        Ok(RelayClock(std::time::Instant::now()))
+        Ok(Self::now())
+    }
+
+    fn now() -> Self {
+        RelayClock(std::time::Instant::now())
     }
 
     fn seconds(&self) -> f64 {
@@ -288,6 +303,10 @@ struct RelayClock;
 impl RelayClock {
     fn start(_: &Gpu) -> Result<Self> {
         Ok(RelayClock)
+    }
+
+    fn now() -> Self {
+        RelayClock
     }
 
     fn seconds(&self) -> f64 {
@@ -333,28 +352,30 @@ impl MemoryLayer {
         let found = self.record_lookup_stage(main, &mut encoder, x, rows)?;
         main.queue.submit([encoder.finish()]);
         let mut relay = Relay::default();
-        // The slots and weights to every other device, whose column bags start at once.
-        let mut relayed = Vec::new();
-        let mut shard_bags = Vec::new();
-        for (s, gpu) in gpus.iter().enumerate().skip(1) {
-            let (indices, r1) = relay_words(main, &found.indices, entries, gpu, "relayed slots").await?;
-            let (weights, r2) = relay_words(main, &found.weights, entries, gpu, "relayed weights").await?;
-            relay.add(r1);
-            relay.add(r2);
-            let width = values.columns[s].len();
-            let bag = gpu.scratch("shard bag", rows as u64 * width as u64 * 4);
-            let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            record_bag(
-                gpu,
-                &mut encoder,
-                (rows, bag_size),
-                (&indices, &weights),
-                values.shard(s),
-                &bag,
-            )?;
-            gpu.queue.submit([encoder.finish()]);
-            relayed.push((indices, weights));
-            shard_bags.push(bag);
+        // The slots and weights, read once, to every other device, whose column bags start
+        // at once.
+        let (mut relayed, mut shard_bags) = (Vec::new(), Vec::new());
+        if gpus.len() > 1 {
+            let indices = read_words(main, &found.indices, entries, &mut relay).await?;
+            let weights = read_words(main, &found.weights, entries, &mut relay).await?;
+            for (s, gpu) in gpus.iter().enumerate().skip(1) {
+                let indices = write_words(gpu, "relayed slots", &indices, &mut relay);
+                let weights = write_words(gpu, "relayed weights", &weights, &mut relay);
+                let width = values.columns[s].len();
+                let bag = gpu.scratch("shard bag", rows as u64 * width as u64 * 4);
+                let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                record_bag(
+                    gpu,
+                    &mut encoder,
+                    (rows, bag_size),
+                    (&indices, &weights),
+                    values.shard(s),
+                    &bag,
+                )?;
+                gpu.queue.submit([encoder.finish()]);
+                relayed.push((indices, weights));
+                shard_bags.push(bag);
+            }
         }
         // Device 0's columns, then the others' joined in.
         let bag = main.scratch("bag", rows as u64 * c.v_dim as u64 * 4);
@@ -371,10 +392,18 @@ impl MemoryLayer {
         let mut joined = vec![own];
         for (s, shard_bag) in shard_bags.iter().enumerate() {
             let width = values.columns[s + 1].len();
-            let (back, r) =
-                relay_words(gpus[s + 1], shard_bag, rows as usize * width, main, "relayed bag").await?;
-            relay.add(r);
-            joined.push(back);
+            let from = gpus[s + 1];
+            joined.push(
+                relay_words(
+                    from,
+                    shard_bag,
+                    rows as usize * width,
+                    main,
+                    "relayed bag",
+                    &mut relay,
+                )
+                .await?,
+            );
         }
         for (part, cols) in joined.iter().zip(&values.columns) {
             join_columns(main, &mut encoder, (part, &bag), cols, (rows, c.v_dim as u32))?;
@@ -442,29 +471,34 @@ impl MemoryLayer {
         )?];
         main.queue.submit([encoder.finish()]);
         let mut relay = Relay::default();
+        // The bag gradient's columns out to their devices.
+        let mut shard_dys = vec![None];
+        for (s, gpu) in gpus.iter().enumerate().skip(1) {
+            let len = rows as usize * values.columns[s].len();
+            shard_dys.push(Some(
+                relay_words(main, &dys[s], len, gpu, "relayed grad bag", &mut relay).await?,
+            ));
+        }
         // Each next shard goes on from the partial dots of the ones before it.
         let mut at = 0;
-        for s in 1..values.devices() {
+        for (s, dy) in shard_dys.iter().enumerate().skip(1) {
             let gpu = gpus[s];
-            let (dy, r1) = relay_words(
-                main,
-                &dys[s],
-                rows as usize * values.columns[s].len(),
+            let partial = relay_words(
+                gpus[at],
+                &d_weights,
+                entries,
                 gpu,
-                "relayed grad bag",
+                "relayed partial dots",
+                &mut relay,
             )
             .await?;
-            let (partial, r2) =
-                relay_words(gpus[at], &d_weights, entries, gpu, "relayed partial dots").await?;
-            relay.add(r1);
-            relay.add(r2);
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             shard_grads.push(record_shard_grads(
                 gpu,
                 &mut encoder,
                 (rows, bag_size, c),
                 bag_of(s),
-                (values.shard(s), &dy),
+                (values.shard(s), dy.as_ref().expect("relayed")),
                 (&partial, true),
             )?);
             gpu.queue.submit([encoder.finish()]);
@@ -472,9 +506,15 @@ impl MemoryLayer {
             at = s;
         }
         if at != 0 {
-            let (total, r) = relay_words(gpus[at], &d_weights, entries, main, "grad bag weights").await?;
-            relay.add(r);
-            d_weights = total;
+            d_weights = relay_words(
+                gpus[at],
+                &d_weights,
+                entries,
+                main,
+                "grad bag weights",
+                &mut relay,
+            )
+            .await?;
         }
         let mut encoder = main.device.create_command_encoder(&Default::default());
         let grads = pass.below_bag(&mut encoder, above, d_weights, shard_grads[0].clone(), None)?;
