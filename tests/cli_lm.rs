@@ -168,4 +168,6 @@ fn train_resume_is_bit_identical_and_generate_runs() {
     // generation does.
     assert!(gen("1", &["--f16-kv-cache"]).ends_with('\n'));
     assert!(gen("1", &["--f16-activations", "--f16-weights"]).ends_with('\n'));
+    // The memory's values sharded over three devices: the same continuation.
+    assert_eq!(gen("1", &["--devices", "0,0,0"]), gen("1", &[]));
 }

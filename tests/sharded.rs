@@ -411,3 +411,69 @@ fn bad_shardings_are_one_line_errors() {
     let err = Gpu::on_adapter_blocking(99).err().unwrap().to_string();
     assert!(err.contains("no adapter 99") && !err.contains('\n'), "{err}");
 }
+
+/// A model whose value tables are sharded gives one device's logits, loss and cached
+/// generation steps (the same plan twice: the sharded layer submits in the middle of a
+/// planned pass), and refuses training in one line.
+#[test]
+fn a_model_with_sharded_tables_gives_one_devices_logits() {
+    use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
+    let main = gpu();
+    let configs = [
+        r#"{"dim": 24, "n_layers": 3, "n_heads": 3, "vocab_size": 37, "multiple_of": 8, "max_seqlen": 32,
+            "productkey_args": {"is_enabled": true, "layers": "0,2", "mem_n_keys": 10, "mem_heads": 2, "mem_knn": 4, "mem_k_dim": 8}}"#,
+        r#"{"dim": 16, "n_layers": 2, "n_heads": 2, "vocab_size": 20, "multiple_of": 8, "max_seqlen": 16, "seed": 3,
+            "productkey_args": {"is_enabled": true, "layers": "0,1", "mem_n_keys": 6, "mem_heads": 1, "mem_knn": 3, "mem_k_dim": 4,
+            "mem_share_values": false, "mem_gated": true}}"#,
+    ];
+    let mut rng = Rng::new(17);
+    for json in configs {
+        let config = LMTransformerArgs::from_json(json).unwrap().resolve().unwrap();
+        let w = ModelWeights::init(&config).unwrap();
+        let (batch, seq) = (2, 9);
+        let tokens: Vec<u32> = (0..batch * seq)
+            .map(|_| rng.below(config.vocab as u64) as u32)
+            .collect();
+        let targets: Vec<u32> = (0..batch * seq)
+            .map(|_| rng.below(config.vocab as u64) as u32)
+            .collect();
+        let one = Model::new(main, &w).unwrap();
+        let (want, want_loss) =
+            pollster::block_on(one.forward(main, &tokens, Some(&targets), batch, seq)).unwrap();
+        let mut cache = one.new_cache(main);
+        let want_steps: Vec<Vec<f32>> = [&tokens[..5], &tokens[5..6], &tokens[6..7]]
+            .iter()
+            .map(|t| pollster::block_on(one.forward_last_with_cache(main, t, &mut cache)).unwrap())
+            .collect();
+        for others in [1, 2] {
+            let more = (0..others).map(|_| Gpu::new_blocking().unwrap()).collect();
+            let sharded = Model::new_sharded(main, more, &w, ShardOptions::default()).unwrap();
+            for pass in 0..2 {
+                let (got, loss) =
+                    pollster::block_on(sharded.forward(main, &tokens, Some(&targets), batch, seq)).unwrap();
+                let label = format!("{} devices, pass {pass}", others + 1);
+                same_bits(&format!("{label}: logits"), &bits(&got), &bits(&want));
+                assert_eq!(
+                    loss.unwrap().to_bits(),
+                    want_loss.unwrap().to_bits(),
+                    "{label}: loss"
+                );
+            }
+            let mut cache = sharded.new_cache(main);
+            for (i, t) in [&tokens[..5], &tokens[5..6], &tokens[6..7]].iter().enumerate() {
+                let got = pollster::block_on(sharded.forward_last_with_cache(main, t, &mut cache)).unwrap();
+                same_bits(
+                    &format!("{} devices: cached step {i}", others + 1),
+                    &bits(&got),
+                    &bits(&want_steps[i]),
+                );
+            }
+            let err = sharded
+                .trainable_params()
+                .err()
+                .expect("training refused")
+                .to_string();
+            assert!(err.contains("sharded") && !err.contains('\n'), "{err}");
+        }
+    }
+}

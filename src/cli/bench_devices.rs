@@ -5,7 +5,6 @@
 //! memory layer with what it relays through the host (bytes and seconds), set against the
 //! whole memory model's training step measured in the same run.
 
-use super::memory_forward::open_devices;
 use memlayers::kernels::adamw::AdamWStep;
 use memlayers::memory::{
     max_device_bytes_from_env, shard_bytes, MemoryConfig, MemoryLayer, MemoryWeights, Relay, ShardOptions,
@@ -32,7 +31,7 @@ const DEMO_CPU_MODEL: &str = r#"{"dim": 32, "n_layers": 2, "n_heads": 1, "vocab_
 const DEMO_CPU_BATCH: (usize, usize) = (32, 48);
 
 pub fn run(o: &Options) -> Result<()> {
-    let gpus = open_devices(Some(&o.devices))?;
+    let gpus = super::devices::open(Some(&o.devices))?;
     for (i, (gpu, index)) in gpus.iter().zip(&o.devices).enumerate() {
         println!("device {i}: adapter {index}, {}", gpu.adapter_name());
     }

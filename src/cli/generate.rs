@@ -55,6 +55,11 @@ pub struct Args {
     /// traffic; sums stay f32).
     #[arg(long)]
     pub f16_activations: bool,
+    /// Shard the memory's value tables by columns over these adapters (indices as
+    /// `memlayers info` lists them; one may repeat): the first holds the rest of the model.
+    /// memlayers and lingua folders; `MEMLAYERS_MAX_DEVICE_BYTES` caps each device's share.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["f16_weights", "q8_weights", "f16_gemm_inputs"])]
+    pub devices: Option<Vec<usize>>,
     /// Hugging Face instruct models: the prompt is one user message, rendered by the
     /// tokenizer_config.json chat template.
     #[arg(long)]
@@ -70,9 +75,12 @@ fn empty_cache(a: &Args, gpu: &Gpu, model: &Model) -> KvCache {
     }
 }
 
-/// The device as `a` asks for it.
+/// The device as `a` asks for it (the first of `--devices`).
 fn device(a: &Args) -> Result<Gpu> {
-    let mut gpu = Gpu::new_blocking()?;
+    let mut gpu = match a.devices.as_deref() {
+        Some([first, ..]) => Gpu::on_adapter_blocking(*first)?,
+        _ => Gpu::new_blocking()?,
+    };
     if a.f16_gemm_inputs {
         gpu.set_gemm_precision(memlayers::kernels::linear::GemmPrecision::F16Inputs);
     }
@@ -82,7 +90,17 @@ fn device(a: &Args) -> Result<Gpu> {
 /// The device and the model as `a` asks for them.
 fn load(a: &Args, weights: &memlayers::model::ModelWeights) -> Result<(Gpu, Model)> {
     let gpu = device(a)?;
-    let mut model = Model::new(&gpu, weights)?;
+    let mut model = match a.devices.as_deref() {
+        Some([_, rest @ ..]) => {
+            let others = rest
+                .iter()
+                .map(|&i| Gpu::on_adapter_blocking(i))
+                .collect::<Result<_>>()?;
+            Model::new_sharded(&gpu, others, weights, super::devices::shard_options()?)?
+        }
+        Some([]) => return Err(Error::Config("--devices: give at least one adapter index".into())),
+        None => Model::new(&gpu, weights)?,
+    };
     model.use_f16_activations(a.f16_activations);
     if a.precision() != WeightPrecision::F32 {
         model.use_compact_weights(&gpu, weights, a.precision())?;
@@ -212,6 +230,12 @@ fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
             a.max_tokens,
             config.max_seqlen
         )));
+    }
+    if a.devices.is_some() {
+        return Err(Error::Config(
+            "--devices: sharded value tables load from memlayers and lingua folders; a Hugging Face folder runs on one device"
+                .into(),
+        ));
     }
     let gpu = device(a)?;
     // Each tensor uploaded as it is read: the host never holds the whole model.

@@ -2,7 +2,7 @@
 
 use memlayers::io::{load_memory, HostTensor, TensorData, TensorFile};
 use memlayers::kernels::columns::copy_reference;
-use memlayers::memory::{self, max_device_bytes_from_env, ShardOptions, ShardedValues};
+use memlayers::memory::{self, ShardedValues};
 use memlayers::{Error, Gpu, MemoryLayer, Result, ValueDtype, ValuePool};
 use std::path::PathBuf;
 
@@ -93,7 +93,7 @@ pub fn run(a: &Args) -> Result<()> {
         }
     };
 
-    let gpus = open_devices(a.devices.as_deref())?;
+    let gpus = super::devices::open(a.devices.as_deref())?;
     let gpu = &gpus[0];
     let layer = MemoryLayer::new(gpu, &checkpoint.weights)?;
     let dtype = if a.f16_values {
@@ -156,15 +156,6 @@ struct WithGrads {
     grads: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
 }
 
-/// The devices `--devices` names (each opened on its adapter), or the default one.
-pub fn open_devices(devices: Option<&[usize]>) -> Result<Vec<Gpu>> {
-    match devices {
-        None => Ok(vec![Gpu::new_blocking()?]),
-        Some([]) => Err(Error::Config("--devices: give at least one adapter index".into())),
-        Some(list) => list.iter().map(|&i| Gpu::on_adapter_blocking(i)).collect(),
-    }
-}
-
 /// The value table on one device, or sharded over several (`--devices`).
 enum Values {
     One(ValuePool),
@@ -184,10 +175,7 @@ impl Values {
                 &gpus[0], table, shape.0, shape.1, dtype,
             )?));
         }
-        let options = ShardOptions {
-            rows_per_chunk: None,
-            max_device_bytes: max_device_bytes_from_env()?,
-        };
+        let options = super::devices::shard_options()?;
         let refs: Vec<&Gpu> = gpus.iter().collect();
         Ok(Values::Sharded(ShardedValues::new(
             &refs, table, shape, dtype, options,

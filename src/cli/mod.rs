@@ -7,6 +7,7 @@ mod bench_lm;
 #[cfg(feature = "bench")]
 mod bench_teach;
 mod demo;
+mod devices;
 mod export_hf;
 mod export_lingua;
 mod generate;

@@ -232,6 +232,8 @@ impl std::ops::AddAssign for Relay {
 /// lookup's slots and weights as each other device received them (the backward reads them).
 pub struct ShardedActivations {
     pub acts: MemoryActivations,
+    /// Whether the output was added into the residual given (`acts.out` is then it).
+    pub added: bool,
     /// `relayed[s - 1]`: (slots, weights) on device `s`.
     relayed: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
@@ -350,7 +352,7 @@ impl MemoryLayer {
         let entries = rows as usize * bag_size as usize;
         let mut encoder = main.device.create_command_encoder(&Default::default());
         let found = self.record_lookup_stage(main, &mut encoder, x, rows)?;
-        main.queue.submit([encoder.finish()]);
+        submit(main, encoder);
         let mut relay = Relay::default();
         // The slots and weights, read once, to every other device, whose column bags start
         // at once.
@@ -372,7 +374,7 @@ impl MemoryLayer {
                     values.shard(s),
                     &bag,
                 )?;
-                gpu.queue.submit([encoder.finish()]);
+                submit(gpu, encoder);
                 relayed.push((indices, weights));
                 shard_bags.push(bag);
             }
@@ -409,9 +411,10 @@ impl MemoryLayer {
             join_columns(main, &mut encoder, (part, &bag), cols, (rows, c.v_dim as u32))?;
         }
         let output = self.record_output_stage(main, &mut encoder, x, rows, &bag, residual)?;
-        main.queue.submit([encoder.finish()]);
+        submit(main, encoder);
+        let added = output.added;
         let acts = MemoryActivations::from_stages(found, bag, None, output);
-        Ok((ShardedActivations { acts, relayed }, relay))
+        Ok((ShardedActivations { acts, added, relayed }, relay))
     }
 
     /// The backward of `forward_sharded` for `d_out [rows, out_dim]` (on `gpus[0]`): every
@@ -469,7 +472,7 @@ impl MemoryLayer {
             (values.shard(0), &dys[0]),
             (&d_weights, false),
         )?];
-        main.queue.submit([encoder.finish()]);
+        submit(main, encoder);
         let mut relay = Relay::default();
         // The bag gradient's columns out to their devices.
         let mut shard_dys = vec![None];
@@ -501,7 +504,7 @@ impl MemoryLayer {
                 (values.shard(s), dy.as_ref().expect("relayed")),
                 (&partial, true),
             )?);
-            gpu.queue.submit([encoder.finish()]);
+            submit(gpu, encoder);
             d_weights = partial;
             at = s;
         }
@@ -518,7 +521,7 @@ impl MemoryLayer {
         }
         let mut encoder = main.device.create_command_encoder(&Default::default());
         let grads = pass.below_bag(&mut encoder, above, d_weights, shard_grads[0].clone(), None)?;
-        main.queue.submit([encoder.finish()]);
+        submit(main, encoder);
         Ok((
             ShardedGrads {
                 grads,
@@ -527,6 +530,13 @@ impl MemoryLayer {
             relay,
         ))
     }
+}
+
+/// Submits `encoder` on `gpu`, after ending the pass a step plan's recording keeps open on
+/// it (a sharded layer inside a model's planned pass submits its own encoders).
+fn submit(gpu: &Gpu, encoder: wgpu::CommandEncoder) {
+    gpu.end_open_pass();
+    gpu.queue.submit([encoder.finish()]);
 }
 
 /// One device's columns of the bag: `out [rows, width] = sum_j w[r, j] * shard[slot[r, j]]`.
@@ -668,7 +678,7 @@ impl ShardedAdamW {
                 },
                 step,
             )?;
-            gpu.queue.submit([encoder.finish()]);
+            submit(gpu, encoder);
         }
         Ok(())
     }

@@ -4,10 +4,12 @@
 //! need nothing of the model's own type.
 
 use super::config::ModelConfig;
+use super::sharding::Sharding;
 use crate::error::{Error, Result};
 use crate::kernels::linear::WeightFormat;
 use crate::kernels::ops::{Attention, Rope};
-use crate::memory::ValuePool;
+use crate::kernels::Gpu;
+use crate::memory::{ShardedValues, ValuePool};
 use crate::params::ParamId;
 
 /// A GEMM weight's compact copy (`model::precision`) and its format.
@@ -20,8 +22,10 @@ pub(crate) struct ModelContext<'a> {
     pub params: &'a [wgpu::Buffer],
     /// Compact copies of GEMM weights by parameter id (empty for f32).
     pub compact: &'a [Option<CompactWeight>],
-    /// A pool per value table.
+    /// A pool per value table (none for a sharded one).
     pub values: &'a [(ParamId, ValuePool)],
+    /// The tables sharded over several devices (`Model::new_sharded`).
+    pub sharding: Option<&'a Sharding>,
     pub rope_cos: &'a wgpu::Buffer,
     pub rope_sin: &'a wgpu::Buffer,
     /// The feed-forward blocks store their hidden activations as f16.
@@ -42,13 +46,26 @@ impl<'a> ModelContext<'a> {
         }
     }
 
-    /// The pool of value table `id`.
+    /// The pool of value table `id` (an error for a sharded one: see `sharded`).
     pub fn pool(&self, id: ParamId) -> Result<&'a ValuePool> {
+        if self.sharded(id).is_some() {
+            return Err(Sharding::forward_only("training, teaching or counting slots"));
+        }
         self.values
             .iter()
             .find(|(table, _)| *table == id)
             .map(|(_, pool)| pool)
             .ok_or_else(|| Error::MissingTensor(format!("value table {id:?}")))
+    }
+
+    /// Value table `id`'s shards, where the table is sharded.
+    pub fn sharded(&self, id: ParamId) -> Option<&'a ShardedValues> {
+        self.sharding.and_then(|s| s.table(id))
+    }
+
+    /// The devices of a sharded model, `main` first.
+    pub fn shard_devices(&self, main: &'a Gpu) -> Vec<&'a Gpu> {
+        self.sharding.map_or_else(|| vec![main], |s| s.devices(main))
     }
 
     /// RoPE over `heads` heads of `[batch, seq]` positions (`inverse`: its transpose, for the

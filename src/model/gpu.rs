@@ -8,13 +8,14 @@ use super::context::ModelContext;
 use super::kv_cache::KvCache;
 use super::layout::ModelLayout;
 use super::precision::{compact_copy, compact_weight_ids, output_compact_table, WeightPrecision};
+use super::sharding::Sharding;
 use super::vocab::VocabTables;
 use super::weights::ModelWeights;
 use crate::error::{Error, Result};
 use crate::gpu::StepPlan;
 use crate::kernels::ops::{rope_tables, CrossEntropy, RmsNorm, IGNORE_TARGET};
 use crate::kernels::Gpu;
-use crate::memory::{ValueDtype, ValuePool};
+use crate::memory::{ShardOptions, ShardedValues, ValueDtype, ValuePool};
 use crate::params::ParamId;
 use std::borrow::Cow;
 
@@ -47,6 +48,8 @@ pub struct Model {
     precision: WeightPrecision,
     /// The feed-forward blocks store their hidden activations as f16 (`use_f16_activations`).
     pub(crate) f16_activations: bool,
+    /// The value tables sharded over further devices (`new_sharded`).
+    sharding: Option<Sharding>,
 }
 
 /// Errors, naming the first parameter that would not fit, where one of `layout`'s parameters
@@ -151,6 +154,24 @@ impl Model {
         Self::from_source_with(gpu, config, None, precision, tensor)
     }
 
+    /// `new` with the value tables sharded by columns over `gpu` (which holds everything else
+    /// and the first columns) and `others` (`memory::ShardedValues`): a table larger than
+    /// one device holds. No device holds a whole table at any time. Forward passes only
+    /// (logits, generation): training, teaching and slot counts need the table on one device.
+    pub fn new_sharded(gpu: &Gpu, others: Vec<Gpu>, w: &ModelWeights, options: ShardOptions) -> Result<Self> {
+        let sharding = Sharding {
+            others,
+            tables: Vec::new(),
+        };
+        Self::build(
+            gpu,
+            &w.config,
+            (None, WeightPrecision::F32),
+            Some((sharding, options)),
+            |id| Ok(Cow::Borrowed(w.get(id))),
+        )
+    }
+
     /// `from_source` with the embedding and output tables split into buffers of at most
     /// `table_rows` rows (as a vocabulary too large for one binding is; for tests).
     pub fn from_source_with<'w>(
@@ -158,11 +179,26 @@ impl Model {
         config: &ModelConfig,
         table_rows: Option<usize>,
         precision: WeightPrecision,
+        source: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
+    ) -> Result<Self> {
+        Self::build(gpu, config, (table_rows, precision), None, source)
+    }
+
+    fn build<'w>(
+        gpu: &Gpu,
+        config: &ModelConfig,
+        (table_rows, precision): (Option<usize>, WeightPrecision),
+        mut sharding: Option<(Sharding, ShardOptions)>,
         mut source: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
     ) -> Result<Self> {
         let c = config;
         let layout = ModelLayout::new(c)?;
         check_fits(gpu, &layout)?;
+        if sharding.is_some() && c.memory.as_ref().is_some_and(|m| m.peer) {
+            return Err(Error::Config(
+                "a PEER memory dots its input with whole values_u rows: its tables are not sharded".into(),
+            ));
+        }
         let compact = precision != WeightPrecision::F32;
         if compact && c.memory.is_some() {
             return Err(Error::Config(
@@ -201,17 +237,31 @@ impl Model {
         let mut values = Vec::with_capacity(layout.values.len());
         if let Some(m) = &c.memory {
             for &id in &layout.values {
-                values.push((
-                    id,
-                    ValuePool::new(gpu, &tensor(id)?, m.n_values(), m.v_dim, ValueDtype::F32)?,
-                ));
+                let shape = (m.n_values(), m.v_dim);
+                match &mut sharding {
+                    Some((sharding, options)) => {
+                        let devices = sharding.devices(gpu);
+                        let table =
+                            ShardedValues::new(&devices, &tensor(id)?, shape, ValueDtype::F32, *options)?;
+                        sharding.tables.push((id, table));
+                    }
+                    None => values.push((
+                        id,
+                        ValuePool::new(gpu, &tensor(id)?, shape.0, shape.1, ValueDtype::F32)?,
+                    )),
+                }
             }
         }
+        let sharding = sharding.map(|(s, _)| s);
         let params: Vec<wgpu::Buffer> = layout
             .registry
             .iter()
             .map(|(id, spec)| match values.iter().find(|(table, _)| *table == id) {
                 Some((_, pool)) => Ok(pool.buffers()[0].clone()),
+                // A sharded table has no buffer on this device (a word stands in for it).
+                None if sharding.as_ref().is_some_and(|s| s.table(id).is_some()) => {
+                    Ok(gpu.upload(&spec.name, &[0f32]))
+                }
                 // The vocabulary tables' first buffers (the whole table where it fits one).
                 None if id == layout.tok_embeddings => Ok(embedding.buffers()[0].clone()),
                 None if id == layout.output => Ok(output.as_ref().expect("untied").buffers()[0].clone()),
@@ -265,6 +315,7 @@ impl Model {
             compact_weights: copies,
             precision,
             f16_activations: false,
+            sharding,
         })
     }
 
@@ -275,6 +326,7 @@ impl Model {
             params: &self.params,
             compact: &self.compact_weights,
             values: &self.values,
+            sharding: self.sharding.as_ref(),
             rope_cos: &self.rope_cos,
             rope_sin: &self.rope_sin,
             f16_activations: self.f16_activations,
@@ -404,6 +456,9 @@ impl Model {
                 "training needs the embedding and output tables in one buffer each; this vocabulary takes several"
                     .into(),
             ));
+        }
+        if self.sharding.is_some() {
+            return Err(Sharding::forward_only("training"));
         }
         for (_, pool) in &self.values {
             if pool.buffer_count() != 1 {

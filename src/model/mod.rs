@@ -10,6 +10,7 @@ mod gpu;
 mod kv_cache;
 mod layout;
 mod precision;
+mod sharding;
 mod slot_stats;
 mod vocab;
 mod weights;

@@ -95,6 +95,9 @@ impl MemoryBlock {
         x: &wgpu::Buffer,
         h: &wgpu::Buffer,
     ) -> Result<MemoryActivations> {
+        if let Some(table) = p.model.sharded(self.params.values) {
+            return self.record_forward_sharded(p, encoder, x, h, table);
+        }
         let pool = p.model.pool(self.params.values)?;
         let (acts, added) = match self.params.values_u {
             Some(u) => {
@@ -110,6 +113,48 @@ impl MemoryBlock {
             record_add(p.gpu, encoder, &acts.out, h, p.rows() * p.model.config.dim as u32)?;
         }
         Ok(acts)
+    }
+
+    /// The forward over a table sharded across devices: what `encoder` holds is submitted,
+    /// the layer runs over every device (`MemoryLayer::forward_sharded`, waiting for each
+    /// relay), and recording goes on into a new encoder in `encoder`'s place.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn record_forward_sharded(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+        table: &crate::memory::ShardedValues,
+    ) -> Result<MemoryActivations> {
+        p.gpu.end_open_pass();
+        let before = std::mem::replace(encoder, p.gpu.device.create_command_encoder(&Default::default()));
+        p.gpu.queue.submit([before.finish()]);
+        let devices = p.model.shard_devices(p.gpu);
+        let (sharded, _) =
+            pollster::block_on(self.layer.forward_sharded(&devices, table, x, p.rows(), Some(h)))?;
+        if !sharded.added {
+            record_add(
+                p.gpu,
+                encoder,
+                &sharded.acts.out,
+                h,
+                p.rows() * p.model.config.dim as u32,
+            )?;
+        }
+        Ok(sharded.acts)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn record_forward_sharded(
+        &self,
+        _: &Pass,
+        _: &mut wgpu::CommandEncoder,
+        _: &wgpu::Buffer,
+        _: &wgpu::Buffer,
+        _: &crate::memory::ShardedValues,
+    ) -> Result<MemoryActivations> {
+        Err(Error::Config("sharded value tables need a native build".into()))
     }
 
     #[allow(clippy::too_many_arguments)]
