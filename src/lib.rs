@@ -29,9 +29,6 @@ pub mod tensor_file;
 pub mod tokenizer;
 pub mod train;
 
-#[cfg(all(feature = "bench", not(target_arch = "wasm32")))]
-pub mod bench;
-
 pub use error::{Error, Result};
 pub use kernels::Gpu;
 pub use memory::{MemoryConfig, MemoryLayer, MemoryWeights, ValueDtype, ValuePool};

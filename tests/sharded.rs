@@ -468,7 +468,10 @@ fn a_model_with_sharded_tables_gives_one_devices_logits() {
                     &bits(&want_steps[i]),
                 );
             }
-            let err = sharded.trainable_params().expect_err("training refused").to_string();
+            let err = sharded
+                .trainable_params()
+                .expect_err("training refused")
+                .to_string();
             assert!(err.contains("sharded") && !err.contains('\n'), "{err}");
         }
     }

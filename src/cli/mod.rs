@@ -1,11 +1,7 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 
 #[cfg(feature = "bench")]
-mod bench_devices;
-#[cfg(feature = "bench")]
-mod bench_lm;
-#[cfg(feature = "bench")]
-mod bench_teach;
+mod bench;
 mod demo;
 mod devices;
 mod export_hf;
@@ -142,7 +138,7 @@ pub fn run() -> Result<()> {
             tokens,
             iters,
             ..
-        } => bench_devices::run(&bench_devices::Options {
+        } => bench::devices::run(&bench::devices::Options {
             devices,
             quick,
             tokens,
@@ -155,7 +151,7 @@ pub fn run() -> Result<()> {
             shape,
             iters,
             ..
-        } => bench_teach::run(model.as_ref(), shape.as_deref(), &bench_lm::SHAPES, iters),
+        } => bench::teach::run(model.as_ref(), shape.as_deref(), &bench::lm::SHAPES, iters),
         #[cfg(feature = "bench")]
         Command::Bench {
             model,
@@ -164,7 +160,7 @@ pub fn run() -> Result<()> {
             decode_tokens,
             json,
             ..
-        } if model.is_some() || shape.is_some() => bench_lm::run(&bench_lm::Options {
+        } if model.is_some() || shape.is_some() => bench::lm::run(&bench::lm::Options {
             model,
             shape,
             prompt: prompt_tokens,
@@ -179,7 +175,7 @@ pub fn run() -> Result<()> {
             iters,
             kernels,
             ..
-        } => memlayers::bench::run(&memlayers::bench::Options {
+        } => bench::run(&bench::Options {
             train,
             quick,
             tokens,

@@ -31,7 +31,7 @@ const DEMO_CPU_MODEL: &str = r#"{"dim": 32, "n_layers": 2, "n_heads": 1, "vocab_
 const DEMO_CPU_BATCH: (usize, usize) = (32, 48);
 
 pub fn run(o: &Options) -> Result<()> {
-    let gpus = super::devices::open(Some(&o.devices))?;
+    let gpus = super::super::devices::open(Some(&o.devices))?;
     for (i, (gpu, index)) in gpus.iter().zip(&o.devices).enumerate() {
         println!("device {i}: adapter {index}, {}", gpu.adapter_name());
     }

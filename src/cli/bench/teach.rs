@@ -149,7 +149,7 @@ pub fn run(
             teacher.step_blocking(&gpu, &tokens, &targets, BATCH, SEQ)?;
         }
         let per_step = started.elapsed().as_secs_f64() / steps as f64;
-        let peak = super::bench_lm::peak_host_bytes().map_or("-".into(), |b| {
+        let peak = super::lm::peak_host_bytes().map_or("-".into(), |b| {
             format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
         });
         println!(

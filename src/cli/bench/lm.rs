@@ -34,7 +34,7 @@ pub const SHAPES: [(&str, &str); 2] = [
 
 /// The PyTorch side (`scripts/torch_lm_bench.py`), run with `MEMLAYERS_PYTHON` (default
 /// `python3`) when it imports torch and transformers.
-const TORCH_BENCH: &str = include_str!("../../scripts/torch_lm_bench.py");
+const TORCH_BENCH: &str = include_str!("../../../scripts/torch_lm_bench.py");
 
 pub struct Options {
     pub model: Option<PathBuf>,
@@ -201,7 +201,7 @@ fn torch_speeds(o: &Options, config_json: &str) -> std::result::Result<(f64, f64
         Some(dir) => args.extend(["--model".into(), dir.display().to_string()]),
         None => args.extend(["--config".into(), config_file.display().to_string()]),
     }
-    let out = memlayers::bench::run_python(TORCH_BENCH, &args);
+    let out = super::run_python(TORCH_BENCH, &args);
     std::fs::remove_file(&config_file).ok();
     // "torch prefill 1234.5 decode 56.7"
     let text = out?;
@@ -267,8 +267,8 @@ pub fn run(o: &Options) -> Result<()> {
         config.vocab,
         params as f64 / 1e6
     );
-    let copy_gbs = memlayers::bench::copy_bandwidth(&gpu, 3)?;
-    let fma_gflops = memlayers::bench::fma_ceiling(&gpu, 3)?;
+    let copy_gbs = super::copy_bandwidth(&gpu, 3)?;
+    let fma_gflops = super::fma_ceiling(&gpu, 3)?;
     println!(
         "yardsticks: plain copy {copy_gbs:.2} GB/s (read + write), multiply-adds on registers {fma_gflops:.1} GFLOP/s"
     );
