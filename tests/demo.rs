@@ -282,7 +282,15 @@ fn demo_end_to_end_in_miniature() {
         let r = &results[model];
         let recall = r["recall"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall), "{model} recall {recall}");
-        assert!(r["flops_per_token"].as_f64().unwrap() > 0.0);
+        // Every model within 10% of the dense model's FLOPs per token: the comparison's premise.
+        let (flops, dense_flops) = (
+            r["flops_per_token"].as_f64().unwrap(),
+            results["dense"]["flops_per_token"].as_f64().unwrap(),
+        );
+        assert!(
+            flops > 0.0 && (flops / dense_flops - 1.0).abs() <= 0.10,
+            "{model}: {flops} FLOPs/token against dense {dense_flops}"
+        );
         assert!(r["params"].as_u64().unwrap() > 0);
         assert_eq!(r["steps"].as_u64(), Some(4));
         // The saved model loads and generates.
@@ -432,6 +440,40 @@ fn demo_end_to_end_in_miniature() {
         stdout.contains("recall") && stdout.contains("FLOPs/token"),
         "{stdout}"
     );
+}
+
+/// The demo's promise at its own scale (the cpu preset's 1,000 built-in facts, 800 steps,
+/// about two minutes here): the memory model recalls far more than the dense model of the same
+/// FLOPs. Seed 2 with the dense model's best rate fixed (1e-2, what its sweep picks) measured
+/// memory 0.93 against dense 0.52 on lavapipe; the bounds leave room for another adapter's
+/// roundings, not for a memory that stopped learning.
+#[test]
+fn demo_memory_recalls_far_more_than_dense_at_the_cpu_preset() {
+    let out = scratch_dir("claim");
+    let o = memlayers(&[
+        "demo",
+        "--preset",
+        "cpu",
+        "--seed",
+        "2",
+        "--lrs",
+        "1e-2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let recall = |m: &str| results[m]["recall"].as_f64().unwrap();
+    let flops = |m: &str| results[m]["flops_per_token"].as_f64().unwrap();
+    assert!((flops("memory") / flops("dense") - 1.0).abs() <= 0.10);
+    assert!(
+        recall("memory") >= 0.8 && recall("memory") >= recall("dense") + 0.2,
+        "memory {} against dense {}",
+        recall("memory"),
+        recall("dense")
+    );
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
