@@ -170,4 +170,19 @@ fn train_resume_is_bit_identical_and_generate_runs() {
     assert!(gen("1", &["--f16-activations", "--f16-weights"]).ends_with('\n'));
     // The memory's values sharded over three devices: the same continuation.
     assert_eq!(gen("1", &["--devices", "0,0,0"]), gen("1", &[]));
+    // --stop: the same text up to the first occurrence of the stop text, which is left out.
+    let full = gen("1", &[]);
+    let at = full
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c.is_ascii_graphic() && c != '\\')
+        .map(|(i, _)| i)
+        .expect("a printable character after the first");
+    let stop = &full[at..at + 1];
+    let cut = gen("1", &["--stop", stop]);
+    assert_eq!(
+        cut,
+        format!("{}\n", &full[..full.find(stop).unwrap()]),
+        "--stop {stop}"
+    );
 }

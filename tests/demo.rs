@@ -718,4 +718,18 @@ fn fact_ends_add_the_space_and_the_newline_as_targets() {
     assert_eq!(counted(&ends), counted(&plain) + 2 * facts_in_rows);
     assert!(ends.contains(&u32::from(b'\n')) && !plain.contains(&u32::from(b'\n')));
     assert!(ends.contains(&u32::from(b' ')));
+    // The answer bytes' count, with or without the ends: what the demo divides the loss by.
+    for with_ends in [false, true] {
+        let (_, y, answers) = memlayers::demo::training_batch_counted(
+            &facts,
+            &mut memlayers::rng::Rng::new(9),
+            (4, 48),
+            with_ends,
+        );
+        assert_eq!(answers, counted(&plain), "{with_ends}");
+        assert_eq!(
+            counted(&y),
+            answers + if with_ends { 2 * facts_in_rows } else { 0 }
+        );
+    }
 }

@@ -5,12 +5,12 @@
 //! `tokenizer(prompt)` (or rendered by the chat template with `--chat`), decoding until any
 //! EOS id, the text printed as it is produced.
 
+use super::stop_text::StopPrinter;
 use memlayers::io::hf::HfFolder;
 use memlayers::model::{KvCache, Model, ModelConfig, WeightPrecision};
 use memlayers::rng::Rng;
 use memlayers::tokenizer::Tokenizer;
 use memlayers::{Error, Gpu, Result};
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -55,6 +55,11 @@ pub struct Args {
     /// traffic; sums stay f32).
     #[arg(long)]
     pub f16_activations: bool,
+    /// End generation where the output would contain this text (left out of it); may be
+    /// given several times. `\n`, `\t` and `\\` read as a newline, a tab and a backslash:
+    /// `--stop '\n'` ends a demo model's answer at the end of its fact.
+    #[arg(long)]
+    pub stop: Vec<String>,
     /// Shard the memory's value tables by columns over these adapters (indices as
     /// `memlayers info` lists them; one may repeat): the first holds the rest of the model.
     /// memlayers and lingua folders; `MEMLAYERS_MAX_DEVICE_BYTES` caps each device's share.
@@ -153,8 +158,8 @@ pub fn pick(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Rng) -> u32 
 }
 
 /// lingua's generation: `tokens` (the prompt with BOS) are prefilled into `cache` (empty),
-/// then one token at a time until EOS or `max_new` tokens; returns the new tokens without
-/// the EOS.
+/// then one token at a time until EOS, `max_new` tokens or `done` (given the new tokens so
+/// far) says so; returns the new tokens without the EOS.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_ids(
     gpu: &Gpu,
@@ -165,6 +170,7 @@ pub fn generate_ids(
     max_new: usize,
     eos: u32,
     pick_next: &mut dyn FnMut(&[f32]) -> u32,
+    done: &mut dyn FnMut(&[u32]) -> Result<bool>,
 ) -> Result<Vec<u32>> {
     if max_new >= config.max_seqlen {
         return Err(Error::Config(format!(
@@ -183,6 +189,9 @@ pub fn generate_ids(
             break;
         }
         out.push(next);
+        if done(&out)? {
+            break;
+        }
         feed = vec![next];
     }
     Ok(out)
@@ -194,6 +203,10 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
     let (gpu, model) = load(a, &model_dir.weights)?;
     let mut rng = Rng::new(a.seed);
     let mut pick_next = |logits: &[f32]| pick(logits, a.temperature, a.top_p, &mut rng);
+    let stops = super::stop_text::parse(&a.stop)?;
+    let mut done = |ids: &[u32]| -> Result<bool> {
+        Ok(!stops.is_empty() && super::stop_text::cut(&stops, &tokenizer.decode(ids)?).1)
+    };
     let ids = generate_ids(
         &gpu,
         &model,
@@ -203,6 +216,7 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
         a.max_tokens,
         tokenizer.eos_id,
         &mut pick_next,
+        &mut done,
     )?;
     eprintln!(
         "{} tokenizer: prompt {} tokens (with BOS), {} new",
@@ -210,7 +224,8 @@ fn run_lingua(a: &Args, model_dir: &super::model_dir::ModelDir, tokenizer: &Toke
         prompt.len(),
         ids.len()
     );
-    println!("{}", tokenizer.decode(&ids)?);
+    let text = tokenizer.decode(&ids)?;
+    println!("{}", super::stop_text::cut(&stops, &text).0);
     Ok(())
 }
 
@@ -244,7 +259,7 @@ fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
     let mut rng = Rng::new(a.seed);
     let mut cache = empty_cache(a, &gpu, &model);
     let mut stream = memlayers::io::hf::TextStream::default();
-    let mut out = std::io::stdout();
+    let mut out = StopPrinter::new(super::stop_text::parse(&a.stop)?, std::io::stdout());
     let (mut feed, mut produced) = (prompt.clone(), 0);
     while produced < a.max_tokens {
         let logits = pollster::block_on(model.forward_last_with_cache(&gpu, &feed, &mut cache))?;
@@ -253,11 +268,12 @@ fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
         if folder.eos_ids.contains(&next) {
             break;
         }
-        write!(out, "{}", stream.push(&folder.tokenizer, next)?).ok();
-        out.flush().ok();
+        if out.push(stream.push(&folder.tokenizer, next)?.as_bytes()) {
+            break;
+        }
         feed = vec![next];
     }
-    writeln!(out).ok();
+    out.finish();
     eprintln!("prompt {} tokens, {produced} new", prompt.len());
     Ok(())
 }
@@ -291,8 +307,7 @@ pub fn run(a: &Args) -> Result<()> {
         return Err(Error::Config("--prompt is empty".into()));
     }
     let mut rng = Rng::new(a.seed);
-    let mut out = std::io::stdout();
-    let mut pending: Vec<u8> = Vec::new();
+    let mut out = StopPrinter::new(super::stop_text::parse(&a.stop)?, std::io::stdout());
     // Prefill the KV cache with the prompt (its last max_seqlen - 1 tokens), then decode one
     // token at a time. When the cache is full, start a new one from the last half window.
     let keep = |tokens: &[u32], n: usize| tokens[tokens.len().saturating_sub(n)..].to_vec();
@@ -307,17 +322,11 @@ pub fn run(a: &Args) -> Result<()> {
         let next = pick(&logits[..256], a.temperature, a.top_p, &mut rng);
         tokens.push(next);
         feed = vec![next];
-        pending.push(next as u8);
-        // Stream whole UTF-8 characters as they complete.
-        if let Ok(s) = std::str::from_utf8(&pending) {
-            write!(out, "{s}").ok();
-            out.flush().ok();
-            pending.clear();
-        } else if pending.len() >= 4 {
-            write!(out, "{}", String::from_utf8_lossy(&pending)).ok();
-            pending.clear();
+        // Streamed as whole UTF-8 characters as they complete.
+        if out.push(&[next as u8]) {
+            break;
         }
     }
-    writeln!(out).ok();
+    out.finish();
     Ok(())
 }

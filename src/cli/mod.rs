@@ -15,6 +15,7 @@ mod plot;
 mod progress;
 mod retrofit;
 mod slot_stats;
+mod stop_text;
 mod teach;
 
 mod train;

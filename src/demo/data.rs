@@ -48,12 +48,26 @@ pub fn training_batch(facts: &[Fact], rng: &mut Rng, batch: usize, seq: usize) -
 pub fn training_batch_with(
     facts: &[Fact],
     rng: &mut Rng,
-    (batch, seq): (usize, usize),
+    shape: (usize, usize),
     ends: bool,
 ) -> (Vec<u32>, Vec<u32>) {
+    let (tokens, targets, _) = training_batch_counted(facts, rng, shape, ends);
+    (tokens, targets)
+}
+
+/// `training_batch_with`, and how many of the targets are answer bytes (the others: the ends
+/// `ends` adds). A loss divided by that count weighs the answers as without the ends.
+pub fn training_batch_counted(
+    facts: &[Fact],
+    rng: &mut Rng,
+    (batch, seq): (usize, usize),
+    ends: bool,
+) -> (Vec<u32>, Vec<u32>, usize) {
     let (mut tokens, mut targets) = (Vec::with_capacity(batch * seq), Vec::with_capacity(batch * seq));
+    let mut answers = 0;
     for _ in 0..batch {
         let (mut row, mut row_targets) = (Vec::with_capacity(seq + 1), Vec::with_capacity(seq + 1));
+        let mut answer_targets = 0;
         loop {
             let fact = &facts[rng.below(facts.len() as u64) as usize];
             let (prompt, answer) = (fact.prompt(), fact.answer());
@@ -62,6 +76,7 @@ pub fn training_batch_with(
             }
             let start = row.len();
             push_sentence(&mut row, &mut row_targets, &prompt, &answer);
+            answer_targets += answer.len();
             if ends && prompt.ends_with(' ') {
                 row_targets[start + prompt.len() - 1] = b' ' as u32;
             }
@@ -73,8 +88,9 @@ pub fn training_batch_with(
         // Inputs are positions 0..seq; the target of position i is the byte at i + 1.
         tokens.extend_from_slice(&row[..seq]);
         targets.extend_from_slice(&row_targets[1..seq + 1]);
+        answers += answer_targets;
     }
-    (tokens, targets)
+    (tokens, targets, answers)
 }
 
 /// Appends `prompt` and `answer` to `row`; `row_targets[i]` is the byte at `i` when that byte

@@ -10,7 +10,7 @@ mod models;
 pub use ask::{ask, Answer, MemoryRead};
 pub use data::{
     argmax, fact_slot_counts, recall, recall_rows, recalled, score, score_rows, training_batch,
-    training_batch_with, FactScores,
+    training_batch_counted, training_batch_with, FactScores,
 };
 pub use facts::{Fact, KnowledgeBase};
 pub use models::{train_config, DemoModel, MemoryShape, MoeShape, VOCAB};

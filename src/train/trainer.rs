@@ -491,8 +491,22 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<()> {
+        self.submit_step_over(gpu, tokens, targets, (batch, seq), None)
+    }
+
+    /// `submit_step` with the loss the sum over the targets divided by `denominator` (when
+    /// given) instead of their number: extra targets then add their terms without scaling
+    /// down the others' (`demo --fact-ends` divides by the answer bytes alone).
+    pub fn submit_step_over(
+        &mut self,
+        gpu: &Gpu,
+        tokens: &[u32],
+        targets: &[u32],
+        (batch, seq): (usize, usize),
+        denominator: Option<usize>,
+    ) -> Result<()> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        self.record_planned_step(gpu, &mut encoder, tokens, targets, batch, seq)?;
+        self.record_planned_step_over(gpu, &mut encoder, (tokens, targets), (batch, seq), denominator)?;
         gpu.queue.submit([encoder.finish()]);
         // Lets wgpu retire finished submissions without waiting for this one.
         #[cfg(not(target_arch = "wasm32"))]
@@ -513,7 +527,19 @@ impl Trainer {
         batch: usize,
         seq: usize,
     ) -> Result<()> {
+        self.record_planned_step_over(gpu, encoder, (tokens, targets), (batch, seq), None)
+    }
+
+    fn record_planned_step_over(
+        &mut self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        (tokens, targets): (&[u32], &[u32]),
+        (batch, seq): (usize, usize),
+        denominator: Option<usize>,
+    ) -> Result<()> {
         let counted = self.check_inputs(tokens, targets, batch, seq)?;
+        let counted = denominator.unwrap_or(counted);
         let loss = self.record_planned_inputs(gpu, encoder, (tokens, targets), |t, encoder, tb, gb| {
             t.record_step(gpu, encoder, tb, gb, batch as u32, seq as u32, counted as u32)
         })?;

@@ -4,7 +4,7 @@
 
 use super::super::progress::Progress;
 use super::settings::Settings;
-use memlayers::demo::{recall, train_config, training_batch_with, Fact, KnowledgeBase};
+use memlayers::demo::{recall, train_config, training_batch_counted, Fact, KnowledgeBase};
 use memlayers::io::write_atomic;
 use memlayers::model::{LMTransformerArgs, ModelConfig, ModelWeights, SLOT_COUNTS_FILE};
 use memlayers::rng::Rng;
@@ -85,10 +85,11 @@ pub(super) fn train(
     let eval = |t: &Trainer, facts: &[Fact]| pollster::block_on(recall(&t.model, gpu, facts));
     curve[0].1 = eval(&trainer, sample)?;
     while trainer.step < a.steps {
-        let (x, y) = training_batch_with(&kb.facts, &mut rng, (a.batch, a.seq), a.fact_ends);
+        let (x, y, answers) = training_batch_counted(&kb.facts, &mut rng, (a.batch, a.seq), a.fact_ends);
         // Steps are submitted without waiting; the loss is read (and the GPU waited for)
-        // every LOSS_EVERY steps, at evaluations and at the end.
-        trainer.submit_step(gpu, &x, &y, a.batch, a.seq)?;
+        // every LOSS_EVERY steps, at evaluations and at the end. The answers weigh the same
+        // with the facts' ends as without: the loss is over the answer bytes' count.
+        trainer.submit_step_over(gpu, &x, &y, (a.batch, a.seq), Some(answers))?;
         let evaluate = trainer.step % a.eval_every == 0 && trainer.step < a.steps;
         if trainer.step % LOSS_EVERY == 0 || evaluate || trainer.step == a.steps {
             loss = trainer.last_loss_blocking(gpu)?;
