@@ -24,7 +24,7 @@ set -uo pipefail
 mode=${1:-run}
 shift || true
 root="$(cd "$(dirname "$0")/.." && pwd)"
-tests=(kernels ops backward memory_layer model optim plan moe teach)
+tests=(kernels ops backward memory_layer model optim plan moe teach sharded)
 
 bundle() {
   local dir=${1:-gpu-bundle} meta=""

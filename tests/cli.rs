@@ -369,7 +369,7 @@ fn memory_forward_sharded_over_devices_writes_the_same_tensors() {
         HostTensor::f32(vec![rows, c.d], rng.vec_normal(rows * c.d, 1.0)),
     );
     input.write(&dir.join("x.safetensors")).unwrap();
-    let run = memory_forward(&dir, &["--knn", "5"]);
+    let run = memory_forward(&dir, &["--knn", "5", "--devices", "0"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let one = std::fs::read(dir.join("out.safetensors")).unwrap();
     for devices in ["0,0", "0,0,0"] {

@@ -459,6 +459,14 @@ fn a_model_with_sharded_tables_gives_one_devices_logits() {
                     "{label}: loss"
                 );
             }
+            // Slot counts read the forward's lookups: the same counts.
+            let counts = |m: &Model| {
+                pollster::block_on(memlayers::model::SlotCounts::measure(
+                    m, main, &tokens, None, seq, batch,
+                ))
+                .unwrap()
+            };
+            assert_eq!(counts(&sharded), counts(&one), "slot counts");
             let mut cache = sharded.new_cache(main);
             for (i, t) in [&tokens[..5], &tokens[5..6], &tokens[6..7]].iter().enumerate() {
                 let got = pollster::block_on(sharded.forward_last_with_cache(main, t, &mut cache)).unwrap();

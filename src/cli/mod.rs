@@ -94,7 +94,7 @@ enum Command {
         /// With --train: every kernel's GPU time per step in ms, not only the six largest shares.
         #[arg(long)]
         kernels: bool,
-        /// A Hugging Face folder: its prefill and decoding speed instead (bench_lm).
+        /// A Hugging Face folder: its prefill and decoding speed instead (cli/bench/lm.rs).
         #[arg(long, conflicts_with_all = ["train", "shape"])]
         model: Option<std::path::PathBuf>,
         /// A known Hugging Face shape with random weights: smollm2-135m or qwen2.5-0.5b.
@@ -114,7 +114,7 @@ enum Command {
         /// table under a per-device cap (MEMLAYERS_MAX_DEVICE_BYTES, default 64 MiB), the
         /// layer's forward tokens/s (--quick: the small shape, else the paper's), and a
         /// training step of the demo's cpu-preset memory with what it relays.
-        #[arg(long, value_delimiter = ',', conflicts_with_all = ["train", "teach", "model", "shape"])]
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["train", "teach", "model", "shape", "kernels", "json"])]
         devices: Option<Vec<usize>>,
     },
 }

@@ -69,9 +69,17 @@ impl Device {
     pub async fn open<T>(
         experimental: impl FnOnce(&wgpu::Adapter) -> Option<ExperimentalRequest<T>>,
     ) -> Result<(Self, Option<T>)> {
+        #[cfg(target_os = "linux")]
+        let threads_before = cpu_threads::thread_ids();
         let instance = adapter::instance();
         let adapter = adapter::choose_adapter(&instance).await?;
-        Self::open_on(adapter, experimental).await
+        Self::open_on(
+            adapter,
+            experimental,
+            #[cfg(target_os = "linux")]
+            threads_before,
+        )
+        .await
     }
 
     /// `open` on adapter `index` of `all_adapters` (as `memlayers info` lists them). Opening
@@ -81,22 +89,34 @@ impl Device {
         index: usize,
         experimental: impl FnOnce(&wgpu::Adapter) -> Option<ExperimentalRequest<T>>,
     ) -> Result<(Self, Option<T>)> {
+        #[cfg(target_os = "linux")]
+        let threads_before = cpu_threads::thread_ids();
         let mut adapters = all_adapters().await;
         let count = adapters.len();
+        if count == 0 {
+            return Err(Error::Adapter(NO_ADAPTER_HELP.into()));
+        }
         if index >= count {
             return Err(Error::Adapter(format!(
                 "no adapter {index}: this machine has {count} (0..{count}; `memlayers info` lists them)"
             )));
         }
-        Self::open_on(adapters.swap_remove(index), experimental).await
+        Self::open_on(
+            adapters.swap_remove(index),
+            experimental,
+            #[cfg(target_os = "linux")]
+            threads_before,
+        )
+        .await
     }
 
+    /// The device on `adapter`; `threads_before` are the process's threads before the
+    /// adapter was looked for (Linux), so that the threads a CPU adapter starts can be told.
     async fn open_on<T>(
         adapter: wgpu::Adapter,
         experimental: impl FnOnce(&wgpu::Adapter) -> Option<ExperimentalRequest<T>>,
+        #[cfg(target_os = "linux")] threads_before: Vec<i32>,
     ) -> Result<(Self, Option<T>)> {
-        #[cfg(target_os = "linux")]
-        let threads_before = cpu_threads::thread_ids();
         adapter::check_adapter(&adapter)?;
         let a = adapter.limits();
         let required_limits = wgpu::Limits {

@@ -17,7 +17,7 @@ use super::pool::{ValueDtype, ValuePool};
 use crate::error::{Error, Result};
 use crate::kernels::adamw::{record_sparse_step, AdamWState, AdamWStep, Clip};
 use crate::kernels::columns::{self, Columns};
-use crate::kernels::embedding_bag::{EmbeddingBag, WeightGrads};
+use crate::kernels::embedding_bag::{EmbeddingBag, WeightGrads, MAX_CHUNKS};
 use crate::kernels::value_grads::{SparseRows, ValueGrads};
 use crate::kernels::Gpu;
 use std::ops::Range;
@@ -98,16 +98,18 @@ impl ShardedValues {
             let bytes = shard_bytes(n_rows, cols.len(), dtype);
             if let Some(cap) = options.max_device_bytes.filter(|&cap| bytes > cap) {
                 return Err(Error::Config(format!(
-                    "the value table [{n_rows}, {v_dim}] takes {bytes} bytes on each of {} devices (columns {cols:?} on device {s}); the cap is {cap} ({MAX_DEVICE_BYTES_ENV}): use more devices or a smaller table",
+                    "device {s}'s shard of the value table [{n_rows}, {v_dim}] (columns {cols:?} of {} devices) takes {bytes} bytes; the cap is {cap} ({MAX_DEVICE_BYTES_ENV}): use more devices or a smaller table",
                     gpus.len()
                 )));
             }
             let row_bytes = shard_bytes(1, cols.len(), dtype);
-            if row_bytes > gpu.max_binding_bytes() {
+            let rows_per_chunk = options
+                .rows_per_chunk
+                .map_or(gpu.max_binding_bytes() / row_bytes, |r| r as u64);
+            if rows_per_chunk == 0 || (n_rows as u64).div_ceil(rows_per_chunk) > MAX_CHUNKS as u64 {
                 return Err(Error::Config(format!(
-                    "device {s} ({}) cannot bind one row of its {} columns",
-                    gpu.adapter_name(),
-                    cols.len()
+                    "device {s} ({}) cannot hold its shard of the value table [{n_rows}, {v_dim}] (columns {cols:?}) in {MAX_CHUNKS} bindings: use more devices or f16 values",
+                    gpu.adapter_name()
                 )));
             }
         }
@@ -391,6 +393,9 @@ impl MemoryLayer {
             values.shard(0),
             &own,
         )?;
+        // Submitted now: device 0 sums its columns while the others' come back.
+        submit(main, encoder);
+        let mut encoder = main.device.create_command_encoder(&Default::default());
         let mut joined = vec![own];
         for (s, shard_bag) in shard_bags.iter().enumerate() {
             let width = values.columns[s + 1].len();
@@ -464,28 +469,46 @@ impl MemoryLayer {
             }
         };
         let mut d_weights = main.storage("grad bag weights", entries as u64 * 4);
-        let mut shard_grads = vec![record_shard_grads(
+        record_weight_dots(
             main,
             &mut encoder,
-            (rows, bag_size, c),
-            bag_of(0),
+            (rows, bag_size),
+            bag_of(0).0,
             (values.shard(0), &dys[0]),
             (&d_weights, false),
-        )?];
+        )?;
         submit(main, encoder);
         let mut relay = Relay::default();
         // The bag gradient's columns out to their devices.
-        let mut shard_dys = vec![None];
+        let mut shard_dys = vec![dys[0].clone()];
         for (s, gpu) in gpus.iter().enumerate().skip(1) {
             let len = rows as usize * values.columns[s].len();
-            shard_dys.push(Some(
-                relay_words(main, &dys[s], len, gpu, "relayed grad bag", &mut relay).await?,
-            ));
+            shard_dys.push(relay_words(main, &dys[s], len, gpu, "relayed grad bag", &mut relay).await?);
         }
-        // Each next shard goes on from the partial dots of the ones before it.
-        let mut at = 0;
-        for (s, dy) in shard_dys.iter().enumerate().skip(1) {
+        // A shard's value gradient, submitted once its partial dots have been read: the chain
+        // of dots waits for the dots alone, and each device's value gradient runs meanwhile.
+        let value_grads = |s: usize| -> Result<SparseRows> {
             let gpu = gpus[s];
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            let (indices, weights) = bag_of(s);
+            let grads = ValueGrads {
+                rows,
+                bag: bag_size,
+                v_dim: values.columns[s].len() as u32,
+                n_values: c.n_values() as u32,
+                max_per_slot: rows * c.heads as u32,
+                indices,
+                weights,
+                dy: &shard_dys[s],
+            }
+            .record(gpu, &mut encoder)?;
+            submit(gpu, encoder);
+            Ok(grads)
+        };
+        // Each next shard goes on from the partial dots of the ones before it.
+        let mut shard_grads = Vec::with_capacity(values.devices());
+        let mut at = 0;
+        for (s, gpu) in gpus.iter().enumerate().skip(1) {
             let partial = relay_words(
                 gpus[at],
                 &d_weights,
@@ -495,15 +518,16 @@ impl MemoryLayer {
                 &mut relay,
             )
             .await?;
+            shard_grads.push(value_grads(at)?);
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
-            shard_grads.push(record_shard_grads(
+            record_weight_dots(
                 gpu,
                 &mut encoder,
-                (rows, bag_size, c),
-                bag_of(s),
-                (values.shard(s), dy.as_ref().expect("relayed")),
+                (rows, bag_size),
+                bag_of(s).0,
+                (values.shard(s), &shard_dys[s]),
                 (&partial, true),
-            )?);
+            )?;
             submit(gpu, encoder);
             d_weights = partial;
             at = s;
@@ -519,6 +543,7 @@ impl MemoryLayer {
             )
             .await?;
         }
+        shard_grads.push(value_grads(at)?);
         let mut encoder = main.device.create_command_encoder(&Default::default());
         let grads = pass.below_bag(&mut encoder, above, d_weights, shard_grads[0].clone(), None)?;
         submit(main, encoder);
@@ -586,16 +611,16 @@ fn join_columns(
     )
 }
 
-/// One shard's part of the bag's backward: the softmax weights' gradient dots over its
-/// columns (going on from `d_weights` when `continues`) and its value gradient rows.
-fn record_shard_grads(
+/// One shard's dots of the softmax weights' gradient, `<dy[r, :], V[slot, :]>` over its
+/// columns, going on from what `d_weights` holds when `continues`.
+fn record_weight_dots(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
-    (rows, bag, c): (u32, u32, &super::MemoryConfig),
-    (indices, weights): (&wgpu::Buffer, &wgpu::Buffer),
+    (rows, bag): (u32, u32),
+    indices: &wgpu::Buffer,
     (shard, dy): (&ValuePool, &wgpu::Buffer),
     (d_weights, continues): (&wgpu::Buffer, bool),
-) -> Result<SparseRows> {
+) -> Result<()> {
     WeightGrads {
         rows,
         bag,
@@ -604,17 +629,6 @@ fn record_shard_grads(
         dy,
         grad_weights: d_weights,
         continues,
-    }
-    .record(gpu, encoder)?;
-    ValueGrads {
-        rows,
-        bag,
-        v_dim: shard.v_dim() as u32,
-        n_values: c.n_values() as u32,
-        max_per_slot: rows * c.heads as u32,
-        indices,
-        weights,
-        dy,
     }
     .record(gpu, encoder)
 }
@@ -658,6 +672,14 @@ impl ShardedAdamW {
         step: AdamWStep,
     ) -> Result<()> {
         values.check_devices(gpus)?;
+        if self.moments.len() != values.devices() || grads.values.len() != values.devices() {
+            return Err(Error::Config(format!(
+                "AdamW of a table on {} devices, given a table on {} and gradients from {}",
+                self.moments.len(),
+                values.devices(),
+                grads.values.len()
+            )));
+        }
         for (s, gpu) in gpus.iter().enumerate() {
             let (m, v) = &self.moments[s];
             let shard = values.shard(s);

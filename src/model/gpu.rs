@@ -157,7 +157,10 @@ impl Model {
     /// `new` with the value tables sharded by columns over `gpu` (which holds everything else
     /// and the first columns) and `others` (`memory::ShardedValues`): a table larger than
     /// one device holds. No device holds a whole table at any time. Forward passes only
-    /// (logits, generation): training, teaching and slot counts need the table on one device.
+    /// (logits, generation, slot counts): the backward (training, teaching) needs the table
+    /// on one device. Its forward submits and waits (blocking) at each memory layer, so call
+    /// it from native code outside an async runtime's worker. Each table is checked against
+    /// `options`' cap on its own.
     pub fn new_sharded(gpu: &Gpu, others: Vec<Gpu>, w: &ModelWeights, options: ShardOptions) -> Result<Self> {
         let sharding = Sharding {
             others,
@@ -506,7 +509,9 @@ impl Model {
     }
 
     /// Records the forward of `tokens [batch, seq]` (u32, already checked against the
-    /// vocabulary). Nothing is submitted.
+    /// vocabulary). Nothing is submitted, except in a model whose value tables are sharded
+    /// (`new_sharded`): each memory layer submits what `encoder` holds, waits (blocking) for
+    /// the relays between devices, and leaves a new encoder in `encoder`'s place.
     pub fn record_forward(
         &self,
         gpu: &Gpu,
@@ -520,7 +525,8 @@ impl Model {
 
     /// Records the forward of the next `seq` tokens of one sequence whose earlier tokens are
     /// in `cache` (prefill with the whole prompt, then one token at a time), appending their
-    /// keys and values to it. The logits are those of the new positions.
+    /// keys and values to it. The logits are those of the new positions. (Sharded tables:
+    /// as `record_forward`, this submits and waits at each memory layer.)
     pub fn record_with_cache(
         &self,
         gpu: &Gpu,

@@ -28,7 +28,7 @@ impl Sharding {
     /// What refuses work that needs a whole table on one device.
     pub fn forward_only(what: &str) -> Error {
         Error::Config(format!(
-            "{what} needs the value table on one device: a model whose values are sharded over devices runs forward passes only (generation, logits); train or teach it on one device"
+            "{what} needs the value table on one device: a model whose values are sharded over devices runs forward passes only (logits, generation, slot counts); train or teach it on one device"
         ))
     }
 }

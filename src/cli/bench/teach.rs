@@ -19,7 +19,7 @@ const BATCH: usize = 16;
 const SEQ: usize = 24;
 const ANSWER: usize = 6;
 
-/// Resets the peak resident memory (`bench_lm::peak_host_bytes`) to the current (Linux).
+/// Resets the peak resident memory (`lm::peak_host_bytes`) to the current (Linux).
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

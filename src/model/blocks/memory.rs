@@ -131,8 +131,9 @@ impl MemoryBlock {
         let before = std::mem::replace(encoder, p.gpu.device.create_command_encoder(&Default::default()));
         p.gpu.queue.submit([before.finish()]);
         let devices = p.model.shard_devices(p.gpu);
-        let (sharded, _) =
-            pollster::block_on(self.layer.forward_sharded(&devices, table, x, p.rows(), Some(h)))?;
+        let sharded = pollster::block_on(self.layer.forward_sharded(&devices, table, x, p.rows(), Some(h)));
+        // A failure may leave a planned recording's pass open on an encoder it dropped.
+        let (sharded, _) = sharded.inspect_err(|_| p.gpu.end_open_pass())?;
         if !sharded.added {
             record_add(
                 p.gpu,
