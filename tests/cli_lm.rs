@@ -76,6 +76,34 @@ fn lm_forward_logits_loss_and_gradients() {
             "grad.{name}"
         );
     }
+    // The memory's values sharded over two and three devices: the bytes one device writes
+    // (logits, loss and every gradient, the value table's joined from its shards).
+    let on = |devices: &str| {
+        let name = format!("out-{devices}.safetensors");
+        let run = memlayers(
+            &[
+                "lm-forward",
+                "--weights",
+                "w.safetensors",
+                "--config",
+                "args.json",
+                "--input",
+                "x.safetensors",
+                "--output",
+                &name,
+                "--devices",
+                devices,
+            ],
+            &dir,
+        );
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read(dir.join(name)).unwrap()
+    };
+    let one = on("0");
+    assert!(
+        on("0,0") == one && on("0,0,0") == one,
+        "sharded lm-forward differs from one device"
+    );
     // A token outside the vocabulary is a clear error.
     let mut bad = TensorFile::default();
     bad.insert("tokens", HostTensor::i64(vec![1, 2], vec![3, 300]));

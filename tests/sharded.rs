@@ -459,6 +459,13 @@ fn a_model_with_sharded_tables_gives_one_devices_logits() {
                     "{label}: loss"
                 );
             }
+            // The backward: every parameter's gradient, the tables' joined from their shards.
+            assert_eq!(
+                gradients(&sharded, main, &tokens, &targets, (batch, seq)),
+                gradients(&one, main, &tokens, &targets, (batch, seq)),
+                "{} devices: gradients",
+                others + 1
+            );
             // Slot counts read the forward's lookups: the same counts.
             let counts = |m: &Model| {
                 pollster::block_on(memlayers::model::SlotCounts::measure(
@@ -483,4 +490,47 @@ fn a_model_with_sharded_tables_gives_one_devices_logits() {
             assert!(err.contains("sharded") && !err.contains('\n'), "{err}");
         }
     }
+}
+
+/// Every parameter's gradient of the mean cross-entropy of `tokens` against `targets`, as
+/// bits, by name.
+fn gradients(
+    model: &memlayers::model::Model,
+    gpu: &Gpu,
+    tokens: &[u32],
+    targets: &[u32],
+    (batch, seq): (usize, usize),
+) -> Vec<(String, Vec<u32>)> {
+    use memlayers::kernels::ops::CrossEntropy;
+    let tb = gpu.upload("tokens", tokens);
+    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+    let fwd = model
+        .record_forward(gpu, &mut encoder, &tb, batch as u32, seq as u32)
+        .unwrap();
+    let (rows, vocab) = (fwd.rows, model.config.vocab as u32);
+    let loss = gpu.storage("loss", rows as u64 * 4);
+    let d_logits = gpu.storage("grad logits", rows as u64 * vocab as u64 * 4);
+    let target_buffer = gpu.upload("targets", targets);
+    CrossEntropy {
+        rows,
+        vocab,
+        scale: 1.0 / rows as f32,
+        logits: &fwd.logits,
+        targets: &target_buffer,
+        loss: &loss,
+        grad: &d_logits,
+    }
+    .record(gpu, &mut encoder)
+    .unwrap();
+    let grads = model.record_backward(gpu, &mut encoder, &fwd, &d_logits).unwrap();
+    gpu.queue.submit([encoder.finish()]);
+    model
+        .layout()
+        .registry
+        .iter()
+        .map(|(id, spec)| {
+            let g = pollster::block_on(model.read_gradient(gpu, &grads, id)).unwrap();
+            (spec.name.clone(), bits(&g))
+        })
+        .collect()
 }

@@ -24,6 +24,10 @@ pub struct Args {
     /// Gets `logits` [batch, seq, vocab]; with targets also `loss` [1] and `grad.<name>`.
     #[arg(long)]
     pub output: PathBuf,
+    /// Shard the memory's value tables by columns over these adapters (indices as
+    /// `memlayers info` lists them; one may repeat): the same logits, loss and gradients.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
 }
 
 fn ids(file: &TensorFile, name: &str) -> Result<Option<(Vec<usize>, Vec<u32>)>> {
@@ -78,8 +82,23 @@ pub fn run(a: &Args) -> Result<()> {
         config.check_ids("targets", t)?;
     }
     let (batch, seq) = (shape[0], shape[1]);
-    let gpu = Gpu::new_blocking()?;
-    let model = Model::new(&gpu, &weights)?;
+    let (gpu, model) = match a.devices.as_deref() {
+        Some([first, rest @ ..]) => {
+            let gpu = Gpu::on_adapter_blocking(*first)?;
+            let others = rest
+                .iter()
+                .map(|&i| Gpu::on_adapter_blocking(i))
+                .collect::<Result<_>>()?;
+            let model = Model::new_sharded(&gpu, others, &weights, super::devices::shard_options()?)?;
+            (gpu, model)
+        }
+        Some([]) => return Err(Error::Config("--devices: give at least one adapter index".into())),
+        None => {
+            let gpu = Gpu::new_blocking()?;
+            let model = Model::new(&gpu, &weights)?;
+            (gpu, model)
+        }
+    };
     let tb = gpu.upload("tokens", &tokens);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     let fwd = model.record_forward(&gpu, &mut encoder, &tb, batch as u32, seq as u32)?;
@@ -116,7 +135,7 @@ pub fn run(a: &Args) -> Result<()> {
                 format!("grad.{}", spec.name),
                 HostTensor::f32(
                     spec.shape.clone(),
-                    gpu.read_f32_blocking(grads.grad(id), spec.len())?,
+                    pollster::block_on(model.read_gradient(&gpu, &grads, id))?,
                 ),
             );
         }

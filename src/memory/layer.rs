@@ -224,6 +224,9 @@ pub struct MemoryActivations {
     /// `[rows, out_dim]` the layer's output (from `record_forward_into` with a residual it
     /// was added to: that residual).
     pub out: wgpu::Buffer,
+    /// A sharded forward's slots and softmax weights as devices 1, 2, ... received them
+    /// (`forward_sharded`; empty otherwise): what their shards' backward reads.
+    pub(crate) relayed: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 /// The forward up to the bag: the query and each row's slots, scores and softmax weights.
@@ -264,6 +267,7 @@ impl MemoryActivations {
             gate: output.gate,
             peer,
             out: output.out,
+            relayed: Vec::new(),
         }
     }
 }

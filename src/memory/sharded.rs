@@ -230,14 +230,12 @@ impl std::ops::AddAssign for Relay {
     }
 }
 
-/// A sharded forward's activations: the layer's, on device 0 (the bag joined), and the
-/// lookup's slots and weights as each other device received them (the backward reads them).
+/// A sharded forward's activations: the layer's, on device 0 (the bag joined; they hold the
+/// lookup's slots and weights as each other device received them, which the backward reads).
 pub struct ShardedActivations {
     pub acts: MemoryActivations,
     /// Whether the output was added into the residual given (`acts.out` is then it).
     pub added: bool,
-    /// `relayed[s - 1]`: (slots, weights) on device `s`.
-    relayed: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 /// A sharded backward's gradients: the layer's on device 0, whose `values` are shard 0's
@@ -418,8 +416,9 @@ impl MemoryLayer {
         let output = self.record_output_stage(main, &mut encoder, x, rows, &bag, residual)?;
         submit(main, encoder);
         let added = output.added;
-        let acts = MemoryActivations::from_stages(found, bag, None, output);
-        Ok((ShardedActivations { acts, added, relayed }, relay))
+        let mut acts = MemoryActivations::from_stages(found, bag, None, output);
+        acts.relayed = relayed;
+        Ok((ShardedActivations { acts, added }, relay))
     }
 
     /// The backward of `forward_sharded` for `d_out [rows, out_dim]` (on `gpus[0]`): every
@@ -433,8 +432,26 @@ impl MemoryLayer {
         sharded: &ShardedActivations,
         d_out: &wgpu::Buffer,
     ) -> Result<(ShardedGrads, Relay)> {
+        self.backward_sharded_from(gpus, values, x, &sharded.acts, d_out)
+            .await
+    }
+
+    /// `backward_sharded` from the activations themselves (a model's blocks keep those).
+    pub(crate) async fn backward_sharded_from(
+        &self,
+        gpus: &[&Gpu],
+        values: &ShardedValues,
+        x: &wgpu::Buffer,
+        acts: &MemoryActivations,
+        d_out: &wgpu::Buffer,
+    ) -> Result<(ShardedGrads, Relay)> {
         self.check_sharded(gpus, values)?;
-        let (c, main, acts) = (&self.config, gpus[0], &sharded.acts);
+        if acts.relayed.len() + 1 != values.devices() {
+            return Err(Error::Config(
+                "a sharded backward needs the activations of a forward over the same devices".into(),
+            ));
+        }
+        let (c, main) = (&self.config, gpus[0]);
         let (rows, v) = (acts.rows, c.v_dim as u32);
         let bag_size = (c.heads * c.knn) as u32;
         let entries = rows as usize * bag_size as usize;
@@ -465,7 +482,7 @@ impl MemoryLayer {
         let bag_of = |s: usize| -> (&wgpu::Buffer, &wgpu::Buffer) {
             match s {
                 0 => (&acts.indices, &acts.weights),
-                _ => (&sharded.relayed[s - 1].0, &sharded.relayed[s - 1].1),
+                _ => (&acts.relayed[s - 1].0, &acts.relayed[s - 1].1),
             }
         };
         let mut d_weights = main.storage("grad bag weights", entries as u64 * 4);

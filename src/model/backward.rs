@@ -32,6 +32,74 @@ pub struct ModelGrads {
     /// With memory layers (and when asked for): per value table, a u32 per row, 1 where
     /// some layer read the row this step (what a lazy update touches).
     pub values_read: Vec<(ParamId, wgpu::Buffer)>,
+    /// A sharded model's tables (`Model::new_sharded`): each shard's dense gradient
+    /// `[n_rows, its columns]` and rows read (when asked for), on the shard's device, in device
+    /// order. `named` and `grad` hold a one-value stand-in for these tables.
+    pub sharded_values: Vec<(ParamId, Vec<ShardGrad>)>,
+}
+
+/// One shard's dense gradient and, when asked for, its rows read (a u32 per row), on the
+/// shard's device.
+pub type ShardGrad = (wgpu::Buffer, Option<wgpu::Buffer>);
+
+impl Model {
+    /// Zeroed gradients of each sharded table's shards, each on its device.
+    fn sharded_table_grads(&self, gpu: &Gpu, mark_read: bool) -> Vec<(ParamId, Vec<ValueTableGrad>)> {
+        let ctx = self.context();
+        let Some(sharding) = ctx.sharding else {
+            return Vec::new();
+        };
+        let devices = sharding.devices(gpu);
+        sharding
+            .tables
+            .iter()
+            .map(|(id, table)| {
+                let shards = devices
+                    .iter()
+                    .enumerate()
+                    .map(|(s, device)| {
+                        let (rows, width) = (table.n_rows() as u64, table.shard(s).v_dim() as u64);
+                        ValueTableGrad {
+                            id: *id,
+                            grad: device.storage("grad values (shard)", rows * width * 4),
+                            rows,
+                            read: mark_read.then(|| device.storage("value rows read (shard)", rows * 4)),
+                        }
+                    })
+                    .collect();
+                (*id, shards)
+            })
+            .collect()
+    }
+}
+
+impl Model {
+    /// Parameter `id`'s gradient from `grads` on the host (a sharded table's joined from its
+    /// shards, each read from its device).
+    pub async fn read_gradient(&self, gpu: &Gpu, grads: &ModelGrads, id: ParamId) -> Result<Vec<f32>> {
+        let spec = self.layout.registry.spec(id);
+        let ctx = self.context();
+        let (Some(table), Some((_, shards))) = (
+            ctx.sharded(id),
+            grads.sharded_values.iter().find(|(t, _)| *t == id),
+        ) else {
+            return gpu.read_f32(grads.grad(id), spec.len()).await;
+        };
+        let devices = ctx.shard_devices(gpu);
+        let (rows, v) = (table.n_rows(), table.v_dim());
+        let mut joined = vec![0f32; rows * v];
+        for ((device, (grad, _)), cols) in devices.iter().zip(shards).zip(table.columns()) {
+            let part = device.read_f32(grad, rows * cols.len()).await?;
+            crate::kernels::columns::copy_reference(
+                &part,
+                (cols.len(), 0),
+                &mut joined,
+                (v, cols.start),
+                (rows, cols.len()),
+            );
+        }
+        Ok(joined)
+    }
 }
 
 impl ModelGrads {
@@ -109,6 +177,7 @@ impl Model {
                     read: mark_values_read.then(|| gpu.storage("value rows read", pool.n_rows() as u64 * 4)),
                 })
                 .collect(),
+            sharded: self.sharded_table_grads(gpu, mark_values_read),
         };
         // Every RMSNorm's backward writes its per-row weight-gradient terms into its own
         // slice of `dw_rows` (the final norm first, then the blocks' last first); one batched
@@ -210,23 +279,38 @@ impl Model {
         for (id, g) in tables {
             grads.set(id, g);
         }
+        // A sharded table's gradient lives on its devices (`ModelGrads::sharded_values`); a
+        // word stands in for it here.
+        let sharded: Vec<ParamId> = grads.sharded.iter().map(|(id, _)| *id).collect();
+        for id in sharded {
+            grads.set(id, gpu.scratch("sharded table's gradient (on its devices)", 4));
+        }
         let values_read = grads
             .values
             .iter()
             .filter_map(|t| t.read.clone().map(|r| (t.id, r)))
             .collect();
 
+        let sharded_values = grads
+            .sharded
+            .iter()
+            .map(|(id, shards)| {
+                (
+                    *id,
+                    shards.iter().map(|t| (t.grad.clone(), t.read.clone())).collect(),
+                )
+            })
+            .collect();
         let mut by_id = Vec::with_capacity(grads.by_id.len());
         let mut named = Vec::with_capacity(grads.by_id.len());
         for ((id, spec), g) in layout.registry.iter().zip(grads.by_id) {
             let g = g.ok_or_else(|| Error::MissingTensor(format!("grad.{}", spec.name)))?;
             debug_assert_eq!(id.0, by_id.len());
-            // A skipped gradient's stand-in holds one value, and says so.
-            let len = if skipped.get(id.0).copied().unwrap_or(false) {
-                1
-            } else {
-                spec.len()
-            };
+            // A skipped gradient's stand-in holds one value, and says so; so does a sharded
+            // table's.
+            let stand_in =
+                skipped.get(id.0).copied().unwrap_or(false) || self.context().sharded(id).is_some();
+            let len = if stand_in { 1 } else { spec.len() };
             named.push((spec.name.clone(), g.clone(), len));
             by_id.push(g);
         }
@@ -234,6 +318,7 @@ impl Model {
             by_id,
             named,
             values_read,
+            sharded_values,
         })
     }
 }

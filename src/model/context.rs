@@ -49,7 +49,7 @@ impl<'a> ModelContext<'a> {
     /// The pool of value table `id` (an error for a sharded one: see `sharded`).
     pub fn pool(&self, id: ParamId) -> Result<&'a ValuePool> {
         if self.sharded(id).is_some() {
-            return Err(Sharding::forward_only("a backward pass (training, teaching)"));
+            return Err(Sharding::whole_table_needed("reading the whole value table"));
         }
         self.values
             .iter()

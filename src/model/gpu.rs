@@ -156,11 +156,12 @@ impl Model {
 
     /// `new` with the value tables sharded by columns over `gpu` (which holds everything else
     /// and the first columns) and `others` (`memory::ShardedValues`): a table larger than
-    /// one device holds. No device holds a whole table at any time. Forward passes only
-    /// (logits, generation, slot counts): the backward (training, teaching) needs the table
-    /// on one device. Its forward submits and waits (blocking) at each memory layer, so call
-    /// it from native code outside an async runtime's worker. Each table is checked against
-    /// `options`' cap on its own.
+    /// one device holds. No device holds a whole table at any time. Logits, gradients
+    /// (`record_backward`; a table's on its devices, `read_gradient` joins them), generation
+    /// and slot counts; not training or teaching yet (`Trainer` needs the table on one
+    /// device). Its forward and backward submit and wait (blocking) at each memory layer, so
+    /// call them from native code outside an async runtime's worker. Each table is checked
+    /// against `options`' cap on its own.
     pub fn new_sharded(gpu: &Gpu, others: Vec<Gpu>, w: &ModelWeights, options: ShardOptions) -> Result<Self> {
         let sharding = Sharding {
             others,
@@ -461,7 +462,7 @@ impl Model {
             ));
         }
         if self.sharding.is_some() {
-            return Err(Sharding::forward_only("training"));
+            return Err(Sharding::whole_table_needed("training"));
         }
         for (_, pool) in &self.values {
             if pool.buffer_count() != 1 {

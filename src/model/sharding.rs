@@ -26,9 +26,9 @@ impl Sharding {
     }
 
     /// What refuses work that needs a whole table on one device.
-    pub fn forward_only(what: &str) -> Error {
+    pub fn whole_table_needed(what: &str) -> Error {
         Error::Config(format!(
-            "{what} needs the value table on one device: a model whose values are sharded over devices runs forward passes only (logits, generation, slot counts); train or teach it on one device"
+            "{what} needs the value table on one device: a model whose values are sharded over devices computes logits, gradients, generations and slot counts, and is trained or taught on one device"
         ))
     }
 }

@@ -169,6 +169,9 @@ impl MemoryBlock {
         dx: &wgpu::Buffer,
         grads: &mut GradSink,
     ) -> Result<()> {
+        if let Some(table) = p.model.sharded(self.params.values) {
+            return self.record_backward_sharded(p, encoder, (x, acts, dh, dx), table, grads);
+        }
         let pool = p.model.pool(self.params.values)?;
         let g = match self.params.values_u {
             Some(u) => {
@@ -178,15 +181,7 @@ impl MemoryBlock {
             }
             None => self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?,
         };
-        let bytes = p.rows() as u64 * p.model.config.dim as u64 * 4;
-        p.gpu.copy(encoder, (&g.x, 0), (dx, 0), bytes);
-        for (name, grad) in g.named(&self.layer.config) {
-            let id = self
-                .params
-                .id(name)
-                .ok_or_else(|| Error::MissingTensor(name.into()))?;
-            grads.set(id, grad.clone());
-        }
+        self.take_layer_grads(p, encoder, &g, dx, grads)?;
         let tables = [
             (self.params.values, Some(&g.values)),
             (
@@ -203,5 +198,75 @@ impl MemoryBlock {
             }
         }
         Ok(())
+    }
+
+    /// The layer's input gradient into `dx` and its own parameters' gradients into `grads`.
+    fn take_layer_grads(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        g: &crate::memory::MemoryGrads,
+        dx: &wgpu::Buffer,
+        grads: &mut GradSink,
+    ) -> Result<()> {
+        let bytes = p.rows() as u64 * p.model.config.dim as u64 * 4;
+        p.gpu.copy(encoder, (&g.x, 0), (dx, 0), bytes);
+        for (name, grad) in g.named(&self.layer.config) {
+            let id = self
+                .params
+                .id(name)
+                .ok_or_else(|| Error::MissingTensor(name.into()))?;
+            grads.set(id, grad.clone());
+        }
+        Ok(())
+    }
+
+    /// The backward over a table sharded across devices: what `encoder` holds is submitted,
+    /// the layer's backward runs over every device (`MemoryLayer::backward_sharded`, waiting
+    /// for each relay), and each shard's value gradient is added into its table's gradient
+    /// on its device; recording goes on into a new encoder in `encoder`'s place.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn record_backward_sharded(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        (x, acts, dh, dx): (&wgpu::Buffer, &MemoryActivations, &wgpu::Buffer, &wgpu::Buffer),
+        table: &crate::memory::ShardedValues,
+        grads: &mut GradSink,
+    ) -> Result<()> {
+        p.gpu.end_open_pass();
+        let before = std::mem::replace(encoder, p.gpu.device.create_command_encoder(&Default::default()));
+        p.gpu.queue.submit([before.finish()]);
+        let devices = p.model.shard_devices(p.gpu);
+        let sharded = pollster::block_on(self.layer.backward_sharded_from(&devices, table, x, acts, dh));
+        let (sharded, _) = sharded.inspect_err(|_| p.gpu.end_open_pass())?;
+        self.take_layer_grads(p, encoder, &sharded.grads, dx, grads)?;
+        let shards = grads.sharded_table(self.params.values)?;
+        for (s, (gpu, rows)) in devices.iter().zip(&sharded.values).enumerate() {
+            let target = &shards[s];
+            // Device 0's into the pass's encoder; each other device's in one of its own.
+            let mut own = (s > 0).then(|| gpu.device.create_command_encoder(&Default::default()));
+            let enc = own.as_mut().unwrap_or(encoder);
+            rows.record_scatter_add(gpu, enc, &target.grad, target.rows)?;
+            if let Some(read) = &target.read {
+                rows.record_mark(gpu, enc, read, target.rows)?;
+            }
+            if let Some(own) = own {
+                gpu.queue.submit([own.finish()]);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn record_backward_sharded(
+        &self,
+        _: &Pass,
+        _: &mut wgpu::CommandEncoder,
+        _: (&wgpu::Buffer, &MemoryActivations, &wgpu::Buffer, &wgpu::Buffer),
+        _: &crate::memory::ShardedValues,
+        _: &mut GradSink,
+    ) -> Result<()> {
+        Err(Error::Config("sharded value tables need a native build".into()))
     }
 }

@@ -156,6 +156,8 @@ pub(crate) struct GradSink {
     pub skipped: Vec<bool>,
     /// Every value table's gradient, summed over the memory layers that read it.
     pub values: Vec<ValueTableGrad>,
+    /// A sharded table's gradient: one per shard, on the shard's device, in device order.
+    pub sharded: Vec<(ParamId, Vec<ValueTableGrad>)>,
 }
 
 /// A value table's gradient (zeroed, then added into by each memory layer reading it).
@@ -218,6 +220,15 @@ impl GradSink {
             )?;
             Ok(dw)
         })
+    }
+
+    /// The gradients of sharded table `id`'s shards, in device order.
+    pub fn sharded_table(&self, id: ParamId) -> Result<&[ValueTableGrad]> {
+        self.sharded
+            .iter()
+            .find(|(t, _)| *t == id)
+            .map(|(_, shards)| &shards[..])
+            .ok_or_else(|| crate::error::Error::MissingTensor(format!("grad of sharded value table {id:?}")))
     }
 
     pub fn value_table(&self, id: ParamId) -> Result<&ValueTableGrad> {
