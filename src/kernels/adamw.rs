@@ -169,6 +169,36 @@ pub fn record_clip(
     Ok(clip)
 }
 
+/// Records the sums of squares of `grad`'s first `len` elements in blocks of `CLIP_BLOCK`
+/// (each in element order), the partial sums `record_clip` adds: a buffer of
+/// `len.div_ceil(CLIP_BLOCK)` values (for a norm over buffers on several devices, added on
+/// the host).
+pub fn record_sum_squares(
+    gpu: &Gpu,
+    encoder: &mut wgpu::CommandEncoder,
+    grad: &wgpu::Buffer,
+    len: u64,
+) -> Result<wgpu::Buffer> {
+    check_buffer(gpu, "gradient", grad, len)?;
+    let blocks = len.div_ceil(BLOCK);
+    if blocks == 0 || blocks > u32::MAX as u64 / 2 {
+        return Err(Error::Config(format!("sum of squares: {len} elements")));
+    }
+    let partials = gpu.storage("grad norm partials", blocks * 4);
+    let params = Params {
+        len: len as u32,
+        row_len: 0,
+        partial_offset: 0,
+        ..Default::default()
+    };
+    let params = gpu.uniform("sum squares params", &params);
+    let sum = gpu.pipeline_entry("adamw", SOURCE, "sum_squares", &[]);
+    let bind = gpu.bind_at(&sum, &[(0, &params), (1, grad), (9, grad), (2, &partials)]);
+    let (x, y) = grid((blocks as u32).div_ceil(64));
+    gpu.run(encoder, "grad_sum_squares", &sum, &bind, (x, y, 1));
+    Ok(partials)
+}
+
 /// A parameter with its AdamW moments.
 pub struct AdamWState<'a> {
     pub param: &'a wgpu::Buffer,

@@ -453,16 +453,14 @@ impl Model {
         self.precision
     }
 
-    /// Every parameter's buffer by id, for training: each value table must fit one buffer.
+    /// Every parameter's buffer by id, for training: each value table must fit one buffer. A
+    /// sharded table is not listed (its shards: `sharded_tables`).
     pub fn trainable_params(&self) -> Result<Vec<(ParamId, wgpu::Buffer)>> {
         if !self.vocab.is_whole() {
             return Err(Error::Config(
                 "training needs the embedding and output tables in one buffer each; this vocabulary takes several"
                     .into(),
             ));
-        }
-        if self.sharding.is_some() {
-            return Err(Sharding::whole_table_needed("training"));
         }
         for (_, pool) in &self.values {
             if pool.buffer_count() != 1 {
@@ -476,8 +474,22 @@ impl Model {
             .layout
             .registry
             .iter()
+            .filter(|(id, _)| self.context().sharded(*id).is_none())
             .map(|(id, _)| (id, self.params[id.0].clone()))
             .collect())
+    }
+
+    /// The value tables sharded over devices (`new_sharded`), by id.
+    pub fn sharded_tables(&self) -> Vec<(ParamId, &ShardedValues)> {
+        self.sharding
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.tables.iter().map(|(id, t)| (*id, t)).collect())
+    }
+
+    /// The devices a sharded model's tables live on, `gpu` (the model's own) first; `[gpu]`
+    /// for a model on one device.
+    pub fn shard_devices<'a>(&'a self, gpu: &'a Gpu) -> Vec<&'a Gpu> {
+        self.context().shard_devices(gpu)
     }
 
     pub(crate) fn norm<'a>(

@@ -7,7 +7,8 @@
 use crate::error::{Error, Result};
 use crate::gpu::StepPlan;
 use crate::kernels::adamw::{
-    record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, Clip, CLIP_BLOCK,
+    record_clip, record_dense_step, record_masked_step, record_sum_squares, AdamWState, AdamWStep, Clip,
+    CLIP_BLOCK,
 };
 use crate::kernels::ops::CrossEntropy;
 use crate::kernels::Gpu;
@@ -137,11 +138,51 @@ pub struct Trainer {
     value_rows: Option<Vec<(ParamId, Vec<u32>)>>,
     /// By registry index: gradients the backward skips (frozen weights: nothing reads them).
     skipped_grads: Vec<bool>,
+    /// The value tables sharded over devices (`new_sharded`), each shard with its moments.
+    sharded: Vec<ShardedTableState>,
 }
+
+/// A value table sharded over devices: each shard's parameters (its `ValuePool`'s buffer) and
+/// AdamW moments on the shard's device, in device order.
+struct ShardedTableState {
+    id: ParamId,
+    name: String,
+    /// `[n_rows, v_dim]`
+    shape: Vec<usize>,
+    /// (parameters, m, v, columns) of each shard.
+    shards: Vec<ShardState>,
+}
+
+/// One shard's parameters, AdamW moments and columns.
+type ShardState = (wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, std::ops::Range<usize>);
 
 impl Trainer {
     pub fn new(gpu: &Gpu, weights: &ModelWeights, config: TrainConfig) -> Result<Self> {
-        let model = Model::new(gpu, weights)?;
+        Self::with_model(gpu, Model::new(gpu, weights)?, config)
+    }
+
+    /// `new` with the value tables sharded by columns over `gpu` and `others`
+    /// (`Model::new_sharded`): each shard is updated on its device, with its own moments.
+    /// AdamW only (dense, or `lazy_values`); the value group is clipped by the norm of all
+    /// its shards, summed in a different order from one device's (so with clipping active the
+    /// values agree with one device's to rounding, not bit for bit; without, bit for bit).
+    pub fn new_sharded(
+        gpu: &Gpu,
+        others: Vec<Gpu>,
+        weights: &ModelWeights,
+        config: TrainConfig,
+        options: crate::memory::ShardOptions,
+    ) -> Result<Self> {
+        if config.value_optimizer != ValueOptimizer::AdamW {
+            return Err(Error::Config(
+                "sharded value tables are trained with AdamW (dense or lazy), not plain SGD".into(),
+            ));
+        }
+        let model = Model::new_sharded(gpu, others, weights, options)?;
+        Self::with_model(gpu, model, config)
+    }
+
+    fn with_model(gpu: &Gpu, model: Model, config: TrainConfig) -> Result<Self> {
         let registry = &model.layout().registry;
         let buffers: Vec<(ParamId, wgpu::Buffer, usize)> = model
             .trainable_params()?
@@ -213,8 +254,41 @@ impl Trainer {
             });
         }
         gpu.queue.submit([encoder.finish()]);
-        let skipped_grads = params.iter().map(|p| frozen && !p.values).collect();
+        let mut skipped_grads: Vec<bool> = vec![false; registry.len()];
+        for p in &params {
+            skipped_grads[p.id.0] = frozen && !p.values;
+        }
+        let devices = model.shard_devices(gpu);
+        let mut sharded = Vec::new();
+        for (id, table) in model.sharded_tables() {
+            let spec = registry.spec(id);
+            let mut shards = Vec::new();
+            for (s, (device, cols)) in devices.iter().zip(table.columns()).enumerate() {
+                let pool = table.shard(s);
+                if pool.buffer_count() != 1 || pool.dtype() != crate::memory::ValueDtype::F32 {
+                    return Err(Error::Config(format!(
+                        "training needs each shard of {} in one f32 buffer; device {s}'s takes {}",
+                        spec.name,
+                        pool.buffer_count()
+                    )));
+                }
+                let bytes = pool.bytes();
+                shards.push((
+                    pool.buffers()[0].clone(),
+                    device.storage("adam m (shard)", bytes),
+                    device.storage("adam v (shard)", bytes),
+                    cols.clone(),
+                ));
+            }
+            sharded.push(ShardedTableState {
+                id,
+                name: spec.name.clone(),
+                shape: spec.shape.clone(),
+                shards,
+            });
+        }
         Ok(Trainer {
+            sharded,
             skipped_grads,
             model,
             config,
@@ -242,6 +316,11 @@ impl Trainer {
     /// following steps update, with `TrainConfig::value_optimizer`; None: the rows
     /// `lazy_values` says. Every value table must be listed.
     pub fn set_value_rows(&mut self, rows: Option<Vec<(ParamId, Vec<u32>)>>) -> Result<()> {
+        if rows.is_some() && !self.sharded.is_empty() {
+            return Err(Error::Config(
+                "value rows (teaching) update tables on one device; these are sharded".into(),
+            ));
+        }
         if let Some(rows) = &rows {
             for p in self.params.iter().filter(|p| p.values) {
                 let n = p.shape.first().copied().unwrap_or(0);
@@ -463,7 +542,109 @@ impl Trainer {
                 }
             }
         }
+        if !self.sharded.is_empty() {
+            self.record_sharded_update(gpu, encoder, grads, step(t.value_lr))?;
+        }
         Ok(())
+    }
+
+    /// The sharded value tables' update: each shard's sum of squares on its device, the
+    /// group's clipping factor from all of them (added on the host in table, device and block
+    /// order), then AdamW on each shard where it lives. Submits what `encoder` holds to read
+    /// the sums, and leaves a new encoder in its place.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn record_sharded_update(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        grads: &ModelGrads,
+        step: AdamWStep,
+    ) -> Result<()> {
+        let devices = self.model.shard_devices(gpu);
+        let shard_grads = |t: &ShardedTableState| {
+            grads
+                .sharded_values
+                .iter()
+                .find(|(id, _)| *id == t.id)
+                .map(|(_, g)| g)
+                .ok_or_else(|| Error::MissingTensor(format!("grad.{}", t.name)))
+        };
+        // Device 0's work into `encoder`, each other device's into one of its own.
+        let mut own: Vec<Option<wgpu::CommandEncoder>> = devices
+            .iter()
+            .enumerate()
+            .map(|(s, d)| (s > 0).then(|| d.device.create_command_encoder(&Default::default())))
+            .collect();
+        let mut partials = Vec::new();
+        for t in &self.sharded {
+            for (s, ((g, _), (_, _, _, cols))) in shard_grads(t)?.iter().zip(&t.shards).enumerate() {
+                let len = (t.shape[0] * cols.len()) as u64;
+                let enc = own[s].as_mut().unwrap_or(&mut *encoder);
+                let sums = record_sum_squares(devices[s], enc, g, len)?;
+                partials.push((s, sums, len.div_ceil(CLIP_BLOCK) as usize));
+            }
+        }
+        gpu.end_open_pass();
+        let before = std::mem::replace(encoder, gpu.device.create_command_encoder(&Default::default()));
+        gpu.queue.submit([before.finish()]);
+        for (device, enc) in devices.iter().zip(own.iter_mut()) {
+            if let Some(enc) = enc.take() {
+                device.queue.submit([enc.finish()]);
+            }
+        }
+        let mut ss = 0f32;
+        for (s, sums, n) in &partials {
+            for v in pollster::block_on(devices[*s].read_f32(sums, *n))? {
+                ss += v;
+            }
+        }
+        // As `record_clip` computes a group's factor.
+        let factor = (self.config.clip / (ss.sqrt() + 1e-6)).min(1.0);
+        let mut own: Vec<Option<wgpu::CommandEncoder>> = devices
+            .iter()
+            .enumerate()
+            .map(|(s, d)| (s > 0).then(|| d.device.create_command_encoder(&Default::default())))
+            .collect();
+        let factors: Vec<wgpu::Buffer> = devices
+            .iter()
+            .map(|d| d.upload("clip factor (sharded values)", &[factor]))
+            .collect();
+        for t in &self.sharded {
+            for (s, ((g, read), (param, m, v, cols))) in shard_grads(t)?.iter().zip(&t.shards).enumerate() {
+                let (device, state) = (devices[s], AdamWState { param, m, v });
+                let clip = Clip {
+                    factors: &factors[s],
+                    group: 0,
+                };
+                let (rows, width) = (t.shape[0] as u32, cols.len() as u32);
+                let enc = own[s].as_mut().unwrap_or(&mut *encoder);
+                match read.as_ref().filter(|_| self.config.lazy_values) {
+                    Some(mask) => {
+                        record_masked_step(device, enc, &state, g, mask, (rows, width), clip, step)?
+                    }
+                    None => {
+                        record_dense_step(device, enc, &state, g, rows as u64 * width as u64, clip, step)?
+                    }
+                }
+            }
+        }
+        for (device, enc) in devices.iter().zip(own.iter_mut()) {
+            if let Some(enc) = enc.take() {
+                device.queue.submit([enc.finish()]);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn record_sharded_update(
+        &self,
+        _: &Gpu,
+        _: &mut wgpu::CommandEncoder,
+        _: &ModelGrads,
+        _: AdamWStep,
+    ) -> Result<()> {
+        Err(Error::Config("sharded value tables need a native build".into()))
     }
 
     /// One step, submitted, returning the mean loss over the targets that are not
@@ -677,7 +858,7 @@ impl Trainer {
         pollster::block_on(self.step(gpu, tokens, targets, batch, seq))
     }
 
-    /// The current weights, read back.
+    /// The current weights, read back (a sharded table joined from its shards).
     pub async fn weights(&self, gpu: &Gpu) -> Result<TensorFile> {
         let mut file = TensorFile::default();
         for p in &self.params {
@@ -686,7 +867,32 @@ impl Trainer {
                 HostTensor::f32(p.shape.clone(), gpu.read_f32(&p.param, p.len).await?),
             );
         }
+        for t in &self.sharded {
+            let table = self.read_sharded(gpu, t, 0).await?;
+            file.insert(t.name.clone(), HostTensor::f32(t.shape.clone(), table));
+        }
         Ok(file)
+    }
+
+    /// One buffer of each shard of `t` (`which`: 0 the parameters, 1 and 2 AdamW's moments),
+    /// joined into the table's `[n_rows, v_dim]`.
+    async fn read_sharded(&self, gpu: &Gpu, t: &ShardedTableState, which: usize) -> Result<Vec<f32>> {
+        let devices = self.model.shard_devices(gpu);
+        let (rows, v) = (t.shape[0], t.shape[1]);
+        let mut table = vec![0f32; rows * v];
+        for (device, shard) in devices.iter().zip(&t.shards) {
+            let cols = &shard.3;
+            let buffer = [&shard.0, &shard.1, &shard.2][which];
+            let part = device.read_f32(buffer, rows * cols.len()).await?;
+            crate::kernels::columns::copy_reference(
+                &part,
+                (cols.len(), 0),
+                &mut table,
+                (v, cols.start),
+                (rows, cols.len()),
+            );
+        }
+        Ok(table)
     }
 
     /// `weights`, waited for (native).
@@ -714,6 +920,15 @@ impl Trainer {
                 );
             }
         }
+        for t in &self.sharded {
+            for (prefix, moment) in [("adam_m.", 1), ("adam_v.", 2)] {
+                let data = pollster::block_on(self.read_sharded(gpu, t, moment))?;
+                file.insert(
+                    format!("{prefix}{}", t.name),
+                    HostTensor::f32(t.shape.clone(), data),
+                );
+            }
+        }
         file.insert("step", HostTensor::i64(vec![1], vec![self.step as i64]));
         Ok(file)
     }
@@ -726,6 +941,27 @@ impl Trainer {
                 let (_, data) = file.f32_with_shape(&format!("{prefix}{}", p.name), &dims)?;
                 gpu.queue
                     .write_buffer(buffer, p.offset * 4, bytemuck::cast_slice(data));
+            }
+        }
+        let devices = self.model.shard_devices(gpu);
+        for t in &self.sharded {
+            let dims: Vec<Option<usize>> = t.shape.iter().map(|&d| Some(d)).collect();
+            let (rows, v) = (t.shape[0], t.shape[1]);
+            for (prefix, moment) in [("adam_m.", 1), ("adam_v.", 2)] {
+                let (_, data) = file.f32_with_shape(&format!("{prefix}{}", t.name), &dims)?;
+                for (device, shard) in devices.iter().zip(&t.shards) {
+                    let cols = &shard.3;
+                    let mut part = vec![0f32; rows * cols.len()];
+                    crate::kernels::columns::copy_reference(
+                        data,
+                        (v, cols.start),
+                        &mut part,
+                        (cols.len(), 0),
+                        (rows, cols.len()),
+                    );
+                    let buffer = [&shard.1, &shard.2][moment - 1];
+                    device.queue.write_buffer(buffer, 0, bytemuck::cast_slice(&part));
+                }
             }
         }
         self.step = match &file.get("step")?.data {
