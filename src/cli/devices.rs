@@ -1,6 +1,8 @@
 //! `--devices`: the adapters a command shards value tables over, and the per-device cap.
 
 use memlayers::memory::{max_device_bytes_from_env, ShardOptions};
+use memlayers::model::ModelWeights;
+use memlayers::train::{TrainConfig, Trainer};
 use memlayers::{Error, Gpu, Result};
 
 /// The devices `--devices` names (each opened on its adapter, in order), or the default one.
@@ -19,4 +21,33 @@ pub fn shard_options() -> Result<ShardOptions> {
         rows_per_chunk: None,
         max_device_bytes: max_device_bytes_from_env()?,
     })
+}
+
+/// The device a command runs on: the first of `--devices`, or the default one.
+pub fn main(devices: Option<&[usize]>) -> Result<Gpu> {
+    match devices {
+        Some([first, ..]) => Gpu::on_adapter_blocking(*first),
+        Some([]) => Err(Error::Config("--devices: give at least one adapter index".into())),
+        None => Gpu::new_blocking(),
+    }
+}
+
+/// A trainer on `gpu` (the first of `--devices`), its value tables sharded over the devices
+/// after it when there are any.
+pub fn trainer(
+    gpu: &Gpu,
+    devices: Option<&[usize]>,
+    weights: &ModelWeights,
+    config: TrainConfig,
+) -> Result<Trainer> {
+    match devices {
+        Some([_, rest @ ..]) if !rest.is_empty() => {
+            let others = rest
+                .iter()
+                .map(|&i| Gpu::on_adapter_blocking(i))
+                .collect::<Result<_>>()?;
+            Trainer::new_sharded(gpu, others, weights, config, shard_options()?)
+        }
+        _ => Trainer::new(gpu, weights, config),
+    }
 }

@@ -22,6 +22,11 @@ pub struct Args {
     /// A text file; its last tenth is held out.
     #[arg(long)]
     pub data: PathBuf,
+    /// Shard the memory's value tables by columns over these adapters (indices as
+    /// `memlayers info` lists them; one may repeat); the first holds the rest of the model.
+    /// The checkpoint is the same whole-table format, and resumes on any devices.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
     /// Output directory; the checkpoint goes to OUT/checkpoint.
     #[arg(long)]
     pub out: PathBuf,
@@ -185,8 +190,8 @@ pub fn run(a: &Args) -> Result<()> {
         value_lr,
         ..Default::default()
     };
-    let gpu = Gpu::new_blocking()?;
-    let mut trainer = Trainer::new(&gpu, &weights, config)?;
+    let gpu = super::devices::main(a.devices.as_deref())?;
+    let mut trainer = super::devices::trainer(&gpu, a.devices.as_deref(), &weights, config)?;
     if let Some(o) = &optimizer {
         trainer.load_optimizer_state(&gpu, o)?;
     }

@@ -177,7 +177,7 @@ fn training(all: &[&Gpu], counts: &[usize], o: &Options) -> Result<()> {
     let c = config.memory.clone().expect("the demo's model has a memory");
     let (batch, seq) = DEMO_CPU_BATCH;
     let rows = batch * seq;
-    let model_step = model_step_seconds(all[0], &config, o.iters)?;
+    let model_step = model_step_seconds(all[0], Vec::new(), &config, o.iters)?;
     println!(
         "\ntraining, the demo's cpu preset (batch {batch} x {seq}; memory n_keys {}, heads {}, knn {}, v_dim {}), {} timed steps",
         c.n_keys, c.heads, c.knn, c.v_dim, o.iters
@@ -247,14 +247,42 @@ fn training(all: &[&Gpu], counts: &[usize], o: &Options) -> Result<()> {
             100.0 * relay.seconds / n / model_step
         );
     }
+    println!("  the memory model's whole training step with its table sharded (Trainer::new_sharded):");
+    for &k in counts {
+        let others = o.devices[1..k]
+            .iter()
+            .map(|&i| Gpu::on_adapter_blocking(i))
+            .collect::<Result<Vec<_>>>()?;
+        let seconds = model_step_seconds(all[0], others, &config, o.iters)?;
+        println!(
+            "    {k} device(s): {:.1} ms a step, {:.0} tokens/s ({:.2}x one device's time)",
+            seconds * 1e3,
+            rows as f64 / seconds,
+            seconds / model_step
+        );
+    }
     Ok(())
 }
 
 /// Seconds a training step of `config`'s model takes on `gpu` (the trainer's planned steps,
 /// each waited for), after a warm-up step.
-fn model_step_seconds(gpu: &Gpu, config: &memlayers::model::ModelConfig, iters: usize) -> Result<f64> {
+fn model_step_seconds(
+    gpu: &Gpu,
+    others: Vec<Gpu>,
+    config: &memlayers::model::ModelConfig,
+    iters: usize,
+) -> Result<f64> {
     let weights = ModelWeights::init(config)?;
-    let mut trainer = Trainer::new(gpu, &weights, TrainConfig::default())?;
+    let mut trainer = match others.is_empty() {
+        true => Trainer::new(gpu, &weights, TrainConfig::default())?,
+        false => Trainer::new_sharded(
+            gpu,
+            others,
+            &weights,
+            TrainConfig::default(),
+            ShardOptions::default(),
+        )?,
+    };
     let (batch, seq) = DEMO_CPU_BATCH;
     let mut rng = Rng::new(3);
     let mut tokens = || {

@@ -19,7 +19,7 @@ mod settings;
 mod training;
 
 use memlayers::demo::KnowledgeBase;
-use memlayers::{Error, Gpu, Result};
+use memlayers::{Error, Result};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -112,12 +112,17 @@ pub struct Args {
     /// 0.839 / 0.934 without), dense 0.484 / 0.669 / 0.572 (0.305 / 0.639 / 0.520).
     #[arg(long)]
     pub fact_ends: bool,
+    /// Shard the memory models' value tables by columns over these adapters (indices as
+    /// `memlayers info` lists them; one may repeat): the first runs everything else. The same
+    /// results as one device, up to the rounding of the value group's clipping norm.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
     args.check_models()?;
-    let gpu = Gpu::new_blocking()?;
+    let gpu = super::devices::main(args.devices.as_deref())?;
     let mut settings = args.settings(gpu.adapter_info());
     let kb = match &settings.facts {
         Some(path) => KnowledgeBase::parse_tsv(

@@ -8,7 +8,6 @@ use super::Args;
 use memlayers::demo::{train_config, training_batch_with, KnowledgeBase};
 use memlayers::model::{LMTransformerArgs, ModelWeights};
 use memlayers::rng::Rng;
-use memlayers::train::Trainer;
 use memlayers::{Error, Gpu, Result};
 use std::time::Instant;
 
@@ -108,8 +107,9 @@ pub(super) fn plan_for_facts(
     let mut seconds_per_step = Vec::new();
     let mut time = |label: String, args: LMTransformerArgs, lr: f32| -> Result<f64> {
         let config = args.resolve()?;
-        let mut trainer = Trainer::new(
+        let mut trainer = super::super::devices::trainer(
             gpu,
+            a.devices.as_deref(),
             &ModelWeights::init(&config)?,
             train_config(100, lr, config.memory.is_some()),
         )?;

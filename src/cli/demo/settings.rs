@@ -28,6 +28,8 @@ pub struct Settings {
     pub sweep_n_keys: Vec<usize>,
     /// Train the prompts' trailing spaces and the facts' newlines too.
     pub fact_ends: bool,
+    /// `--devices`: the adapters the memory models' tables are sharded over.
+    pub devices: Option<Vec<usize>>,
     /// Models besides dense, in training order: "memory", "peer", "moe".
     pub models: Vec<&'static str>,
 }
@@ -75,6 +77,7 @@ impl Args {
             eval_every: self.eval_every.unwrap_or(pick(gpu, 100, 350)),
             sweep: self.sweep,
             fact_ends: self.fact_ends,
+            devices: self.devices.clone(),
             sweep_n_keys: self
                 .sweep_n_keys
                 .clone()

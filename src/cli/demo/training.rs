@@ -77,7 +77,7 @@ pub(super) fn train(
     let weights = ModelWeights::init(&config)?;
     let train = train_config(a.steps, lr, config.memory.is_some());
     let value_lr = config.memory.as_ref().map(|_| train.value_lr);
-    let mut trainer = Trainer::new(gpu, &weights, train)?;
+    let mut trainer = super::super::devices::trainer(gpu, a.devices.as_deref(), &weights, train)?;
     let mut rng = Rng::new(a.seed ^ 0xDA7A);
     let started = Instant::now();
     let (mut loss, mut curve, mut last_recall) = (f32::NAN, vec![(0, 0.0)], None);
