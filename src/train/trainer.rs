@@ -6,9 +6,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::StepPlan;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::kernels::adamw::record_sum_squares;
 use crate::kernels::adamw::{
-    record_clip, record_dense_step, record_masked_step, record_sum_squares, AdamWState, AdamWStep, Clip,
-    CLIP_BLOCK,
+    record_clip, record_dense_step, record_masked_step, AdamWState, AdamWStep, Clip, CLIP_BLOCK,
 };
 use crate::kernels::ops::CrossEntropy;
 use crate::kernels::Gpu;
@@ -145,6 +146,7 @@ pub struct Trainer {
 /// A value table sharded over devices: each shard's parameters (its `ValuePool`'s buffer) and
 /// AdamW moments on the shard's device, in device order.
 struct ShardedTableState {
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     id: ParamId,
     name: String,
     /// `[n_rows, v_dim]`

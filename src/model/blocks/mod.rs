@@ -223,6 +223,7 @@ impl GradSink {
     }
 
     /// The gradients of sharded table `id`'s shards, in device order.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn sharded_table(&self, id: ParamId) -> Result<&[ValueTableGrad]> {
         self.sharded
             .iter()
