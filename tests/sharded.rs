@@ -661,3 +661,31 @@ fn training_a_sharded_model_gives_one_devices_weights() {
         "resumed on one device"
     );
 }
+
+/// A device lost in the middle of sharded work: the pass ends in a one-line error (no panic,
+/// no results that look valid).
+#[test]
+fn a_device_lost_mid_pass_is_a_one_line_error() {
+    let main = gpu();
+    let c = config(12, true, false, false);
+    let s = setup(&c, 31, 9);
+    let lost = Gpu::new_blocking().unwrap();
+    let devices = [main, &lost];
+    let layer = MemoryLayer::new(main, &s.weights).unwrap();
+    let x = main.upload("x", &s.x);
+    let values = ShardedValues::new(
+        &devices,
+        &s.values,
+        (c.n_values(), c.v_dim),
+        ValueDtype::F32,
+        ShardOptions::default(),
+    )
+    .unwrap();
+    pollster::block_on(layer.forward_sharded(&devices, &values, &x, s.rows as u32, None)).unwrap();
+    lost.device.destroy();
+    let err = pollster::block_on(layer.forward_sharded(&devices, &values, &x, s.rows as u32, None))
+        .err()
+        .expect("a lost device is an error")
+        .to_string();
+    assert!(err.contains("lost") && !err.contains('\n'), "{err}");
+}

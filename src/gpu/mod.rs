@@ -52,6 +52,11 @@ pub struct Device {
     pinned_threads: Vec<i32>,
 }
 
+/// A driver's or wgpu's message on one line (they come with "Caused by:" paragraphs).
+pub(crate) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Experimental features a caller asks for beside the device's own, and what it makes of
 /// them once granted (`Device::open`).
 pub struct ExperimentalRequest<T> {
@@ -176,6 +181,18 @@ impl Device {
                 *slot = Some(e.to_string());
             }
         }));
+        // A lost device says so first (what follows from it is validation errors).
+        let lost = gpu.device_error.clone();
+        gpu.device.set_device_lost_callback(move |reason, message| {
+            let mut slot = lost.lock().unwrap();
+            let lost = format!("the device was lost ({reason:?}) {message}")
+                .trim_end()
+                .to_string();
+            *slot = Some(match slot.take() {
+                Some(later) => format!("{lost}; then: {later}"),
+                None => lost,
+            });
+        });
         #[cfg(target_os = "linux")]
         if info.device_type == wgpu::DeviceType::Cpu && cpu_threads::enabled() {
             let started = cpu_threads::started_unnamed(&threads_before, &cpu_threads::thread_ids());
@@ -225,7 +242,7 @@ impl Device {
     /// looking valid.
     pub fn take_device_error(&self) -> Result<()> {
         match self.device_error.lock().unwrap().take() {
-            Some(e) => Err(Error::Device(format!("the GPU rejected work: {e}"))),
+            Some(e) => Err(Error::Device(format!("the GPU rejected work: {}", one_line(&e)))),
             None => Ok(()),
         }
     }

@@ -59,19 +59,28 @@ impl Device {
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(format!("poll failed: {e}")))?;
+            .map_err(|e| self.device_failure("poll failed", &e))?;
         MapFuture(state)
             .await
-            .map_err(|e| Error::Device(format!("buffer map failed: {e}")))?;
+            .map_err(|e| self.device_failure("buffer map failed", &e))?;
         let view = staging
             .get_mapped_range(0..padded)
-            .map_err(|e| Error::Device(format!("mapped range: {e}")))?;
+            .map_err(|e| self.device_failure("mapped range", &e))?;
         let out = view[..size as usize].to_vec();
         drop(view);
         staging.unmap();
         self.return_staging(staging);
         self.take_device_error()?;
         Ok(out)
+    }
+
+    /// A failed read-back as one line: the first error the device reported (what made the
+    /// read fail, such as a lost device), else `what` and `e`.
+    fn device_failure(&self, what: &str, e: &dyn std::fmt::Display) -> Error {
+        match self.take_device_error() {
+            Err(first) => first,
+            Ok(()) => Error::Device(format!("{what}: {}", super::one_line(&e.to_string()))),
+        }
     }
 
     /// A mappable buffer of at least `size` bytes: the smallest kept one that fits, or a new

@@ -3,7 +3,6 @@
 
 use super::{plan, Device};
 use std::sync::atomic::{AtomicU64, Ordering};
-use wgpu::util::DeviceExt;
 
 pub(super) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
@@ -98,12 +97,33 @@ impl Device {
         self.device.create_buffer(desc)
     }
 
+    /// A buffer created holding `desc.contents` (mapped at creation, as wgpu's own helper
+    /// does), except that a device that can no longer map it (a lost device) leaves the
+    /// failure to the device's error, which the next read-back reports, instead of a panic.
     fn create_buffer_init(&self, desc: &wgpu::util::BufferInitDescriptor) -> wgpu::Buffer {
-        self.created.buffers.fetch_add(1, Ordering::Relaxed);
-        self.created
-            .bytes
-            .fetch_add(desc.contents.len() as u64, Ordering::Relaxed);
-        self.device.create_buffer_init(desc)
+        let len = desc.contents.len() as u64;
+        let buffer = self.create_buffer(&wgpu::BufferDescriptor {
+            label: desc.label,
+            size: len
+                .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+                .max(wgpu::COPY_BUFFER_ALIGNMENT),
+            usage: desc.usage,
+            mapped_at_creation: true,
+        });
+        match buffer.get_mapped_range_mut(..) {
+            Ok(mut view) => {
+                view.slice(..len as usize).copy_from_slice(desc.contents);
+                drop(view);
+                buffer.unmap();
+            }
+            Err(e) => {
+                let mut first = self.device_error.lock().unwrap();
+                if first.is_none() {
+                    *first = Some(format!("writing {:?}: {e}", desc.label.unwrap_or("a buffer")));
+                }
+            }
+        }
+        buffer
     }
 
     /// A bind group for group 0 of `pipeline` with `buffers` at bindings 0, 1, 2, ...

@@ -267,10 +267,12 @@ async fn read_words(from: &Gpu, buffer: &wgpu::Buffer, len: usize, relay: &mut R
     Ok(words)
 }
 
-/// Writes `words` to a new buffer on `to`.
+/// Writes `words` to a new buffer on `to` (through the queue: a device lost meanwhile makes
+/// this an error at its next read, not a panic).
 fn write_words(to: &Gpu, label: &str, words: &[u32], relay: &mut Relay) -> wgpu::Buffer {
     let clock = RelayClock::now();
-    let buffer = to.upload(label, words);
+    let buffer = to.scratch(label, words.len() as u64 * 4);
+    to.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(words));
     relay.bytes_written += words.len() as u64 * 4;
     relay.seconds += clock.seconds();
     buffer
