@@ -424,6 +424,29 @@ fn demo_end_to_end_in_miniature() {
         ]);
         assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     }
+    // Sparse memory fine-tuning with the value table sharded over two devices: the taught
+    // model one device gives.
+    let taught_on = |devices: &str| {
+        let taught = out.join(format!("taught-on-{devices}"));
+        let t = memlayers(&[
+            "teach",
+            "--model",
+            out.join("memory").to_str().unwrap(),
+            "--new-people",
+            "2",
+            "--steps",
+            "4",
+            "--slots",
+            "8",
+            "--devices",
+            devices,
+            "--out",
+            taught.to_str().unwrap(),
+        ]);
+        assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+        std::fs::read(taught.join("model").join("weights.safetensors")).unwrap()
+    };
+    assert!(taught_on("0,0") == taught_on("0"), "teach --devices 0,0");
     assert_eq!(results["dense_lr_sweep"].as_array().unwrap().len(), 2);
     assert_eq!(results["sweep"].as_array().unwrap().len(), 2);
     assert!(results["memory"]["memory_params"].as_u64().unwrap() > 0);

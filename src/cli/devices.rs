@@ -51,3 +51,22 @@ pub fn trainer(
         _ => Trainer::new(gpu, weights, config),
     }
 }
+
+/// A model on `gpu` (the first of `--devices`), its value tables sharded over the devices
+/// after it when there are any.
+pub fn model(
+    gpu: &Gpu,
+    devices: Option<&[usize]>,
+    weights: &ModelWeights,
+) -> Result<memlayers::model::Model> {
+    match devices {
+        Some([_, rest @ ..]) if !rest.is_empty() => {
+            let others = rest
+                .iter()
+                .map(|&i| Gpu::on_adapter_blocking(i))
+                .collect::<Result<_>>()?;
+            memlayers::model::Model::new_sharded(gpu, others, weights, shard_options()?)
+        }
+        _ => memlayers::model::Model::new(gpu, weights),
+    }
+}

@@ -170,24 +170,26 @@ impl Teacher {
         config: TeachConfig,
         background: Option<&SlotCounts>,
     ) -> Result<Self> {
-        let memory = weights.config.memory.is_some();
-        if config.method.uses_memory() && !memory {
-            return Err(Error::Config(format!(
-                "teach --method {}: the model has no memory layers (use --method full)",
-                config.method.name()
-            )));
-        }
-        if config.method == Method::SparseMemory && background.is_none() {
+        Self::check(&weights.config, &config, background)?;
+        let trainer = Trainer::new(gpu, weights, config.train_config())?;
+        Self::with_trainer(gpu, trainer, config, background)
+    }
+
+    /// `new` over a trainer the caller made from the model's weights with
+    /// `config.train_config()` (`Trainer::new_sharded`: a model whose tables are sharded over
+    /// devices).
+    pub fn with_trainer(
+        gpu: &Gpu,
+        mut trainer: Trainer,
+        config: TeachConfig,
+        background: Option<&SlotCounts>,
+    ) -> Result<Self> {
+        Self::check(&trainer.model.config, &config, background)?;
+        if trainer.config != config.train_config() {
             return Err(Error::Config(
-                "teach --method sparse-memory ranks rows against the model's background slot counts \
-(slot_counts.safetensors; make them with memlayers slot-stats)"
-                    .into(),
+                "teach: the trainer was not made with this teaching configuration".into(),
             ));
         }
-        if config.method == Method::SparseMemory && config.slots == 0 {
-            return Err(Error::Config("teach: --slots must be positive".into()));
-        }
-        let mut trainer = Trainer::new(gpu, weights, config.train_config())?;
         let layout = trainer.model.layout();
         let background = match (config.method, background) {
             (Method::SparseMemory, Some(counts)) => Some(Background::new(layout, counts)?),
@@ -209,6 +211,32 @@ impl Teacher {
             rows_updated: 0,
             lora,
         })
+    }
+
+    /// What a teaching configuration needs of the model and of its inputs.
+    fn check(
+        model: &crate::model::ModelConfig,
+        config: &TeachConfig,
+        background: Option<&SlotCounts>,
+    ) -> Result<()> {
+        let memory = model.memory.is_some();
+        if config.method.uses_memory() && !memory {
+            return Err(Error::Config(format!(
+                "teach --method {}: the model has no memory layers (use --method full)",
+                config.method.name()
+            )));
+        }
+        if config.method == Method::SparseMemory && background.is_none() {
+            return Err(Error::Config(
+                "teach --method sparse-memory ranks rows against the model's background slot counts \
+(slot_counts.safetensors; make them with memlayers slot-stats)"
+                    .into(),
+            ));
+        }
+        if config.method == Method::SparseMemory && config.slots == 0 {
+            return Err(Error::Config("teach: --slots must be positive".into()));
+        }
+        Ok(())
     }
 
     /// How often each row of each value table is read at the positions `at` says

@@ -165,7 +165,8 @@ impl Trainer {
 
     /// `new` with the value tables sharded by columns over `gpu` and `others`
     /// (`Model::new_sharded`): each shard is updated on its device, with its own moments.
-    /// AdamW only (dense, or `lazy_values`); the value group is clipped by the norm of all
+    /// Every value optimiser and row choice of one device's (dense, lazy, listed rows with
+    /// AdamW or SGD); the value group is clipped by the norm of all
     /// its shards, summed in a different order from one device's (so with clipping active the
     /// values agree with one device's to rounding, not bit for bit; without, bit for bit).
     pub fn new_sharded(
@@ -175,11 +176,6 @@ impl Trainer {
         config: TrainConfig,
         options: crate::memory::ShardOptions,
     ) -> Result<Self> {
-        if config.value_optimizer != ValueOptimizer::AdamW {
-            return Err(Error::Config(
-                "sharded value tables are trained with AdamW (dense or lazy), not plain SGD".into(),
-            ));
-        }
         let model = Model::new_sharded(gpu, others, weights, options)?;
         Self::with_model(gpu, model, config)
     }
@@ -318,11 +314,6 @@ impl Trainer {
     /// following steps update, with `TrainConfig::value_optimizer`; None: the rows
     /// `lazy_values` says. Every value table must be listed.
     pub fn set_value_rows(&mut self, rows: Option<Vec<(ParamId, Vec<u32>)>>) -> Result<()> {
-        if rows.is_some() && !self.sharded.is_empty() {
-            return Err(Error::Config(
-                "value rows (teaching) update tables on one device; these are sharded".into(),
-            ));
-        }
         if let Some(rows) = &rows {
             for p in self.params.iter().filter(|p| p.values) {
                 let n = p.shape.first().copied().unwrap_or(0);
@@ -619,13 +610,39 @@ impl Trainer {
                     group: 0,
                 };
                 let (rows, width) = (t.shape[0] as u32, cols.len() as u32);
+                // Every shard holds every row: the rows to update are the same on each.
+                let taught = self
+                    .value_rows
+                    .as_ref()
+                    .and_then(|r| r.iter().find(|(id, _)| *id == t.id))
+                    .map(|(_, mask)| device.upload("value rows updated", mask));
+                let mask = match (&taught, read, self.config.lazy_values) {
+                    (Some(mask), _, _) => Some(mask),
+                    (None, Some(read), true) => Some(read),
+                    _ => None,
+                };
                 let enc = own[s].as_mut().unwrap_or(&mut *encoder);
-                match read.as_ref().filter(|_| self.config.lazy_values) {
-                    Some(mask) => {
+                match (mask, self.config.value_optimizer) {
+                    (Some(mask), ValueOptimizer::AdamW) => {
                         record_masked_step(device, enc, &state, g, mask, (rows, width), clip, step)?
                     }
-                    None => {
+                    (Some(mask), ValueOptimizer::Sgd) => crate::kernels::sgd::record_masked_step(
+                        device,
+                        enc,
+                        param,
+                        g,
+                        mask,
+                        (rows, width),
+                        clip,
+                        self.config.value_lr,
+                    )?,
+                    (None, ValueOptimizer::AdamW) => {
                         record_dense_step(device, enc, &state, g, rows as u64 * width as u64, clip, step)?
+                    }
+                    (None, ValueOptimizer::Sgd) => {
+                        return Err(Error::Config(
+                            "plain SGD updates listed value rows only: set value rows or lazy_values".into(),
+                        ))
                     }
                 }
             }

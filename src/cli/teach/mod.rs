@@ -94,6 +94,11 @@ pub struct Args {
     /// measure what the model knew before [32 built-in general-knowledge openings].
     #[arg(long)]
     pub probe: Option<PathBuf>,
+    /// Shard the memory's value tables by columns over these adapters (indices as
+    /// `memlayers info` lists them; one may repeat); the first holds the rest of the model.
+    /// memlayers folders.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
 }
 
 /// Rows a sparse-memory step updates per table. A batch of 16 rows of the demo's facts reads
@@ -248,7 +253,8 @@ fn teach(
 ) -> Result<Taught> {
     let seq = weights.config.max_seqlen;
     let method = config.method;
-    let mut teacher = Teacher::new(gpu, weights, config.clone(), background)?;
+    let trainer = super::devices::trainer(gpu, a.devices.as_deref(), weights, config.train_config())?;
+    let mut teacher = Teacher::with_trainer(gpu, trainer, config.clone(), background)?;
     let mut rng = Rng::new(a.seed ^ 0x7EAC);
     let started = Instant::now();
     let mut curve = vec![(0, before.new_recall, before.sample_recall)];
@@ -302,6 +308,11 @@ pub fn run(a: &Args) -> Result<()> {
     let total = Instant::now();
     let method = Method::parse(&a.method)?;
     if memlayers::io::hf::is_hf_folder(&a.model) {
+        if a.devices.is_some() {
+            return Err(Error::Config(
+                "--devices: a Hugging Face folder is taught on one device; memlayers folders shard their tables".into(),
+            ));
+        }
         return hf::run(a, method);
     }
     if a.delta || a.probe.is_some() {
@@ -374,10 +385,10 @@ pub fn run(a: &Args) -> Result<()> {
         .iter()
         .map(|&m| teach_config(a, m, memlayers::teach::VALUE_ROWS_ADAMW_LR))
         .collect::<Result<_>>()?;
-    let gpu = Gpu::new_blocking()?;
+    let gpu = super::devices::main(a.devices.as_deref())?;
     let sample = old.sample_questions(CURVE_SAMPLE, a.seed ^ 0x5A3E);
     let before = {
-        let model = memlayers::model::Model::new(&gpu, &weights)?;
+        let model = super::devices::model(&gpu, a.devices.as_deref(), &weights)?;
         let eval = |facts: &[Fact]| pollster::block_on(score(&model, &gpu, facts));
         let old_scores = eval(&old.facts)?;
         Before {
