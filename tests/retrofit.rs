@@ -207,16 +207,23 @@ fn teaching_a_retrofitted_model_records_what_it_kept() {
     let taught = out.join("model");
     assert!(taught.join("memory.safetensors").is_file());
     assert!(taught.join("model.safetensors.index.json").is_file());
-    let gen = memlayers(&[
-        "generate",
-        "--model",
-        taught.to_str().unwrap(),
-        "--prompt",
-        "Hello",
-        "--max-tokens",
-        "4",
-    ]);
-    assert!(gen.status.success(), "{}", text(&gen));
+    let gen_on = |devices: &str| {
+        let gen = memlayers(&[
+            "generate",
+            "--model",
+            taught.to_str().unwrap(),
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "4",
+            "--devices",
+            devices,
+        ]);
+        assert!(gen.status.success(), "{}", text(&gen));
+        gen.stdout
+    };
+    // The memory's table sharded over two devices: the same continuation.
+    assert_eq!(gen_on("0,0"), gen_on("0"));
     // LoRA's adapters are saved as PEFT saves them (scripts/check_peft_adapter.py checks them
     // against PEFT itself), beside the merged model.
     let lora = dir.join("lora");

@@ -62,7 +62,7 @@ pub struct Args {
     pub stop: Vec<String>,
     /// Shard the memory's value tables by columns over these adapters (indices as
     /// `memlayers info` lists them; one may repeat): the first holds the rest of the model.
-    /// memlayers and lingua folders; `MEMLAYERS_MAX_DEVICE_BYTES` caps each device's share.
+    /// `MEMLAYERS_MAX_DEVICE_BYTES` caps each device's share.
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["f16_weights", "q8_weights", "f16_gemm_inputs"])]
     pub devices: Option<Vec<usize>>,
     /// Hugging Face instruct models: the prompt is one user message, rendered by the
@@ -246,15 +246,18 @@ fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
             config.max_seqlen
         )));
     }
-    if a.devices.is_some() {
-        return Err(Error::Config(
-            "--devices: sharded value tables load from memlayers and lingua folders; a Hugging Face folder runs on one device"
-                .into(),
-        ));
-    }
     let gpu = device(a)?;
     // Each tensor uploaded as it is read: the host never holds the whole model.
-    let mut model = folder.upload(&gpu, a.precision())?;
+    let mut model = match a.devices.as_deref() {
+        Some([_, rest @ ..]) if !rest.is_empty() => {
+            let others = rest
+                .iter()
+                .map(|&i| Gpu::on_adapter_blocking(i))
+                .collect::<Result<_>>()?;
+            folder.upload_sharded(&gpu, others, super::devices::shard_options()?)?
+        }
+        _ => folder.upload(&gpu, a.precision())?,
+    };
     model.use_f16_activations(a.f16_activations);
     let mut rng = Rng::new(a.seed);
     let mut cache = empty_cache(a, &gpu, &model);

@@ -176,6 +176,27 @@ impl Model {
         )
     }
 
+    /// `new_sharded` from tensors given one at a time (`from_source`'s way, in f32).
+    pub fn from_source_sharded<'w>(
+        gpu: &Gpu,
+        others: Vec<Gpu>,
+        config: &ModelConfig,
+        options: ShardOptions,
+        source: impl FnMut(ParamId) -> Result<Cow<'w, [f32]>>,
+    ) -> Result<Self> {
+        let sharding = Sharding {
+            others,
+            tables: Vec::new(),
+        };
+        Self::build(
+            gpu,
+            config,
+            (None, WeightPrecision::F32),
+            Some((sharding, options)),
+            source,
+        )
+    }
+
     /// `from_source` with the embedding and output tables split into buffers of at most
     /// `table_rows` rows (as a vocabulary too large for one binding is; for tests).
     pub fn from_source_with<'w>(

@@ -174,6 +174,24 @@ impl HfFolder {
         })
     }
 
+    /// `upload` in f32 with the memory's value tables sharded by columns over `gpu` and
+    /// `others` (`Model::new_sharded`).
+    pub fn upload_sharded(
+        &self,
+        gpu: &crate::Gpu,
+        others: Vec<crate::Gpu>,
+        options: crate::memory::ShardOptions,
+    ) -> Result<crate::model::Model> {
+        let registry = crate::model::ModelLayout::new(&self.config)?.registry;
+        self.files.read(&self.config, |load| {
+            let mut tensor = |id: crate::params::ParamId| {
+                let spec = registry.spec(id);
+                load(&spec.name, &spec.shape).map(std::borrow::Cow::Owned)
+            };
+            crate::model::Model::from_source_sharded(gpu, others, &self.config, options, &mut tensor)
+        })
+    }
+
     /// Reads `dir`: `config.json`, the weights, `tokenizer.json`, and where they exist
     /// `generation_config.json` and `tokenizer_config.json`.
     #[cfg(not(target_arch = "wasm32"))]
