@@ -425,7 +425,9 @@ fn demo_end_to_end_in_miniature() {
         assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
     }
     // Sparse memory fine-tuning with the value table sharded over two devices: the taught
-    // model one device gives.
+    // model one device gives (bit for bit while the value group's gradient norm stays under
+    // the clipping limit, as in these four steps; past it, the norm is summed in another
+    // order and the two agree to rounding: tests/sharded.rs).
     let taught_on = |devices: &str| {
         let taught = out.join(format!("taught-on-{devices}"));
         let t = memlayers(&[

@@ -616,6 +616,9 @@ fn training_a_sharded_model_gives_one_devices_weights() {
     let mut two =
         Trainer::new_sharded(main, more, &w, train_config(1e-3, false), ShardOptions::default()).unwrap();
     run(&mut two, 0..6);
+    // Listed rows must name every table, sharded ones included.
+    let err = two.set_value_rows(Some(Vec::new())).unwrap_err().to_string();
+    assert!(err.contains("no mask"), "{err}");
     let (a, b) = (
         one.weights_blocking(main).unwrap(),
         two.weights_blocking(main).unwrap(),
@@ -659,6 +662,29 @@ fn training_a_sharded_model_gives_one_devices_weights() {
         file_bits(&resumed.weights_blocking(main).unwrap())
             == file_bits(&straight.weights_blocking(main).unwrap()),
         "resumed on one device"
+    );
+    // And the other way: 3 steps on one device, resumed on three.
+    let mut first = Trainer::new(main, &w, train_config(1e30, false)).unwrap();
+    run(&mut first, 0..3);
+    let (saved, state) = (
+        first.weights_blocking(main).unwrap(),
+        first.optimizer_state_blocking(main).unwrap(),
+    );
+    let more = (0..2).map(|_| Gpu::new_blocking().unwrap()).collect();
+    let mut resumed = Trainer::new_sharded(
+        main,
+        more,
+        &ModelWeights::from_tensors(&config, &saved).unwrap(),
+        train_config(1e30, false),
+        ShardOptions::default(),
+    )
+    .unwrap();
+    resumed.load_optimizer_state(main, &state).unwrap();
+    run(&mut resumed, 3..6);
+    assert!(
+        file_bits(&resumed.weights_blocking(main).unwrap())
+            == file_bits(&straight.weights_blocking(main).unwrap()),
+        "resumed on three devices"
     );
 }
 

@@ -2,8 +2,8 @@
 
 use memlayers::io::{HostTensor, TensorData, TensorFile};
 use memlayers::kernels::ops::CrossEntropy;
-use memlayers::model::{LMTransformerArgs, Model, ModelWeights};
-use memlayers::{Error, Gpu, Result};
+use memlayers::model::{LMTransformerArgs, ModelWeights};
+use memlayers::{Error, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -82,23 +82,8 @@ pub fn run(a: &Args) -> Result<()> {
         config.check_ids("targets", t)?;
     }
     let (batch, seq) = (shape[0], shape[1]);
-    let (gpu, model) = match a.devices.as_deref() {
-        Some([first, rest @ ..]) => {
-            let gpu = Gpu::on_adapter_blocking(*first)?;
-            let others = rest
-                .iter()
-                .map(|&i| Gpu::on_adapter_blocking(i))
-                .collect::<Result<_>>()?;
-            let model = Model::new_sharded(&gpu, others, &weights, super::devices::shard_options()?)?;
-            (gpu, model)
-        }
-        Some([]) => return Err(Error::Config("--devices: give at least one adapter index".into())),
-        None => {
-            let gpu = Gpu::new_blocking()?;
-            let model = Model::new(&gpu, &weights)?;
-            (gpu, model)
-        }
-    };
+    let gpu = super::devices::main(a.devices.as_deref())?;
+    let model = super::devices::model(&gpu, a.devices.as_deref(), &weights)?;
     let tb = gpu.upload("tokens", &tokens);
     let mut encoder = gpu.device.create_command_encoder(&Default::default());
     let fwd = model.record_forward(&gpu, &mut encoder, &tb, batch as u32, seq as u32)?;

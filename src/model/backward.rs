@@ -114,7 +114,8 @@ impl ModelGrads {
 }
 
 impl Model {
-    /// Records the backward of `fwd` for `d_logits [rows, vocab]`. Nothing is submitted.
+    /// Records the backward of `fwd` for `d_logits [rows, vocab]`. Nothing is submitted, except
+    /// with sharded value tables (`Model::new_sharded`): each memory layer submits and waits.
     pub fn record_backward(
         &self,
         gpu: &Gpu,

@@ -158,8 +158,7 @@ impl Model {
     /// and the first columns) and `others` (`memory::ShardedValues`): a table larger than
     /// one device holds. No device holds a whole table at any time. Logits, gradients
     /// (`record_backward`; a table's on its devices, `read_gradient` joins them), generation
-    /// and slot counts; not training or teaching yet (`Trainer` needs the table on one
-    /// device). Its forward and backward submit and wait (blocking) at each memory layer, so
+    /// and slot counts; training and teaching through `Trainer::new_sharded`. Its forward and backward submit and wait (blocking) at each memory layer, so
     /// call them from native code outside an async runtime's worker. Each table is checked
     /// against `options`' cap on its own.
     pub fn new_sharded(gpu: &Gpu, others: Vec<Gpu>, w: &ModelWeights, options: ShardOptions) -> Result<Self> {

@@ -28,7 +28,7 @@ impl Sharding {
     /// What refuses work that needs a whole table on one device.
     pub fn whole_table_needed(what: &str) -> Error {
         Error::Config(format!(
-            "{what} needs the value table on one device: a model whose values are sharded over devices computes logits, gradients, generations and slot counts, and is trained or taught on one device"
+            "{what} needs the value table on one device: a model whose values are sharded over devices has its tables only in shards (train it with Trainer::new_sharded)"
         ))
     }
 }

@@ -265,8 +265,9 @@ impl Trainer {
                 let pool = table.shard(s);
                 if pool.buffer_count() != 1 || pool.dtype() != crate::memory::ValueDtype::F32 {
                     return Err(Error::Config(format!(
-                        "training needs each shard of {} in one f32 buffer; device {s}'s takes {}",
+                        "training needs each shard of {} in one f32 buffer; device {s}'s is {:?} in {}",
                         spec.name,
+                        pool.dtype(),
                         pool.buffer_count()
                     )));
                 }
@@ -315,18 +316,24 @@ impl Trainer {
     /// `lazy_values` says. Every value table must be listed.
     pub fn set_value_rows(&mut self, rows: Option<Vec<(ParamId, Vec<u32>)>>) -> Result<()> {
         if let Some(rows) = &rows {
-            for p in self.params.iter().filter(|p| p.values) {
-                let n = p.shape.first().copied().unwrap_or(0);
-                match rows.iter().find(|(id, _)| *id == p.id) {
+            let tables = self
+                .params
+                .iter()
+                .filter(|p| p.values)
+                .map(|p| (p.id, &p.name, &p.shape));
+            let sharded = self.sharded.iter().map(|t| (t.id, &t.name, &t.shape));
+            for (id, name, shape) in tables.chain(sharded) {
+                let n = shape.first().copied().unwrap_or(0);
+                match rows.iter().find(|(t, _)| *t == id) {
                     Some((_, mask)) if mask.len() == n => {}
                     Some((_, mask)) => {
                         return Err(Error::tensor(
-                            &p.name,
+                            name,
                             format!("a mask of {n} rows"),
                             format!("{} rows", mask.len()),
                         ))
                     }
-                    None => return Err(Error::Config(format!("value rows: no mask for {}", p.name))),
+                    None => return Err(Error::Config(format!("value rows: no mask for {name}"))),
                 }
             }
         }
@@ -718,6 +725,8 @@ impl Trainer {
 
     /// `submit_step` without the submission: records the step (inputs checked, then written
     /// into the plan's buffers) into `encoder`, which the caller submits before the next.
+    /// (With sharded value tables the step submits and waits at each memory layer and at the
+    /// values' update, leaving a new encoder in `encoder`'s place.)
     pub fn record_planned_step(
         &mut self,
         gpu: &Gpu,
