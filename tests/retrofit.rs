@@ -224,6 +224,31 @@ fn teaching_a_retrofitted_model_records_what_it_kept() {
     };
     // The memory's table sharded over two devices: the same continuation.
     assert_eq!(gen_on("0,0"), gen_on("0"));
+    // Sparse memory fine-tuning with the table sharded over two devices: the memory one
+    // device teaches (bit for bit while the value gradient's norm stays under the clipping
+    // limit, as in these steps).
+    let taught_on = |devices: &str| {
+        let out = dir.join(format!("taught-on-{devices}"));
+        let run = memlayers(&[
+            "teach",
+            "--model",
+            model.to_str().unwrap(),
+            "--new-people",
+            "2",
+            "--steps",
+            "10",
+            "--devices",
+            devices,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", text(&run));
+        std::fs::read(out.join("model").join("memory.safetensors")).unwrap()
+    };
+    assert!(
+        taught_on("0,0") == taught_on("0"),
+        "teach --devices 0,0 on a Hugging Face folder"
+    );
     // LoRA's adapters are saved as PEFT saves them (scripts/check_peft_adapter.py checks them
     // against PEFT itself), beside the merged model.
     let lora = dir.join("lora");

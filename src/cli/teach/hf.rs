@@ -100,7 +100,8 @@ fn teach(
     let method = config.method;
     let seq = row_len(&new.encoded);
     let batch = a.batch.min(new.encoded.len()).max(1);
-    let mut teacher = Teacher::new(gpu, weights, config.clone(), background)?;
+    let trainer = super::super::devices::trainer(gpu, a.devices.as_deref(), weights, config.train_config())?;
+    let mut teacher = Teacher::with_trainer(gpu, trainer, config.clone(), background)?;
     let mut rng = Rng::new(a.seed ^ 0x7EAC);
     let started = Instant::now();
     let mut curve = vec![(0, new_before, probe.kept_before)];
@@ -397,9 +398,9 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
         .map(|&m| teach_config(a, m, memlayers::teach::RETROFIT_VALUE_ROWS_ADAMW_LR))
         .collect::<Result<_>>()?;
 
-    let gpu = Gpu::new_blocking()?;
+    let gpu = super::super::devices::main(a.devices.as_deref())?;
     let (new_before, probe, old_before) = {
-        let model = Model::new(&gpu, &weights)?;
+        let model = super::super::devices::model(&gpu, a.devices.as_deref(), &weights)?;
         let old_before = match &old {
             Some(o) => {
                 Some(pollster::block_on(score_token_facts(&model, &gpu, &o.facts, &o.encoded, pad))?.recall())

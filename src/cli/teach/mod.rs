@@ -96,7 +96,6 @@ pub struct Args {
     pub probe: Option<PathBuf>,
     /// Shard the memory's value tables by columns over these adapters (indices as
     /// `memlayers info` lists them; one may repeat); the first holds the rest of the model.
-    /// memlayers folders.
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<usize>>,
 }
@@ -308,11 +307,6 @@ pub fn run(a: &Args) -> Result<()> {
     let total = Instant::now();
     let method = Method::parse(&a.method)?;
     if memlayers::io::hf::is_hf_folder(&a.model) {
-        if a.devices.is_some() {
-            return Err(Error::Config(
-                "--devices: a Hugging Face folder is taught on one device; memlayers folders shard their tables".into(),
-            ));
-        }
         return hf::run(a, method);
     }
     if a.delta || a.probe.is_some() {
