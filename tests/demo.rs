@@ -501,6 +501,33 @@ fn demo_memory_recalls_far_more_than_dense_at_the_cpu_preset() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `--devices` shards the memory model's table; PEER's tables (which are not sharded) and the
+/// dense model run on the first device, so a run of both completes.
+#[test]
+fn demo_with_devices_runs_every_model() {
+    let out = scratch_dir("devices");
+    let mut args = vec![
+        "demo",
+        "--subjects",
+        "5",
+        "--models",
+        "memory,peer",
+        "--devices",
+        "0,0",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(TINY);
+    let o = memlayers(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for model in ["dense", "memory", "peer"] {
+        assert!(results[model]["recall"].as_f64().is_some(), "{model}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn demo_plans_a_facts_file_to_its_budget() {
     // --facts without --steps: the memory sized to the facts, rows of about three facts, and

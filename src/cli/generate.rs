@@ -95,17 +95,7 @@ fn device(a: &Args) -> Result<Gpu> {
 /// The device and the model as `a` asks for them.
 fn load(a: &Args, weights: &memlayers::model::ModelWeights) -> Result<(Gpu, Model)> {
     let gpu = device(a)?;
-    let mut model = match a.devices.as_deref() {
-        Some([_, rest @ ..]) => {
-            let others = rest
-                .iter()
-                .map(|&i| Gpu::on_adapter_blocking(i))
-                .collect::<Result<_>>()?;
-            Model::new_sharded(&gpu, others, weights, super::devices::shard_options()?)?
-        }
-        Some([]) => return Err(Error::Config("--devices: give at least one adapter index".into())),
-        None => Model::new(&gpu, weights)?,
-    };
+    let mut model = super::devices::model(&gpu, a.devices.as_deref(), weights)?;
     model.use_f16_activations(a.f16_activations);
     if a.precision() != WeightPrecision::F32 {
         model.use_compact_weights(&gpu, weights, a.precision())?;
@@ -248,15 +238,9 @@ fn run_hf(a: &Args, folder: &HfFolder) -> Result<()> {
     }
     let gpu = device(a)?;
     // Each tensor uploaded as it is read: the host never holds the whole model.
-    let mut model = match a.devices.as_deref() {
-        Some([_, rest @ ..]) if !rest.is_empty() => {
-            let others = rest
-                .iter()
-                .map(|&i| Gpu::on_adapter_blocking(i))
-                .collect::<Result<_>>()?;
-            folder.upload_sharded(&gpu, others, super::devices::shard_options()?)?
-        }
-        _ => folder.upload(&gpu, a.precision())?,
+    let mut model = match super::devices::others(a.devices.as_deref(), config)? {
+        Some(others) => folder.upload_sharded(&gpu, others, super::devices::shard_options()?)?,
+        None => folder.upload(&gpu, a.precision())?,
     };
     model.use_f16_activations(a.f16_activations);
     let mut rng = Rng::new(a.seed);

@@ -1,7 +1,6 @@
 //! `memlayers memory-forward`: a reference checkpoint's memory layer on the GPU.
 
 use memlayers::io::{load_memory, HostTensor, TensorData, TensorFile};
-use memlayers::kernels::columns::copy_reference;
 use memlayers::memory::{self, ShardedValues};
 use memlayers::{Error, Gpu, MemoryLayer, Result, ValueDtype, ValuePool};
 use std::path::PathBuf;
@@ -244,13 +243,7 @@ fn forward_backward(
             let mut value_grad = vec![0f32; c.n_values() * c.v_dim];
             for (s, cols) in values.columns().iter().enumerate() {
                 let part = pollster::block_on(sharded.values[s].to_dense(&gpus[s], c.n_values()))?;
-                copy_reference(
-                    &part,
-                    (cols.len(), 0),
-                    &mut value_grad,
-                    (c.v_dim, cols.start),
-                    (c.n_values(), cols.len()),
-                );
+                memory::put_shard(&mut value_grad, (c.n_values(), c.v_dim), cols, &part);
             }
             (read_forward(gpu, c, &acts.acts)?, sharded.grads, value_grad)
         }

@@ -14,7 +14,7 @@ pub use layer::*;
 pub use lookup::{record_lookup, LookupBuffers, LookupShape, MAX_HALF_DIM};
 pub use pool::{as_stored, ValueDtype, ValuePool};
 pub use sharded::{
-    max_device_bytes_from_env, shard_bytes, shard_columns, Relay, ShardOptions, ShardedActivations,
-    ShardedAdamW, ShardedGrads, ShardedValues, MAX_DEVICE_BYTES_ENV,
+    max_device_bytes_from_env, put_shard, shard_bytes, shard_columns, shard_of, Relay, ShardOptions,
+    ShardedActivations, ShardedAdamW, ShardedGrads, ShardedValues, MAX_DEVICE_BYTES_ENV,
 };
 pub use throughput::ForwardWorkload;

@@ -52,6 +52,32 @@ pub fn shard_columns(v_dim: usize, devices: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// Columns `cols` of every row of `table [rows, v_dim]`, as a matrix of their own
+/// `[rows, cols.len()]` (a shard on the host).
+pub fn shard_of(table: &[f32], (rows, v_dim): (usize, usize), cols: &Range<usize>) -> Vec<f32> {
+    let mut part = vec![0f32; rows * cols.len()];
+    columns::copy_reference(
+        table,
+        (v_dim, cols.start),
+        &mut part,
+        (cols.len(), 0),
+        (rows, cols.len()),
+    );
+    part
+}
+
+/// `part [rows, cols.len()]` into columns `cols` of `table [rows, v_dim]` (a shard joined on
+/// the host).
+pub fn put_shard(table: &mut [f32], (rows, v_dim): (usize, usize), cols: &Range<usize>, part: &[f32]) {
+    columns::copy_reference(
+        part,
+        (cols.len(), 0),
+        table,
+        (v_dim, cols.start),
+        (rows, cols.len()),
+    );
+}
+
 /// How a table is split: buffers per device, and a cap on each device's bytes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardOptions {
@@ -174,13 +200,11 @@ impl ShardedValues {
         self.check_devices(gpus)?;
         let mut table = vec![0f32; self.n_rows * self.v_dim];
         for ((gpu, shard), cols) in gpus.iter().zip(&self.shards).zip(&self.columns) {
-            let part = shard.read(gpu).await?;
-            columns::copy_reference(
-                &part,
-                (cols.len(), 0),
+            put_shard(
                 &mut table,
-                (self.v_dim, cols.start),
-                (self.n_rows, cols.len()),
+                (self.n_rows, self.v_dim),
+                cols,
+                &shard.read(gpu).await?,
             );
         }
         Ok(table)

@@ -90,13 +90,7 @@ impl Model {
         let mut joined = vec![0f32; rows * v];
         for ((device, (grad, _)), cols) in devices.iter().zip(shards).zip(table.columns()) {
             let part = device.read_f32(grad, rows * cols.len()).await?;
-            crate::kernels::columns::copy_reference(
-                &part,
-                (cols.len(), 0),
-                &mut joined,
-                (v, cols.start),
-                (rows, cols.len()),
-            );
+            crate::memory::put_shard(&mut joined, (rows, v), cols, &part);
         }
         Ok(joined)
     }

@@ -162,17 +162,7 @@ impl Model {
     /// call them from native code outside an async runtime's worker. Each table is checked
     /// against `options`' cap on its own.
     pub fn new_sharded(gpu: &Gpu, others: Vec<Gpu>, w: &ModelWeights, options: ShardOptions) -> Result<Self> {
-        let sharding = Sharding {
-            others,
-            tables: Vec::new(),
-        };
-        Self::build(
-            gpu,
-            &w.config,
-            (None, WeightPrecision::F32),
-            Some((sharding, options)),
-            |id| Ok(Cow::Borrowed(w.get(id))),
-        )
+        Self::from_source_sharded(gpu, others, &w.config, options, |id| Ok(Cow::Borrowed(w.get(id))))
     }
 
     /// `new_sharded` from tensors given one at a time (`from_source`'s way, in f32).

@@ -158,6 +158,27 @@ struct ShardedTableState {
 /// One shard's parameters, AdamW moments and columns.
 type ShardState = (wgpu::Buffer, wgpu::Buffer, wgpu::Buffer, std::ops::Range<usize>);
 
+/// An encoder of its own for each device after the first (whose work goes into the step's
+/// encoder): the sharded update's.
+#[cfg(not(target_arch = "wasm32"))]
+fn encoders_after_first(devices: &[&Gpu]) -> Vec<Option<wgpu::CommandEncoder>> {
+    devices
+        .iter()
+        .enumerate()
+        .map(|(s, d)| (s > 0).then(|| d.device.create_command_encoder(&Default::default())))
+        .collect()
+}
+
+/// Submits each device's own encoder (`encoders_after_first`).
+#[cfg(not(target_arch = "wasm32"))]
+fn submit_each(devices: &[&Gpu], encoders: &mut [Option<wgpu::CommandEncoder>]) {
+    for (device, enc) in devices.iter().zip(encoders) {
+        if let Some(enc) = enc.take() {
+            device.queue.submit([enc.finish()]);
+        }
+    }
+}
+
 impl Trainer {
     pub fn new(gpu: &Gpu, weights: &ModelWeights, config: TrainConfig) -> Result<Self> {
         Self::with_model(gpu, Model::new(gpu, weights)?, config)
@@ -569,12 +590,7 @@ impl Trainer {
                 .map(|(_, g)| g)
                 .ok_or_else(|| Error::MissingTensor(format!("grad.{}", t.name)))
         };
-        // Device 0's work into `encoder`, each other device's into one of its own.
-        let mut own: Vec<Option<wgpu::CommandEncoder>> = devices
-            .iter()
-            .enumerate()
-            .map(|(s, d)| (s > 0).then(|| d.device.create_command_encoder(&Default::default())))
-            .collect();
+        let mut own = encoders_after_first(&devices);
         let mut partials = Vec::new();
         for t in &self.sharded {
             for (s, ((g, _), (_, _, _, cols))) in shard_grads(t)?.iter().zip(&t.shards).enumerate() {
@@ -587,11 +603,7 @@ impl Trainer {
         gpu.end_open_pass();
         let before = std::mem::replace(encoder, gpu.device.create_command_encoder(&Default::default()));
         gpu.queue.submit([before.finish()]);
-        for (device, enc) in devices.iter().zip(own.iter_mut()) {
-            if let Some(enc) = enc.take() {
-                device.queue.submit([enc.finish()]);
-            }
-        }
+        submit_each(&devices, &mut own);
         let mut ss = 0f32;
         for (s, sums, n) in &partials {
             for v in pollster::block_on(devices[*s].read_f32(sums, *n))? {
@@ -600,11 +612,7 @@ impl Trainer {
         }
         // As `record_clip` computes a group's factor.
         let factor = (self.config.clip / (ss.sqrt() + 1e-6)).min(1.0);
-        let mut own: Vec<Option<wgpu::CommandEncoder>> = devices
-            .iter()
-            .enumerate()
-            .map(|(s, d)| (s > 0).then(|| d.device.create_command_encoder(&Default::default())))
-            .collect();
+        let mut own = encoders_after_first(&devices);
         let factors: Vec<wgpu::Buffer> = devices
             .iter()
             .map(|d| d.upload("clip factor (sharded values)", &[factor]))
@@ -654,11 +662,7 @@ impl Trainer {
                 }
             }
         }
-        for (device, enc) in devices.iter().zip(own.iter_mut()) {
-            if let Some(enc) = enc.take() {
-                device.queue.submit([enc.finish()]);
-            }
-        }
+        submit_each(&devices, &mut own);
         Ok(())
     }
 
@@ -912,13 +916,7 @@ impl Trainer {
             let cols = &shard.3;
             let buffer = [&shard.0, &shard.1, &shard.2][which];
             let part = device.read_f32(buffer, rows * cols.len()).await?;
-            crate::kernels::columns::copy_reference(
-                &part,
-                (cols.len(), 0),
-                &mut table,
-                (v, cols.start),
-                (rows, cols.len()),
-            );
+            crate::memory::put_shard(&mut table, (rows, v), cols, &part);
         }
         Ok(table)
     }
@@ -978,15 +976,7 @@ impl Trainer {
             for (prefix, moment) in [("adam_m.", 1), ("adam_v.", 2)] {
                 let (_, data) = file.f32_with_shape(&format!("{prefix}{}", t.name), &dims)?;
                 for (device, shard) in devices.iter().zip(&t.shards) {
-                    let cols = &shard.3;
-                    let mut part = vec![0f32; rows * cols.len()];
-                    crate::kernels::columns::copy_reference(
-                        data,
-                        (v, cols.start),
-                        &mut part,
-                        (cols.len(), 0),
-                        (rows, cols.len()),
-                    );
+                    let part = crate::memory::shard_of(data, (rows, v), &shard.3);
                     let buffer = [&shard.1, &shard.2][moment - 1];
                     device.queue.write_buffer(buffer, 0, bytemuck::cast_slice(&part));
                 }

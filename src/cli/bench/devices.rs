@@ -249,10 +249,7 @@ fn training(all: &[&Gpu], counts: &[usize], o: &Options) -> Result<()> {
     }
     println!("  the memory model's whole training step with its table sharded (Trainer::new_sharded):");
     for &k in counts {
-        let others = o.devices[1..k]
-            .iter()
-            .map(|&i| Gpu::on_adapter_blocking(i))
-            .collect::<Result<Vec<_>>>()?;
+        let others = super::super::devices::open_each(&o.devices[1..k])?;
         let seconds = model_step_seconds(all[0], others, &config, o.iters)?;
         println!(
             "    {k} device(s): {:.1} ms a step, {:.0} tokens/s ({:.2}x one device's time)",

@@ -164,14 +164,7 @@ impl HfFolder {
         gpu: &crate::Gpu,
         precision: crate::model::WeightPrecision,
     ) -> Result<crate::model::Model> {
-        let registry = crate::model::ModelLayout::new(&self.config)?.registry;
-        self.files.read(&self.config, |load| {
-            let mut tensor = |id: crate::params::ParamId| {
-                let spec = registry.spec(id);
-                load(&spec.name, &spec.shape).map(std::borrow::Cow::Owned)
-            };
-            crate::model::Model::from_source(gpu, &self.config, precision, &mut tensor)
-        })
+        self.stream(|config, tensor| crate::model::Model::from_source(gpu, config, precision, tensor))
     }
 
     /// `upload` in f32 with the memory's value tables sharded by columns over `gpu` and
@@ -182,13 +175,27 @@ impl HfFolder {
         others: Vec<crate::Gpu>,
         options: crate::memory::ShardOptions,
     ) -> Result<crate::model::Model> {
+        self.stream(|config, tensor| {
+            crate::model::Model::from_source_sharded(gpu, others, config, options, tensor)
+        })
+    }
+
+    /// `build` given the configuration and the folder's tensors one at a time, in the
+    /// registry's order and shapes.
+    fn stream(
+        &self,
+        build: impl FnOnce(
+            &crate::model::ModelConfig,
+            &mut dyn FnMut(crate::params::ParamId) -> Result<std::borrow::Cow<'static, [f32]>>,
+        ) -> Result<crate::model::Model>,
+    ) -> Result<crate::model::Model> {
         let registry = crate::model::ModelLayout::new(&self.config)?.registry;
         self.files.read(&self.config, |load| {
             let mut tensor = |id: crate::params::ParamId| {
                 let spec = registry.spec(id);
                 load(&spec.name, &spec.shape).map(std::borrow::Cow::Owned)
             };
-            crate::model::Model::from_source_sharded(gpu, others, &self.config, options, &mut tensor)
+            build(&self.config, &mut tensor)
         })
     }
 
