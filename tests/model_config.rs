@@ -40,7 +40,7 @@ fn memory_layers_from_productkey_args() {
     .unwrap()
     .resolve()
     .unwrap();
-    let diff = dense.flops_per_token(128) - c.flops_per_token(128);
+    let diff = dense.flops_per_token(128).unwrap() - c.flops_per_token(128).unwrap();
     let ffn = 2.0 * 3.0 * 64.0 * dense.hidden as f64;
     assert!((diff - 2.0 * (ffn - m.flops_per_token())).abs() < 1e-6);
 }
@@ -86,4 +86,90 @@ fn unsupported_or_bad_settings_are_errors() {
             "`{json}` -> `{err}` should mention {needle}"
         );
     }
+}
+
+/// Each layer gets its feed-forward kind from the configuration, and each kind counts its
+/// own parameters, FLOPs and compact weights: a memory in the block's place or beside it, a
+/// mixture of experts, the dense block elsewhere.
+#[test]
+fn each_layer_gets_its_feed_forward_kind() {
+    use memlayers::model::{FeedForwardParams, MemoryPlacement, ModelLayout};
+    let base = r#""dim": 32, "n_layers": 4, "n_heads": 4, "vocab_size": 50, "multiple_of": 16"#;
+    let resolve = |extra: &str| {
+        LMTransformerArgs::from_json(&format!("{{{base}{extra}}}"))
+            .unwrap()
+            .resolve()
+            .unwrap()
+    };
+    let dense = resolve("");
+    let ffn = 2.0 * 3.0 * 32.0 * dense.hidden as f64;
+    let memory_json = r#", "productkey_args": {"is_enabled": true, "layers": "1", "mem_n_keys": 8, "mem_heads": 2, "mem_knn": 4, "mem_k_dim": 16}"#;
+    let replaced = resolve(memory_json);
+    let m = replaced.memory.clone().unwrap().flops_per_token();
+    let mut args = LMTransformerArgs::from_json(&format!("{{{base}{memory_json}}}")).unwrap();
+    let pk = std::mem::take(&mut args.productkey_args);
+    let beside = args
+        .resolve()
+        .unwrap()
+        .with_memory(&pk, MemoryPlacement::Parallel)
+        .unwrap();
+    let moe = resolve(r#", "moe_args": {"layers": "2,3", "n_experts": 4, "top_k": 2, "hidden_dim": 8}"#);
+    let moe_flops = 2.0 * 32.0 * 4.0 + 2.0 * 2.0 * 3.0 * 32.0 * 8.0;
+    let f = |c: &memlayers::model::ModelConfig| c.flops_per_token(64).unwrap();
+    assert!((f(&dense) - f(&replaced) - (ffn - m)).abs() < 1e-6);
+    assert!((f(&beside) - f(&dense) - m).abs() < 1e-6);
+    assert!((f(&dense) - f(&moe) - 2.0 * (ffn - moe_flops)).abs() < 1e-6);
+    let kinds = |c| {
+        let layout = ModelLayout::new(c).unwrap();
+        layout
+            .layers
+            .iter()
+            .map(|l| match &l.feed_forward {
+                FeedForwardParams::Dense(d) => {
+                    assert_eq!(l.feed_forward.compact_weights(), vec![d.w1, d.w2, d.w3]);
+                    "dense"
+                }
+                FeedForwardParams::Memory(_) => {
+                    assert!(l.feed_forward.compact_weights().is_empty() && l.feed_forward.dense().is_none());
+                    "memory"
+                }
+                FeedForwardParams::Moe(p) => {
+                    assert_eq!(l.feed_forward.ids(), vec![p.router, p.w1, p.w2, p.w3]);
+                    "moe"
+                }
+                FeedForwardParams::DenseAndMemory(p) => {
+                    assert_eq!(
+                        l.feed_forward.compact_weights(),
+                        vec![p.dense.w1, p.dense.w2, p.dense.w3]
+                    );
+                    assert_eq!(l.feed_forward.memory(), Some(&p.memory));
+                    "dense+memory"
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&dense), ["dense"; 4]);
+    assert_eq!(kinds(&replaced), ["dense", "memory", "dense", "dense"]);
+    assert_eq!(kinds(&beside), ["dense", "dense+memory", "dense", "dense"]);
+    assert_eq!(kinds(&moe), ["dense", "dense", "moe", "moe"]);
+    // The parallel memory's parameters are its own block's, after the dense block's.
+    let layout = ModelLayout::new(&beside).unwrap();
+    let names: Vec<&str> = layout.layers[1]
+        .feed_forward
+        .ids()
+        .into_iter()
+        .map(|id| layout.registry.spec(id).name.as_str())
+        .collect();
+    assert_eq!(
+        &names[..3],
+        [
+            "layers.1.feed_forward.w1.weight",
+            "layers.1.feed_forward.w2.weight",
+            "layers.1.feed_forward.w3.weight"
+        ]
+    );
+    assert!(
+        names[3..].iter().all(|n| n.starts_with("layers.1.memory.")),
+        "{names:?}"
+    );
 }

@@ -198,7 +198,7 @@ pub fn run(a: &Args) -> Result<()> {
     eprintln!(
         "{} parameters, {:.2} MFLOP/token, {} training tokens, adapter {}",
         weights.parameter_count(),
-        c.flops_per_token(a.seq) / 1e6,
+        c.flops_per_token(a.seq)? / 1e6,
         data.train.len(),
         gpu.adapter_name()
     );

@@ -498,29 +498,4 @@ impl ModelConfig {
             )),
         }
     }
-
-    /// Forward FLOPs per token at context length `seq` (multiply-adds x 2): every projection,
-    /// attention scores and weighted sums (causal, averaged over positions), the feed-forward
-    /// or memory layers (counted by `MemoryConfig::flops_per_token`), and the output layer.
-    pub fn flops_per_token(&self, seq: usize) -> f64 {
-        let (d, hd) = (self.dim as f64, self.head_dim as f64);
-        let (h, kv) = (self.n_heads as f64, self.n_kv_heads as f64);
-        let attn_proj = 2.0 * d * (h * hd) * 2.0 + 2.0 * d * (kv * hd) * 2.0;
-        let avg_ctx = (seq as f64 + 1.0) / 2.0;
-        let attn_core = 2.0 * 2.0 * h * hd * avg_ctx;
-        let ffn = 2.0 * 3.0 * d * self.hidden as f64;
-        let mut total = 0.0;
-        for l in 0..self.n_layers {
-            total += attn_proj + attn_core;
-            total += match (&self.memory, self.is_memory_layer(l), self.moe_at(l)) {
-                (Some(m), true, _) if self.memory_placement == MemoryPlacement::Parallel => {
-                    ffn + m.flops_per_token()
-                }
-                (Some(m), true, _) => m.flops_per_token(),
-                (_, _, Some(moe)) => moe.flops_per_token(self.dim),
-                _ => ffn,
-            };
-        }
-        total + 2.0 * d * self.vocab as f64
-    }
 }

@@ -1,7 +1,7 @@
 //! The transformer on the GPU: parameters uploaded once (one buffer per registry entry), the
 //! forward recorded into a caller's encoder as a loop over pre-norm residual blocks.
 
-use super::blocks::{Block, BlockActs, FeedForwardParams, MemoryBlock, Pass};
+use super::blocks::{Block, BlockActs, FeedForwardBlock, Pass};
 use super::config::ModelConfig;
 use super::context::CompactWeight;
 use super::context::ModelContext;
@@ -289,25 +289,12 @@ impl Model {
                 norm: l.attention_norm,
                 block: Block::Attention(l.attention.clone()),
             });
-            let block = match &l.feed_forward {
-                FeedForwardParams::Dense(p) => Block::Dense(p.clone()),
-                FeedForwardParams::Moe(p) => Block::Moe(p.clone()),
-                FeedForwardParams::Memory(p) | FeedForwardParams::DenseAndMemory(_, p) => {
-                    let m = c.memory.as_ref().expect("memory layers have a configuration");
-                    let block = MemoryBlock::new(p, m, |id| params[id.0].clone())
-                        .map_err(|e| Error::Config(format!("layer {i}: {e}")))?;
-                    match &l.feed_forward {
-                        FeedForwardParams::DenseAndMemory(d, _) => {
-                            Block::DenseAndMemory(d.clone(), Box::new(block))
-                        }
-                        _ => Block::Memory(Box::new(block)),
-                    }
-                }
-            };
+            let block = FeedForwardBlock::new(&l.feed_forward, c, &|id| params[id.0].clone())
+                .map_err(|e| Error::Config(format!("layer {i}: {e}")))?;
             residuals.push(Residual {
                 layer: i,
                 norm: l.ffn_norm,
-                block,
+                block: Block::FeedForward(block),
             });
         }
         let (cos, sin) = rope_tables(c.max_seqlen, &c.rope_inv_freq());

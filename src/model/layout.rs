@@ -1,8 +1,8 @@
 //! Where every parameter of a transformer is: its blocks declare their parameters into one
 //! registry (`crate::params`).
 
-use super::blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams, MoeParams};
-use super::config::{MemoryPlacement, ModelConfig};
+use super::blocks::{AttentionParams, FeedForwardParams};
+use super::config::ModelConfig;
 use crate::error::Result;
 use crate::params::{Group, Init, ParamId, Registry};
 
@@ -44,7 +44,6 @@ impl ModelLayout {
         let tok_embeddings = r.normal_weight("tok_embeddings.weight", vec![c.vocab, c.dim], std);
         let mut layers = Vec::with_capacity(c.n_layers);
         let mut values: Vec<ParamId> = Vec::new();
-        let shared = c.args.productkey_args.mem_share_values;
         for l in 0..c.n_layers {
             let prefix = format!("layers.{l}.");
             let norm = |r: &mut Registry, name: &str| {
@@ -53,47 +52,7 @@ impl ModelLayout {
             let attention = AttentionParams::declare(&mut r, &prefix, c, std);
             let attention_norm = norm(&mut r, "attention_norm.weight");
             let ffn_norm = norm(&mut r, "ffn_norm.weight");
-            let feed_forward = match (&c.memory, c.is_memory_layer(l)) {
-                (Some(m), true) => {
-                    let parallel = c.memory_placement == MemoryPlacement::Parallel;
-                    // Beside a feed-forward block, a memory's parameters are its own block's.
-                    let block = if parallel { "memory" } else { "feed_forward" };
-                    let dense = parallel.then(|| DenseParams::declare(&mut r, &prefix, c, std));
-                    // The value tables (PEER: values_u, values_v), declared by the first memory
-                    // layer that reads them.
-                    let names: &[&str] = if m.peer {
-                        &[crate::memory::VALUES_U_NAME, crate::memory::VALUES_V_NAME]
-                    } else {
-                        &[crate::memory::VALUES_NAME]
-                    };
-                    let tables: Vec<ParamId> = if shared && !values.is_empty() {
-                        values[..names.len()].to_vec()
-                    } else {
-                        let declared: Vec<ParamId> = names
-                            .iter()
-                            .map(|name| {
-                                r.declare(
-                                    format!("{prefix}{block}.{name}"),
-                                    vec![m.n_values(), m.v_dim],
-                                    Init::Normal(1.0 / (m.v_dim as f32).sqrt()),
-                                    Group::Values,
-                                )
-                            })
-                            .collect();
-                        values.extend(&declared);
-                        declared
-                    };
-                    let memory = MemoryParams::declare(&mut r, &format!("{prefix}{block}."), m, &tables)?;
-                    match dense {
-                        Some(dense) => FeedForwardParams::DenseAndMemory(dense, memory),
-                        None => FeedForwardParams::Memory(memory),
-                    }
-                }
-                _ => match c.moe_at(l) {
-                    Some(m) => FeedForwardParams::Moe(MoeParams::declare(&mut r, &prefix, c, m, std)),
-                    None => FeedForwardParams::Dense(DenseParams::declare(&mut r, &prefix, c, std)),
-                },
-            };
+            let feed_forward = FeedForwardParams::declare(&mut r, &prefix, c, (l, std), &mut values)?;
             layers.push(LayerParams {
                 attention_norm,
                 attention,
@@ -135,5 +94,26 @@ impl ModelLayout {
         }
         debug_assert_eq!(order.len(), self.registry.len());
         order
+    }
+}
+
+impl ModelConfig {
+    /// Forward FLOPs per token at context length `seq` (multiply-adds x 2), counted over the
+    /// model's layout: every attention projection, the attention scores and weighted sums
+    /// (causal, averaged over positions), each layer's feed-forward block as its kind counts
+    /// it (`FeedForwardParams::flops_per_token`), and the output layer.
+    pub fn flops_per_token(&self, seq: usize) -> Result<f64> {
+        let layout = ModelLayout::new(self)?;
+        let (d, hd) = (self.dim as f64, self.head_dim as f64);
+        let (h, kv) = (self.n_heads as f64, self.n_kv_heads as f64);
+        let attention_projections = 2.0 * d * (h * hd) * 2.0 + 2.0 * d * (kv * hd) * 2.0;
+        let average_context = (seq as f64 + 1.0) / 2.0;
+        let attention_core = 2.0 * 2.0 * h * hd * average_context;
+        let blocks: f64 = layout
+            .layers
+            .iter()
+            .map(|l| attention_projections + attention_core + l.feed_forward.flops_per_token(self))
+            .sum();
+        Ok(blocks + 2.0 * d * self.vocab as f64)
     }
 }

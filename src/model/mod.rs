@@ -16,7 +16,9 @@ mod vocab;
 mod weights;
 
 pub use backward::{record_token_grad, ModelGrads};
-pub use blocks::{AttentionParams, DenseParams, FeedForwardParams, MemoryParams, MoeParams};
+pub use blocks::{
+    AttentionParams, DenseAndMemoryParams, DenseParams, FeedForwardParams, MemoryParams, MoeParams,
+};
 pub use config::{
     LMTransformerArgs, MemoryPlacement, ModelConfig, MoeArgs, MoeConfig, ProductKeyArgs, TransformerVariant,
 };

@@ -49,15 +49,13 @@ impl WeightPrecision {
 }
 
 /// The weights that get compact copies besides the output layer's (kept by rows with its
-/// table): attention's and the dense feed-forward blocks'.
+/// table): attention's and those each feed-forward kind names.
 pub(super) fn compact_weight_ids(layout: &ModelLayout) -> Vec<ParamId> {
     let mut ids = Vec::new();
     for l in &layout.layers {
         let a = &l.attention;
         ids.extend([a.wq, a.wk, a.wv, a.wo]);
-        if let Some(d) = l.feed_forward.dense() {
-            ids.extend([d.w1, d.w2, d.w3]);
-        }
+        ids.extend(l.feed_forward.compact_weights());
     }
     ids
 }

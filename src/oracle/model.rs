@@ -89,9 +89,9 @@ pub fn forward_cpu_with_selections(
         let ffn = match &l.feed_forward {
             FeedForwardParams::Dense(p) => dense(p),
             FeedForwardParams::Memory(p) => memory(p),
-            FeedForwardParams::DenseAndMemory(dp, mp) => {
-                let mut out = dense(dp);
-                out.iter_mut().zip(memory(mp)).for_each(|(a, b)| *a += b);
+            FeedForwardParams::DenseAndMemory(p) => {
+                let mut out = dense(&p.dense);
+                out.iter_mut().zip(memory(&p.memory)).for_each(|(a, b)| *a += b);
                 out
             }
             FeedForwardParams::Moe(p) => {

@@ -145,7 +145,7 @@ fn train_run(
         median_tokens_per_s,
         windows: windows.len(),
         params: weights.parameter_count(),
-        flops: config.flops_per_token(seq),
+        flops: config.flops_per_token(seq)?,
         top,
         per_step,
         host_seconds: (median(host), median(host_unplanned)),

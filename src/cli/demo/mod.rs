@@ -167,7 +167,7 @@ pub fn run(args: &Args) -> Result<()> {
     // A fixed sample for the recall curve (the final recall is over every fact).
     let sample = kb.sample_questions(training::CURVE_SAMPLE, a.seed ^ 0x5A3E);
     let facts = (&kb, &sample[..]);
-    report::print_header(&gpu, a, &kb, &dense_config, &others);
+    report::print_header(&gpu, a, &kb, &dense_config, &others)?;
     if let Some(plan) = &plan {
         plan::print(plan, a, kb.facts.len(), args.steps.is_some());
     }

@@ -90,7 +90,7 @@ pub(super) fn other_args(a: &Settings, name: &str) -> Result<LMTransformerArgs> 
 }
 
 pub(super) fn check_flops(dense: &ModelConfig, memory: &ModelConfig, seq: usize) -> Result<f64> {
-    let (fd, fm) = (dense.flops_per_token(seq), memory.flops_per_token(seq));
+    let (fd, fm) = (dense.flops_per_token(seq)?, memory.flops_per_token(seq)?);
     let diff = (fm - fd) / fd;
     if diff.abs() > FLOPS_TOLERANCE {
         let kind = match (&memory.memory, &memory.moe) {
@@ -129,7 +129,7 @@ pub(super) fn others(a: &Settings, dense: &ModelConfig) -> Result<Vec<Other>> {
         others.push(Other {
             name,
             args,
-            flops: config.flops_per_token(a.seq),
+            flops: config.flops_per_token(a.seq)?,
             diff,
         });
     }

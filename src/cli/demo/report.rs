@@ -23,7 +23,7 @@ pub(super) fn print_header(
     kb: &KnowledgeBase,
     dense: &ModelConfig,
     others: &[Other],
-) {
+) -> Result<()> {
     let questions = match kb.questions() {
         q if q == kb.facts.len() => String::new(),
         q => format!(" as {q} questions (a question's any answer counts)"),
@@ -46,8 +46,9 @@ pub(super) fn print_header(
         a.steps,
         a.batch,
         a.seq,
-        dense.flops_per_token(a.seq),
+        dense.flops_per_token(a.seq)?,
     );
+    Ok(())
 }
 
 /// Everything a run produced, for the report.

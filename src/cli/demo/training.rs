@@ -113,7 +113,7 @@ pub(super) fn train(
     progress.finish(format!("{} | {seconds:.0}s", status(loss, Some(final_recall))));
     let run = Run {
         label,
-        flops: config.flops_per_token(a.seq),
+        flops: config.flops_per_token(a.seq)?,
         params: weights.parameter_count(),
         memory_params: weights.memory_parameter_count(),
         config,

@@ -1,6 +1,6 @@
 //! The dense SwiGLU feed-forward block: `h += w2(silu(w1 x) * w3 x)`.
 
-use super::{GradSink, Pass};
+use super::{FeedForwardKind, FeedForwardOnGpu, GradSink, Pass};
 use crate::error::Result;
 use crate::kernels::linear::{gemm, Gate, Linear};
 use crate::kernels::swilu_backward::SwiluBackward;
@@ -35,8 +35,35 @@ impl DenseParams {
             w3: w("w3.weight", vec![hidden, d]),
         }
     }
+}
 
-    pub(crate) fn record_forward(
+impl FeedForwardKind for DenseParams {
+    fn ids(&self) -> Vec<ParamId> {
+        vec![self.w1, self.w2, self.w3]
+    }
+
+    fn flops_per_token(&self, c: &ModelConfig) -> f64 {
+        2.0 * 3.0 * c.dim as f64 * c.hidden as f64
+    }
+
+    fn compact_weights(&self) -> Vec<ParamId> {
+        vec![self.w1, self.w2, self.w3]
+    }
+
+    fn dense(&self) -> Option<&DenseParams> {
+        Some(self)
+    }
+}
+
+impl FeedForwardOnGpu for DenseParams {
+    type Params = DenseParams;
+    type Acts = DenseActs;
+
+    fn new(params: &DenseParams, _: &ModelConfig, _: &dyn Fn(ParamId) -> wgpu::Buffer) -> Result<Self> {
+        Ok(params.clone())
+    }
+
+    fn record_forward(
         &self,
         p: &Pass,
         encoder: &mut wgpu::CommandEncoder,
@@ -76,8 +103,7 @@ impl DenseParams {
         Ok(DenseActs { u, g, gated })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn record_backward(
+    fn record_backward(
         &self,
         p: &Pass,
         encoder: &mut wgpu::CommandEncoder,

@@ -2,11 +2,12 @@
 //! feed-forward, `h += memory(x)`, reading a value table of the model (shared by all memory
 //! layers, or its own).
 
-use super::{GradSink, Pass};
+use super::{FeedForwardKind, FeedForwardOnGpu, GradSink, Pass};
 use crate::error::{Error, Result};
 use crate::kernels::ops::record_add;
 use crate::memory::{parameters, MemoryActivations, MemoryConfig, MemoryLayer};
-use crate::params::{ParamId, Registry};
+use crate::model::config::ModelConfig;
+use crate::params::{Group, Init, ParamId, Registry};
 
 /// A memory layer's own parameters, and the value tables it reads (the model's).
 #[derive(Clone, Debug, PartialEq)]
@@ -20,6 +21,43 @@ pub struct MemoryParams {
 }
 
 impl MemoryParams {
+    /// Declares a memory layer of model `c` under `prefix` (`layers.<l>.feed_forward.` in
+    /// place of a feed-forward block, `layers.<l>.memory.` beside one): the value tables
+    /// first where this layer is the first to read them (one table shared by all memory
+    /// layers, lingua's `mem_share_values` and its default, or one per layer; PEER's two),
+    /// then the layer's own parameters. `values` holds the tables declared so far.
+    pub(crate) fn declare_with_tables(
+        r: &mut Registry,
+        prefix: &str,
+        m: &MemoryConfig,
+        values: &mut Vec<ParamId>,
+        c: &ModelConfig,
+    ) -> Result<Self> {
+        let names: &[&str] = if m.peer {
+            &[crate::memory::VALUES_U_NAME, crate::memory::VALUES_V_NAME]
+        } else {
+            &[crate::memory::VALUES_NAME]
+        };
+        let tables: Vec<ParamId> = if c.args.productkey_args.mem_share_values && !values.is_empty() {
+            values[..names.len()].to_vec()
+        } else {
+            let declared: Vec<ParamId> = names
+                .iter()
+                .map(|name| {
+                    r.declare(
+                        format!("{prefix}{name}"),
+                        vec![m.n_values(), m.v_dim],
+                        Init::Normal(1.0 / (m.v_dim as f32).sqrt()),
+                        Group::Values,
+                    )
+                })
+                .collect();
+            values.extend(&declared);
+            declared
+        };
+        Self::declare(r, prefix, m, &tables)
+    }
+
     /// Declares the layer's own parameters under `prefix` (`layers.<l>.feed_forward.` in
     /// place of a feed-forward block, `layers.<l>.memory.` beside one); it reads value tables
     /// `tables` (`[values]`, or PEER's `[values_u, values_v]`).
@@ -33,12 +71,7 @@ impl MemoryParams {
         let ids = parameters(c)
             .into_iter()
             .map(|(name, shape, init)| {
-                let id = r.declare(
-                    format!("{prefix}{name}"),
-                    shape,
-                    init,
-                    crate::params::Group::Weights,
-                );
+                let id = r.declare(format!("{prefix}{name}"), shape, init, Group::Weights);
                 (name, id)
             })
             .collect();
@@ -75,12 +108,33 @@ pub(crate) struct MemoryBlock {
     pub layer: MemoryLayer,
 }
 
-impl MemoryBlock {
-    pub fn new(
-        params: &MemoryParams,
-        config: &MemoryConfig,
-        buffer: impl Fn(ParamId) -> wgpu::Buffer,
-    ) -> Result<Self> {
+impl FeedForwardKind for MemoryParams {
+    fn ids(&self) -> Vec<ParamId> {
+        self.local().map(|(_, id)| id).collect()
+    }
+
+    fn flops_per_token(&self, c: &ModelConfig) -> f64 {
+        c.memory.as_ref().map_or(0.0, MemoryConfig::flops_per_token)
+    }
+
+    fn compact_weights(&self) -> Vec<ParamId> {
+        Vec::new()
+    }
+
+    fn memory(&self) -> Option<&MemoryParams> {
+        Some(self)
+    }
+}
+
+impl FeedForwardOnGpu for MemoryBlock {
+    type Params = MemoryParams;
+    type Acts = MemoryActivations;
+
+    fn new(params: &MemoryParams, c: &ModelConfig, buffer: &dyn Fn(ParamId) -> wgpu::Buffer) -> Result<Self> {
+        let config = c
+            .memory
+            .as_ref()
+            .ok_or_else(|| Error::Config("memory layers need a memory configuration".into()))?;
         let layer = MemoryLayer::from_buffers(config, params.local().map(|(name, id)| (name, buffer(id))))?;
         Ok(MemoryBlock {
             params: params.clone(),
@@ -88,7 +142,7 @@ impl MemoryBlock {
         })
     }
 
-    pub fn record_forward(
+    fn record_forward(
         &self,
         p: &Pass,
         encoder: &mut wgpu::CommandEncoder,
@@ -115,6 +169,57 @@ impl MemoryBlock {
         Ok(acts)
     }
 
+    fn record_backward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        acts: &MemoryActivations,
+        dh: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        grads: &mut GradSink,
+    ) -> Result<()> {
+        if let Some(table) = p.model.sharded(self.params.values) {
+            return self.record_backward_sharded(p, encoder, (x, acts, dh, dx), table, grads);
+        }
+        let pool = p.model.pool(self.params.values)?;
+        let g = match self.params.values_u {
+            Some(u) => {
+                let pools = (p.model.pool(u)?, pool);
+                self.layer
+                    .record_backward_peer(p.gpu, encoder, pools, x, acts, dh)?
+            }
+            None => self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?,
+        };
+        self.take_layer_grads(p, encoder, &g, dx, grads)?;
+        let tables = [
+            (self.params.values, Some(&g.values)),
+            (
+                self.params.values_u.unwrap_or(self.params.values),
+                g.values_u.as_ref(),
+            ),
+        ];
+        for (id, rows) in tables {
+            let Some(rows) = rows else { continue };
+            let table = grads.value_table(id)?;
+            rows.record_scatter_add(p.gpu, encoder, &table.grad, table.rows)?;
+            if let Some(read) = &table.read {
+                rows.record_mark(p.gpu, encoder, read, table.rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn memory_mut(&mut self) -> Option<&mut MemoryBlock> {
+        Some(self)
+    }
+
+    fn memory_acts(acts: &MemoryActivations) -> Option<&MemoryActivations> {
+        Some(acts)
+    }
+}
+
+impl MemoryBlock {
     /// The forward over a table sharded across devices: what `encoder` holds is submitted,
     /// the layer runs over every device (`MemoryLayer::forward_sharded`, waiting for each
     /// relay), and recording goes on into a new encoder in `encoder`'s place.
@@ -156,48 +261,6 @@ impl MemoryBlock {
         _: &crate::memory::ShardedValues,
     ) -> Result<MemoryActivations> {
         Err(Error::Config("sharded value tables need a native build".into()))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_backward(
-        &self,
-        p: &Pass,
-        encoder: &mut wgpu::CommandEncoder,
-        x: &wgpu::Buffer,
-        acts: &MemoryActivations,
-        dh: &wgpu::Buffer,
-        dx: &wgpu::Buffer,
-        grads: &mut GradSink,
-    ) -> Result<()> {
-        if let Some(table) = p.model.sharded(self.params.values) {
-            return self.record_backward_sharded(p, encoder, (x, acts, dh, dx), table, grads);
-        }
-        let pool = p.model.pool(self.params.values)?;
-        let g = match self.params.values_u {
-            Some(u) => {
-                let pools = (p.model.pool(u)?, pool);
-                self.layer
-                    .record_backward_peer(p.gpu, encoder, pools, x, acts, dh)?
-            }
-            None => self.layer.record_backward(p.gpu, encoder, pool, x, acts, dh)?,
-        };
-        self.take_layer_grads(p, encoder, &g, dx, grads)?;
-        let tables = [
-            (self.params.values, Some(&g.values)),
-            (
-                self.params.values_u.unwrap_or(self.params.values),
-                g.values_u.as_ref(),
-            ),
-        ];
-        for (id, rows) in tables {
-            let Some(rows) = rows else { continue };
-            let table = grads.value_table(id)?;
-            rows.record_scatter_add(p.gpu, encoder, &table.grad, table.rows)?;
-            if let Some(read) = &table.read {
-                rows.record_mark(p.gpu, encoder, read, table.rows)?;
-            }
-        }
-        Ok(())
     }
 
     /// The layer's input gradient into `dx` and its own parameters' gradients into `grads`.

@@ -1,105 +1,127 @@
 //! The transformer's blocks. A layer is two pre-norm residual blocks, `h += f(norm(h))`: the
-//! attention block, then a feed-forward block (dense SwiGLU, a memory layer or a mixture of
-//! experts). Each block is
-//! one type in its own file that declares its parameters into the registry and records its
-//! forward and backward; the model's forward and backward are loops over blocks
-//! (`model::gpu`, `model::backward`), and the norms around them are the model's.
+//! attention block, then a feed-forward block (dense SwiGLU, a memory layer, a mixture of
+//! experts, or a dense block with a memory beside it). Each block is one type in its own file
+//! that declares its parameters into the registry and records its forward and backward; the
+//! model's forward and backward are loops over blocks (`model::gpu`, `model::backward`), and
+//! the norms around them are the model's.
 //!
-//! Adding a feed-forward kind: a file here with its parameters (`declare`), forward and
-//! backward, and an arm in `FeedForwardParams` and `Block`. A memory retrofitted beside a
-//! dense block (`MemoryPlacement::Parallel`) is the two blocks on the same input, their
-//! outputs and input gradients added.
+//! The feed-forward kinds implement one interface (`FeedForwardKind`, `FeedForwardOnGpu`,
+//! below) and are listed in one place (`feed_forward`): adding one touches its own file, its
+//! line there, and its tests.
 
 mod attention;
 mod dense;
+mod dense_and_memory;
+mod feed_forward;
 mod memory;
 mod moe;
 
 pub use attention::AttentionParams;
 pub use dense::DenseParams;
+pub use dense_and_memory::DenseAndMemoryParams;
+pub use feed_forward::FeedForwardParams;
 pub use memory::MemoryParams;
 pub use moe::MoeParams;
 
 pub(crate) use attention::AttentionActs;
-pub(crate) use dense::DenseActs;
+pub(crate) use feed_forward::{FeedForwardActs, FeedForwardBlock};
 pub(crate) use memory::MemoryBlock;
-pub(crate) use moe::MoeBlockActs;
 
 use super::context::ModelContext;
 use super::kv_cache::KvCache;
 use crate::error::Result;
 use crate::kernels::linear::Linear;
-use crate::kernels::ops::record_add;
 use crate::kernels::Gpu;
 use crate::memory::MemoryActivations;
+use crate::model::config::ModelConfig;
 use crate::params::ParamId;
 
-/// The parameters of a layer's feed-forward block, by kind.
-#[derive(Clone, Debug, PartialEq)]
-pub enum FeedForwardParams {
-    Dense(DenseParams),
-    Memory(MemoryParams),
-    Moe(MoeParams),
-    /// A dense block with a memory layer beside it.
-    DenseAndMemory(DenseParams, MemoryParams),
-}
-
-impl FeedForwardParams {
+/// What the model asks of a feed-forward kind's parameters.
+pub(crate) trait FeedForwardKind {
     /// Every parameter of the block, in its declaration order.
-    pub fn ids(&self) -> Vec<ParamId> {
-        match self {
-            FeedForwardParams::Dense(p) => vec![p.w1, p.w2, p.w3],
-            FeedForwardParams::Memory(p) => p.local().map(|(_, id)| id).collect(),
-            FeedForwardParams::Moe(p) => vec![p.router, p.w1, p.w2, p.w3],
-            FeedForwardParams::DenseAndMemory(d, m) => {
-                let mut ids = vec![d.w1, d.w2, d.w3];
-                ids.extend(m.local().map(|(_, id)| id));
-                ids
-            }
-        }
-    }
+    fn ids(&self) -> Vec<ParamId>;
+
+    /// Forward FLOPs per token (multiply-adds x 2).
+    fn flops_per_token(&self, c: &ModelConfig) -> f64;
+
+    /// The weights that a model with compact weights (f16 or 8-bit) reads from a compact copy
+    /// in its GEMMs (`Pass::linear`). A memory layer keeps its own compact copies
+    /// (`MemoryLayer::use_f16_weights`) and lists none here.
+    fn compact_weights(&self) -> Vec<ParamId>;
 
     /// The block's memory layer, if it has one.
-    pub fn memory(&self) -> Option<&MemoryParams> {
-        match self {
-            FeedForwardParams::Memory(m) | FeedForwardParams::DenseAndMemory(_, m) => Some(m),
-            _ => None,
-        }
+    fn memory(&self) -> Option<&MemoryParams> {
+        None
     }
 
-    /// The block's dense SwiGLU, if it has one.
-    pub fn dense(&self) -> Option<&DenseParams> {
-        match self {
-            FeedForwardParams::Dense(d) | FeedForwardParams::DenseAndMemory(d, _) => Some(d),
-            _ => None,
-        }
+    /// The block's dense SwiGLU, if it has one (LoRA adapts its weights).
+    fn dense(&self) -> Option<&DenseParams> {
+        None
+    }
+}
+
+/// A feed-forward block on the GPU: `h += f(x)` and its backward.
+pub(crate) trait FeedForwardOnGpu: Sized {
+    /// The parameters it is made from.
+    type Params;
+    /// What its forward leaves for its backward.
+    type Acts;
+
+    /// The block over the model's parameter buffers (`buffer(id)`).
+    fn new(params: &Self::Params, c: &ModelConfig, buffer: &dyn Fn(ParamId) -> wgpu::Buffer) -> Result<Self>;
+
+    /// Records `h += f(x)` for `x` (the block's normed input, `[rows, dim]`).
+    fn record_forward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+    ) -> Result<Self::Acts>;
+
+    /// Records the backward of `record_forward` for `dh` (dL/dh after the block): writes
+    /// dL/dx into `dx` and the block's parameter gradients into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_backward(
+        &self,
+        p: &Pass,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        acts: &Self::Acts,
+        dh: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        grads: &mut GradSink,
+    ) -> Result<()>;
+
+    /// The block's memory layer, if it has one (compact weights and activations switch it).
+    fn memory_mut(&mut self) -> Option<&mut MemoryBlock> {
+        None
+    }
+
+    /// The memory layer's lookup in `acts`, if the block has one.
+    fn memory_acts(_acts: &Self::Acts) -> Option<&MemoryActivations> {
+        None
     }
 }
 
 /// A block on the GPU.
 pub(crate) enum Block {
     Attention(AttentionParams),
-    Dense(DenseParams),
-    Memory(Box<MemoryBlock>),
-    Moe(MoeParams),
-    DenseAndMemory(DenseParams, Box<MemoryBlock>),
+    FeedForward(FeedForwardBlock),
 }
 
 /// What a block's forward leaves for its backward.
 pub(crate) enum BlockActs {
-    Attention(AttentionActs),
-    Dense(DenseActs),
-    Memory(Box<MemoryActivations>),
-    Moe(MoeBlockActs),
-    DenseAndMemory(DenseActs, Box<MemoryActivations>),
+    Attention(Box<AttentionActs>),
+    FeedForward(FeedForwardActs),
 }
 
 impl BlockActs {
     /// The memory layer's lookup, if the block has one.
     pub fn memory(&self) -> Option<&MemoryActivations> {
         match self {
-            BlockActs::Memory(m) | BlockActs::DenseAndMemory(_, m) => Some(m),
-            _ => None,
+            BlockActs::FeedForward(f) => f.memory(),
+            BlockActs::Attention(_) => None,
         }
     }
 }
@@ -250,22 +272,16 @@ impl Block {
         h: &wgpu::Buffer,
     ) -> Result<BlockActs> {
         Ok(match self {
-            Block::Attention(a) => BlockActs::Attention(a.record_forward(p, encoder, x, h)?),
-            Block::Dense(d) => BlockActs::Dense(d.record_forward(p, encoder, x, h)?),
-            Block::Memory(m) => BlockActs::Memory(Box::new(m.record_forward(p, encoder, x, h)?)),
-            Block::Moe(m) => BlockActs::Moe(m.record_forward(p, encoder, x, h)?),
-            Block::DenseAndMemory(d, m) => {
-                let dense = d.record_forward(p, encoder, x, h)?;
-                BlockActs::DenseAndMemory(dense, Box::new(m.record_forward(p, encoder, x, h)?))
-            }
+            Block::Attention(a) => BlockActs::Attention(Box::new(a.record_forward(p, encoder, x, h)?)),
+            Block::FeedForward(f) => BlockActs::FeedForward(f.record_forward(p, encoder, x, h)?),
         })
     }
 
     /// The block's memory layer, if it has one.
     pub fn memory_mut(&mut self) -> Option<&mut MemoryBlock> {
         match self {
-            Block::Memory(m) | Block::DenseAndMemory(_, m) => Some(m),
-            _ => None,
+            Block::FeedForward(f) => f.memory_mut(),
+            Block::Attention(_) => None,
         }
     }
 
@@ -286,19 +302,8 @@ impl Block {
             (Block::Attention(a), BlockActs::Attention(acts)) => {
                 a.record_backward(p, encoder, x, acts, dh, dx, grads)
             }
-            (Block::Dense(d), BlockActs::Dense(acts)) => {
-                d.record_backward(p, encoder, x, acts, dh, dx, grads)
-            }
-            (Block::Memory(m), BlockActs::Memory(acts)) => {
-                m.record_backward(p, encoder, x, acts, dh, dx, grads)
-            }
-            (Block::Moe(m), BlockActs::Moe(acts)) => m.record_backward(p, encoder, x, acts, dh, dx, grads),
-            (Block::DenseAndMemory(d, m), BlockActs::DenseAndMemory(dense, memory)) => {
-                d.record_backward(p, encoder, x, dense, dh, dx, grads)?;
-                let n = p.rows() * p.model.config.dim as u32;
-                let dx_memory = p.f32s("grad memory input", n);
-                m.record_backward(p, encoder, x, memory, dh, &dx_memory, grads)?;
-                record_add(p.gpu, encoder, &dx_memory, dx, n)
+            (Block::FeedForward(f), BlockActs::FeedForward(acts)) => {
+                f.record_backward(p, encoder, x, acts, dh, dx, grads)
             }
             _ => unreachable!("activations come from the same block"),
         }

@@ -3,7 +3,7 @@
 //! experts, the Switch load-balancing loss's gradient added in the backward
 //! (`kernels::moe`; oracle: `reference::moe`).
 
-use super::{GradSink, Pass};
+use super::{FeedForwardKind, FeedForwardOnGpu, GradSink, Pass};
 use crate::error::Result;
 use crate::kernels::linear::Linear;
 use crate::kernels::moe::{
@@ -56,8 +56,32 @@ impl MoeParams {
             top_k: self.config.top_k as u32,
         }
     }
+}
 
-    pub(crate) fn record_forward(
+impl FeedForwardKind for MoeParams {
+    fn ids(&self) -> Vec<ParamId> {
+        vec![self.router, self.w1, self.w2, self.w3]
+    }
+
+    fn flops_per_token(&self, c: &ModelConfig) -> f64 {
+        self.config.flops_per_token(c.dim)
+    }
+
+    /// The router and experts are read as f32 (`kernels::moe` has no compact path).
+    fn compact_weights(&self) -> Vec<ParamId> {
+        Vec::new()
+    }
+}
+
+impl FeedForwardOnGpu for MoeParams {
+    type Params = MoeParams;
+    type Acts = MoeBlockActs;
+
+    fn new(params: &MoeParams, _: &ModelConfig, _: &dyn Fn(ParamId) -> wgpu::Buffer) -> Result<Self> {
+        Ok(params.clone())
+    }
+
+    fn record_forward(
         &self,
         p: &Pass,
         encoder: &mut wgpu::CommandEncoder,
@@ -101,8 +125,7 @@ impl MoeParams {
         Ok(acts)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn record_backward(
+    fn record_backward(
         &self,
         p: &Pass,
         encoder: &mut wgpu::CommandEncoder,

@@ -249,10 +249,10 @@ impl Demo {
         st.args = Some(args);
         st.rng = Rng::new(TRAINING_DATA_SEED);
         let mut info: serde_json::Value = serde_json::from_str(&describe(&weights, steps)).expect("json");
-        info["flops_per_token"] = json!(config.flops_per_token(PAGE_MODEL.seq));
+        info["flops_per_token"] = json!(config.flops_per_token(PAGE_MODEL.seq).map_err(err)?);
         info["dense"] = json!({
             "params": dense_weights.parameter_count(),
-            "flops_per_token": dense_config.flops_per_token(PAGE_MODEL.seq),
+            "flops_per_token": dense_config.flops_per_token(PAGE_MODEL.seq).map_err(err)?,
         });
         Ok(info.to_string())
     }
