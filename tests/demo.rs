@@ -755,7 +755,7 @@ fn ask_answers_greedily_and_reports_the_last_positions_memory_reads() {
     }
 }
 
-/// `demo --fact-ends` trains, besides each answer, the space that ends its prompt and the
+/// `demo` (unless `--answers-only`) trains, besides each answer, the space that ends its prompt and the
 /// newline that ends the fact: two more targets a fact, on the same rows.
 #[test]
 fn fact_ends_add_the_space_and_the_newline_as_targets() {

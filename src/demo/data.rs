@@ -43,8 +43,9 @@ pub fn training_batch(facts: &[Fact], rng: &mut Rng, batch: usize, seq: usize) -
 }
 
 /// `training_batch`; with `ends`, the space that ends each prompt and the newline that ends
-/// each fact are targets too (`demo --fact-ends`): a prompt typed without its trailing space
-/// is answered, and generation can stop where the fact ends. Recall is measured as before.
+/// each fact are targets too (the demo's default; `--answers-only` leaves them out): a prompt
+/// typed without its trailing space is answered, and generation can stop where the fact ends.
+/// Recall is measured the same way either way.
 pub fn training_batch_with(
     facts: &[Fact],
     rng: &mut Rng,

@@ -707,7 +707,8 @@ impl Trainer {
 
     /// `submit_step` with the loss the sum over the targets divided by `denominator` (when
     /// given) instead of their number: extra targets then add their terms without scaling
-    /// down the others' (`demo --fact-ends` divides by the answer bytes alone).
+    /// down the others' (the demo divides by the answer bytes alone, the facts' ends being
+    /// targets too).
     pub fn submit_step_over(
         &mut self,
         gpu: &Gpu,

@@ -75,6 +75,8 @@ pub(super) fn write(gpu: &Gpu, a: &Settings, kb: &KnowledgeBase, o: &Outcome) ->
         "batch": a.batch,
         "seq": a.seq,
         "seed": a.seed,
+        // Whether the loss also covered the prompts' trailing spaces and the facts' newlines.
+        "fact_ends": a.fact_ends,
         "adapter": gpu.adapter_name(),
     });
     for (name, run) in o.runs {

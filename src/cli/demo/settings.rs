@@ -76,7 +76,7 @@ impl Args {
             mem_k_dim: self.mem_k_dim.unwrap_or(pick(gpu, 20, 32)),
             eval_every: self.eval_every.unwrap_or(pick(gpu, 100, 350)),
             sweep: self.sweep,
-            fact_ends: self.fact_ends,
+            fact_ends: !self.answers_only,
             devices: self.devices.clone(),
             sweep_n_keys: self
                 .sweep_n_keys
