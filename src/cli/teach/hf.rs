@@ -5,7 +5,7 @@
 
 use super::super::model_dir::{lines_or_probe, link_or_copy, write_new_folder};
 use super::super::progress::Progress;
-use super::{read_facts, step_finite, teach_config, Args};
+use super::{compared_methods, read_facts, step_finite, teach_config, Args};
 use memlayers::demo::{Fact, KnowledgeBase};
 use memlayers::io::hf::names::hf_tensors;
 use memlayers::io::hf::weights::{model_files, MEMORY_FILE};
@@ -303,148 +303,28 @@ fn save_delta(source: &Path, folder: &HfFolder, out: &Path, weights: &ModelWeigh
 
 pub fn run(a: &Args, method: Method) -> Result<()> {
     let total = Instant::now();
-    let folder = HfFolder::open(&a.model)?;
-    let weights = folder.read_weights()?;
-    let config = weights.config.clone();
-    if method.uses_memory() && !a.compare && config.memory.is_none() {
-        return Err(Error::Config(format!(
-            "teach --method {}: {} has no memory; add one with memlayers retrofit (or use --method full)",
-            method.name(),
-            a.model.display()
-        )));
-    }
-    if a.delta && !method.uses_memory() {
-        return Err(Error::Config(format!(
-            "teach --delta saves a taught memory; --method {} changes the model itself",
-            method.name()
-        )));
-    }
-    // Checked again when writing; said here before any teaching.
-    if a.out.exists() {
-        return Err(Error::Config(format!(
-            "{} exists: teach writes a new folder",
-            a.out.display()
-        )));
-    }
-    let pad = folder.eos_ids.first().copied().unwrap_or(0);
-    let new_kb = match (&a.facts, a.new_people) {
-        (Some(path), _) => read_facts(path)?,
-        (None, Some(n)) if n > 0 => {
-            KnowledgeBase::new_people(n, a.seed ^ 0x4E3E, &KnowledgeBase { facts: Vec::new() })
-        }
-        _ => {
-            return Err(Error::Config(
-                "teach: give --facts NEW.tsv or --new-people N".into(),
-            ))
-        }
-    };
-    let new = NewFacts {
-        encoded: encode_facts(&new_kb.facts, &folder.tokenizer)?,
-        facts: new_kb.facts.clone(),
-    };
-    if row_len(&new.encoded) + 1 > config.max_seqlen {
-        return Err(Error::Config(format!(
-            "the longest fact has {} tokens; this model's context is {}",
-            row_len(&new.encoded) + 1,
-            config.max_seqlen
-        )));
-    }
-    // The model's own facts, where it has them (an exported demo model keeps its facts.tsv).
-    let old_path = a
-        .old
-        .clone()
-        .unwrap_or_else(|| a.model.join(super::super::model_dir::FACTS_FILE));
-    let old = match old_path.is_file() {
-        true => {
-            let kb = read_facts(&old_path)?;
-            Some(NewFacts {
-                encoded: encode_facts(&kb.facts, &folder.tokenizer)?,
-                facts: kb.facts,
-            })
-        }
-        false if a.old.is_some() => {
-            return Err(Error::Config(format!("{} does not exist", old_path.display())));
-        }
-        false => None,
-    };
-    let (probe_prompts, source) = lines_or_probe(a.probe.as_deref())?;
-    // As generation does: a prompt longer than the context leaves for its continuation keeps
-    // its last tokens.
-    let keep = config.max_seqlen.saturating_sub(CONTINUATION_TOKENS).max(1);
-    let prompts: Vec<Vec<u32>> = probe_prompts
-        .iter()
-        .map(|l| {
-            let ids = folder.tokenizer.encode(l, true)?;
-            Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
-        })
+    let lesson = Lesson::read(a, method)?;
+    let has_memory = lesson.weights.config.memory.is_some();
+    let configs: Vec<TeachConfig> = compared_methods(a, method)
+        .into_iter()
+        .filter(|&m| !m.uses_memory() || has_memory)
+        .map(|m| teach_config(a, m, memlayers::teach::RETROFIT_VALUE_ROWS_ADAMW_LR))
         .collect::<Result<_>>()?;
-    let background = match a.model.join(SLOT_COUNTS_FILE).is_file() {
-        true => Some(SlotCounts::from_tensors(
-            &TensorFile::read(&a.model.join(SLOT_COUNTS_FILE))?,
-            &config.memory_layers,
-            config.memory.as_ref().map_or(0, |m| m.n_values()),
-        )?),
-        false => None,
-    };
-    let methods: Vec<Method> = match a.compare {
-        true => std::iter::once(method)
-            .chain(Method::ALL.into_iter().filter(|&m| m != method))
-            .filter(|&m| !m.uses_memory() || config.memory.is_some())
-            .collect(),
-        false => vec![method],
-    };
-    let configs: Vec<TeachConfig> = methods
-        .iter()
-        .map(|&m| teach_config(a, m, memlayers::teach::RETROFIT_VALUE_ROWS_ADAMW_LR))
-        .collect::<Result<_>>()?;
-
     let gpu = super::super::devices::main(a.devices.as_deref())?;
-    let (new_before, probe, old_before) = {
-        let model = super::super::devices::model(&gpu, a.devices.as_deref(), &weights)?;
-        let old_before = match &old {
-            Some(o) => {
-                Some(pollster::block_on(score_token_facts(&model, &gpu, &o.facts, &o.encoded, pad))?.recall())
-            }
-            None => None,
-        };
-        let new_before =
-            pollster::block_on(score_token_facts(&model, &gpu, &new.facts, &new.encoded, pad))?.recall();
-        let continuations = pollster::block_on(greedy_continuations(
-            &model,
-            &gpu,
-            &prompts,
-            CONTINUATION_TOKENS,
-            &folder.eos_ids,
-        ))?;
-        let mut probe = Probe {
-            prompts,
-            continuations,
-            loss_before: 0.0,
-            kept_before: 0.0,
-            source,
-        };
-        probe.loss_before = pollster::block_on(text_loss(&model, &gpu, &probe_texts(&probe), pad))?;
-        probe.kept_before = pollster::block_on(kept_continuations(
-            &model,
-            &gpu,
-            &probe.prompts,
-            &probe.continuations,
-            pad,
-        ))?;
-        (new_before, probe, old_before)
-    };
-    if let (Some(o), Some(r)) = (&old, old_before) {
+    let before = lesson.measure_before(&gpu, a)?;
+    if let (Some(o), Some(r)) = (&lesson.old, before.old_recall) {
         println!("the model's own facts ({}): recall {r:.3}", o.facts.len());
     }
     println!(
-        "{} new facts, {} probe prompts ({}); adapter {}; before: new recall {new_before:.3}, probe loss {:.4}",
-        new.facts.len(),
-        probe.prompts.len(),
-        probe.source,
+        "{} new facts, {} probe prompts ({}); adapter {}; before: new recall {:.3}, probe loss {:.4}",
+        lesson.new.facts.len(),
+        before.probe.prompts.len(),
+        before.probe.source,
         gpu.adapter_name(),
-        probe.loss_before
+        before.new_recall,
+        before.probe.loss_before
     );
-    let base = model_folder(&a.model, &folder);
+    let base = model_folder(&a.model, &lesson.folder);
     let runs = write_new_folder(&a.out, "teach", |tmp| {
         let mut runs = Vec::new();
         for (i, c) in configs.into_iter().enumerate() {
@@ -452,20 +332,197 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
                 &gpu,
                 a,
                 c,
-                &weights,
-                background.as_ref(),
-                &new,
-                &probe,
-                old.as_ref(),
-                (pad, new_before),
+                &lesson.weights,
+                lesson.background.as_ref(),
+                &lesson.new,
+                &before.probe,
+                lesson.old.as_ref(),
+                (lesson.pad, before.new_recall),
                 (i == 0).then_some(base.as_path()),
             )?);
         }
+        lesson.write(tmp, a, &runs, &before)?;
+        Ok(runs)
+    })?;
+    print_summary(a, &runs, &before, total);
+    Ok(())
+}
+
+/// A Hugging Face folder and what it is taught: its weights and tokenizer, the new facts, its
+/// own facts where it has them, the probe prompts, and its slot counts.
+struct Lesson {
+    folder: HfFolder,
+    weights: ModelWeights,
+    /// The token that pads a row (the first EOS id).
+    pad: u32,
+    /// The new facts as `KnowledgeBase` (written to OUT/new_facts.tsv) and tokenized.
+    new_kb: KnowledgeBase,
+    new: NewFacts,
+    /// The model's own facts (an exported demo model keeps its facts.tsv), or `--old`'s.
+    old: Option<NewFacts>,
+    /// The probe prompts, tokenized, each cut to its last tokens where the context is short.
+    prompts: Vec<Vec<u32>>,
+    /// Where the probe prompts come from.
+    source: String,
+    background: Option<SlotCounts>,
+}
+
+/// What the untaught model scored: the new facts' recall, its continuations of the probe
+/// prompts and their loss, its own facts' recall.
+struct Before {
+    new_recall: f32,
+    probe: Probe,
+    old_recall: Option<f32>,
+}
+
+impl Lesson {
+    /// Reads the folder and the facts and checks the arguments, before any teaching.
+    fn read(a: &Args, method: Method) -> Result<Self> {
+        let folder = HfFolder::open(&a.model)?;
+        let weights = folder.read_weights()?;
+        let config = &weights.config;
+        if method.uses_memory() && !a.compare && config.memory.is_none() {
+            return Err(Error::Config(format!(
+                "teach --method {}: {} has no memory; add one with memlayers retrofit (or use --method full)",
+                method.name(),
+                a.model.display()
+            )));
+        }
+        if a.delta && !method.uses_memory() {
+            return Err(Error::Config(format!(
+                "teach --delta saves a taught memory; --method {} changes the model itself",
+                method.name()
+            )));
+        }
+        // Checked again when writing; said here before any teaching.
+        if a.out.exists() {
+            return Err(Error::Config(format!(
+                "{} exists: teach writes a new folder",
+                a.out.display()
+            )));
+        }
+        let pad = folder.eos_ids.first().copied().unwrap_or(0);
+        let new_kb = match (&a.facts, a.new_people) {
+            (Some(path), _) => read_facts(path)?,
+            (None, Some(n)) if n > 0 => {
+                KnowledgeBase::new_people(n, a.seed ^ 0x4E3E, &KnowledgeBase { facts: Vec::new() })
+            }
+            _ => {
+                return Err(Error::Config(
+                    "teach: give --facts NEW.tsv or --new-people N".into(),
+                ))
+            }
+        };
+        let new = NewFacts {
+            encoded: encode_facts(&new_kb.facts, &folder.tokenizer)?,
+            facts: new_kb.facts.clone(),
+        };
+        if row_len(&new.encoded) + 1 > config.max_seqlen {
+            return Err(Error::Config(format!(
+                "the longest fact has {} tokens; this model's context is {}",
+                row_len(&new.encoded) + 1,
+                config.max_seqlen
+            )));
+        }
+        let old_path = a
+            .old
+            .clone()
+            .unwrap_or_else(|| a.model.join(super::super::model_dir::FACTS_FILE));
+        let old = match old_path.is_file() {
+            true => {
+                let kb = read_facts(&old_path)?;
+                Some(NewFacts {
+                    encoded: encode_facts(&kb.facts, &folder.tokenizer)?,
+                    facts: kb.facts,
+                })
+            }
+            false if a.old.is_some() => {
+                return Err(Error::Config(format!("{} does not exist", old_path.display())));
+            }
+            false => None,
+        };
+        let (probe_prompts, source) = lines_or_probe(a.probe.as_deref())?;
+        // As generation does: a prompt longer than the context leaves for its continuation
+        // keeps its last tokens.
+        let keep = config.max_seqlen.saturating_sub(CONTINUATION_TOKENS).max(1);
+        let prompts: Vec<Vec<u32>> = probe_prompts
+            .iter()
+            .map(|l| {
+                let ids = folder.tokenizer.encode(l, true)?;
+                Ok(ids[ids.len().saturating_sub(keep)..].to_vec())
+            })
+            .collect::<Result<_>>()?;
+        let background = match a.model.join(SLOT_COUNTS_FILE).is_file() {
+            true => Some(SlotCounts::from_tensors(
+                &TensorFile::read(&a.model.join(SLOT_COUNTS_FILE))?,
+                &config.memory_layers,
+                config.memory.as_ref().map_or(0, |m| m.n_values()),
+            )?),
+            false => None,
+        };
+        Ok(Lesson {
+            folder,
+            weights,
+            pad,
+            new_kb,
+            new,
+            old,
+            prompts,
+            source,
+            background,
+        })
+    }
+
+    fn measure_before(&self, gpu: &Gpu, a: &Args) -> Result<Before> {
+        let model = super::super::devices::model(gpu, a.devices.as_deref(), &self.weights)?;
+        let pad = self.pad;
+        let old_recall = match &self.old {
+            Some(o) => {
+                Some(pollster::block_on(score_token_facts(&model, gpu, &o.facts, &o.encoded, pad))?.recall())
+            }
+            None => None,
+        };
+        let new = &self.new;
+        let new_recall =
+            pollster::block_on(score_token_facts(&model, gpu, &new.facts, &new.encoded, pad))?.recall();
+        let continuations = pollster::block_on(greedy_continuations(
+            &model,
+            gpu,
+            &self.prompts,
+            CONTINUATION_TOKENS,
+            &self.folder.eos_ids,
+        ))?;
+        let mut probe = Probe {
+            prompts: self.prompts.clone(),
+            continuations,
+            loss_before: 0.0,
+            kept_before: 0.0,
+            source: self.source.clone(),
+        };
+        probe.loss_before = pollster::block_on(text_loss(&model, gpu, &probe_texts(&probe), pad))?;
+        probe.kept_before = pollster::block_on(kept_continuations(
+            &model,
+            gpu,
+            &probe.prompts,
+            &probe.continuations,
+            pad,
+        ))?;
+        Ok(Before {
+            new_recall,
+            probe,
+            old_recall,
+        })
+    }
+
+    /// Writes into `tmp` (the new folder being made) the taught model (`--method`'s, the
+    /// first run; `--delta`: its memory alone), LoRA's adapters as a PEFT folder,
+    /// `new_facts.tsv` and `teach.json`.
+    fn write(&self, tmp: &Path, a: &Args, runs: &[Run], before: &Before) -> Result<()> {
         let chosen = &runs[0];
         let taught = chosen.weights.as_ref().expect("the first run keeps its weights");
         match a.delta {
-            true => save_delta(&a.model, &folder, &tmp.join("model"), taught)?,
-            false => save_model(&a.model, &folder, &tmp.join("model"), taught, chosen.method)?,
+            true => save_delta(&a.model, &self.folder, &tmp.join("model"), taught)?,
+            false => save_model(&a.model, &self.folder, &tmp.join("model"), taught, chosen.method)?,
         }
         if let Some((tensors, config)) = &chosen.adapters {
             // PEFT's folder: transformers with peft loads the original folder and these.
@@ -479,10 +536,10 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
                     .as_bytes(),
             )?;
         }
-        write_atomic(&tmp.join("new_facts.tsv"), new_kb.to_tsv().as_bytes())?;
+        write_atomic(&tmp.join("new_facts.tsv"), self.new_kb.to_tsv().as_bytes())?;
         let json = |r: &Run| {
-            let mut v = r.json(new_before, &probe);
-            v["old_recall_before"] = json!(old_before);
+            let mut v = r.json(before.new_recall, &before.probe);
+            v["old_recall_before"] = json!(before.old_recall);
             v
         };
         let mut result = json(chosen);
@@ -494,15 +551,17 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             serde_json::to_string_pretty(&result)
                 .unwrap_or_default()
                 .as_bytes(),
-        )?;
-        Ok(runs)
-    })?;
+        )
+    }
+}
+
+fn print_summary(a: &Args, runs: &[Run], before: &Before, total: Instant) {
     println!(
         "\n{:<14} {:>6} {:>10} {:>10} {:>10} {:>20} {:>16} {:>7}",
         "method", "steps", "rows/step", "new recall", "kept", "probe loss", "own facts", "time"
     );
-    for r in &runs {
-        let own = match (old_before, r.old_recall) {
+    for r in runs {
+        let own = match (before.old_recall, r.old_recall) {
             (Some(b), Some(a)) => format!("{b:.3} -> {a:.3}"),
             _ => "-".into(),
         };
@@ -513,7 +572,7 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
             r.rows_per_step,
             r.new_recall,
             r.kept,
-            probe.loss_before,
+            before.probe.loss_before,
             r.probe_loss,
             own,
             r.seconds
@@ -525,5 +584,4 @@ pub fn run(a: &Args, method: Method) -> Result<()> {
         a.out.display(),
         a.out.display()
     );
-    Ok(())
 }

@@ -314,88 +314,18 @@ pub fn run(a: &Args) -> Result<()> {
             "teach: --delta and --probe are for Hugging Face folders (a byte-level model's forgetting is measured on its own facts)".into(),
         ));
     }
-    let (args, file) = super::model_dir::load_memlayers(&a.model)?;
-    let config = args.resolve()?;
-    let weights = ModelWeights::from_tensors(&config, &file)?;
-    if config.vocab < 256 {
-        return Err(Error::Config(format!(
-            "teach works on byte-level models (vocab_size >= 256); this one has {}",
-            config.vocab
-        )));
-    }
-    let model_dir = super::model_dir::checkpoint_dir(&a.model);
-    let old_path = a
-        .old
-        .clone()
-        .unwrap_or_else(|| model_dir.join(super::model_dir::FACTS_FILE));
-    if !old_path.is_file() {
-        return Err(Error::Config(format!(
-            "the model's original facts: {} does not exist (memlayers demo writes it; give --old FILE.tsv)",
-            old_path.display()
-        )));
-    }
-    let old = read_facts(&old_path)?;
-    std::fs::create_dir_all(&a.out)?;
-    let new = match (&a.facts, a.new_people) {
-        (Some(path), _) => read_facts(path)?,
-        (None, Some(n)) if n > 0 => {
-            let kb = KnowledgeBase::new_people(n, a.seed ^ 0x4E3E, &old);
-            write_atomic(&a.out.join("new_facts.tsv"), kb.to_tsv().as_bytes())?;
-            kb
-        }
-        _ => {
-            return Err(Error::Config(
-                "teach: give --facts NEW.tsv or --new-people N".into(),
-            ))
-        }
-    };
-    let seq = config.max_seqlen;
-    let longest = new.longest().max(old.longest());
-    if longest + 1 > seq {
-        return Err(Error::Config(format!(
-            "the longest fact has {longest} bytes; this model's context is {seq} (at least {} needed)",
-            longest + 1
-        )));
-    }
-    let counts_path = model_dir.join(SLOT_COUNTS_FILE);
-    let background = match counts_path.is_file() {
-        true => {
-            let m = config.memory.as_ref();
-            Some(SlotCounts::from_tensors(
-                &TensorFile::read(&counts_path)?,
-                &config.memory_layers,
-                m.map_or(0, |m| m.n_values()),
-            )?)
-        }
-        false => None,
-    };
-    let methods: Vec<Method> = match a.compare {
-        true => std::iter::once(method)
-            .chain(Method::ALL.into_iter().filter(|&m| m != method))
-            .collect(),
-        false => vec![method],
-    };
-    let configs: Vec<TeachConfig> = methods
-        .iter()
-        .map(|&m| teach_config(a, m, memlayers::teach::VALUE_ROWS_ADAMW_LR))
+    let lesson = Lesson::read(a)?;
+    let configs: Vec<TeachConfig> = compared_methods(a, method)
+        .into_iter()
+        .map(|m| teach_config(a, m, memlayers::teach::VALUE_ROWS_ADAMW_LR))
         .collect::<Result<_>>()?;
     let gpu = super::devices::main(a.devices.as_deref())?;
-    let sample = old.sample_questions(CURVE_SAMPLE, a.seed ^ 0x5A3E);
-    let before = {
-        let model = super::devices::model(&gpu, a.devices.as_deref(), &weights)?;
-        let eval = |facts: &[Fact]| pollster::block_on(score(&model, &gpu, facts));
-        let old_scores = eval(&old.facts)?;
-        Before {
-            new_recall: eval(&new.facts)?.recall(),
-            old_recall: old_scores.recall(),
-            old_loss: old_scores.loss,
-            sample_recall: eval(&sample)?.recall(),
-        }
-    };
+    let sample = lesson.old.sample_questions(CURVE_SAMPLE, a.seed ^ 0x5A3E);
+    let before = lesson.measure_before(&gpu, a, &sample)?;
     println!(
         "{} new facts, {} old facts; adapter {}; before: new recall {:.3}, old recall {:.3}, old answer loss {:.3}",
-        new.facts.len(),
-        old.facts.len(),
+        lesson.new.facts.len(),
+        lesson.old.facts.len(),
         gpu.adapter_name(),
         before.new_recall,
         before.old_recall,
@@ -407,70 +337,193 @@ pub fn run(a: &Args) -> Result<()> {
             &gpu,
             a,
             config,
-            &weights,
-            background.as_ref(),
-            &new.facts,
-            &old.facts,
+            &lesson.weights,
+            lesson.background.as_ref(),
+            &lesson.new.facts,
+            &lesson.old.facts,
             &sample,
             &before,
             i == 0,
         )?);
     }
-    // The taught model (--method's), with its facts: the old and the new.
-    let chosen = &runs[0];
-    let out_model = a.out.join("model");
-    std::fs::create_dir_all(&out_model)?;
-    write_atomic(&out_model.join("config.json"), args.to_json().as_bytes())?;
-    chosen
-        .weights
-        .as_ref()
-        .expect("the first run keeps its weights")
-        .write(&out_model.join("weights.safetensors"))?;
-    let mut all = old.clone();
-    all.facts.extend(new.facts.iter().cloned());
-    write_atomic(
-        &out_model.join(super::model_dir::FACTS_FILE),
-        all.to_tsv().as_bytes(),
-    )?;
-    if counts_path.is_file() {
-        std::fs::copy(&counts_path, out_model.join(SLOT_COUNTS_FILE))?;
+    lesson.write(a, &runs, &before)?;
+    print_summary(a, &runs, &before, total);
+    Ok(())
+}
+
+/// `--method` first, then with `--compare` every other method.
+pub(super) fn compared_methods(a: &Args, method: Method) -> Vec<Method> {
+    match a.compare {
+        true => std::iter::once(method)
+            .chain(Method::ALL.into_iter().filter(|&m| m != method))
+            .collect(),
+        false => vec![method],
     }
-    let mut result = chosen.json(&before);
-    if a.compare {
-        result["compare"] = Value::Array(runs.iter().map(|r| r.json(&before)).collect());
-    }
-    write_atomic(
-        &a.out.join("teach.json"),
-        serde_json::to_string_pretty(&result)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    let series: Vec<Series> = runs
-        .iter()
-        .map(|r| Series {
-            label: format!(
-                "{} (new {:.2}, old {:.2})",
-                r.method.name(),
-                r.new_recall,
-                r.old_recall
-            ),
-            points: r.curve.iter().map(|&(_, n, o)| (n as f64, o as f64)).collect(),
+}
+
+/// A byte-level model and what it is taught: its folder, weights and slot counts, its
+/// original facts and the new ones.
+struct Lesson {
+    args: memlayers::model::LMTransformerArgs,
+    weights: ModelWeights,
+    model_dir: PathBuf,
+    old: KnowledgeBase,
+    new: KnowledgeBase,
+    /// The slot counts `memlayers demo` measured on the model's training data, if any.
+    background: Option<SlotCounts>,
+}
+
+impl Lesson {
+    /// Reads the model and the facts, and checks that they fit it (`--new-people` writes
+    /// its facts to OUT/new_facts.tsv).
+    fn read(a: &Args) -> Result<Self> {
+        let (args, file) = super::model_dir::load_memlayers(&a.model)?;
+        let config = args.resolve()?;
+        let weights = ModelWeights::from_tensors(&config, &file)?;
+        if config.vocab < 256 {
+            return Err(Error::Config(format!(
+                "teach works on byte-level models (vocab_size >= 256); this one has {}",
+                config.vocab
+            )));
+        }
+        let model_dir = super::model_dir::checkpoint_dir(&a.model);
+        let old_path = a
+            .old
+            .clone()
+            .unwrap_or_else(|| model_dir.join(super::model_dir::FACTS_FILE));
+        if !old_path.is_file() {
+            return Err(Error::Config(format!(
+                "the model's original facts: {} does not exist (memlayers demo writes it; give --old FILE.tsv)",
+                old_path.display()
+            )));
+        }
+        let old = read_facts(&old_path)?;
+        std::fs::create_dir_all(&a.out)?;
+        let new = match (&a.facts, a.new_people) {
+            (Some(path), _) => read_facts(path)?,
+            (None, Some(n)) if n > 0 => {
+                let kb = KnowledgeBase::new_people(n, a.seed ^ 0x4E3E, &old);
+                write_atomic(&a.out.join("new_facts.tsv"), kb.to_tsv().as_bytes())?;
+                kb
+            }
+            _ => {
+                return Err(Error::Config(
+                    "teach: give --facts NEW.tsv or --new-people N".into(),
+                ))
+            }
+        };
+        let seq = config.max_seqlen;
+        let longest = new.longest().max(old.longest());
+        if longest + 1 > seq {
+            return Err(Error::Config(format!(
+                "the longest fact has {longest} bytes; this model's context is {seq} (at least {} needed)",
+                longest + 1
+            )));
+        }
+        let counts_path = model_dir.join(SLOT_COUNTS_FILE);
+        let background = match counts_path.is_file() {
+            true => {
+                let m = config.memory.as_ref();
+                Some(SlotCounts::from_tensors(
+                    &TensorFile::read(&counts_path)?,
+                    &config.memory_layers,
+                    m.map_or(0, |m| m.n_values()),
+                )?)
+            }
+            false => None,
+        };
+        Ok(Lesson {
+            args,
+            weights,
+            model_dir,
+            old,
+            new,
+            background,
         })
-        .collect();
-    line_chart(
-        &a.out.join("forgetting.png"),
-        &format!("Teaching {} new facts: what each method forgets", new.facts.len()),
-        "new-fact recall",
-        "old-fact recall (sample)",
-        &series,
-        false,
-        true,
-    )?;
+    }
+
+    /// Recall of the new facts, recall and answer loss of the old ones, and recall of the
+    /// old facts' sample, before teaching.
+    fn measure_before(&self, gpu: &Gpu, a: &Args, sample: &[Fact]) -> Result<Before> {
+        let model = super::devices::model(gpu, a.devices.as_deref(), &self.weights)?;
+        let eval = |facts: &[Fact]| pollster::block_on(score(&model, gpu, facts));
+        let old_scores = eval(&self.old.facts)?;
+        Ok(Before {
+            new_recall: eval(&self.new.facts)?.recall(),
+            old_recall: old_scores.recall(),
+            old_loss: old_scores.loss,
+            sample_recall: eval(sample)?.recall(),
+        })
+    }
+
+    /// Writes the taught model (`--method`'s, the first run) with all its facts, the old and
+    /// the new, its slot counts, `teach.json` and `forgetting.png`.
+    fn write(&self, a: &Args, runs: &[Taught], before: &Before) -> Result<()> {
+        let chosen = &runs[0];
+        let out_model = a.out.join("model");
+        std::fs::create_dir_all(&out_model)?;
+        write_atomic(&out_model.join("config.json"), self.args.to_json().as_bytes())?;
+        chosen
+            .weights
+            .as_ref()
+            .expect("the first run keeps its weights")
+            .write(&out_model.join("weights.safetensors"))?;
+        let mut all = self.old.clone();
+        all.facts.extend(self.new.facts.iter().cloned());
+        write_atomic(
+            &out_model.join(super::model_dir::FACTS_FILE),
+            all.to_tsv().as_bytes(),
+        )?;
+        let counts_path = self.model_dir.join(SLOT_COUNTS_FILE);
+        if counts_path.is_file() {
+            std::fs::copy(&counts_path, out_model.join(SLOT_COUNTS_FILE))?;
+        }
+        let mut result = chosen.json(before);
+        if a.compare {
+            result["compare"] = Value::Array(runs.iter().map(|r| r.json(before)).collect());
+        }
+        write_atomic(
+            &a.out.join("teach.json"),
+            serde_json::to_string_pretty(&result)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        let series: Vec<Series> = runs
+            .iter()
+            .map(|r| Series {
+                label: format!(
+                    "{} (new {:.2}, old {:.2})",
+                    r.method.name(),
+                    r.new_recall,
+                    r.old_recall
+                ),
+                points: r.curve.iter().map(|&(_, n, o)| (n as f64, o as f64)).collect(),
+            })
+            .collect();
+        line_chart(
+            &a.out.join("forgetting.png"),
+            &format!(
+                "Teaching {} new facts: what each method forgets",
+                self.new.facts.len()
+            ),
+            "new-fact recall",
+            "old-fact recall (sample)",
+            &series,
+            false,
+            true,
+        )
+    }
+}
+
+/// The table of runs, and with `--compare` each method's old-fact recall at the same
+/// new-fact recall.
+fn print_summary(a: &Args, runs: &[Taught], before: &Before, total: Instant) {
+    let chosen = &runs[0];
     println!(
         "\n{:<14} {:>6} {:>10} {:>10} {:>18} {:>16} {:>7}",
         "method", "steps", "rows/step", "new recall", "old recall", "old answer loss", "time"
     );
-    for r in &runs {
+    for r in runs {
         println!(
             "{:<14} {:>6} {:>10.0} {:>10.3} {:>8.3} -> {:<6.3} {:>7.3} -> {:<6.3} {:>6.0}s",
             r.method.name(),
@@ -505,5 +558,4 @@ pub fn run(a: &Args) -> Result<()> {
         total.elapsed().as_secs_f64(),
         a.out.display()
     );
-    Ok(())
 }
