@@ -32,8 +32,9 @@ pub struct ModelLayout {
 
 impl ModelLayout {
     /// Declares every parameter of `c` in lingua's state-dict order: the embedding, then per
-    /// layer the attention block, both norms and the feed-forward block (a value table first
-    /// in the memory layer that first reads it), then the final norm and the output layer.
+    /// layer the attention block, both norms and the feed-forward block (a memory beside a
+    /// dense block after the dense block's weights; a value table first in the memory layer
+    /// that first reads it), then the final norm and the output layer.
     pub fn new(c: &ModelConfig) -> Result<Self> {
         let mut r = Registry::default();
         let std = c

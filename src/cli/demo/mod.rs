@@ -83,7 +83,8 @@ pub struct Args {
     /// Query/key width of the memory [cpu: 20, gpu: 32]. The cpu preset's 96^2 values at width
     /// 20 cost 2.7% fewer FLOPs a token than the dense model; against 64^2 at width 32 (the
     /// same FLOPs as dense) they recalled 0.874 against 0.801 (seed 0) and 0.839 against 0.641
-    /// (seed 1), and leave sparse fine-tuning rows the old facts barely read (docs/results.md).
+    /// (seed 1) with the answers alone trained, and leave sparse fine-tuning rows the old facts
+    /// barely read (docs/results.md).
     #[arg(long)]
     pub mem_k_dim: Option<usize>,
     /// Recall on a sample of facts every this many steps (the curve in recall.png)

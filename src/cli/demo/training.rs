@@ -148,8 +148,8 @@ pub(super) fn save_model(
 }
 
 /// With memory layers: how often each slot is read over a sample of the training rows, at
-/// the answers (where the loss is; `slot_counts.safetensors` beside the model: what `teach`
-/// ranks slots against).
+/// the answer bytes (`slot_counts.safetensors` beside the model: what `teach` ranks slots
+/// against).
 pub(super) fn save_slot_counts(
     gpu: &Gpu,
     dir: &Path,

@@ -21,7 +21,7 @@ use crate::params::{ParamId, Registry};
 
 /// Makes, from one list of `Kind(ParamsType => GpuType)`, the three enums over the kinds
 /// (`FeedForwardParams`, `FeedForwardBlock`, `FeedForwardActs`) and their dispatch to the
-/// traits above.
+/// traits (`FeedForwardKind`, `FeedForwardOnGpu`, in `blocks`).
 macro_rules! feed_forward_kinds {
     ($($(#[$doc:meta])* $kind:ident($params:ty => $block:ty)),+ $(,)?) => {
         /// The parameters of a layer's feed-forward block, by kind.
