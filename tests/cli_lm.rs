@@ -40,8 +40,9 @@ fn lm_forward_logits_loss_and_gradients() {
     input.insert("tokens", HostTensor::i64(vec![2, 5], tokens.clone()));
     input.insert("targets", HostTensor::i64(vec![2, 5], targets.clone()));
     input.write(&dir.join("x.safetensors")).unwrap();
-    let run = memlayers(
-        &[
+    // `lm-forward` on the saved model and input into `output` (with `extra` flags): its bytes.
+    let lm_forward = |output: &str, extra: &[&str]| {
+        let mut args = vec![
             "lm-forward",
             "--weights",
             "w.safetensors",
@@ -50,11 +51,14 @@ fn lm_forward_logits_loss_and_gradients() {
             "--input",
             "x.safetensors",
             "--output",
-            "out.safetensors",
-        ],
-        &dir,
-    );
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+            output,
+        ];
+        args.extend_from_slice(extra);
+        let run = memlayers(&args, &dir);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read(dir.join(output)).unwrap()
+    };
+    lm_forward("out.safetensors", &[]);
     let out = TensorFile::read(&dir.join("out.safetensors")).unwrap();
     let t32: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
     let want = forward_cpu(&w, &t32, 2, 5);
@@ -78,27 +82,7 @@ fn lm_forward_logits_loss_and_gradients() {
     }
     // The memory's values sharded over two and three devices: the bytes one device writes
     // (logits, loss and every gradient, the value table's joined from its shards).
-    let on = |devices: &str| {
-        let name = format!("out-{devices}.safetensors");
-        let run = memlayers(
-            &[
-                "lm-forward",
-                "--weights",
-                "w.safetensors",
-                "--config",
-                "args.json",
-                "--input",
-                "x.safetensors",
-                "--output",
-                &name,
-                "--devices",
-                devices,
-            ],
-            &dir,
-        );
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-        std::fs::read(dir.join(name)).unwrap()
-    };
+    let on = |devices: &str| lm_forward(&format!("out-{devices}.safetensors"), &["--devices", devices]);
     let one = on("0");
     assert!(
         on("0,0") == one && on("0,0,0") == one,

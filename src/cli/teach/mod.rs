@@ -366,7 +366,8 @@ pub(super) fn compared_methods(a: &Args, method: Method) -> Vec<Method> {
 struct Lesson {
     args: memlayers::model::LMTransformerArgs,
     weights: ModelWeights,
-    model_dir: PathBuf,
+    /// The model's `slot_counts.safetensors` (copied beside the taught model).
+    counts_path: PathBuf,
     old: KnowledgeBase,
     new: KnowledgeBase,
     /// The slot counts `memlayers demo` measured on the model's training data, if any.
@@ -435,7 +436,7 @@ impl Lesson {
         Ok(Lesson {
             args,
             weights,
-            model_dir,
+            counts_path,
             old,
             new,
             background,
@@ -474,9 +475,8 @@ impl Lesson {
             &out_model.join(super::model_dir::FACTS_FILE),
             all.to_tsv().as_bytes(),
         )?;
-        let counts_path = self.model_dir.join(SLOT_COUNTS_FILE);
-        if counts_path.is_file() {
-            std::fs::copy(&counts_path, out_model.join(SLOT_COUNTS_FILE))?;
+        if self.counts_path.is_file() {
+            std::fs::copy(&self.counts_path, out_model.join(SLOT_COUNTS_FILE))?;
         }
         let mut result = chosen.json(before);
         if a.compare {
